@@ -7,6 +7,7 @@ then time-slices the slots over the real cores). ``deploy=standalone`` gives rea
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -96,11 +97,15 @@ def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Ite
     from pyspark.sql import SparkSession
 
     master = master or cluster.master or local_master(cluster)
+    # PySpark takes the workers' Python from the environment, not from spark.pyspark.python.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in spark_conf(cluster, master, app_name).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # Hydra's INFO root logger would echo py4j chatter
     try:
         yield spark
     finally:

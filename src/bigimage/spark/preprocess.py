@@ -1,0 +1,129 @@
+"""Task 1: a Spark job that turns a labelled image tree into sharded TFRecords.
+
+One Spark task per shard: it reads, decodes, resizes, centre-crops and re-encodes its images one at a
+time and stages its shard file; only small per-shard statistics come back to the driver, so driver
+memory does not grow with the data set. The driver then checks and publishes the shards atomically
+(:mod:`bigimage.data.shards`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import mlflow
+from omegaconf import DictConfig
+
+from bigimage.data import schema, shards
+from bigimage.data.datasets import dataset_root
+from bigimage.data.listing import LabelledImages, list_labelled_images
+from bigimage.spark.session import log_spark_resources, spark_session
+
+
+class NoUsableImagesError(RuntimeError):
+    """Nothing usable was left to write; the message says why."""
+
+
+def assign_shards(items: list[tuple[str, int]], num_shards: int, seed: int) -> list[list[tuple[str, int]]]:
+    """Deal the items over shards after a seeded shuffle, so every shard mixes the classes."""
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    return [shuffled[index::num_shards] for index in range(num_shards)]
+
+
+def write_tfrecords(
+    spark: Any,
+    listing: LabelledImages,
+    destination: str,
+    image_size: int,
+    quality: int,
+    num_shards: int,
+    prefix: str,
+    seed: int,
+) -> tuple[schema.Manifest, list[shards.ShardResult], float]:
+    """Run the shard tasks and publish; returns the manifest, the shard results and the job seconds
+    (first task start to last shard committed)."""
+    classes = list(listing.classes)
+    per_shard = [chunk for chunk in assign_shards(listing.items, num_shards, seed) if chunk]
+    shards.remove_staging(destination)  # what an earlier killed job may have left
+    staging_dir = shards.new_staging_dir(destination)
+    job = spark.sparkContext.parallelize(list(enumerate(per_shard)), len(per_shard))
+    try:
+        submitted = time.time()
+        results = job.map(
+            lambda pair: shards.write_shard(pair[0], pair[1], classes, image_size, quality, staging_dir)
+        ).collect()
+        failed = [entry for result in results for entry in result.failed]
+        if not any(result.records for result in results):
+            examples = "; ".join(f"{path}: {reason}" for path, reason in failed[:3])
+            raise NoUsableImagesError(
+                f"none of the {len(listing.items)} files under {listing.root} could be used as an image "
+                f"(e.g. {examples}); nothing was written to {destination}"
+            )
+        class_counts: dict[str, int] = {name: 0 for name in classes}
+        for result in results:
+            for label, count in result.class_counts.items():
+                class_counts[label] += count
+        manifest = schema.Manifest(
+            classes=classes,
+            image_size=image_size,
+            num_records=0,
+            shards={},
+            class_counts=class_counts,
+            source=listing.root,
+            source_fingerprint=listing.fingerprint(),
+            jpeg_quality=quality,
+        )
+        manifest = shards.publish(destination, results, prefix, manifest)
+        seconds = time.time() - min([result.started for result in results] + [submitted])
+    finally:
+        shards.remove_staging(destination, staging_dir)
+    return manifest, results, seconds
+
+
+def run_preprocess(cfg: DictConfig) -> dict[str, float]:
+    """List, transform and shard ``dataset.root`` into ``tfrecord_dir``; logs the task 1 metrics."""
+    root = dataset_root(cfg.dataset)
+    listing = list_labelled_images(root, list(cfg.dataset.classes) or None)
+    if not listing.items:
+        raise NoUsableImagesError(
+            f"{root} has class folders ({', '.join(listing.classes)}) but no files in them; nothing to write"
+        )
+    if listing.empty_classes:
+        mlflow.set_tag("empty_classes", ",".join(listing.empty_classes))
+        print(f"[preprocess] warning: empty class folders: {', '.join(listing.empty_classes)}")
+    print(f"[preprocess] {len(listing.items)} files in {len(listing.classes)} classes under {root}")
+    started = time.perf_counter()
+    with spark_session(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
+        startup_seconds = time.perf_counter() - started
+        manifest, results, seconds = write_tfrecords(
+            spark,
+            listing,
+            str(cfg.tfrecord_dir),
+            cfg.image_size,
+            cfg.preprocess.jpeg_quality,
+            cfg.num_shards,
+            cfg.preprocess.shard_prefix,
+            cfg.seed,
+        )
+        log_spark_resources(spark)
+    failed = [{"path": path, "reason": reason} for result in results for path, reason in result.failed]
+    metrics = {
+        "images": manifest.num_records,
+        "failed_images": len(failed),
+        "shards": len(manifest.shards),
+        "bytes_written": sum(result.bytes_written for result in results),
+        "seconds": seconds,
+        "startup_seconds": startup_seconds,
+        "images_per_second": manifest.num_records / seconds if seconds > 0 else 0.0,
+    }
+    mlflow.log_metrics(metrics)
+    mlflow.log_dict(failed[: cfg.preprocess.max_failed_listed], "failed_images.json")
+    mlflow.log_text(manifest.to_json(), f"tfrecords/{schema.MANIFEST_NAME}")
+    print(
+        f"[preprocess] {metrics['images']} images -> {metrics['shards']} shards in {cfg.tfrecord_dir} "
+        f"({metrics['images_per_second']:.1f} images/s over {seconds:.1f} s; Spark start-up {startup_seconds:.1f} s); "
+        f"{len(failed)} file(s) skipped"
+    )
+    return metrics

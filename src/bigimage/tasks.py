@@ -1,0 +1,51 @@
+"""Which function runs each task, and the wrapper that gives every task its MLflow run."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bigimage.config import validate
+from bigimage.tracking.runs import tracked_run
+from bigimage.tracking.store import connect
+
+# task name -> "module:function"; imported on use so a task never pays for another's imports.
+TASK_FUNCTIONS = {
+    "preprocess": "bigimage.spark.preprocess:run_preprocess",
+    "speedtest": "bigimage.speedtest.task:run_speedtest",
+    "train": "bigimage.train.task:run_train",
+    "pipeline": "bigimage.pipeline:run_pipeline",
+}
+
+
+def task_function(name: str) -> Callable[[DictConfig], dict[str, Any]]:
+    module, function = TASK_FUNCTIONS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def run_task(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, then run ``cfg.task.name`` inside its own MLflow run; returns the task's metrics."""
+    validate(cfg)
+    if cfg.cluster.deploy == "dataproc":
+        from bigimage.cloud.dataproc import run_on_dataproc
+
+        return run_on_dataproc(cfg)
+    function = task_function(cfg.task.name)
+    uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
+    started = time.perf_counter()
+    with tracked_run(cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id) as run:
+        metrics = function(cfg)
+    print(f"[{cfg.task.name}] finished in {time.perf_counter() - started:.1f} s; MLflow run {run.info.run_id} in {uri}")
+    return metrics
+
+
+def run_name(cfg: DictConfig) -> str:
+    """A name that tells runs apart in the MLflow UI's list."""
+    parts = [cfg.task.name, f"cluster={cfg.cluster.name}"]
+    if cfg.task.name == "train":
+        parts += [f"strategy={cfg.strategy.name}", f"bs={cfg.batch_size}"]
+    return " ".join(parts)

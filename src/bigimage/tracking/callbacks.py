@@ -1,0 +1,60 @@
+"""Hydra callback that makes a multirun one MLflow parent run with a child run per job.
+
+Everything shared is created here, in the launching process, before any job starts: the sqlite
+schema, the experiment and the parent run (PITFALLS: parallel jobs on a fresh store race on all
+three). Jobs, in this process or in joblib's worker processes, find the ids in the environment.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+import mlflow
+from hydra.experimental.callback import Callback
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig
+
+from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, run_tags
+from bigimage.tracking.store import connect, retry_busy
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _, experiment_id = connect(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_root)
+        overrides = list(config.hydra.overrides.task)
+        sweep_dir = str(config.hydra.sweep.dir)
+        tags = run_tags(f"sweep:{config.task.name}", overrides)
+        tags.update({"sweep_dir": sweep_dir, "mlflow.runName": f"sweep {' '.join(overrides)}"[:250]})
+        client = mlflow.MlflowClient()
+        run = retry_busy(lambda: client.create_run(experiment_id, tags=tags))
+        self.parent_run_id = run.info.run_id
+        os.environ[ENV_PARENT_RUN_ID] = self.parent_run_id
+        os.environ[ENV_EXPERIMENT_ID] = experiment_id
+        os.environ[ENV_SWEEP_ID] = self.parent_run_id
+        # A job that raises stops Hydra's sweep before on_multirun_end: close the parent at exit then.
+        atexit.register(self.on_multirun_end, config)
+        print(f"[mlflow] sweep parent run {self.parent_run_id} in experiment {config.tracking.experiment!r}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_run_id is None:
+            return
+        client = mlflow.MlflowClient()
+        experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+        children = retry_busy(
+            lambda: client.search_runs(
+                [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+            )
+        )
+        failed = [run for run in children if run.info.status != "FINISHED"]
+        status = RunStatus.FAILED if failed or not children else RunStatus.FINISHED
+        client.set_tag(self.parent_run_id, "children", str(len(children)))
+        client.set_tag(self.parent_run_id, "children_failed", str(len(failed)))
+        retry_busy(lambda: client.set_terminated(self.parent_run_id, RunStatus.to_string(status)))
+        for key in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_ID):
+            os.environ.pop(key, None)
+        self.parent_run_id = None

@@ -1,0 +1,125 @@
+"""One MLflow run per task execution: params from the config, tags, the resolved config, the outcome.
+
+A sweep's parent run is made by the Hydra callback in the launching process; each job finds it
+through the environment variables below (never ``MLFLOW_RUN_ID``, which overrides ``parent_run_id``:
+mlflow #15713) and opens its run as a child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import traceback
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig, OmegaConf
+
+from bigimage.config import PROJECT_ROOT
+from bigimage.tracking.store import retry_busy
+
+ENV_PARENT_RUN_ID = "BIGIMAGE_PARENT_RUN_ID"
+ENV_EXPERIMENT_ID = "BIGIMAGE_EXPERIMENT_ID"
+ENV_SWEEP_ID = "BIGIMAGE_SWEEP_ID"
+CONFIG_ARTIFACT = "config/config.yaml"
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
+    """The resolved config as MLflow params with dotted keys (``cluster.name``, ``batch_size``)."""
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    params: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            text = json.dumps(node) if isinstance(node, (list, dict)) else str(node)
+            params[prefix] = text[:MAX_PARAM_LENGTH]
+
+    walk("", {key: value for key, value in container.items() if key != "hydra"})
+    return params
+
+
+def git_commit() -> str:
+    """The project's commit, with ``-dirty`` when the tree has changes; ``unknown`` outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hydra_overrides() -> list[str]:
+    """The command-line overrides of the current Hydra job ([] outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def run_tags(task: str, overrides: list[str] | None = None) -> dict[str, str]:
+    tags = {"task": task, "git_commit": git_commit(), "overrides": " ".join(overrides or []) or "(none)"}
+    if os.environ.get(ENV_SWEEP_ID):
+        tags["sweep_id"] = os.environ[ENV_SWEEP_ID]
+    return tags
+
+
+def _end(status: str) -> None:
+    retry_busy(lambda: mlflow.end_run(status=status))
+
+
+@contextmanager
+def tracked_run(
+    cfg: DictConfig,
+    task: str,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    experiment_id: str | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Open a run that logs ``cfg``; FAILED with the error if the body raises, KILLED on Ctrl-C.
+
+    Without explicit ids it joins the sweep named in the environment, if any: the parent run and
+    the experiment were created by the launching process, so parallel jobs never race to make them.
+    """
+    parent_run_id = parent_run_id or os.environ.get(ENV_PARENT_RUN_ID) or None
+    experiment_id = experiment_id or os.environ.get(ENV_EXPERIMENT_ID) or None
+    tags = run_tags(task, hydra_overrides())
+    tags.update(extra_tags or {})
+    run = retry_busy(
+        lambda: mlflow.start_run(
+            run_name=run_name,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            nested=mlflow.active_run() is not None,
+            tags=tags,
+        )
+    )
+    try:
+        retry_busy(lambda: mlflow.log_params(flatten_config(cfg)))
+        retry_busy(lambda: mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), CONFIG_ARTIFACT))
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
+        _end(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        message = f"{type(error).__name__}: {error}"
+        mlflow.set_tag("error", message[:5000])
+        mlflow.log_text("".join(traceback.format_exception(error)), "error/traceback.txt")
+        _end(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        _end(RunStatus.to_string(RunStatus.FINISHED))

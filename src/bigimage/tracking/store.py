@@ -1,0 +1,87 @@
+"""Where runs go: the tracking URI, the experiment, and retries around a busy sqlite store.
+
+Paths are resolved against the project root, never Hydra's per-run output folder (hydra #830), and
+the experiment gets an explicit artifact location: with a sqlite URI MLflow would otherwise put
+artifacts in ``./mlruns`` relative to whatever the current directory is.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from bigimage.config import PROJECT_ROOT
+
+T = TypeVar("T")
+
+DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
+DEFAULT_ARTIFACTS = PROJECT_ROOT / "mlruns" / "artifacts"
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else the project's sqlite store."""
+    uri = uri or os.environ.get(ENV_TRACKING_URI) or f"sqlite:///{DEFAULT_STORE}"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            path = PROJECT_ROOT / path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
+    elif "://" not in uri:  # a bare folder is MLflow's file store
+        uri = str((PROJECT_ROOT / uri).resolve())
+    return uri
+
+
+def default_artifact_location(uri: str, artifact_root: str | None = None) -> str | None:
+    """Artifacts of a local store live under the project's ``mlruns/``; a server picks its own."""
+    if artifact_root:
+        return artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
+    if uri.startswith("sqlite:"):
+        return DEFAULT_ARTIFACTS.as_uri()
+    return None
+
+
+def retry_busy(action: Callable[[], T], attempts: int = 8) -> T:
+    """Run ``action``, retrying when parallel jobs find the sqlite store locked (mlflow #10334)."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except MlflowException as error:
+            if "locked" not in str(error).lower() or attempt == attempts - 1:
+                raise
+        time.sleep(0.2 * 2**attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def ensure_experiment(name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created if needed; safe when another process creates it too."""
+    client = mlflow.MlflowClient()
+
+    def get_or_create() -> str:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except MlflowException as error:
+            if "already exists" not in str(error).lower():
+                raise
+            return client.get_experiment_by_name(name).experiment_id
+
+    return retry_busy(get_or_create)
+
+
+def connect(uri: str | None, experiment: str, artifact_root: str | None = None) -> tuple[str, str]:
+    """Point this process (and its child processes) at the store; returns (uri, experiment id)."""
+    uri = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    os.environ[ENV_TRACKING_URI] = uri
+    return uri, ensure_experiment(experiment, default_artifact_location(uri, artifact_root))
