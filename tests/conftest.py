@@ -1,0 +1,80 @@
+"""Shared fixtures: composed configs, a real MLflow store per test, small labelled image trees."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from bigimage.config import PROJECT_ROOT, register_configs
+
+pytest_plugins = ["tests.gcs_emulator"]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The project's config as ``python run.py <overrides>`` would compose it (without running)."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path) -> Iterator[str]:
+    """A fresh sqlite MLflow store for this test; yields its URI (also set as the process default)."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    (tmp_path / "mlruns").mkdir()
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    if previous is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_run_left_open() -> Iterator[None]:
+    yield
+    active = mlflow.active_run()
+    if active is not None:
+        mlflow.end_run()
+        pytest.fail(f"the test left MLflow run {active.info.run_id} open")
+
+
+def jpeg_bytes(width: int, height: int, colour: tuple[int, int, int], seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(rng.normal(0, 20, size=(height, width, 3)) + np.array(colour), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+IMAGE_TREE_CLASSES = {"daisy": (240, 240, 240), "roses": (200, 20, 40), "tulips": (220, 80, 170)}
+
+
+@pytest.fixture
+def make_image_tree(tmp_path: Path) -> Callable[..., Path]:
+    """Write root/<label>/<i>.jpg with varied sizes; returns the root."""
+
+    def make(per_class: int = 4, name: str = "images") -> Path:
+        root = tmp_path / name
+        for class_index, (label, colour) in enumerate(IMAGE_TREE_CLASSES.items()):
+            (root / label).mkdir(parents=True)
+            for index in range(per_class):
+                width, height = 200 + 37 * index, 260 - 11 * index
+                (root / label / f"{index}.jpg").write_bytes(jpeg_bytes(width, height, colour, seed=class_index * 100 + index))
+        return root
+
+    return make

@@ -1,0 +1,125 @@
+"""Config composition, and refusal of bad values before any work starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from bigimage.config import PROJECT_ROOT, ConfigError, validate
+from tests.conftest import compose_config
+
+GROUPS = ("task", "cluster", "dataset", "strategy", "model", "tracking")
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (PROJECT_ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_composes_and_validates(group: str) -> None:
+    for option in options(group):
+        overrides = [f"{group}={option}"]
+        if group == "dataset" and option == "folder":
+            overrides.append("dataset.root=/some/where")
+        cfg = compose_config(overrides)
+        validate(cfg)
+        assert group == "tracking" or cfg[group].name == option
+
+
+def test_every_experiment_composes() -> None:
+    experiments = sorted(path.stem for path in (PROJECT_ROOT / "experiments").glob("*.yaml"))
+    for name in experiments:
+        validate(compose_config([f"+experiment={name}"]))
+
+
+def test_defaults_and_top_level_keys() -> None:
+    cfg = compose_config()
+    assert cfg.task.name == "pipeline"
+    assert cfg.cluster.name == "local" and cfg.cluster.deploy == "local"
+    assert cfg.dataset.name == "synthetic"
+    assert (cfg.image_size, cfg.batch_size, cfg.seed) == (192, 32, 42)
+    assert cfg.tfrecord_dir.startswith(str(PROJECT_ROOT / "data"))
+    custom = compose_config(["dataset=folder", "dataset.root=gs://bucket/flowers", "tfrecord_dir=gs://bucket/tfrec"])
+    assert (custom.dataset.root, custom.tfrecord_dir) == ("gs://bucket/flowers", "gs://bucket/tfrec")
+
+
+def test_cluster_shapes_match_the_seed() -> None:
+    single, maximal, four = (compose_config([f"cluster={name}"]).cluster for name in ("single", "maximal", "four"))
+    assert (single.executors, single.executor_cores, single.shape.master_machine_type) == (1, 8, "n1-standard-8")
+    assert (single.shape.master_boot_disk_size_gb, single.shape.worker_count) == (500, 0)
+    assert (maximal.executors, maximal.executor_cores, maximal.shape.worker_count) == (7, 1, 7)
+    assert maximal.shape.worker_machine_type == "n1-standard-1" and maximal.shape.worker_boot_disk_size_gb == 4096 // 7
+    assert (four.executors, four.executor_cores, four.shape.worker_count) == (3, 2, 3)
+    assert four.shape.worker_machine_type == "n1-standard-2" and four.shape.worker_boot_disk_size_gb == 4096 // 3
+
+
+def test_unknown_choice_names_the_valid_ones() -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["cluster=huge"])
+    message = str(error.value)
+    assert "cluster/huge" in message
+    # Hydra's own message, as a user sees it, lists the options.
+    result = subprocess.run([sys.executable, "run.py", "cluster=huge"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    for name in ("four", "local", "maximal", "single"):
+        assert name in result.stderr
+
+
+def test_wrong_type_fails_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config(["batch_size=abc"])
+    assert isinstance(error.value.__cause__, ValidationError) or "batch_size" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["batch_size=0"], "batch_size=0"),
+        (["image_size=-1"], "image_size=-1"),
+        (["num_shards=0"], "num_shards=0"),
+        (["strategy=multi_worker_mirrored", "strategy.num_workers=0"], "strategy.num_workers=0"),
+        (["dataset=folder"], "dataset.root is not set"),
+        (["speedtest.batch_sizes=[8,0]"], "speedtest.batch_sizes=0"),
+        (["speedtest.batch_numbers=[]"], "speedtest.batch_numbers is empty"),
+        (["speedtest.repetitions=-2"], "speedtest.repetitions=-2"),
+        (["speedtest.sources=[files,parquet]"], "choose one of: files, tfrecord"),
+        (["cluster.deploy=kubernetes"], "local, standalone, dataproc"),
+        (["preprocess.jpeg_quality=0"], "jpeg_quality"),
+    ],
+)
+def test_bad_values_are_refused(overrides: list[str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(overrides))
+    assert fragment in str(error.value)
+
+
+def test_bad_value_fails_before_spark_starts(tmp_path: Path) -> None:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "run.py", "task=preprocess", "batch_size=0", f"tracking.uri=sqlite:///{tmp_path}/m.db"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "batch_size=0 is not valid" in result.stderr
+    assert "SparkContext" not in result.stderr + result.stdout
+    assert not (tmp_path / "m.db").exists(), "nothing, not even the store, is touched before validation"
+    assert time.perf_counter() - started < 30
+
+
+def test_help_and_cfg_job_work_as_in_hydra() -> None:
+    help_text = subprocess.run([sys.executable, "run.py", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert help_text.returncode == 0
+    for group in GROUPS:
+        assert f"{group}:" in help_text.stdout
+    job = subprocess.run(
+        [sys.executable, "run.py", "--cfg", "job", "cluster=four", "batch_size=16"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True,
+    )
+    assert job.returncode == 0
+    assert "name: four" in job.stdout and "batch_size: 16" in job.stdout

@@ -1,0 +1,172 @@
+"""Task 1 for real: a local SparkSession writing TFRecords that the course's reader reads back."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from bigimage.data import schema, storage
+from bigimage.data.listing import list_labelled_images
+from bigimage.spark.preprocess import NoUsableImagesError, assign_shards, run_preprocess, write_tfrecords
+from bigimage.spark.session import spark_session
+from tests.conftest import IMAGE_TREE_CLASSES, compose_config, jpeg_bytes
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[object]:
+    with spark_session(compose_config().cluster, "bigimage-tests") as session:
+        yield session
+
+
+def read_back(directory: str) -> list[dict]:
+    """Every record, parsed with a plain TFRecordDataset and the course's feature spec."""
+    import tensorflow as tf
+
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "class": tf.io.FixedLenFeature([], tf.int64),
+        "label": tf.io.FixedLenFeature([], tf.string),
+        "size": tf.io.FixedLenFeature([2], tf.int64),
+        "one_hot_class": tf.io.VarLenFeature(tf.float32),
+    }
+    files = sorted(str(path) for path in Path(directory).glob("*.tfrec"))
+    records = []
+    for serialized in tf.data.TFRecordDataset(files):
+        example = tf.io.parse_single_example(serialized, spec)
+        image = tf.io.decode_jpeg(example["image"])
+        records.append(
+            {
+                "class": int(example["class"]),
+                "label": example["label"].numpy().decode(),
+                "size": example["size"].numpy().tolist(),
+                "one_hot": tf.sparse.to_dense(example["one_hot_class"]).numpy().tolist(),
+                "shape": tuple(image.shape),
+                "jpeg": example["image"].numpy()[:2] == b"\xff\xd8",
+            }
+        )
+    return records
+
+
+def test_shards_mix_classes_and_cover_every_item() -> None:
+    items = [(f"{label}/{index}.jpg", class_index) for class_index, label in enumerate("abc") for index in range(10)]
+    shards = assign_shards(items, 4, seed=1)
+    assert sorted(item for shard in shards for item in shard) == sorted(items)
+    assert all(len({class_index for _, class_index in shard}) > 1 for shard in shards)
+    assert assign_shards(items, 4, seed=1) == shards
+
+
+def test_every_valid_image_once_with_its_label(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_image_tree(per_class=5)
+    (root / "daisy" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    truncated = jpeg_bytes(300, 300, (10, 200, 10))
+    (root / "roses" / "truncated.jpg").write_bytes(truncated[: len(truncated) // 2])
+    (root / "tulips" / "notes.txt").write_text("not an image")
+    (root / "sunflowers").mkdir()  # an empty class folder
+    vanished = root / "tulips" / "vanished.jpg"
+    vanished.write_bytes(jpeg_bytes(250, 250, (0, 0, 0)))
+    listing = list_labelled_images(str(root))
+    vanished.unlink()  # listed, then unreadable when the task opens it
+    destination = tmp_path / "tfrec"
+
+    manifest, results, seconds = write_tfrecords(spark, listing, str(destination), 192, 90, 3, "flowers", seed=0)
+
+    records = read_back(str(destination))
+    assert len(records) == 15 == manifest.num_records
+    assert Counter(record["label"] for record in records) == {label: 5 for label in IMAGE_TREE_CLASSES}
+    for record in records:
+        assert listing.classes[record["class"]] == record["label"]
+        assert record["shape"] == (192, 192, 3) and record["size"] == [192, 192] and record["jpeg"]
+        assert record["one_hot"] == [1.0 if index == record["class"] else 0.0 for index in range(len(listing.classes))]
+    failed = {Path(path).name: reason for result in results for path, reason in result.failed}
+    assert set(failed) == {"corrupt.jpg", "truncated.jpg", "notes.txt", "vanished.jpg"}
+    assert "FileNotFoundError" in failed["vanished.jpg"]
+    names = sorted(os.listdir(destination))
+    assert names == sorted([*manifest.shards, schema.MANIFEST_NAME]), "no staging or temp files are left"
+    for name, count in manifest.shards.items():
+        assert schema.records_in_shard_name(name) == count
+    assert manifest.class_counts == {"daisy": 5, "roses": 5, "sunflowers": 0, "tulips": 5}
+    assert seconds > 0
+
+
+def test_rerun_replaces_the_previous_set(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    listing = list_labelled_images(str(make_image_tree(per_class=3)))
+    destination = str(tmp_path / "tfrec")
+    write_tfrecords(spark, listing, destination, 64, 80, 6, "first", seed=0)
+    manifest, _, _ = write_tfrecords(spark, listing, destination, 64, 80, 2, "second", seed=0)
+    assert sorted(os.listdir(destination)) == sorted([*manifest.shards, schema.MANIFEST_NAME])
+    assert all(name.startswith("second") for name in manifest.shards)
+    assert len(read_back(destination)) == 9
+
+
+def test_failed_job_leaves_previous_set_and_no_staging(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    listing = list_labelled_images(str(make_image_tree(per_class=3)))
+    destination = str(tmp_path / "tfrec")
+    before, _, _ = write_tfrecords(spark, listing, destination, 64, 80, 2, "good", seed=0)
+    listing.classes = listing.classes[:1]  # a class index out of range makes a Spark task raise
+    with pytest.raises(Exception):
+        write_tfrecords(spark, listing, destination, 64, 80, 2, "bad", seed=0)
+    assert sorted(os.listdir(destination)) == sorted([*before.shards, schema.MANIFEST_NAME])
+    assert len(read_back(destination)) == 9
+
+
+def test_nothing_usable_fails_and_writes_nothing(spark, tmp_path: Path) -> None:
+    root = tmp_path / "junk"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.jpg").write_bytes(b"junk")
+    (root / "b").mkdir()
+    (root / "b" / "y.txt").write_text("text")
+    destination = tmp_path / "tfrec"
+    with pytest.raises(NoUsableImagesError, match="none of the 2 files"):
+        write_tfrecords(spark, list_labelled_images(str(root)), str(destination), 64, 80, 2, "x", seed=0)
+    assert not destination.exists() or os.listdir(destination) == []
+
+
+def test_missing_or_empty_root_says_what_was_expected(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="root/<label>"):
+        list_labelled_images(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no class folders"):
+        list_labelled_images(str(tmp_path / "empty"))
+
+
+def test_gcs_source_and_destination(spark, gcs_bucket: str, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_image_tree(per_class=2)
+    for path in sorted(root.rglob("*.jpg")):
+        storage.upload_file(str(path), f"gs://{gcs_bucket}/flowers/{path.parent.name}/{path.name}")
+    listing = list_labelled_images(f"gs://{gcs_bucket}/flowers")
+    assert len(listing.items) == 6
+    destination = f"gs://{gcs_bucket}/tfrecords"
+    manifest, _, _ = write_tfrecords(spark, listing, destination, 96, 90, 2, "flowers", seed=0)
+    listed = sorted(info.path.rsplit("/", 1)[-1] for info in storage.list_files(destination))
+    assert listed == sorted([*manifest.shards, schema.MANIFEST_NAME]), "no staging objects are left"
+    local = storage.local_cache_copy(destination, tmp_path / "cache")
+    records = read_back(local)
+    assert len(records) == 6 and {record["shape"] for record in records} == {(96, 96, 3)}
+
+
+def test_task_logs_the_design_metrics(mlflow_store: str, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_image_tree(per_class=3)
+    (root / "daisy" / "broken.jpg").write_bytes(b"broken")
+    cfg = compose_config(
+        [
+            "task=preprocess", "dataset=folder", f"dataset.root={root}", f"tfrecord_dir={tmp_path / 'out'}",
+            "image_size=64", "num_shards=2", f"tracking.uri={mlflow_store}",
+        ]
+    )
+    experiment_id = mlflow.create_experiment("preprocess", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        run_preprocess(cfg)
+    stored = mlflow.get_run(run.info.run_id)
+    metrics = stored.data.metrics
+    assert metrics["images"] == 9 and metrics["failed_images"] == 1 and metrics["shards"] == 2
+    assert metrics["bytes_written"] > 0 and metrics["seconds"] > 0 and metrics["startup_seconds"] > 0
+    assert metrics["images_per_second"] == pytest.approx(9 / metrics["seconds"])
+    assert stored.data.tags["spark.master"] == "local[2]" or stored.data.tags["spark.master"].startswith("local[")
+    assert metrics["spark.executors"] == 1 and metrics["spark.total_cores"] >= 1
+    failed = mlflow.artifacts.load_dict(f"{stored.info.artifact_uri}/failed_images.json")
+    assert [Path(entry["path"]).name for entry in failed] == ["broken.jpg"]
