@@ -1,0 +1,418 @@
+"""File operations on local paths and ``gs://bucket/key`` URLs, with one vocabulary for both.
+
+Cloud Storage goes through the ``google-cloud-storage`` client (not TensorFlow's filesystem), so
+the data layer needs neither TensorFlow nor Hadoop connectors. The client is created lazily, once
+per process (and again after a fork), so every function here is safe to call inside Spark Python
+workers: nothing unpicklable is captured, and no connection pool crosses a fork.
+
+Credentials: with ``STORAGE_EMULATOR_HOST`` set (tests, local development) the client talks to that
+emulator with anonymous credentials and no project; otherwise Application Default Credentials are
+used (``GOOGLE_APPLICATION_CREDENTIALS`` or ``gcloud auth application-default login``; on Dataproc
+the VM's service account).
+
+Paths returned for ``gs://`` are full URLs; local paths are returned as given (not made absolute).
+Missing objects raise :class:`FileNotFoundError` for local and ``gs://`` alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from google.cloud.storage import Blob, Client
+
+GCS_SCHEME = "gs://"
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+# Marks a directory that local_cache_copy owns, so it may prune files the bucket no longer holds.
+CACHE_MARKER = ".bigimage-cache"
+_BATCH_LIMIT = 100  # the JSON API's maximum calls per batch request
+_DOWNLOAD_THREADS = 8
+
+
+class GCSCredentialsError(RuntimeError):
+    """No credentials for Cloud Storage; the message says how to provide them."""
+
+
+@dataclass(frozen=True, order=True)
+class FileInfo:
+    """A regular file or object: its path (local path or gs:// URL) and size in bytes."""
+
+    path: str
+    size: int
+
+
+# --------------------------------------------------------------------------------------------- URLs
+
+
+def is_gcs(url: str) -> bool:
+    """True for ``gs://`` URLs."""
+    return str(url).startswith(GCS_SCHEME)
+
+
+def split_gcs(url: str) -> tuple[str, str]:
+    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``; the key may be empty. Raises ValueError."""
+    if not is_gcs(url):
+        raise ValueError(f"{url!r} is not a gs:// URL")
+    bucket, _, key = url[len(GCS_SCHEME) :].partition("/")
+    if not bucket:
+        raise ValueError(f"{url!r} has no bucket name; expected gs://bucket/path")
+    return bucket, key
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a local path or a gs:// URL (always with ``/`` for gs://)."""
+    url = str(url)
+    if not is_gcs(url):
+        return os.path.join(url, *[str(p) for p in parts])
+    out = url.rstrip("/")
+    for part in parts:
+        part = str(part).strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def basename(url: str) -> str:
+    """Last path component of a local path or gs:// URL (ignoring a trailing slash)."""
+    return str(url).rstrip("/").rsplit("/", 1)[-1] if is_gcs(url) else os.path.basename(str(url).rstrip(os.sep))
+
+
+# ------------------------------------------------------------------------------------------- client
+
+_client_lock = threading.Lock()
+_client_cache: dict[tuple[int, str | None], "Client"] = {}
+
+
+def gcs_client() -> "Client":
+    """This process's Cloud Storage client, created on first use (and anew after a fork).
+
+    ``STORAGE_EMULATOR_HOST`` (e.g. ``http://127.0.0.1:9023``) selects an emulator, anonymous
+    credentials and no project. Otherwise Application Default Credentials; if there are none,
+    :class:`GCSCredentialsError` says what to set.
+    """
+    emulator = os.environ.get(EMULATOR_ENV) or None
+    key = (os.getpid(), emulator)
+    client = _client_cache.get(key)
+    if client is not None:
+        return client
+    with _client_lock:
+        client = _client_cache.get(key)
+        if client is None:
+            client = _make_client(emulator)
+            # Drop clients of a parent process (after fork) or of another emulator setting.
+            _client_cache.clear()
+            _client_cache[key] = client
+    return client
+
+
+def _make_client(emulator: str | None) -> "Client":
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import storage
+
+    if emulator:
+        endpoint = emulator if "://" in emulator else f"http://{emulator}"
+        if endpoint != emulator:
+            # The client reads the variable itself and needs the scheme in it.
+            os.environ[EMULATOR_ENV] = endpoint
+        return storage.Client(
+            project=os.environ.get("GOOGLE_CLOUD_PROJECT") or "emulator-project",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": endpoint},
+        )
+    try:
+        try:
+            return storage.Client()
+        except OSError:
+            # Credentials found but no default project: objects need none (buckets are global).
+            return storage.Client(project=None)
+    except DefaultCredentialsError as exc:
+        raise GCSCredentialsError(
+            "No Google Cloud credentials found for gs:// access. Set GOOGLE_APPLICATION_CREDENTIALS "
+            "to a service-account key file, or run `gcloud auth application-default login` "
+            f"(or set {EMULATOR_ENV} to use a storage emulator). Cause: {exc}"
+        ) from exc
+
+
+def _blob(url: str) -> "Blob":
+    bucket, key = split_gcs(url)
+    if not key:
+        raise ValueError(f"{url!r} names a bucket, not an object")
+    return gcs_client().bucket(bucket).blob(key)
+
+
+def _not_found(url: str) -> FileNotFoundError:
+    return FileNotFoundError(f"no such file or object: {url}")
+
+
+def _gcs_not_found_type():
+    from google.api_core.exceptions import NotFound
+
+    return NotFound
+
+
+# ---------------------------------------------------------------------------------------- listings
+
+
+def list_files(url: str) -> list[FileInfo]:
+    """Every regular file under ``url`` (recursively), sorted by path.
+
+    ``url`` is treated as a directory (for gs://, the prefix ``key/``). A missing local directory,
+    a path that is not a directory, or a prefix with no objects gives ``[]``: callers decide how to
+    complain. Zero-byte ``key/`` "folder" placeholder objects are left out.
+    """
+    url = str(url)
+    if is_gcs(url):
+        bucket, key = split_gcs(url)
+        prefix = key.rstrip("/") + "/" if key.strip("/") else ""
+        base = f"{GCS_SCHEME}{bucket}/"
+        try:
+            files = [
+                FileInfo(base + blob.name, int(blob.size or 0))
+                for blob in gcs_client().list_blobs(bucket, prefix=prefix)
+                if not blob.name.endswith("/")
+            ]
+        except _gcs_not_found_type():  # no such bucket: nothing under the URL either
+            return []
+        return sorted(files)
+    if not os.path.isdir(url):
+        return []
+    files = []
+    for dirpath, _dirnames, filenames in os.walk(url):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:  # removed while listing, or a dangling symlink
+                continue
+            if os.path.isfile(path):
+                files.append(FileInfo(path, st.st_size))
+    return sorted(files)
+
+
+def exists(url: str) -> bool:
+    """True if ``url`` is an existing file/object or a directory (for gs://: a non-empty prefix)."""
+    url = str(url)
+    if not is_gcs(url):
+        return os.path.exists(url)
+    bucket, key = split_gcs(url)
+    client = gcs_client()
+    if not key.strip("/"):
+        return client.bucket(bucket).exists()
+    if not key.endswith("/") and client.bucket(bucket).blob(key).exists():
+        return True
+    prefix = key.rstrip("/") + "/"
+    try:
+        return any(True for _ in client.list_blobs(bucket, prefix=prefix, max_results=1))
+    except _gcs_not_found_type():  # no such bucket
+        return False
+
+
+# ------------------------------------------------------------------------------------ read / write
+
+
+def read_bytes(url: str) -> bytes:
+    """The whole content of a file or object. Raises FileNotFoundError if missing."""
+    url = str(url)
+    if not is_gcs(url):
+        with open(url, "rb") as f:
+            return f.read()
+    try:
+        return _blob(url).download_as_bytes()
+    except _gcs_not_found_type():
+        raise _not_found(url) from None
+
+
+def _atomic_local_write(path: str, write) -> None:
+    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename over it."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` atomically: readers see the old content or the new, never half.
+
+    Local: a temp file in the same directory, then ``os.replace`` (parent dirs are created).
+    gs://: a single-object upload, which Cloud Storage commits atomically.
+    """
+    url = str(url)
+    if is_gcs(url):
+        try:
+            _blob(url).upload_from_string(data, content_type="application/octet-stream")
+        except _gcs_not_found_type():
+            raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
+    else:
+        _atomic_local_write(url, lambda f: f.write(data))
+
+
+def upload_file(local_path: str | Path, url: str) -> None:
+    """Copy a local file to ``url`` (gs:// or local; local destinations are written atomically)."""
+    local_path = str(local_path)
+    if not os.path.isfile(local_path):
+        raise _not_found(local_path)
+    url = str(url)
+    if is_gcs(url):
+        try:
+            _blob(url).upload_from_filename(local_path, content_type="application/octet-stream")
+        except _gcs_not_found_type():
+            raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
+    else:
+        _atomic_local_write(url, lambda f: _copy_into(local_path, f))
+
+
+def _copy_into(src_path: str, fileobj) -> None:
+    with open(src_path, "rb") as src:
+        shutil.copyfileobj(src, fileobj, length=1 << 20)
+
+
+def download_file(url: str, local_path: str | Path) -> None:
+    """Copy ``url`` (gs:// or local) to a local file, atomically; parent dirs are created."""
+    url, local_path = str(url), str(local_path)
+    if not is_gcs(url):
+        if not os.path.isfile(url):
+            raise _not_found(url)
+        _atomic_local_write(local_path, lambda f: _copy_into(url, f))
+        return
+    blob = _blob(url)
+    try:
+        _atomic_local_write(local_path, lambda f: blob.download_to_file(f))
+    except _gcs_not_found_type():
+        raise _not_found(url) from None
+
+
+# ----------------------------------------------------------------------------------- delete / move
+
+
+def delete(url: str) -> None:
+    """Delete one file or object; a missing one is fine."""
+    url = str(url)
+    if not is_gcs(url):
+        try:
+            os.unlink(url)
+        except FileNotFoundError:
+            pass
+        return
+    try:
+        _blob(url).delete()
+    except _gcs_not_found_type():
+        pass
+
+
+def delete_files(urls: Iterable[str]) -> None:
+    """Delete many files/objects (missing ones are fine); gs:// objects go in batched requests."""
+    by_bucket: dict[str, list[str]] = {}
+    for url in urls:
+        url = str(url)
+        if is_gcs(url):
+            bucket, key = split_gcs(url)
+            by_bucket.setdefault(bucket, []).append(key)
+        else:
+            delete(url)
+    if not by_bucket:
+        return
+    client = gcs_client()
+    for bucket_name, keys in by_bucket.items():
+        bucket = client.bucket(bucket_name)
+        for start in range(0, len(keys), _BATCH_LIMIT):
+            # raise_exception=False: a 404 for an already-missing object must not fail the batch.
+            with client.batch(raise_exception=False):
+                for key in keys[start : start + _BATCH_LIMIT]:
+                    bucket.delete_blob(key)
+
+
+def move(src: str, dst: str) -> None:
+    """Move a file/object, replacing ``dst``. Local: ``os.replace`` (parents created; a copy if the
+    rename crosses file systems). gs://: server-side copy then delete. Mixed: transfer then delete.
+    """
+    src, dst = str(src), str(dst)
+    if not is_gcs(src) and not is_gcs(dst):
+        if not os.path.isfile(src):
+            raise _not_found(src)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            if exc.errno != 18:  # EXDEV: another file system
+                raise
+            _atomic_local_write(dst, lambda f: _copy_into(src, f))
+            os.unlink(src)
+        return
+    if is_gcs(src) and is_gcs(dst):
+        src_blob, dst_blob = _blob(src), _blob(dst)
+        try:
+            token, _, _ = dst_blob.rewrite(src_blob)
+            while token is not None:  # large objects across locations take several calls
+                token, _, _ = dst_blob.rewrite(src_blob, token=token)
+        except _gcs_not_found_type():
+            raise _not_found(src) from None
+    elif is_gcs(dst):
+        upload_file(src, dst)
+    else:
+        download_file(src, dst)
+    delete(src)
+
+
+# ------------------------------------------------------------------------------------------- cache
+
+
+def local_cache_copy(url_dir: str, cache_dir: str | Path) -> str:
+    """A local mirror of everything under a gs:// prefix; local paths are returned unchanged.
+
+    Objects already in ``cache_dir`` with the same size are not downloaded again; downloads are
+    atomic, so an interrupted copy leaves no partial file with a plausible size. If ``cache_dir``
+    is one this function created (it holds a ``.bigimage-cache`` marker), files the prefix no
+    longer holds are removed, so the mirror lists exactly what the bucket holds. Returns the local
+    directory as a string.
+    """
+    url_dir = str(url_dir)
+    if not is_gcs(url_dir):
+        return url_dir
+    cache = Path(cache_dir)
+    owned = (cache / CACHE_MARKER).exists() or not cache.exists() or not any(cache.iterdir())
+    cache.mkdir(parents=True, exist_ok=True)
+    if owned:
+        (cache / CACHE_MARKER).touch()
+    prefix = url_dir.rstrip("/") + "/"
+    remote = list_files(url_dir)
+    wanted: set[str] = set()
+    todo: list[tuple[str, str]] = []
+    for info in remote:
+        rel = info.path[len(prefix) :]
+        target = cache.joinpath(*rel.split("/"))
+        wanted.add(str(target))
+        try:
+            if target.stat().st_size == info.size:
+                continue
+        except FileNotFoundError:
+            pass
+        todo.append((info.path, str(target)))
+    if todo:
+        gcs_client()  # create the client once, before the threads share it
+        with ThreadPoolExecutor(max_workers=min(_DOWNLOAD_THREADS, len(todo))) as pool:
+            for future in [pool.submit(download_file, src, dst) for src, dst in todo]:
+                future.result()
+    if owned:
+        for info in list_files(str(cache)):
+            if info.path not in wanted and os.path.basename(info.path) != CACHE_MARKER:
+                os.unlink(info.path)
+    return str(cache)

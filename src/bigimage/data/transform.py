@@ -1,0 +1,129 @@
+"""Decode, resize, centre-crop and re-encode one image: the per-record work of task 1.
+
+One decode and one encode per image. JPEG sources are decoded with Pillow's ``draft()``, which asks
+libjpeg to scale down in the DCT domain by 1/2, 1/4 or 1/8 while keeping the short side at least
+``image_size``; a 500 px photo bound for 192 px is then decoded at 250 px, which costs a fraction of
+a full decode. The remaining resize and the centre crop are a single ``Image.resize(..., box=...)``
+call: the crop box is given in source coordinates, so no intermediate full-size image is made.
+
+Resampling is bicubic with Pillow's antialiasing (the filter support grows with the reduction
+factor, so downscaling does not alias). After ``draft()`` the remaining reduction is below 2x in
+almost every case, where bicubic and Lanczos are visually indistinguishable and bicubic is faster;
+both are sharper than bilinear, which matters for the fine texture a small CNN learns from.
+
+Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left at its default (False): a truncated file raises
+:class:`ImageDecodeError` rather than producing a half-grey picture that would poison training.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from PIL.Image import Image as PILImage
+
+RESAMPLE = Image.Resampling.BICUBIC
+_EXIF_ORIENTATION = 0x0112
+_TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image (corrupt, truncated, not an image, or too large)."""
+
+
+def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """The centred square of side ``min(width, height)``, as a (left, top, right, bottom) box.
+
+    Resizing this box to ``image_size`` x ``image_size`` equals "scale the short side to
+    ``image_size`` keeping the aspect ratio, then crop the centre": the box is in source pixels, so
+    the aspect ratio is kept exactly (no rounding of an intermediate size). Offsets may be half pixels.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    side = min(width, height)
+    left = (width - side) / 2.0
+    top = (height - side) / 2.0
+    return (left, top, left + side, top + side)
+
+
+def resize_and_crop(img: "PILImage", image_size: int) -> "PILImage":
+    """Scale ``img`` so its short side is ``image_size`` (up or down), then centre-crop a square.
+
+    ``img`` must already be in the output mode (RGB for the pipeline); it is not modified.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    return img.resize((image_size, image_size), RESAMPLE, box=crop_box(*img.size))
+
+
+def _to_rgb(img: "PILImage") -> "PILImage":
+    """RGB version of a decoded image; transparent areas become white rather than whatever RGB they hide."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _TRANSPARENT_BACKGROUND)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # Wide greyscale (16-bit PNG/TIFF): map to 8 bits before RGB, which would otherwise clip.
+        img = img.convert("I")
+        img = img.point(lambda v: v * (255.0 / 65535.0)).convert("L")
+    return img.convert("RGB")
+
+
+def _apply_exif_orientation(img: "PILImage") -> "PILImage":
+    """Rotate/flip as the EXIF orientation tag says (camera photos), so a portrait stays a portrait."""
+    try:
+        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block is not a broken image
+        return img
+    if orientation in (None, 1):
+        return img
+    return ImageOps.exif_transpose(img)
+
+
+def transform_jpeg(data: bytes, image_size: int, quality: int = 90) -> bytes:
+    """Decode any image, scale its short side to ``image_size``, centre-crop a square, encode as JPEG.
+
+    Returns baseline JPEG bytes of an RGB ``image_size`` x ``image_size`` image. Images smaller than
+    ``image_size`` are upscaled. Raises :class:`ImageDecodeError` with a short reason for bytes that
+    are not a complete image, and ``ValueError`` for a bad ``image_size`` or ``quality``.
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be in 1..100, got {quality}")
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            # Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; draft() keeps such a decode small.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            # DCT-domain downscale by a power of two, keeping both sides >= image_size (JPEG only;
+            # a no-op for other formats).
+            img.draft("RGB", (image_size, image_size))
+            img.load()
+            img = _apply_exif_orientation(img)
+            rgb = _to_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not a recognised image format") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
+        # Pillow reports a truncated or corrupt stream as OSError ("image file is truncated",
+        # "broken data stream"), and some plugins as SyntaxError/ValueError.
+        reason = str(exc) or type(exc).__name__
+        raise ImageDecodeError(f"cannot decode image: {reason}") from None
+
+    out = resize_and_crop(rgb, image_size)
+    buffer = io.BytesIO()
+    out.save(buffer, format="JPEG", quality=quality, optimize=False, progressive=False)
+    return buffer.getvalue()

@@ -1,0 +1,252 @@
+"""storage: every operation on a local tmp dir and on a real Cloud Storage emulator on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bigimage.data import storage
+from bigimage.data.storage import FileInfo
+
+
+@pytest.fixture(params=["local", "gcs"])
+def base(request, tmp_path) -> str:
+    """A root URL to work under: a local tmp dir, or a fresh emulator bucket."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    bucket = request.getfixturevalue("gcs_bucket")
+    return f"gs://{bucket}/store"
+
+
+def test_is_gcs_and_join():
+    assert storage.is_gcs("gs://b/k")
+    assert not storage.is_gcs("/tmp/x")
+    assert not storage.is_gcs("data/gs://x")
+    assert storage.join("gs://b/", "a/", "/c.jpg") == "gs://b/a/c.jpg"
+    assert storage.join("gs://b/a", "", "c") == "gs://b/a/c"
+    assert storage.join("/tmp/x", "a", "b.jpg") == os.path.join("/tmp/x", "a", "b.jpg")
+    assert storage.split_gcs("gs://bucket/a/b") == ("bucket", "a/b")
+    assert storage.split_gcs("gs://bucket") == ("bucket", "")
+    with pytest.raises(ValueError):
+        storage.split_gcs("gs:///a")
+    assert storage.basename("gs://b/a/c.jpg") == "c.jpg"
+
+
+def test_write_read_list_exists(base):
+    assert storage.list_files(base) == []
+    assert not storage.exists(base)
+    storage.write_bytes(storage.join(base, "b", "two.bin"), b"22")
+    storage.write_bytes(storage.join(base, "a.bin"), b"1")
+    storage.write_bytes(storage.join(base, "b", "c", "three.bin"), b"333")
+    assert storage.read_bytes(storage.join(base, "b", "c", "three.bin")) == b"333"
+    files = storage.list_files(base)
+    assert files == [
+        FileInfo(storage.join(base, "a.bin"), 1),
+        FileInfo(storage.join(base, "b", "c", "three.bin"), 3),
+        FileInfo(storage.join(base, "b", "two.bin"), 2),
+    ]
+    assert [f.path for f in files] == sorted(f.path for f in files)
+    assert storage.list_files(storage.join(base, "b", "c")) == [FileInfo(storage.join(base, "b", "c", "three.bin"), 3)]
+    assert storage.exists(storage.join(base, "a.bin"))
+    assert storage.exists(storage.join(base, "b"))  # a directory / non-empty prefix
+    assert storage.exists(base)
+    assert not storage.exists(storage.join(base, "nope.bin"))
+    # Overwrite replaces the content.
+    storage.write_bytes(storage.join(base, "a.bin"), b"new")
+    assert storage.read_bytes(storage.join(base, "a.bin")) == b"new"
+
+
+def test_prefix_is_a_directory_not_a_string_prefix(base):
+    storage.write_bytes(storage.join(base, "data", "x"), b"x")
+    storage.write_bytes(storage.join(base, "data2", "y"), b"y")
+    assert [f.path for f in storage.list_files(storage.join(base, "data"))] == [storage.join(base, "data", "x")]
+
+
+def test_missing_reads_raise_file_not_found(base, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(base, "missing"))
+    with pytest.raises(FileNotFoundError):
+        storage.download_file(storage.join(base, "missing"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(FileNotFoundError):
+        storage.move(storage.join(base, "missing"), storage.join(base, "other"))
+
+
+def test_upload_download(base, tmp_path):
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(3000))
+    url = storage.join(base, "up", "src.bin")
+    storage.upload_file(src, url)
+    out = tmp_path / "deep" / "dir" / "copy.bin"
+    storage.download_file(url, out)
+    assert out.read_bytes() == src.read_bytes()
+    assert storage.list_files(storage.join(base, "up")) == [FileInfo(url, 3000)]
+
+
+def test_delete_and_delete_files(base):
+    urls = [storage.join(base, f"f{i}") for i in range(5)]
+    for url in urls:
+        storage.write_bytes(url, b"x")
+    storage.delete(urls[0])
+    storage.delete(urls[0])  # missing is fine
+    assert not storage.exists(urls[0])
+    storage.delete_files(urls + [storage.join(base, "never-existed")])
+    assert storage.list_files(base) == []
+    storage.delete_files([])
+
+
+def test_move(base):
+    src, dst = storage.join(base, "tmp", "shard.part"), storage.join(base, "out", "sub", "shard.tfrec")
+    storage.write_bytes(src, b"payload")
+    storage.write_bytes(dst, b"old")
+    storage.move(src, dst)
+    assert not storage.exists(src)
+    assert storage.read_bytes(dst) == b"payload"
+
+
+def test_move_between_local_and_gcs(gcs_bucket, tmp_path):
+    local = tmp_path / "a.bin"
+    local.write_bytes(b"abc")
+    url = f"gs://{gcs_bucket}/moved/a.bin"
+    storage.move(str(local), url)
+    assert not local.exists() and storage.read_bytes(url) == b"abc"
+    back = tmp_path / "back" / "a.bin"
+    storage.move(url, str(back))
+    assert back.read_bytes() == b"abc" and not storage.exists(url)
+
+
+def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "d" / "shard.tfrec"
+
+    class Boom(Exception):
+        pass
+
+    storage.write_bytes(str(target), b"complete")
+
+    def failing_write(f):
+        f.write(b"half")
+        raise Boom
+
+    with pytest.raises(Boom):
+        storage._atomic_local_write(str(target), failing_write)
+    assert target.read_bytes() == b"complete"
+    assert os.listdir(target.parent) == ["shard.tfrec"]
+
+
+def test_local_missing_dir_and_file_path_list_empty(tmp_path):
+    assert storage.list_files(str(tmp_path / "missing")) == []
+    (tmp_path / "f").write_bytes(b"x")
+    assert storage.list_files(str(tmp_path / "f")) == []
+
+
+def test_local_cache_copy(gcs_bucket, tmp_path):
+    prefix = f"gs://{gcs_bucket}/images"
+    for name, data in [("a/1.jpg", b"1"), ("a/2.jpg", b"22"), ("b/3.jpg", b"333")]:
+        storage.write_bytes(f"{prefix}/{name}", data)
+    storage.write_bytes(f"gs://{gcs_bucket}/images-other/x.jpg", b"no")
+    cache = tmp_path / "cache"
+    assert storage.local_cache_copy(prefix, cache) == str(cache)
+    assert (cache / "a" / "2.jpg").read_bytes() == b"22"
+    assert (cache / "b" / "3.jpg").read_bytes() == b"333"
+    assert not (cache / "x.jpg").exists()
+
+    # A file already there with the right size is kept (not downloaded again); a wrong size is fixed;
+    # a file the bucket no longer holds is pruned.
+    os.utime(cache / "a" / "1.jpg", (1, 1))
+    (cache / "b" / "3.jpg").write_bytes(b"3")
+    storage.delete(f"{prefix}/a/2.jpg")
+    storage.local_cache_copy(prefix, cache)
+    assert os.stat(cache / "a" / "1.jpg").st_mtime == 1
+    assert (cache / "b" / "3.jpg").read_bytes() == b"333"
+    assert not (cache / "a" / "2.jpg").exists()
+
+    # Local paths come back unchanged, nothing copied.
+    assert storage.local_cache_copy(str(tmp_path / "local"), tmp_path / "c2") == str(tmp_path / "local")
+    assert not (tmp_path / "c2").exists()
+
+
+def test_local_cache_copy_does_not_prune_a_foreign_directory(gcs_bucket, tmp_path):
+    storage.write_bytes(f"gs://{gcs_bucket}/p/a.jpg", b"a")
+    cache = tmp_path / "mine"
+    cache.mkdir()
+    (cache / "keep.txt").write_bytes(b"user file")
+    storage.local_cache_copy(f"gs://{gcs_bucket}/p", cache)
+    assert (cache / "keep.txt").exists() and (cache / "a.jpg").exists()
+
+
+def test_emulator_env_is_inherited_by_subprocesses(gcs_bucket):
+    """Spark Python workers are separate processes: they must reach the emulator through the env."""
+    storage.write_bytes(f"gs://{gcs_bucket}/child/in.bin", b"from parent")
+    code = (
+        "from bigimage.data import storage\n"
+        f"data = storage.read_bytes('gs://{gcs_bucket}/child/in.bin')\n"
+        f"storage.write_bytes('gs://{gcs_bucket}/child/out.bin', data + b' and child')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    assert storage.read_bytes(f"gs://{gcs_bucket}/child/out.bin") == b"from parent and child"
+
+
+def test_client_is_per_process_and_recreated_after_fork(gcs_emulator):
+    client = storage.gcs_client()
+    assert storage.gcs_client() is client
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's client (and its connection pool)
+        try:
+            os.write(write_fd, b"1" if storage.gcs_client() is not client else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read_fd, 1) == b"1"
+
+
+def test_missing_bucket(gcs_emulator, tmp_path):
+    url = "gs://no-such-bucket-for-tests/a/b.jpg"
+    assert storage.list_files("gs://no-such-bucket-for-tests/a") == []
+    assert not storage.exists(url)
+    assert not storage.exists("gs://no-such-bucket-for-tests/a")
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(url)
+    with pytest.raises(FileNotFoundError, match="bucket does not exist"):
+        storage.write_bytes(url, b"x")
+    storage.delete(url)
+
+
+def test_missing_credentials_message(monkeypatch, tmp_path):
+    monkeypatch.delenv(storage.EMULATOR_ENV, raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    monkeypatch.setattr(storage, "_client_cache", {})
+    with pytest.raises(storage.GCSCredentialsError, match="GOOGLE_APPLICATION_CREDENTIALS.*application-default login"):
+        storage.gcs_client()
+
+
+def test_spark_python_workers_reach_the_emulator(gcs_bucket, monkeypatch):
+    """The preprocessing job calls storage inside Spark Python workers (separate processes)."""
+    pyspark = pytest.importorskip("pyspark")
+    from pyspark.sql import SparkSession
+
+    urls = [f"gs://{gcs_bucket}/spark/{i}.bin" for i in range(4)]
+    for i, url in enumerate(urls):
+        storage.write_bytes(url, bytes([i]) * (i + 1))
+    session = SparkSession.getActiveSession()
+    own = session is None
+    if own:
+        # PySpark picks the worker interpreter from $PYSPARK_PYTHON (not spark.pyspark.python);
+        # the workers must run this venv's Python to import the package.
+        monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)
+        session = (
+            SparkSession.builder.master("local[1]")
+            .appName("test-storage-emulator")
+            .config("spark.ui.enabled", "false")
+            .getOrCreate()
+        )
+    try:
+        rows = session.sparkContext.parallelize(urls, 2).map(lambda u: (u, len(storage.read_bytes(u)), os.getpid())).collect()
+    finally:
+        if own:
+            session.stop()
+    assert sorted((u, n) for u, n, _ in rows) == [(u, i + 1) for i, u in enumerate(urls)]
+    assert all(pid != os.getpid() for _, _, pid in rows)
