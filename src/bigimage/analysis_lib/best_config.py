@@ -1,0 +1,507 @@
+"""Rank configurations with uncertainty: training configs by accuracy, cluster shapes by speed and cost.
+
+* **Training** (task ``train``): a configuration is (``strategy.name``, ``batch_size``, ``cluster.name``).
+  Each run scores its validation accuracy at its last good epoch (the overfitting onset if it
+  overfits, else its best epoch, see :mod:`.overfitting`); repeated runs of a configuration give a
+  mean and a confidence interval (Student t with scipy; a normal approximation without it; n=1
+  gives no interval). The top configuration is called distinguishable from the next only if their
+  intervals do not overlap (a conservative test).
+* **Preprocessing** (task ``preprocess``): cluster shapes (``cluster.name``) ranked by the runs'
+  ``images_per_second`` and by the cost per 1,000 images, ``hourly cost * seconds / images * 1000``.
+* **Speed test** (task ``speedtest``): the ``speedtest.json`` table of each run; per repetition,
+  images/s = images / seconds summed over the grid rows of that repetition; cluster shapes ranked
+  per source by images/s and cost per 1,000 images, with intervals over the repetitions.
+
+The hourly cost of a shape comes from the price table (``analysis/prices.yaml``): machines
+(master + workers) + the Dataproc per-vCPU fee + boot disks (GB-month prices / hours per month).
+The winners get the tag ``best_config=true`` (other analysed runs of the same task ``false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bigimage.analysis_lib import common, overfitting
+from bigimage.tracking import query
+
+TAG_BEST = "best_config"
+CONFIG_PARAMS = ("strategy.name", "batch_size", "cluster.name")
+PREPROCESS_METRICS = ("images_per_second", "seconds", "images")
+SPEEDTEST_TABLE = "speedtest.json"
+SPEEDTEST_COLUMNS = (
+    "source", "batch_size", "batch_number", "repetition", "images", "bytes", "seconds",
+    "images_per_second", "bytes_per_second",
+)
+DEFAULT_PRICES = query.PROJECT_ROOT / "analysis" / "prices.yaml"
+PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its speed decides the winner
+
+
+# --- prices -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prices:
+    machines: dict  # machine type -> {"vcpus": int, "hourly": float}
+    disks: dict  # disk type -> price per GB-month
+    dataproc_per_vcpu_hour: float
+    hours_per_month: float
+    source: str
+    date: str
+    region: str
+    currency: str
+
+
+def load_prices(path: str | Path | None = None) -> Prices:
+    path = Path(path or DEFAULT_PRICES)
+    data = yaml.safe_load(path.read_text())
+    try:
+        return Prices(
+            machines={k: {"vcpus": int(v["vcpus"]), "hourly": float(v["hourly"])} for k, v in data["machines"].items()},
+            disks={k: float(v) for k, v in data["disks"].items()},
+            dataproc_per_vcpu_hour=float(data["dataproc_per_vcpu_hour"]),
+            hours_per_month=float(data.get("hours_per_month", 730)),
+            source=str(data.get("source", "")),
+            date=str(data.get("date", "")),
+            region=str(data.get("region", "")),
+            currency=str(data.get("currency", "USD")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"price table {path} is malformed: {exc}") from None
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
+def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
+    """Hourly cost of the run's cluster shape (``cluster.shape.*`` params), and how it was built.
+
+    Returns ``(None, why)`` when the shape is missing or a type has no price.
+    """
+    p = lambda k: query.param(row, f"cluster.shape.{k}")  # noqa: E731
+    master = p("master_machine_type")
+    if master is None:
+        return None, "no cluster.shape params"
+    single = _truthy(p("single_node") or "false")
+    try:
+        workers = 0 if single else int(float(p("worker_count") or 0))
+        master_disk = float(p("master_boot_disk_size_gb") or 0)
+        worker_disk = float(p("worker_boot_disk_size_gb") or 0) if workers else 0.0
+    except ValueError as exc:
+        return None, f"unreadable cluster shape: {exc}"
+    worker_type = p("worker_machine_type") if workers else None
+    missing = [t for t in (master, worker_type) if t is not None and t not in prices.machines]
+    disk_types = [p("master_boot_disk_type") or "pd-standard"] + ([p("worker_boot_disk_type") or "pd-standard"] if workers else [])
+    missing += [d for d in disk_types if d not in prices.disks]
+    if missing:
+        return None, f"no price for {', '.join(sorted(set(missing)))}"
+    m, w = prices.machines[master], prices.machines.get(worker_type, {"vcpus": 0, "hourly": 0.0})
+    vcpus = m["vcpus"] + workers * w["vcpus"]
+    machines = m["hourly"] + workers * w["hourly"]
+    fee = vcpus * prices.dataproc_per_vcpu_hour
+    disks = (master_disk * prices.disks[disk_types[0]] + (workers * worker_disk * prices.disks[disk_types[1]] if workers else 0.0)) / prices.hours_per_month
+    how = (
+        f"{master}" + (f" + {workers} x {worker_type}" if workers else "") + f": machines {machines:.4f}"
+        f" + Dataproc fee {vcpus} vCPU x {prices.dataproc_per_vcpu_hour} = {fee:.4f} + disks {disks:.4f} per hour"
+    )
+    return machines + fee + disks, how
+
+
+def cost_per_1000(hourly: float | None, seconds: float, images: float) -> float | None:
+    if hourly is None or images <= 0:
+        return None
+    return hourly * seconds / 3600.0 / images * 1000.0
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Ranked:
+    key: dict  # the configuration or cluster shape
+    score: common.Interval  # what it is ranked by (higher is better unless stated)
+    run_ids: list[str]
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {**self.key, **{f"score_{k}": v for k, v in self.score.as_dict().items()}, "run_ids": self.run_ids, **self.extra}
+
+
+def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> dict:
+    if not ranking:
+        return {"distinguishable": None, "statement": f"no {what} to rank"}
+    top = ranking[0]
+    if len(ranking) == 1:
+        return {"distinguishable": None, "statement": f"only one {what}: {top.score.text(fmt)}; nothing to compare with"}
+    nxt = ranking[1]
+    overlap = top.score.overlaps(nxt.score)
+    if overlap is None:
+        n1 = [r for r in (top, nxt) if r.score.n == 1]
+        return {
+            "distinguishable": None,
+            "statement": f"cannot tell whether the top {what} beats the next: "
+            + ("it has" if n1 == [top] else "they have" if len(n1) == 2 else "the next has")
+            + " a single run (n=1 gives no interval); repeat the runs to get an interval",
+        }
+    if overlap:
+        return {
+            "distinguishable": False,
+            "statement": f"the top {what} ({top.score.text(fmt)}) is NOT distinguishable from the next "
+            f"({nxt.score.text(fmt)}): their intervals overlap",
+        }
+    return {
+        "distinguishable": True,
+        "statement": f"the top {what} ({top.score.text(fmt)}) is distinguishable from the next "
+        f"({nxt.score.text(fmt)}): their intervals do not overlap",
+    }
+
+
+def _exclude(excluded: list, row: pd.Series, reason: str) -> None:
+    excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), row.get("task"), reason))
+
+
+def _status_ok(row: pd.Series, excluded: list) -> bool:
+    if row["status"] != "FINISHED":
+        _exclude(excluded, row, f"status {row['status']}: only FINISHED runs are ranked")
+        return False
+    return True
+
+
+def rank_training(of: overfitting.OverfittingResult, confidence: float = 0.95) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
+    """Training configurations ranked by validation accuracy at the last good epoch (mean over runs)."""
+    excluded: list[overfitting.Exclusion] = list(of.excluded)
+    by_id = of.runs.set_index("run_id", drop=False)
+    groups: dict[tuple, list[tuple[str, float]]] = {}
+    for v in of.verdicts:
+        row = by_id.loc[v.run_id]
+        values = {k: query.param(row, k) for k in CONFIG_PARAMS}
+        missing = [k for k, val in values.items() if val is None]
+        if missing:
+            _exclude(excluded, row, f"params of another schema: missing {', '.join(missing)}")
+            continue
+        try:
+            bs = int(float(values["batch_size"]))
+        except ValueError:
+            _exclude(excluded, row, f"params of another schema: batch_size={values['batch_size']!r} is not a number")
+            continue
+        if v.val_accuracy_at_last_good is None:
+            _exclude(excluded, row, f"no val_accuracy at its last good epoch ({v.last_good_epoch})")
+            continue
+        key = (str(values["strategy.name"]), bs, str(values["cluster.name"]))
+        groups.setdefault(key, []).append((v.run_id, v.val_accuracy_at_last_good))
+    ranking = [
+        Ranked(
+            {"strategy.name": k[0], "batch_size": k[1], "cluster.name": k[2]},
+            common.mean_interval([x for _, x in members], confidence),
+            [r for r, _ in members],
+        )
+        for k, members in groups.items()
+    ]
+    ranking.sort(key=lambda r: (-r.score.mean, -r.score.n, str(r.key)))
+    return ranking, excluded
+
+
+def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
+    """Cluster shapes of the preprocess runs, by images/s (desc) and by cost per 1,000 images (asc)."""
+    excluded: list[overfitting.Exclusion] = []
+    rows = []
+    for _, row in runs[runs["task"] == "preprocess"].iterrows() if "task" in runs else []:
+        if not _status_ok(row, excluded):
+            continue
+        vals = {k: query.metric(row, k) for k in PREPROCESS_METRICS}
+        bad = [k for k, x in vals.items() if x is None or not math.isfinite(x) or x <= 0]
+        if bad:
+            _exclude(excluded, row, f"missing or non-positive metric(s): {', '.join(bad)}")
+            continue
+        cluster = query.param(row, "cluster.name")
+        if cluster is None:
+            _exclude(excluded, row, "params of another schema: missing cluster.name")
+            continue
+        hourly, how = hourly_cost(row, prices)
+        rows.append({
+            "run_id": row["run_id"], "cluster.name": cluster, "images_per_second": vals["images_per_second"],
+            "seconds": vals["seconds"], "images": vals["images"], "hourly_cost": hourly, "cost_note": how,
+            "cost_per_1000_images": cost_per_1000(hourly, vals["seconds"], vals["images"]),
+        })
+    table = pd.DataFrame(rows)
+    return _rank_shapes(table, ["cluster.name"], confidence), excluded, table
+
+
+def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dict:
+    speed, cost = [], []
+    if table.empty:
+        return {"by_speed": [], "by_cost": []}
+    for key, grp in table.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        kd = dict(zip(keys, key))
+        run_ids = sorted(set(grp["run_id"]))
+        extra = {
+            "hourly_cost": grp["hourly_cost"].dropna().iloc[0] if grp["hourly_cost"].notna().any() else None,
+            "cost_note": grp["cost_note"].iloc[0],
+            "seconds": common.mean_interval(grp["seconds"].tolist(), confidence).as_dict(),
+        }
+        speed.append(Ranked(kd, common.mean_interval(grp["images_per_second"].tolist(), confidence), run_ids, extra))
+        costs = grp["cost_per_1000_images"].dropna().tolist()
+        if costs:
+            cost.append(Ranked(kd, common.mean_interval(costs, confidence), run_ids, extra))
+    speed.sort(key=lambda r: (-r.score.mean, str(r.key)))
+    cost.sort(key=lambda r: (r.score.mean, str(r.key)))
+    return {"by_speed": speed, "by_cost": cost}
+
+
+def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
+    """The speed-test grid rows of all usable speedtest runs, with ``cluster.name`` and run ids."""
+    excluded: list[overfitting.Exclusion] = []
+    ok = []
+    for _, row in runs[runs["task"] == "speedtest"].iterrows() if "task" in runs else []:
+        if not _status_ok(row, excluded):
+            continue
+        if query.param(row, "cluster.name") is None:
+            _exclude(excluded, row, "params of another schema: missing cluster.name")
+            continue
+        ok.append(row)
+    table, problems = query.load_run_table(
+        selection.tracking_uri, selection.experiment_id, SPEEDTEST_TABLE, [r["run_id"] for r in ok]
+    )
+    by_id = {r["run_id"]: r for r in ok}
+    for run_id, why in problems.items():
+        _exclude(excluded, by_id[run_id], why)
+    frames = []
+    for run_id, grp in table.groupby("run_id", sort=False) if not table.empty else []:
+        missing = [c for c in SPEEDTEST_COLUMNS if c not in grp.columns]
+        if missing:
+            _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}")
+            continue
+        grp = grp.copy()
+        for c in ("batch_size", "batch_number", "repetition", "images", "bytes", "seconds", "images_per_second", "bytes_per_second"):
+            grp[c] = pd.to_numeric(grp[c], errors="coerce")
+        usable = grp[(grp["seconds"] > 0) & (grp["images"] > 0)]
+        if usable.empty:
+            _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} has no row with positive images and seconds")
+            continue
+        usable = usable.assign(**{"cluster.name": query.param(by_id[run_id], "cluster.name")})
+        frames.append((run_id, usable, len(grp) - len(usable)))
+    rows = pd.concat([f for _, f, _ in frames], ignore_index=True) if frames else pd.DataFrame()
+    notes = [f"{run_id}: {n} grid row(s) without positive images/seconds dropped" for run_id, _, n in frames if n]
+    return rows, excluded, notes, by_id
+
+
+def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
+    rows, excluded, notes, by_id = speedtest_rows(selection, runs)
+    if rows.empty:
+        return {"by_speed": [], "by_cost": []}, excluded, notes, rows
+    per_rep = (
+        rows.groupby(["run_id", "cluster.name", "source", "repetition"], as_index=False)[["images", "seconds"]].sum()
+    )
+    per_rep["images_per_second"] = per_rep["images"] / per_rep["seconds"]
+    hourly = {rid: hourly_cost(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
+    per_rep["hourly_cost"] = per_rep["run_id"].map(lambda r: hourly[r][0])
+    per_rep["cost_note"] = per_rep["run_id"].map(lambda r: hourly[r][1])
+    per_rep["cost_per_1000_images"] = [
+        cost_per_1000(h, s, i) for h, s, i in zip(per_rep["hourly_cost"], per_rep["seconds"], per_rep["images"])
+    ]
+    return _rank_shapes(per_rep, ["source", "cluster.name"], confidence), excluded, notes, rows
+
+
+def speedtest_by_batch(rows: pd.DataFrame) -> pd.DataFrame:
+    """Images/s per (run, cluster, source, batch_size, repetition): the data of the throughput figure."""
+    if rows.empty:
+        return rows
+    g = rows.groupby(["run_id", "cluster.name", "source", "batch_size", "repetition"], as_index=False)[["images", "seconds"]].sum()
+    g["images_per_second"] = g["images"] / g["seconds"]
+    return g
+
+
+@dataclass
+class BestConfigResult:
+    selection: query.RunSelection
+    training: list[Ranked]
+    preprocess: dict
+    speedtest: dict
+    excluded: list[overfitting.Exclusion]
+    notes: list[str]
+    winners: dict  # section -> {"key": ..., "run_ids": [...], "by": ...}
+    prices: Prices
+    overfitting: overfitting.OverfittingResult
+    preprocess_table: pd.DataFrame
+    speedtest_rows: pd.DataFrame
+    rank_by: str = "speed"
+    tags_written: bool = False
+
+    def statements(self) -> dict:
+        out = {"training": _distinguishable(self.training, "training configuration")}
+        which = "by_speed" if self.rank_by == "speed" else "by_cost"
+        out["preprocess"] = _distinguishable(self.preprocess[which], f"cluster shape for preprocessing ({self.rank_by})")
+        src = _preferred_source(self.speedtest[which])
+        out["speedtest"] = _distinguishable(
+            [r for r in self.speedtest[which] if r.key["source"] == src], f"cluster shape for reading {src} ({self.rank_by})"
+        ) if src else _distinguishable([], "speed-test cluster shape")
+        return out
+
+    def as_dict(self) -> dict:
+        return {
+            "selection": self.selection.as_dict(),
+            "rank_by": self.rank_by,
+            "training": [r.as_dict() for r in self.training],
+            "preprocess": {k: [r.as_dict() for r in v] for k, v in self.preprocess.items()},
+            "speedtest": {k: [r.as_dict() for r in v] for k, v in self.speedtest.items()},
+            "conclusions": self.statements(),
+            "winners": self.winners,
+            "excluded": [e.as_dict() for e in self.excluded],
+            "notes": self.notes,
+            "prices": {"source": self.prices.source, "date": self.prices.date, "region": self.prices.region,
+                       "currency": self.prices.currency},
+            "tags_written": self.tags_written,
+        }
+
+
+def _preferred_source(ranking: list[Ranked]) -> str | None:
+    sources = [r.key["source"] for r in ranking]
+    if not sources:
+        return None
+    return PREFERRED_SPEEDTEST_SOURCE if PREFERRED_SPEEDTEST_SOURCE in sources else sources[0]
+
+
+def analyse(
+    selection: query.RunSelection,
+    runs: pd.DataFrame,
+    thresholds: overfitting.Thresholds = overfitting.Thresholds(),
+    prices: Prices | None = None,
+    rank_by: str = "speed",
+    confidence: float = 0.95,
+    of_result: overfitting.OverfittingResult | None = None,
+) -> BestConfigResult:
+    prices = prices or load_prices()
+    of = of_result or overfitting.analyse(selection, runs, thresholds)
+    training, ex_train = rank_training(of, confidence)
+    pre, ex_pre, pre_table = rank_preprocess(runs, prices, confidence)
+    speed, ex_speed, notes, speed_rows = rank_speedtest(selection, runs, prices, confidence)
+    which = "by_speed" if rank_by == "speed" else "by_cost"
+    winners = {}
+    if training:
+        winners["train"] = {"key": training[0].key, "run_ids": training[0].run_ids, "by": "val_accuracy at last good epoch"}
+    if pre[which]:
+        winners["preprocess"] = {"key": pre[which][0].key, "run_ids": pre[which][0].run_ids, "by": rank_by}
+    src = _preferred_source(speed[which])
+    if src:
+        top = next(r for r in speed[which] if r.key["source"] == src)
+        winners["speedtest"] = {"key": top.key, "run_ids": top.run_ids, "by": f"{rank_by} reading {src}"}
+    for section in (pre, speed):
+        for r in section["by_speed"]:
+            if r.extra.get("hourly_cost") is None:
+                notes.append(f"{r.key}: no cost ({r.extra.get('cost_note')})")
+    return BestConfigResult(
+        selection, training, pre, speed, ex_train + ex_pre + ex_speed, notes, winners, prices, of,
+        pre_table, speed_rows, rank_by,
+    )
+
+
+def write_tags(result: BestConfigResult) -> None:
+    """``best_config=true`` on the winners' runs, ``false`` on the other ranked runs of the same task."""
+    ranked = {
+        "train": {r for x in result.training for r in x.run_ids},
+        "preprocess": {r for x in result.preprocess["by_speed"] for r in x.run_ids},
+        "speedtest": {r for x in result.speedtest["by_speed"] for r in x.run_ids},
+    }
+    for task, run_ids in ranked.items():
+        won = set(result.winners.get(task, {}).get("run_ids", []))
+        for run_id in sorted(run_ids):
+            query.set_tags(result.selection.tracking_uri, run_id, {TAG_BEST: "true" if run_id in won else "false"})
+    result.tags_written = True
+
+
+def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list[dict]:
+    rows = []
+    for i, r in enumerate(ranking, 1):
+        s = r.score
+        rows.append({
+            "rank": i, **{c: r.key[c] for c in key_cols}, unit: s.mean,
+            "ci_low": s.low, "ci_high": s.high, "n": s.n,
+        })
+    return rows
+
+
+def tables(result: BestConfigResult) -> dict[str, list[dict]]:
+    """The rankings as plain rows (for the terminal and the Markdown report)."""
+    return {
+        "training": _ranking_rows(result.training, list(CONFIG_PARAMS), "val_accuracy"),
+        "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], ["cluster.name"], "images_per_second"),
+        "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], ["cluster.name"], "cost_per_1000_images"),
+        "speedtest_by_speed": _ranking_rows(result.speedtest["by_speed"], ["source", "cluster.name"], "images_per_second"),
+        "speedtest_by_cost": _ranking_rows(result.speedtest["by_cost"], ["source", "cluster.name"], "cost_per_1000_images"),
+    }
+
+
+def render_text(result: BestConfigResult) -> str:
+    out = [f"Runs: {result.selection.describe()}", ""]
+    statements = result.statements()
+    titles = {
+        "training": "Training configurations by validation accuracy at the last good epoch",
+        "preprocess_by_speed": "Preprocessing: cluster shapes by images/s",
+        "preprocess_by_cost": f"Preprocessing: cluster shapes by cost per 1,000 images ({result.prices.currency})",
+        "speedtest_by_speed": "Speed test: cluster shapes by images/s, per source",
+        "speedtest_by_cost": f"Speed test: cluster shapes by cost per 1,000 images ({result.prices.currency})",
+    }
+    for name, rows in tables(result).items():
+        out += [titles[name], common.text_table(rows)]
+    out.append("Conclusions:")
+    out += [f"  {k}: {v['statement']}" for k, v in statements.items()]
+    out += [f"  winner ({k}): {w['key']} by {w['by']}" for k, w in result.winners.items()]
+    if result.excluded:
+        out += ["", "Excluded:"] + [f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded]
+    if result.notes:
+        out += ["", "Notes:"] + [f"  {n}" for n in result.notes]
+    return "\n".join(out) + "\n"
+
+
+def add_ranking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--prices", default=str(DEFAULT_PRICES), help=f"price table YAML (default: {DEFAULT_PRICES})")
+    parser.add_argument(
+        "--rank-by", choices=("speed", "cost"), default="speed",
+        help="what picks the winning cluster shape for preprocessing and the speed test: images/s or cost per "
+        "1,000 images (default: speed); both rankings are always shown",
+    )
+    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="analysis/best_config.py",
+        description="Rank training configurations, and cluster shapes for preprocessing and the speed test, "
+        "with confidence intervals over repeated runs; tag the winners best_config=true.",
+    )
+    common.add_source_args(parser)
+    overfitting.add_threshold_args(parser)
+    add_ranking_args(parser)
+    parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
+    args = parser.parse_args(argv)
+    thresholds = overfitting.thresholds_from_args(args)
+    if not 0 < args.confidence < 1:
+        parser.error("--confidence must be between 0 and 1")
+    try:
+        prices = load_prices(args.prices)
+        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
+    except query.NoRunsError as exc:
+        return common.fail_no_runs(str(exc))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result = analyse(selection, runs, thresholds, prices, args.rank_by, args.confidence)
+    if not (result.training or result.preprocess["by_speed"] or result.speedtest["by_speed"]):
+        for e in result.excluded:
+            print(f"excluded {e.run_id}: {e.reason}", file=sys.stderr)
+        return common.fail_no_runs(f"no run that can be ranked in {selection.describe()}")
+    if not args.no_write_tags:
+        write_tags(result)
+    if args.json:
+        common.print_json(result.as_dict())
+    else:
+        sys.stdout.write(render_text(result))
+    return 0

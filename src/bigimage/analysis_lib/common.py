@@ -1,0 +1,179 @@
+"""Shared pieces of the analysis scripts: command-line options, JSON output, statistics, Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bigimage.tracking import query
+
+EXIT_NO_RUNS = 3
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """``--tracking-uri``, ``--experiment`` / ``--parent-run`` and ``--json``, the same in every script."""
+    # MLflow draws download progress bars on stderr for every table it loads: noise in a script's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db)",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--experiment",
+        default=None,
+        help=f"experiment name (default: $MLFLOW_EXPERIMENT_NAME, else '{query.DEFAULT_EXPERIMENT}')",
+    )
+    which.add_argument(
+        "--parent-run",
+        default=None,
+        help="id of a parent run (a sweep or a pipeline): analyse all its descendants instead of an experiment",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+
+
+def fail_no_runs(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_NO_RUNS
+
+
+def _clean(obj):
+    """Make ``obj`` JSON-safe: NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if obj is pd.NA or obj is pd.NaT:
+        return None
+    return obj
+
+
+def dump_json(document: dict) -> str:
+    return json.dumps(_clean(document), indent=2, allow_nan=False, sort_keys=False)
+
+
+def print_json(document: dict) -> None:
+    sys.stdout.write(dump_json(document) + "\n")
+    sys.stdout.flush()
+
+
+# --- statistics -------------------------------------------------------------------------------
+
+try:  # scipy gives the exact t quantile; without it a normal approximation is used (documented)
+    from scipy import stats as _scipy_stats
+except ImportError:  # pragma: no cover - scipy is installed in the project's venv
+    _scipy_stats = None
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of repeated measurements with a two-sided confidence interval.
+
+    ``low``/``high`` are ``None`` when ``n == 1``: one measurement gives no interval.
+    ``method`` says how the interval was computed: ``t`` (Student t, scipy), ``normal``
+    (mean +- z * sd / sqrt(n), used only when scipy is missing; too narrow for small n) or ``none``.
+    """
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+    sd: float | None
+    method: str
+    confidence: float
+
+    def overlaps(self, other: "Interval") -> bool | None:
+        """``None`` if either side has no interval."""
+        if None in (self.low, self.high, other.low, other.high):
+            return None
+        return not (self.high < other.low or other.high < self.low)
+
+    def text(self, fmt: str = "{:.4g}") -> str:
+        if self.low is None:
+            return f"{fmt.format(self.mean)} (n=1, no interval)"
+        return (
+            f"{fmt.format(self.mean)} [{fmt.format(self.low)}, {fmt.format(self.high)}] "
+            f"(n={self.n}, {int(round(self.confidence * 100))}% CI)"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "mean": self.mean,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "n": self.n,
+            "sd": self.sd,
+            "ci_method": self.method,
+            "confidence": self.confidence,
+        }
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = int(data.size)
+    if n == 0:
+        raise ValueError("no finite values")
+    mean = float(data.mean())
+    if n == 1:
+        return Interval(mean, None, None, 1, None, "none", confidence)
+    sd = float(data.std(ddof=1))
+    half_alpha = (1.0 + confidence) / 2.0
+    if _scipy_stats is not None:
+        q, method = float(_scipy_stats.t.ppf(half_alpha, df=n - 1)), "t"
+    else:  # pragma: no cover
+        from statistics import NormalDist
+
+        q, method = NormalDist().inv_cdf(half_alpha), "normal"
+    half = q * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd, method, confidence)
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured Markdown table (no tabulate dependency)."""
+    if not rows:
+        return "_(none)_\n"
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def text_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A plain aligned table for the terminal."""
+    if not rows:
+        return "(none)\n"
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,382 @@
+"""Overfitting and "validation above training", judged from the per-epoch histories in MLflow.
+
+Definitions (the seed called validation accuracy above training accuracy "overfitting"; it is not):
+
+* **Overfitting** when either
+  (a) after the epoch of minimum validation loss, validation loss stays above that minimum (by
+      more than ``min_delta``) for at least ``patience`` consecutive epochs while training loss
+      keeps falling (training loss at the end of that stretch is below its value at the minimum);
+  or (b) the final training-minus-validation accuracy gap exceeds ``gap_threshold``.
+  The **onset epoch** is the last good epoch (0-based, the metric step): the epoch of minimum
+  validation loss for (a); for (b) alone, the last epoch whose accuracy gap was within the
+  threshold (or the minimum-validation-loss epoch if the gap was never within it).
+* **Validation above training** when the final validation accuracy exceeds the final training
+  accuracy by more than ``val_above_margin``. That is a different condition: regularisation active
+  only in training (dropout, augmentation), training accuracy averaged over an epoch during which
+  the model improved, an easier validation split, or leakage of training images into validation.
+
+Runs that cannot be judged (not FINISHED, a missing history, a single epoch, NaN/inf losses) are
+excluded with the reason, never guessed at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bigimage.analysis_lib import common
+from bigimage.tracking import query
+
+TAG_OVERFITTING = "overfitting"
+TAG_ONSET = "overfitting_onset_epoch"
+TAG_REASON = "overfitting_reason"
+TAG_VAL_ABOVE = "val_above_train"
+
+VAL_ABOVE_TRAIN_EXPLANATION = (
+    "not overfitting; usual causes: regularisation active only in training (dropout, augmentation), "
+    "training accuracy averaged over an epoch while the model was still improving, an easier "
+    "validation split, or training images leaking into the validation set"
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    patience: int = 2
+    gap_threshold: float = 0.10
+    min_delta: float = 0.0
+    val_above_margin: float = 0.01
+
+
+@dataclass
+class Verdict:
+    """The judgement of one training run."""
+
+    run_id: str
+    run_name: str | None
+    epochs: int
+    overfitting: bool
+    onset_epoch: int | None
+    reason: str
+    gap: float | None  # final training accuracy minus final validation accuracy
+    val_above_train: bool
+    val_above_train_note: str
+    min_val_loss_epoch: int
+    best_epoch: int  # epoch of the best validation accuracy (of minimum validation loss if no accuracy)
+    last_good_epoch: int  # onset if overfitting, else best epoch
+    val_accuracy_at_last_good: float | None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            TAG_OVERFITTING: "true" if self.overfitting else "false",
+            TAG_REASON: self.reason,
+            TAG_VAL_ABOVE: "true" if self.val_above_train else "false",
+        }
+        if self.onset_epoch is not None:
+            tags[TAG_ONSET] = str(self.onset_epoch)
+        return tags
+
+
+@dataclass
+class Exclusion:
+    run_id: str
+    run_name: str | None
+    task: str | None
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class NotJudgeable(ValueError):
+    """A run whose curves cannot be judged; the message says why."""
+
+
+def is_training_run(row: pd.Series) -> bool:
+    """Tag ``task=train``, or (no task tag) a run that logged both ``loss`` and ``val_loss``."""
+    task = row.get("task")
+    if isinstance(task, str) and task:
+        return task == "train"
+    return query.metric(row, "loss") is not None and query.metric(row, "val_loss") is not None
+
+
+def _series(history: pd.DataFrame, key: str) -> pd.Series | None:
+    """One metric of a long-format history as a step-indexed series of the values really logged."""
+    h = history[history["key"] == key]
+    if h.empty:
+        return None
+    h = h.sort_values(["step", "timestamp"], kind="stable").drop_duplicates("step", keep="last")
+    return h.set_index("step")["value"].astype(float)
+
+
+def judge(run_id: str, run_name: str | None, history: pd.DataFrame, th: Thresholds = Thresholds()) -> Verdict:
+    """Judge one run from its long-format history (columns key, step, value, timestamp), as
+    :func:`query.load_histories` returns it, restricted to the run.
+
+    Raises :class:`NotJudgeable` with the reason if the curves cannot be judged.
+    """
+    loss, val_loss = _series(history, "loss"), _series(history, "val_loss")
+    missing = [k for k, s in (("loss", loss), ("val_loss", val_loss)) if s is None]
+    if missing:
+        raise NotJudgeable(f"missing metric history: {', '.join(missing)}")
+    nonfinite = sorted({int(st) for st, v in [*loss.items(), *val_loss.items()] if not math.isfinite(v)})
+    if nonfinite:
+        raise NotJudgeable(f"non-finite loss (NaN/inf) at epoch(s) {nonfinite}: training diverged, curves not usable")
+    steps = sorted(set(loss.index) & set(val_loss.index))
+    if len(steps) < 2:
+        raise NotJudgeable(f"only {len(steps)} epoch(s) with both loss and val_loss: no curve to judge")
+    notes = []
+    if steps != list(range(int(steps[0]), int(steps[0]) + len(steps))):
+        notes.append(f"epochs are not contiguous ({steps[:3]}...); judged on the logged epochs only")
+    lo = loss.loc[steps].to_numpy(float)
+    vl = val_loss.loc[steps].to_numpy(float)
+
+    i_min = int(np.argmin(vl))
+    min_epoch = int(steps[i_min])
+    rise = 0
+    for v in vl[i_min + 1 :]:
+        if v > vl[i_min] + th.min_delta:
+            rise += 1
+        else:
+            break
+    end = i_min + rise
+    by_loss = rise >= th.patience and lo[end] < lo[i_min]
+    if rise >= th.patience and not by_loss:
+        notes.append(
+            f"validation loss rose for {rise} epochs after epoch {min_epoch} but training loss did not fall "
+            f"({lo[i_min]:.4g} -> {lo[end]:.4g}): unstable training rather than overfitting"
+        )
+
+    acc, val_acc = _series(history, "accuracy"), _series(history, "val_accuracy")
+    gap = None
+    by_gap = False
+    gaps = None
+    val_above, val_above_note = False, ""
+    if acc is not None and val_acc is not None:
+        acc_steps = [s for s in steps if s in acc.index and s in val_acc.index
+                     and math.isfinite(float(acc[s])) and math.isfinite(float(val_acc[s]))]
+        if acc_steps:
+            gaps = pd.Series([float(acc[s]) - float(val_acc[s]) for s in acc_steps], index=acc_steps)
+            gap = float(gaps.iloc[-1])
+            by_gap = gap > th.gap_threshold
+            if -gap > th.val_above_margin:
+                val_above = True
+                val_above_note = (
+                    f"validation accuracy {float(val_acc[acc_steps[-1]]):.4g} is above training accuracy "
+                    f"{float(acc[acc_steps[-1]]):.4g} at the last epoch (by {-gap:.4g}): {VAL_ABOVE_TRAIN_EXPLANATION}"
+                )
+    else:
+        notes.append("no accuracy/val_accuracy history: accuracy-gap check and validation-above-training check skipped")
+
+    # best epoch: best validation accuracy when there is one, else minimum validation loss
+    va = val_acc.loc[[s for s in steps if s in val_acc.index]] if val_acc is not None else pd.Series(dtype=float)
+    va = va[np.isfinite(va)] if not va.empty else va
+    best_epoch = int(va.idxmax()) if not va.empty else min_epoch
+
+    parts = []
+    onset = None
+    if by_loss:
+        onset = min_epoch
+        parts.append(
+            f"validation loss rose for {rise} epoch(s) after its minimum at epoch {min_epoch} "
+            f"({vl[i_min]:.4g} -> {vl[end]:.4g}) while training loss fell ({lo[i_min]:.4g} -> {lo[end]:.4g})"
+        )
+    if by_gap:
+        parts.append(f"final training-minus-validation accuracy gap {gap:.4g} exceeds {th.gap_threshold:g}")
+        if onset is None:
+            within = [s for s in gaps.index if gaps[s] <= th.gap_threshold]
+            onset = int(within[-1]) if within else min_epoch
+            if not within:
+                parts.append("the gap was above the threshold from the first epoch")
+    overfitting = by_loss or by_gap
+    if overfitting:
+        reason = "; ".join(parts)
+    else:
+        gap_text = f"final accuracy gap {gap:.4g} <= {th.gap_threshold:g}" if gap is not None else "no accuracy gap measured"
+        if i_min == len(steps) - 1:
+            loss_text = f"validation loss still at its minimum in the last epoch ({min_epoch})"
+        else:
+            loss_text = (
+                f"validation loss did not stay above its minimum (epoch {min_epoch}) for {th.patience} epochs "
+                "with training loss falling"
+            )
+        reason = f"no overfitting: {loss_text}; {gap_text}"
+    last_good = onset if overfitting else best_epoch
+    va_last = None
+    if val_acc is not None and last_good in val_acc.index and math.isfinite(float(val_acc[last_good])):
+        va_last = float(val_acc[last_good])
+    return Verdict(
+        run_id=run_id,
+        run_name=run_name,
+        epochs=len(steps),
+        overfitting=overfitting,
+        onset_epoch=onset,
+        reason=reason,
+        gap=gap,
+        val_above_train=val_above,
+        val_above_train_note=val_above_note,
+        min_val_loss_epoch=min_epoch,
+        best_epoch=best_epoch,
+        last_good_epoch=int(last_good),
+        val_accuracy_at_last_good=va_last,
+        notes=notes,
+    )
+
+
+@dataclass
+class OverfittingResult:
+    selection: query.RunSelection
+    thresholds: Thresholds
+    verdicts: list[Verdict]
+    excluded: list[Exclusion]
+    runs: pd.DataFrame  # the full runs table that was loaded
+    histories: pd.DataFrame  # wide per-epoch histories (query.histories_wide) of the training runs
+    tags_written: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "selection": self.selection.as_dict(),
+            "thresholds": asdict(self.thresholds),
+            "runs": [v.as_dict() for v in self.verdicts],
+            "excluded": [e.as_dict() for e in self.excluded],
+            "tags_written": self.tags_written,
+            "summary": {
+                "judged": len(self.verdicts),
+                "overfitting": sum(v.overfitting for v in self.verdicts),
+                "val_above_train": sum(v.val_above_train for v in self.verdicts),
+                "excluded": len(self.excluded),
+            },
+        }
+
+
+def analyse(
+    selection: query.RunSelection,
+    runs: pd.DataFrame,
+    thresholds: Thresholds = Thresholds(),
+) -> OverfittingResult:
+    """Judge every training run of ``runs`` (a :func:`query.load_runs` table)."""
+    verdicts: list[Verdict] = []
+    excluded: list[Exclusion] = []
+    candidates = runs[runs.apply(is_training_run, axis=1)] if not runs.empty else runs
+    ok_status = []
+    for _, row in candidates.iterrows():
+        if row["status"] != "FINISHED":
+            what = {"RUNNING": "still running, curves incomplete", "FAILED": "the run failed",
+                    "KILLED": "the run was killed", "SCHEDULED": "not started"}.get(row["status"], "not finished")
+            excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), f"status {row['status']}: {what}"))
+        else:
+            ok_status.append(row)
+    run_ids = [r["run_id"] for r in ok_status]
+    long = query.load_histories(
+        selection.tracking_uri, run_ids, ("loss", "val_loss", "accuracy", "val_accuracy"), runs=candidates
+    )
+    wide = query.histories_wide(long)
+    for row in ok_status:
+        hist = long[long["run_id"] == row["run_id"]]
+        try:
+            verdicts.append(judge(row["run_id"], row["run_name"], hist, thresholds))
+        except NotJudgeable as exc:
+            excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), str(exc)))
+    return OverfittingResult(selection, thresholds, verdicts, excluded, runs, wide)
+
+
+def write_tags(result: OverfittingResult) -> None:
+    """Write the analysis tags back to each judged run (tags only, never metrics)."""
+    client = query.client_for(result.selection.tracking_uri)
+    for v in result.verdicts:
+        query.set_tags(result.selection.tracking_uri, v.run_id, v.tags())
+        if v.onset_epoch is None:  # drop an onset left by an earlier analysis of the same run
+            try:
+                client.delete_tag(v.run_id, TAG_ONSET)
+            except Exception:  # noqa: BLE001 - absent tag: nothing to drop
+                pass
+    result.tags_written = True
+
+
+def add_threshold_args(parser: argparse.ArgumentParser) -> None:
+    d = Thresholds()
+    parser.add_argument(
+        "--patience", type=int, default=d.patience,
+        help=f"epochs validation loss must stay above its minimum, with training loss falling, to call it "
+        f"overfitting (default: {d.patience})",
+    )
+    parser.add_argument(
+        "--gap-threshold", type=float, default=d.gap_threshold,
+        help=f"final training-minus-validation accuracy gap above which a run is overfitting (default: {d.gap_threshold})",
+    )
+    parser.add_argument(
+        "--min-delta", type=float, default=d.min_delta,
+        help=f"a validation loss counts as above the minimum only by more than this (default: {d.min_delta})",
+    )
+    parser.add_argument(
+        "--val-above-margin", type=float, default=d.val_above_margin,
+        help=f"flag 'validation above training' when final val_accuracy exceeds accuracy by more than this "
+        f"(default: {d.val_above_margin})",
+    )
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    if args.patience < 1:
+        raise SystemExit("error: --patience must be >= 1")
+    return Thresholds(args.patience, args.gap_threshold, args.min_delta, args.val_above_margin)
+
+
+def render_text(result: OverfittingResult) -> str:
+    rows = [
+        {
+            "run": v.run_name or v.run_id[:8],
+            "epochs": v.epochs,
+            "overfitting": v.overfitting,
+            "onset": v.onset_epoch,
+            "gap": v.gap,
+            "val>train": v.val_above_train,
+            "reason": v.reason,
+        }
+        for v in result.verdicts
+    ]
+    out = [f"Runs: {result.selection.describe()}", "", common.text_table(rows)]
+    for v in result.verdicts:
+        if v.val_above_train:
+            out.append(f"{v.run_name or v.run_id}: {v.val_above_train_note}")
+    if result.excluded:
+        out += ["", "Excluded:"] + [f"  {e.run_name or e.run_id} ({e.run_id}): {e.reason}" for e in result.excluded]
+    out.append("")
+    out.append("tags written back" if result.tags_written else "tags not written (--no-write-tags)")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="analysis/overfitting.py",
+        description="Flag overfitting (with its onset epoch) and 'validation above training' per training run, "
+        "and write the verdicts back to each run as MLflow tags.",
+    )
+    common.add_source_args(parser)
+    add_threshold_args(parser)
+    parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
+    args = parser.parse_args(argv)
+    thresholds = thresholds_from_args(args)
+    try:
+        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
+    except query.NoRunsError as exc:
+        return common.fail_no_runs(str(exc))
+    result = analyse(selection, runs, thresholds)
+    if not result.verdicts:
+        for e in result.excluded:
+            print(f"excluded {e.run_id}: {e.reason}", file=sys.stderr)
+        return common.fail_no_runs(f"no training run that can be judged in {selection.describe()}")
+    if not args.no_write_tags:
+        write_tags(result)
+    if args.json:
+        common.print_json(result.as_dict())
+    else:
+        sys.stdout.write(render_text(result))
+    return 0

@@ -1,0 +1,392 @@
+"""The analysis report: seaborn figures + a Markdown report, logged to a new MLflow run (task=analysis).
+
+:func:`build_report` is what the project's main job calls in-process; ``analysis/report.py`` is
+the command-line wrapper.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display, ever: runs unattended
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from bigimage.analysis_lib import best_config, common, overfitting  # noqa: E402
+from bigimage.tracking import query  # noqa: E402
+
+REPORT_FILE = "report.md"
+JSON_FILE = "analysis.json"
+FIG_CURVES = "learning_curves.png"
+FIG_THROUGHPUT = "throughput_by_batch_size.png"
+FIG_PREPROCESS = "preprocess_time_by_cluster.png"
+
+
+def default_output_dir() -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return query.PROJECT_ROOT / "reports" / stamp
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
+    of = result.overfitting
+    wide = of.histories
+    if not of.verdicts or wide.empty:
+        return "no judged training run: no learning curves"
+    by_id = of.runs.set_index("run_id")
+    verdict = {v.run_id: v for v in of.verdicts}
+    meta = []
+    for run_id in verdict:
+        row = by_id.loc[run_id]
+        meta.append({
+            "run_id": run_id,
+            "run": row.get("run_name") or run_id[:8],
+            "strategy": query.param(row, "strategy.name", "?"),
+            "batch_size": str(query.param(row, "batch_size", "?")),
+        })
+    meta = pd.DataFrame(meta)
+    meta["panel"] = meta["strategy"] + " / batch " + meta["batch_size"]
+    order = sorted(meta["panel"].unique(), key=lambda p: (p.split(" / ")[0], _as_int(p.rsplit(" ", 1)[-1])))
+    cols = [c for c in ("loss", "val_loss") if c in wide.columns]
+    data = wide[wide["run_id"].isin(verdict)].merge(meta, on="run_id")
+    long = data.melt(id_vars=["run_id", "panel", "step"], value_vars=cols,
+                     var_name="metric", value_name="value").dropna(subset=["value"])
+    long["epoch"] = long["step"].astype(int)
+    grid = sns.relplot(
+        data=long, x="epoch", y="value", hue="metric", units="run_id", estimator=None, kind="line",
+        col="panel", col_order=order, col_wrap=min(3, len(order)), height=2.6, aspect=1.3,
+        facet_kws={"sharey": False}, alpha=0.8,
+    )
+    grid.set_titles("{col_name}")
+    for panel, ax in grid.axes_dict.items():
+        for _, m in meta[meta["panel"] == panel].iterrows():
+            v = verdict[m["run_id"]]
+            if v.overfitting and v.onset_epoch is not None:
+                ax.axvline(v.onset_epoch, color="crimson", linestyle="--", linewidth=1)
+                ax.annotate(f"onset {v.onset_epoch}", (v.onset_epoch, ax.get_ylim()[1]), fontsize=7,
+                            color="crimson", ha="left", va="top")
+    grid.set_axis_labels("epoch (0-based)", "loss")
+    grid.figure.suptitle("Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)",
+                         y=1.02, fontsize=10)
+    grid.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(grid.figure)
+    return None
+
+
+def _as_int(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        return 1 << 30
+
+
+def _key_text(key: dict) -> str:
+    if set(key) == {"source", "cluster.name"}:
+        return f"{key['cluster.name']} (reading {key['source']})"
+    return ", ".join(str(v) for v in key.values())
+
+
+def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
+    data = best_config.speedtest_by_batch(result.speedtest_rows)
+    if data.empty:
+        return "no usable speed-test table: no throughput figure"
+    data = data.assign(batch_size=data["batch_size"].astype(int))
+    grid = sns.catplot(
+        data=data, x="batch_size", y="images_per_second", hue="source", col="cluster.name", kind="point",
+        errorbar=("ci", 95), dodge=0.2, height=3, aspect=1.1,
+    )
+    grid.set_axis_labels("batch size", "images / s")
+    grid.figure.suptitle("Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)",
+                         y=1.03, fontsize=10)
+    grid.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(grid.figure)
+    return None
+
+
+def _preprocess_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
+    data = result.preprocess_table
+    if data.empty:
+        return "no usable preprocess run: no preprocessing figure"
+    order = [r.key["cluster.name"] for r in result.preprocess["by_speed"]]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    sns.barplot(data=data, x="cluster.name", y="seconds", order=order, errorbar=("ci", 95), ax=ax, color="steelblue")
+    sns.stripplot(data=data, x="cluster.name", y="seconds", order=order, ax=ax, color="black", size=4)
+    ax.set_xlabel("cluster shape")
+    ax.set_ylabel("preprocessing time (s)")
+    ax.set_title("Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs)", fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+# --- Markdown ---------------------------------------------------------------------------------
+
+
+def _overfitting_rows(result: best_config.BestConfigResult) -> list[dict]:
+    by_id = result.overfitting.runs.set_index("run_id")
+    rows = []
+    for v in result.overfitting.verdicts:
+        row = by_id.loc[v.run_id]
+        rows.append({
+            "run": v.run_name or v.run_id[:8], "strategy": query.param(row, "strategy.name"),
+            "batch_size": query.param(row, "batch_size"), "epochs": v.epochs,
+            "overfitting": "yes" if v.overfitting else "no", "onset epoch": v.onset_epoch, "final gap": v.gap,
+            "val above train": "yes" if v.val_above_train else "no", "reason": v.reason,
+        })
+    return rows
+
+
+def _conclusions(result: best_config.BestConfigResult) -> list[str]:
+    out = []
+    of = result.overfitting
+    n_over = [v for v in of.verdicts if v.overfitting]
+    if of.verdicts:
+        out.append(
+            f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit"
+            + (": " + ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over) if n_over else "")
+            + "."
+        )
+    above = [v for v in of.verdicts if v.val_above_train]
+    if above:
+        out.append(
+            f"{len(above)} run(s) have validation accuracy above training accuracy "
+            f"({', '.join(v.run_name or v.run_id[:8] for v in above)}). This is not overfitting; "
+            + overfitting.VAL_ABOVE_TRAIN_EXPLANATION.split("; ", 1)[1] + "."
+        )
+    st = result.statements()
+    if result.training:
+        top = result.training[0]
+        out.append(
+            f"Best training configuration: strategy {top.key['strategy.name']}, batch size {top.key['batch_size']}, "
+            f"cluster {top.key['cluster.name']}, validation accuracy at its last good epoch {top.score.text()}; "
+            f"{st['training']['statement']}."
+        )
+    for section, label in (("preprocess", "preprocessing"), ("speedtest", "the speed test")):
+        ranking = getattr(result, section)
+        if ranking["by_speed"]:
+            fastest = ranking["by_speed"][0]
+            text = f"Fastest cluster shape for {label}: {_key_text(fastest.key)} at {fastest.score.text()} images/s"
+            if ranking["by_cost"]:
+                cheapest = ranking["by_cost"][0]
+                text += (f"; cheapest: {_key_text(cheapest.key)} at {cheapest.score.text('{:.3g}')} "
+                         f"{result.prices.currency} per 1,000 images")
+            winner = result.winners.get(section, {}).get("key")
+            out.append(text + f". Winner by {result.rank_by}: {_key_text(winner) if winner else 'none'}; "
+                       f"{st[section]['statement']}.")
+    if result.excluded:
+        out.append(f"{len(result.excluded)} run(s) were left out; the table below says why.")
+    return out
+
+
+def render_markdown(result: best_config.BestConfigResult, figures: dict[str, str | None], run_id: str | None) -> str:
+    tabs = best_config.tables(result)
+    th = result.overfitting.thresholds
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    md = [
+        "# Analysis report",
+        "",
+        f"- Runs: {result.selection.describe()}",
+        f"- Generated: {now}" + (f", logged as MLflow run `{run_id}` (tag task=analysis)" if run_id else ""),
+        f"- Prices: {result.prices.source} ({result.prices.region}, {result.prices.currency}, dated {result.prices.date})",
+        "",
+        "## Conclusions",
+        "",
+        *[f"- {c}" for c in _conclusions(result)],
+        "",
+        "## Overfitting",
+        "",
+        f"A run overfits when, after the epoch of minimum validation loss, validation loss stays above that minimum "
+        f"(by more than {th.min_delta:g}) for at least {th.patience} epochs while training loss keeps falling, or when "
+        f"the final training-minus-validation accuracy gap exceeds {th.gap_threshold:g}. The onset epoch is the last "
+        f"good epoch (0-based, the metric step). Validation accuracy above training accuracy (by more than "
+        f"{th.val_above_margin:g}) is flagged separately: it is not overfitting.",
+        "",
+        common.markdown_table(_overfitting_rows(result)),
+    ]
+    for name, title in (
+        (FIG_CURVES, "Learning curves"),
+    ):
+        md += _figure_md(figures, name, title)
+    md += [
+        "## Best training configuration",
+        "",
+        "Validation accuracy at each run's last good epoch (the onset epoch if it overfits, else its best epoch), "
+        "mean over repeated runs with a "
+        f"{int(round(100 * (result.training[0].score.confidence if result.training else 0.95)))}% Student-t interval "
+        "(n=1: no interval).",
+        "",
+        common.markdown_table(tabs["training"]),
+        f"_{result.statements()['training']['statement']}._",
+        "",
+        "## Preprocessing: cluster shapes",
+        "",
+        common.markdown_table(tabs["preprocess_by_speed"]),
+        f"By cost per 1,000 images ({result.prices.currency}; machines + Dataproc fee + disks):",
+        "",
+        common.markdown_table(tabs["preprocess_by_cost"]),
+        *_figure_md(figures, FIG_PREPROCESS, "Preprocessing time by cluster"),
+        "## Speed test: cluster shapes",
+        "",
+        "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals over "
+        "repetitions of all runs of a shape.",
+        "",
+        common.markdown_table(tabs["speedtest_by_speed"]),
+        f"By cost per 1,000 images ({result.prices.currency}):",
+        "",
+        common.markdown_table(tabs["speedtest_by_cost"]),
+        *_figure_md(figures, FIG_THROUGHPUT, "Throughput by batch size and source"),
+        "## Runs left out",
+        "",
+        common.markdown_table([e.as_dict() for e in result.excluded], ["run_name", "run_id", "task", "reason"]),
+    ]
+    if result.notes:
+        md += ["## Notes", "", *[f"- {n}" for n in result.notes], ""]
+    return "\n".join(md) + "\n"
+
+
+def _figure_md(figures: dict[str, str | None], name: str, title: str) -> list[str]:
+    problem = figures.get(name)
+    if problem:
+        return [f"_{title}: {problem}._", ""]
+    return [f"![{title}]({name})", ""]
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    path: Path  # report.md
+    output_dir: Path
+    run_id: str | None  # the analysis run, if logged
+    result: best_config.BestConfigResult
+    figures: dict[str, str | None]  # file name -> None if written, else why not
+
+    def as_dict(self) -> dict:
+        return {
+            "report": str(self.path), "output_dir": str(self.output_dir), "analysis_run_id": self.run_id,
+            "figures": sorted(k for k, v in self.figures.items() if v is None),
+            "figure_notes": {k: v for k, v in self.figures.items() if v},
+            "conclusions": _conclusions(self.result),
+            "winners": self.result.winners,
+            "excluded": [e.as_dict() for e in self.result.excluded],
+        }
+
+
+def make_report(
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    output_dir: str | Path | None = None,
+    *,
+    thresholds: overfitting.Thresholds = overfitting.Thresholds(),
+    prices_path: str | Path | None = None,
+    rank_by: str = "speed",
+    write_tags: bool = True,
+    log_run: bool = True,
+) -> Report:
+    """Analyse the runs, write figures + ``report.md`` + ``analysis.json`` to ``output_dir`` and log them.
+
+    ``output_dir`` defaults to ``reports/<timestamp>`` under the project root. Writes the analysis tags
+    back (unless ``write_tags=False``) and logs the directory as the artifacts of a new run tagged
+    ``task=analysis`` in the same experiment, a child of ``parent_run_id`` when given (unless
+    ``log_run=False``). Returns a :class:`Report`. Raises :class:`query.NoRunsError` when
+    there is no run to analyse.
+    """
+    selection, runs = query.load_runs(tracking_uri, experiment, parent_run_id)
+    runs = runs[runs["task"] != "analysis"].reset_index(drop=True)  # earlier reports are not data
+    if runs.empty:
+        raise query.NoRunsError(f"no runs other than analysis runs in {selection.describe()}")
+    result = best_config.analyse(selection, runs, thresholds, best_config.load_prices(prices_path), rank_by)
+    if not (result.overfitting.verdicts or result.preprocess["by_speed"] or result.speedtest["by_speed"]):
+        reasons = "; ".join(f"{e.run_name or e.run_id}: {e.reason}" for e in result.excluded) or "no task runs"
+        raise query.NoRunsError(f"no run that can be analysed in {selection.describe()} ({reasons})")
+    if write_tags:
+        overfitting.write_tags(result.overfitting)
+        best_config.write_tags(result)
+    out = Path(output_dir) if output_dir else default_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    figures = {
+        FIG_CURVES: _curves_figure(result, out / FIG_CURVES),
+        FIG_THROUGHPUT: _throughput_figure(result, out / FIG_THROUGHPUT),
+        FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
+    }
+    document = {"overfitting": result.overfitting.as_dict(), "best_config": result.as_dict(),
+                "figures": {k: (None if v else k) for k, v in figures.items()}, "figure_notes": figures}
+    (out / JSON_FILE).write_text(common.dump_json(document))
+    # the report names the analysis run, so create the run first, then log the files into it
+    run_id = None
+    if log_run:
+        client = query.client_for(selection.tracking_uri)
+        tags = {"task": "analysis"}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(selection.experiment_id, tags=tags,
+                                run_name=f"analysis-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_id = run.info.run_id
+        try:
+            (out / REPORT_FILE).write_text(render_markdown(result, figures, run_id))
+            client.log_artifacts(run_id, str(out))
+        except BaseException:
+            client.set_terminated(run_id, "FAILED")
+            raise
+        client.set_terminated(run_id, "FINISHED")
+    else:
+        (out / REPORT_FILE).write_text(render_markdown(result, figures, None))
+    return Report(out / REPORT_FILE, out, run_id, result, figures)
+
+
+def build_report(
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    output_dir: str | Path | None = None,
+    **options,
+) -> Path:
+    """The report for the main job: :func:`make_report` (same arguments), returning the path of ``report.md``."""
+    return make_report(tracking_uri, experiment, parent_run_id, output_dir, **options).path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="analysis/report.py",
+        description="Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
+        "preprocessing time), logged as the artifacts of a new MLflow run tagged task=analysis.",
+    )
+    common.add_source_args(parser)
+    overfitting.add_threshold_args(parser)
+    best_config.add_ranking_args(parser)
+    parser.add_argument("--output-dir", default=None,
+                        help="where to write the report (default: reports/<timestamp> under the project root)")
+    parser.add_argument("--no-write-tags", action="store_true", help="do not tag the analysed runs")
+    parser.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow analysis run")
+    args = parser.parse_args(argv)
+    thresholds = overfitting.thresholds_from_args(args)
+    try:
+        report = make_report(
+            args.tracking_uri, args.experiment, args.parent_run, args.output_dir, thresholds=thresholds,
+            prices_path=args.prices, rank_by=args.rank_by, write_tags=not args.no_write_tags,
+            log_run=not args.no_log_run,
+        )
+    except query.NoRunsError as exc:
+        return common.fail_no_runs(str(exc))
+    if args.json:
+        common.print_json(report.as_dict())
+    else:
+        print(f"report: {report.path}")
+        if report.run_id:
+            print(f"logged as MLflow run {report.run_id} (task=analysis)")
+        for line in _conclusions(report.result):
+            print(f"- {line}")
+    return 0

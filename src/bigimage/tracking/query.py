@@ -1,0 +1,314 @@
+"""Read runs back from any MLflow tracking store into tidy pandas tables.
+
+The analysis scripts (``analysis/*.py``) go through this module only; it uses the public MLflow
+client API (``search_runs``, ``get_metric_history``, ``load_table``, ``set_tag``), never the store's
+files, so it works the same on a sqlite file, a file store or a remote tracking server.
+
+Tables returned:
+
+* :func:`load_runs` -> one row per run: ``run_id``, ``run_name``, ``experiment_id``, ``status``,
+  ``start_time``, ``end_time``, ``parent_run_id``, ``task``, ``metric_keys`` (the names of the
+  metrics it logged, even NaN ones), then ``params.<key>``,
+  ``metrics.<key>`` (the last logged value, as ``search_runs`` gives it) and ``tags.<key>``.
+* :func:`load_histories` -> long format, one row per logged point: ``run_id``, ``key``, ``step``,
+  ``value``, ``timestamp``; :func:`histories_wide` pivots it to one row per (run, step).
+* :func:`load_run_table` -> an MLflow table artifact (``mlflow.log_table``) of several runs, with
+  a ``run_id`` column.
+
+Nothing here imports Spark or TensorFlow, and nothing here starts or ends an MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_EXPERIMENT = "bigimage"
+
+#: Per-epoch metrics a training run logs (DESIGN, "MLflow contract", task 3).
+TRAIN_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_COLUMNS = (
+    "run_id", "run_name", "experiment_id", "status", "start_time", "end_time", "parent_run_id", "task", "metric_keys",
+)
+
+
+class NoRunsError(LookupError):
+    """The experiment or parent run does not exist, or holds no runs."""
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the project's default store ``sqlite:///<root>/mlruns/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def default_experiment() -> str:
+    """``$MLFLOW_EXPERIMENT_NAME`` if set, else the project's default experiment name."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
+
+
+def client_for(tracking_uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+
+
+@dataclass(frozen=True)
+class RunSelection:
+    """What was loaded: an experiment, or one parent run and all its descendants."""
+
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    parent_run_id: str | None = None
+
+    def describe(self) -> str:
+        where = f"experiment '{self.experiment_name}' (id {self.experiment_id})"
+        if self.parent_run_id:
+            where = f"descendants of run {self.parent_run_id} in {where}"
+        return f"{where} at {self.tracking_uri}"
+
+    def as_dict(self) -> dict:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "experiment_name": self.experiment_name,
+            "parent_run_id": self.parent_run_id,
+        }
+
+
+def _search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:
+    """Every run matching ``filter_string`` (pages through the results)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            list(experiment_ids),
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _descendants(client: MlflowClient, experiment_ids: Sequence[str], parent_run_id: str) -> list[Run]:
+    """Children, grandchildren, ... of ``parent_run_id`` (a pipeline's child may itself be a sweep parent).
+
+    One ``search_runs`` per generation, filtered on ``tags.mlflow.parentRunId``.
+    """
+    found: dict[str, Run] = {}
+    frontier = [parent_run_id]
+    while frontier:
+        next_frontier: list[str] = []
+        for pid in frontier:
+            for run in _search_all(client, experiment_ids, f"tags.`{PARENT_TAG}` = '{pid}'"):
+                if run.info.run_id not in found and run.info.run_id != parent_run_id:
+                    found[run.info.run_id] = run
+                    next_frontier.append(run.info.run_id)
+        frontier = next_frontier
+    return list(found.values())
+
+
+def _runs_to_frame(runs: Iterable[Run]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        info, data = run.info, run.data
+        row = {
+            "run_id": info.run_id,
+            "run_name": info.run_name,
+            "experiment_id": info.experiment_id,
+            "status": info.status,
+            "start_time": info.start_time,
+            "end_time": info.end_time,
+            "parent_run_id": data.tags.get(PARENT_TAG),
+            "task": data.tags.get("task"),
+            "metric_keys": tuple(sorted(data.metrics)),
+        }
+        row.update({f"params.{k}": v for k, v in data.params.items()})
+        row.update({f"metrics.{k}": v for k, v in data.metrics.items()})
+        row.update({f"tags.{k}": v for k, v in data.tags.items()})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
+    if not frame.empty:
+        frame = frame.sort_values(["start_time", "run_id"], kind="stable").reset_index(drop=True)
+    return frame
+
+
+def select(
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+) -> RunSelection:
+    """Resolve ``--experiment`` / ``--parent-run`` to an experiment id; raises :class:`NoRunsError`."""
+    uri = tracking_uri or default_tracking_uri()
+    client = client_for(uri)
+    if parent_run_id:
+        try:
+            parent = client.get_run(parent_run_id)
+        except MlflowException as exc:
+            raise NoRunsError(f"no run with id {parent_run_id} at {uri}: {exc.message}") from None
+        exp = client.get_experiment(parent.info.experiment_id)
+        return RunSelection(uri, exp.experiment_id, exp.name, parent_run_id)
+    name = experiment or default_experiment()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        known = sorted(e.name for e in client.search_experiments())
+        raise NoRunsError(f"no experiment named '{name}' at {uri}; experiments there: {known or 'none'}")
+    return RunSelection(uri, exp.experiment_id, exp.name, None)
+
+
+def load_runs(
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+) -> tuple[RunSelection, pd.DataFrame]:
+    """Runs of an experiment (by name), or all descendants of a parent run, as a tidy table.
+
+    Returns the resolved :class:`RunSelection` and the runs table (see module doc), sorted by start
+    time. Deleted runs are left out; runs of every status (RUNNING, FAILED, ...) are kept, the
+    analysis decides what to do with them. Raises :class:`NoRunsError` if nothing matches.
+    """
+    selection = select(tracking_uri, experiment, parent_run_id)
+    client = client_for(selection.tracking_uri)
+    if parent_run_id:
+        runs = _descendants(client, [selection.experiment_id], parent_run_id)
+    else:
+        runs = _search_all(client, [selection.experiment_id])
+    frame = _runs_to_frame(runs)
+    if frame.empty:
+        raise NoRunsError(f"no runs in {selection.describe()}")
+    return selection, frame
+
+
+def load_histories(
+    tracking_uri: str | None,
+    run_ids: Sequence[str],
+    keys: Sequence[str] = TRAIN_HISTORY_KEYS,
+    runs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Full per-step histories of ``keys`` for ``run_ids``, in long format.
+
+    MLflow's public client has no bulk history call, so this is one ``get_metric_history`` per
+    (run, key); when the runs table is given, keys a run never logged (not in its ``metric_keys``)
+    are skipped without a round trip. Columns: run_id, key, step, value, timestamp.
+    """
+    client = client_for(tracking_uri)
+    logged: dict[str, set[str]] = {}
+    if runs is not None and not runs.empty and "metric_keys" in runs.columns:
+        logged = {r: set(keys) for r, keys in zip(runs["run_id"], runs["metric_keys"])}
+    rows = []
+    for run_id in run_ids:
+        for key in keys:
+            if run_id in logged and key not in logged[run_id]:
+                continue
+            for m in client.get_metric_history(run_id, key):
+                rows.append((run_id, key, int(m.step), float(m.value), int(m.timestamp)))
+    return pd.DataFrame(rows, columns=["run_id", "key", "step", "value", "timestamp"])
+
+
+def histories_wide(histories: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run_id, step), one column per metric key; the last value wins on a repeated step."""
+    if histories.empty:
+        return pd.DataFrame(columns=["run_id", "step"])
+    ordered = histories.sort_values(["run_id", "key", "step", "timestamp"], kind="stable")
+    last = ordered.drop_duplicates(["run_id", "key", "step"], keep="last")
+    wide = last.pivot(index=["run_id", "step"], columns="key", values="value").reset_index()
+    wide.columns.name = None
+    return wide.sort_values(["run_id", "step"]).reset_index(drop=True)
+
+
+def load_run_table(
+    tracking_uri: str | None,
+    experiment_id: str,
+    artifact_file: str,
+    run_ids: Sequence[str],
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """An MLflow table artifact (``log_table``) of each run, concatenated with a ``run_id`` column.
+
+    Loaded run by run with MLflow's own table reader (``MlflowClient.load_table``, what
+    ``mlflow.load_table`` calls) so that one run missing the artifact is reported (second return
+    value: run id -> problem) instead of failing the whole load. MLflow 3.17's reader looks the runs
+    up through the *global* tracking URI even when called on a client, so the URI is set for the
+    duration of the call and restored afterwards.
+    """
+    uri = tracking_uri or default_tracking_uri()
+    client = client_for(uri)
+    frames, problems = [], {}
+    for run_id in run_ids:
+        try:
+            with _global_tracking_uri(uri):
+                frame = client.load_table(experiment_id, artifact_file, run_ids=[run_id], extra_columns=["run_id"])
+        except MlflowException as exc:
+            problems[run_id] = f"no table artifact {artifact_file}: {exc.message}"
+            continue
+        except (ValueError, OSError) as exc:
+            problems[run_id] = f"table artifact {artifact_file} unreadable: {exc}"
+            continue
+        if frame.empty:
+            problems[run_id] = f"table artifact {artifact_file} is empty"
+            continue
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
+    return table, problems
+
+
+@contextmanager
+def _global_tracking_uri(uri: str):
+    """Point MLflow's global tracking URI at ``uri`` for a call, then restore exactly what was there
+    (the unset state and the ``MLFLOW_TRACKING_URI`` variable included, which ``set_tracking_uri``
+    also writes)."""
+    from mlflow.tracking._tracking_service import utils as _tracking_utils  # private: restore the unset state
+
+    saved_uri = getattr(_tracking_utils, "_tracking_uri", None)
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(saved_uri) if saved_uri is not None else _tracking_utils.set_tracking_uri(None)
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
+def set_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str], retries: int = 5) -> None:
+    """Set tags on a run (never metrics), retrying while a sqlite store reports 'database is locked'."""
+    client = client_for(tracking_uri)
+    for key, value in tags.items():
+        for attempt in range(retries):
+            try:
+                client.set_tag(run_id, key, str(value))
+                break
+            except MlflowException as exc:
+                if "locked" not in str(exc).lower() or attempt == retries - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+
+
+def param(row: pd.Series, key: str, default=None):
+    """A run's param from a :func:`load_runs` row (``None``/``default`` if absent)."""
+    value = row.get(f"params.{key}", default)
+    return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
+
+
+def metric(row: pd.Series, key: str) -> float | None:
+    value = row.get(f"metrics.{key}")
+    return None if value is None or pd.isna(value) else float(value)
