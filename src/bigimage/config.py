@@ -20,6 +20,8 @@ TASKS = ("preprocess", "speedtest", "train", "pipeline")
 DEPLOY_MODES = ("local", "standalone", "dataproc")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "experimental_multi_worker_mirrored")
 SPEEDTEST_SOURCES = ("files", "tfrecord")
+# Set by the Dataproc driver script: this process is the job on the cluster (run the task here).
+ON_DATAPROC_ENV = "BIGIMAGE_ON_DATAPROC"
 
 
 @dataclass
@@ -132,7 +134,26 @@ class TrainConfig:
     validation_fraction: float = 0.2
     augment: bool = False
     shuffle_buffer: int = 1000
-    checkpoint_dir: Optional[str] = None  # None: <root>/data/checkpoints/<run id>
+    # Train/validation split: "hash" (per record, deterministic hash of its bytes) or "shard" (whole shards).
+    split: str = "hash"
+    # Keep decoded images (uint8) in memory after the first epoch; off for sets larger than RAM.
+    cache: bool = True
+    # None: <paths.data_dir>/checkpoints/<key>, key derived from the training-relevant config, so a
+    # rerun of the same config resumes (BackupAndRestore) from its last finished epoch.
+    checkpoint_dir: Optional[str] = None
+
+
+@dataclass
+class PipelineConfig:
+    """What ``task=pipeline`` runs after preprocessing: Hydra-style overrides per step (data, not code)."""
+
+    speedtest_overrides: list[str] = field(
+        default_factory=lambda: ["speedtest.batch_numbers=[10,30]", "speedtest.repetitions=2"]
+    )
+    # One training run per strategy, each with these overrides.
+    strategies: list[str] = field(default_factory=lambda: ["default", "mirrored"])
+    train_overrides: list[str] = field(default_factory=list)
+    report: bool = True
 
 
 @dataclass
@@ -154,6 +175,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     speedtest: SpeedtestConfig = field(default_factory=SpeedtestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tfrecord_dir: str = MISSING
     image_size: int = 192
     num_shards: int = 16
@@ -196,6 +218,8 @@ def validate(cfg: DictConfig) -> None:
     _check_choice("task", cfg.task.name, TASKS)
     _check_choice("cluster.deploy", cfg.cluster.deploy, DEPLOY_MODES)
     _check_choice("strategy", cfg.strategy.name, STRATEGIES)
+    for strategy in cfg.pipeline.strategies:
+        _check_choice("pipeline.strategies", strategy, STRATEGIES)
     for key in ("image_size", "num_shards", "batch_size", "epochs"):
         _check_positive(key, cfg[key])
     _check_positive("strategy.num_workers", cfg.strategy.num_workers)

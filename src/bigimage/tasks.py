@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig
 
-from bigimage.config import validate
+from bigimage.config import ON_DATAPROC_ENV, validate
 from bigimage.tracking.runs import tracked_run
 from bigimage.tracking.store import connect
 
@@ -27,17 +28,20 @@ def task_function(name: str) -> Callable[[DictConfig], dict[str, Any]]:
     return getattr(importlib.import_module(module), function)
 
 
-def run_task(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, then run ``cfg.task.name`` inside its own MLflow run; returns the task's metrics."""
+def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Validate, then run ``cfg.task.name`` inside its own MLflow run; returns the task's metrics.
+
+    ``cluster.deploy=dataproc`` hands the run to Dataproc instead, unless this is that job already.
+    """
     validate(cfg)
-    if cfg.cluster.deploy == "dataproc":
+    if cfg.cluster.deploy == "dataproc" and not os.environ.get(ON_DATAPROC_ENV):
         from bigimage.cloud.dataproc import run_on_dataproc
 
         return run_on_dataproc(cfg)
     function = task_function(cfg.task.name)
     uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started = time.perf_counter()
-    with tracked_run(cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id) as run:
+    with tracked_run(cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id, extra_tags=extra_tags) as run:
         metrics = function(cfg)
     print(f"[{cfg.task.name}] finished in {time.perf_counter() - started:.1f} s; MLflow run {run.info.run_id} in {uri}")
     return metrics

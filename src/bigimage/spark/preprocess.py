@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from bigimage.data import schema, shards
 from bigimage.data.datasets import dataset_root
 from bigimage.data.listing import LabelledImages, list_labelled_images
-from bigimage.spark.session import log_spark_resources, spark_session
+from bigimage.spark.cluster import spark_for
+from bigimage.spark.session import log_spark_resources
 
 
 class NoUsableImagesError(RuntimeError):
@@ -95,7 +96,7 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
         print(f"[preprocess] warning: empty class folders: {', '.join(listing.empty_classes)}")
     print(f"[preprocess] {len(listing.items)} files in {len(listing.classes)} classes under {root}")
     started = time.perf_counter()
-    with spark_session(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
+    with spark_for(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
         startup_seconds = time.perf_counter() - started
         manifest, results, seconds = write_tfrecords(
             spark,

@@ -2,7 +2,8 @@
 
 Locally (``cluster.deploy=local``) a shape runs as ``local[executors x executor_cores]``: one JVM with
 that many task slots, so a shape's parallelism matches its vCPUs even on a smaller machine (Spark
-then time-slices the slots over the real cores). ``deploy=standalone`` gives real executors.
+then time-slices the slots over the real cores). ``deploy=standalone`` gives real executors: see
+:mod:`bigimage.spark.cluster` (``spark_for``), which starts the cluster and calls :func:`spark_session`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -77,10 +79,13 @@ def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
     }
+    if master.startswith("spark://127.0.0.1") or master.startswith("spark://localhost"):
+        # A cluster on loopback: executors must call the driver back on loopback too.
+        conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
     if not master.startswith("local"):
         conf.update(
             {
-                "spark.executor.cores": str(cluster.executor_cores),
+                "spark.executor.cores": str(int(cluster.executor_cores) or os.cpu_count() or 1),
                 "spark.executor.memory": str(cluster.executor_memory),
                 "spark.executor.instances": str(cluster.executors),
                 "spark.cores.max": str(total_slots(cluster)),
@@ -92,7 +97,19 @@ def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
 
 @contextmanager
 def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Iterator[Any]:
-    """A SparkSession for ``cluster`` (a ClusterConfig node), stopped on exit, also on error."""
+    """A SparkSession for ``cluster`` (a ClusterConfig node), stopped on exit, also on error.
+
+    Without an explicit ``master``, a ``standalone`` or ``dataproc`` deploy goes through
+    :func:`bigimage.spark.cluster.spark_for` (which starts the cluster, or checks and waits for the
+    given one, and calls back here with the master URL), so callers of either get the same cluster.
+    """
+    deploy = str(getattr(cluster, "deploy", "local") or "local")
+    if master is None and deploy != "local":
+        from bigimage.spark.cluster import spark_for
+
+        with spark_for(cluster, app_name) as spark:
+            yield spark
+        return
     check_java()
     from pyspark.sql import SparkSession
 
@@ -112,23 +129,94 @@ def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Ite
         spark.stop()
 
 
+def _executor_summaries(spark: Any, active_only: bool) -> list[Any] | None:
+    """Spark's own executor records (the data behind the UI's Executors tab), or None if unreachable."""
+    try:
+        summaries = spark.sparkContext._jsc.sc().statusStore().executorList(active_only)
+        return [summaries.apply(index) for index in range(summaries.size())]
+    except Exception:  # noqa: BLE001 - internal API; fall back to the public status tracker
+        return None
+
+
 def spark_resources(spark: Any) -> dict[str, Any]:
-    """What the running context really has: master URL, executors and total cores (not the config)."""
+    """What the running context really has, read back from Spark (not from the config).
+
+    ``master``; ``executors`` registered and alive (local mode: 1, the driver runs the tasks);
+    ``total_cores`` granted to them; ``lost_executors`` that registered and were removed since (a worker
+    died, an executor crashed); ``failed_tasks`` summed over all executors, dead ones included.
+    """
     context = spark.sparkContext
     master = context.master
-    if master.startswith("local"):
+    local = master.startswith("local")
+    active = _executor_summaries(spark, active_only=True)
+    every = _executor_summaries(spark, active_only=False)
+    if active is None or every is None:
+        if local:
+            executors = 1
+        else:
+            infos = context._jsc.sc().statusTracker().getExecutorInfos()
+            executors = max(len(infos) - 1, 0)  # the list includes the driver
+        return {
+            "master": master,
+            "executors": executors,
+            "total_cores": int(context.defaultParallelism),
+            "lost_executors": 0,
+            "failed_tasks": 0,
+        }
+    if local:
+        workers = [summary for summary in active if summary.id() == "driver"]
         executors = 1
+        total_cores = sum(int(summary.totalCores()) for summary in workers) or int(context.defaultParallelism)
     else:
-        infos = context._jsc.sc().statusTracker().getExecutorInfos()
-        executors = max(len(infos) - 1, 0)  # the list includes the driver
-    return {"master": master, "executors": executors, "total_cores": int(context.defaultParallelism)}
+        workers = [summary for summary in active if summary.id() != "driver"]
+        executors = len(workers)
+        total_cores = sum(int(summary.totalCores()) for summary in workers)
+    lost = sum(1 for summary in every if summary.id() != "driver" and not summary.isActive())
+    failed = sum(int(summary.failedTasks()) for summary in every)
+    return {
+        "master": master,
+        "executors": executors,
+        "total_cores": total_cores,
+        "lost_executors": lost,
+        "failed_tasks": failed,
+    }
+
+
+def wait_for_executors(spark: Any, expected: int, timeout_seconds: float = 60.0) -> dict[str, Any]:
+    """Poll until ``expected`` executors registered or the timeout passed; return what is there.
+
+    Executors register with the driver a few seconds after the session starts; reading the resources
+    at once would record too few. Never fails: a shortfall is what the run then records.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    resources = spark_resources(spark)
+    while not resources["master"].startswith("local") and resources["executors"] < expected:
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+        resources = spark_resources(spark)
+    return resources
 
 
 def log_spark_resources(spark: Any) -> dict[str, Any]:
-    """Log the DESIGN contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores``."""
+    """Log the DESIGN contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores``.
+
+    Also ``spark.lost_executors`` and ``spark.failed_tasks`` (call it again after the job to record a
+    worker lost mid-job; Spark re-ran its tasks elsewhere), and tag ``spark.deploy`` when known.
+    """
     import mlflow
 
     resources = spark_resources(spark)
     mlflow.set_tag("spark.master", resources["master"])
-    mlflow.log_metrics({"spark.executors": resources["executors"], "spark.total_cores": resources["total_cores"]})
+    deploy = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
+    if deploy:
+        mlflow.set_tag("spark.deploy", deploy)
+    mlflow.log_metrics(
+        {
+            "spark.executors": resources["executors"],
+            "spark.total_cores": resources["total_cores"],
+            "spark.lost_executors": resources["lost_executors"],
+            "spark.failed_tasks": resources["failed_tasks"],
+        }
+    )
     return resources

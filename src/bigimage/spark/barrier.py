@@ -1,0 +1,116 @@
+"""Multi-worker TensorFlow on a Spark cluster's executors, through Spark barrier execution.
+
+``run_barrier_workers(spark, n, worker_fn)`` runs one barrier stage of ``n`` tasks: Spark starts all
+of them together or none (a gang), each task picks a free port on its executor's host, the tasks
+exchange ``host:port`` with ``BarrierTaskContext.allGather``, and each calls ``worker_fn(tf_config)``
+with the TF_CONFIG dict of its own rank::
+
+    {"cluster": {"worker": ["h0:p0", "h1:p1", ...]}, "task": {"type": "worker", "index": rank}}
+
+``worker_fn`` runs inside the executor's Python worker process (pickled with cloudpickle, so a
+closure or a module-level function both work) and may set ``os.environ["TF_CONFIG"]`` itself; its
+return value (picklable) comes back in rank order. A failed task makes Spark retry the whole stage,
+which is what MultiWorkerMirroredStrategy needs (all workers restart together).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any, Optional
+
+
+class BarrierError(RuntimeError):
+    """The cluster cannot run the barrier stage (too few task slots, timeout)."""
+
+
+def _task_slots(spark: Any) -> int:
+    from bigimage.spark.session import spark_resources
+
+    resources = spark_resources(spark)
+    context = spark.sparkContext
+    task_cpus = int(context.getConf().get("spark.task.cpus", "1"))
+    return max(int(resources["total_cores"]) // max(task_cpus, 1), 0)
+
+
+def build_tf_config(workers: list[str], index: int) -> dict[str, Any]:
+    """TF_CONFIG for worker ``index`` of a cluster of ``workers`` (``host:port`` strings)."""
+    return {"cluster": {"worker": list(workers)}, "task": {"type": "worker", "index": int(index)}}
+
+
+def _barrier_partition(worker_fn: Callable[[dict], Any]) -> Callable[[Any], Any]:
+    def run(_: Any) -> Any:
+        from pyspark import BarrierTaskContext
+
+        context = BarrierTaskContext.get()
+        rank = context.partitionId()
+        infos = context.getTaskInfos()
+        host = infos[rank].address.rsplit(":", 1)[0]
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        # The port is released here and bound again by TensorFlow: a small window, on a port the
+        # OS just handed out, so a clash is unlikely; a clash fails the stage and Spark retries it.
+        gathered = context.allGather(json.dumps({"rank": rank, "address": f"{host}:{port}"}))
+        addresses = [entry["address"] for entry in sorted(map(json.loads, gathered), key=lambda e: e["rank"])]
+        tf_config = build_tf_config(addresses, rank)
+        result = worker_fn(tf_config)
+        # Everyone finishes together: a fast worker does not end its task while others still train.
+        context.barrier()
+        yield rank, result
+
+    return run
+
+
+def run_barrier_workers(
+    spark: Any,
+    num_workers: int,
+    worker_fn: Callable[[dict], Any],
+    timeout_seconds: Optional[float] = None,
+) -> list[Any]:
+    """Run ``worker_fn(tf_config)`` once per worker as one barrier stage; results in rank order.
+
+    Fails at once (no 10-minute Spark retry loop) when the cluster has fewer task slots than
+    ``num_workers``; with ``timeout_seconds`` the stage is cancelled after that long and
+    ``BarrierError`` is raised (a hung multi-worker run does not hang the caller).
+    """
+    if int(num_workers) < 1:
+        raise ValueError(f"num_workers={num_workers} must be >= 1")
+    slots = _task_slots(spark)
+    if slots < num_workers:
+        raise BarrierError(
+            f"{num_workers} barrier workers need {num_workers} task slots at once, but the cluster has {slots} "
+            f"({spark.sparkContext.master}); lower strategy.num_workers or use a shape with more cores"
+        )
+    context = spark.sparkContext
+    group = f"bigimage-barrier-{uuid.uuid4().hex[:8]}"
+    context.setJobGroup(group, f"{num_workers} TensorFlow workers (barrier stage)", interruptOnCancel=True)
+    timer = None
+    timed_out = threading.Event()
+    if timeout_seconds:
+
+        def cancel() -> None:
+            timed_out.set()
+            context.cancelJobGroup(group)
+
+        timer = threading.Timer(float(timeout_seconds), cancel)
+        timer.daemon = True
+        timer.start()
+    try:
+        rdd = context.parallelize(range(num_workers), num_workers)
+        results = rdd.barrier().mapPartitions(_barrier_partition(worker_fn)).collect()
+    except Exception as error:
+        if timed_out.is_set():
+            raise BarrierError(
+                f"the {num_workers} barrier workers did not finish within {timeout_seconds:g} s and were cancelled"
+            ) from error
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+        context.setLocalProperty("spark.jobGroup.id", None)
+        context.setLocalProperty("spark.job.description", None)
+    return [result for _, result in sorted(results, key=lambda item: item[0])]

@@ -1,0 +1,122 @@
+"""The one place that turns ``cfg.cluster`` into a running Spark master and a session on it.
+
+    with spark_for(cfg.cluster, "bigimage-preprocess") as spark:
+        ...
+
+- ``deploy=local``: ``local[executors x executor_cores]`` in this process (or ``cluster.master``).
+- ``deploy=standalone``: a real standalone master and the shape's workers on loopback
+  (executors workers x executor_cores cores x executor_memory), stopped afterwards, also on error,
+  Ctrl-C or SIGTERM. With ``cluster.master=spark://host:port`` (or ``yarn``) the existing cluster
+  is used instead and nothing is started or stopped.
+- ``deploy=dataproc``: only inside the job that :func:`bigimage.cloud.dataproc.run_on_dataproc`
+  submitted (the Dataproc driver); there the master is the cluster's YARN. From a laptop,
+  ``run.py`` calls ``run_on_dataproc(cfg)`` instead of the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from bigimage.config import ON_DATAPROC_ENV
+from bigimage.spark.session import check_java, spark_session, wait_for_executors
+from bigimage.spark.standalone import StandaloneCluster, StandaloneError, check_master_reachable, check_memory
+
+log = logging.getLogger(__name__)
+
+EXECUTOR_WAIT_SECONDS = 90.0
+MASTER_CONNECT_SECONDS = 5.0
+
+
+class ClusterError(RuntimeError):
+    """A cluster config that cannot give a Spark session here."""
+
+
+def standalone_shape(cluster: Any) -> tuple[int, int, str]:
+    """(workers, cores per worker, memory per worker) of a shape on a standalone cluster."""
+    cores = int(cluster.executor_cores) or os.cpu_count() or 1
+    return int(cluster.executors), cores, str(cluster.executor_memory)
+
+
+def _with_spark_conf(cluster: Any, extra: dict[str, str]) -> Any:
+    """A copy of the cluster node with ``extra`` added to its spark_conf.
+
+    ``spark.bigimage.deploy`` is read back by log_spark_resources; ``spark.bigimage.standalone.workDir``
+    says where a started cluster keeps its logs and executor directories.
+    """
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cluster):
+        node = OmegaConf.to_container(cluster, resolve=True)
+    else:  # a dataclass or a plain namespace in tests
+        from dataclasses import asdict, is_dataclass
+
+        node = asdict(cluster) if is_dataclass(cluster) else dict(vars(cluster))
+    node["spark_conf"] = {**dict(node.get("spark_conf") or {}), **extra}
+    return OmegaConf.create(node)
+
+
+@contextmanager
+def spark_for(cfg_cluster: Any, app_name: str) -> Iterator[Any]:
+    """A SparkSession on the master that ``cfg_cluster`` describes; everything started here stops on exit."""
+    deploy = str(cfg_cluster.deploy)
+    cluster = _with_spark_conf(cfg_cluster, {"spark.bigimage.deploy": deploy})
+    master = cluster.master
+    if deploy == "local":
+        with spark_session(cluster, app_name) as spark:
+            yield spark
+        return
+    if deploy == "dataproc":
+        if not os.environ.get(ON_DATAPROC_ENV):
+            raise ClusterError(
+                "cluster.deploy=dataproc runs the task as a job on a Dataproc cluster: call "
+                "bigimage.cloud.dataproc.run_on_dataproc(cfg) (run.py does) instead of opening a session here; "
+                "to use a running cluster's master directly, set cluster.deploy=standalone cluster.master=URL"
+            )
+        with spark_session(cluster, app_name, master=master or "yarn") as spark:
+            wait_for_executors(spark, int(cluster.executors), timeout_seconds=EXECUTOR_WAIT_SECONDS)
+            yield spark
+        return
+    if deploy != "standalone":
+        raise ClusterError(f"cluster.deploy={deploy!r} is not valid; choose one of: local, standalone, dataproc")
+
+    if master:
+        # An existing cluster: fail in seconds on a wrong URL rather than waiting on it.
+        check_master_reachable(str(master), timeout_seconds=MASTER_CONNECT_SECONDS)
+        with spark_session(cluster, app_name, master=str(master)) as spark:
+            wait_for_executors(spark, int(cluster.executors), timeout_seconds=EXECUTOR_WAIT_SECONDS)
+            yield spark
+        return
+
+    check_java()
+    workers, cores, memory = standalone_shape(cluster)
+    check_memory(workers, memory, str(cluster.driver_memory))
+    if workers * cores > (os.cpu_count() or 1):
+        log.warning(
+            "shape %s asks for %d x %d cores on a machine with %d; the executors share the real cores",
+            cluster.name,
+            workers,
+            cores,
+            os.cpu_count() or 1,
+        )
+    with StandaloneCluster(workers=workers, cores_per_worker=cores, memory_per_worker=memory) as standalone:
+        began = time.monotonic()
+        cluster = _with_spark_conf(cluster, {"spark.bigimage.standalone.workDir": str(standalone.work_dir)})
+        with spark_session(cluster, app_name, master=standalone.master_url) as spark:
+            resources = wait_for_executors(spark, workers, timeout_seconds=EXECUTOR_WAIT_SECONDS)
+            if resources["executors"] < workers:
+                log.warning(
+                    "only %d of %d executors registered with %s after %.0f s; running with what is there",
+                    resources["executors"],
+                    workers,
+                    standalone.master_url,
+                    time.monotonic() - began,
+                )
+            yield spark
+
+
+__all__ = ["ClusterError", "StandaloneError", "spark_for", "standalone_shape", "ON_DATAPROC_ENV"]

@@ -1,0 +1,565 @@
+"""A real Spark standalone cluster on loopback, from the Spark that ships inside the pyspark wheel.
+
+The wheel has no ``sbin/start-master.sh``; the daemons start as
+``$SPARK_HOME/bin/spark-class org.apache.spark.deploy.master.Master ...`` and
+``... org.apache.spark.deploy.worker.Worker --cores C --memory M spark://127.0.0.1:P``, with
+``SPARK_HOME`` = the pyspark package directory. Each daemon runs in its own process group (its
+executors and their Python workers inherit it), so stopping a worker stops everything under it.
+
+Clean-up is layered so no JVM outlives the run: ``stop()`` in ``finally`` (context manager), an
+``atexit`` hook, SIGTERM/SIGHUP turned into ``SystemExit`` while a cluster runs (so ``finally`` blocks
+run), and on Linux ``PR_SET_PDEATHSIG`` so a daemon gets SIGTERM even when the Python parent is
+killed with SIGKILL.
+
+    with StandaloneCluster(workers=2, cores_per_worker=1, memory_per_worker="1g") as cluster:
+        ... SparkSession on cluster.master_url ...
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+LOOPBACK = "127.0.0.1"
+# Heap of the Master/Worker daemons themselves (not of the executors); Spark's default is 1g.
+DAEMON_MEMORY = "512m"
+
+_MASTER_STARTED = re.compile(r"Starting Spark master at (spark://\S+)")
+_MASTER_BIND_FAILED = re.compile(r"(could not bind|BindException|Address already in use)", re.IGNORECASE)
+_WORKER_REGISTERED = re.compile(r"Successfully registered with master")
+_WORKER_STARTING = re.compile(r"Starting Spark worker (\S+) with")
+
+
+class StandaloneError(RuntimeError):
+    """The standalone cluster could not start, or a master cannot be reached."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def spark_home() -> Path:
+    """The Spark inside the pyspark wheel (``SPARK_HOME`` if set and it has ``bin/spark-class``)."""
+    env = os.environ.get("SPARK_HOME")
+    if env and (Path(env) / "bin" / "spark-class").exists():
+        return Path(env)
+    import pyspark
+
+    home = Path(pyspark.__file__).resolve().parent
+    if not (home / "bin" / "spark-class").exists():
+        raise StandaloneError(f"no bin/spark-class under {home}; reinstall pyspark or set SPARK_HOME")
+    return home
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_memory_mb(value: str | int) -> int:
+    """Spark memory strings (``512m``, ``2g``, ``1t``, plain bytes) to MiB."""
+    text = str(value).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", text)
+    if match is None:
+        raise ValueError(f"cannot read memory size {value!r}; use e.g. 512m or 2g")
+    number = float(match.group(1))
+    unit = match.group(2)
+    scale = {"": 1 / (1024 * 1024), "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}[unit]
+    return max(int(number * scale), 1)
+
+
+def available_memory_mb() -> int:
+    """Memory the machine can still give (``MemAvailable``; falls back to total physical memory)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_memory(workers: int, memory_per_worker: str, driver_memory: str = "0m") -> None:
+    """Fail before starting when executors x executor_memory (+ driver) exceed the available RAM."""
+    need = workers * parse_memory_mb(memory_per_worker) + parse_memory_mb(driver_memory)
+    have = available_memory_mb()
+    if have and need > have:
+        raise StandaloneError(
+            f"the shape needs {workers} executors x {memory_per_worker} + driver {driver_memory} = {need} MiB, "
+            f"but this machine has only {have} MiB available; lower cluster.executor_memory or "
+            "cluster.executors, or run the shape with cluster.deploy=local (task slots in one JVM)"
+        )
+
+
+def master_endpoints(master: str) -> list[tuple[str, int]]:
+    """Host/port pairs of a ``spark://h1:p1[,h2:p2]`` URL (several for a HA master)."""
+    if not master.startswith("spark://"):
+        raise ValueError(f"not a standalone master URL: {master!r}")
+    pairs = []
+    for part in master[len("spark://") :].split(","):
+        parsed = urlparse(f"spark://{part}")
+        if not parsed.hostname:
+            raise ValueError(f"cannot read host:port from master URL {master!r}")
+        pairs.append((parsed.hostname, parsed.port or 7077))
+    return pairs
+
+
+def check_master_reachable(master: str, timeout_seconds: float = 5.0) -> None:
+    """A TCP connect to the master before a SparkSession waits on it, so a wrong URL fails in seconds."""
+    if not master.startswith("spark://"):
+        return  # local[...] needs nothing; yarn is found through the Hadoop configuration
+    errors = []
+    for host, port in master_endpoints(master):
+        try:
+            with socket.create_connection((host, port), timeout=timeout_seconds):
+                return
+        except OSError as error:
+            errors.append(f"{host}:{port}: {error}")
+    raise StandaloneError(
+        f"cannot reach the Spark master {master} within {timeout_seconds:g} s ({'; '.join(errors)}); "
+        "check cluster.master and that the master is running, or drop cluster.master to start a "
+        "cluster for the shape"
+    )
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:])
+
+
+def _pdeathsig_preexec() -> Any:
+    """preexec_fn: on Linux, SIGTERM the child when the parent dies (also on SIGKILL of the parent)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    return preexec
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids in a process group, from /proc (empty where /proc is missing)."""
+    members = []
+    proc = Path("/proc")
+    if not proc.exists():
+        return members
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
+    """SIGTERM process groups, wait (one shared grace period), then SIGKILL what is left."""
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    has_proc = Path("/proc").exists()
+
+    def running(pgid: int) -> bool:
+        return bool(_group_members(pgid)) if has_proc else _group_alive(pgid)
+
+    deadline = time.monotonic() + grace_seconds
+    left = [pgid for pgid in pgids if running(pgid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [pgid for pgid in left if running(pgid)]
+    for pgid in left:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ------------------------------------------------------------------- clean-up on exit and on signals
+_LIVE: "set[StandaloneCluster]" = set()
+_LIVE_LOCK = threading.Lock()
+_PREVIOUS_HANDLERS: dict[int, Any] = {}
+_ATEXIT_REGISTERED = False
+
+
+def _stop_all() -> None:
+    with _LIVE_LOCK:
+        clusters = list(_LIVE)
+    for cluster in clusters:
+        try:
+            cluster.stop()
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            log.exception("could not stop the standalone cluster at %s", cluster.master_url)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # Let ``finally`` blocks and context managers run: they stop the cluster on the way out.
+    raise SystemExit(128 + signum)
+
+
+def _install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signum in _PREVIOUS_HANDLERS:
+            continue
+        current = signal.getsignal(signum)
+        if current in (signal.SIG_DFL, None):
+            _PREVIOUS_HANDLERS[signum] = current
+            signal.signal(signum, _on_signal)
+
+
+def _restore_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in list(_PREVIOUS_HANDLERS.items()):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        del _PREVIOUS_HANDLERS[signum]
+
+
+def _register(cluster: "StandaloneCluster") -> None:
+    global _ATEXIT_REGISTERED
+    with _LIVE_LOCK:
+        _LIVE.add(cluster)
+        if not _ATEXIT_REGISTERED:
+            atexit.register(_stop_all)
+            _ATEXIT_REGISTERED = True
+    _install_signal_handlers()
+
+
+def _unregister(cluster: "StandaloneCluster") -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(cluster)
+        empty = not _LIVE
+    if empty:
+        _restore_signal_handlers()
+
+
+# -------------------------------------------------------------------------------------------- cluster
+@dataclass(eq=False)
+class Daemon:
+    """One Master or Worker JVM (the leader of its own process group)."""
+
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass(eq=False)
+class StandaloneCluster:
+    """A Spark standalone master and ``workers`` workers on loopback; ``start()``/``stop()`` or ``with``."""
+
+    workers: int
+    cores_per_worker: int
+    memory_per_worker: str = "1g"
+    host: str = LOOPBACK
+    # None: a free port picked now (Spark moves on to the next one if it is taken meanwhile);
+    # a fixed port is used as given, and the start fails clearly when it is taken.
+    master_port: Optional[int] = None
+    start_timeout_seconds: float = 120.0
+    work_dir: Optional[Path] = None
+    master_url: str = ""
+    master: Optional[Daemon] = None
+    worker_daemons: list[Daemon] = field(default_factory=list)
+    start_seconds: float = 0.0
+    _own_work_dir: bool = False
+    _stopped: bool = False
+
+    # ---- lifecycle
+    def __enter__(self) -> "StandaloneCluster":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> "StandaloneCluster":
+        if self.workers < 1 or self.cores_per_worker < 1:
+            raise StandaloneError(
+                f"a standalone cluster needs >= 1 worker with >= 1 core, got {self.workers} x {self.cores_per_worker}"
+            )
+        parse_memory_mb(self.memory_per_worker)
+        begin = time.monotonic()
+        if self.work_dir is None:
+            self.work_dir = Path(tempfile.mkdtemp(prefix="bigimage-standalone-"))
+            self._own_work_dir = True
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        _register(self)
+        try:
+            self._start_master()
+            for index in range(self.workers):
+                self._start_worker(index)
+            self._wait_for_workers()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_seconds = time.monotonic() - begin
+        log.info(
+            "standalone cluster %s: %d workers x %d cores x %s, started in %.1f s",
+            self.master_url,
+            self.workers,
+            self.cores_per_worker,
+            self.memory_per_worker,
+            self.start_seconds,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop workers (with their executors) and master; idempotent, safe to call from atexit."""
+        if self._stopped:
+            return
+        self._stopped = True
+        # Workers (with their executors) first, then the master; all at once, one shared grace period.
+        daemons = [*self.worker_daemons, *([self.master] if self.master else [])]
+        stop_process_groups([daemon.pid for daemon in daemons])
+        for daemon in daemons:
+            try:
+                daemon.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        _unregister(self)
+        if self._own_work_dir and self.work_dir is not None:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    # ---- inspection and fault injection
+    def pids(self) -> list[int]:
+        """All live pids that belong to this cluster: daemons, executors, Python workers."""
+        found: list[int] = []
+        for daemon in [*([self.master] if self.master else []), *self.worker_daemons]:
+            found.extend(_group_members(daemon.pid))
+        return found
+
+    def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Kill worker ``index`` with its executor and Python workers (a worker dying mid-job)."""
+        daemon = self.worker_daemons[index]
+        try:
+            os.killpg(daemon.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # ---- internals
+    def _env(self) -> dict[str, str]:
+        home = spark_home()
+        env = dict(os.environ)
+        env.update(
+            {
+                "SPARK_HOME": str(home),
+                "SPARK_LOCAL_IP": self.host,
+                "SPARK_MASTER_HOST": self.host,
+                "SPARK_WORKER_DIR": str(self.work_dir / "work"),
+                "SPARK_LOCAL_DIRS": str(self.work_dir / "local"),
+                "SPARK_LOG_DIR": str(self.work_dir / "logs"),
+                "SPARK_PID_DIR": str(self.work_dir),
+                "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
+                "PYSPARK_PYTHON": sys.executable,
+            }
+        )
+        for key in ("SPARK_CONF_DIR", "SPARK_MASTER_PORT", "SPARK_MASTER_WEBUI_PORT", "SPARK_WORKER_PORT"):
+            env.pop(key, None)
+        return env
+
+    def _spawn(self, name: str, args: list[str], extra_env: Optional[dict[str, str]] = None) -> Daemon:
+        spark_class = spark_home() / "bin" / "spark-class"
+        log_path = self.work_dir / f"{name}.log"
+        preexec = _pdeathsig_preexec() if threading.current_thread() is threading.main_thread() else None
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [str(spark_class), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**self._env(), **(extra_env or {})},
+                cwd=str(self.work_dir),
+                start_new_session=True,  # own process group: killpg stops the daemon and its children
+                preexec_fn=preexec,
+            )
+        return Daemon(name=name, process=process, log_path=log_path)
+
+    def _start_master(self) -> None:
+        for path in ("work", "local", "logs"):
+            (self.work_dir / path).mkdir(exist_ok=True)
+        try:
+            port = self.master_port or free_port(self.host)
+            webui_port = free_port(self.host)
+        except OSError as error:
+            raise StandaloneError(
+                f"the Spark master on {self.host}:<any port> could not bind: {error}; use an address of this "
+                "machine (127.0.0.1 for loopback)"
+            ) from error
+        env = {"SPARK_MASTER_OPTS": "-Dspark.port.maxRetries=0"} if self.master_port else None
+        self.master = self._spawn(
+            "master", [MASTER_CLASS, "--host", self.host, "--port", str(port), "--webui-port", str(webui_port)], env
+        )
+        deadline = time.monotonic() + self.start_timeout_seconds
+        while time.monotonic() < deadline:
+            text = self.master.log_text()
+            match = _MASTER_STARTED.search(text)
+            if match:
+                self.master_url = match.group(1)
+                if self.master_url != f"spark://{self.host}:{port}":
+                    log.warning("port %d was taken; the master bound %s instead", port, self.master_url)
+                return
+            if not self.master.alive():
+                reason = "could not bind its port" if _MASTER_BIND_FAILED.search(text) else "exited"
+                raise StandaloneError(
+                    f"the Spark master on {self.host}:{port} {reason} (exit code {self.master.process.returncode}); "
+                    f"last lines of {self.master.log_path}:\n{_tail(self.master.log_path)}"
+                )
+            time.sleep(0.2)
+        raise StandaloneError(
+            f"the Spark master on {self.host}:{port} did not start within {self.start_timeout_seconds:g} s; "
+            f"last lines of its log:\n{_tail(self.master.log_path)}"
+        )
+
+    def _start_worker(self, index: int) -> None:
+        webui_port = free_port(self.host)
+        worker = self._spawn(
+            f"worker-{index}",
+            [
+                WORKER_CLASS,
+                "--host",
+                self.host,
+                "--cores",
+                str(self.cores_per_worker),
+                "--memory",
+                str(self.memory_per_worker),
+                "--webui-port",
+                str(webui_port),
+                "--work-dir",
+                str(self.work_dir / "work" / f"worker-{index}"),
+                self.master_url,
+            ],
+        )
+        self.worker_daemons.append(worker)
+
+    def _wait_for_workers(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_seconds
+        while True:
+            pending = []
+            for worker in self.worker_daemons:
+                text = worker.log_text()
+                if _WORKER_REGISTERED.search(text):
+                    continue
+                if not worker.alive():
+                    raise StandaloneError(
+                        f"Spark {worker.name} exited before registering with {self.master_url} "
+                        f"(exit code {worker.process.returncode}); last lines of {worker.log_path}:\n"
+                        f"{_tail(worker.log_path)}"
+                    )
+                pending.append(worker)
+            if not pending:
+                return
+            if not self.master.alive():
+                raise StandaloneError(
+                    f"the Spark master {self.master_url} died while workers registered; last lines of its log:\n"
+                    f"{_tail(self.master.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                names = ", ".join(worker.name for worker in pending)
+                raise StandaloneError(
+                    f"{names} did not register with {self.master_url} within {self.start_timeout_seconds:g} s; "
+                    f"last lines of {pending[0].log_path}:\n{_tail(pending[0].log_path)}"
+                )
+            time.sleep(0.2)
+
+
+def spark_daemon_pids() -> list[int]:
+    """Pids of Spark standalone Master/Worker JVMs on this machine (any owner), read from /proc."""
+    found = []
+    proc = Path("/proc")
+    if not proc.exists():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg in (MASTER_CLASS.encode(), WORKER_CLASS.encode()) for arg in cmdline):
+            if not _zombie_or_gone(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def processes_under(directory: str | Path) -> list[int]:
+    """Live pids whose working directory is ``directory`` or below it (a cluster's daemons, executors
+    and their Python workers all run under the cluster's work dir)."""
+    root = str(Path(directory).resolve())
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").exists() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if (cwd == root or cwd.startswith(root + os.sep)) and not _zombie_or_gone(int(entry.name)):
+            found.append(int(entry.name))
+    return found
