@@ -1,0 +1,144 @@
+"""Speed-test rows as a table, summary metrics, a figure and a printed overview; logged to MLflow.
+
+MLflow names (DESIGN.md, task 2):
+
+* table artifact ``speedtest.json`` (``mlflow.log_table``; read back with ``mlflow.load_table``): one row
+  per source x batch size x batch number x repetition with :data:`ROW_COLUMNS` (plus ``repeated``,
+  ``warmup_batches``, ``available_images``, ``partition``);
+* ``speedtest.csv`` (the same rows) and ``speedtest.png`` (images/s against batch size per source);
+* metrics ``images_per_second.<source>.bs<N>`` and ``bytes_per_second.<source>.bs<N>``: the median over
+  batch numbers and repetitions; ``tfrecord_speedup``: the median images/s of all ``tfrecord`` rows over
+  the median of all ``files`` rows (only when both sources ran), and ``tfrecord_speedup.bs<N>`` the same
+  per batch size; ``speedtest.rows`` and ``speedtest.repeated_rows``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+ROW_COLUMNS = [
+    "source",
+    "batch_size",
+    "batch_number",
+    "repetition",
+    "images",
+    "bytes",
+    "seconds",
+    "images_per_second",
+    "bytes_per_second",
+]
+EXTRA_COLUMNS = ["repeated", "warmup_batches", "available_images", "partition"]
+TABLE_ARTIFACT = "speedtest.json"
+CSV_ARTIFACT = "speedtest.csv"
+FIGURE_ARTIFACT = "speedtest.png"
+
+
+def rows_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The rows as a DataFrame in grid order, contract columns first."""
+    frame = pd.DataFrame(rows)
+    columns = ROW_COLUMNS + [c for c in EXTRA_COLUMNS if c in frame.columns]
+    columns += [c for c in frame.columns if c not in columns]
+    frame = frame.reindex(columns=columns)
+    return frame.sort_values(["source", "batch_size", "batch_number", "repetition"]).reset_index(drop=True)
+
+
+def _medians(frame: pd.DataFrame, column: str) -> pd.Series:
+    return frame.groupby(["source", "batch_size"])[column].median()
+
+
+def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    """The summary metrics named in the module docstring."""
+    metrics: dict[str, float] = {}
+    for column in ("images_per_second", "bytes_per_second"):
+        for (source, batch_size), value in _medians(frame, column).items():
+            metrics[f"{column}.{source}.bs{int(batch_size)}"] = float(value)
+    sources = set(frame["source"])
+    if {"files", "tfrecord"} <= sources:
+        overall = frame.groupby("source")["images_per_second"].median()
+        metrics["tfrecord_speedup"] = float(overall["tfrecord"] / overall["files"])
+        per_size = _medians(frame, "images_per_second").unstack("source")
+        for batch_size, row in per_size.iterrows():
+            metrics[f"tfrecord_speedup.bs{int(batch_size)}"] = float(row["tfrecord"] / row["files"])
+    metrics["speedtest.rows"] = float(len(frame))
+    if "repeated" in frame.columns:
+        metrics["speedtest.repeated_rows"] = float(frame["repeated"].astype(bool).sum())
+    return metrics
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """Median images/s per source and batch size, the speed-up, and which rows repeated the data."""
+    table = _medians(frame, "images_per_second").unstack("source")
+    if {"files", "tfrecord"} <= set(table.columns):
+        table["speedup"] = table["tfrecord"] / table["files"]
+    table.index.name = "batch size"
+    table.columns.name = None
+    lines = ["Speed test: median images/s over batch numbers and repetitions", table.round(2).to_string()]
+    sources = set(frame["source"])
+    if {"files", "tfrecord"} <= sources:
+        overall = frame.groupby("source")["images_per_second"].median()
+        lines.append(f"TFRecord over files speed-up: {overall['tfrecord'] / overall['files']:.2f}x")
+    if "repeated" in frame.columns and frame["repeated"].any():
+        repeated = frame[frame["repeated"].astype(bool)]
+        lines.append(
+            f"{len(repeated)} of {len(frame)} rows read the data more than once (speedtest.on_short_data=repeat; "
+            "column `repeated`)"
+        )
+    return "\n".join(lines)
+
+
+def figure(frame: pd.DataFrame) -> Any:
+    """Images/s against batch size per source: median line, min-max band, one dot per row.
+
+    Built on a bare Agg canvas (no pyplot, no global backend switch), so it works headless and in
+    threads.
+    """
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    sns.lineplot(
+        data=frame,
+        x="batch_size",
+        y="images_per_second",
+        hue="source",
+        estimator="median",
+        errorbar=("pi", 100),
+        marker="o",
+        ax=ax,
+    )
+    sns.stripplot(
+        data=frame,
+        x="batch_size",
+        y="images_per_second",
+        hue="source",
+        native_scale=True,
+        dodge=False,
+        jitter=0.08,
+        alpha=0.45,
+        size=3.5,
+        legend=False,
+        ax=ax,
+    )
+    sizes = sorted(frame["batch_size"].unique())
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(int(size)) for size in sizes])
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("images / s")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Read speed: line = median over batch numbers and repetitions,\nband = min to max, dots = single rows", fontsize=10)
+    return fig
+
+
+def log_results(frame: pd.DataFrame, metrics: dict[str, float]) -> None:
+    """Log the table, the CSV, the figure and the summary metrics to the active MLflow run."""
+    import mlflow
+
+    mlflow.log_table(frame, TABLE_ARTIFACT)
+    mlflow.log_text(frame.to_csv(index=False), CSV_ARTIFACT)
+    mlflow.log_figure(figure(frame), FIGURE_ARTIFACT)
+    mlflow.log_metrics(metrics)

@@ -1,0 +1,183 @@
+"""``task=speedtest`` (task 2): how fast training could read the images, from files or from TFRecords.
+
+    python run.py task=speedtest [cluster=...] [speedtest.batch_sizes=[8,16]] [speedtest.parallelism=2]
+
+The driver checks both sources first (a missing or empty TFRecord directory, missing shards, an empty
+image tree, or a grid point that needs more images than there are while ``on_short_data=error``
+all fail here, before Spark starts), then times the grid as Spark tasks (:mod:`.grid`), and logs
+the rows, figure, CSV and summary metrics to the active MLflow run (:mod:`.results`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from omegaconf import DictConfig
+
+from bigimage.speedtest.grid import expected_rows, grid_points, run_grid
+from bigimage.speedtest.timing import (
+    FILES,
+    IMAGE_EXTENSIONS,
+    TFRECORD,
+    GridPoint,
+    SourcePlan,
+    SpeedtestDataError,
+    TimingSettings,
+    check_short_data,
+    images_needed,
+)
+
+
+def _spread(items: list[Any], count: int) -> list[Any]:
+    """``count`` items spread evenly over ``items`` (all of them if there are not more)."""
+    if len(items) <= count:
+        return list(items)
+    step = len(items) / count
+    return [items[int(index * step)] for index in range(count)]
+
+
+def files_plan(cfg: DictConfig, max_needed: int) -> SourcePlan:
+    """The ``files`` source: image files under ``dataset.root`` (generated first for dataset=synthetic)."""
+    from bigimage.data.datasets import dataset_root
+    from bigimage.data.listing import list_labelled_images
+
+    root = dataset_root(cfg.dataset)
+    try:
+        listing = list_labelled_images(root, list(cfg.dataset.classes) or None)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+        raise SpeedtestDataError(f"speedtest source files: {error}") from None
+    items = [(path, label) for path, label in listing.items if path.lower().endswith(IMAGE_EXTENSIONS)]
+    notes = []
+    skipped = len(listing.items) - len(items)
+    if skipped:
+        notes.append(f"{skipped} file(s) under {root} without an image extension ({', '.join(IMAGE_EXTENSIONS)}) skipped")
+    if not items:
+        raise SpeedtestDataError(
+            f"speedtest source files: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}; "
+            "expected root/<label>/<image>"
+        )
+    chosen = _spread(items, max_needed)
+    return SourcePlan(
+        source=FILES,
+        location=root,
+        paths=[path for path, _ in chosen],
+        labels=[label for _, label in chosen],
+        image_size=int(cfg.image_size),
+        available=len(items),
+        notes=notes,
+    )
+
+
+def tfrecord_plan(cfg: DictConfig) -> SourcePlan:
+    """The ``tfrecord`` source: task 1's shards in ``tfrecord_dir``, as its manifest lists them."""
+    from bigimage.data import readers, storage
+
+    directory = str(cfg.tfrecord_dir)
+    manifest = readers.read_manifest(directory, int(cfg.image_size))
+    paths = readers.shard_paths(directory, manifest)
+    if storage.is_gcs(directory):
+        present = {info.path for info in storage.list_files(directory)}
+        missing = [path for path in paths if path not in present]
+        if missing:
+            raise readers.TFRecordDirError(
+                f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}"
+            )
+    return SourcePlan(
+        source=TFRECORD,
+        location=directory,
+        paths=paths,
+        image_size=int(cfg.image_size),
+        available=int(manifest.num_records),
+    )
+
+
+def plan_sources(cfg: DictConfig, points: list[GridPoint]) -> dict[str, SourcePlan]:
+    """Check every configured source and every point against it; raises before any timing."""
+    speed = cfg.speedtest
+    settings = timing_settings(cfg)
+    plans: dict[str, SourcePlan] = {}
+    for source in speed.sources:
+        needed = max(images_needed(point, settings.warmup_batches) for point in points if point.source == source)
+        plans[source] = files_plan(cfg, needed) if source == FILES else tfrecord_plan(cfg)
+    for point in points:
+        check_short_data(point, plans[point.source], settings)
+    return plans
+
+
+def timing_settings(cfg: DictConfig) -> TimingSettings:
+    speed = cfg.speedtest
+    return TimingSettings(
+        repetitions=int(speed.repetitions),
+        warmup_batches=int(speed.warmup_batches),
+        on_short_data=str(speed.on_short_data),
+    )
+
+
+def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]:
+    """Time the grid on ``cfg.cluster`` and log it to the active MLflow run; returns the summary metrics.
+
+    ``spark``: an existing session to use (tests share one); by default one is started for
+    ``cfg.cluster`` and stopped at the end.
+    """
+    import mlflow
+
+    from bigimage.config import validate
+    from bigimage.speedtest import results
+
+    validate(cfg)
+    speed = cfg.speedtest
+    points = grid_points(list(speed.sources), list(speed.batch_sizes), list(speed.batch_numbers))
+    plans = plan_sources(cfg, points)
+    for plan in plans.values():
+        print(f"[speedtest] {plan.source}: {plan.available} images at {plan.location}")
+        for note in plan.notes:
+            print(f"[speedtest] note: {note}")
+    settings = timing_settings(cfg)
+    requested = int(speed.parallelism)
+
+    started = time.perf_counter()
+    if spark is None:
+        from bigimage.spark.cluster import spark_for
+
+        with spark_for(cfg.cluster, f"bigimage-speedtest-{cfg.cluster.name}") as session:
+            startup_seconds = time.perf_counter() - started
+            rows, effective, grid_seconds = _time_grid(session, points, plans, settings, requested)
+    else:
+        startup_seconds = 0.0
+        rows, effective, grid_seconds = _time_grid(spark, points, plans, settings, requested)
+
+    frame = results.rows_frame(rows)
+    if len(frame) != expected_rows(speed):
+        raise RuntimeError(f"speedtest returned {len(frame)} rows, expected {expected_rows(speed)}")
+    metrics = results.summary_metrics(frame)
+    mlflow.set_tag("speedtest.effective_parallelism", str(effective))
+    if effective != requested:
+        mlflow.set_tag(
+            "speedtest.parallelism_note",
+            f"speedtest.parallelism={requested} asked, {effective} used: bounded by the "
+            f"{len(points)} grid points and the task slots of the Spark context",
+        )
+    notes = [note for plan in plans.values() for note in plan.notes]
+    if notes:
+        mlflow.set_tag("speedtest.notes", "; ".join(notes)[:5000])
+    metrics.update({"startup_seconds": startup_seconds, "seconds": grid_seconds})
+    results.log_results(frame, metrics)
+    print(results.format_table(frame))
+    if effective != requested:
+        print(f"[speedtest] parallelism {requested} asked, {effective} used")
+    return metrics
+
+
+def _time_grid(
+    spark: Any, points: list[GridPoint], plans: dict[str, SourcePlan], settings: TimingSettings, parallelism: int
+) -> tuple[list[dict[str, Any]], int, float]:
+    from bigimage.spark.session import log_spark_resources
+
+    log_spark_resources(spark)
+    began = time.perf_counter()
+    rows, effective = run_grid(spark, points, plans, settings, parallelism)
+    return rows, effective, time.perf_counter() - began
+
+
+__all__ = ["run_speedtest", "plan_sources", "files_plan", "tfrecord_plan", "timing_settings"]

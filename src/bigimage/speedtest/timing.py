@@ -1,0 +1,382 @@
+"""The timed tf.data pipelines of the speed test, and the timer: what one grid point measures.
+
+Two sources, each read the way training reads (parallel reads and decode, prefetch):
+
+* ``files``: the original images of the labelled tree (``dataset.root``), each read whole, decoded,
+  centre-cropped to a square and resized (bilinear) to ``image_size`` x ``image_size``.
+* ``tfrecord``: task 1's shards, records read in parallel (``readers.record_dataset``) and decoded by
+  ``readers.decode_record``, the same functions and the same settings training uses.
+
+Both deliver uint8 pixels (0..255), as training's input pipeline does (``train/inputs.py`` decodes with
+``as_uint8=True`` and the model rescales): a float32 conversion here would time work that training
+does not do in its input pipeline.
+
+Bytes are counted inside the pipeline, per element: the length of each JPEG file read, or of each
+serialised TFRecord record read (the 16 bytes of TFRecord framing per record are not counted). Images
+are counted from the batches that really arrive, so ``images`` is what was read, never what was asked.
+
+``gs://`` sources are read through :mod:`bigimage.data.storage` (google-cloud-storage), not TensorFlow's
+own GCS file system, which cannot be pointed at an emulator and needs separate credentials: image files
+through a ``tf.py_function`` in the parallel map; a TFRecord shard is fetched whole into TensorFlow's
+in-memory file system (``ram://``) when the interleave opens it, and then read by the ordinary
+``TFRecordDataset`` (CRC checks included). Every pass over the data fetches again: nothing is cached.
+
+Short data: a point needs ``(warmup_batches + batch_number) x batch_size`` images. When the source holds
+fewer, ``on_short_data="repeat"`` repeats the data (the row records ``repeated=True``: later passes may
+be served from the page cache, so such rows can read faster than a cold first pass) and ``"error"``
+raises :class:`ShortDataError` before any timing starts.
+
+Everything here runs in Spark's Python workers: TensorFlow is imported inside the functions, once per
+worker process, and the inputs are plain picklable values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+FILES = "files"
+TFRECORD = "tfrecord"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+ON_SHORT_DATA = ("repeat", "error")
+_DIAGNOSE_LIMIT = 3  # bad files or shards named in an error message
+
+
+class SpeedtestDataError(ValueError):
+    """The data of a source cannot be read as it should (corrupt shard, undecodable image, ...)."""
+
+
+class ShortDataError(SpeedtestDataError):
+    """A grid point asks for more images than the source holds and ``on_short_data=error``."""
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One point of the grid: a source, a batch size and a number of timed batches."""
+
+    source: str
+    batch_size: int
+    batch_number: int
+
+
+@dataclass
+class SourcePlan:
+    """What a worker needs to read one source; built on the driver, small and picklable.
+
+    ``paths``: image files (``files``) or shards (``tfrecord``); for ``files`` only as many as the
+    largest grid point needs (the source may hold many more). ``available``: images the source holds
+    (listed files, or records in the manifest), which decides whether a point repeats the data.
+    """
+
+    source: str
+    location: str
+    paths: list[str]
+    image_size: int
+    available: int
+    labels: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    repetitions: int = 3
+    warmup_batches: int = 2
+    on_short_data: str = "repeat"
+
+
+def images_needed(point: GridPoint, warmup_batches: int) -> int:
+    """Images one repetition of ``point`` reads: warm-up batches plus timed batches."""
+    return (warmup_batches + point.batch_number) * point.batch_size
+
+
+def check_short_data(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> bool:
+    """True when ``point`` must repeat the data; raises ShortDataError if that is not allowed."""
+    needed = images_needed(point, settings.warmup_batches)
+    if needed <= plan.available:
+        return False
+    if settings.on_short_data == "error":
+        raise ShortDataError(
+            f"speedtest point source={point.source} batch_size={point.batch_size} "
+            f"batch_number={point.batch_number} needs {needed} images "
+            f"(({settings.warmup_batches} warm-up + {point.batch_number}) batches x {point.batch_size}) "
+            f"but {plan.location} holds {plan.available}; use more data, a smaller grid, or "
+            "speedtest.on_short_data=repeat to read the data again (rows are then marked repeated=true)"
+        )
+    return True
+
+
+# ------------------------------------------------------------------------------------------ TF setup
+
+
+def import_tensorflow() -> Any:
+    """TensorFlow with its C++ start-up chatter turned down (once per process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    return tf
+
+
+def _fetch_bytes(url: Any) -> Any:
+    """py_function body: the bytes of a gs:// object (or local file) through bigimage.data.storage."""
+    from bigimage.data import storage
+
+    tf = import_tensorflow()
+    return tf.constant(storage.read_bytes(url.numpy().decode("utf-8")))
+
+
+class _RamShards:
+    """Fetches gs:// shards into ``ram://`` so that ``TFRecordDataset`` reads them; removed on close()."""
+
+    def __init__(self) -> None:
+        self.prefix = f"ram://bigimage-speedtest/{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.fetched: set[str] = set()
+
+    def fetch(self, url: Any) -> Any:
+        """py_function body (eager): download one shard into ram://, return its ram:// path."""
+        from bigimage.data import storage
+
+        tf = import_tensorflow()
+        name = url.numpy().decode("utf-8")
+        # A new name per fetch: a pass never writes over a file that another pass may still read.
+        path = f"{self.prefix}/{uuid.uuid4().hex[:12]}-{storage.basename(name)}"
+        with tf.io.gfile.GFile(path, "wb") as handle:
+            handle.write(storage.read_bytes(name))
+        self.fetched.add(path)
+        return tf.constant(path)
+
+    def open(self, url: Any) -> Any:
+        """interleave body (traced by tf.data): the records of one gs:// shard."""
+        import tensorflow as tf  # plain import: this body is traced by tf.data (autograph)
+
+        local = tf.py_function(self.fetch, [url], tf.string)
+        return tf.data.TFRecordDataset(tf.reshape(local, []))
+
+    def close(self) -> None:
+        tf = import_tensorflow()
+        for path in list(self.fetched):
+            try:
+                tf.io.gfile.remove(path)
+            except tf.errors.NotFoundError:
+                pass
+            self.fetched.discard(path)
+
+
+# ---------------------------------------------------------------------------------------- pipelines
+
+
+def decode_file(contents: Any, image_size: int) -> Any:
+    """Image file bytes -> uint8 ``image_size`` x ``image_size`` x 3: the centre square, resized."""
+    import tensorflow as tf  # plain import: this body is traced by tf.data (autograph)
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    side = tf.minimum(height, width)
+    image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
+    image = tf.saturate_cast(tf.round(tf.image.resize(image, [image_size, image_size])), tf.uint8)
+    return tf.ensure_shape(image, [image_size, image_size, 3])
+
+
+def _read_file_op(plan: SourcePlan) -> Any:
+    from bigimage.data import storage
+
+    tf = import_tensorflow()
+    if any(storage.is_gcs(path) for path in plan.paths):
+        return lambda path: tf.reshape(tf.py_function(_fetch_bytes, [path], tf.string), [])
+    return tf.io.read_file
+
+
+def files_elements(plan: SourcePlan, repeat: bool) -> Any:
+    """(image, class, bytes read) per image file of ``plan``."""
+    tf = import_tensorflow()
+    read = _read_file_op(plan)
+    size = plan.image_size
+    dataset = tf.data.Dataset.from_tensor_slices((plan.paths, tf.constant(plan.labels, tf.int32)))
+    if repeat:
+        dataset = dataset.repeat()
+
+    def load(path: Any, label: Any) -> tuple[Any, Any, Any]:
+        contents = read(path)
+        return decode_file(contents, size), label, tf.strings.length(contents, unit="BYTE")
+
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+
+
+def tfrecord_elements(plan: SourcePlan, repeat: bool, ram: _RamShards | None = None) -> Any:
+    """(image, class, record bytes) per record of the shards of ``plan``."""
+    from bigimage.data import readers
+
+    tf = import_tensorflow()
+    size = plan.image_size
+    if ram is not None:
+        files = tf.data.Dataset.from_tensor_slices(list(plan.paths))
+        records = files.interleave(
+            ram.open,
+            cycle_length=max(1, min(len(plan.paths), 8)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=False,
+        )
+    else:
+        records = readers.record_dataset(plan.paths, deterministic=False)
+    if repeat:
+        records = records.repeat()
+
+    def decode(record: Any) -> tuple[Any, Any, Any]:
+        image, label = readers.decode_record(record, size, as_uint8=True)
+        return image, label, tf.strings.length(record, unit="BYTE")
+
+    return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+
+
+def batched(elements: Any, batch_size: int) -> Any:
+    """Full batches of (images, classes, bytes in the batch), prefetched."""
+    tf = import_tensorflow()
+    dataset = elements.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(lambda images, labels, nbytes: (images, labels, tf.reduce_sum(nbytes)))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def source_dataset(plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None) -> Any:
+    if plan.source == FILES:
+        return batched(files_elements(plan, repeat), batch_size)
+    if plan.source == TFRECORD:
+        return batched(tfrecord_elements(plan, repeat, ram), batch_size)
+    raise ValueError(f"unknown speedtest source {plan.source!r}; choose files or tfrecord")
+
+
+# -------------------------------------------------------------------------------------------- timer
+
+
+def time_batches(dataset: Any, batch_number: int, warmup_batches: int) -> tuple[int, int, float]:
+    """Iterate ``warmup_batches`` untimed, then time ``batch_number`` batches: (images, bytes, seconds).
+
+    A fresh iterator each call, so each repetition starts the pipeline anew. Raises
+    :class:`SpeedtestDataError` if the data ends before the batches do (it never should: the caller
+    repeats or refuses short data first).
+    """
+    iterator = iter(dataset)
+    try:
+        for _ in range(warmup_batches):
+            next(iterator)
+        images = nbytes = 0
+        start = time.perf_counter()
+        for _ in range(batch_number):
+            batch_images, _labels, batch_bytes = next(iterator)
+            images += int(batch_images.shape[0])
+            nbytes += int(batch_bytes)
+        seconds = time.perf_counter() - start
+    except StopIteration:
+        raise SpeedtestDataError(
+            f"the data ended before {warmup_batches} warm-up + {batch_number} batches were read"
+        ) from None
+    return images, nbytes, seconds
+
+
+def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> list[dict[str, Any]]:
+    """All repetitions of one grid point; one row per repetition.
+
+    A read or decode failure becomes a :class:`SpeedtestDataError` naming the bad shards or files.
+    """
+    from bigimage.data import storage
+
+    tf = import_tensorflow()
+    repeated = check_short_data(point, plan, settings)
+    gcs_shards = plan.source == TFRECORD and any(storage.is_gcs(path) for path in plan.paths)
+    ram = _RamShards() if gcs_shards else None
+    rows = []
+    try:
+        dataset = source_dataset(plan, point.batch_size, repeated, ram)
+        for repetition in range(settings.repetitions):
+            try:
+                images, nbytes, seconds = time_batches(dataset, point.batch_number, settings.warmup_batches)
+            except (
+                tf.errors.DataLossError,  # a record's CRC or framing is wrong
+                tf.errors.InvalidArgumentError,  # a record does not parse, an image does not decode
+                tf.errors.NotFoundError,  # a file vanished
+                tf.errors.UnknownError,  # a gs:// read failed inside its py_function
+            ) as error:
+                raise SpeedtestDataError(diagnose(plan, error)) from None
+            seconds = max(seconds, 1e-9)
+            rows.append(
+                {
+                    "source": point.source,
+                    "batch_size": point.batch_size,
+                    "batch_number": point.batch_number,
+                    "repetition": repetition,
+                    "images": images,
+                    "bytes": nbytes,
+                    "seconds": seconds,
+                    "images_per_second": images / seconds,
+                    "bytes_per_second": nbytes / seconds,
+                    "repeated": repeated,
+                    "warmup_batches": settings.warmup_batches,
+                    "available_images": plan.available,
+                }
+            )
+    finally:
+        if ram is not None:
+            ram.close()
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def _first_line(error: Exception) -> str:
+    """The gist of an error: TensorFlow's function-node and op decorations removed."""
+    message = (getattr(error, "message", None) or str(error)).strip()
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message, flags=re.S)
+    return message.splitlines()[0].strip() if message else type(error).__name__
+
+
+def diagnose(plan: SourcePlan, error: Exception) -> str:
+    """Find which shards or files broke a pipeline (read one by one, sequentially) and say so."""
+    tf = import_tensorflow()
+    bad: list[tuple[str, str]] = []
+    if plan.source == TFRECORD:
+        from bigimage.data import readers, storage
+
+        for path in plan.paths:
+            ram = _RamShards() if storage.is_gcs(path) else None
+            try:
+                records = ram.open(tf.constant(path)) if ram else tf.data.TFRecordDataset(path)
+                for index, record in enumerate(records):
+                    try:
+                        readers.decode_record(record, plan.image_size, as_uint8=True)
+                    except (tf.errors.InvalidArgumentError, ValueError) as exc:
+                        raise SpeedtestDataError(f"record {index} does not parse as an image record: {_first_line(exc)}")
+            except (tf.errors.OpError, SpeedtestDataError) as exc:
+                bad.append((path, _first_line(exc)))
+            finally:
+                if ram is not None:
+                    ram.close()
+            if len(bad) >= _DIAGNOSE_LIMIT:
+                break
+        what, advice = "TFRecord shard", f"the shard is corrupt, truncated or not in the task 1 schema; rerun `python run.py task=preprocess tfrecord_dir={plan.location}`"
+    else:
+        read = _read_file_op(plan)
+        for path in plan.paths:
+            try:
+                decode_file(read(tf.constant(path)), plan.image_size)
+            except (tf.errors.OpError, ValueError) as exc:
+                bad.append((path, _first_line(exc)))
+            if len(bad) >= _DIAGNOSE_LIMIT:
+                break
+        what, advice = "image file", "the file is not a complete image; remove or replace it"
+    if not bad:
+        return f"reading source {plan.source} at {plan.location} failed: {_first_line(error)}"
+    listed = "; ".join(f"{path}: {reason}" for path, reason in bad)
+    more = " (stopped looking after the first few)" if len(bad) >= _DIAGNOSE_LIMIT else ""
+    return f"bad {what}(s) in {plan.location}{more}: {listed}; {advice}"
+
+
+def time_points(points: list[GridPoint], plans: dict[str, SourcePlan], settings: TimingSettings) -> list[dict[str, Any]]:
+    """Time ``points`` one after the other (the body of one Spark task)."""
+    rows: list[dict[str, Any]] = []
+    for point in points:
+        rows.extend(time_point(point, plans[point.source], settings))
+    return rows
