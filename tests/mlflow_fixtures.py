@@ -234,29 +234,13 @@ def build_scenario(root: Path, experiment: str = "analysis-test") -> Store:
     return s
 
 
-def no_active_run() -> bool:
-    return mlflow.active_run() is None
-
-
 # --- pytest helpers ------------------------------------------------------------------------------
 
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-import pytest  # noqa: E402
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_run_left():
-    """Fail a test that leaves an MLflow run active (use with ``pytest.mark.usefixtures``)."""
-    yield
-    active = mlflow.active_run()
-    if active is not None:
-        mlflow.end_run()
-        pytest.fail(f"test left MLflow run {active.info.run_id} active")
 
 
 def run_script(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -11,9 +11,8 @@ from scipy import stats
 from bigimage.analysis_lib import best_config as bc
 from bigimage.analysis_lib import common
 from bigimage.tracking import query
-from tests.mlflow_fixtures import SHAPES, log_run, no_run_left, run_script, runs_by_name, scenario_store  # noqa: F401
+from tests.mlflow_fixtures import SHAPES, log_run, run_script, runs_by_name, scenario_store  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("no_run_left")
 
 
 def test_interval_is_student_t_and_absent_for_one_run():

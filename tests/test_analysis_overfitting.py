@@ -20,12 +20,10 @@ from tests.mlflow_fixtures import (  # noqa: F401
     OVERFIT_ONSET,
     VAL_ABOVE,
     scenario_store,
-    no_run_left,
     run_script,
     runs_by_name,
 )
 
-pytestmark = pytest.mark.usefixtures("no_run_left")
 
 
 def _long(h: dict) -> pd.DataFrame:

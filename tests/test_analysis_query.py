@@ -13,9 +13,8 @@ import pandas as pd
 import pytest
 
 from bigimage.tracking import query
-from tests.mlflow_fixtures import OVERFIT, log_run, make_store, no_run_left, speedtest_table  # noqa: F401
+from tests.mlflow_fixtures import OVERFIT, log_run, make_store, speedtest_table  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("no_run_left")
 
 
 @pytest.fixture(scope="module")

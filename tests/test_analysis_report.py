@@ -8,9 +8,8 @@ import pytest
 
 from bigimage.analysis_lib import report as rp
 from bigimage.tracking import query
-from tests.mlflow_fixtures import no_run_left, run_script, runs_by_name, scenario_store  # noqa: F401
+from tests.mlflow_fixtures import run_script, runs_by_name, scenario_store  # noqa: F401
 
-pytestmark = pytest.mark.usefixtures("no_run_left")
 
 FILES = (rp.REPORT_FILE, rp.JSON_FILE, rp.FIG_CURVES, rp.FIG_THROUGHPUT, rp.FIG_PREPROCESS)
 

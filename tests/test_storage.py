@@ -225,7 +225,6 @@ def test_missing_credentials_message(monkeypatch, tmp_path):
 
 def test_spark_python_workers_reach_the_emulator(gcs_bucket, monkeypatch):
     """The preprocessing job calls storage inside Spark Python workers (separate processes)."""
-    pyspark = pytest.importorskip("pyspark")
     from pyspark.sql import SparkSession
 
     urls = [f"gs://{gcs_bucket}/spark/{i}.bin" for i in range(4)]

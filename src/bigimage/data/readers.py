@@ -55,15 +55,37 @@ def shard_paths(tfrecord_dir: str, manifest: schema.Manifest) -> list[str]:
     return paths
 
 
-def decode_record(serialized: Any, image_size: int) -> tuple[Any, Any]:
-    """One record -> (float32 image in [0, 1] of image_size x image_size x 3, int32 class)."""
+def decode_record(serialized: Any, image_size: int, *, as_uint8: bool = False) -> tuple[Any, Any]:
+    """One record -> (float32 image in [0, 1] of image_size x image_size x 3, int32 class).
+
+    ``as_uint8``: keep the decoded pixels as uint8 (0..255), a quarter of the memory, for pipelines that
+    cache decoded images and let the model rescale.
+    """
     import tensorflow as tf
 
     features = schema.parse_example(serialized)
     image = tf.io.decode_jpeg(features[schema.IMAGE], channels=3)
     image = tf.ensure_shape(image, [image_size, image_size, 3])
-    image = tf.image.convert_image_dtype(image, tf.float32)
+    if not as_uint8:
+        image = tf.image.convert_image_dtype(image, tf.float32)
     return image, tf.cast(features[schema.CLASS], tf.int32)
+
+
+def record_dataset(paths: list[str], *, cycle_length: int = 8, deterministic: bool = True) -> Any:
+    """The serialised records of ``paths``, read in parallel (interleave) but not decoded.
+
+    With ``deterministic`` the order is the same on every call and in every process, which record-level
+    sharding across workers and hash splits rely on.
+    """
+    import tensorflow as tf
+
+    files = tf.data.Dataset.from_tensor_slices(list(paths))
+    return files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(len(paths), cycle_length)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def tfrecord_dataset(

@@ -1,0 +1,210 @@
+"""Per-epoch timing, progress files and MLflow logging of a training process.
+
+Only the chief logs to MLflow, through :class:`RunLogger` (an ``MlflowClient`` bound to a run id passed
+explicitly, so a worker process logs into the run its launcher holds open without ever starting, ending
+or changing the status of that run). Every worker, chief or not, appends its progress to a JSON-lines
+file (pid, task index, epoch, steps done) so one can see that all workers really step.
+
+Per epoch (step = epoch index from 0): ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
+``epoch_seconds`` (the whole epoch, validation included) and ``images_per_second`` (training images of
+the epoch, steps x global batch, over the training part of the epoch, validation excluded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import tf_keras as keras
+
+log = logging.getLogger(__name__)
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
+HISTORY_NAME = "history.json"  # the chief's running history, kept next to the BackupAndRestore checkpoint
+
+
+def _retry(action: Callable[[], Any], what: str, attempts: int = 5) -> Any:
+    """Run an MLflow call, retrying the transient sqlite "database is locked" of parallel jobs."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
+            if "locked" not in str(error).lower() or attempt == attempts - 1:
+                raise
+            log.warning("%s: %s; retrying", what, error)
+            time.sleep(0.5 * 2**attempt)
+    return None
+
+
+class RunLogger:
+    """Logs into one existing MLflow run by id; ``RunLogger(None, None)`` logs nothing."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None):
+        self.run_id = run_id
+        self.client = None
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def metrics(self, values: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), stamp, step or 0) for key, value in values.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=batch), "log metrics")
+
+    def params(self, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        batch = [Param(key, str(value)) for key, value in values.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, params=batch), "log params")
+
+    def tags(self, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import RunTag
+
+        batch = [RunTag(key, str(value)) for key, value in values.items()]
+        _retry(lambda: self.client.log_batch(self.run_id, tags=batch), "set tags")
+
+    def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        if os.path.isdir(local_path):
+            self.client.log_artifacts(self.run_id, local_path, artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, local_path, artifact_path)
+
+
+def read_history(checkpoint_dir: str) -> dict[str, Any] | None:
+    """The history a previous, interrupted attempt left next to its checkpoint (None if there is none)."""
+    path = os.path.join(checkpoint_dir, HISTORY_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json_atomic(path: str, payload: Any) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=1)
+    os.replace(tmp, path)
+
+
+class TrainingObserver(keras.callbacks.Callback):
+    """Times each epoch, writes this worker's progress, and (chief only) logs epochs to MLflow.
+
+    Put it AFTER ``BackupAndRestore`` in the callback list: an epoch shows in the progress file and the
+    saved history only once its checkpoint is written. ``history`` ends up holding every epoch of the
+    training, including those a resumed run took over from the interrupted attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        task_index: int,
+        is_chief: bool,
+        global_batch_size: int,
+        steps_per_epoch: int,
+        progress_path: str | None,
+        run_logger: RunLogger,
+        checkpoint_dir: str,
+    ):
+        super().__init__()
+        self.task_index = task_index
+        self.is_chief = is_chief
+        self.global_batch_size = global_batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.progress_path = progress_path
+        self.run_logger = run_logger if is_chief else RunLogger(None, None)
+        self.checkpoint_dir = checkpoint_dir
+        self.history: list[dict[str, float]] = []
+        self.first_epoch: int | None = None
+        self.steps_done = 0
+        self._epoch_start = 0.0
+        self._train_end: float | None = None
+
+    # progress ---------------------------------------------------------------------------------------
+    def _progress(self, event: str, **values: Any) -> None:
+        if not self.progress_path:
+            return
+        line = {"event": event, "pid": os.getpid(), "task_index": self.task_index, "time": time.time(), **values}
+        with open(self.progress_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    # keras hooks ------------------------------------------------------------------------------------
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            self._start_attempt(epoch)
+        self._epoch_start = time.perf_counter()
+        self._train_end = None
+        self._progress("epoch_begin", epoch=epoch, steps_done=self.steps_done)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.steps_done += 1
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        if self._train_end is None:
+            self._train_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        end = time.perf_counter()
+        train_seconds = (self._train_end or end) - self._epoch_start
+        logs = dict(logs or {})
+        entry = {"epoch": epoch}
+        entry.update({key: float(logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs})
+        entry["epoch_seconds"] = end - self._epoch_start
+        entry["images_per_second"] = self.steps_per_epoch * self.global_batch_size / max(train_seconds, 1e-9)
+        self.history.append(entry)
+        if self.is_chief:
+            self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=epoch)
+            _write_json_atomic(
+                os.path.join(self.checkpoint_dir, HISTORY_NAME),
+                {"run_id": self.run_logger.run_id, "epochs": self.history},
+            )
+        self._progress("epoch_end", epoch=epoch, steps_done=self.steps_done, **{k: v for k, v in entry.items() if k != "epoch"})
+
+    # resume -----------------------------------------------------------------------------------------
+    def _start_attempt(self, epoch: int) -> None:
+        """First epoch of this attempt: > 0 means BackupAndRestore restored a checkpoint."""
+        self._progress("train_begin", first_epoch=epoch)
+        if epoch == 0:
+            return
+        saved = read_history(self.checkpoint_dir) or {}
+        prior = [entry for entry in saved.get("epochs", []) if entry.get("epoch", epoch) < epoch]
+        self.history = list(prior)
+        if not self.is_chief:
+            return
+        tags = {"resumed_from_epoch": epoch}
+        previous_run = saved.get("run_id")
+        if previous_run and previous_run != self.run_logger.run_id:
+            # A new MLflow run resumed another run's checkpoint: copy the earlier epochs so its curves are whole.
+            tags["resumed_history_from_run"] = previous_run
+            for entry in prior:
+                self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=int(entry["epoch"]))
+        self.run_logger.tags(tags)
+        log.info("resumed from epoch %d (checkpoint in %s)", epoch, self.checkpoint_dir)
+
+
+def best_of(history: list[dict[str, float]], key: str = "val_accuracy") -> tuple[float, int]:
+    """(best value, its epoch) over a history; ties go to the earliest epoch."""
+    scored = [(entry[key], int(entry["epoch"])) for entry in history if key in entry]
+    if not scored:
+        return float("nan"), -1
+    best = max(value for value, _ in scored)
+    return best, min(epoch for value, epoch in scored if value == best)

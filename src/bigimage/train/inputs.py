@@ -1,0 +1,175 @@
+"""Training and validation inputs from task 1's TFRecords.
+
+The split (``train.split``):
+- ``hash`` (default): a record goes to validation when ``fingerprint64(record bytes) % 1000`` is below
+  ``validation_fraction * 1000``; deterministic, independent of the shard layout, the seed and the
+  process. Counting the two sides is one pass over the records without decoding.
+- ``shard``: the last ``round(validation_fraction * shards)`` shards (sorted by name, at least one) are
+  validation; counts come from the manifest. Needs two shards or more.
+
+Sharding across workers: every input pipeline (one per worker) reads the shards in a fixed order and
+keeps every N-th record (``Dataset.shard(num_input_pipelines, pipeline_id)``) BEFORE decoding, so no
+worker decodes what another one trains on and FILE auto-sharding (which fails with fewer files than
+workers, tensorflow#36846) is never used: the datasets go through
+``strategy.distribute_datasets_from_function`` with ``auto_shard_policy=OFF`` set explicitly, and the
+choice is logged as the ``input_sharding`` param.
+
+Pipeline: parallel interleaved reads -> split filter -> shard -> parallel decode (uint8) -> cache
+(``train.cache``) -> shuffle (training) -> repeat -> augment (``train.augment``, off by default) ->
+batch (per-replica size, i.e. the global batch divided by the replicas) -> prefetch. Both datasets
+repeat; epochs are ``steps_per_epoch = train_records // batch_size`` steps (at least one) and
+validation ``ceil(val_records / batch_size)`` steps, so every worker runs the same number of steps
+(uneven last batches would stall MultiWorkerMirroredStrategy's collectives).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bigimage.config import ConfigError
+from bigimage.data import readers, schema
+
+SPLITS = ("hash", "shard")
+HASH_BUCKETS = 1000
+INPUT_SHARDING = "records: Dataset.shard(input pipelines, pipeline id) before decode; auto_shard_policy=OFF"
+
+
+@dataclass
+class SplitPlan:
+    """Which records train and which validate, and how many of each."""
+
+    mode: str
+    train_paths: list[str]
+    val_paths: list[str]
+    train_records: int
+    val_records: int
+    val_buckets: int  # hash mode: bucket < val_buckets -> validation
+    num_classes: int
+    classes: list[str]
+
+    @property
+    def description(self) -> str:
+        if self.mode == "hash":
+            rule = f"hash: fingerprint64(record) % {HASH_BUCKETS} < {self.val_buckets} -> validation"
+        else:
+            rule = f"shard: {len(self.val_paths)} of {len(self.train_paths) + len(self.val_paths)} shards -> validation"
+        return f"{rule} ({self.train_records} train / {self.val_records} val records)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _val_mask(records: Any, val_buckets: int) -> Any:
+    import tensorflow as tf
+
+    return tf.strings.to_hash_bucket_fast(records, HASH_BUCKETS) < val_buckets
+
+
+def plan_split(cfg: Any, tfrecord_dir: str, manifest: schema.Manifest) -> SplitPlan:
+    """Decide the train/validation split of a (local) TFRecord directory; raises ConfigError when impossible."""
+    mode = cfg.train.split
+    if mode not in SPLITS:
+        raise ConfigError(f"train.split={mode!r} is not valid; choose one of: {', '.join(SPLITS)}")
+    fraction = float(cfg.train.validation_fraction)
+    if not 0.0 < fraction < 1.0:
+        raise ConfigError(f"train.validation_fraction={fraction} must be between 0 and 1")
+    paths = readers.shard_paths(tfrecord_dir, manifest)
+    classes = list(manifest.classes)
+    if mode == "shard":
+        if len(paths) < 2:
+            raise ConfigError(f"train.split=shard needs at least 2 shards; {tfrecord_dir} has {len(paths)}: use train.split=hash")
+        n_val = min(len(paths) - 1, max(1, round(fraction * len(paths))))
+        train_paths, val_paths = paths[:-n_val], paths[-n_val:]
+        def count(group: list[str]) -> int:
+            return sum(manifest.shards[path.rsplit("/", 1)[-1]] for path in group)
+
+        plan = SplitPlan(mode, train_paths, val_paths, count(train_paths), count(val_paths), 0, len(classes), classes)
+    else:
+        import tensorflow as tf
+
+        val_buckets = max(1, min(HASH_BUCKETS - 1, round(fraction * HASH_BUCKETS)))
+        records = readers.record_dataset(paths).batch(1024)
+        val = records.reduce(tf.constant(0, tf.int64), lambda acc, batch: acc + tf.reduce_sum(tf.cast(_val_mask(batch, val_buckets), tf.int64)))
+        val_records = int(val)
+        plan = SplitPlan(mode, paths, paths, manifest.num_records - val_records, val_records, val_buckets, len(classes), classes)
+    if plan.train_records < 1 or plan.val_records < 1:
+        raise ConfigError(
+            f"the split leaves {plan.train_records} training and {plan.val_records} validation records "
+            f"({plan.description}); use more images or another train.validation_fraction"
+        )
+    return plan
+
+
+def steps(records: int, global_batch_size: int, *, training: bool) -> int:
+    """Steps per epoch: whole batches for training (at least one), all records for validation."""
+    if training:
+        return max(1, records // global_batch_size)
+    return max(1, math.ceil(records / global_batch_size))
+
+
+def augment(image: Any, label: Any) -> tuple[Any, Any]:
+    """Light augmentation: random horizontal flip and brightness jitter, on uint8 images."""
+    import tensorflow as tf
+
+    image = tf.image.random_flip_left_right(image)
+    image = tf.image.random_brightness(tf.cast(image, tf.float32), max_delta=20.0)
+    return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8), label
+
+
+def build_inputs(
+    cfg: Any,
+    plan: SplitPlan,
+    *,
+    training: bool,
+    input_context: Any = None,
+    batch_size: int | None = None,
+) -> Any:
+    """The (images uint8, classes int32) batches of one input pipeline.
+
+    With an ``input_context`` (from ``distribute_datasets_from_function``) the pipeline keeps its share
+    of the records and batches by the per-replica size; without one it batches by ``batch_size`` (default
+    the global ``cfg.batch_size``).
+    """
+    import tensorflow as tf
+
+    seed = int(cfg.seed)
+    records = readers.record_dataset(plan.train_paths if training else plan.val_paths)
+    if plan.mode == "hash":
+        if training:
+            records = records.filter(lambda record: tf.logical_not(_val_mask(record, plan.val_buckets)))
+        else:
+            records = records.filter(lambda record: _val_mask(record, plan.val_buckets))
+    if input_context is not None:
+        if input_context.num_input_pipelines > 1:
+            records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        batch = input_context.get_per_replica_batch_size(int(cfg.batch_size))
+    else:
+        batch = int(batch_size or cfg.batch_size)
+    dataset = records.map(
+        lambda record: readers.decode_record(record, int(cfg.image_size), as_uint8=True),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if cfg.train.cache:
+        dataset = dataset.cache()
+    if training and cfg.train.shuffle_buffer:
+        dataset = dataset.shuffle(int(cfg.train.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.repeat()
+    if training and cfg.train.augment:
+        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options)
+
+
+def distributed_inputs(strategy: Any, cfg: Any, plan: SplitPlan) -> tuple[Any, Any]:
+    """(train, validation) datasets distributed over the strategy's replicas."""
+    train = strategy.distribute_datasets_from_function(
+        lambda context: build_inputs(cfg, plan, training=True, input_context=context)
+    )
+    val = strategy.distribute_datasets_from_function(
+        lambda context: build_inputs(cfg, plan, training=False, input_context=context)
+    )
+    return train, val

@@ -1,0 +1,152 @@
+"""``task=train``: what run.py calls inside its open MLflow run.
+
+:func:`run_train` checks the config and the TFRecords (no process starts on bad input), stages gs://
+shards into a local cache, writes the resolved config for the workers, launches them
+(:mod:`bigimage.train.launch`), and returns the chief's final metrics. The chief worker logs into the
+launcher's MLflow run (run id and tracking URI passed on its command line); this process adds the
+workers' logs as artifacts (``worker_logs/``), also when training failed.
+
+Checkpoints (``tf_keras.callbacks.BackupAndRestore``) live in ``train.checkpoint_dir``, by default
+``<paths.data_dir>/checkpoints/<key>`` where the key is derived from the parts of the config that
+shape the training state (data, image size, model, strategy, batch size, epochs, seed, train.*), not
+from the MLflow run: rerunning the same config after a killed worker, in a new run or the same one,
+resumes from the last finished epoch; the run gets the tag ``resumed_from_epoch`` (and, when a new run
+took over, ``resumed_history_from_run`` plus the earlier epochs' metrics). A finished training deletes
+its checkpoint, so the next run of that config starts from epoch 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigimage.config import ConfigError
+from bigimage.data import readers
+from bigimage.train import launch, strategies
+from bigimage.train.inputs import SPLITS
+
+log = logging.getLogger(__name__)
+
+# Config parts that decide the training state a checkpoint holds.
+_KEY_PARTS = ("tfrecord_dir", "image_size", "batch_size", "epochs", "seed", "model", "train")
+_KEY_STRATEGY = ("name", "num_workers", "logical_cpu_devices")
+
+
+def checkpoint_key(cfg: Any) -> str:
+    """A readable, stable name for the checkpoint of this training config."""
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in _KEY_PARTS}
+    parts["train"] = {k: v for k, v in parts["train"].items() if k != "checkpoint_dir"}
+    parts["strategy"] = {key: cfg.strategy[key] for key in _KEY_STRATEGY}
+    digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{cfg.strategy.name}-{cfg.model.name}-bs{cfg.batch_size}-{digest}"
+
+
+def checkpoint_dir(cfg: Any) -> str:
+    if cfg.train.checkpoint_dir:
+        return str(cfg.train.checkpoint_dir)
+    return os.path.join(str(cfg.paths.data_dir), "checkpoints", checkpoint_key(cfg))
+
+
+def check_train_config(cfg: Any) -> None:
+    """Everything about a training config that can be known before a process starts. Raises ConfigError."""
+    strategies.check_strategy_config(cfg)
+    if cfg.strategy.launcher not in strategies.LAUNCHERS:
+        raise ConfigError(
+            f"strategy.launcher={cfg.strategy.launcher!r} is not available; choose one of: {', '.join(strategies.LAUNCHERS)}"
+        )
+    for key in ("batch_size", "epochs", "image_size"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid; it must be a whole number >= 1")
+    replicas = strategies.expected_replicas(cfg)
+    if replicas:
+        strategies.check_batch_size(int(cfg.batch_size), replicas, cfg.strategy.name)
+    if cfg.train.split not in SPLITS:
+        raise ConfigError(f"train.split={cfg.train.split!r} is not valid; choose one of: {', '.join(SPLITS)}")
+    if not 0.0 < float(cfg.train.validation_fraction) < 1.0:
+        raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
+
+
+def local_tfrecord_dir(cfg: Any) -> str:
+    """``tfrecord_dir`` itself when local; a gs:// directory is mirrored into ``<paths.data_dir>/cache/``."""
+    url = str(cfg.tfrecord_dir)
+    if not url.startswith("gs://"):
+        return url
+    from bigimage.data.storage import local_cache_copy
+
+    name = url[len("gs://") :].strip("/").replace("/", "__")
+    return local_cache_copy(url, os.path.join(str(cfg.paths.data_dir), "cache", "tfrecords", name))
+
+
+def _active_run() -> tuple[str | None, str | None]:
+    import mlflow
+
+    run = mlflow.active_run()
+    if run is None:
+        return None, None
+    return run.info.run_id, mlflow.get_tracking_uri()
+
+
+def worker_config(cfg: Any, tfrecord_dir: str) -> DictConfig:
+    """The fully resolved config the workers read: local ``tfrecord_dir``, ``train.checkpoint_dir`` set."""
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    resolved.tfrecord_dir = tfrecord_dir
+    resolved.train.checkpoint_dir = checkpoint_dir(cfg)
+    return resolved
+
+
+def run_train(cfg: DictConfig) -> dict[str, float]:
+    """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir``; returns the final metrics.
+
+    ``batch_size`` is the global batch size (per replica: ``batch_size / replicas``). Logs into the
+    active MLflow run when there is one (through the chief worker), else logs nothing. Raises
+    ConfigError or TFRecordDirError before any process starts, WorkerFailedError when a worker fails.
+    """
+    check_train_config(cfg)
+    # Fail on missing shards or the wrong image size before any process starts.
+    readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
+    data_dir = local_tfrecord_dir(cfg)
+    manifest = readers.read_manifest(data_dir, int(cfg.image_size))
+    readers.shard_paths(data_dir, manifest)
+
+    run_id, tracking_uri = _active_run()
+    resolved = worker_config(cfg, data_dir)
+    work_dir = os.path.join(str(cfg.paths.output_dir), "train", run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
+    os.makedirs(work_dir, exist_ok=True)
+    config_path = os.path.join(work_dir, "config.yaml")
+    OmegaConf.save(resolved, config_path)
+    result_file = os.path.join(work_dir, "result.json")
+    if os.path.exists(result_file):
+        os.remove(result_file)
+    workers = int(cfg.strategy.num_workers) if strategies.is_multi_worker(cfg) else 1
+    log.info(
+        "training %s with strategy=%s on %d worker process(es), checkpoints in %s, logs in %s",
+        cfg.model.name, cfg.strategy.name, workers, resolved.train.checkpoint_dir, work_dir,
+    )
+    try:
+        # strategy.launcher: "processes" (here); a Spark barrier launcher plugs in beside it.
+        launch.run_local_workers(
+            config_path,
+            workers,
+            work_dir,
+            timeout_seconds=float(cfg.strategy.worker_timeout_seconds),
+            tracking_uri=tracking_uri,
+            run_id=run_id,
+            result_file=result_file,
+        )
+    finally:
+        if run_id:
+            import mlflow
+
+            try:
+                mlflow.log_artifacts(os.path.join(work_dir, "logs"), "worker_logs")
+            except Exception as error:  # noqa: BLE001 - never hide the training error behind this one
+                log.warning("could not log the worker logs: %s", error)
+    with open(result_file, encoding="utf-8") as handle:
+        result = json.load(handle)
+    return {key: float(value) for key, value in result.items()}

@@ -1,0 +1,223 @@
+"""One training process: the entry point every strategy runs in, locally or on a cluster.
+
+    TF_CONFIG='{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": 1}}' \\
+    python -m bigimage.train.worker --config resolved.yaml --task-index 1 --num-workers 2 \\
+        --work-dir DIR [--tracking-uri URI --run-id ID] [--result-file FILE] [--parent-pid PID]
+
+``--config`` is the fully resolved config YAML (``tfrecord_dir`` a local directory and
+``train.checkpoint_dir`` set: :func:`bigimage.train.task.run_train` writes it). ``TF_CONFIG`` comes from
+the environment, as TensorFlow reads it; for one worker there is none. The MLflow run is passed
+explicitly (``--run-id``, ``--tracking-uri``; never ``MLFLOW_RUN_ID``): the chief (task index 0) logs
+params, per-epoch metrics, the best epoch, the model and its history into that run without touching its
+status; other workers log nothing. Each worker appends its progress to ``<work-dir>/progress/worker-<i>.jsonl``.
+The chief writes its final metrics as JSON to ``--result-file``.
+
+Callers that already run Python with ``TF_CONFIG`` set (e.g. a Spark barrier task) can call
+:func:`train_worker` directly instead of the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow (keras-team/keras#20585)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+log = logging.getLogger("bigimage.train.worker")
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the launcher dies, so no orphaned worker keeps a collective waiting forever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def train_worker(
+    cfg: Any,
+    *,
+    task_index: int = 0,
+    num_workers: int = 1,
+    work_dir: str | None = None,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+) -> dict[str, float]:
+    """Train under ``cfg.strategy`` as worker ``task_index`` of ``num_workers``; returns the final metrics.
+
+    Must be the first TensorFlow work of the process (MultiWorkerMirroredStrategy and the logical CPU
+    devices of ``mirrored`` are set up before TensorFlow initialises).
+    """
+    from bigimage.train import strategies
+
+    strategies.configure_devices(cfg)
+    strategy = strategies.make_strategy(cfg)  # before any other TF op: MWMS starts its gRPC server here
+
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from bigimage.data import readers
+    from bigimage.train import inputs as inputs_mod
+    from bigimage.train.callbacks import HISTORY_NAME, RunLogger, TrainingObserver, best_of
+    from bigimage.train.model import build_model, compile_model
+
+    is_chief = task_index == 0
+    replicas = int(strategy.num_replicas_in_sync)
+    global_batch = int(cfg.batch_size)
+    per_replica = strategies.check_batch_size(global_batch, replicas, cfg.strategy.name)
+    keras.utils.set_random_seed(int(cfg.seed))
+
+    manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
+    plan = inputs_mod.plan_split(cfg, cfg.tfrecord_dir, manifest)
+    steps_per_epoch = inputs_mod.steps(plan.train_records, global_batch, training=True)
+    val_steps = inputs_mod.steps(plan.val_records, global_batch, training=False)
+    train_data, val_data = inputs_mod.distributed_inputs(strategy, cfg, plan)
+
+    with strategy.scope():
+        model = compile_model(build_model(cfg, plan.num_classes), cfg)
+
+    checkpoint_dir = str(cfg.train.checkpoint_dir)
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    run_logger = RunLogger(tracking_uri, run_id) if is_chief else RunLogger(None, None)
+    run_logger.params(
+        {
+            "replicas": replicas,
+            "workers": num_workers,
+            "global_batch_size": global_batch,
+            "per_replica_batch_size": per_replica,
+            "split": plan.description,
+            "train_records": plan.train_records,
+            "val_records": plan.val_records,
+            "steps_per_epoch": steps_per_epoch,
+            "validation_steps": val_steps,
+            "input_sharding": inputs_mod.INPUT_SHARDING,
+            "model_parameters": model.count_params(),
+        }
+    )
+    run_logger.tags({"checkpoint_dir": checkpoint_dir, "tf_version": tf.__version__, "keras": f"tf_keras {keras.__version__}"})
+
+    progress_path = None
+    if work_dir:
+        os.makedirs(os.path.join(work_dir, "progress"), exist_ok=True)
+        progress_path = os.path.join(work_dir, "progress", f"worker-{task_index}.jsonl")
+    observer = TrainingObserver(
+        task_index=task_index,
+        is_chief=is_chief,
+        global_batch_size=global_batch,
+        steps_per_epoch=steps_per_epoch,
+        progress_path=progress_path,
+        run_logger=run_logger,
+        checkpoint_dir=checkpoint_dir,
+    )
+    backup = keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, delete_checkpoint=True)
+    log.info(
+        "worker %d/%d: strategy=%s replicas=%d global batch=%d per replica=%d, %s, %d steps/epoch",
+        task_index, num_workers, cfg.strategy.name, replicas, global_batch, per_replica, plan.description, steps_per_epoch,
+    )
+    started = time.perf_counter()
+    model.fit(
+        train_data,
+        epochs=int(cfg.epochs),
+        steps_per_epoch=steps_per_epoch,
+        validation_data=val_data,
+        validation_steps=val_steps,
+        callbacks=[backup, observer],  # backup first: an epoch is reported once its checkpoint exists
+        verbose=2,
+    )
+    training_seconds = time.perf_counter() - started
+
+    # Every worker saves (collectives may be involved); only the chief keeps its copy.
+    save_root = tempfile.mkdtemp(prefix=f"bigimage-model-{task_index}-")
+    try:
+        model_path = os.path.join(save_root, "model.keras")
+        model.save(model_path)
+        history = observer.history
+        best_value, best_epoch = best_of(history)
+        final = dict(history[-1]) if history else {}
+        final.pop("epoch", None)
+        result = {
+            **final,
+            "best_val_accuracy": best_value,
+            "best_epoch": best_epoch,
+            "training_seconds": training_seconds,
+            "replicas": replicas,
+            "global_batch_size": global_batch,
+            "per_replica_batch_size": per_replica,
+            "epochs_run": sum(1 for entry in history if entry["epoch"] >= (observer.first_epoch or 0)),
+            "resumed_from_epoch": observer.first_epoch or 0,
+        }
+        if is_chief:
+            run_logger.metrics({"best_val_accuracy": best_value, "best_epoch": best_epoch, "training_seconds": training_seconds})
+            history_dir = os.path.join(save_root, "history")
+            os.makedirs(history_dir)
+            with open(os.path.join(history_dir, "history.json"), "w", encoding="utf-8") as handle:
+                json.dump(history, handle, indent=1)
+            with open(os.path.join(history_dir, "history.csv"), "w", encoding="utf-8") as handle:
+                keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second"]
+                handle.write(",".join(keys) + "\n")
+                for entry in history:
+                    handle.write(",".join(str(entry.get(key, "")) for key in keys) + "\n")
+            run_logger.artifact(history_dir)
+            run_logger.artifact(model_path, "model")
+            # The run finished: its running history goes with the checkpoint BackupAndRestore deleted.
+            try:
+                os.remove(os.path.join(checkpoint_dir, HISTORY_NAME))
+            except FileNotFoundError:
+                pass
+        return result
+    finally:
+        shutil.rmtree(save_root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bigimage.train.worker", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="resolved config YAML")
+    parser.add_argument("--task-index", type=int, default=0)
+    parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--work-dir", default=None, help="progress files go under <work-dir>/progress")
+    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--run-id", default=None, help="MLflow run the chief logs into (never MLFLOW_RUN_ID)")
+    parser.add_argument("--result-file", default=None, help="the chief writes its final metrics here (JSON)")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{args.task_index} %(levelname)s %(name)s: %(message)s")
+    if args.parent_pid:
+        _watch_parent(args.parent_pid)
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(args.config)
+    log.info("pid %d, TF_CONFIG=%s", os.getpid(), os.environ.get("TF_CONFIG", "<none>"))
+    result = train_worker(
+        cfg,
+        task_index=args.task_index,
+        num_workers=args.num_workers,
+        work_dir=args.work_dir,
+        tracking_uri=args.tracking_uri,
+        run_id=args.run_id,
+    )
+    if args.result_file and args.task_index == 0:
+        tmp = f"{args.result_file}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+        os.replace(tmp, args.result_file)
+    log.info("done: %s", result)
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

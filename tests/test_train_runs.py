@@ -1,0 +1,262 @@
+"""task=train end to end: real worker processes, a real MLflow store in tmp, tiny TFRecords (32 px).
+
+Every test that starts workers has a timeout; the launcher's own ``strategy.worker_timeout_seconds`` is
+set well below it, so a hang shows as the launcher's error, not as pytest's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import hydra
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bigimage.config import PROJECT_ROOT, register_configs
+from bigimage.train.callbacks import EPOCH_METRICS
+from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
+from bigimage.train.task import run_train
+from tests.tfrecord_fixtures import write_tfrecord_dir
+
+register_configs()
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tfr")
+    write_tfrecord_dir(directory, num_images=80, image_size=32, num_shards=4)
+    return str(directory)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh sqlite MLflow store and experiment; yields the experiment id."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("train-test", artifact_location=str(tmp_path / "art"))
+    yield experiment
+    mlflow.set_tracking_uri(previous)
+
+
+def compose(tmp_path, tfrecords, *overrides: str):
+    with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return hydra.compose(
+            "config",
+            overrides=[
+                "task=train",
+                f"tfrecord_dir={tfrecords}",
+                "image_size=32",
+                "batch_size=16",
+                "epochs=2",
+                f"paths.data_dir={tmp_path / 'data'}",
+                f"paths.output_dir={tmp_path / 'out'}",
+                "strategy.worker_timeout_seconds=240",
+                *overrides,
+            ],
+        )
+
+
+def train(experiment, cfg):
+    with mlflow.start_run(experiment_id=experiment) as run:
+        metrics = run_train(cfg)
+    return run.info.run_id, metrics
+
+
+def progress(cfg, run_id) -> dict[int, list[dict]]:
+    """Progress lines per worker index, as the worker processes wrote them."""
+    directory = os.path.join(cfg.paths.output_dir, "train", run_id, "progress")
+    lines: dict[int, list[dict]] = {}
+    for name in sorted(os.listdir(directory)):
+        with open(os.path.join(directory, name), encoding="utf-8") as handle:
+            for line in handle:
+                entry = json.loads(line)
+                lines.setdefault(entry["task_index"], []).append(entry)
+    return lines
+
+
+def history(run_id, key):
+    return [(m.step, m.value) for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+
+
+@pytest.mark.timeout(300)
+def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, store):
+    cfg = compose(tmp_path, tfrecords, "strategy=default", "epochs=3")
+    run_id, metrics = train(store, cfg)
+
+    run = MlflowClient().get_run(run_id)
+    for key in EPOCH_METRICS:
+        assert [step for step, _ in history(run_id, key)] == [0, 1, 2], key
+    assert run.data.metrics["best_epoch"] in (0, 1, 2)
+    best = max(value for _, value in history(run_id, "val_accuracy"))
+    assert run.data.metrics["best_val_accuracy"] == pytest.approx(best)
+    assert metrics["best_val_accuracy"] == pytest.approx(best) and metrics["replicas"] == 1
+    params = run.data.params
+    assert params["replicas"] == "1" and params["workers"] == "1"
+    assert params["global_batch_size"] == "16" and params["per_replica_batch_size"] == "16"
+    assert params["split"].startswith("hash:")
+    assert "resumed_from_epoch" not in run.data.tags
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    assert {"history.json", "history.csv", "model", "worker_logs"} <= artifacts
+    assert [a.path for a in MlflowClient().list_artifacts(run_id, "model")] == ["model/model.keras"]
+    import numpy as np
+    import tf_keras
+
+    model = tf_keras.models.load_model(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/model.keras", dst_path=str(tmp_path / "dl")))
+    assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape == (2, 5)
+    assert run.info.status == "FINISHED"  # ended by the test's `with`, not altered by the worker
+    # A finished training leaves no checkpoint behind: the next run of this config starts afresh.
+    assert not os.path.exists(os.path.join(run.data.tags["checkpoint_dir"], "chief"))
+
+
+@pytest.mark.timeout(300)
+def test_mobilenet_v2_trains_without_downloading(tmp_path, tfrecords, store):
+    cfg = compose(tmp_path, tfrecords, "model=mobilenet_v2", "epochs=1")
+    run_id, metrics = train(store, cfg)
+    assert int(MlflowClient().get_run(run_id).data.params["model_parameters"]) > 2_000_000
+    assert [step for step, _ in history(run_id, "val_accuracy")] == [0]
+
+
+@pytest.mark.timeout(300)
+def test_mirrored_runs_two_then_three_replicas_in_one_process(tmp_path, tfrecords, store):
+    run_2, metrics_2 = train(store, compose(tmp_path, tfrecords, "strategy=mirrored", "batch_size=12", "epochs=1"))
+    run_3, metrics_3 = train(
+        store, compose(tmp_path, tfrecords, "strategy=mirrored", "strategy.logical_cpu_devices=3", "batch_size=12", "epochs=1")
+    )
+    assert metrics_2["replicas"] == 2 and metrics_2["per_replica_batch_size"] == 6
+    assert metrics_3["replicas"] == 3 and metrics_3["per_replica_batch_size"] == 4
+    assert MlflowClient().get_run(run_2).data.params["replicas"] == "2"
+    assert MlflowClient().get_run(run_3).data.params["replicas"] == "3"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("strategy", ["multi_worker_mirrored", "experimental_multi_worker_mirrored"])
+def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(tmp_path, tfrecords, store, strategy):
+    cfg = compose(tmp_path, tfrecords, f"strategy={strategy}", "strategy.num_workers=2")
+    run_id, metrics = train(store, cfg)
+
+    lines = progress(cfg, run_id)
+    assert sorted(lines) == [0, 1]
+    pids = {index: {entry["pid"] for entry in entries} for index, entries in lines.items()}
+    assert len(pids[0]) == 1 and len(pids[1]) == 1 and pids[0] != pids[1]  # two OS processes
+    assert os.getpid() not in pids[0] | pids[1]
+    steps = {index: [e["steps_done"] for e in entries if e["event"] == "epoch_end"] for index, entries in lines.items()}
+    spe = int(MlflowClient().get_run(run_id).data.params["steps_per_epoch"])
+    assert steps[0] == steps[1] == [spe, 2 * spe]  # both workers really stepped, in lockstep
+    # Only the chief logged: one value per epoch, not one per worker.
+    for key in ("loss", "val_accuracy", "images_per_second"):
+        assert [step for step, _ in history(run_id, key)] == [0, 1]
+    params = MlflowClient().get_run(run_id).data.params
+    assert params["replicas"] == "2" and params["workers"] == "2" and params["per_replica_batch_size"] == "8"
+    assert metrics["replicas"] == 2
+    logs = {a.path for a in MlflowClient().list_artifacts(run_id, "worker_logs")}
+    assert logs == {"worker_logs/worker-0.log", "worker_logs/worker-1.log"}
+
+
+@pytest.mark.timeout(420)
+def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_path, tfrecords, store):
+    epochs = 40
+    cfg = compose(tmp_path, tfrecords, "strategy=multi_worker_mirrored", f"epochs={epochs}", "batch_size=32")
+    outcome: dict = {}
+
+    def first_attempt():
+        try:
+            with mlflow.start_run(experiment_id=store) as run:
+                outcome["run_id"] = run.info.run_id
+                run_train(cfg)
+        except Exception as error:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    # Wait until worker 1 has finished (and checkpointed) two epochs, then kill it for real.
+    victim = None
+    deadline = time.monotonic() + 240
+    while victim is None and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.05)
+        if "run_id" not in outcome:
+            continue
+        try:
+            ends = [e for e in progress(cfg, outcome["run_id"]).get(1, []) if e["event"] == "epoch_end"]
+        except FileNotFoundError:
+            continue
+        if len(ends) >= 2:
+            victim = ends[-1]["pid"]
+            os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=120)
+    assert victim is not None, "worker 1 never finished two epochs"
+    assert not thread.is_alive(), "the launcher hung after a worker died"
+    error = outcome.get("error")
+    assert isinstance(error, WorkerFailedError), outcome
+    assert error.task_index == 1 and error.exit_code == -signal.SIGKILL
+    assert "worker 1" in str(error) and "SIGKILL" in str(error)
+    for pid in error.pids:  # no orphan left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    first_run = MlflowClient().get_run(outcome["run_id"])
+    assert first_run.info.status == "FAILED"
+    done_before_kill = max(e["epoch"] for e in progress(cfg, outcome["run_id"])[0] if e["event"] == "epoch_end")
+
+    # Rerun the same config in a new MLflow run: it resumes from the checkpoint, not from epoch 0.
+    run_id, metrics = train(store, cfg)
+    tags = MlflowClient().get_run(run_id).data.tags
+    resumed = int(tags["resumed_from_epoch"])
+    assert done_before_kill + 1 <= resumed <= done_before_kill + 2
+    assert tags["resumed_history_from_run"] == outcome["run_id"]
+    lines = progress(cfg, run_id)
+    for index in (0, 1):
+        begin = [e for e in lines[index] if e["event"] == "train_begin"]
+        assert begin[0]["first_epoch"] == resumed
+        assert [e["epoch"] for e in lines[index] if e["event"] == "epoch_end"] == list(range(resumed, epochs))
+    # The new run's curves are whole: earlier epochs copied from the interrupted run, the rest trained.
+    assert [step for step, _ in history(run_id, "val_accuracy")] == list(range(epochs))
+    assert metrics["resumed_from_epoch"] == resumed and metrics["epochs_run"] == epochs - resumed
+
+
+@pytest.mark.timeout(240)
+def test_worker_error_is_reported_with_its_log_lines(tmp_path, store):
+    # A manifest that promises 32 px but holds 40 px images: only decoding can find out, in the worker.
+    directory = tmp_path / "liar"
+    write_tfrecord_dir(directory, num_images=40, image_size=40, num_shards=2)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["image_size"] = 32
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    cfg = compose(tmp_path, str(directory), "strategy=default")
+    with pytest.raises(WorkerFailedError) as error:
+        train(store, cfg)
+    assert error.value.task_index == 0 and error.value.exit_code == 1
+    assert "worker 0" in str(error.value) and "Last lines" in str(error.value)
+    assert "32" in str(error.value) and "40" in str(error.value)  # the shape mismatch from the worker's log
+
+
+@pytest.mark.timeout(120)
+def test_workers_that_outlive_their_timeout_are_killed(tmp_path, tfrecords, store):
+    cfg = compose(tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.worker_timeout_seconds=2", "epochs=50")
+    started = time.monotonic()
+    with pytest.raises(WorkerTimeoutError, match="worker_timeout_seconds=2") as error:
+        train(store, cfg)
+    assert time.monotonic() - started < 60
+    assert len(error.value.pids) == 2
+    for pid in error.value.pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.timeout(240)
+def test_gs_tfrecords_are_staged_into_a_local_cache(tmp_path, tfrecords, store, gcs_bucket):
+    from bigimage.data import storage
+
+    url = f"gs://{gcs_bucket}/tfrecords/test-32"
+    for name in sorted(os.listdir(tfrecords)):
+        storage.upload_file(os.path.join(tfrecords, name), f"{url}/{name}")
+    cfg = compose(tmp_path, url, "strategy=default", "epochs=1")
+    run_id, metrics = train(store, cfg)
+
+    cache = tmp_path / "data" / "cache" / "tfrecords" / f"{gcs_bucket}__tfrecords__test-32"
+    assert sorted(p.name for p in cache.glob("*.tfrec")) == sorted(n for n in os.listdir(tfrecords) if n.endswith(".tfrec"))
+    assert metrics["replicas"] == 1
+    assert [step for step, _ in history(run_id, "val_accuracy")] == [0]
