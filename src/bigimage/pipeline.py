@@ -1,0 +1,83 @@
+"""``task=pipeline`` (the default): preprocess, speed test, a short training sweep and the report.
+
+The pipeline's own run is the parent; each step is a child run with its own full config, so the
+analysis and the MLflow UI see the steps exactly as if they had been run one by one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from bigimage.config import PROJECT_ROOT, validate
+from bigimage.tasks import run_name, task_function
+from bigimage.tracking.runs import tracked_run
+
+
+def strategy_node(name: str) -> DictConfig:
+    """The ``strategy`` group's option ``name``, composed by Hydra (inside or outside a Hydra app)."""
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="config", overrides=[f"strategy={name}"]).strategy
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=[f"strategy={name}"]).strategy
+
+
+def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str | None = None) -> DictConfig:
+    """``cfg`` with ``task.name`` set and a step's overrides applied, validated."""
+    step = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"task.name={task}", *overrides]))
+    if strategy is not None:
+        step.strategy = strategy_node(strategy)
+    validate(step)
+    return step
+
+
+def run_step(step: DictConfig, parent_run_id: str, experiment_id: str) -> dict[str, Any]:
+    with tracked_run(
+        step, task=step.task.name, run_name=run_name(step), parent_run_id=parent_run_id, experiment_id=experiment_id
+    ):
+        return task_function(step.task.name)(step)
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Run every step as a child of the active run; returns a few headline numbers."""
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("run_pipeline needs an active MLflow run to hang its steps under")
+    parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
+    summary: dict[str, Any] = {}
+
+    print("[pipeline] 1/4 preprocess")
+    metrics = run_step(step_config(cfg, "preprocess", []), parent_id, experiment_id)
+    summary["preprocess.images_per_second"] = metrics["images_per_second"]
+
+    print("[pipeline] 2/4 speed test")
+    metrics = run_step(step_config(cfg, "speedtest", list(cfg.pipeline.speedtest_overrides)), parent_id, experiment_id)
+    if "tfrecord_speedup" in metrics:
+        summary["speedtest.tfrecord_speedup"] = metrics["tfrecord_speedup"]
+
+    for index, strategy in enumerate(cfg.pipeline.strategies):
+        print(f"[pipeline] 3/4 train, strategy {strategy} ({index + 1}/{len(cfg.pipeline.strategies)})")
+        step = step_config(cfg, "train", list(cfg.pipeline.train_overrides), strategy=strategy)
+        metrics = run_step(step, parent_id, experiment_id)
+        summary[f"train.{strategy}.best_val_accuracy"] = metrics.get("best_val_accuracy", float("nan"))
+    mlflow.log_metrics({key: float(value) for key, value in summary.items()})
+
+    if cfg.pipeline.report:
+        print("[pipeline] 4/4 report")
+        from bigimage.analysis_lib.report import build_report
+
+        report = build_report(
+            tracking_uri=mlflow.get_tracking_uri(),
+            parent_run_id=parent_id,
+            output_dir=Path(cfg.paths.output_dir) / "reports" / parent_id,
+        )
+        mlflow.set_tag("report", str(report))
+        summary["report"] = str(report)
+        print(f"[pipeline] report: {report}")
+    print(f"[pipeline] MLflow UI over this store: .venv/bin/mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}")
+    return summary
