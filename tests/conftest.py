@@ -37,6 +37,9 @@ def mlflow_store(tmp_path: Path) -> Iterator[str]:
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    # The fluent API remembers the last experiment id across stores: point it at one of this store.
+    experiment_id = mlflow.create_experiment("tests", artifact_location=(tmp_path / "mlruns" / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
     yield uri
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
