@@ -9,8 +9,11 @@ with the TF_CONFIG dict of its own rank::
 
 ``worker_fn`` runs inside the executor's Python worker process (pickled with cloudpickle, so a
 closure or a module-level function both work) and may set ``os.environ["TF_CONFIG"]`` itself; its
-return value (picklable) comes back in rank order. A failed task makes Spark retry the whole stage,
-which is what MultiWorkerMirroredStrategy needs (all workers restart together).
+return value (picklable) comes back in rank order. A failed task fails the whole stage: Spark kills the
+other tasks and, the stage being a barrier *ResultStage* (``collect``), does not retry it ("Could not
+recover from a failed barrier ResultStage"), so the caller gets the first task's error at once. Recovery
+is the caller's: rerun, and let the workers resume from their checkpoints (all restart together, as
+MultiWorkerMirroredStrategy needs).
 """
 
 from __future__ import annotations

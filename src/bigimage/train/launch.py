@@ -10,6 +10,10 @@ No wait is unbounded: the workers together get ``strategy.worker_timeout_seconds
 exit with an error, or the deadline, kills every other worker and raises :class:`WorkerFailedError`
 naming the worker, its exit code and the last lines of its log. Each worker's stdout and stderr go to
 ``<work_dir>/logs/worker-<i>.log``.
+
+``strategy.launcher=spark_barrier`` (multi-worker strategies only) runs the same worker command line
+once per Spark barrier task on the executors of ``cluster`` instead (:func:`run_spark_barrier_workers`),
+with the same TF_CONFIG, logs, progress files, MLflow logging by the chief, checkpoints and errors.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -195,3 +203,173 @@ def _signal_name(code: int | None) -> str:
         except ValueError:
             return ""
     return ""
+
+
+# ------------------------------------------------------------------------------ strategy.launcher=spark_barrier
+# The executor side reports a failed worker between these markers; the driver finds it in Spark's error.
+_FAILED_BEGIN = "<<bigimage-worker-failed"
+_FAILED_END = "bigimage-worker-failed>>"
+_FAILED_HEAD = re.compile(re.escape(_FAILED_BEGIN) + r" rank=(\d+) exit=(-?\d+) pid=(\d+)>>\n(.*?)\n" + re.escape(_FAILED_END), re.S)
+
+
+class BarrierWorker:
+    """What each Spark barrier task runs: the worker CLI as a child process with the task's TF_CONFIG.
+
+    A subprocess rather than :func:`bigimage.train.worker.train_worker` in the Spark Python worker: that
+    process is reused across tasks (``spark.python.worker.reuse``) and TensorFlow fixes its devices and
+    its MWMS gRPC server once per process, so an in-process worker could never run a second training;
+    a crash (segfault, OOM kill) stays in the child and arrives as an exit code with its log lines.
+    The child watches this process (``--parent-pid``): when Spark kills the task, the child exits too.
+
+    Paths (config, ``tfrecord_dir``, checkpoints, ``work_dir``) are the driver's: the executors must see
+    them (same machine as here, or a shared file system). The chief's final metrics come back through
+    Spark, not through a shared file.
+    """
+
+    def __init__(
+        self,
+        config_path: str,
+        num_workers: int,
+        work_dir: str,
+        *,
+        timeout_seconds: float,
+        tracking_uri: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.num_workers = int(num_workers)
+        self.work_dir = work_dir
+        self.timeout_seconds = float(timeout_seconds)
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+
+    def __call__(self, tf_config_dict: dict) -> dict:
+        rank = int(tf_config_dict["task"]["index"])
+        logs_dir = os.path.join(self.work_dir, "logs")
+        os.makedirs(logs_dir, exist_ok=True)
+        log_path = os.path.join(logs_dir, f"worker-{rank}.log")
+        result_dir = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
+        result_file = os.path.join(result_dir, "result.json")
+        argv = [
+            sys.executable, "-m", "bigimage.train.worker",
+            "--config", self.config_path,
+            "--task-index", str(rank),
+            "--num-workers", str(self.num_workers),
+            "--work-dir", self.work_dir,
+            "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        if self.run_id:
+            argv += ["--run-id", self.run_id, "--tracking-uri", self.tracking_uri or ""]
+        if rank == 0:
+            argv += ["--result-file", result_file]
+        env = worker_env({"TF_CONFIG": json.dumps(tf_config_dict)})
+        host = socket.gethostname()
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        worker = _Worker(rank, process, log_path)
+        try:
+            try:
+                code = process.wait(timeout=self.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code != 0:
+                if code is None:
+                    what = f"still running after strategy.worker_timeout_seconds={self.timeout_seconds:g} and was killed"
+                    code = -signal.SIGKILL
+                else:
+                    what = f"exited with code {code}{_signal_name(code)}"
+                _kill([worker])
+                raise RuntimeError(
+                    f"{_FAILED_BEGIN} rank={rank} exit={code} pid={process.pid}>>\n"
+                    f"training worker {rank} of {self.num_workers} (pid {process.pid} on {host}, Spark barrier task "
+                    f"{rank}) {what}; Spark fails the barrier stage and stops the other workers. "
+                    f"Last lines of {log_path}:\n{tail(log_path)}\n{_FAILED_END}"
+                )
+            result = None
+            if rank == 0:
+                with open(result_file, encoding="utf-8") as handle:
+                    result = json.load(handle)
+            return {"rank": rank, "pid": process.pid, "host": host, "log": log_path, "result": result}
+        finally:
+            _kill([worker])  # never leave a worker behind this task (killed, cancelled or failed)
+            shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _worker_failure(error: BaseException) -> WorkerFailedError | None:
+    """The first failed worker named in a Spark error, as a WorkerFailedError (None: not a worker's failure)."""
+    text = str(error)
+    cause = error.__cause__
+    while cause is not None:  # py4j errors carry the Java stack trace in their text; chained ones too
+        text += "\n" + str(cause)
+        cause = cause.__cause__
+    match = _FAILED_HEAD.search(text)
+    if match is None:
+        return None
+    rank, code, pid, message = int(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
+    return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid])
+
+
+def run_spark_barrier_workers(
+    cluster_cfg: Any,
+    config_path: str,
+    num_workers: int,
+    work_dir: str,
+    *,
+    timeout_seconds: float,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    result_file: str | None = None,
+    app_name: str = "bigimage-train",
+) -> list[dict]:
+    """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
+
+    Each barrier task gets its TF_CONFIG from the tasks' addresses (:mod:`bigimage.spark.barrier`) and
+    runs the worker CLI (:class:`BarrierWorker`). The stage is cancelled after ``timeout_seconds``
+    (WorkerTimeoutError); a worker that exits with an error fails the stage, and this raises
+    WorkerFailedError naming it, its exit code and its last log lines. Writes the chief's final metrics
+    to ``result_file``; returns one ``{rank, pid, host, log, result}`` per worker.
+    """
+    from bigimage.spark.barrier import BarrierError, run_barrier_workers
+    from bigimage.spark.cluster import spark_for
+
+    worker_fn = BarrierWorker(
+        config_path, num_workers, work_dir, timeout_seconds=timeout_seconds, tracking_uri=tracking_uri, run_id=run_id
+    )
+    os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
+    with spark_for(cluster_cfg, app_name) as spark:
+        if run_id:
+            _log_spark(spark)
+        log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", num_workers, spark.sparkContext.master)
+        try:
+            reports = run_barrier_workers(spark, num_workers, worker_fn, timeout_seconds=timeout_seconds)
+        except BarrierError as error:
+            if "did not finish" in str(error):
+                raise WorkerTimeoutError(
+                    f"training workers (Spark barrier stage) still running after strategy.worker_timeout_seconds="
+                    f"{timeout_seconds:g}; the stage was cancelled and its workers killed. Logs in "
+                    f"{os.path.join(work_dir, 'logs')}; last lines of worker 0:\n{tail(os.path.join(work_dir, 'logs', 'worker-0.log'))}"
+                ) from error
+            raise
+        except Exception as error:
+            failure = _worker_failure(error)
+            if failure is None:
+                raise
+            log.debug("the Spark error behind the worker failure: %s", error)
+            raise failure from None
+    for report in reports:
+        log.info("worker %d ran as pid %d on %s", report["rank"], report["pid"], report["host"])
+    if result_file:
+        tmp = f"{result_file}.tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(reports[0]["result"], handle, indent=1)
+        os.replace(tmp, result_file)
+    return reports
+
+
+def _log_spark(spark: Any) -> None:
+    try:
+        from bigimage.spark.session import log_spark_resources
+
+        log_spark_resources(spark)
+    except Exception as error:  # noqa: BLE001 - bookkeeping must not stop the training
+        log.warning("could not log the Spark resources: %s", error)

@@ -8,6 +8,10 @@
 - ``experimental_multi_worker_mirrored``: ``tf.distribute.experimental.MultiWorkerMirroredStrategy``,
   the deprecated alias the seed compared; same mechanics.
 
+``strategy.launcher`` says where the worker processes run: ``processes`` (the default) on this machine,
+``spark_barrier`` one per Spark barrier task on the executors of ``cluster`` (multi-worker strategies
+only; see :func:`bigimage.train.launch.run_spark_barrier_workers`).
+
 ``batch_size`` is the GLOBAL batch size (all replicas together): each replica gets
 ``batch_size / replicas``; a batch size that does not divide by the replica count is an error raised
 before training, naming both numbers.
@@ -23,7 +27,7 @@ from bigimage.config import STRATEGIES, ConfigError
 log = logging.getLogger(__name__)
 
 MULTI_WORKER = ("multi_worker_mirrored", "experimental_multi_worker_mirrored")
-LAUNCHERS = ("processes",)  # "spark_barrier" is added by the Spark launcher when it exists
+LAUNCHERS = ("processes", "spark_barrier")
 
 
 def is_multi_worker(cfg: Any) -> bool:
@@ -49,6 +53,20 @@ def check_strategy_config(cfg: Any) -> None:
     timeout = cfg.strategy.worker_timeout_seconds
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"strategy.worker_timeout_seconds={timeout!r} must be > 0")
+    check_launcher(cfg)
+
+
+def check_launcher(cfg: Any) -> None:
+    """``strategy.launcher`` is one of LAUNCHERS, and ``spark_barrier`` only for a multi-worker strategy."""
+    launcher = cfg.strategy.launcher
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"strategy.launcher={launcher!r} is not valid; choose one of: {', '.join(LAUNCHERS)}")
+    if launcher == "spark_barrier" and cfg.strategy.name not in MULTI_WORKER:
+        raise ConfigError(
+            f"strategy.launcher=spark_barrier runs one worker per Spark barrier task, which only a multi-worker "
+            f"strategy uses; strategy={cfg.strategy.name} runs in one process: use strategy.launcher=processes, "
+            f"or strategy=multi_worker_mirrored (or experimental_multi_worker_mirrored) with strategy.launcher=spark_barrier"
+        )
 
 
 def expected_replicas(cfg: Any) -> int | None:

@@ -2,7 +2,8 @@
 
 :func:`run_train` checks the config and the TFRecords (no process starts on bad input), stages gs://
 shards into a local cache, writes the resolved config for the workers, launches them
-(:mod:`bigimage.train.launch`), and returns the chief's final metrics. The chief worker logs into the
+(:mod:`bigimage.train.launch`: local processes, or with ``strategy.launcher=spark_barrier`` one Spark
+barrier task per worker on ``cfg.cluster``), and returns the chief's final metrics. The chief worker logs into the
 launcher's MLflow run (run id and tracking URI passed on its command line); this process adds the
 workers' logs as artifacts (``worker_logs/``), also when training failed.
 
@@ -55,11 +56,7 @@ def checkpoint_dir(cfg: Any) -> str:
 
 def check_train_config(cfg: Any) -> None:
     """Everything about a training config that can be known before a process starts. Raises ConfigError."""
-    strategies.check_strategy_config(cfg)
-    if cfg.strategy.launcher not in strategies.LAUNCHERS:
-        raise ConfigError(
-            f"strategy.launcher={cfg.strategy.launcher!r} is not available; choose one of: {', '.join(strategies.LAUNCHERS)}"
-        )
+    strategies.check_strategy_config(cfg)  # also strategy.launcher
     for key in ("batch_size", "epochs", "image_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]!r} is not valid; it must be a whole number >= 1")
@@ -125,20 +122,21 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         os.remove(result_file)
     workers = int(cfg.strategy.num_workers) if strategies.is_multi_worker(cfg) else 1
     log.info(
-        "training %s with strategy=%s on %d worker process(es), checkpoints in %s, logs in %s",
-        cfg.model.name, cfg.strategy.name, workers, resolved.train.checkpoint_dir, work_dir,
+        "training %s with strategy=%s on %d worker process(es) (launcher=%s), checkpoints in %s, logs in %s",
+        cfg.model.name, cfg.strategy.name, workers, cfg.strategy.launcher, resolved.train.checkpoint_dir, work_dir,
     )
     try:
-        # strategy.launcher: "processes" (here); a Spark barrier launcher plugs in beside it.
-        launch.run_local_workers(
-            config_path,
-            workers,
-            work_dir,
+        kwargs = dict(
             timeout_seconds=float(cfg.strategy.worker_timeout_seconds),
             tracking_uri=tracking_uri,
             run_id=run_id,
             result_file=result_file,
         )
+        if cfg.strategy.launcher == "spark_barrier":
+            # One worker per Spark barrier task on the executors of cfg.cluster (multi-worker only).
+            launch.run_spark_barrier_workers(cfg.cluster, config_path, workers, work_dir, **kwargs)
+        else:
+            launch.run_local_workers(config_path, workers, work_dir, **kwargs)
     finally:
         if run_id:
             import mlflow
