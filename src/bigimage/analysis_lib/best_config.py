@@ -494,14 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     result = analyse(selection, runs, thresholds, prices, args.rank_by, args.confidence)
-    if not (result.training or result.preprocess["by_speed"] or result.speedtest["by_speed"]):
-        for e in result.excluded:
-            print(f"excluded {e.run_id}: {e.reason}", file=sys.stderr)
-        return common.fail_no_runs(f"no run that can be ranked in {selection.describe()}")
-    if not args.no_write_tags:
-        write_tags(result)
-    if args.json:
-        common.print_json(result.as_dict())
-    else:
-        sys.stdout.write(render_text(result))
-    return 0
+    usable = bool(result.training or result.preprocess["by_speed"] or result.speedtest["by_speed"])
+    return common.finish(
+        args, result, usable, f"no run that can be ranked in {selection.describe()}", write_tags, render_text
+    )

@@ -46,6 +46,21 @@ def fail_no_runs(message: str) -> int:
     return EXIT_NO_RUNS
 
 
+def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, write_tags, render_text) -> int:
+    """The common end of a script: say why nothing was usable, else tag the runs and print the result."""
+    if not usable:
+        for excluded in result.excluded:
+            print(f"excluded {excluded.run_id}: {excluded.reason}", file=sys.stderr)
+        return fail_no_runs(empty_message)
+    if not args.no_write_tags:
+        write_tags(result)
+    if args.json:
+        print_json(result.as_dict())
+    else:
+        sys.stdout.write(render_text(result))
+    return 0
+
+
 def _clean(obj):
     """Make ``obj`` JSON-safe: NaN/inf -> null, numpy scalars -> Python, tuples -> lists."""
     if isinstance(obj, dict):

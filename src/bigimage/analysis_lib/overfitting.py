@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -369,14 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     except query.NoRunsError as exc:
         return common.fail_no_runs(str(exc))
     result = analyse(selection, runs, thresholds)
-    if not result.verdicts:
-        for e in result.excluded:
-            print(f"excluded {e.run_id}: {e.reason}", file=sys.stderr)
-        return common.fail_no_runs(f"no training run that can be judged in {selection.describe()}")
-    if not args.no_write_tags:
-        write_tags(result)
-    if args.json:
-        common.print_json(result.as_dict())
-    else:
-        sys.stdout.write(render_text(result))
-    return 0
+    return common.finish(
+        args, result, bool(result.verdicts), f"no training run that can be judged in {selection.describe()}",
+        write_tags, render_text,
+    )
