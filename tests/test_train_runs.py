@@ -12,18 +12,17 @@ import signal
 import threading
 import time
 
-import hydra
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bigimage.config import PROJECT_ROOT, register_configs
+
 from bigimage.train.callbacks import EPOCH_METRICS
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
 from bigimage.train.task import run_train
+from tests.conftest import compose_config
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
-register_configs()
 
 
 @pytest.fixture(scope="module")
@@ -34,31 +33,19 @@ def tfrecords(tmp_path_factory):
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A fresh sqlite MLflow store and experiment; yields the experiment id."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = mlflow.create_experiment("train-test", artifact_location=str(tmp_path / "art"))
-    yield experiment
-    mlflow.set_tracking_uri(previous)
+def store(mlflow_store: str) -> str:
+    """The id of the experiment the per-test MLflow store was made with (tests/conftest.py)."""
+    return mlflow.get_experiment_by_name("tests").experiment_id
 
 
 def compose(tmp_path, tfrecords, *overrides: str):
-    with hydra.initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return hydra.compose(
-            "config",
-            overrides=[
-                "task=train",
-                f"tfrecord_dir={tfrecords}",
-                "image_size=32",
-                "batch_size=16",
-                "epochs=2",
-                f"paths.data_dir={tmp_path / 'data'}",
-                f"paths.output_dir={tmp_path / 'out'}",
-                "strategy.worker_timeout_seconds=240",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        [
+            "task=train", f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=16", "epochs=2",
+            f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'out'}",
+            "strategy.worker_timeout_seconds=240", *overrides,
+        ]
+    )
 
 
 def train(experiment, cfg):
