@@ -47,6 +47,23 @@ def mlflow_store(tmp_path: Path) -> Iterator[str]:
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+@pytest.fixture
+def mlflow_experiment(mlflow_store: str) -> str:
+    """The id of the experiment that :func:`mlflow_store` made its store with."""
+    return mlflow.get_experiment_by_name("tests").experiment_id
+
+
+def train_config(tmp_path: Path, tfrecord_dir: str, *overrides: str, timeout_seconds: int = 240) -> DictConfig:
+    """A short ``task=train`` config on tiny TFRecords, with data and outputs under ``tmp_path``."""
+    return compose_config(
+        [
+            "task=train", f"tfrecord_dir={tfrecord_dir}", "image_size=32", "batch_size=16", "epochs=2",
+            f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'out'}",
+            f"strategy.worker_timeout_seconds={timeout_seconds}", *overrides,
+        ]
+    )
+
+
 @pytest.fixture(autouse=True)
 def no_mlflow_run_left_open() -> Iterator[None]:
     yield

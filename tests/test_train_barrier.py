@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from bigimage.config import ConfigError
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
 from bigimage.train.task import check_train_config, run_train
-from tests.conftest import compose_config
+from tests.conftest import train_config
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
 
@@ -38,20 +38,8 @@ def tfrecords(tmp_path_factory):
     return str(directory)
 
 
-@pytest.fixture
-def store(mlflow_store: str) -> str:
-    """The id of the experiment the per-test MLflow store was made with (tests/conftest.py)."""
-    return mlflow.get_experiment_by_name("tests").experiment_id
-
-
 def compose(tmp_path, tfrecords, *overrides: str):
-    return compose_config(
-        [
-            "task=train", f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=16", "epochs=2",
-            f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'out'}",
-            "strategy.worker_timeout_seconds=150", *overrides,
-        ]
-    )
+    return train_config(tmp_path, tfrecords, *overrides, timeout_seconds=150)
 
 
 def progress(cfg, run_id) -> dict[int, list[dict]]:
@@ -108,13 +96,13 @@ def test_launcher_values_are_checked_in_one_place(tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_multi_worker_on_spark_barrier_tasks_of_a_standalone_cluster(tmp_path, tfrecords, store):
+def test_multi_worker_on_spark_barrier_tasks_of_a_standalone_cluster(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(
         tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.num_workers=2", "strategy.launcher=spark_barrier",
         *TWO_EXECUTORS,
     )  # fmt: skip
     began = time.monotonic()
-    with mlflow.start_run(experiment_id=store) as run:
+    with mlflow.start_run(experiment_id=mlflow_experiment) as run:
         metrics = run_train(cfg)
     run_id = run.info.run_id
     print(f"\n[timing] standalone cluster + 2 barrier workers x 2 epochs: {time.monotonic() - began:.1f} s")
@@ -151,7 +139,7 @@ def test_multi_worker_on_spark_barrier_tasks_of_a_standalone_cluster(tmp_path, t
 
 
 @pytest.mark.timeout(240)
-def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, store):
+def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, mlflow_experiment):
     # A manifest that promises 32 px but holds 40 px images: only decoding can find out, in the worker.
     directory = tmp_path / "liar"
     write_tfrecord_dir(directory, num_images=32, image_size=40, num_shards=2)
@@ -164,7 +152,7 @@ def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, sto
     )  # fmt: skip
     began = time.monotonic()
     with pytest.raises(WorkerFailedError) as error:
-        with mlflow.start_run(experiment_id=store) as run:
+        with mlflow.start_run(experiment_id=mlflow_experiment) as run:
             run_train(cfg)
     print(f"\n[timing] failing barrier stage reported after {time.monotonic() - began:.1f} s")
     assert time.monotonic() - began < 120  # the stage failed; nobody waited for the timeout
@@ -177,7 +165,7 @@ def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, sto
 
 
 @pytest.mark.timeout(180)
-def test_barrier_workers_that_outlive_their_timeout_are_cancelled(tmp_path, tfrecords, store):
+def test_barrier_workers_that_outlive_their_timeout_are_cancelled(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(
         tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.launcher=spark_barrier",
         "cluster=local", "cluster.executors=1", "cluster.executor_cores=2",
@@ -185,7 +173,7 @@ def test_barrier_workers_that_outlive_their_timeout_are_cancelled(tmp_path, tfre
     )  # fmt: skip
     began = time.monotonic()
     with pytest.raises(WorkerTimeoutError, match="worker_timeout_seconds=20"):
-        with mlflow.start_run(experiment_id=store) as run:
+        with mlflow.start_run(experiment_id=mlflow_experiment) as run:
             run_train(cfg)
     print(f"\n[timing] timed-out barrier stage reported after {time.monotonic() - began:.1f} s")
     assert time.monotonic() - began < 90

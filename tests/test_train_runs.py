@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from bigimage.train.callbacks import EPOCH_METRICS
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
 from bigimage.train.task import run_train
-from tests.conftest import compose_config
+from tests.conftest import train_config
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
 
@@ -32,20 +32,8 @@ def tfrecords(tmp_path_factory):
     return str(directory)
 
 
-@pytest.fixture
-def store(mlflow_store: str) -> str:
-    """The id of the experiment the per-test MLflow store was made with (tests/conftest.py)."""
-    return mlflow.get_experiment_by_name("tests").experiment_id
-
-
 def compose(tmp_path, tfrecords, *overrides: str):
-    return compose_config(
-        [
-            "task=train", f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=16", "epochs=2",
-            f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'out'}",
-            "strategy.worker_timeout_seconds=240", *overrides,
-        ]
-    )
+    return train_config(tmp_path, tfrecords, *overrides, timeout_seconds=240)
 
 
 def train(experiment, cfg):
@@ -71,9 +59,9 @@ def history(run_id, key):
 
 
 @pytest.mark.timeout(300)
-def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, store):
+def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(tmp_path, tfrecords, "strategy=default", "epochs=3")
-    run_id, metrics = train(store, cfg)
+    run_id, metrics = train(mlflow_experiment, cfg)
 
     run = MlflowClient().get_run(run_id)
     for key in EPOCH_METRICS:
@@ -101,18 +89,18 @@ def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, 
 
 
 @pytest.mark.timeout(300)
-def test_mobilenet_v2_trains_without_downloading(tmp_path, tfrecords, store):
+def test_mobilenet_v2_trains_without_downloading(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(tmp_path, tfrecords, "model=mobilenet_v2", "epochs=1")
-    run_id, metrics = train(store, cfg)
+    run_id, metrics = train(mlflow_experiment, cfg)
     assert int(MlflowClient().get_run(run_id).data.params["model_parameters"]) > 2_000_000
     assert [step for step, _ in history(run_id, "val_accuracy")] == [0]
 
 
 @pytest.mark.timeout(300)
-def test_mirrored_runs_two_then_three_replicas_in_one_process(tmp_path, tfrecords, store):
-    run_2, metrics_2 = train(store, compose(tmp_path, tfrecords, "strategy=mirrored", "batch_size=12", "epochs=1"))
+def test_mirrored_runs_two_then_three_replicas_in_one_process(tmp_path, tfrecords, mlflow_experiment):
+    run_2, metrics_2 = train(mlflow_experiment, compose(tmp_path, tfrecords, "strategy=mirrored", "batch_size=12", "epochs=1"))
     run_3, metrics_3 = train(
-        store, compose(tmp_path, tfrecords, "strategy=mirrored", "strategy.logical_cpu_devices=3", "batch_size=12", "epochs=1")
+        mlflow_experiment, compose(tmp_path, tfrecords, "strategy=mirrored", "strategy.logical_cpu_devices=3", "batch_size=12", "epochs=1")
     )
     assert metrics_2["replicas"] == 2 and metrics_2["per_replica_batch_size"] == 6
     assert metrics_3["replicas"] == 3 and metrics_3["per_replica_batch_size"] == 4
@@ -122,9 +110,9 @@ def test_mirrored_runs_two_then_three_replicas_in_one_process(tmp_path, tfrecord
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("strategy", ["multi_worker_mirrored", "experimental_multi_worker_mirrored"])
-def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(tmp_path, tfrecords, store, strategy):
+def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(tmp_path, tfrecords, mlflow_experiment, strategy):
     cfg = compose(tmp_path, tfrecords, f"strategy={strategy}", "strategy.num_workers=2")
-    run_id, metrics = train(store, cfg)
+    run_id, metrics = train(mlflow_experiment, cfg)
 
     lines = progress(cfg, run_id)
     assert sorted(lines) == [0, 1]
@@ -145,14 +133,14 @@ def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(
 
 
 @pytest.mark.timeout(420)
-def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_path, tfrecords, store):
+def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_path, tfrecords, mlflow_experiment):
     epochs = 40
     cfg = compose(tmp_path, tfrecords, "strategy=multi_worker_mirrored", f"epochs={epochs}", "batch_size=32")
     outcome: dict = {}
 
     def first_attempt():
         try:
-            with mlflow.start_run(experiment_id=store) as run:
+            with mlflow.start_run(experiment_id=mlflow_experiment) as run:
                 outcome["run_id"] = run.info.run_id
                 run_train(cfg)
         except Exception as error:  # noqa: BLE001 - the test inspects it
@@ -189,7 +177,7 @@ def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_p
     done_before_kill = max(e["epoch"] for e in progress(cfg, outcome["run_id"])[0] if e["event"] == "epoch_end")
 
     # Rerun the same config in a new MLflow run: it resumes from the checkpoint, not from epoch 0.
-    run_id, metrics = train(store, cfg)
+    run_id, metrics = train(mlflow_experiment, cfg)
     tags = MlflowClient().get_run(run_id).data.tags
     resumed = int(tags["resumed_from_epoch"])
     assert done_before_kill + 1 <= resumed <= done_before_kill + 2
@@ -205,7 +193,7 @@ def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_p
 
 
 @pytest.mark.timeout(240)
-def test_worker_error_is_reported_with_its_log_lines(tmp_path, store):
+def test_worker_error_is_reported_with_its_log_lines(tmp_path, mlflow_experiment):
     # A manifest that promises 32 px but holds 40 px images: only decoding can find out, in the worker.
     directory = tmp_path / "liar"
     write_tfrecord_dir(directory, num_images=40, image_size=40, num_shards=2)
@@ -214,18 +202,18 @@ def test_worker_error_is_reported_with_its_log_lines(tmp_path, store):
     (directory / "manifest.json").write_text(json.dumps(manifest))
     cfg = compose(tmp_path, str(directory), "strategy=default")
     with pytest.raises(WorkerFailedError) as error:
-        train(store, cfg)
+        train(mlflow_experiment, cfg)
     assert error.value.task_index == 0 and error.value.exit_code == 1
     assert "worker 0" in str(error.value) and "Last lines" in str(error.value)
     assert "32" in str(error.value) and "40" in str(error.value)  # the shape mismatch from the worker's log
 
 
 @pytest.mark.timeout(120)
-def test_workers_that_outlive_their_timeout_are_killed(tmp_path, tfrecords, store):
+def test_workers_that_outlive_their_timeout_are_killed(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.worker_timeout_seconds=2", "epochs=50")
     started = time.monotonic()
     with pytest.raises(WorkerTimeoutError, match="worker_timeout_seconds=2") as error:
-        train(store, cfg)
+        train(mlflow_experiment, cfg)
     assert time.monotonic() - started < 60
     assert len(error.value.pids) == 2
     for pid in error.value.pids:
@@ -234,14 +222,14 @@ def test_workers_that_outlive_their_timeout_are_killed(tmp_path, tfrecords, stor
 
 
 @pytest.mark.timeout(240)
-def test_gs_tfrecords_are_staged_into_a_local_cache(tmp_path, tfrecords, store, gcs_bucket):
+def test_gs_tfrecords_are_staged_into_a_local_cache(tmp_path, tfrecords, mlflow_experiment, gcs_bucket):
     from bigimage.data import storage
 
     url = f"gs://{gcs_bucket}/tfrecords/test-32"
     for name in sorted(os.listdir(tfrecords)):
         storage.upload_file(os.path.join(tfrecords, name), f"{url}/{name}")
     cfg = compose(tmp_path, url, "strategy=default", "epochs=1")
-    run_id, metrics = train(store, cfg)
+    run_id, metrics = train(mlflow_experiment, cfg)
 
     cache = tmp_path / "data" / "cache" / "tfrecords" / f"{gcs_bucket}__tfrecords__test-32"
     assert sorted(p.name for p in cache.glob("*.tfrec")) == sorted(n for n in os.listdir(tfrecords) if n.endswith(".tfrec"))
