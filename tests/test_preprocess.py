@@ -170,3 +170,46 @@ def test_task_logs_the_design_metrics(mlflow_store: str, make_image_tree: Callab
     assert metrics["spark.executors"] == 1 and metrics["spark.total_cores"] >= 1
     failed = mlflow.artifacts.load_dict(f"{stored.info.artifact_uri}/failed_images.json")
     assert [Path(entry["path"]).name for entry in failed] == ["broken.jpg"]
+
+
+@pytest.mark.timeout(300)
+def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of the Spark job: the previous shards stay, nothing staged is left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    from bigimage.config import PROJECT_ROOT
+
+    root = tmp_path / "big"
+    gradient = Image.linear_gradient("L").resize((1400, 1400)).convert("RGB")
+    for class_index, label in enumerate(("a", "b")):
+        (root / label).mkdir(parents=True)
+        for index in range(300):
+            gradient.rotate(index + 90 * class_index).save(root / label / f"{index}.jpg", quality=80)
+    destination = tmp_path / "tfrec"
+    common = [sys.executable, "run.py", "task=preprocess", "dataset=folder", f"dataset.root={root}",
+              f"tfrecord_dir={destination}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_shards=8"]
+    first = subprocess.run([*common, "image_size=32"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = sorted(os.listdir(destination))
+
+    job = subprocess.Popen([*common, "image_size=640"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not any(name.startswith("_staging-") for name in os.listdir(destination)):
+        assert job.poll() is None and time.time() < deadline, "the job ended before it staged anything"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+
+    assert job.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert sorted(os.listdir(destination)) == before
+    assert len(read_back(str(destination))) == 600
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id], order_by=["start_time DESC"])
+    assert runs[0].info.status == "KILLED" and "interrupted" in runs[0].data.tags["error"]

@@ -49,7 +49,9 @@ def write_tfrecords(
     per_shard = [chunk for chunk in assign_shards(listing.items, num_shards, seed) if chunk]
     shards.remove_staging(destination)  # what an earlier killed job may have left
     staging_dir = shards.new_staging_dir(destination)
-    job = spark.sparkContext.parallelize(list(enumerate(per_shard)), len(per_shard))
+    context = spark.sparkContext
+    context.setInterruptOnCancel(True)  # a cancelled job kills its Python workers, so none writes on
+    job = context.parallelize(list(enumerate(per_shard)), len(per_shard))
     try:
         submitted = time.time()
         results = job.map(
@@ -78,6 +80,9 @@ def write_tfrecords(
         )
         manifest = shards.publish(destination, results, prefix, manifest)
         seconds = time.time() - min([result.started for result in results] + [submitted])
+    except BaseException:
+        context.cancelAllJobs()  # before the staging goes: no task may stage into it afterwards
+        raise
     finally:
         shards.remove_staging(destination, staging_dir)
     return manifest, results, seconds
