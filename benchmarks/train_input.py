@@ -16,52 +16,20 @@ and, for ``tfrecord``, fills the cache; it is reported apart). The variants alte
 load change on a shared machine hits all of them. The ratio ``tfrecord / memory`` is the goal
 (>= 0.9: the input pipeline costs under 10%).
 
-Without ``--tfrecord-dir``, the config's ``tfrecord_dir`` is used; if it holds no TFRecords yet, a
-temporary set of synthetic records (class-coloured squares on noise) is written first.
+Without ``--tfrecord-dir``, the config's ``tfrecord_dir`` is used (the default data set's TFRecords:
+``python run.py task=preprocess`` writes them).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
-import tempfile
+import sys
 import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
-
-def _synthetic_tfrecords(directory: str, num_images: int, image_size: int, num_shards: int = 16) -> str:
-    import numpy as np
-    import tensorflow as tf
-    from PIL import Image
-
-    from bigimage.data import schema
-
-    classes = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
-    palette = [(230, 230, 230), (240, 220, 40), (200, 30, 40), (250, 180, 20), (200, 60, 160)]
-    rng = np.random.default_rng(0)
-    shards = {}
-    for shard in range(num_shards):
-        indices = range(shard, num_images, num_shards)
-        name = schema.shard_name("bench", shard, len(indices))
-        with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
-            for index in indices:
-                label = index % len(classes)
-                pixels = rng.integers(0, 120, size=(image_size, image_size, 3), dtype=np.uint8)
-                side = image_size // 2
-                top, left = rng.integers(0, image_size - side, size=2)
-                pixels[top : top + side, left : left + side] = palette[label]
-                buffer = io.BytesIO()
-                Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
-                writer.write(schema.serialize_example(buffer.getvalue(), label, classes[label], image_size, image_size, len(classes)))
-        shards[name] = len(indices)
-    manifest = schema.Manifest(classes=classes, image_size=image_size, num_records=num_images, shards=shards, source="benchmark")
-    with open(os.path.join(directory, schema.MANIFEST_NAME), "w", encoding="utf-8") as handle:
-        handle.write(manifest.to_json())
-    return directory
 
 
 def _compose(overrides: list[str]):
@@ -80,7 +48,6 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per variant and round (the first is warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of all variants")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's batch_size")
-    parser.add_argument("--synthetic-images", type=int, default=2000, help="records written when there are none")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.width=16")
     args = parser.parse_args()
@@ -102,12 +69,9 @@ def main() -> None:
     tfrecord_dir = str(cfg.tfrecord_dir)
     try:
         manifest = read_manifest(tfrecord_dir, int(cfg.image_size))
-        source = tfrecord_dir
-    except TFRecordDirError:
-        tfrecord_dir = tempfile.mkdtemp(prefix="bigimage-bench-tfr-")
-        _synthetic_tfrecords(tfrecord_dir, args.synthetic_images, int(cfg.image_size))
-        manifest = read_manifest(tfrecord_dir, int(cfg.image_size))
-        source = f"{tfrecord_dir} (synthetic, written because {cfg.tfrecord_dir} holds no TFRecords)"
+    except TFRecordDirError as error:
+        sys.exit(f"error: {error}")
+    source = tfrecord_dir
     cfg.tfrecord_dir = tfrecord_dir
     plan = plan_split(cfg, tfrecord_dir, manifest)
     batch = int(cfg.batch_size)
