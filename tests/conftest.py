@@ -98,3 +98,13 @@ def make_image_tree(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+def write_large_image_tree(root: Path, per_class: int = 300) -> Path:
+    """Two classes of distinct 1400 px images: slow enough to decode that a job can be caught mid-way."""
+    gradient = Image.linear_gradient("L").resize((1400, 1400)).convert("RGB")
+    for class_index, label in enumerate(("a", "b")):
+        (root / label).mkdir(parents=True)
+        for index in range(per_class):
+            gradient.rotate(index + 0.5 * class_index).save(root / label / f"{index}.jpg", quality=80)
+    return root

@@ -14,7 +14,7 @@ from bigimage.data import schema, storage
 from bigimage.data.listing import list_labelled_images
 from bigimage.spark.preprocess import NoUsableImagesError, assign_shards, run_preprocess, write_tfrecords
 from bigimage.spark.session import spark_session
-from tests.conftest import IMAGE_TREE_CLASSES, compose_config, jpeg_bytes
+from tests.conftest import IMAGE_TREE_CLASSES, compose_config, jpeg_bytes, write_large_image_tree
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,7 @@ def read_back(directory: str) -> list[dict]:
                 "one_hot": tf.sparse.to_dense(example["one_hot_class"]).numpy().tolist(),
                 "shape": tuple(image.shape),
                 "jpeg": example["image"].numpy()[:2] == b"\xff\xd8",
+                "image_bytes": example["image"].numpy(),
             }
         )
     return records
@@ -180,16 +181,9 @@ def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) 
     import sys
     import time
 
-    from PIL import Image
-
     from bigimage.config import PROJECT_ROOT
 
-    root = tmp_path / "big"
-    gradient = Image.linear_gradient("L").resize((1400, 1400)).convert("RGB")
-    for class_index, label in enumerate(("a", "b")):
-        (root / label).mkdir(parents=True)
-        for index in range(300):
-            gradient.rotate(index + 90 * class_index).save(root / label / f"{index}.jpg", quality=80)
+    root = write_large_image_tree(tmp_path / "big")
     destination = tmp_path / "tfrec"
     common = [sys.executable, "run.py", "task=preprocess", "dataset=folder", f"dataset.root={root}",
               f"tfrecord_dir={destination}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_shards=8"]

@@ -29,7 +29,7 @@ from bigimage.spark.standalone import (
     parse_memory_mb,
     processes_under,
 )
-from tests.conftest import compose_config
+from tests.conftest import compose_config, write_large_image_tree
 
 TWO_WORKERS = ["cluster.executors=2", "cluster.executor_cores=1", "cluster.executor_memory=1g", "cluster.driver_memory=1g"]
 
@@ -63,19 +63,16 @@ def _java_pids_of(pids: list[int]) -> list[int]:
     return out
 
 
-def _write_records(root: Path, delay: float = 0.0):
+def _write_records(root: Path):
     """A Spark partition function that writes one file per record, atomically, named by the record."""
 
     def write(records):
         import os as _os
-        import time as _time
 
         from pyspark import TaskContext
 
         attempt = TaskContext.get().taskAttemptId()
         for record in records:
-            if delay:
-                _time.sleep(delay)
             final = root / f"record-{record:05d}.txt"
             staging = root / f".record-{record:05d}.attempt-{attempt}"
             staging.write_text(f"{record}\n")
@@ -138,40 +135,47 @@ def test_spark_for_starts_a_two_worker_cluster_runs_a_job_and_leaves_nothing(tmp
     assert _wait_gone(cluster_pids) == []
 
 
-def test_worker_killed_mid_job_job_finishes_every_record_once(tmp_path: Path) -> None:
+def test_worker_killed_mid_preprocessing_every_image_written_once(tmp_path: Path) -> None:
+    """Task 1 on 2 executors; one worker is killed once the first shards are staged. Spark re-runs the
+    lost tasks on the other executor, and every image lands in the TFRecords exactly once."""
+    import hashlib
+
+    from bigimage.data.listing import list_labelled_images
+    from bigimage.spark.preprocess import write_tfrecords
+    from tests.test_preprocess import read_back
+
     cfg = compose_config(["cluster=four", "cluster.deploy=standalone", *TWO_WORKERS])
-    out = tmp_path / "records"
-    out.mkdir()
-    count = 48
+    listing = list_labelled_images(str(write_large_image_tree(tmp_path / "images", per_class=150)))
+    destination = tmp_path / "tfrec"
     with StandaloneCluster(workers=2, cores_per_worker=1, memory_per_worker="1g") as cluster:
         with spark_session(cfg.cluster, "test-kill-worker", master=cluster.master_url) as spark:
             from bigimage.spark.session import wait_for_executors
 
             assert wait_for_executors(spark, 2, timeout_seconds=90)["executors"] == 2
-            errors: list[BaseException] = []
+            outcome: dict[str, object] = {}
 
             def job() -> None:
                 try:
-                    spark.sparkContext.parallelize(range(count), 12).foreachPartition(_write_records(out, delay=0.25))
+                    outcome["manifest"] = write_tfrecords(spark, listing, str(destination), 256, 90, 12, "k", seed=0)[0]
                 except BaseException as error:  # noqa: BLE001 - handed to the test thread
-                    errors.append(error)
+                    outcome["error"] = error
 
             runner = threading.Thread(target=job)
             runner.start()
-            deadline = time.monotonic() + 120
-            while len(list(out.glob("record-*.txt"))) < 6 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            written_before_kill = len(list(out.glob("record-*.txt")))
-            assert written_before_kill < count, "the job finished before the worker could be killed"
+            deadline = time.monotonic() + 180
+            while not list(destination.glob("_staging-*/part-*.tfrec")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert runner.is_alive(), "the job finished before the worker could be killed"
             cluster.kill_worker(1)
             runner.join(timeout=300)
             assert not runner.is_alive(), "the job hung after a worker died"
-            assert errors == []
+            assert "error" not in outcome, outcome.get("error")
             resources = spark_resources(spark)
         pids = cluster.pids()
-    _check_records(out, count)
-    assert resources["lost_executors"] >= 1
-    assert resources["executors"] == 1
+    records = read_back(str(destination))
+    assert len(records) == 300 == outcome["manifest"].num_records
+    assert len({hashlib.sha256(record["image_bytes"]).hexdigest() for record in records}) == 300
+    assert resources["lost_executors"] >= 1 and resources["executors"] == 1
     assert _wait_gone(pids) == []
 
 
