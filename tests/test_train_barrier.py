@@ -18,6 +18,7 @@ from bigimage.config import ConfigError
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
 from bigimage.train.task import check_train_config, run_train
 from tests.conftest import train_config
+from tests.test_train_runs import progress
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
 
@@ -40,18 +41,6 @@ def tfrecords(tmp_path_factory):
 
 def compose(tmp_path, tfrecords, *overrides: str):
     return train_config(tmp_path, tfrecords, *overrides, timeout_seconds=150)
-
-
-def progress(cfg, run_id) -> dict[int, list[dict]]:
-    """Progress lines per worker index, as the worker processes wrote them."""
-    directory = os.path.join(cfg.paths.output_dir, "train", run_id, "progress")
-    lines: dict[int, list[dict]] = {}
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), encoding="utf-8") as handle:
-            for line in handle:
-                entry = json.loads(line)
-                lines.setdefault(entry["task_index"], []).append(entry)
-    return lines
 
 
 def worker_pids(cfg, run_id) -> set[int]:
