@@ -116,102 +116,129 @@ def _series(history: pd.DataFrame, key: str) -> pd.Series | None:
     return h.set_index("step")["value"].astype(float)
 
 
-def judge(run_id: str, run_name: str | None, history: pd.DataFrame, th: Thresholds = Thresholds()) -> Verdict:
-    """Judge one run from its long-format history (columns key, step, value, timestamp), as
-    :func:`query.load_histories` returns it, restricted to the run.
-
-    Raises :class:`NotJudgeable` with the reason if the curves cannot be judged.
-    """
+def _history_steps(history: pd.DataFrame, notes: list[str]) -> tuple[list[int], pd.Series, pd.Series]:
+    """The epochs with both losses, and the two loss curves; raises NotJudgeable when unusable."""
     loss, val_loss = _series(history, "loss"), _series(history, "val_loss")
-    missing = [k for k, s in (("loss", loss), ("val_loss", val_loss)) if s is None]
-    if missing:
+    missing = [key for key, series in (("loss", loss), ("val_loss", val_loss)) if series is None]
+    if missing or loss is None or val_loss is None:
         raise NotJudgeable(f"missing metric history: {', '.join(missing)}")
-    nonfinite = sorted({int(st) for st, v in [*loss.items(), *val_loss.items()] if not math.isfinite(v)})
+    nonfinite = sorted({int(step) for step, value in [*loss.items(), *val_loss.items()] if not math.isfinite(value)})
     if nonfinite:
         raise NotJudgeable(f"non-finite loss (NaN/inf) at epoch(s) {nonfinite}: training diverged, curves not usable")
     steps = sorted(set(loss.index) & set(val_loss.index))
     if len(steps) < 2:
         raise NotJudgeable(f"only {len(steps)} epoch(s) with both loss and val_loss: no curve to judge")
-    notes = []
     if steps != list(range(int(steps[0]), int(steps[0]) + len(steps))):
         notes.append(f"epochs are not contiguous ({steps[:3]}...); judged on the logged epochs only")
-    lo = loss.loc[steps].to_numpy(float)
-    vl = val_loss.loc[steps].to_numpy(float)
+    return steps, loss, val_loss
 
-    i_min = int(np.argmin(vl))
-    min_epoch = int(steps[i_min])
-    rise = 0
-    for v in vl[i_min + 1 :]:
-        if v > vl[i_min] + th.min_delta:
-            rise += 1
-        else:
+
+@dataclass(frozen=True)
+class _LossRise:
+    """How validation loss behaved after its minimum."""
+
+    min_index: int  # position of the minimum in the judged epochs
+    min_epoch: int
+    rise_epochs: int  # consecutive epochs above the minimum right after it
+    end_index: int  # position of the last of those epochs
+    overfitting: bool  # rose for `patience` epochs while training loss fell
+
+
+def _loss_rise(steps: list[int], train_loss: np.ndarray, val_loss: np.ndarray, thresholds: Thresholds, notes: list[str]) -> _LossRise:
+    min_index = int(np.argmin(val_loss))
+    rise_epochs = 0
+    for value in val_loss[min_index + 1 :]:
+        if value <= val_loss[min_index] + thresholds.min_delta:
             break
-    end = i_min + rise
-    by_loss = rise >= th.patience and lo[end] < lo[i_min]
-    if rise >= th.patience and not by_loss:
+        rise_epochs += 1
+    end_index = min_index + rise_epochs
+    rose = rise_epochs >= thresholds.patience
+    overfitting = rose and train_loss[end_index] < train_loss[min_index]
+    if rose and not overfitting:
         notes.append(
-            f"validation loss rose for {rise} epochs after epoch {min_epoch} but training loss did not fall "
-            f"({lo[i_min]:.4g} -> {lo[end]:.4g}): unstable training rather than overfitting"
+            f"validation loss rose for {rise_epochs} epochs after epoch {steps[min_index]} but training loss did "
+            f"not fall ({train_loss[min_index]:.4g} -> {train_loss[end_index]:.4g}): unstable training rather than overfitting"
         )
+    return _LossRise(min_index, int(steps[min_index]), rise_epochs, end_index, overfitting)
 
-    acc, val_acc = _series(history, "accuracy"), _series(history, "val_accuracy")
-    gap = None
-    by_gap = False
-    gaps = None
-    val_above, val_above_note = False, ""
-    if acc is not None and val_acc is not None:
-        acc_steps = [s for s in steps if s in acc.index and s in val_acc.index
-                     and math.isfinite(float(acc[s])) and math.isfinite(float(val_acc[s]))]
-        if acc_steps:
-            gaps = pd.Series([float(acc[s]) - float(val_acc[s]) for s in acc_steps], index=acc_steps)
-            gap = float(gaps.iloc[-1])
-            by_gap = gap > th.gap_threshold
-            if -gap > th.val_above_margin:
-                val_above = True
-                val_above_note = (
-                    f"validation accuracy {float(val_acc[acc_steps[-1]]):.4g} is above training accuracy "
-                    f"{float(acc[acc_steps[-1]]):.4g} at the last epoch (by {-gap:.4g}): {VAL_ABOVE_TRAIN_EXPLANATION}"
-                )
-    else:
+
+@dataclass(frozen=True)
+class _AccuracyGap:
+    """Training minus validation accuracy per epoch, and what its last value says."""
+
+    gaps: pd.Series | None  # by epoch; None without accuracy histories
+    final: float | None
+    val_above_note: str  # non-empty when validation accuracy ends above training accuracy
+
+
+def _accuracy_gap(steps: list[int], accuracy: pd.Series | None, val_accuracy: pd.Series | None, thresholds: Thresholds, notes: list[str]) -> _AccuracyGap:
+    if accuracy is None or val_accuracy is None:
         notes.append("no accuracy/val_accuracy history: accuracy-gap check and validation-above-training check skipped")
+        return _AccuracyGap(None, None, "")
+    both = [
+        step for step in steps
+        if step in accuracy.index and step in val_accuracy.index
+        and math.isfinite(float(accuracy[step])) and math.isfinite(float(val_accuracy[step]))
+    ]
+    if not both:
+        return _AccuracyGap(None, None, "")
+    gaps = pd.Series([float(accuracy[step]) - float(val_accuracy[step]) for step in both], index=both)
+    final = float(gaps.iloc[-1])
+    note = ""
+    if -final > thresholds.val_above_margin:
+        note = (
+            f"validation accuracy {float(val_accuracy[both[-1]]):.4g} is above training accuracy "
+            f"{float(accuracy[both[-1]]):.4g} at the last epoch (by {-final:.4g}): {VAL_ABOVE_TRAIN_EXPLANATION}"
+        )
+    return _AccuracyGap(gaps, final, note)
 
-    # best epoch: best validation accuracy when there is one, else minimum validation loss
-    va = val_acc.loc[[s for s in steps if s in val_acc.index]] if val_acc is not None else pd.Series(dtype=float)
-    va = va[np.isfinite(va)] if not va.empty else va
-    best_epoch = int(va.idxmax()) if not va.empty else min_epoch
+
+def _best_epoch(steps: list[int], val_accuracy: pd.Series | None, fallback: int) -> int:
+    """The epoch of best validation accuracy; ``fallback`` (minimum validation loss) without one."""
+    if val_accuracy is None:
+        return fallback
+    judged = val_accuracy.loc[[step for step in steps if step in val_accuracy.index]]
+    judged = judged[np.isfinite(judged)]
+    return int(judged.idxmax()) if not judged.empty else fallback
+
+
+def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> Verdict:
+    """Judge one run from its long-format history (columns key, step, value, timestamp), as
+    :func:`query.load_histories` returns it, restricted to the run.
+
+    Raises :class:`NotJudgeable` with the reason if the curves cannot be judged.
+    """
+    notes: list[str] = []
+    steps, loss, val_loss = _history_steps(history, notes)
+    train_curve, val_curve = loss.loc[steps].to_numpy(float), val_loss.loc[steps].to_numpy(float)
+    rise = _loss_rise(steps, train_curve, val_curve, thresholds, notes)
+    val_accuracy = _series(history, "val_accuracy")
+    gap = _accuracy_gap(steps, _series(history, "accuracy"), val_accuracy, thresholds, notes)
+    by_gap = gap.final is not None and gap.final > thresholds.gap_threshold
+    best_epoch = _best_epoch(steps, val_accuracy, rise.min_epoch)
 
     parts = []
     onset = None
-    if by_loss:
-        onset = min_epoch
+    if rise.overfitting:
+        onset = rise.min_epoch
         parts.append(
-            f"validation loss rose for {rise} epoch(s) after its minimum at epoch {min_epoch} "
-            f"({vl[i_min]:.4g} -> {vl[end]:.4g}) while training loss fell ({lo[i_min]:.4g} -> {lo[end]:.4g})"
+            f"validation loss rose for {rise.rise_epochs} epoch(s) after its minimum at epoch {rise.min_epoch} "
+            f"({val_curve[rise.min_index]:.4g} -> {val_curve[rise.end_index]:.4g}) while training loss fell "
+            f"({train_curve[rise.min_index]:.4g} -> {train_curve[rise.end_index]:.4g})"
         )
-    if by_gap:
-        parts.append(f"final training-minus-validation accuracy gap {gap:.4g} exceeds {th.gap_threshold:g}")
+    if by_gap and gap.gaps is not None:
+        parts.append(f"final training-minus-validation accuracy gap {gap.final:.4g} exceeds {thresholds.gap_threshold:g}")
         if onset is None:
-            within = [s for s in gaps.index if gaps[s] <= th.gap_threshold]
-            onset = int(within[-1]) if within else min_epoch
+            within = [step for step in gap.gaps.index if gap.gaps[step] <= thresholds.gap_threshold]
+            onset = int(within[-1]) if within else rise.min_epoch
             if not within:
                 parts.append("the gap was above the threshold from the first epoch")
-    overfitting = by_loss or by_gap
-    if overfitting:
-        reason = "; ".join(parts)
-    else:
-        gap_text = f"final accuracy gap {gap:.4g} <= {th.gap_threshold:g}" if gap is not None else "no accuracy gap measured"
-        if i_min == len(steps) - 1:
-            loss_text = f"validation loss still at its minimum in the last epoch ({min_epoch})"
-        else:
-            loss_text = (
-                f"validation loss did not stay above its minimum (epoch {min_epoch}) for {th.patience} epochs "
-                "with training loss falling"
-            )
-        reason = f"no overfitting: {loss_text}; {gap_text}"
-    last_good = onset if overfitting else best_epoch
-    va_last = None
-    if val_acc is not None and last_good in val_acc.index and math.isfinite(float(val_acc[last_good])):
-        va_last = float(val_acc[last_good])
+    overfitting = rise.overfitting or by_gap
+    reason = "; ".join(parts) if overfitting else _no_overfitting_reason(steps, rise, gap, thresholds)
+    last_good = onset if onset is not None else best_epoch
+    val_accuracy_at_last_good = None
+    if val_accuracy is not None and last_good in val_accuracy.index and math.isfinite(float(val_accuracy[last_good])):
+        val_accuracy_at_last_good = float(val_accuracy[last_good])
     return Verdict(
         run_id=run_id,
         run_name=run_name,
@@ -219,15 +246,29 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, th: Threshol
         overfitting=overfitting,
         onset_epoch=onset,
         reason=reason,
-        gap=gap,
-        val_above_train=val_above,
-        val_above_train_note=val_above_note,
-        min_val_loss_epoch=min_epoch,
+        gap=gap.final,
+        val_above_train=bool(gap.val_above_note),
+        val_above_train_note=gap.val_above_note,
+        min_val_loss_epoch=rise.min_epoch,
         best_epoch=best_epoch,
         last_good_epoch=int(last_good),
-        val_accuracy_at_last_good=va_last,
+        val_accuracy_at_last_good=val_accuracy_at_last_good,
         notes=notes,
     )
+
+
+def _no_overfitting_reason(steps: list[int], rise: _LossRise, gap: _AccuracyGap, thresholds: Thresholds) -> str:
+    gap_text = (
+        f"final accuracy gap {gap.final:.4g} <= {thresholds.gap_threshold:g}" if gap.final is not None else "no accuracy gap measured"
+    )
+    if rise.min_index == len(steps) - 1:
+        loss_text = f"validation loss still at its minimum in the last epoch ({rise.min_epoch})"
+    else:
+        loss_text = (
+            f"validation loss did not stay above its minimum (epoch {rise.min_epoch}) for {thresholds.patience} "
+            "epochs with training loss falling"
+        )
+    return f"no overfitting: {loss_text}; {gap_text}"
 
 
 @dataclass
