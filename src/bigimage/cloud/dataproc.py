@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import bigimage
 from bigimage.config import PROJECT_ROOT
@@ -67,10 +69,6 @@ def cluster_name(cfg: DictConfig) -> str:
     return name
 
 
-def _requirement_name(spec: str) -> str:
-    return re.split(r"[\s<>=!~;\[]", spec.strip(), maxsplit=1)[0].lower()
-
-
 def cluster_pip_packages(root: Path = PROJECT_ROOT) -> list[str]:
     """The package's run-time dependencies for the cluster, pinned from requirements.lock.
 
@@ -88,10 +86,10 @@ def cluster_pip_packages(root: Path = PROJECT_ROOT) -> list[str]:
         for line in lock.read_text().splitlines():
             if "==" in line and not line.lstrip().startswith("#"):
                 name, version = line.split("==", 1)
-                pins[name.strip().lower()] = version.split(";")[0].strip()
+                pins[canonicalize_name(name.strip())] = version.split(";")[0].strip()
     packages = []
     for spec in dependencies:
-        name = _requirement_name(spec)
+        name = canonicalize_name(Requirement(spec).name)
         if name in NOT_ON_CLUSTER:
             continue
         if name in pins:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import io
 import json
+import colorsys
 import math
 import multiprocessing
 import os
@@ -51,12 +52,8 @@ _OLD_TAG = ".old-"
 
 
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
-    """HSV (h in degrees) to an RGB tuple."""
-    h = (h % 360.0) / 60.0
-    i = int(h) % 6
-    f = h - int(h)
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    """HSV (h in degrees) to an RGB tuple of 0-255 ints."""
+    r, g, b = colorsys.hsv_to_rgb((h % 360.0) / 360.0, s, v)
     return (int(r * 255), int(g * 255), int(b * 255))
 
 
