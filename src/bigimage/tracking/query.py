@@ -21,7 +21,6 @@ Nothing here imports Spark or TensorFlow, and nothing here starts or ends an MLf
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ import pandas as pd
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from bigimage.tracking.store import retry_busy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_EXPERIMENT = "bigimage"
@@ -289,18 +290,13 @@ def _global_tracking_uri(uri: str):
             os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
-def set_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str], retries: int = 5) -> None:
-    """Set tags on a run (never metrics), retrying while a sqlite store reports 'database is locked'."""
+def set_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str]) -> None:
+    """Set tags on a run (never metrics) in one batch, retrying while a sqlite store is busy."""
+    from mlflow.entities import RunTag
+
     client = client_for(tracking_uri)
-    for key, value in tags.items():
-        for attempt in range(retries):
-            try:
-                client.set_tag(run_id, key, str(value))
-                break
-            except MlflowException as exc:
-                if "locked" not in str(exc).lower() or attempt == retries - 1:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+    batch = [RunTag(key, str(value)) for key, value in tags.items()]
+    retry_busy(lambda: client.log_batch(run_id, tags=batch))
 
 
 def param(row: pd.Series, key: str, default=None):

@@ -7,6 +7,7 @@ artifacts in ``./mlruns`` relative to whatever the current directory is.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from bigimage.config import PROJECT_ROOT
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "mlruns" / "artifacts"
@@ -50,13 +52,18 @@ def default_artifact_location(uri: str, artifact_root: str | None = None) -> str
 
 
 def retry_busy(action: Callable[[], T], attempts: int = 8) -> T:
-    """Run ``action``, retrying when parallel jobs find the sqlite store locked (mlflow #10334)."""
+    """Run ``action``, retrying while parallel jobs find the sqlite store locked (mlflow #10334).
+
+    The one retry loop for every MLflow call of the project: MLflow raises "database is locked" as an
+    ``MlflowException`` or as the SQLAlchemy error it wraps, so the message is what tells it apart.
+    """
     for attempt in range(attempts):
         try:
             return action()
-        except MlflowException as error:
-            if "locked" not in str(error).lower() or attempt == attempts - 1:
+        except Exception as error:
+            if "database is locked" not in str(error).lower() or attempt == attempts - 1:
                 raise
+            log.warning("MLflow store busy (%s); retrying", error)
         time.sleep(0.2 * 2**attempt * (0.5 + random.random()))
     raise AssertionError("unreachable")
 

@@ -16,27 +16,16 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any
 
 import tf_keras as keras
+
+from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
 HISTORY_NAME = "history.json"  # the chief's running history, kept next to the BackupAndRestore checkpoint
-
-
-def _retry(action: Callable[[], Any], what: str, attempts: int = 5) -> Any:
-    """Run an MLflow call, retrying the transient sqlite "database is locked" of parallel jobs."""
-    for attempt in range(attempts):
-        try:
-            return action()
-        except Exception as error:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
-            if "locked" not in str(error).lower() or attempt == attempts - 1:
-                raise
-            log.warning("%s: %s; retrying", what, error)
-            time.sleep(0.5 * 2**attempt)
-    return None
 
 
 class RunLogger:
@@ -61,7 +50,7 @@ class RunLogger:
 
         stamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), stamp, step or 0) for key, value in values.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, metrics=batch), "log metrics")
+        retry_busy(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def params(self, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -69,7 +58,7 @@ class RunLogger:
         from mlflow.entities import Param
 
         batch = [Param(key, str(value)) for key, value in values.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, params=batch), "log params")
+        retry_busy(lambda: self.client.log_batch(self.run_id, params=batch))
 
     def tags(self, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -77,7 +66,7 @@ class RunLogger:
         from mlflow.entities import RunTag
 
         batch = [RunTag(key, str(value)) for key, value in values.items()]
-        _retry(lambda: self.client.log_batch(self.run_id, tags=batch), "set tags")
+        retry_busy(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if not self.enabled:
