@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 
-from bigimage.train.callbacks import EPOCH_METRICS
+from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
 from bigimage.train.task import run_train
 from tests.conftest import train_config

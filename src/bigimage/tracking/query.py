@@ -24,7 +24,6 @@ import os
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -32,13 +31,11 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from bigimage.tracking.store import retry_busy
+from bigimage.config import PROJECT_ROOT, TrackingConfig  # noqa: F401 - PROJECT_ROOT: for analysis modules
+from bigimage.tracking.names import EPOCH_METRICS
+from bigimage.tracking.store import resolve_tracking_uri, retry_busy
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_EXPERIMENT = "bigimage"
-
-#: Per-epoch metrics a training run logs (DESIGN, "MLflow contract", task 3).
-TRAIN_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
+DEFAULT_EXPERIMENT = TrackingConfig.experiment
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_COLUMNS = (
@@ -52,10 +49,7 @@ class NoRunsError(LookupError):
 
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else the project's default store ``sqlite:///<root>/mlruns/mlflow.db``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri
-    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    return resolve_tracking_uri(None)
 
 
 def default_experiment() -> str:
@@ -201,7 +195,7 @@ def load_runs(
 def load_histories(
     tracking_uri: str | None,
     run_ids: Sequence[str],
-    keys: Sequence[str] = TRAIN_HISTORY_KEYS,
+    keys: Sequence[str] = EPOCH_METRICS,
     runs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Full per-step histories of ``keys`` for ``run_ids``, in long format.

@@ -30,13 +30,10 @@ ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The configured URI, else ``$MLFLOW_TRACKING_URI``, else the project's sqlite store."""
-    uri = uri or os.environ.get(ENV_TRACKING_URI) or f"sqlite:///{DEFAULT_STORE}"
+    uri = (uri or os.environ.get(ENV_TRACKING_URI, "").strip()) or f"sqlite:///{DEFAULT_STORE}"
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
-        if not path.is_absolute():
-            path = PROJECT_ROOT / path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{path}"
+        uri = f"sqlite:///{path if path.is_absolute() else PROJECT_ROOT / path}"
     elif "://" not in uri:  # a bare folder is MLflow's file store
         uri = str((PROJECT_ROOT / uri).resolve())
     return uri
@@ -89,6 +86,8 @@ def ensure_experiment(name: str, artifact_location: str | None) -> str:
 def connect(uri: str | None, experiment: str, artifact_root: str | None = None) -> tuple[str, str]:
     """Point this process (and its child processes) at the store; returns (uri, experiment id)."""
     uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     os.environ[ENV_TRACKING_URI] = uri
     return uri, ensure_experiment(experiment, default_artifact_location(uri, artifact_root))

@@ -20,11 +20,11 @@ from typing import Any
 
 import tf_keras as keras
 
+from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
 
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second")
 HISTORY_NAME = "history.json"  # the chief's running history, kept next to the BackupAndRestore checkpoint
 
 
