@@ -198,19 +198,50 @@ def wait_for_executors(spark: Any, expected: int, timeout_seconds: float = 60.0)
     return resources
 
 
+def deploy_from_context(spark: Any) -> str:
+    """Where the running SparkContext really runs, read from its master URL, not from the config.
+
+    ``local[...]`` -> ``local``; ``spark://`` -> ``standalone``; ``k8s://`` -> ``kubernetes``; ``yarn`` ->
+    ``dataproc`` when the context carries Dataproc's own settings (``spark.dataproc.*`` keys from the
+    image's spark-defaults, or the ``dataproc_job_...`` YARN tags its jobs API adds), else ``yarn``;
+    any other master gives its URL scheme. The costs of ``analysis/best_config.py`` trust this tag.
+    """
+    context = spark.sparkContext
+    master = str(context.master)
+    if master.startswith("local"):
+        return "local"
+    if master.startswith("spark://"):
+        return "standalone"
+    if master.startswith("k8s://"):
+        return "kubernetes"
+    if master.startswith("yarn"):
+        conf = dict(context.getConf().getAll())
+        on_dataproc = any(key.startswith("spark.dataproc.") for key in conf) or "dataproc_job_" in conf.get(
+            "spark.yarn.tags", ""
+        )
+        return "dataproc" if on_dataproc else "yarn"
+    return master.split(":", 1)[0]
+
+
 def log_spark_resources(spark: Any) -> dict[str, Any]:
     """Log the DESIGN contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores``.
 
     Also ``spark.lost_executors`` and ``spark.failed_tasks`` (call it again after the job to record a
-    worker lost mid-job; Spark re-ran its tasks elsewhere), and tag ``spark.deploy`` when known.
+    worker lost mid-job; Spark re-ran its tasks elsewhere), and tag ``spark.deploy``, derived from the
+    running context (:func:`deploy_from_context`) rather than copied from ``cluster.deploy``: a config
+    that asked for one deploy and got another is logged as what it got, with a warning.
     """
     import mlflow
 
     resources = spark_resources(spark)
+    deploy = deploy_from_context(spark)
     mlflow.set_tag("spark.master", resources["master"])
-    deploy = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
-    if deploy:
-        mlflow.set_tag("spark.deploy", deploy)
+    mlflow.set_tag("spark.deploy", deploy)
+    requested = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
+    if requested and requested != deploy:
+        logging.getLogger(__name__).warning(
+            "cluster.deploy=%s but Spark runs on %s (%s): logged spark.deploy=%s", requested, resources["master"], deploy, deploy
+        )
     mlflow.log_metrics(
         {
             "spark.executors": resources["executors"],
