@@ -36,6 +36,12 @@ SHAPES = {
     },
 }
 
+# What a run that really ran on Dataproc records: the config's deploy and region, and the deploy read back from Spark.
+ON_DATAPROC = {
+    "params": {"cluster.deploy": "dataproc", "cluster.dataproc.region": "us-central1"},
+    "tags": {"spark.deploy": "dataproc", "spark.master": "yarn"},
+}
+
 
 @dataclass
 class Store:
@@ -78,9 +84,10 @@ def log_run(
     status: str = "FINISHED",
     parent: str | None = None,
     table: pd.DataFrame | None = None,
+    tags: dict | None = None,
 ) -> str:
     """One run: params, per-step histories (step = index), final metrics, an optional speedtest table."""
-    tags = {"mlflow.runName": name}
+    tags = {"mlflow.runName": name, **(tags or {})}
     if task:
         tags["task"] = task
     if parent:
@@ -215,15 +222,15 @@ def build_scenario(root: Path, experiment: str = "analysis-test") -> Store:
     log_run(s, "no-val-loss", task="train", params=_train_params("mirrored", 8, "local"),
             histories={"loss": [1.0, 0.8, 0.6]}, parent=sweep)
     log_run(s, "foreign", task="train", params={"optimizer": "sgd", "lr": "0.1"}, histories=HEALTHY, parent=sweep)
-    # preprocess: 3 shapes x 3 repeats; speed single 300, four 200, maximal 100 images/s
+    # preprocess: 3 shapes x 3 repeats on Dataproc (so they are priced); speed single 300, four 200, maximal 100 images/s
     for cluster, rate in (("single", 300.0), ("four", 200.0), ("maximal", 100.0)):
         for rep in range(3):
             ips = rate * (1 + 0.02 * (rep - 1))
             images = 1000.0
-            params = {"cluster.name": cluster, **SHAPES[cluster]}
-            log_run(s, f"pre-{cluster}-{rep}", task="preprocess", params=params,
+            params = {"cluster.name": cluster, **SHAPES[cluster], **ON_DATAPROC["params"]}
+            log_run(s, f"pre-{cluster}-{rep}", task="preprocess", params=params, tags=ON_DATAPROC["tags"],
                     metrics={"images_per_second": ips, "seconds": images / ips, "images": images}, parent=pipeline)
-            log_run(s, f"speed-{cluster}-{rep}", task="speedtest", params=params,
+            log_run(s, f"speed-{cluster}-{rep}", task="speedtest", params=params, tags=ON_DATAPROC["tags"],
                     table=speedtest_table(rate / 2 * (1 + 0.01 * rep)), parent=pipeline)
     log_run(s, "pre-failed", task="preprocess", params={"cluster.name": "single", **SHAPES["single"]},
             metrics={"images_per_second": 1e9, "seconds": 1e-6, "images": 1000.0}, status="FAILED", parent=pipeline)

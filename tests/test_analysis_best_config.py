@@ -11,7 +11,15 @@ from scipy import stats
 from bigimage.analysis_lib import best_config as bc
 from bigimage.analysis_lib import common
 from bigimage.tracking import query
-from tests.mlflow_fixtures import SHAPES, log_run, run_script, runs_by_name, scenario_store  # noqa: F401
+from tests.mlflow_fixtures import (  # noqa: F401
+    ON_DATAPROC, SHAPES, log_run, make_store, run_script, runs_by_name, scenario_store,
+)
+
+
+def dataproc_row(shape: dict, region: str = "us-central1") -> pd.Series:
+    """A load_runs row of a run that ran on Dataproc in ``region`` with ``shape``."""
+    params = {**shape, **ON_DATAPROC["params"], "cluster.dataproc.region": region}
+    return pd.Series({**{f"params.{k}": v for k, v in params.items()}, **{f"tags.{k}": v for k, v in ON_DATAPROC["tags"].items()}})
 
 
 
@@ -41,27 +49,68 @@ def test_distinguishability_statements():
 
 def test_hourly_cost_adds_machines_dataproc_fee_and_disks():
     prices = bc.load_prices()
-    assert prices.date and prices.source and prices.region
-    row = pd.Series({f"params.{k}": v for k, v in SHAPES["four"].items()})
-    hourly, how = bc.hourly_cost(row, prices)
-    m = prices.machines["n1-standard-2"]
+    assert prices.date and prices.source
+    assert {"us-central1", "europe-west2"} <= set(prices.regions)  # europe-west2: the default cluster.dataproc.region
+    us = prices.regions["us-central1"]
+    hourly, how = bc.hourly_cost(dataproc_row(SHAPES["four"]), prices)
+    m = us.machines["n1-standard-2"]
     expected = (
         4 * m["hourly"]  # master + 3 workers
         + 8 * prices.dataproc_per_vcpu_hour  # 4 x 2 vCPU
-        + (500 * prices.disks["pd-ssd"] + 3 * 1365 * prices.disks["pd-standard"]) / prices.hours_per_month
+        + (500 * us.disks["pd-ssd"] + 3 * 1365 * us.disks["pd-standard"]) / prices.hours_per_month
     )
     assert hourly == pytest.approx(expected)
-    assert "3 x n1-standard-2" in how
-    single = pd.Series({f"params.{k}": v for k, v in SHAPES["single"].items()})
-    assert bc.hourly_cost(single, prices)[0] == pytest.approx(
-        prices.machines["n1-standard-8"]["hourly"] + 8 * prices.dataproc_per_vcpu_hour
-        + 500 * prices.disks["pd-ssd"] / prices.hours_per_month
+    assert "3 x n1-standard-2" in how and "us-central1" in how
+    eu = prices.regions["europe-west2"]
+    assert bc.hourly_cost(dataproc_row(SHAPES["single"], "europe-west2"), prices)[0] == pytest.approx(
+        eu.machines["n1-standard-8"]["hourly"] + 8 * prices.dataproc_per_vcpu_hour
+        + 500 * eu.disks["pd-ssd"] / prices.hours_per_month
     )
-    unknown = pd.Series({"params.cluster.shape.master_machine_type": "e2-micro"})
+    unknown = dataproc_row({"cluster.shape.master_machine_type": "e2-micro"})
     hourly, how = bc.hourly_cost(unknown, prices)
     assert hourly is None and "no price for e2-micro" in how
-    assert bc.hourly_cost(pd.Series({"params.cluster.name": "x"}), prices)[0] is None
+    assert bc.hourly_cost(dataproc_row({"cluster.name": "x"}), prices)[0] is None
     assert bc.cost_per_1000(3.6, 10.0, 1000.0) == pytest.approx(0.01)
+
+
+def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path):
+    """The default cluster=local run (this machine's cores) gets no cost, whatever its shape params say;
+    a Dataproc run is priced at its own region's prices; a region the table lacks is named, not guessed."""
+    store = make_store(tmp_path / "store")
+    prices = bc.load_prices()
+    local_shape = {"cluster.name": "local", "cluster.deploy": "local", **SHAPES["single"]}
+    metrics = {"images_per_second": 500.0, "seconds": 2.0, "images": 1000.0}
+    log_run(store, "pre-local", task="preprocess", params=local_shape, metrics=metrics,
+            tags={"spark.deploy": "local", "spark.master": "local[2]"})
+    # Asked for Dataproc, but Spark read back a local master (the tag is what counts).
+    log_run(store, "pre-asked-dataproc", task="preprocess", metrics=metrics,
+            params={**local_shape, **ON_DATAPROC["params"]}, tags={"spark.deploy": "local", "spark.master": "local[2]"})
+    eu = {"cluster.name": "four", **SHAPES["four"], **ON_DATAPROC["params"], "cluster.dataproc.region": "europe-west2"}
+    log_run(store, "pre-four-eu", task="preprocess", params=eu, tags=ON_DATAPROC["tags"],
+            metrics={"images_per_second": 200.0, "seconds": 5.0, "images": 1000.0})
+    tokyo = {"cluster.name": "maximal", **SHAPES["maximal"], **ON_DATAPROC["params"], "cluster.dataproc.region": "asia-northeast1"}
+    log_run(store, "pre-maximal-tokyo", task="preprocess", params=tokyo, tags=ON_DATAPROC["tags"],
+            metrics={"images_per_second": 100.0, "seconds": 10.0, "images": 1000.0})
+
+    selection, runs = query.load_runs(store.uri, store.experiment_name)
+    result = bc.analyse(selection, runs, prices=prices)
+    assert [r.key["cluster.name"] for r in result.preprocess["by_speed"]] == ["local", "four", "maximal"]
+    assert [r.key["cluster.name"] for r in result.preprocess["by_cost"]] == ["four"]  # the only priced run
+    four = result.preprocess["by_cost"][0]
+    assert four.run_ids == [store.ids["pre-four-eu"]]
+    assert four.score.mean == pytest.approx(bc.hourly_cost(runs.set_index("run_name").loc["pre-four-eu"], prices)[0] * 5.0 / 3600)
+    assert "europe-west2" in four.extra["cost_note"]
+    table = result.preprocess_table.set_index("run_id")
+    assert pd.isna(table.loc[store.ids["pre-local"], "cost_per_1000_images"])
+    assert pd.isna(table.loc[store.ids["pre-asked-dataproc"], "cost_per_1000_images"])
+    assert "not priced: ran on local" in table.loc[store.ids["pre-asked-dataproc"], "cost_note"]
+    notes = "\n".join(result.notes)
+    assert "'local'}: no cost (not priced: ran on local (spark.master local[2])" in notes
+    assert "no prices for region asia-northeast1 in the price table (it has us-central1, europe-west2" in notes
+    doc = result.as_dict()
+    assert doc["prices"]["regions"] == ["us-central1", "europe-west2"] and "spark.deploy=dataproc" in doc["prices"]["priced"]
+    text = bc.render_text(result)
+    assert "only runs with tag spark.deploy=dataproc" in text
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +168,7 @@ def test_preprocess_ranking_by_speed_and_cost(result, scenario):
     assert all(r.score.high < 400 for r in result.preprocess["by_speed"])
     prices = bc.load_prices()
     costs = {r.key["cluster.name"]: r for r in result.preprocess["by_cost"]}
-    hourly_single = bc.hourly_cost(pd.Series({f"params.{k}": v for k, v in SHAPES["single"].items()}), prices)[0]
+    hourly_single = bc.hourly_cost(dataproc_row(SHAPES["single"]), prices)[0]
     seconds = [1000.0 / (300 * (1 + 0.02 * (rep - 1))) for rep in range(3)]
     assert costs["single"].score.mean == pytest.approx(sum(hourly_single * s / 3600 for s in seconds) / 3)
     assert [r.key["cluster.name"] for r in result.preprocess["by_cost"]] == ["single", "four", "maximal"]

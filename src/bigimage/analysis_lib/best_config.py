@@ -7,13 +7,20 @@
   gives no interval). The top configuration is called distinguishable from the next only if their
   intervals do not overlap (a conservative test).
 * **Preprocessing** (task ``preprocess``): cluster shapes (``cluster.name``) ranked by the runs'
-  ``images_per_second`` and by the cost per 1,000 images, ``hourly cost * seconds / images * 1000``.
+  ``images_per_second`` and by the cost per 1,000 images, ``hourly cost * seconds / images * 1000``
+  (priced runs only, see below).
 * **Speed test** (task ``speedtest``): the ``speedtest.json`` table of each run; per repetition,
   images/s = images / seconds summed over the grid rows of that repetition; cluster shapes ranked
   per source by images/s and cost per 1,000 images, with intervals over the repetitions.
 
-The hourly cost of a shape comes from the price table (``analysis/prices.yaml``): machines
-(master + workers) + the Dataproc per-vCPU fee + boot disks (GB-month prices / hours per month).
+Costs are given only to runs that ran on what is priced: Dataproc, as read back from the running
+Spark (tag ``spark.deploy=dataproc``, not the ``cluster.deploy`` the config asked for). A local run
+on this machine's cores priced as the Dataproc shape of the same name would be a made-up number, so
+every other run has no cost, and the notes say why. A priced run's hourly cost is its own shape
+(``cluster.shape.*`` params: machines of master + workers + the Dataproc per-vCPU fee + boot disks,
+GB-month prices / hours per month) at the list prices of its own region (``cluster.dataproc.region``)
+in the price table (``analysis/prices.yaml``, keyed by region, with its source and date); a region
+missing from the table gives no cost and a note naming it.
 The winners get the tag ``best_config=true`` (other analysed runs of the same task ``false``).
 """
 
@@ -46,45 +53,95 @@ PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its sp
 # --- prices -----------------------------------------------------------------------------------
 
 
+PRICED_DEPLOY = "dataproc"  # the only place the price table's machines are what a run really ran on
+DEPLOY_TAG = "spark.deploy"  # read back from the running SparkContext (bigimage.spark.session)
+REGION_PARAM = "cluster.dataproc.region"
+
+
 @dataclass(frozen=True)
-class Prices:
+class RegionPrices:
     machines: dict  # machine type -> {"vcpus": int, "hourly": float}
     disks: dict  # disk type -> price per GB-month
+    date: str
+
+
+@dataclass(frozen=True)
+class Prices:
+    regions: dict  # region -> RegionPrices
     dataproc_per_vcpu_hour: float
     hours_per_month: float
     source: str
     date: str
-    region: str
     currency: str
+
+    @property
+    def region(self) -> str:
+        """The regions the table prices (for headers)."""
+        return ", ".join(self.regions)
 
 
 def load_prices(path: str | Path | None = None) -> Prices:
     path = Path(path or DEFAULT_PRICES)
     data = yaml.safe_load(path.read_text())
     try:
+        regions = {
+            str(name): RegionPrices(
+                machines={k: {"vcpus": int(v["vcpus"]), "hourly": float(v["hourly"])} for k, v in region["machines"].items()},
+                disks={k: float(v) for k, v in region["disks"].items()},
+                date=str(region.get("date", data.get("date", ""))),
+            )
+            for name, region in data["regions"].items()
+        }
         return Prices(
-            machines={k: {"vcpus": int(v["vcpus"]), "hourly": float(v["hourly"])} for k, v in data["machines"].items()},
-            disks={k: float(v) for k, v in data["disks"].items()},
+            regions=regions,
             dataproc_per_vcpu_hour=float(data["dataproc_per_vcpu_hour"]),
             hours_per_month=float(data.get("hours_per_month", 730)),
             source=str(data.get("source", "")),
             date=str(data.get("date", "")),
-            region=str(data.get("region", "")),
             currency=str(data.get("currency", "USD")),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"price table {path} is malformed: {exc}") from None
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"price table {path} is malformed (expected regions: <region>: machines, disks): {exc}") from None
 
 
 def _truthy(value) -> bool:
     return str(value).strip().lower() in ("true", "1", "yes")
 
 
-def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
-    """Hourly cost of the run's cluster shape (``cluster.shape.*`` params), and how it was built.
+def priced_region(row: pd.Series) -> tuple[str | None, str]:
+    """The region a run is priced in, or ``(None, why it is not priced)``.
 
-    Returns ``(None, why)`` when the shape is missing or a type has no price.
+    Only runs whose Spark really ran on Dataproc (tag ``spark.deploy``, read back from Spark) are priced:
+    the same ``cluster=`` name run locally or on a standalone cluster used other machines.
     """
+    deploy = row.get(f"tags.{DEPLOY_TAG}")
+    if deploy is None or (isinstance(deploy, float) and pd.isna(deploy)):
+        return None, f"not priced: no {DEPLOY_TAG} tag, so where it ran was not read back from Spark"
+    if deploy != PRICED_DEPLOY:
+        master = row.get("tags.spark.master")
+        where = f"{deploy} (spark.master {master})" if isinstance(master, str) else str(deploy)
+        return None, f"not priced: ran on {where}, not on the Dataproc machines the price table prices"
+    region = query.param(row, REGION_PARAM)
+    if region is None:
+        return None, f"not priced: a Dataproc run without the {REGION_PARAM} param"
+    return str(region), ""
+
+
+def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
+    """Hourly cost of a Dataproc run's own shape (``cluster.shape.*``) in its region, and how it was built.
+
+    Returns ``(None, why)`` for a run that did not run on Dataproc (:func:`priced_region`), a region
+    missing from the table, a missing shape, or a type with no price.
+    """
+    region, why = priced_region(row)
+    if region is None:
+        return None, why
+    table = prices.regions.get(region)
+    if table is None:
+        return None, (
+            f"no prices for region {region} in the price table (it has {prices.region}); "
+            f"add them from {prices.source}"
+        )
     p = lambda k: query.param(row, f"cluster.shape.{k}")  # noqa: E731
     master = p("master_machine_type")
     if master is None:
@@ -97,19 +154,20 @@ def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
     except ValueError as exc:
         return None, f"unreadable cluster shape: {exc}"
     worker_type = p("worker_machine_type") if workers else None
-    missing = [t for t in (master, worker_type) if t is not None and t not in prices.machines]
+    missing = [t for t in (master, worker_type) if t is not None and t not in table.machines]
     disk_types = [p("master_boot_disk_type") or "pd-standard"] + ([p("worker_boot_disk_type") or "pd-standard"] if workers else [])
-    missing += [d for d in disk_types if d not in prices.disks]
+    missing += [d for d in disk_types if d not in table.disks]
     if missing:
-        return None, f"no price for {', '.join(sorted(set(missing)))}"
-    m, w = prices.machines[master], prices.machines.get(worker_type, {"vcpus": 0, "hourly": 0.0})
+        return None, f"no price for {', '.join(sorted(set(missing)))} in {region}"
+    m, w = table.machines[master], table.machines.get(worker_type, {"vcpus": 0, "hourly": 0.0})
     vcpus = m["vcpus"] + workers * w["vcpus"]
     machines = m["hourly"] + workers * w["hourly"]
     fee = vcpus * prices.dataproc_per_vcpu_hour
-    disks = (master_disk * prices.disks[disk_types[0]] + (workers * worker_disk * prices.disks[disk_types[1]] if workers else 0.0)) / prices.hours_per_month
+    disks = (master_disk * table.disks[disk_types[0]] + (workers * worker_disk * table.disks[disk_types[1]] if workers else 0.0)) / prices.hours_per_month
     how = (
-        f"{master}" + (f" + {workers} x {worker_type}" if workers else "") + f": machines {machines:.4f}"
-        f" + Dataproc fee {vcpus} vCPU x {prices.dataproc_per_vcpu_hour} = {fee:.4f} + disks {disks:.4f} per hour"
+        f"Dataproc in {region} (prices of {table.date}): {master}" + (f" + {workers} x {worker_type}" if workers else "")
+        + f": machines {machines:.4f} + Dataproc fee {vcpus} vCPU x {prices.dataproc_per_vcpu_hour} = {fee:.4f}"
+        f" + disks {disks:.4f} per hour"
     )
     return machines + fee + disks, how
 
@@ -242,15 +300,16 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
         key = key if isinstance(key, tuple) else (key,)
         kd = dict(zip(keys, key))
         run_ids = sorted(set(grp["run_id"]))
+        priced = grp[grp["cost_per_1000_images"].notna()]  # Dataproc runs only (hourly_cost says why)
         extra = {
-            "hourly_cost": grp["hourly_cost"].dropna().iloc[0] if grp["hourly_cost"].notna().any() else None,
-            "cost_note": grp["cost_note"].iloc[0],
+            "hourly_cost": priced["hourly_cost"].iloc[0] if not priced.empty else None,
+            "cost_note": (priced if not priced.empty else grp)["cost_note"].iloc[0],
             "seconds": common.mean_interval(grp["seconds"].tolist(), confidence).as_dict(),
         }
         speed.append(Ranked(kd, common.mean_interval(grp["images_per_second"].tolist(), confidence), run_ids, extra))
-        costs = grp["cost_per_1000_images"].dropna().tolist()
-        if costs:
-            cost.append(Ranked(kd, common.mean_interval(costs, confidence), run_ids, extra))
+        if not priced.empty:
+            costs = priced["cost_per_1000_images"].tolist()
+            cost.append(Ranked(kd, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), extra))
     speed.sort(key=lambda r: (-r.score.mean, str(r.key)))
     cost.sort(key=lambda r: (r.score.mean, str(r.key)))
     return {"by_speed": speed, "by_cost": cost}
@@ -356,10 +415,16 @@ class BestConfigResult:
             "winners": self.winners,
             "excluded": [e.as_dict() for e in self.excluded],
             "notes": self.notes,
-            "prices": {"source": self.prices.source, "date": self.prices.date, "region": self.prices.region,
-                       "currency": self.prices.currency},
+            "prices": {"source": self.prices.source, "date": self.prices.date, "regions": list(self.prices.regions),
+                       "currency": self.prices.currency, "priced": PRICED_RUNS},
             "tags_written": self.tags_written,
         }
+
+
+PRICED_RUNS = (
+    f"only runs with tag {DEPLOY_TAG}={PRICED_DEPLOY}, by their own cluster.shape in their {REGION_PARAM}; "
+    "other runs have no cost"
+)
 
 
 def _preferred_source(ranking: list[Ranked]) -> str | None:
@@ -445,9 +510,9 @@ def render_text(result: BestConfigResult) -> str:
     titles = {
         "training": "Training configurations by validation accuracy at the last good epoch",
         "preprocess_by_speed": "Preprocessing: cluster shapes by images/s",
-        "preprocess_by_cost": f"Preprocessing: cluster shapes by cost per 1,000 images ({result.prices.currency})",
+        "preprocess_by_cost": f"Preprocessing: cluster shapes by cost per 1,000 images ({result.prices.currency}; {PRICED_RUNS})",
         "speedtest_by_speed": "Speed test: cluster shapes by images/s, per source",
-        "speedtest_by_cost": f"Speed test: cluster shapes by cost per 1,000 images ({result.prices.currency})",
+        "speedtest_by_cost": f"Speed test: cluster shapes by cost per 1,000 images ({result.prices.currency}; {PRICED_RUNS})",
     }
     for name, rows in tables(result).items():
         out += [titles[name], common.text_table(rows)]
