@@ -2,14 +2,21 @@
 
     python run.py [task=preprocess|speedtest|train|pipeline] [group=option ...] [key=value ...]
     python run.py -m task=preprocess cluster=single,maximal,four
+
+A mistake the user can fix (a bad value, a missing path) ends with one line saying what to change and
+exit code 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
 from bigimage.config import register_configs
+from bigimage.errors import UserError
 from bigimage.tasks import run_task
 
 register_configs()
@@ -17,7 +24,12 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_task(cfg)
+    try:
+        run_task(cfg)
+    except UserError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

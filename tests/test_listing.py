@@ -108,7 +108,7 @@ def test_missing_root_local(tmp_path):
 
 
 def test_missing_root_gcs(gcs_bucket):
-    with pytest.raises(FileNotFoundError, match=r"no objects under.*root/<label>/\*\.jpg"):
+    with pytest.raises(FileNotFoundError, match=r"holds no objects.*root/<label>/\*\.jpg"):
         list_labelled_images(f"gs://{gcs_bucket}/nope")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
 from bigimage.config import ConfigError, validate
@@ -23,6 +24,7 @@ from bigimage.spark.session import spark_session
 from bigimage.speedtest.grid import deal, effective_parallelism, expected_rows, grid_points
 from bigimage.speedtest.results import ROW_COLUMNS
 from bigimage.speedtest.task import run_speedtest
+from bigimage.tasks import run_task
 from bigimage.speedtest.timing import ShortDataError, SpeedtestDataError
 from tests.conftest import compose_config, jpeg_bytes
 from tests.tfrecord_fixtures import write_tfrecord_dir
@@ -127,16 +129,21 @@ def test_grid_points_and_row_count_formula() -> None:
         "speedtest.repetitions=0",
         "speedtest.parallelism=0",
         "speedtest.warmup_batches=-1",
-        "speedtest.on_short_data=skip",
-        "speedtest.sources=[files,parquet]",
     ],
 )
-def test_bad_grid_values_are_refused_before_any_work(override: str, data: dict[str, Path]) -> None:
-    cfg = speed_config(data, override)
+def test_bad_grid_values_are_refused_before_any_work(override: str, data: dict[str, Path], tmp_path: Path) -> None:
+    cfg = speed_config(data, override, f"tracking.uri=sqlite:///{tmp_path}/m.db")
     with pytest.raises(ConfigError, match="speedtest"):
         validate(cfg)
     with pytest.raises(ConfigError, match="speedtest"):
-        run_speedtest(cfg, spark=None)  # validates before starting Spark
+        run_task(cfg)  # validates before starting Spark or opening a run
+    assert not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("override", ["speedtest.on_short_data=skip", "speedtest.sources=[files,parquet]"])
+def test_unknown_grid_choices_are_refused_at_composition(override: str, data: dict[str, Path]) -> None:
+    with pytest.raises(ConfigCompositionException):
+        speed_config(data, override)
 
 
 def test_experiment_task2_composes_as_a_cluster_sweep() -> None:

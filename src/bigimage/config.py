@@ -8,25 +8,72 @@ Rules that span fields (a positive batch size, a dataset root for ``dataset=fold
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from bigimage.errors import UserError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-TASKS = ("preprocess", "speedtest", "train", "pipeline")
-DEPLOY_MODES = ("local", "standalone", "dataproc")
-STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "experimental_multi_worker_mirrored")
-SPEEDTEST_SOURCES = ("files", "tfrecord")
+
+
+# Closed choices. StrEnum members compare equal to their strings, so code may test ``deploy == "local"``;
+# Hydra refuses any other value at composition and lists these.
+class Task(StrEnum):
+    preprocess = "preprocess"
+    speedtest = "speedtest"
+    train = "train"
+    pipeline = "pipeline"
+
+
+class Deploy(StrEnum):
+    local = "local"
+    standalone = "standalone"
+    dataproc = "dataproc"
+
+
+class Strategy(StrEnum):
+    default = "default"
+    mirrored = "mirrored"
+    multi_worker_mirrored = "multi_worker_mirrored"
+    experimental_multi_worker_mirrored = "experimental_multi_worker_mirrored"
+
+    @property
+    def multi_worker(self) -> bool:
+        return self in (Strategy.multi_worker_mirrored, Strategy.experimental_multi_worker_mirrored)
+
+
+class Launcher(StrEnum):
+    processes = "processes"  # worker processes on this machine, loopback ports
+    spark_barrier = "spark_barrier"  # one worker per Spark barrier task
+
+
+class Source(StrEnum):
+    files = "files"
+    tfrecord = "tfrecord"
+
+
+class Split(StrEnum):
+    hash = "hash"  # per record, deterministic hash of its bytes
+    shard = "shard"  # whole shards
+
+
+class OnShortData(StrEnum):
+    repeat = "repeat"
+    error = "error"
+
+
 # Set by the Dataproc driver script: this process is the job on the cluster (run the task here).
 ON_DATAPROC_ENV = "BIGIMAGE_ON_DATAPROC"
 
 
 @dataclass
 class TaskConfig:
-    name: str = MISSING
+    name: Task = MISSING
 
 
 @dataclass
@@ -60,7 +107,7 @@ class DataprocJob:
 @dataclass
 class ClusterConfig:
     name: str = MISSING
-    deploy: str = "local"
+    deploy: Deploy = Deploy.local
     # None: derived from deploy (local[cores] or the started standalone master); else spark://host:port or yarn.
     master: Optional[str] = None
     executors: int = 1
@@ -85,17 +132,22 @@ class DatasetConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = MISSING
+    # The function that makes the tf.distribute strategy (``bigimage.train.strategies.mirrored``).
+    _target_: str = MISSING
+    name: Strategy = MISSING
     num_workers: int = 1
     # mirrored on a CPU-only machine: split the CPU into this many logical devices (0: use devices as found).
     logical_cpu_devices: int = 0
     # multi-worker: how workers are launched (processes on loopback, or Spark barrier tasks).
-    launcher: str = "processes"
+    launcher: Launcher = Launcher.processes
     worker_timeout_seconds: int = 1800
 
 
 @dataclass
 class ModelConfig:
+    # The function that builds the network (``bigimage.train.model.small_cnn``): a new model is one YAML
+    # file naming its function, and that function.
+    _target_: str = MISSING
     name: str = MISSING
     weights: Optional[str] = None  # never downloaded by default
     dropout: float = 0.2
@@ -118,14 +170,14 @@ class PreprocessConfig:
 
 @dataclass
 class SpeedtestConfig:
-    sources: list[str] = field(default_factory=lambda: list(SPEEDTEST_SOURCES))
+    sources: list[Source] = field(default_factory=lambda: list(Source))
     batch_sizes: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     batch_numbers: list[int] = field(default_factory=lambda: [10, 30, 60])
     repetitions: int = 3
     warmup_batches: int = 2
     parallelism: int = 1
     # When batch_size x batch_number exceeds the data: "repeat" the data, or "error".
-    on_short_data: str = "repeat"
+    on_short_data: OnShortData = OnShortData.repeat
 
 
 @dataclass
@@ -134,10 +186,13 @@ class TrainConfig:
     validation_fraction: float = 0.2
     augment: bool = False
     shuffle_buffer: int = 1000
-    # Train/validation split: "hash" (per record, deterministic hash of its bytes) or "shard" (whole shards).
-    split: str = "hash"
-    # Keep decoded images (uint8) in memory after the first epoch; off for sets larger than RAM.
+    split: Split = Split.hash
+    # Keep decoded images (uint8) after the first epoch: in memory when they fit in cache_max_memory_fraction
+    # of the available memory, else in a file cache under cache_dir (None: <paths.data_dir>/cache/decoded),
+    # else not at all (bigimage.train.cache; the run's tag input_cache says which).
     cache: bool = True
+    cache_max_memory_fraction: float = 0.5
+    cache_dir: Optional[str] = None
     # None: <paths.data_dir>/checkpoints/<key>, key derived from the training-relevant config, so a
     # rerun of the same config resumes (BackupAndRestore) from its last finished epoch.
     checkpoint_dir: Optional[str] = None
@@ -151,7 +206,7 @@ class PipelineConfig:
         default_factory=lambda: ["speedtest.batch_numbers=[10,30]", "speedtest.repetitions=2"]
     )
     # One training run per strategy, each with these overrides.
-    strategies: list[str] = field(default_factory=lambda: ["default", "mirrored"])
+    strategies: list[Strategy] = field(default_factory=lambda: [Strategy.default, Strategy.mirrored])
     train_overrides: list[str] = field(default_factory=list)
     report: bool = True
 
@@ -185,44 +240,28 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schemas so the YAML files can extend them (idempotent)."""
-    store = ConfigStore.instance()
-    store.store(name="base_config", node=Config)
-    for group, node in (
-        ("task", TaskConfig),
-        ("cluster", ClusterConfig),
-        ("dataset", DatasetConfig),
-        ("strategy", StrategyConfig),
-        ("model", ModelConfig),
-        ("tracking", TrackingConfig),
-    ):
-        store.store(group=group, name=f"base_{group}", node=node)
+    """Register the schema (idempotent). Its typed group fields check every group's YAML when merged,
+    so no per-group schema is stored where Hydra would list it as an option."""
+    ConfigStore.instance().store(name="base_config", node=Config)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value that composes but cannot work; raised before any work starts."""
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
-def _check_positive(key: str, value: Any) -> None:
-    if not isinstance(value, int) or value < 1:
+def _check_positive(key: str, value: int) -> None:
+    if value < 1:
         raise ConfigError(f"{key}={value!r} is not valid; it must be a whole number >= 1")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check rules that span fields, once, before Spark or TensorFlow start. Raises ConfigError."""
-    _check_choice("task", cfg.task.name, TASKS)
-    _check_choice("cluster.deploy", cfg.cluster.deploy, DEPLOY_MODES)
-    _check_choice("strategy", cfg.strategy.name, STRATEGIES)
-    for strategy in cfg.pipeline.strategies:
-        _check_choice("pipeline.strategies", strategy, STRATEGIES)
+    """Every rule that spans fields, checked once per run before Spark or TensorFlow start.
+
+    Types and closed choices are checked by Hydra at composition; this is what they cannot say.
+    Raises :class:`ConfigError` naming the key, the value and what is valid.
+    """
     for key in ("image_size", "num_shards", "batch_size", "epochs"):
         _check_positive(key, cfg[key])
-    _check_positive("strategy.num_workers", cfg.strategy.num_workers)
     _check_positive("cluster.executors", cfg.cluster.executors)
     if cfg.cluster.executor_cores < 0:
         raise ConfigError(f"cluster.executor_cores={cfg.cluster.executor_cores} must be >= 0 (0: all local cores)")
@@ -233,11 +272,67 @@ def validate(cfg: DictConfig) -> None:
         )
     if not 1 <= cfg.preprocess.jpeg_quality <= 100:
         raise ConfigError(f"preprocess.jpeg_quality={cfg.preprocess.jpeg_quality} must be in 1..100")
+    _validate_strategy(cfg.strategy)
+    _validate_train(cfg)
+    _validate_speedtest(cfg.speedtest)
+
+
+def _validate_strategy(strategy: DictConfig) -> None:
+    _check_positive("strategy.num_workers", strategy.num_workers)
+    multi_worker = Strategy(strategy.name).multi_worker
+    if not multi_worker and strategy.num_workers != 1:
+        raise ConfigError(
+            f"strategy={strategy.name} runs in one process, so strategy.num_workers must be 1 (got {strategy.num_workers}); "
+            "use strategy=multi_worker_mirrored for several workers"
+        )
+    if strategy.launcher == Launcher.spark_barrier and not multi_worker:
+        raise ConfigError(
+            f"strategy.launcher=spark_barrier runs one worker per Spark barrier task, which only a multi-worker "
+            f"strategy uses; strategy={strategy.name} runs in one process: use strategy.launcher=processes, "
+            "or strategy=multi_worker_mirrored (or experimental_multi_worker_mirrored) with strategy.launcher=spark_barrier"
+        )
+    if strategy.logical_cpu_devices < 0:
+        raise ConfigError(
+            f"strategy.logical_cpu_devices={strategy.logical_cpu_devices} must be >= 0 (0: devices as found)"
+        )
+    if strategy.worker_timeout_seconds <= 0:
+        raise ConfigError(f"strategy.worker_timeout_seconds={strategy.worker_timeout_seconds} must be > 0")
+
+
+def expected_replicas(cfg: Any) -> int | None:
+    """Replicas in sync as far as the config tells on a CPU-only machine (None: only TF can tell)."""
+    name = Strategy(cfg.strategy.name)
+    if name == Strategy.default:
+        return 1
+    if name == Strategy.mirrored:
+        return cfg.strategy.logical_cpu_devices or None
+    return cfg.strategy.num_workers  # one CPU replica per worker
+
+
+def check_batch_size(global_batch_size: int, replicas: int, strategy_name: str) -> int:
+    """Per-replica batch size; raises ConfigError when the global batch does not divide by the replicas."""
+    if global_batch_size % replicas:
+        raise ConfigError(
+            f"batch_size={global_batch_size} is the global batch size and must divide by the {replicas} "
+            f"replicas in sync of strategy={strategy_name}; choose a multiple of {replicas} "
+            f"(e.g. batch_size={max(replicas, global_batch_size // replicas * replicas)})"
+        )
+    return global_batch_size // replicas
+
+
+def _validate_train(cfg: DictConfig) -> None:
+    replicas = expected_replicas(cfg)
+    if replicas:
+        check_batch_size(cfg.batch_size, replicas, cfg.strategy.name)
     if not 0.0 < cfg.train.validation_fraction < 1.0:
         raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
-    speed = cfg.speedtest
-    for source in speed.sources:
-        _check_choice("speedtest.sources", source, SPEEDTEST_SOURCES)
+    if cfg.model.name == "mobilenet_v2" and cfg.image_size < 32:
+        raise ConfigError(f"model=mobilenet_v2 needs image_size >= 32 (got {cfg.image_size})")
+
+
+def _validate_speedtest(speed: DictConfig) -> None:
+    if not speed.sources:
+        raise ConfigError(f"speedtest.sources is empty; give at least one of: {', '.join(Source)}")
     for key in ("batch_sizes", "batch_numbers"):
         values = list(speed[key])
         if not values:
@@ -248,4 +343,3 @@ def validate(cfg: DictConfig) -> None:
         _check_positive(f"speedtest.{key}", speed[key])
     if speed.warmup_batches < 0:
         raise ConfigError(f"speedtest.warmup_batches={speed.warmup_batches} must be >= 0")
-    _check_choice("speedtest.on_short_data", speed.on_short_data, ("repeat", "error"))

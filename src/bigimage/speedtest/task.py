@@ -122,10 +122,8 @@ def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]
     """
     import mlflow
 
-    from bigimage.config import validate
     from bigimage.speedtest import results
 
-    validate(cfg)
     speed = cfg.speedtest
     points = grid_points(list(speed.sources), list(speed.batch_sizes), list(speed.batch_numbers))
     plans = plan_sources(cfg, points)

@@ -42,7 +42,6 @@ from typing import Any
 FILES = "files"
 TFRECORD = "tfrecord"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
-ON_SHORT_DATA = ("repeat", "error")
 _DIAGNOSE_LIMIT = 3  # bad files or shards named in an error message
 
 

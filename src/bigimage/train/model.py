@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bigimage.config import ConfigError
-
-MODELS = ("small_cnn", "mobilenet_v2")
+from hydra.utils import get_method
 
 
-def _small_cnn(keras: Any, image_size: int, num_classes: int, width: int, dropout: float) -> Any:
+def small_cnn(model: Any, image_size: int, num_classes: int) -> Any:
+    import tf_keras as keras
+
     layers = keras.layers
+    width = int(model.width)
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255.0)(inputs)
     x = layers.Conv2D(max(8, width // 2), 5, strides=2, padding="same", activation="relu")(x)
@@ -31,38 +32,30 @@ def _small_cnn(keras: Any, image_size: int, num_classes: int, width: int, dropou
     x = layers.MaxPooling2D(2)(x)
     x = layers.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(dropout)(x)
+    x = layers.Dropout(float(model.dropout))(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
-def _mobilenet_v2(keras: Any, image_size: int, num_classes: int, weights: str | None, dropout: float) -> Any:
+def mobilenet_v2(model: Any, image_size: int, num_classes: int) -> Any:
+    import tf_keras as keras
+
     layers = keras.layers
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)  # MobileNetV2 expects [-1, 1]
     base = keras.applications.MobileNetV2(
-        input_shape=(image_size, image_size, 3), include_top=False, weights=weights, pooling="avg"
+        input_shape=(image_size, image_size, 3), include_top=False, weights=model.weights, pooling="avg"
     )
     x = base(x)
-    x = layers.Dropout(dropout)(x)
+    x = layers.Dropout(float(model.dropout))(x)
     outputs = layers.Dense(num_classes, name="logits")(x)
     return keras.Model(inputs, outputs, name="mobilenet_v2")
 
 
 def build_model(cfg: Any, num_classes: int) -> Any:
-    """The network named by ``model.name`` for ``image_size`` inputs and ``num_classes`` logits."""
-    import tf_keras as keras
-
-    name = cfg.model.name
-    image_size = int(cfg.image_size)
-    dropout = float(cfg.model.dropout)
-    if name == "small_cnn":
-        return _small_cnn(keras, image_size, num_classes, int(cfg.model.width), dropout)
-    if name == "mobilenet_v2":
-        if image_size < 32:
-            raise ConfigError(f"model=mobilenet_v2 needs image_size >= 32 (got {image_size})")
-        return _mobilenet_v2(keras, image_size, num_classes, cfg.model.weights, dropout)
-    raise ConfigError(f"model={name!r} is not valid; choose one of: {', '.join(MODELS)}")
+    """The network of the ``model`` group: its ``_target_`` function, for ``image_size`` inputs and
+    ``num_classes`` logits."""
+    return get_method(cfg.model._target_)(cfg.model, int(cfg.image_size), num_classes)
 
 
 def compile_model(model: Any, cfg: Any) -> Any:

@@ -22,72 +22,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bigimage.config import STRATEGIES, ConfigError
+from hydra.utils import get_method
+
+from bigimage.config import Strategy
 
 log = logging.getLogger(__name__)
 
-MULTI_WORKER = ("multi_worker_mirrored", "experimental_multi_worker_mirrored")
-LAUNCHERS = ("processes", "spark_barrier")
-
 
 def is_multi_worker(cfg: Any) -> bool:
-    return cfg.strategy.name in MULTI_WORKER
-
-
-def check_strategy_config(cfg: Any) -> None:
-    """Rules of the strategy group, checked before any process starts. Raises ConfigError."""
-    name = cfg.strategy.name
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy={name!r} is not valid; choose one of: {', '.join(STRATEGIES)}")
-    workers = cfg.strategy.num_workers
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"strategy.num_workers={workers!r} is not valid; it must be a whole number >= 1")
-    if name not in MULTI_WORKER and workers != 1:
-        raise ConfigError(
-            f"strategy={name} runs in one process, so strategy.num_workers must be 1 (got {workers}); "
-            f"use strategy=multi_worker_mirrored for several workers"
-        )
-    devices = cfg.strategy.logical_cpu_devices
-    if not isinstance(devices, int) or devices < 0:
-        raise ConfigError(f"strategy.logical_cpu_devices={devices!r} must be a whole number >= 0 (0: devices as found)")
-    timeout = cfg.strategy.worker_timeout_seconds
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"strategy.worker_timeout_seconds={timeout!r} must be > 0")
-    check_launcher(cfg)
-
-
-def check_launcher(cfg: Any) -> None:
-    """``strategy.launcher`` is one of LAUNCHERS, and ``spark_barrier`` only for a multi-worker strategy."""
-    launcher = cfg.strategy.launcher
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"strategy.launcher={launcher!r} is not valid; choose one of: {', '.join(LAUNCHERS)}")
-    if launcher == "spark_barrier" and cfg.strategy.name not in MULTI_WORKER:
-        raise ConfigError(
-            f"strategy.launcher=spark_barrier runs one worker per Spark barrier task, which only a multi-worker "
-            f"strategy uses; strategy={cfg.strategy.name} runs in one process: use strategy.launcher=processes, "
-            f"or strategy=multi_worker_mirrored (or experimental_multi_worker_mirrored) with strategy.launcher=spark_barrier"
-        )
-
-
-def expected_replicas(cfg: Any) -> int | None:
-    """Replicas in sync as far as the config tells on a CPU-only machine (None: only TF can tell)."""
-    name = cfg.strategy.name
-    if name == "default":
-        return 1
-    if name == "mirrored":
-        return cfg.strategy.logical_cpu_devices or None
-    return cfg.strategy.num_workers  # one CPU replica per worker
-
-
-def check_batch_size(global_batch_size: int, replicas: int, strategy_name: str) -> int:
-    """Per-replica batch size; raises ConfigError when the global batch does not divide by the replicas."""
-    if global_batch_size % replicas:
-        raise ConfigError(
-            f"batch_size={global_batch_size} is the global batch size and must divide by the {replicas} "
-            f"replicas in sync of strategy={strategy_name}; choose a multiple of {replicas} "
-            f"(e.g. batch_size={max(replicas, global_batch_size // replicas * replicas)})"
-        )
-    return global_batch_size // replicas
+    """Also for a config read back from YAML by a worker process, where the name is a plain string."""
+    return Strategy(cfg.strategy.name).multi_worker
 
 
 def configure_devices(cfg: Any) -> None:
@@ -120,19 +64,32 @@ def configure_devices(cfg: Any) -> None:
 
 
 def make_strategy(cfg: Any) -> Any:
-    """The tf.distribute strategy named by ``strategy.name`` (call :func:`configure_devices` first)."""
+    """The tf.distribute strategy of the ``strategy`` group: its ``_target_`` function (call
+    :func:`configure_devices` first)."""
+    return get_method(cfg.strategy._target_)(cfg.strategy)
+
+
+def default(strategy: Any) -> Any:
     import tensorflow as tf
 
-    name = cfg.strategy.name
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        if not tf.config.list_physical_devices("GPU") and cfg.strategy.logical_cpu_devices:
-            devices = [device.name for device in tf.config.list_logical_devices("CPU")]
-            return tf.distribute.MirroredStrategy(devices=devices)
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker_mirrored":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "experimental_multi_worker_mirrored":
-        return tf.distribute.experimental.MultiWorkerMirroredStrategy()
-    raise ConfigError(f"strategy={name!r} is not valid; choose one of: {', '.join(STRATEGIES)}")
+    return tf.distribute.get_strategy()
+
+
+def mirrored(strategy: Any) -> Any:
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU") and strategy.logical_cpu_devices:
+        return tf.distribute.MirroredStrategy(devices=[device.name for device in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.MirroredStrategy()
+
+
+def multi_worker_mirrored(strategy: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def experimental_multi_worker_mirrored(strategy: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.distribute.experimental.MultiWorkerMirroredStrategy()
