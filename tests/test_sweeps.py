@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -50,8 +51,9 @@ def test_preprocess_sweep_over_clusters(launcher: list[str], make_image_tree: Ca
         assert child.data.metrics["images"] == 6
         assert child.data.tags["sweep_id"] == parent.info.run_id
         assert f"cluster={child.data.params['cluster.name']}" in child.data.tags["overrides"]
-    masters = sorted(child.data.tags["spark.master"] for child in children)
-    assert masters == ["local[2]", "local[6]"], "each shape runs with its own executor x core slots"
+    # cluster=local takes every core of the machine it runs on (executor_cores=0); four is 3 x 2 slots.
+    masters = {child.data.params["cluster.name"]: child.data.tags["spark.master"] for child in children}
+    assert masters == {"local": f"local[{os.cpu_count() or 1}]", "four": "local[6]"}, "each shape runs with its own slots"
 
 
 def test_failing_job_marks_child_and_parent_failed(make_image_tree: Callable[..., Path], tmp_path: Path) -> None:

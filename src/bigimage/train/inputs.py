@@ -15,7 +15,8 @@ workers, tensorflow#36846) is never used: the datasets go through
 choice is logged as the ``input_sharding`` param.
 
 Pipeline: parallel interleaved reads -> split filter -> shard -> parallel decode (uint8) -> cache
-(``train.cache``) -> shuffle (training) -> repeat -> augment (``train.augment``, off by default) ->
+(``train.cache``: in memory, in a file on local disk or none, as :mod:`bigimage.train.cache` chose for
+the machine) -> shuffle (training) -> repeat -> augment (``train.augment``, off by default) ->
 batch (per-replica size, i.e. the global batch divided by the replicas) -> prefetch. Both datasets
 repeat; epochs are ``steps_per_epoch = train_records // batch_size`` steps (at least one) and
 validation ``ceil(val_records / batch_size)`` steps, so every worker runs the same number of steps
@@ -26,10 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigimage.config import ConfigError
 from bigimage.data import readers, schema
+
+if TYPE_CHECKING:
+    from bigimage.train.cache import CacheChoice
 
 SPLITS = ("hash", "shard")
 HASH_BUCKETS = 1000
@@ -125,8 +129,12 @@ def build_inputs(
     training: bool,
     input_context: Any = None,
     batch_size: int | None = None,
+    cache: CacheChoice | None = None,
 ) -> Any:
     """The (images uint8, classes int32) batches of one input pipeline.
+
+    ``cache``: where decoded images are kept after the first pass (:func:`bigimage.train.cache.choose_cache`,
+    called once per process); None keeps none.
 
     With an ``input_context`` (from ``distribute_datasets_from_function``) the pipeline keeps its share
     of the records and batches by the per-replica size; without one it batches by ``batch_size`` (default
@@ -151,8 +159,9 @@ def build_inputs(
         lambda record: readers.decode_record(record, int(cfg.image_size), as_uint8=True),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
-    if cfg.train.cache:
-        dataset = dataset.cache()
+    if cache is not None:
+        pipeline = input_context.input_pipeline_id if input_context is not None else 0
+        dataset = cache.apply(dataset, f"{'train' if training else 'val'}-{pipeline}")
     if training and cfg.train.shuffle_buffer:
         dataset = dataset.shuffle(int(cfg.train.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.repeat()
@@ -164,12 +173,12 @@ def build_inputs(
     return dataset.with_options(options)
 
 
-def distributed_inputs(strategy: Any, cfg: Any, plan: SplitPlan) -> tuple[Any, Any]:
+def distributed_inputs(strategy: Any, cfg: Any, plan: SplitPlan, cache: CacheChoice | None = None) -> tuple[Any, Any]:
     """(train, validation) datasets distributed over the strategy's replicas."""
     train = strategy.distribute_datasets_from_function(
-        lambda context: build_inputs(cfg, plan, training=True, input_context=context)
+        lambda context: build_inputs(cfg, plan, training=True, input_context=context, cache=cache)
     )
     val = strategy.distribute_datasets_from_function(
-        lambda context: build_inputs(cfg, plan, training=False, input_context=context)
+        lambda context: build_inputs(cfg, plan, training=False, input_context=context, cache=cache)
     )
     return train, val

@@ -19,6 +19,7 @@ Callers that already run Python with ``TF_CONFIG`` set (e.g. a Spark barrier tas
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ def train_worker(
 
     from bigimage.data import readers
     from bigimage.train import inputs as inputs_mod
+    from bigimage.train.cache import choose_cache
     from bigimage.train.callbacks import HISTORY_NAME, RunLogger, TrainingObserver, best_of
     from bigimage.train.model import build_model, compile_model
 
@@ -84,7 +86,11 @@ def train_worker(
     plan = inputs_mod.plan_split(cfg, cfg.tfrecord_dir, manifest)
     steps_per_epoch = inputs_mod.steps(plan.train_records, global_batch, training=True)
     val_steps = inputs_mod.steps(plan.val_records, global_batch, training=False)
-    train_data, val_data = inputs_mod.distributed_inputs(strategy, cfg, plan)
+    # Memory, a local file or no cache, checked against this machine before any image is decoded.
+    cache = choose_cache(cfg, plan)
+    atexit.register(cache.cleanup)  # also when training fails; folders of killed workers go next time
+    log.info("worker %d: input cache %s: %s", task_index, cache.mode, cache.reason)
+    train_data, val_data = inputs_mod.distributed_inputs(strategy, cfg, plan, cache)
 
     with strategy.scope():
         model = compile_model(build_model(cfg, plan.num_classes), cfg)
@@ -107,7 +113,9 @@ def train_worker(
             "model_parameters": model.count_params(),
         }
     )
-    run_logger.tags({"checkpoint_dir": checkpoint_dir, "tf_version": tf.__version__, "keras": f"tf_keras {keras.__version__}"})
+    run_logger.tags(
+        {"checkpoint_dir": checkpoint_dir, "tf_version": tf.__version__, "keras": f"tf_keras {keras.__version__}", **cache.tags()}
+    )
 
     progress_path = None
     if work_dir:
@@ -180,6 +188,7 @@ def train_worker(
         return result
     finally:
         shutil.rmtree(save_root, ignore_errors=True)
+        cache.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
