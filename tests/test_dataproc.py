@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from google.api_core.exceptions import NotFound
 from google.cloud import dataproc_v1
 
 from bigimage.cloud import dataproc
+from bigimage.config import PROJECT_ROOT
 from bigimage.cloud.dataproc import (
     PIP_PACKAGES_PROPERTY,
     SINGLE_NODE_PROPERTY,
@@ -259,7 +261,8 @@ def test_dry_run_prints_gcloud_commands_in_documented_syntax(shape: str, tmp_pat
     assert driver.is_file() and config.is_file() and config.name == dataproc.CONFIG_NAME
     with zipfile.ZipFile(package) as archive:
         names = archive.namelist()
-    assert "bigimage/spark/cluster.py" in names and "bigimage/cloud/dataproc_driver.py" in names
+    assert "bigimage/spark/cluster.py" in names
+    assert driver.read_text() == (PROJECT_ROOT / "dataproc_driver.py").read_text()
     assert not any("__pycache__" in name for name in names)
     assert "warning: dataset.root" in text  # local paths the cluster cannot reach are pointed out
 
@@ -462,51 +465,10 @@ def test_cluster_in_error_state_is_not_reused(monkeypatch) -> None:
 
 
 # ------------------------------------------------------------------ the driver that runs on the cluster
-def driver_entry_for_test(cfg) -> None:
-    """What the driver calls instead of bigimage.tasks.run_task in the test: a Spark job via spark_for."""
+def test_driver_runs_a_real_task_in_its_own_tracked_run(tmp_path: Path, make_image_tree) -> None:
+    """The driver as Dataproc runs it, from the job files: task=preprocess through the task table, tracked
+    like run_task, on the Spark the cluster gives (here a local master standing in for YARN)."""
     import mlflow
-
-    from bigimage.spark.cluster import spark_for
-    from bigimage.spark.session import log_spark_resources
-
-    with spark_for(cfg.cluster, "driver-test") as spark:
-        total = spark.sparkContext.parallelize(range(10), 2).sum()
-        log_spark_resources(spark)
-    mlflow.log_metric("total", total)
-
-
-def test_driver_runs_the_entry_inside_an_mlflow_run_on_the_cluster_master(tmp_path: Path, monkeypatch) -> None:
-    import mlflow
-    from omegaconf import OmegaConf
-
-    from bigimage.cloud import dataproc_driver
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = _gs_cfg("single", "cluster.master='local[2]'", f"tracking.uri={uri}", "tracking.experiment=driver-test")
-    files = dataproc.write_job_files(cfg, tmp_path / "job")
-    monkeypatch.chdir(tmp_path / "job")
-    monkeypatch.delenv("BIGIMAGE_ON_DATAPROC", raising=False)
-    assert OmegaConf.load(files.config).cluster.deploy == "dataproc"
-    try:
-        assert dataproc_driver.main(["--config", dataproc.CONFIG_NAME, "--entry", f"{__name__}:driver_entry_for_test"]) == 0
-    finally:
-        os.environ.pop("BIGIMAGE_ON_DATAPROC", None)
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["driver-test"], output_format="list")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics["total"] == 45
-    # Read back from the running Spark: this stand-in for the cluster's YARN is a local master.
-    assert run.data.tags["spark.deploy"] == "local"
-    assert run.data.tags["spark.master"] == "local[2]"
-
-
-def test_driver_runs_a_real_task_in_its_own_tracked_run(tmp_path: Path, monkeypatch, make_image_tree) -> None:
-    """The default path of the driver: task=preprocess through the task table, tracked like run_task."""
-    import mlflow
-
-    from bigimage.cloud import dataproc_driver
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = make_image_tree(per_class=2)
@@ -515,14 +477,16 @@ def test_driver_runs_a_real_task_in_its_own_tracked_run(tmp_path: Path, monkeypa
         f"tfrecord_dir={tmp_path / 'tfrecords'}", "num_shards=2", "image_size=32",
         f"tracking.uri={uri}", "tracking.experiment=driver-task",
     )
-    dataproc.write_job_files(cfg, tmp_path / "job")
-    monkeypatch.chdir(tmp_path / "job")
-    try:
-        assert dataproc_driver.main(["--config", dataproc.CONFIG_NAME]) == 0
-    finally:
-        os.environ.pop("BIGIMAGE_ON_DATAPROC", None)
+    files = dataproc.write_job_files(cfg, tmp_path / "job")
+    environment = {key: value for key, value in os.environ.items() if key != "BIGIMAGE_ON_DATAPROC"}
+    result = subprocess.run(
+        [sys.executable, files.driver.name, "--config", files.config.name],
+        cwd=files.driver.parent, env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["driver-task"], output_format="list")
     assert [run.info.status for run in runs] == ["FINISHED"]
     assert runs[0].data.metrics["images"] == 6
     assert runs[0].data.tags["cluster.deploy"] == "dataproc"
+    assert runs[0].data.tags["spark.master"] == "local[2]"  # read back from the running Spark

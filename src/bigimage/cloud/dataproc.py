@@ -324,7 +324,7 @@ def write_job_files(cfg: DictConfig, directory: Path) -> JobFiles:
     """The three files a job needs: driver script, package zip, resolved config."""
     directory.mkdir(parents=True, exist_ok=True)
     driver = directory / DRIVER_NAME
-    shutil.copyfile(Path(__file__).with_name("dataproc_driver.py"), driver)
+    shutil.copyfile(PROJECT_ROOT / "dataproc_driver.py", driver)
     package = package_zip(directory / PACKAGE_ZIP)
     config = directory / CONFIG_NAME
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -1,4 +1,5 @@
-"""The PySpark main file of a Dataproc job that ``run_on_dataproc`` submits.
+"""The PySpark main file of a Dataproc job that ``run_on_dataproc`` submits: an entry point, like
+``run.py``, kept out of the package it runs.
 
 It runs on the cluster's master node with the package on the Python path (``--py-files
 bigimage.zip``) and the resolved config next to it (``--files bigimage-config.yaml``)::
@@ -45,9 +46,6 @@ def run_here(cfg) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a bigimage task as a Dataproc job.")
     parser.add_argument("--config", required=True, help="the resolved config YAML shipped with --files")
-    parser.add_argument(
-        "--entry", default=None, help="module:function taking the config, run inside a plain MLflow run (tests)"
-    )
     args = parser.parse_args(argv)
     from bigimage.config import ON_DATAPROC_ENV
 
@@ -58,23 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = OmegaConf.load(_find_config(args.config))
     print(f"[dataproc] task={cfg.task.name} cluster={cfg.cluster.name} python={sys.executable}", flush=True)
-    if args.entry is None:
-        run_here(cfg)
-        return 0
-
-    import importlib
-
-    import mlflow
-
-    module_name, function_name = args.entry.split(":", 1)
-    entry = getattr(importlib.import_module(module_name), function_name)
-    if cfg.tracking.get("uri"):
-        mlflow.set_tracking_uri(str(cfg.tracking.uri))
-    mlflow.set_experiment(str(cfg.tracking.experiment))
-    with mlflow.start_run(run_name=f"{cfg.task.name}-{cfg.cluster.name}-dataproc") as run:
-        mlflow.set_tags({"task": str(cfg.task.name), "cluster.deploy": "dataproc"})
-        entry(cfg)
-        print(f"[dataproc] MLflow run {run.info.run_id}", flush=True)
+    run_here(cfg)
     return 0
 
 
