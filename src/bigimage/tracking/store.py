@@ -76,7 +76,7 @@ def ensure_experiment(name: str, artifact_location: str | None) -> str:
         try:
             return client.create_experiment(name, artifact_location=artifact_location)
         except MlflowException as error:
-            if "already exists" not in str(error).lower():
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             return client.get_experiment_by_name(name).experiment_id
 
