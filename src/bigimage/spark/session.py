@@ -4,6 +4,11 @@ Locally (``cluster.deploy=local``) a shape runs as ``local[executors x executor_
 that many task slots, so a shape's parallelism matches its vCPUs even on a smaller machine (Spark
 then time-slices the slots over the real cores). ``deploy=standalone`` gives real executors: see
 :mod:`bigimage.spark.cluster` (``spark_for``), which starts the cluster and calls :func:`spark_session`.
+
+A session on this machine only (local mode, or a standalone master on loopback) listens on 127.0.0.1
+only: driver and block manager through ``spark.driver.bindAddress``, the web UI (when
+``spark.ui.enabled``) through ``SPARK_LOCAL_IP`` in the driver JVM's environment, the one setting
+Spark's UI reads. With any other master the driver binds where Spark and ``cluster.spark_conf`` say.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+SECRET_KEY = "spark.authenticate.secret"
 SUPPORTED_JAVA = (17, 21)
 JAVA_HINT = (
     "install Java 17 or 21 (Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`) and put it on PATH "
@@ -66,6 +75,11 @@ def local_master(cluster: Any) -> str:
     return f"local[{total_slots(cluster)}]"
 
 
+def loopback_master(master: str) -> bool:
+    """Whether everything of a session on ``master`` runs on this machine's loopback."""
+    return master.startswith(("local", "spark://127.0.0.1:", "spark://localhost:"))
+
+
 def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
     """The Spark settings of a shape on a given master."""
     conf = {
@@ -79,9 +93,9 @@ def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
     }
-    if master.startswith("spark://127.0.0.1") or master.startswith("spark://localhost"):
-        # A cluster on loopback: executors must call the driver back on loopback too.
-        conf.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+    if loopback_master(master):
+        # Nothing to reach from elsewhere; a loopback cluster's executors call the driver back there too.
+        conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
     if not master.startswith("local"):
         conf.update(
             {
@@ -113,12 +127,21 @@ def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Ite
     check_java()
     from pyspark.sql import SparkSession
 
+    from bigimage.spark.standalone import auth_conf
+
     master = master or cluster.master or local_master(cluster)
     # PySpark takes the workers' Python from the environment, not from spark.pyspark.python.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    conf = spark_conf(cluster, master, app_name)
+    loopback = loopback_master(master)
+    if loopback and conf.get("spark.ui.enabled") == "true" and not _jvm_on_loopback():
+        log.warning("this process's Spark JVM was started for another network; the Spark UI stays off")
+        conf["spark.ui.enabled"] = "false"
+    _start_driver_jvm(conf, loopback)
     builder = SparkSession.builder
-    for key, value in spark_conf(cluster, master, app_name).items():
+    # A standalone cluster this process started wants its secret (given here only: no config, no log).
+    for key, value in {**conf, **auth_conf(master)}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
@@ -127,6 +150,40 @@ def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Ite
         yield spark
     finally:
         spark.stop()
+
+
+def _jvm_on_loopback() -> bool:
+    """True unless a driver JVM already runs in this process with another ``SPARK_LOCAL_IP`` than 127.0.0.1."""
+    from pyspark import SparkContext
+
+    if SparkContext._jvm is None:
+        return True
+    return SparkContext._jvm.java.lang.System.getenv("SPARK_LOCAL_IP") == LOOPBACK
+
+
+def _start_driver_jvm(conf: dict[str, str], loopback: bool) -> None:
+    """Start PySpark's driver JVM (once per process) ahead of the first session, on two terms of ours.
+
+    PySpark puts the settings it starts the JVM with on its command line, which every local user can
+    read (``ps``): a secret is left out there and follows through py4j with the session. Spark's web
+    UI binds to ``SPARK_LOCAL_IP`` from the JVM's environment (else 0.0.0.0): 127.0.0.1 for a loopback
+    session.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    if SparkContext._gateway is not None:
+        return
+    saved = os.environ.get("SPARK_LOCAL_IP")
+    if loopback:
+        os.environ["SPARK_LOCAL_IP"] = LOOPBACK
+    try:
+        settings = [(key, value) for key, value in conf.items() if key != SECRET_KEY]
+        SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(settings))
+    finally:
+        if saved is None:
+            os.environ.pop("SPARK_LOCAL_IP", None)
+        else:
+            os.environ["SPARK_LOCAL_IP"] = saved
 
 
 def _executor_summaries(spark: Any, active_only: bool) -> list[Any] | None:

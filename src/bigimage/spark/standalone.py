@@ -13,6 +13,12 @@ killed with SIGKILL.
 
     with StandaloneCluster(workers=2, cores_per_worker=1, memory_per_worker="1g") as cluster:
         ... SparkSession on cluster.master_url ...
+
+Spark authentication is on: each cluster gets a generated secret, which the daemons read from a
+properties file only its owner can read (never a command line, which every local user can see in
+``ps``), the executors get from their worker (Spark passes it in their environment), and
+:func:`bigimage.spark.session.spark_session` gives any session this process opens on the cluster
+(:func:`auth_conf`). The master's REST submission server, which has no authentication, is off.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import ctypes
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -328,6 +335,7 @@ class StandaloneCluster:
     master: Optional[Daemon] = None
     worker_daemons: list[Daemon] = field(default_factory=list)
     start_seconds: float = 0.0
+    secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     _own_work_dir: bool = False
     _stopped: bool = False
 
@@ -403,7 +411,21 @@ class StandaloneCluster:
         except ProcessLookupError:
             pass
 
+    def auth_conf(self) -> dict[str, str]:
+        """The settings an application needs to join this cluster (the secret included: keep it out of logs)."""
+        return {"spark.authenticate": "true", "spark.authenticate.secret": self.secret}
+
     # ---- internals
+    # ---- internals
+    def _properties_file(self) -> Path:
+        """The daemons' Spark properties, readable by this user only (the secret must not reach a command line)."""
+        path = self.work_dir / "spark-daemons.conf"
+        settings = {**self.auth_conf(), "spark.master.rest.enabled": "false"}
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{key} {value}\n" for key, value in settings.items())
+        return path
+
     def _env(self) -> dict[str, str]:
         home = spark_home()
         env = dict(os.environ)
@@ -453,9 +475,8 @@ class StandaloneCluster:
                 "machine (127.0.0.1 for loopback)"
             ) from error
         env = {"SPARK_MASTER_OPTS": "-Dspark.port.maxRetries=0"} if self.master_port else None
-        self.master = self._spawn(
-            "master", [MASTER_CLASS, "--host", self.host, "--port", str(port), "--webui-port", str(webui_port)], env
-        )
+        args = ["--host", self.host, "--port", str(port), "--webui-port", str(webui_port)]
+        self.master = self._spawn("master", [MASTER_CLASS, *args, "--properties-file", str(self._properties_file())], env)
         deadline = time.monotonic() + self.start_timeout_seconds
         while time.monotonic() < deadline:
             text = self.master.log_text()
@@ -493,6 +514,8 @@ class StandaloneCluster:
                 str(webui_port),
                 "--work-dir",
                 str(self.work_dir / "work" / f"worker-{index}"),
+                "--properties-file",
+                str(self.work_dir / "spark-daemons.conf"),
                 self.master_url,
             ],
         )
@@ -527,6 +550,13 @@ class StandaloneCluster:
                     f"last lines of {pending[0].log_path}:\n{_tail(pending[0].log_path)}"
                 )
             time.sleep(0.2)
+
+
+def auth_conf(master_url: str) -> dict[str, str]:
+    """:meth:`StandaloneCluster.auth_conf` of the running cluster this process started at ``master_url``, else {}."""
+    with _LIVE_LOCK:
+        clusters = [cluster for cluster in _LIVE if cluster.master_url == master_url and not cluster._stopped]
+    return clusters[0].auth_conf() if clusters else {}
 
 
 def spark_daemon_pids() -> list[int]:

@@ -14,6 +14,11 @@ naming the worker, its exit code and the last lines of its log. Each worker's st
 ``strategy.launcher=spark_barrier`` (multi-worker strategies only) runs the same worker command line
 once per Spark barrier task on the executors of ``cluster`` instead (:func:`run_spark_barrier_workers`),
 with the same TF_CONFIG, logs, progress files, MLflow logging by the chief, checkpoints and errors.
+
+The workers of a multi-worker training on this machine (processes, or the barrier tasks of a local or
+loopback standalone Spark) share one private network namespace holding only ``lo``
+(:mod:`bigimage.train.netns`): TensorFlow's gRPC servers listen on every interface whatever TF_CONFIG
+says, and there nothing but the other workers can reach them.
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ import sys
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+
+from bigimage.train.netns import EXPOSED, private_network
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +125,15 @@ def _kill(workers: list[_Worker]) -> None:
             log.error("worker %d (pid %d) did not die", worker.index, worker.process.pid)
 
 
+@contextmanager
+def _killing(workers: list[_Worker]) -> Iterator[None]:
+    """Kill every worker on the way out (inside the network context: they go before its holder)."""
+    try:
+        yield
+    finally:
+        _kill(workers)
+
+
 def run_local_workers(
     config_path: str,
     num_workers: int,
@@ -126,13 +144,20 @@ def run_local_workers(
     run_id: str | None = None,
     result_file: str | None = None,
     poll_seconds: float = 0.2,
+    worker_uris: Sequence[str | None] = (),
 ) -> None:
-    """Run ``num_workers`` worker processes to completion; raise WorkerFailedError on any failure."""
+    """Run ``num_workers`` worker processes to completion; raise WorkerFailedError on any failure.
+
+    Several workers share one private network namespace (module doc), unless one of ``worker_uris``
+    (tracking, artifact, checkpoint locations) needs the network or no namespace can be made here:
+    then they run on the host network, with a warning.
+    """
     logs_dir = os.path.join(work_dir, "logs")
     os.makedirs(logs_dir, exist_ok=True)
     addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)] if num_workers > 1 else []
     workers: list[_Worker] = []
-    try:
+    network_context = private_network(worker_uris) if num_workers > 1 else nullcontext(None)
+    with network_context as network, _killing(workers):
         for index in range(num_workers):
             argv = [
                 sys.executable, "-m", "bigimage.train.worker",
@@ -148,6 +173,8 @@ def run_local_workers(
                 argv += ["--result-file", result_file]
             env = worker_env({"TF_CONFIG": tf_config(addresses, index)} if addresses else None)
             log_path = os.path.join(logs_dir, f"worker-{index}.log")
+            if network is not None:
+                argv = network.command(argv)
             with open(log_path, "ab") as out:
                 process = subprocess.Popen(
                     argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=os.getcwd()
@@ -155,8 +182,6 @@ def run_local_workers(
             workers.append(_Worker(index, process, log_path))
             log.info("started worker %d/%d pid %d, log %s", index, num_workers, process.pid, log_path)
         _watch(workers, timeout_seconds, poll_seconds)
-    finally:
-        _kill(workers)
 
 
 def _watch(workers: list[_Worker], timeout_seconds: float, poll_seconds: float) -> None:
@@ -223,7 +248,8 @@ class BarrierWorker:
 
     Paths (config, ``tfrecord_dir``, checkpoints, ``work_dir``) are the driver's: the executors must see
     them (same machine as here, or a shared file system). The chief's final metrics come back through
-    Spark, not through a shared file.
+    Spark, not through a shared file. ``prefix`` (a :class:`~bigimage.train.netns.PrivateNetwork`'s, for
+    executors on the driver's machine) runs every worker in that network namespace.
     """
 
     def __init__(
@@ -235,6 +261,7 @@ class BarrierWorker:
         timeout_seconds: float,
         tracking_uri: str | None = None,
         run_id: str | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
         self.num_workers = int(num_workers)
@@ -242,6 +269,7 @@ class BarrierWorker:
         self.timeout_seconds = float(timeout_seconds)
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self.prefix = list(prefix)
 
     def __call__(self, tf_config_dict: dict) -> dict:
         rank = int(tf_config_dict["task"]["index"])
@@ -265,7 +293,9 @@ class BarrierWorker:
         env = worker_env({"TF_CONFIG": json.dumps(tf_config_dict)})
         host = socket.gethostname()
         with open(log_path, "ab") as out:
-            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                [*self.prefix, *argv], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         worker = _Worker(rank, process, log_path)
         try:
             try:
@@ -320,6 +350,7 @@ def run_spark_barrier_workers(
     run_id: str | None = None,
     result_file: str | None = None,
     app_name: str = "bigimage-train",
+    worker_uris: Sequence[str | None] = (),
 ) -> list[dict]:
     """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
 
@@ -328,18 +359,30 @@ def run_spark_barrier_workers(
     (WorkerTimeoutError); a worker that exits with an error fails the stage, and this raises
     WorkerFailedError naming it, its exit code and its last log lines. Writes the chief's final metrics
     to ``result_file``; returns one ``{rank, pid, host, log, result}`` per worker.
+
+    On a Spark whose executors all run on this machine on loopback (local mode, the standalone cluster
+    that ``spark_for`` starts) the workers share one private network namespace, as with the process
+    launcher (same ``worker_uris`` rule); on other hosts TensorFlow's servers listen where it puts them.
     """
     from bigimage.spark.barrier import BarrierError, run_barrier_workers
     from bigimage.spark.cluster import spark_for
+    from bigimage.spark.session import loopback_master
 
-    worker_fn = BarrierWorker(
-        config_path, num_workers, work_dir, timeout_seconds=timeout_seconds, tracking_uri=tracking_uri, run_id=run_id
-    )
     os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
-    with spark_for(cluster_cfg, app_name) as spark:
+    with spark_for(cluster_cfg, app_name) as spark, ExitStack() as stack:
+        master = spark.sparkContext.master
+        network = None
+        if loopback_master(master):
+            network = stack.enter_context(private_network(worker_uris, what="the barrier training workers"))
+        else:
+            log.warning("the TensorFlow workers on the executors of %s: %s", master, EXPOSED)
+        worker_fn = BarrierWorker(
+            config_path, num_workers, work_dir, timeout_seconds=timeout_seconds, tracking_uri=tracking_uri,
+            run_id=run_id, prefix=network.prefix if network else (),
+        )  # fmt: skip
         if run_id:
             _log_spark(spark)
-        log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", num_workers, spark.sparkContext.master)
+        log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", num_workers, master)
         try:
             reports = run_barrier_workers(spark, num_workers, worker_fn, timeout_seconds=timeout_seconds)
         except BarrierError as error:

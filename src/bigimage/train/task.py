@@ -89,6 +89,13 @@ def _active_run() -> tuple[str | None, str | None]:
     return run.info.run_id, mlflow.get_tracking_uri()
 
 
+def _artifact_uri() -> str | None:
+    import mlflow
+
+    run = mlflow.active_run()
+    return run.info.artifact_uri if run is not None else None
+
+
 def worker_config(cfg: Any, tfrecord_dir: str) -> DictConfig:
     """The fully resolved config the workers read: local ``tfrecord_dir``, ``train.checkpoint_dir`` set."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -131,6 +138,8 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
             tracking_uri=tracking_uri,
             run_id=run_id,
             result_file=result_file,
+            # What the workers write to: one over the network keeps them out of a private network namespace.
+            worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir)),
         )
         if cfg.strategy.launcher == "spark_barrier":
             # One worker per Spark barrier task on the executors of cfg.cluster (multi-worker only).

@@ -1,0 +1,210 @@
+"""Nobody let in: everything a local run starts listens on loopback only (issue 10).
+
+Each run below is watched (:mod:`tests.listening`): every TCP listener of this process and of every
+process it starts (Spark JVMs, executors, Python workers, TensorFlow workers, the storage emulator)
+must be on 127.0.0.0/8 or ::1, or inside a private network namespace that holds only ``lo``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bigimage.config import PROJECT_ROOT
+from bigimage.spark.cluster import spark_for
+from bigimage.train import netns
+from bigimage.train.task import run_train
+from tests.conftest import compose_config, train_config
+from tests.listening import interfaces, listeners_of, processes_in, watch_listeners
+from tests.listening import netns as netns_of
+from tests.test_train_runs import progress
+from tests.tfrecord_fixtures import write_tfrecord_dir
+
+UI_ON = "+cluster.spark_conf={spark.ui.enabled: 'true'}"  # the UI binds apart from the driver: check it too
+needs_netns = pytest.mark.skipif(
+    os.geteuid() != 0 and not os.path.exists("/proc/self/ns/user"), reason="no network namespaces for this user"
+)
+
+
+def interfaces_in(net_dev: str) -> list[str]:
+    """Interface names in a ``/proc/net/dev`` listing."""
+    return sorted(line.split(":", 1)[0].strip() for line in net_dev.splitlines() if ":" in line)
+
+
+def assert_loopback_only(watch, *, at_least: int) -> None:
+    assert len(watch.listeners) >= at_least, f"too few listeners seen to judge:\n{watch.report()}"
+    assert not watch.exposed, f"listening beyond loopback:\n{watch.report()}"
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tfr")
+    write_tfrecord_dir(directory, num_images=48, image_size=32, num_shards=2)
+    return str(directory)
+
+
+# ---------------------------------------------------------------------------------- Spark (item 2)
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_preprocess_on_local_spark_listens_on_loopback_only(mlflow_experiment, make_image_tree, tmp_path) -> None:
+    from bigimage.spark.preprocess import run_preprocess
+
+    cfg = compose_config(
+        [
+            "task=preprocess", "cluster=local", "dataset=folder", f"dataset.root={make_image_tree(per_class=2)}",
+            f"tfrecord_dir={tmp_path / 'out'}", "image_size=32", "num_shards=2", UI_ON,
+        ]
+    )  # fmt: skip
+    with watch_listeners() as watch, mlflow.start_run(experiment_id=mlflow_experiment):
+        run_preprocess(cfg)
+    java = [listener for listener in watch.listeners if "java" in listener.command]
+    assert len(java) >= 3, watch.report()  # driver RPC, block manager, UI (and py4j)
+    assert_loopback_only(watch, at_least=3)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_standalone_cluster_listens_on_loopback_with_authentication(mlflow_experiment) -> None:
+    from bigimage.spark.session import log_spark_resources
+    from bigimage.spark.standalone import auth_conf
+
+    cfg = compose_config(
+        ["cluster=four", "cluster.deploy=standalone", "cluster.executors=1", "cluster.executor_cores=1",
+         "cluster.executor_memory=512m", "cluster.driver_memory=1g", UI_ON]
+    )  # fmt: skip
+    began = time.monotonic()
+    with watch_listeners() as watch, spark_for(cfg.cluster, "loopback-auth") as spark:
+        assert spark.sparkContext.parallelize(range(8), 2).map(lambda x: x * 2).sum() == 56  # an executor ran it
+        conf = spark.sparkContext.getConf()
+        secret = auth_conf(spark.sparkContext.master)["spark.authenticate.secret"]
+        work_dir = Path(conf.get("spark.bigimage.standalone.workDir"))
+        with mlflow.start_run(experiment_id=mlflow_experiment) as run:
+            log_spark_resources(spark)
+        watch.poll()
+        logs = {path: path.read_text(errors="replace") for path in work_dir.rglob("*") if path.is_file()}
+        properties = work_dir / "spark-daemons.conf"
+        properties_mode = properties.stat().st_mode
+        everyone = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+    print(f"\n[timing] standalone cluster with authentication, one job: {time.monotonic() - began:.1f} s")
+    assert_loopback_only(watch, at_least=6)  # master, worker, executor, driver: RPC and UIs
+    assert conf.get("spark.authenticate") == "true"
+    daemon_logs = [text for path, text in logs.items() if path.suffix == ".log" or path.name == "stderr"]
+    assert len(daemon_logs) >= 3  # master, worker, executor
+    assert all("authentication enabled" in text for text in daemon_logs), "a Spark process runs without auth"
+    assert not any("Started REST server" in text for text in daemon_logs)  # it takes no authentication
+    # The secret is in no command line (any local user reads those), no log and no MLflow record.
+    assert [path for path, text in logs.items() if secret in text] == [properties]
+    assert properties_mode & 0o077 == 0  # the daemons' properties: their owner's only
+    assert not any(secret in command for command in everyone + sorted(watch.commands))
+    logged = MlflowClient().get_run(run.info.run_id).data
+    assert secret not in repr((logged.params, logged.tags, logged.metrics))
+
+
+# ------------------------------------------------------------------------- TensorFlow workers (item 1)
+@pytest.mark.slow
+@needs_netns
+@pytest.mark.timeout(300)
+def test_multi_worker_training_listens_on_loopback_only(tmp_path, tfrecords, mlflow_experiment) -> None:
+    cfg = train_config(tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.num_workers=2", "epochs=1")
+    began = time.monotonic()
+    with watch_listeners() as watch, mlflow.start_run(experiment_id=mlflow_experiment) as run:
+        metrics = run_train(cfg)
+    print(f"\n[timing] 2 workers x 1 epoch in a private network: {time.monotonic() - began:.1f} s")
+    assert metrics["replicas"] == 2
+    assert_loopback_only(watch, at_least=2)
+    workers = {entries[0]["pid"] for entries in progress(cfg, run.info.run_id).values()}
+    spaces = {watch.netns_of[pid] for pid in workers}
+    assert len(workers) == 2 and len(spaces) == 1 and spaces != {netns_of()}  # one private namespace, shared
+    (space,) = spaces
+    assert len([l for l in watch.listeners if l.netns == space]) >= 2  # both gRPC servers, seen in there
+    assert processes_in(space) == []  # torn down with the training
+    # The chief logged from inside through the sqlite store on the shared file system.
+    assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [0]
+
+
+@pytest.mark.slow
+@needs_netns
+@pytest.mark.timeout(300)
+def test_barrier_training_on_local_spark_listens_on_loopback_only(tmp_path, tfrecords, mlflow_experiment) -> None:
+    cfg = train_config(
+        tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.launcher=spark_barrier", "epochs=1",
+        "cluster=local", "cluster.executors=1", "cluster.executor_cores=2",
+    )  # fmt: skip
+    began = time.monotonic()
+    with watch_listeners() as watch, mlflow.start_run(experiment_id=mlflow_experiment) as run:
+        metrics = run_train(cfg)
+    print(f"\n[timing] 2 barrier workers x 1 epoch on local Spark: {time.monotonic() - began:.1f} s")
+    assert metrics["replicas"] == 2
+    assert_loopback_only(watch, at_least=4)  # driver, block manager, two gRPC servers
+    workers = {entries[0]["pid"] for entries in progress(cfg, run.info.run_id).values()}
+    spaces = {watch.netns_of[pid] for pid in workers}
+    assert len(workers) == 2 and len(spaces) == 1 and spaces != {netns_of()}
+    assert processes_in(spaces.pop()) == []
+
+
+# ------------------------------------------------------------------------------ the namespace itself
+@needs_netns
+def test_private_network_is_shared_unreachable_and_torn_down() -> None:
+    server = "import socket; s = socket.create_server(('::', 0), family=socket.AF_INET6, dualstack_ipv6=True); print(s.getsockname()[1], flush=True); s.accept()[0].recv(1)"
+    with netns.private_network() as network:
+        assert network is not None, "no namespace although this machine allows one"
+        listener = subprocess.Popen(network.command([sys.executable, "-c", server]), stdout=subprocess.PIPE, text=True)
+        port = int(listener.stdout.readline())
+        space = netns_of(listener.pid)
+        assert space != netns_of() and interfaces(listener.pid) == ["lo"]
+        assert [(l.address, l.port, l.private_netns) for l in listeners_of(listener.pid)] == [("::", port, True)]
+        with pytest.raises(OSError):  # listening on every interface, yet nothing here reaches it
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        client = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).send(b'x')"
+        assert subprocess.run(network.command([sys.executable, "-c", client]), check=False).returncode == 0  # a fellow does
+        assert listener.wait(timeout=10) == 0
+    assert network.holder.poll() is not None and processes_in(space) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become nobody")
+def test_private_network_without_root_uses_a_user_namespace() -> None:
+    probe = "import bigimage.train.netns as n, subprocess, sys; p = n.PrivateNetwork(); print(p.user_namespace, subprocess.run(p.command(['cat', '/proc/self/net/dev'])).returncode); p.close()"
+    for python in (sys.executable, "/usr/bin/python3"):  # an interpreter nobody may run
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", probe]
+        done = subprocess.run(nobody, check=False, capture_output=True, text=True, env={"PYTHONPATH": str(PROJECT_ROOT / "src")}, cwd="/")
+        if "Permission denied" not in done.stderr:
+            break
+    if "not permitted" in done.stderr or "Permission denied" in done.stderr:
+        pytest.skip(f"nobody cannot make a user namespace or run Python here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "True 0", done.stdout  # a user namespace; the command ran inside
+    assert interfaces_in(done.stdout) == ["lo"]
+
+
+def test_without_namespaces_the_workers_fall_back_with_a_warning(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(netns.shutil, "which", lambda name: None)
+    with caplog.at_level(logging.WARNING), netns.private_network() as network:
+        assert network is None
+    assert "no private network namespace" in caplog.text and "every network interface" in caplog.text
+
+
+def test_workers_that_need_the_network_stay_on_it_with_a_warning(caplog) -> None:
+    local = ["sqlite:////tmp/mlflow.db", "file:///tmp/artifacts", "/tmp/checkpoints", "mlruns"]
+    remote = ["http://127.0.0.1:5000", "postgresql://db/mlflow", "gs://bucket/ckpt", "mlflow-artifacts:/1", "databricks"]
+    assert [netns.needs_network(uri) for uri in local + remote] == [False] * len(local) + [True] * len(remote)
+    with caplog.at_level(logging.WARNING), netns.private_network([*local, None, remote[0]]) as network:
+        assert network is None
+    assert "http://127.0.0.1:5000" in caplog.text and "every network interface" in caplog.text
+
+
+# ------------------------------------------------------------------------------------- test emulators
+def test_gcs_emulator_listens_on_loopback_only(gcs_emulator: str) -> None:
+    (emulator,) = [p for p in psutil.Process().children(recursive=True) if "gcp_storage_emulator" in " ".join(p.cmdline())]
+    found = listeners_of(emulator.pid)
+    assert found and not [listener for listener in found if listener.exposed], found
