@@ -193,7 +193,7 @@ def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) 
 
     job = subprocess.Popen([*common, "image_size=640"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not any(name.startswith("_staging-") for name in os.listdir(destination)):
+    while not list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")):  # the new set is built beside the old
         assert job.poll() is None and time.time() < deadline, "the job ended before it staged anything"
         time.sleep(0.05)
     time.sleep(1.0)
@@ -203,6 +203,7 @@ def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) 
     assert job.returncode != 0
     assert "KeyboardInterrupt" in stderr
     assert sorted(os.listdir(destination)) == before
+    assert not list(tmp_path.glob(".tfrec.swap-*")), "nothing staged is left beside it"
     assert len(read_back(str(destination))) == 600
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id], order_by=["start_time DESC"])

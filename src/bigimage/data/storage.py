@@ -12,14 +12,24 @@ the VM's service account).
 
 Paths returned for ``gs://`` are full URLs; local paths are returned as given (not made absolute).
 Missing objects raise :class:`FileNotFoundError` for local and ``gs://`` alike.
+
+Local files are created with the mode a plain ``open()`` gives (0666 less the umask, or the folder's
+default ACL), never ``tempfile``'s owner-only 0600: a TFRecord set on a shared file system must be
+readable by the other users and services that the umask lets in.
+
+Conditional writes (``if_generation_match``) are Cloud Storage's compare-and-swap on one object, the
+only atomic primitive it has: 0 means "create only if absent". The local file system has the other
+one a TFRecord swap needs, :func:`swap_in_dir` (one atomic directory exchange).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
-import tempfile
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +48,14 @@ _DOWNLOAD_THREADS = 8
 
 class GCSCredentialsError(RuntimeError):
     """No credentials for Cloud Storage; the message says how to provide them."""
+
+
+class PreconditionFailedError(RuntimeError):
+    """A conditional write or delete found another generation of the object than the one required."""
+
+
+class ExchangeUnsupportedError(OSError):
+    """This file system (or OS) cannot exchange two directories atomically (``renameat2`` EXCHANGE)."""
 
 
 @dataclass(frozen=True, order=True)
@@ -230,11 +248,27 @@ def read_bytes(url: str) -> bytes:
         raise _not_found(url) from None
 
 
+def create_new_file(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new, uniquely named file in ``directory``, opened for writing: ``(fd, path)``.
+
+    Like ``tempfile.mkstemp`` but with the mode ``open()`` gives (0666 less the umask): mkstemp's
+    0600 would follow the file when it is renamed into place and lock out every other reader.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = os.path.join(directory, f"{prefix}{uuid.uuid4().hex[:12]}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a new file in {directory}")
+
+
 def _atomic_local_write(path: str, write) -> None:
-    """Write through ``write(fileobj)`` into a temp file beside ``path``, then rename over it."""
+    """Write through ``write(fileobj)`` into a new file beside ``path``, then rename over it."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = create_new_file(parent, f".{os.path.basename(path)}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -249,20 +283,47 @@ def _atomic_local_write(path: str, write) -> None:
         raise
 
 
-def write_bytes(url: str, data: bytes) -> None:
+def _precondition_failed_type():
+    from google.api_core.exceptions import PreconditionFailed
+
+    return PreconditionFailed
+
+
+def write_bytes(url: str, data: bytes, *, if_generation_match: int | None = None) -> int | None:
     """Write ``data`` to ``url`` atomically: readers see the old content or the new, never half.
 
     Local: a temp file in the same directory, then ``os.replace`` (parent dirs are created).
-    gs://: a single-object upload, which Cloud Storage commits atomically.
+    gs://: a single-object upload, which Cloud Storage commits atomically; returns the new object's
+    generation. ``if_generation_match`` (gs:// only) makes the write conditional: 0 creates only if
+    absent, N replaces only generation N; otherwise :class:`PreconditionFailedError`.
     """
     url = str(url)
     if is_gcs(url):
+        blob = _blob(url)
         try:
-            _blob(url).upload_from_string(data, content_type="application/octet-stream")
+            blob.upload_from_string(data, content_type="application/octet-stream", if_generation_match=if_generation_match)
         except _gcs_not_found_type():
             raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
-    else:
-        _atomic_local_write(url, lambda f: f.write(data))
+        except _precondition_failed_type():
+            raise PreconditionFailedError(f"{url} is not at generation {if_generation_match}") from None
+        return int(blob.generation or 0)
+    if if_generation_match is not None:
+        raise ValueError("if_generation_match is for gs:// objects only")
+    _atomic_local_write(url, lambda f: f.write(data))
+    return None
+
+
+def read_with_generation(url: str) -> tuple[bytes, int]:
+    """A gs:// object's content and its generation (for a later conditional write or delete)."""
+    url = str(url)
+    bucket, key = split_gcs(url)
+    try:
+        blob = gcs_client().bucket(bucket).get_blob(key)
+        if blob is None:
+            raise _not_found(url)
+        return blob.download_as_bytes(), int(blob.generation or 0)
+    except _gcs_not_found_type():
+        raise _not_found(url) from None
 
 
 def upload_file(local_path: str | Path, url: str) -> None:
@@ -303,19 +364,24 @@ def download_file(url: str, local_path: str | Path) -> None:
 # ----------------------------------------------------------------------------------- delete / move
 
 
-def delete(url: str) -> None:
-    """Delete one file or object; a missing one is fine."""
+def delete(url: str, *, if_generation_match: int | None = None) -> None:
+    """Delete one file or object; a missing one is fine. ``if_generation_match`` (gs:// only):
+    delete only that generation, else :class:`PreconditionFailedError`."""
     url = str(url)
     if not is_gcs(url):
+        if if_generation_match is not None:
+            raise ValueError("if_generation_match is for gs:// objects only")
         try:
             os.unlink(url)
         except FileNotFoundError:
             pass
         return
     try:
-        _blob(url).delete()
+        _blob(url).delete(if_generation_match=if_generation_match)
     except _gcs_not_found_type():
         pass
+    except _precondition_failed_type():
+        raise PreconditionFailedError(f"{url} is not at generation {if_generation_match}") from None
 
 
 def delete_files(urls: Iterable[str]) -> None:
@@ -340,23 +406,9 @@ def delete_files(urls: Iterable[str]) -> None:
                     bucket.delete_blob(key)
 
 
-def move(src: str, dst: str) -> None:
-    """Move a file/object, replacing ``dst``. Local: ``os.replace`` (parents created; a copy if the
-    rename crosses file systems). gs://: server-side copy then delete. Mixed: transfer then delete.
-    """
+def copy(src: str, dst: str) -> None:
+    """Copy a file/object to ``dst``, replacing it atomically. gs:// to gs:// is a server-side copy."""
     src, dst = str(src), str(dst)
-    if not is_gcs(src) and not is_gcs(dst):
-        if not os.path.isfile(src):
-            raise _not_found(src)
-        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-        try:
-            os.replace(src, dst)
-        except OSError as exc:
-            if exc.errno != 18:  # EXDEV: another file system
-                raise
-            _atomic_local_write(dst, lambda f: _copy_into(src, f))
-            os.unlink(src)
-        return
     if is_gcs(src) and is_gcs(dst):
         src_blob, dst_blob = _blob(src), _blob(dst)
         try:
@@ -369,7 +421,101 @@ def move(src: str, dst: str) -> None:
         upload_file(src, dst)
     else:
         download_file(src, dst)
+
+
+def move(src: str, dst: str) -> None:
+    """Move a file/object, replacing ``dst``. Local: ``os.replace`` (parents created; a copy if the
+    rename crosses file systems). gs://: server-side copy then delete. Mixed: transfer then delete.
+    """
+    src, dst = str(src), str(dst)
+    if not is_gcs(src) and not is_gcs(dst):
+        if not os.path.isfile(src):
+            raise _not_found(src)
+        os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+        try:
+            os.replace(src, dst)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # another file system
+                raise
+            _atomic_local_write(dst, lambda f: _copy_into(src, f))
+            os.unlink(src)
+        return
+    copy(src, dst)
     delete(src)
+
+
+def remove_tree(url: str) -> None:
+    """Delete a local directory tree, or every object under a gs:// prefix; a missing one is fine."""
+    url = str(url)
+    if is_gcs(url):
+        delete_files(info.path for info in list_files(url))
+        return
+    try:
+        shutil.rmtree(url)
+    except FileNotFoundError:
+        pass
+
+
+# ----------------------------------------------------------------------- atomic directory swap
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _renameat2(src: str, dst: str, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)  # glibc >= 2.28
+    if renameat2 is None:
+        raise ExchangeUnsupportedError(errno.ENOSYS, "no renameat2 in this C library", src)
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags) != 0:
+        code = ctypes.get_errno()
+        kind = ExchangeUnsupportedError if code in _UNSUPPORTED else OSError
+        raise kind(code, os.strerror(code), src, None, dst)
+
+
+def swap_in_dir(new_dir: str, target: str) -> None:
+    """Make local directory ``target`` be ``new_dir`` in one atomic step; the old ``target`` is
+    left at ``new_dir`` (for the caller to delete). A missing ``target`` is a plain rename.
+
+    Linux ``renameat2(RENAME_EXCHANGE)``: no instant shows neither or half of either directory, and
+    an open ``target/*`` glob resolves in one or the other. Raises :class:`ExchangeUnsupportedError`
+    where the file system cannot (see :func:`supports_exchange`).
+    """
+    if os.path.lexists(target):
+        _renameat2(new_dir, target, _RENAME_EXCHANGE)
+    else:
+        os.rename(new_dir, target)
+    _fsync_dir(os.path.dirname(os.path.abspath(target)))
+
+
+def supports_exchange(directory: str) -> bool:
+    """Whether :func:`swap_in_dir` works in local ``directory`` (tried on two empty folders there)."""
+    first = os.path.join(directory, f".exchange-probe-{uuid.uuid4().hex[:12]}")
+    second = f"{first}-b"
+    os.mkdir(first)
+    try:
+        os.mkdir(second)
+        _renameat2(first, second, _RENAME_EXCHANGE)
+        return True
+    except ExchangeUnsupportedError:
+        return False
+    finally:
+        for path in (first, second):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (a power cut after it must not undo it)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------- cache

@@ -3,7 +3,12 @@
 One Spark task per shard: it reads, decodes, resizes, centre-crops and re-encodes its images one at a
 time and stages its shard file; only small per-shard statistics come back to the driver, so driver
 memory does not grow with the data set. The driver then checks and publishes the shards atomically
-(:mod:`bigimage.data.shards`).
+(:mod:`bigimage.data.shards`), holding the destination's lock from before Spark starts to the end.
+
+``seconds`` runs from the first task's start to the commit of the set (the swap or the manifest
+write; removing the old set afterwards is not counted), so Spark's start-up (``startup_seconds``) and
+the wait for the first Python worker are not in it. Task start times come from the executors' clocks:
+on a cluster whose clocks disagree the start is never taken as earlier than the job's submission.
 """
 
 from __future__ import annotations
@@ -42,13 +47,22 @@ def write_tfrecords(
     num_shards: int,
     prefix: str,
     seed: int,
+    *,
+    publication: shards.Publication | None = None,
 ) -> tuple[schema.Manifest, list[shards.ShardResult], float]:
     """Run the shard tasks and publish; returns the manifest, the shard results and the job seconds
-    (first task start to last shard committed)."""
+    (first task start to the set committed).
+
+    ``publication``: one already entered (its lock held, e.g. from before Spark started); by default
+    one is opened here, and a second job to the same destination fails at once naming the first.
+    """
+    if publication is None:
+        with shards.Publication(destination) as own:
+            return write_tfrecords(spark, listing, destination, image_size, quality, num_shards, prefix, seed,
+                                   publication=own)
     classes = list(listing.classes)
     per_shard = [chunk for chunk in assign_shards(listing.items, num_shards, seed) if chunk]
-    shards.remove_staging(destination)  # what an earlier killed job may have left
-    staging_dir = shards.new_staging_dir(destination)
+    staging_dir = publication.staging_dir
     context = spark.sparkContext
     context.setInterruptOnCancel(True)  # a cancelled job kills its Python workers, so none writes on
     job = context.parallelize(list(enumerate(per_shard)), len(per_shard))
@@ -78,13 +92,12 @@ def write_tfrecords(
             source_fingerprint=listing.fingerprint(),
             jpeg_quality=quality,
         )
-        manifest = shards.publish(destination, results, prefix, manifest)
-        seconds = time.time() - min([result.started for result in results] + [submitted])
+        manifest = publication.publish(results, prefix, manifest)
     except BaseException:
         context.cancelAllJobs()  # before the staging goes: no task may stage into it afterwards
         raise
-    finally:
-        shards.remove_staging(destination, staging_dir)
+    first_task = max(min(result.started for result in results), submitted)
+    seconds = float(publication.committed_at or time.time()) - first_task
     return manifest, results, seconds
 
 
@@ -100,21 +113,24 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
         mlflow.set_tag("empty_classes", ",".join(listing.empty_classes))
         print(f"[preprocess] warning: empty class folders: {', '.join(listing.empty_classes)}")
     print(f"[preprocess] {len(listing.items)} files in {len(listing.classes)} classes under {root}")
-    started = time.perf_counter()
-    with spark_for(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
-        startup_seconds = time.perf_counter() - started
-        manifest, results, seconds = write_tfrecords(
-            spark,
-            listing,
-            str(cfg.tfrecord_dir),
-            cfg.image_size,
-            cfg.preprocess.jpeg_quality,
-            cfg.num_shards,
-            cfg.preprocess.shard_prefix,
-            cfg.seed,
-        )
-        log_spark_resources(spark)
-    failed = [{"path": path, "reason": reason} for result in results for path, reason in result.failed]
+    # The lock first: a second job to the same tfrecord_dir fails before it starts Spark.
+    with shards.Publication(str(cfg.tfrecord_dir)) as publication:
+        started = time.perf_counter()
+        with spark_for(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
+            startup_seconds = time.perf_counter() - started
+            manifest, results, seconds = write_tfrecords(
+                spark,
+                listing,
+                str(cfg.tfrecord_dir),
+                cfg.image_size,
+                cfg.preprocess.jpeg_quality,
+                cfg.num_shards,
+                cfg.preprocess.shard_prefix,
+                cfg.seed,
+                publication=publication,
+            )
+            log_spark_resources(spark)
+    failed = [{"path": path, "reason": reason} for path, reason in listing.failed + [f for r in results for f in r.failed]]
     metrics = {
         "images": manifest.num_records,
         "failed_images": len(failed),

@@ -1,0 +1,249 @@
+"""One writer at a time per TFRecord directory: a lock beside it, naming its holder.
+
+Without it two jobs to one ``tfrecord_dir`` broke each other (the second cleaned the first's staging
+away and the first failed). The lock lives beside the directory, ``<parent>/.<name>.lock``, not in it:
+locally the directory itself is swapped out when a set is published (:mod:`bigimage.data.shards`).
+
+* Local: ``fcntl.flock`` on that file. The kernel releases it when its holder exits or is killed,
+  so a local lock is never stale and is never broken. The file is never deleted (unlinking a flock
+  file lets two processes hold "the" lock on different inodes); it holds the holder's JSON.
+* gs://: an object created only if absent (``if_generation_match=0``, Cloud Storage's atomic
+  create), holding the holder's JSON, refreshed every :data:`REFRESH_SECONDS` by a thread with a
+  compare-and-swap on its generation. Another writer breaks it only when it is stale: its holder
+  runs on this same machine (same host name and boot) and that process is gone, or it has not been
+  refreshed for :data:`STALE_SECONDS` (ages are read from the holder's clock: machines sharing a
+  bucket are assumed to keep time within seconds). A holder whose lock was broken finds out at its
+  next refresh and before it commits (:meth:`DestinationLock.check`), and then fails rather than
+  publish. The emulator the tests use ignores generation preconditions, so acquiring also reads the
+  object first: sequential writers are caught there too, the race between two at once only by a real
+  bucket.
+
+A second writer fails at once with :class:`DestinationBusyError` naming the holder and its age, or,
+with ``wait_seconds``, retries until then.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import psutil
+
+from bigimage.data import storage
+
+REFRESH_SECONDS = 15.0
+STALE_SECONDS = 120.0
+_POLL_SECONDS = 0.2
+
+
+class DestinationBusyError(RuntimeError):
+    """Another job holds the lock of the destination; the message names it and its age."""
+
+
+class LockLostError(RuntimeError):
+    """This job's gs:// lock was broken by another writer (it looked stale); nothing was committed."""
+
+
+def lock_url(destination: str) -> str:
+    """``<parent>/.<name>.lock`` for a local path or a gs:// URL."""
+    if storage.is_gcs(destination):
+        bucket, key = storage.split_gcs(destination)
+        parent, _, name = key.rstrip("/").rpartition("/")
+        return storage.join(f"gs://{bucket}", parent, f".{name or 'tfrecords'}.lock")
+    path = os.path.realpath(destination)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _holder() -> dict[str, Any]:
+    process = psutil.Process()
+    now = time.time()
+    return {
+        "pid": process.pid,
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "process_started": process.create_time(),
+        "started": now,
+        "refreshed": now,
+        "token": uuid.uuid4().hex,
+    }
+
+
+def describe(holder: dict[str, Any] | None, *, refreshed: bool = False) -> str:
+    """'pid 123 on host h, started 42 s ago' from a holder record (and when it was last refreshed)."""
+    if not holder:
+        return "another process (it has not written its details yet)"
+    now = time.time()
+    text = f"pid {holder.get('pid')} on host {holder.get('host')}, started {now - float(holder.get('started', now)):.0f} s ago"
+    if refreshed:
+        text += f", last refreshed {now - float(holder.get('refreshed', now)):.0f} s ago"
+    return text
+
+
+def holder_is_dead(holder: dict[str, Any]) -> bool:
+    """True when the holder ran on this machine (same host name and boot) and that process is gone."""
+    if holder.get("host") != socket.gethostname() or holder.get("boot_id") != _boot_id():
+        return False
+    try:
+        return abs(psutil.Process(int(holder["pid"])).create_time() - float(holder["process_started"])) > 1.0
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return True
+
+
+class DestinationLock:
+    """The write lock of one TFRecord directory; a context manager. See the module docstring."""
+
+    def __init__(self, destination: str, *, wait_seconds: float = 0.0, stale_seconds: float = STALE_SECONDS,
+                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+        self.destination = destination
+        self.url = lock_url(destination)
+        self.wait_seconds = wait_seconds
+        self.stale_seconds = stale_seconds
+        self.refresh_seconds = refresh_seconds
+        self.holder: dict[str, Any] = {}
+        self.broke: dict[str, Any] | None = None  # the stale holder this lock replaced, if any
+        self._fd: int | None = None
+        self._generation = 0
+        self._lost = False
+        self._stop = threading.Event()
+        self._mutex = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------ acquire
+
+    def __enter__(self) -> "DestinationLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        deadline = time.monotonic() + self.wait_seconds
+        self.holder = _holder()
+        while True:
+            other = self._try_local() if not storage.is_gcs(self.url) else self._try_gcs()
+            if other is None:
+                return
+            if time.monotonic() >= deadline:
+                raise DestinationBusyError(
+                    f"{self.destination} is being written by {describe(other, refreshed=storage.is_gcs(self.url))} "
+                    f"(lock {self.url}); "
+                    f"a second job to the same tfrecord_dir would break it: wait for that job or stop it"
+                    + ("" if not storage.is_gcs(self.url) else
+                       f" (a gs:// lock not refreshed for {self.stale_seconds:.0f} s is taken over)")
+                )
+            time.sleep(_POLL_SECONDS)
+
+    def _try_local(self) -> dict[str, Any] | None:
+        """Take the flock, or return the holder's record."""
+        os.makedirs(os.path.dirname(self.url), exist_ok=True)
+        fd = os.open(self.url, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return _parse(os.pread(fd, 65536, 0)) or {}
+            finally:
+                os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(self.holder).encode("utf-8"), 0)
+        self._fd = fd
+        return None
+
+    def _try_gcs(self) -> dict[str, Any] | None:
+        """Create the lock object, or replace a stale one; else return the live holder's record."""
+        try:
+            data, generation = storage.read_with_generation(self.url)
+        except FileNotFoundError:
+            data, generation = b"", 0
+        other = _parse(data) if generation else None
+        if other is not None:
+            age = time.time() - float(other.get("refreshed", 0))
+            if not (holder_is_dead(other) or age > self.stale_seconds):
+                return other
+        try:
+            self._generation = int(storage.write_bytes(self.url, self._record(), if_generation_match=generation) or 0)
+        except storage.PreconditionFailedError:  # another writer got there between our read and write
+            return _parse(storage.read_bytes(self.url)) or {}
+        if other is not None:
+            self.broke = other
+            print(f"[lock] took over the stale lock {self.url} of {describe(other, refreshed=True)}")
+        self._thread = threading.Thread(target=self._refresh_loop, name="tfrecord-lock-refresh", daemon=True)
+        self._thread.start()
+        return None
+
+    def _record(self) -> bytes:
+        return json.dumps(self.holder).encode("utf-8")
+
+    # ------------------------------------------------------------------------------------ refresh
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.refresh_seconds):
+            try:
+                self.refresh()
+            except LockLostError:
+                return
+            except Exception:  # a transient error: the next refresh tries again
+                continue
+
+    def refresh(self) -> None:
+        """Renew a gs:// lock (compare-and-swap on its generation); LockLostError if it was taken."""
+        if not storage.is_gcs(self.url):
+            return
+        with self._mutex:
+            if self._lost:
+                raise LockLostError(f"the lock {self.url} of this job was taken over by another writer")
+            self.holder["refreshed"] = time.time()
+            try:
+                self._generation = int(storage.write_bytes(self.url, self._record(), if_generation_match=self._generation) or 0)
+            except (storage.PreconditionFailedError, FileNotFoundError):
+                self._lost = True
+                raise LockLostError(f"the lock {self.url} of this job was taken over by another writer") from None
+
+    def check(self) -> None:
+        """Just before a commit: still ours, and fresh for another ``stale_seconds`` (gs://)."""
+        self.refresh()
+
+    # ------------------------------------------------------------------------------------ release
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, 0)
+            finally:
+                os.close(self._fd)  # closing the only descriptor releases the flock
+                self._fd = None
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            with self._mutex:
+                if not self._lost:
+                    try:
+                        storage.delete(self.url, if_generation_match=self._generation)
+                    except storage.PreconditionFailedError:
+                        pass  # taken over meanwhile: it is not ours to delete
+                    except Exception as error:  # the next writer finds its holder gone and takes over
+                        print(f"[lock] could not remove {self.url} ({error}); the next job takes it over")
+
+
+def _parse(data: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
