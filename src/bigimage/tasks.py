@@ -10,6 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from bigimage import termination
 from bigimage.config import ON_DATAPROC_ENV, validate
 from bigimage.tracking.runs import tracked_run
 from bigimage.tracking.store import connect
@@ -37,7 +38,8 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
     if cfg.cluster.deploy == "dataproc" and not os.environ.get(ON_DATAPROC_ENV):
         from bigimage.cloud.dataproc import run_on_dataproc
 
-        return run_on_dataproc(cfg)
+        with termination.signals_raise():  # SIGTERM cancels the cloud job, as Ctrl-C does
+            return run_on_dataproc(cfg)
     if cfg.task.name != "train" or cfg.strategy.launcher == "spark_barrier":
         from bigimage.spark.session import check_java
 

@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bigimage.analysis_lib import best_config, common, overfitting  # noqa: E402
-from bigimage.tracking import query  # noqa: E402
+from bigimage.tracking import liveness, query  # noqa: E402
 
 REPORT_FILE = "report.md"
 JSON_FILE = "analysis.json"
@@ -329,7 +329,7 @@ def make_report(
     run_id = None
     if log_run:
         client = query.client_for(selection.tracking_uri)
-        tags = {"task": "analysis"}
+        tags = {"task": "analysis", **liveness.process_tags()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(selection.experiment_id, tags=tags,
@@ -338,8 +338,8 @@ def make_report(
         try:
             (out / REPORT_FILE).write_text(render_markdown(result, figures, run_id))
             client.log_artifacts(run_id, str(out))
-        except BaseException:
-            client.set_terminated(run_id, "FAILED")
+        except BaseException as error:  # Ctrl-C or SIGTERM (a KeyboardInterrupt too): KILLED, as the pipeline's runs
+            client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
             raise
         client.set_terminated(run_id, "FINISHED")
     else:

@@ -7,9 +7,9 @@ The wheel has no ``sbin/start-master.sh``; the daemons start as
 executors and their Python workers inherit it), so stopping a worker stops everything under it.
 
 Clean-up is layered so no JVM outlives the run: ``stop()`` in ``finally`` (context manager), an
-``atexit`` hook, SIGTERM/SIGHUP turned into ``SystemExit`` while a cluster runs (so ``finally`` blocks
-run), and on Linux ``PR_SET_PDEATHSIG`` so a daemon gets SIGTERM even when the Python parent is
-killed with SIGKILL.
+``atexit`` hook, SIGTERM/SIGHUP turned into :class:`bigimage.termination.Terminated` (as Ctrl-C)
+while a cluster runs (so ``finally`` blocks run), and on Linux ``PR_SET_PDEATHSIG`` so a daemon gets
+SIGTERM even when the Python parent is killed with SIGKILL.
 
     with StandaloneCluster(workers=2, cores_per_worker=1, memory_per_worker="1g") as cluster:
         ... SparkSession on cluster.master_url ...
@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
+
+from bigimage import termination
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +239,7 @@ def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
 # ------------------------------------------------------------------- clean-up on exit and on signals
 _LIVE: "set[StandaloneCluster]" = set()
 _LIVE_LOCK = threading.Lock()
-_PREVIOUS_HANDLERS: dict[int, Any] = {}
+_SIGNALS_HELD = False  # this module holds bigimage.termination while clusters run
 _ATEXIT_REGISTERED = False
 
 
@@ -251,48 +253,28 @@ def _stop_all() -> None:
             log.exception("could not stop the standalone cluster at %s", cluster.master_url)
 
 
-def _on_signal(signum: int, frame: Any) -> None:
-    # Let ``finally`` blocks and context managers run: they stop the cluster on the way out.
-    raise SystemExit(128 + signum)
-
-
-def _install_signal_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        if signum in _PREVIOUS_HANDLERS:
-            continue
-        current = signal.getsignal(signum)
-        if current in (signal.SIG_DFL, None):
-            _PREVIOUS_HANDLERS[signum] = current
-            signal.signal(signum, _on_signal)
-
-
-def _restore_signal_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum, handler in list(_PREVIOUS_HANDLERS.items()):
-        if signal.getsignal(signum) is _on_signal:
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        del _PREVIOUS_HANDLERS[signum]
-
-
 def _register(cluster: "StandaloneCluster") -> None:
-    global _ATEXIT_REGISTERED
+    global _ATEXIT_REGISTERED, _SIGNALS_HELD
     with _LIVE_LOCK:
         _LIVE.add(cluster)
         if not _ATEXIT_REGISTERED:
             atexit.register(_stop_all)
             _ATEXIT_REGISTERED = True
-    _install_signal_handlers()
+        hold = not _SIGNALS_HELD
+        _SIGNALS_HELD = True
+    if hold and not termination.install():
+        _SIGNALS_HELD = False  # not the main thread: atexit and PR_SET_PDEATHSIG still clean up
 
 
 def _unregister(cluster: "StandaloneCluster") -> None:
+    global _SIGNALS_HELD
     with _LIVE_LOCK:
         _LIVE.discard(cluster)
-        empty = not _LIVE
-    if empty:
-        _restore_signal_handlers()
+        release = not _LIVE and _SIGNALS_HELD
+        if release:
+            _SIGNALS_HELD = False
+    if release:
+        termination.uninstall()
 
 
 # -------------------------------------------------------------------------------------------- cluster

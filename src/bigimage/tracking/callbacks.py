@@ -3,12 +3,17 @@
 Everything shared is created here, in the launching process, before any job starts: the sqlite
 schema, the experiment and the parent run (PITFALLS: parallel jobs on a fresh store race on all
 three). Jobs, in this process or in joblib's worker processes, find the ids in the environment.
+
+The parent carries the process tags and a heartbeat like every run (:mod:`bigimage.tracking.liveness`),
+and SIGTERM/SIGHUP raise :class:`bigimage.termination.Terminated` from the first job to the last, so a
+sweep that is stopped ends its parent KILLED, as one that is interrupted with Ctrl-C does.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import signal
 from typing import Any
 
 import mlflow
@@ -16,6 +21,8 @@ from hydra.experimental.callback import Callback
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
+from bigimage import termination
+from bigimage.tracking import liveness
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, run_tags
 from bigimage.tracking.store import connect, retry_busy
 
@@ -23,6 +30,8 @@ from bigimage.tracking.store import connect, retry_busy
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
+        self.heartbeat: liveness.Heartbeat | None = None
+        self.signals_held = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _, experiment_id = connect(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_root)
@@ -30,9 +39,12 @@ class MlflowSweepCallback(Callback):
         sweep_dir = str(config.hydra.sweep.dir)
         tags = run_tags(f"sweep:{config.task.name}", overrides)
         tags.update({"sweep_dir": sweep_dir, "mlflow.runName": f"sweep {' '.join(overrides)}"[:250]})
+        tags.update(liveness.process_tags())
         client = mlflow.MlflowClient()
         run = retry_busy(lambda: client.create_run(experiment_id, tags=tags))
         self.parent_run_id = run.info.run_id
+        self.signals_held = termination.install()
+        self.heartbeat = liveness.Heartbeat(self.parent_run_id, mlflow.get_tracking_uri()).start()
         os.environ[ENV_PARENT_RUN_ID] = self.parent_run_id
         os.environ[ENV_EXPERIMENT_ID] = experiment_id
         os.environ[ENV_SWEEP_ID] = self.parent_run_id
@@ -51,10 +63,23 @@ class MlflowSweepCallback(Callback):
             )
         )
         failed = [run for run in children if run.info.status != "FINISHED"]
-        status = RunStatus.FAILED if failed or not children else RunStatus.FINISHED
-        client.set_tag(self.parent_run_id, "children", str(len(children)))
-        client.set_tag(self.parent_run_id, "children_failed", str(len(failed)))
+        killed = termination.last_signal() is not None or any(run.info.status == "KILLED" for run in children)
+        if killed:  # stopped (SIGTERM, SIGHUP, Ctrl-C in a job): the sweep did not fail, it was cut short
+            status = RunStatus.KILLED
+        else:
+            status = RunStatus.FAILED if failed or not children else RunStatus.FINISHED
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        retry_busy(lambda: client.set_tag(self.parent_run_id, "children", str(len(children))))
+        retry_busy(lambda: client.set_tag(self.parent_run_id, "children_failed", str(len(failed))))
+        if killed:
+            signum = termination.last_signal()
+            reason = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
+            retry_busy(lambda: client.set_tag(self.parent_run_id, "error", reason))
         retry_busy(lambda: client.set_terminated(self.parent_run_id, RunStatus.to_string(status)))
+        if self.signals_held:
+            termination.uninstall()
+            self.signals_held = False
         for key in (ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_ID):
             os.environ.pop(key, None)
         self.parent_run_id = None

@@ -1,5 +1,10 @@
 """One MLflow run per task execution: params from the config, tags, the resolved config, the outcome.
 
+The outcome is recorded however the process is stopped short of SIGKILL: FINISHED, FAILED with the
+error, or KILLED on Ctrl-C and on SIGTERM/SIGHUP (turned into an exception while the run is open:
+:mod:`bigimage.termination`). Against SIGKILL the run carries its process and a heartbeat
+(:mod:`bigimage.tracking.liveness`), so ``analysis/stale_runs.py`` can end it KILLED afterwards.
+
 A sweep's parent run is made by the Hydra callback in the launching process; each job finds it
 through the environment variables below (never ``MLFLOW_RUN_ID``, which overrides ``parent_run_id``:
 mlflow #15713) and opens its run as a child.
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +25,9 @@ import mlflow
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 
+from bigimage import termination
 from bigimage.config import PROJECT_ROOT
+from bigimage.tracking import liveness
 from bigimage.tracking.store import retry_busy
 
 ENV_PARENT_RUN_ID = "BIGIMAGE_PARENT_RUN_ID"
@@ -80,6 +88,21 @@ def _end(status: str) -> None:
     retry_busy(lambda: mlflow.end_run(status=status))
 
 
+def _record_end(error: BaseException) -> None:
+    """End the active run KILLED (Ctrl-C, SIGTERM, SIGHUP) or FAILED (anything else), saying why."""
+    if isinstance(error, KeyboardInterrupt):  # Terminated is one too
+        reason = str(error) if isinstance(error, termination.Terminated) else "interrupted (KeyboardInterrupt)"
+        retry_busy(lambda: mlflow.set_tag("error", reason))
+        run_id = mlflow.active_run().info.run_id
+        _end(RunStatus.to_string(RunStatus.KILLED))
+        print(f"[mlflow] run {run_id} ended KILLED: {reason}", file=sys.stderr, flush=True)
+        return
+    message = f"{type(error).__name__}: {error}"
+    retry_busy(lambda: mlflow.set_tag("error", message[:5000]))
+    retry_busy(lambda: mlflow.log_text("".join(traceback.format_exception(error)), "error/traceback.txt"))
+    _end(RunStatus.to_string(RunStatus.FAILED))
+
+
 @contextmanager
 def tracked_run(
     cfg: DictConfig,
@@ -89,14 +112,17 @@ def tracked_run(
     experiment_id: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open a run that logs ``cfg``; FAILED with the error if the body raises, KILLED on Ctrl-C.
+    """Open a run that logs ``cfg``; FAILED with the error if the body raises, KILLED on Ctrl-C, SIGTERM
+    or SIGHUP (tag ``error`` says which), FINISHED otherwise.
 
     Without explicit ids it joins the sweep named in the environment, if any: the parent run and
     the experiment were created by the launching process, so parallel jobs never race to make them.
+    While the run is open it carries the process tags and a heartbeat (:mod:`bigimage.tracking.liveness`).
     """
     parent_run_id = parent_run_id or os.environ.get(ENV_PARENT_RUN_ID) or None
     experiment_id = experiment_id or os.environ.get(ENV_EXPERIMENT_ID) or None
     tags = run_tags(task, hydra_overrides())
+    tags.update(liveness.process_tags())
     tags.update(extra_tags or {})
     run = retry_busy(
         lambda: mlflow.start_run(
@@ -107,19 +133,20 @@ def tracked_run(
             tags=tags,
         )
     )
+    held = termination.install()
+    heartbeat = liveness.Heartbeat(run.info.run_id, mlflow.get_tracking_uri()).start()
     try:
         retry_busy(lambda: mlflow.log_params(flatten_config(cfg)))
         retry_busy(lambda: mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), CONFIG_ARTIFACT))
         yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (KeyboardInterrupt)")
-        _end(RunStatus.to_string(RunStatus.KILLED))
-        raise
     except BaseException as error:
-        message = f"{type(error).__name__}: {error}"
-        mlflow.set_tag("error", message[:5000])
-        mlflow.log_text("".join(traceback.format_exception(error)), "error/traceback.txt")
-        _end(RunStatus.to_string(RunStatus.FAILED))
+        heartbeat.stop()
+        _record_end(error)
         raise
     else:
+        heartbeat.stop()
         _end(RunStatus.to_string(RunStatus.FINISHED))
+    finally:
+        heartbeat.stop()
+        if held:
+            termination.uninstall()

@@ -1,0 +1,194 @@
+"""Which RUNNING runs are still alive: process tags, a heartbeat, and marking the dead ones KILLED.
+
+A process killed with SIGKILL (or a machine that lost power) cannot end its run, so MLflow shows it
+RUNNING for ever. Every run a job opens therefore carries the tags ``process.host``, ``process.pid``
+and ``process.started`` (the process's start time, so a reused pid is not taken for the same
+process), and a daemon thread refreshes the tag ``heartbeat`` (UTC, ISO 8601) every
+:data:`HEARTBEAT_SECONDS` while the run is open. A tag rather than a metric: one value that is
+overwritten, not a history that grows with the run's length.
+
+:func:`judge` tells a dead run from a live one: on the host that wrote the tags a gone process is
+known dead at once; elsewhere the heartbeat must be older than a threshold (a run from before these
+tags counts from its start time). :func:`find_stale_runs` and :func:`mark_killed` are what
+``analysis/stale_runs.py`` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import psutil
+from mlflow.entities import Run, RunStatus, ViewType
+from mlflow.tracking import MlflowClient
+
+from bigimage.tracking.store import retry_busy
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 30.0
+DEFAULT_OLDER_THAN_SECONDS = 300.0  # ten missed heartbeats
+TAG_HOST = "process.host"
+TAG_PID = "process.pid"
+TAG_STARTED = "process.started"
+TAG_HEARTBEAT = "heartbeat"
+TAG_ERROR = "error"  # the reason a run ended FAILED or KILLED, as tracked_run writes it
+TAG_MARKED_BY = "marked_stale_by"
+_SAME_PROCESS_SECONDS = 1.0  # slack when comparing process start times
+
+
+def utc_iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_utc_iso(text: str) -> float | None:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that name this process: host, pid, start time, and a first heartbeat."""
+    return {
+        TAG_HOST: socket.gethostname(),
+        TAG_PID: str(os.getpid()),
+        TAG_STARTED: f"{psutil.Process().create_time():.2f}",
+        TAG_HEARTBEAT: utc_iso(time.time()),
+    }
+
+
+class Heartbeat:
+    """A daemon thread that sets the tag ``heartbeat`` on ``run_id`` every ``interval`` seconds.
+
+    It never fails the run: a store that is busy or gone costs a warning, and the next beat tries
+    again. ``stop()`` waits for a beat in flight, so no beat lands after the run has ended.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str, interval: float | None = None) -> None:
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri)
+        self.interval = HEARTBEAT_SECONDS if interval is None else interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
+
+    def start(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                retry_busy(lambda: self.client.set_tag(self.run_id, TAG_HEARTBEAT, utc_iso(time.time())))
+            except Exception as error:  # noqa: BLE001 - a missed beat must not stop the job
+                log.warning("heartbeat of run %s not recorded: %s", self.run_id, error)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One RUNNING run judged: ``stale`` runs are dead, ``reason`` says how that is known (or why not)."""
+
+    run_id: str
+    run_name: str
+    experiment_id: str
+    task: str | None
+    host: str | None
+    pid: int | None
+    last_seen: float  # unix seconds: the last heartbeat, else the start time
+    age_seconds: float
+    stale: bool
+    reason: str
+
+    def as_dict(self) -> dict:
+        row = asdict(self)
+        row["last_seen"] = utc_iso(self.last_seen)
+        return row
+
+
+def _process_alive(pid: int, started: float | None) -> bool:
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < _SAME_PROCESS_SECONDS
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def judge(run: Run, older_than_seconds: float, now: float | None = None, this_host: str | None = None) -> Verdict:
+    """Whether a RUNNING run's process is gone (this host) or silent for over ``older_than_seconds``."""
+    now = time.time() if now is None else now
+    this_host = socket.gethostname() if this_host is None else this_host
+    tags = run.data.tags
+    host = tags.get(TAG_HOST)
+    pid = int(tags[TAG_PID]) if tags.get(TAG_PID, "").isdigit() else None
+    started = float(tags[TAG_STARTED]) if tags.get(TAG_STARTED) else None
+    heartbeat = parse_utc_iso(tags.get(TAG_HEARTBEAT, ""))
+    last_seen = heartbeat if heartbeat is not None else run.info.start_time / 1000.0
+    age = max(now - last_seen, 0.0)
+
+    def verdict(stale: bool, reason: str) -> Verdict:
+        return Verdict(
+            run.info.run_id, run.info.run_name, run.info.experiment_id, tags.get("task"), host, pid,
+            last_seen, age, stale, reason,
+        )
+
+    if host == this_host and pid is not None:
+        if _process_alive(pid, started):
+            return verdict(False, f"process {pid} on {host} is running")
+        return verdict(True, f"process {pid} on {host} is gone (last heartbeat {utc_iso(last_seen)})")
+    what = "heartbeat" if heartbeat is not None else "sign of life (no heartbeat tag; start time)"
+    where = f" from {host}" if host else ""
+    if age > older_than_seconds:
+        return verdict(True, f"no heartbeat{where} for {age:.0f} s (last {what} {utc_iso(last_seen)})")
+    return verdict(False, f"last {what}{where} {age:.0f} s ago, within {older_than_seconds:g} s")
+
+
+def running_runs(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
+    """Every RUNNING run of the experiments (all pages)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = retry_busy(
+            lambda: client.search_runs(
+                experiment_ids, "attributes.status = 'RUNNING'", ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+            )
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_stale_runs(
+    client: MlflowClient, experiment_ids: list[str], older_than_seconds: float = DEFAULT_OLDER_THAN_SECONDS
+) -> list[Verdict]:
+    """A verdict for every RUNNING run of the experiments, oldest sign of life first."""
+    now, host = time.time(), socket.gethostname()
+    verdicts = [judge(run, older_than_seconds, now, host) for run in running_runs(client, experiment_ids)]
+    return sorted(verdicts, key=lambda verdict: (verdict.last_seen, verdict.run_id))
+
+
+def mark_killed(client: MlflowClient, verdict: Verdict, marked_by: str) -> bool:
+    """End a stale run KILLED with the tag ``error`` saying why; False if it ended meanwhile.
+
+    The end time is the last sign of life, so the run's duration is the time it really ran.
+    """
+    info = retry_busy(lambda: client.get_run(verdict.run_id)).info
+    if info.status != RunStatus.to_string(RunStatus.RUNNING):
+        return False
+    retry_busy(lambda: client.set_tag(verdict.run_id, TAG_ERROR, f"stale: {verdict.reason}"))
+    retry_busy(lambda: client.set_tag(verdict.run_id, TAG_MARKED_BY, f"{marked_by} at {utc_iso(time.time())}"))
+    end_ms = max(int(verdict.last_seen * 1000), info.start_time)  # the heartbeat has whole seconds
+    retry_busy(lambda: client.set_terminated(verdict.run_id, RunStatus.to_string(RunStatus.KILLED), end_time=end_ms))
+    return True
