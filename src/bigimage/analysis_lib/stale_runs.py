@@ -1,0 +1,91 @@
+"""List the RUNNING runs whose process is dead, and end them KILLED with the reason as tag ``error``.
+
+A job killed with SIGKILL (or on a machine that went down) cannot end its MLflow run; without this
+the run shows RUNNING for ever and every analysis leaves it out as unfinished. How a run is judged
+dead is :func:`bigimage.tracking.liveness.judge`: on the host that recorded it, its process is gone;
+elsewhere, its ``heartbeat`` tag is older than ``--older-than`` seconds.
+
+    python analysis/stale_runs.py [--experiment NAME] [--tracking-uri URI] [--older-than SECONDS] [--dry-run] [--json]
+
+Prints every RUNNING run with its verdict and what was done to it. Exit code 0 whether or not runs
+were marked; 3 (as the other scripts when there is nothing to read) when the experiment is unknown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bigimage.analysis_lib import common
+from bigimage.tracking import liveness, query
+
+MARKED_BY = "analysis/stale_runs.py"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser = argparse.ArgumentParser(
+        prog="analysis/stale_runs.py",
+        description="End RUNNING runs whose process is gone (this host) or silent (any host) as KILLED, "
+        "with the reason in the tag 'error'; print what was changed.",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db)",
+    )
+    parser.add_argument("--experiment", default=None, help="experiment name (default: every experiment in the store)")
+    parser.add_argument(
+        "--older-than",
+        type=float,
+        default=liveness.DEFAULT_OLDER_THAN_SECONDS,
+        metavar="SECONDS",
+        help="a run from another host (or without process tags) is stale when its last heartbeat is older "
+        f"than this (default {liveness.DEFAULT_OLDER_THAN_SECONDS:g}; runs beat every "
+        f"{liveness.HEARTBEAT_SECONDS:g} s); a run of this host whose process is gone is stale at once",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="only list; change nothing")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+    args = parser.parse_args(argv)
+    if args.older_than < 0:
+        parser.error("--older-than must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    uri = args.tracking_uri or query.default_tracking_uri()
+    client = query.client_for(uri)
+    if args.experiment:
+        experiment = client.get_experiment_by_name(args.experiment)
+        if experiment is None:
+            known = sorted(e.name for e in client.search_experiments())
+            return common.fail_no_runs(f"no experiment named '{args.experiment}' at {uri}; experiments there: {known or 'none'}")
+        experiment_ids = [experiment.experiment_id]
+    else:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    verdicts = liveness.find_stale_runs(client, experiment_ids, args.older_than) if experiment_ids else []
+    rows = []
+    for verdict in verdicts:
+        if not verdict.stale:
+            action = "left RUNNING"
+        elif args.dry_run:
+            action = "would mark KILLED"
+        else:
+            action = "marked KILLED" if liveness.mark_killed(client, verdict, MARKED_BY) else "ended meanwhile"
+        rows.append({**verdict.as_dict(), "action": action})
+    changed = [row for row in rows if row["action"] == "marked KILLED"]
+    if args.json:
+        common.print_json(
+            {"tracking_uri": uri, "experiment": args.experiment, "older_than_seconds": args.older_than,
+             "dry_run": args.dry_run, "running": rows, "marked": [row["run_id"] for row in changed]}
+        )
+        return 0
+    columns = ["run_id", "run_name", "task", "host", "pid", "last_seen", "action", "reason"]
+    sys.stdout.write(common.text_table(rows, columns))
+    where = f"experiment '{args.experiment}'" if args.experiment else "every experiment"
+    verb = "would mark" if args.dry_run else "marked"
+    count = sum(row["stale"] for row in rows) if args.dry_run else len(changed)
+    sys.stdout.write(f"{len(rows)} RUNNING run(s) in {where} at {uri}; {verb} {count} KILLED\n")
+    return 0
