@@ -84,11 +84,12 @@ def test_second_call_reuses(small_set, monkeypatch):
         stat = path.stat()
         return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
+    def refuse(*args: object) -> None:  # fails at once, before anything of the set is touched
+        raise AssertionError("the set was generated again instead of being reused")
+
     before = {p: identity(p) for p in [small_set, *small_set.rglob("*")]}
-    generated: list[tuple] = []
-    monkeypatch.setattr(synthetic, "_generate", lambda *args: generated.append(args))
+    monkeypatch.setattr(synthetic, "_generate", refuse)
     assert ensure_synthetic_dataset(small_set, 40, seed=7, classes=CLASSES, workers=1) == small_set
-    assert generated == []
     assert {p: identity(p) for p in [small_set, *small_set.rglob("*")]} == before
 
 
