@@ -101,3 +101,13 @@ def test_a_training_that_does_not_fit_in_memory_trains_from_a_file_cache_and_say
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [0, 1, 2]
     assert metrics["epochs_run"] == 3
     assert list(cache_dir.iterdir()) == []  # the worker removed its cache folder
+
+
+def test_where_images_are_cached_does_not_change_the_checkpoint_key(tmp_path) -> None:
+    """A run killed while caching in memory resumes when it comes back with a file cache or none."""
+    from bigimage.train.task import checkpoint_key
+
+    base = compose_config(["task=train"])
+    for override in ("train.cache=false", "train.cache_max_memory_fraction=0.1", f"train.cache_dir={tmp_path}"):
+        assert checkpoint_key(compose_config(["task=train", override])) == checkpoint_key(base), override
+    assert checkpoint_key(compose_config(["task=train", "train.shuffle_buffer=10"])) != checkpoint_key(base)

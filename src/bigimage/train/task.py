@@ -42,7 +42,9 @@ _KEY_STRATEGY = ("name", "num_workers", "logical_cpu_devices")
 def checkpoint_key(cfg: Any) -> str:
     """A readable, stable name for the checkpoint of this training config."""
     parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in _KEY_PARTS}
-    parts["train"] = {k: v for k, v in parts["train"].items() if k != "checkpoint_dir"}
+    # Where checkpoints and decoded images are kept does not change what is trained: a run resumes across them.
+    kept_elsewhere = ("checkpoint_dir", "cache", "cache_dir", "cache_max_memory_fraction")
+    parts["train"] = {k: v for k, v in parts["train"].items() if k not in kept_elsewhere}
     parts["strategy"] = {key: cfg.strategy[key] for key in _KEY_STRATEGY}
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{cfg.strategy.name}-{cfg.model.name}-bs{cfg.batch_size}-{digest}"
