@@ -121,7 +121,7 @@ class ListenerWatch:
         return [listener for listener in self.seen.values() if listener.exposed]
 
     def report(self) -> str:
-        return "\n".join(sorted(f"{'EXPOSED ' if l.exposed else ''}{l}" for l in self.seen.values()))
+        return "\n".join(sorted(f"{'EXPOSED ' if seen.exposed else ''}{seen}" for seen in self.seen.values()))
 
 
 @contextmanager
@@ -143,6 +143,17 @@ def watch_listeners(interval: float = 0.2) -> Iterator[ListenerWatch]:
         stop.set()
         thread.join()
         watch.poll()
+
+
+def children() -> dict[int, str]:
+    """The live descendants of this process, by pid, with their command lines (zombies left out)."""
+    found = {}
+    for process in psutil.Process().children(recursive=True):
+        try:
+            found[process.pid] = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+    return found
 
 
 def processes_in(namespace: str) -> list[int]:

@@ -26,7 +26,7 @@ from bigimage.spark.cluster import spark_for
 from bigimage.train import netns
 from bigimage.train.task import run_train
 from tests.conftest import compose_config, train_config
-from tests.listening import interfaces, listeners_of, processes_in, watch_listeners
+from tests.listening import children, interfaces, listeners_of, processes_in, watch_listeners
 from tests.listening import netns as netns_of
 from tests.test_train_runs import progress
 from tests.tfrecord_fixtures import write_tfrecord_dir
@@ -127,7 +127,7 @@ def test_multi_worker_training_listens_on_loopback_only(tmp_path, tfrecords, mlf
     spaces = {watch.netns_of[pid] for pid in workers}
     assert len(workers) == 2 and len(spaces) == 1 and spaces != {netns_of()}  # one private namespace, shared
     (space,) = spaces
-    assert len([l for l in watch.listeners if l.netns == space]) >= 2  # both gRPC servers, seen in there
+    assert len([seen for seen in watch.listeners if seen.netns == space]) >= 2  # both gRPC servers, seen in there
     assert processes_in(space) == []  # torn down with the training
     # The chief logged from inside through the sqlite store on the shared file system.
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [0]
@@ -163,7 +163,7 @@ def test_private_network_is_shared_unreachable_and_torn_down() -> None:
         port = int(listener.stdout.readline())
         space = netns_of(listener.pid)
         assert space != netns_of() and interfaces(listener.pid) == ["lo"]
-        assert [(l.address, l.port, l.private_netns) for l in listeners_of(listener.pid)] == [("::", port, True)]
+        assert [(seen.address, seen.port, seen.private_netns) for seen in listeners_of(listener.pid)] == [("::", port, True)]
         with pytest.raises(OSError):  # listening on every interface, yet nothing here reaches it
             socket.create_connection(("127.0.0.1", port), timeout=2)
         client = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).send(b'x')"
@@ -205,6 +205,6 @@ def test_workers_that_need_the_network_stay_on_it_with_a_warning(caplog) -> None
 
 # ------------------------------------------------------------------------------------- test emulators
 def test_gcs_emulator_listens_on_loopback_only(gcs_emulator: str) -> None:
-    (emulator,) = [p for p in psutil.Process().children(recursive=True) if "gcp_storage_emulator" in " ".join(p.cmdline())]
-    found = listeners_of(emulator.pid)
+    (emulator,) = [pid for pid, command in children().items() if "gcp_storage_emulator" in command]
+    found = listeners_of(emulator)
     assert found and not [listener for listener in found if listener.exposed], found
