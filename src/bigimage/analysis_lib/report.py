@@ -189,10 +189,28 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
 
 
 def render_markdown(result: best_config.BestConfigResult, figures: dict[str, str | None], run_id: str | None) -> str:
-    tabs = best_config.tables(result)
-    th = result.overfitting.thresholds
+    tables = best_config.tables(result)
+    sections = [
+        _header_md(result, run_id),
+        _overfitting_md(result, figures),
+        _training_md(result, tables),
+        _shapes_md(result, tables, figures, "preprocess", "Preprocessing: cluster shapes", FIG_PREPROCESS,
+                   "Preprocessing time by cluster", "", "machines + Dataproc fee + disks; "),
+        _shapes_md(result, tables, figures, "speedtest", "Speed test: cluster shapes", FIG_THROUGHPUT,
+                   "Throughput by batch size and source",
+                   "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
+                   "over repetitions of all runs of a shape.", ""),
+        ["## Runs left out", "",
+         common.markdown_table([e.as_dict() for e in result.excluded], ["run_name", "run_id", "task", "reason"])],
+    ]
+    if result.notes:
+        sections.append(["## Notes", "", *[f"- {n}" for n in result.notes], ""])
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def _header_md(result: best_config.BestConfigResult, run_id: str | None) -> list[str]:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = [
+    return [
         "# Analysis report",
         "",
         f"- Runs: {result.selection.describe()}",
@@ -203,55 +221,54 @@ def render_markdown(result: best_config.BestConfigResult, figures: dict[str, str
         "",
         *[f"- {c}" for c in _conclusions(result)],
         "",
+    ]
+
+
+def _overfitting_md(result: best_config.BestConfigResult, figures: dict[str, str | None]) -> list[str]:
+    thresholds = result.overfitting.thresholds
+    return [
         "## Overfitting",
         "",
         f"A run overfits when, after the epoch of minimum validation loss, validation loss stays above that minimum "
-        f"(by more than {th.min_delta:g}) for at least {th.patience} epochs while training loss keeps falling, or when "
-        f"the final training-minus-validation accuracy gap exceeds {th.gap_threshold:g}. The onset epoch is the last "
-        f"good epoch (0-based, the metric step). Validation accuracy above training accuracy (by more than "
-        f"{th.val_above_margin:g}) is flagged separately: it is not overfitting.",
+        f"(by more than {thresholds.min_delta:g}) for at least {thresholds.patience} epochs while training loss keeps "
+        f"falling, or when the final training-minus-validation accuracy gap exceeds {thresholds.gap_threshold:g}. The "
+        f"onset epoch is the last good epoch (0-based, the metric step). Validation accuracy above training accuracy "
+        f"(by more than {thresholds.val_above_margin:g}) is flagged separately: it is not overfitting.",
         "",
         common.markdown_table(_overfitting_rows(result)),
+        *_figure_md(figures, FIG_CURVES, "Learning curves"),
     ]
-    for name, title in (
-        (FIG_CURVES, "Learning curves"),
-    ):
-        md += _figure_md(figures, name, title)
-    md += [
+
+
+def _training_md(result: best_config.BestConfigResult, tables: dict) -> list[str]:
+    confidence = result.training[0].score.confidence if result.training else 0.95
+    return [
         "## Best training configuration",
         "",
         "Validation accuracy at each run's last good epoch (the onset epoch if it overfits, else its best epoch), "
-        "mean over repeated runs with a "
-        f"{int(round(100 * (result.training[0].score.confidence if result.training else 0.95)))}% Student-t interval "
-        "(n=1: no interval).",
+        f"mean over repeated runs with a {int(round(100 * confidence))}% Student-t interval (n=1: no interval).",
         "",
-        common.markdown_table(tabs["training"]),
+        common.markdown_table(tables["training"]),
         f"_{result.statements()['training']['statement']}._",
         "",
-        "## Preprocessing: cluster shapes",
-        "",
-        common.markdown_table(tabs["preprocess_by_speed"]),
-        f"By cost per 1,000 images ({result.prices.currency}; machines + Dataproc fee + disks; {best_config.PRICED_RUNS}):",
-        "",
-        common.markdown_table(tabs["preprocess_by_cost"]),
-        *_figure_md(figures, FIG_PREPROCESS, "Preprocessing time by cluster"),
-        "## Speed test: cluster shapes",
-        "",
-        "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals over "
-        "repetitions of all runs of a shape.",
-        "",
-        common.markdown_table(tabs["speedtest_by_speed"]),
-        f"By cost per 1,000 images ({result.prices.currency}; {best_config.PRICED_RUNS}):",
-        "",
-        common.markdown_table(tabs["speedtest_by_cost"]),
-        *_figure_md(figures, FIG_THROUGHPUT, "Throughput by batch size and source"),
-        "## Runs left out",
-        "",
-        common.markdown_table([e.as_dict() for e in result.excluded], ["run_name", "run_id", "task", "reason"]),
     ]
-    if result.notes:
-        md += ["## Notes", "", *[f"- {n}" for n in result.notes], ""]
-    return "\n".join(md) + "\n"
+
+
+def _shapes_md(
+    result: best_config.BestConfigResult, tables: dict, figures: dict[str, str | None], section: str, title: str,
+    figure: str, figure_title: str, explanation: str, cost_parts: str,
+) -> list[str]:
+    """One task's ranking of cluster shapes: by speed, then by cost for the runs that are priced."""
+    return [
+        f"## {title}",
+        "",
+        *([explanation, ""] if explanation else []),
+        common.markdown_table(tables[f"{section}_by_speed"]),
+        f"By cost per 1,000 images ({result.prices.currency}; {cost_parts}{best_config.PRICED_RUNS}):",
+        "",
+        common.markdown_table(tables[f"{section}_by_cost"]),
+        *_figure_md(figures, figure, figure_title),
+    ]
 
 
 def _figure_md(figures: dict[str, str | None], name: str, title: str) -> list[str]:
@@ -303,6 +320,28 @@ def make_report(
     ``log_run=False``). Returns a :class:`Report`. Raises :class:`query.NoRunsError` when
     there is no run to analyse.
     """
+    selection, result = _analyse(tracking_uri, experiment, parent_run_id, thresholds, prices_path, rank_by)
+    if write_tags:
+        overfitting.write_tags(result.overfitting)
+        best_config.write_tags(result)
+    out = Path(output_dir) if output_dir else default_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    figures = _write_figures(result, out)
+    document = {"overfitting": result.overfitting.as_dict(), "best_config": result.as_dict(),
+                "figures": {k: (None if v else k) for k, v in figures.items()}, "figure_notes": figures}
+    (out / JSON_FILE).write_text(common.dump_json(document))
+    run_id = None
+    if log_run:
+        run_id = _log_report_run(selection, parent_run_id, result, figures, out)
+    else:
+        (out / REPORT_FILE).write_text(render_markdown(result, figures, None))
+    return Report(out / REPORT_FILE, out, run_id, result, figures)
+
+
+def _analyse(
+    tracking_uri: str | None, experiment: str | None, parent_run_id: str | None,
+    thresholds: overfitting.Thresholds, prices_path: str | Path | None, rank_by: str,
+) -> tuple[query.RunSelection, best_config.BestConfigResult]:
     selection, runs = query.load_runs(tracking_uri, experiment, parent_run_id)
     runs = runs[runs["task"] != "analysis"].reset_index(drop=True)  # earlier reports are not data
     if runs.empty:
@@ -311,40 +350,38 @@ def make_report(
     if not (result.overfitting.verdicts or result.preprocess["by_speed"] or result.speedtest["by_speed"]):
         reasons = "; ".join(f"{e.run_name or e.run_id}: {e.reason}" for e in result.excluded) or "no task runs"
         raise query.NoRunsError(f"no run that can be analysed in {selection.describe()} ({reasons})")
-    if write_tags:
-        overfitting.write_tags(result.overfitting)
-        best_config.write_tags(result)
-    out = Path(output_dir) if output_dir else default_output_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    return selection, result
+
+
+def _write_figures(result: best_config.BestConfigResult, out: Path) -> dict[str, str | None]:
+    """Each figure's file name -> None when written, else why not."""
     sns.set_theme(style="whitegrid", context="paper")
-    figures = {
+    return {
         FIG_CURVES: _curves_figure(result, out / FIG_CURVES),
         FIG_THROUGHPUT: _throughput_figure(result, out / FIG_THROUGHPUT),
         FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
     }
-    document = {"overfitting": result.overfitting.as_dict(), "best_config": result.as_dict(),
-                "figures": {k: (None if v else k) for k, v in figures.items()}, "figure_notes": figures}
-    (out / JSON_FILE).write_text(common.dump_json(document))
-    # the report names the analysis run, so create the run first, then log the files into it
-    run_id = None
-    if log_run:
-        client = query.client_for(selection.tracking_uri)
-        tags = {"task": "analysis", **liveness.process_tags()}
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(selection.experiment_id, tags=tags,
-                                run_name=f"analysis-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_id = run.info.run_id
-        try:
-            (out / REPORT_FILE).write_text(render_markdown(result, figures, run_id))
-            client.log_artifacts(run_id, str(out))
-        except BaseException as error:  # Ctrl-C or SIGTERM (a KeyboardInterrupt too): KILLED, as the pipeline's runs
-            client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-            raise
-        client.set_terminated(run_id, "FINISHED")
-    else:
-        (out / REPORT_FILE).write_text(render_markdown(result, figures, None))
-    return Report(out / REPORT_FILE, out, run_id, result, figures)
+
+
+def _log_report_run(
+    selection: query.RunSelection, parent_run_id: str | None, result: best_config.BestConfigResult,
+    figures: dict[str, str | None], out: Path,
+) -> str:
+    """The analysis run: created first, since the report names it, then the files are logged into it."""
+    client = query.client_for(selection.tracking_uri)
+    tags = {"task": "analysis", **liveness.process_tags()}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(selection.experiment_id, tags=tags, run_name=f"analysis-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = run.info.run_id
+    try:
+        (out / REPORT_FILE).write_text(render_markdown(result, figures, run_id))
+        client.log_artifacts(run_id, str(out))
+    except BaseException as error:  # Ctrl-C or SIGTERM (a KeyboardInterrupt too): KILLED, as the pipeline's runs
+        client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 def build_report(
