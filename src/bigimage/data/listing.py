@@ -7,23 +7,37 @@ here):
 * Every regular file anywhere under a class folder is an item of that class, including files in
   deeper sub-folders (``root/roses/2019/a.jpg`` is a rose). Nothing is filtered by extension:
   non-image files are items too, and the preprocessing job decodes and counts the failures.
+* Symbolic links are followed, to folders as to files: a class folder that is a link to a folder
+  elsewhere is listed like a real one (Keras lists it too). A link that leads back to a folder it is
+  in is a loop: it is not followed, and is reported.
 * Hidden names are skipped: files or folders whose name starts with ``.`` (``.DS_Store``, editor and
   atomic-write temp files, ``.ipynb_checkpoints``) and top-level folders starting with ``_``
   (``_temporary`` and similar job markers). Files directly in ``root`` are not items (a
   ``LICENSE.txt`` or ``_SYNTHETIC.json`` beside the class folders is fine).
+* Every other entry under ``root`` that cannot be listed is in ``failed`` with a reason, never dropped
+  silently: a folder that cannot be read (its files cannot be counted, so the folder is named
+  instead), a link loop, a broken link, anything under a class folder that is neither a regular file
+  nor a folder. Task 1 adds them to ``failed_images``.
 * ``gs://`` is listed with one recursive listing call. Cloud Storage has no real folders, so a
   class with no objects is only known if it is given in ``classes`` (it is then an empty class).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 
 from bigimage.data import storage
+from bigimage.errors import UserError
 
 EXPECTED_LAYOUT = "root/<label>/*.jpg (one sub-folder per class, image files inside)"
+
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
+    """``dataset.root`` does not exist or holds nothing: a path for the user to fix."""
 
 
 @dataclass
@@ -36,6 +50,9 @@ class LabelledImages:
     empty_classes: list[str]
     sizes: list[int] = field(default_factory=list)  # bytes, parallel to items
     unlisted_folders: list[str] = field(default_factory=list)  # folders not among the given classes
+    # (path, reason) of what is under a class folder but could not be listed: unreadable folders, link
+    # loops, broken links, special files. Task 1 counts them in failed_images.
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
         counts = {name: 0 for name in self.classes}
@@ -68,6 +85,89 @@ def _split_relative(root: str, path: str) -> list[str]:
     return rel.split(sep)
 
 
+def _unusable(path: str, error: OSError) -> str | None:
+    """Why ``path`` (whose stat failed) is no item; None if it was removed while listing."""
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    if os.path.islink(path):
+        return f"broken symbolic link to {os.readlink(path)!r}"
+    if error.errno == errno.ENOENT:
+        return None
+    return f"cannot read its status: {error.strerror or error}"
+
+
+def _walk_class(root: str, folder: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Every regular file under ``folder`` (links followed) with its size, and what failed, with why.
+
+    A folder whose identity (device, inode) is already on the path from ``root`` down to it is a
+    loop; an explicit stack rather than recursion, so a deep tree cannot exhaust Python's stack.
+    """
+    files: list[tuple[str, int]] = []
+    failed: list[tuple[str, str]] = []
+    stack = [(folder, (_identity(root), _identity(folder)))]
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                entries = [entry for entry in listing if not _hidden(entry.name)]
+        except OSError as error:
+            failed.append((path, f"unreadable folder ({error.strerror or error}); the files in it are not counted"))
+            continue
+        for entry in entries:
+            try:
+                info = os.stat(entry.path)  # follows links
+            except OSError as error:
+                reason = _unusable(entry.path, error)
+                if reason:
+                    failed.append((entry.path, reason))
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                identity = (info.st_dev, info.st_ino)
+                if identity in ancestors:
+                    failed.append((entry.path, f"symbolic link loop: leads back to {os.path.realpath(entry.path)}"))
+                else:
+                    stack.append((entry.path, (*ancestors, identity)))
+            elif stat.S_ISREG(info.st_mode):
+                files.append((entry.path, info.st_size))
+            else:
+                failed.append((entry.path, "not a regular file or folder"))
+    return files, failed
+
+
+def _identity(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _local_class_folders(root: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The visible top-level folders of ``root`` (links to folders included), and unusable entries there."""
+    folders: list[str] = []
+    failed: list[tuple[str, str]] = []
+    root_identity = _identity(root)
+    try:
+        with os.scandir(root) as listing:
+            entries = list(listing)
+    except OSError as error:
+        raise PermissionError(f"dataset root {root} cannot be listed: {error.strerror or error}") from error
+    for entry in entries:
+        if _hidden(entry.name) or entry.name.startswith("_"):
+            continue
+        try:
+            info = os.stat(entry.path)
+        except OSError as error:
+            reason = _unusable(entry.path, error)
+            if reason:
+                failed.append((entry.path, reason))
+            continue
+        if not stat.S_ISDIR(info.st_mode):
+            continue  # a file beside the class folders
+        if (info.st_dev, info.st_ino) == root_identity:
+            failed.append((entry.path, f"symbolic link loop: leads back to {os.path.realpath(entry.path)}"))
+        else:
+            folders.append(entry.name)
+    return folders, failed
+
+
 def list_labelled_images(root: str, classes: list[str] | None = None) -> LabelledImages:
     """List ``root/<label>/...`` into items ordered by class index, then path.
 
@@ -75,8 +175,9 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
     Given classes without a folder (or without files) are reported in ``empty_classes``; folders not
     among them are skipped and reported in ``unlisted_folders``.
 
-    Raises FileNotFoundError if ``root`` does not exist (or, for gs://, holds no objects), and
-    ValueError if it has no class folders or ``classes`` has duplicates or empty names.
+    Raises FileNotFoundError if ``root`` does not exist (or, for gs://, holds no objects),
+    PermissionError if ``root`` itself cannot be listed, and ValueError if it has no class folders or
+    ``classes`` has duplicates or empty names.
     """
     root = str(root)
     if classes:
@@ -90,35 +191,39 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
     if gcs:
         storage.split_gcs(root)  # validates the URL
     elif not os.path.exists(root):
-        raise FileNotFoundError(f"dataset root {root} does not exist; expected {EXPECTED_LAYOUT}")
+        raise DatasetNotFoundError(f"dataset.root={root} does not exist; expected {EXPECTED_LAYOUT}")
     elif not os.path.isdir(root):
         raise NotADirectoryError(f"dataset root {root} is not a directory; expected {EXPECTED_LAYOUT}")
 
-    files = storage.list_files(root)
-    if gcs and not files:
-        raise FileNotFoundError(f"no objects under {root}; expected {EXPECTED_LAYOUT}")
-
-    # folder -> [(path, size)] for every visible file under a top-level folder.
+    # folder -> [(path, size)] for every visible file under a top-level folder (local: filled below).
     by_folder: dict[str, list[tuple[str, int]]] = {}
-    if not gcs:
+    failed: list[tuple[str, str]] = []
+    if gcs:
+        files = storage.list_files(root)
+        if not files:
+            raise DatasetNotFoundError(f"dataset.root={root} holds no objects; expected {EXPECTED_LAYOUT}")
+        for info in files:
+            parts = _split_relative(root, info.path)
+            if len(parts) < 2:  # a file directly in root
+                continue
+            folder = parts[0]
+            if folder.startswith("_") or any(_hidden(p) for p in parts):
+                continue
+            by_folder.setdefault(folder, []).append((info.path, info.size))
+    else:
         # Local folders can be empty, and an empty class folder is still a class.
-        with os.scandir(root) as entries:
-            for entry in entries:
-                if entry.is_dir() and not _hidden(entry.name) and not entry.name.startswith("_"):
-                    by_folder.setdefault(entry.name, [])
-    for info in files:
-        parts = _split_relative(root, info.path)
-        if len(parts) < 2:  # a file directly in root
-            continue
-        folder = parts[0]
-        if folder.startswith("_") or any(_hidden(p) for p in parts):
-            continue
-        by_folder.setdefault(folder, []).append((info.path, info.size))
+        folders, failed = _local_class_folders(root)
+        by_folder = {name: [] for name in folders}
 
     if not by_folder:
         raise ValueError(f"dataset root {root} has no class folders; expected {EXPECTED_LAYOUT}")
 
     names = list(classes) if classes else sorted(by_folder)
+    if not gcs:  # only the folders that are classes are walked: unlisted ones are reported as such
+        for name in names:
+            if name in by_folder:
+                by_folder[name], class_failed = _walk_class(root, os.path.join(root, name))
+                failed += class_failed
     items: list[tuple[str, int]] = []
     sizes: list[int] = []
     empty: list[str] = []
@@ -130,4 +235,7 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
             items.append((path, index))
             sizes.append(size)
     unlisted = sorted(set(by_folder) - set(names))
-    return LabelledImages(root=root, classes=names, items=items, empty_classes=empty, sizes=sizes, unlisted_folders=unlisted)
+    return LabelledImages(
+        root=root, classes=names, items=items, empty_classes=empty, sizes=sizes, unlisted_folders=unlisted,
+        failed=sorted(failed),
+    )
