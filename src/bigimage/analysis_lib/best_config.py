@@ -31,6 +31,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
 import yaml
@@ -142,26 +143,29 @@ def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
             f"no prices for region {region} in the price table (it has {prices.region}); "
             f"add them from {prices.source}"
         )
-    p = lambda k: query.param(row, f"cluster.shape.{k}")  # noqa: E731
-    master = p("master_machine_type")
+    def shape(key: str) -> Any:
+        return query.param(row, f"cluster.shape.{key}")
+
+    master = shape("master_machine_type")
     if master is None:
         return None, "no cluster.shape params"
-    single = _truthy(p("single_node") or "false")
+    single = _truthy(shape("single_node") or "false")
     try:
-        workers = 0 if single else int(float(p("worker_count") or 0))
-        master_disk = float(p("master_boot_disk_size_gb") or 0)
-        worker_disk = float(p("worker_boot_disk_size_gb") or 0) if workers else 0.0
+        workers = 0 if single else int(float(shape("worker_count") or 0))
+        master_disk = float(shape("master_boot_disk_size_gb") or 0)
+        worker_disk = float(shape("worker_boot_disk_size_gb") or 0) if workers else 0.0
     except ValueError as exc:
         return None, f"unreadable cluster shape: {exc}"
-    worker_type = p("worker_machine_type") if workers else None
-    missing = [t for t in (master, worker_type) if t is not None and t not in table.machines]
-    disk_types = [p("master_boot_disk_type") or "pd-standard"] + ([p("worker_boot_disk_type") or "pd-standard"] if workers else [])
-    missing += [d for d in disk_types if d not in table.disks]
+    worker_type = shape("worker_machine_type") if workers else None
+    missing = [name for name in (master, worker_type) if name is not None and name not in table.machines]
+    disk_types = [shape("master_boot_disk_type") or "pd-standard"] + ([shape("worker_boot_disk_type") or "pd-standard"] if workers else [])
+    missing += [disk for disk in disk_types if disk not in table.disks]
     if missing:
         return None, f"no price for {', '.join(sorted(set(missing)))} in {region}"
-    m, w = table.machines[master], table.machines.get(worker_type, {"vcpus": 0, "hourly": 0.0})
-    vcpus = m["vcpus"] + workers * w["vcpus"]
-    machines = m["hourly"] + workers * w["hourly"]
+    master_price = table.machines[master]
+    worker_price = table.machines.get(worker_type, {"vcpus": 0, "hourly": 0.0})
+    vcpus = master_price["vcpus"] + workers * worker_price["vcpus"]
+    machines = master_price["hourly"] + workers * worker_price["hourly"]
     fee = vcpus * prices.dataproc_per_vcpu_hour
     disks = (master_disk * table.disks[disk_types[0]] + (workers * worker_disk * table.disks[disk_types[1]] if workers else 0.0)) / prices.hours_per_month
     how = (
@@ -198,26 +202,26 @@ def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> d
     top = ranking[0]
     if len(ranking) == 1:
         return {"distinguishable": None, "statement": f"only one {what}: {top.score.text(fmt)}; nothing to compare with"}
-    nxt = ranking[1]
-    overlap = top.score.overlaps(nxt.score)
+    runner_up = ranking[1]
+    overlap = top.score.overlaps(runner_up.score)
     if overlap is None:
-        n1 = [r for r in (top, nxt) if r.score.n == 1]
+        single_runs = [ranked for ranked in (top, runner_up) if ranked.score.n == 1]
         return {
             "distinguishable": None,
             "statement": f"cannot tell whether the top {what} beats the next: "
-            + ("it has" if n1 == [top] else "they have" if len(n1) == 2 else "the next has")
+            + ("it has" if single_runs == [top] else "they have" if len(single_runs) == 2 else "the next has")
             + " a single run (n=1 gives no interval); repeat the runs to get an interval",
         }
     if overlap:
         return {
             "distinguishable": False,
             "statement": f"the top {what} ({top.score.text(fmt)}) is NOT distinguishable from the next "
-            f"({nxt.score.text(fmt)}): their intervals overlap",
+            f"({runner_up.score.text(fmt)}): their intervals overlap",
         }
     return {
         "distinguishable": True,
         "statement": f"the top {what} ({top.score.text(fmt)}) is distinguishable from the next "
-        f"({nxt.score.text(fmt)}): their intervals do not overlap",
+        f"({runner_up.score.text(fmt)}): their intervals do not overlap",
     }
 
 
@@ -232,37 +236,45 @@ def _status_ok(row: pd.Series, excluded: list) -> bool:
     return True
 
 
+class TrainingKey(NamedTuple):
+    """What tells training configurations apart in the ranking."""
+
+    strategy: str
+    batch_size: int
+    cluster: str
+
+
 def rank_training(of: overfitting.OverfittingResult, confidence: float = 0.95) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
     """Training configurations ranked by validation accuracy at the last good epoch (mean over runs)."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
-    groups: dict[tuple, list[tuple[str, float]]] = {}
-    for v in of.verdicts:
-        row = by_id.loc[v.run_id]
-        values = {k: query.param(row, k) for k in CONFIG_PARAMS}
-        missing = [k for k, val in values.items() if val is None]
+    groups: dict[TrainingKey, dict[str, float]] = {}  # key -> run id -> val accuracy at the last good epoch
+    for verdict in of.verdicts:
+        row = by_id.loc[verdict.run_id]
+        values = {key: query.param(row, key) for key in CONFIG_PARAMS}
+        missing = [key for key, value in values.items() if value is None]
         if missing:
             _exclude(excluded, row, f"params of another schema: missing {', '.join(missing)}")
             continue
         try:
-            bs = int(float(values["batch_size"]))
+            batch_size = int(float(values["batch_size"]))
         except ValueError:
             _exclude(excluded, row, f"params of another schema: batch_size={values['batch_size']!r} is not a number")
             continue
-        if v.val_accuracy_at_last_good is None:
-            _exclude(excluded, row, f"no val_accuracy at its last good epoch ({v.last_good_epoch})")
+        if verdict.val_accuracy_at_last_good is None:
+            _exclude(excluded, row, f"no val_accuracy at its last good epoch ({verdict.last_good_epoch})")
             continue
-        key = (str(values["strategy.name"]), bs, str(values["cluster.name"]))
-        groups.setdefault(key, []).append((v.run_id, v.val_accuracy_at_last_good))
+        key = TrainingKey(str(values["strategy.name"]), batch_size, str(values["cluster.name"]))
+        groups.setdefault(key, {})[verdict.run_id] = verdict.val_accuracy_at_last_good
     ranking = [
         Ranked(
-            {"strategy.name": k[0], "batch_size": k[1], "cluster.name": k[2]},
-            common.mean_interval([x for _, x in members], confidence),
-            [r for r, _ in members],
+            {"strategy.name": key.strategy, "batch_size": key.batch_size, "cluster.name": key.cluster},
+            common.mean_interval(list(members.values()), confidence),
+            list(members),
         )
-        for k, members in groups.items()
+        for key, members in groups.items()
     ]
-    ranking.sort(key=lambda r: (-r.score.mean, -r.score.n, str(r.key)))
+    ranking.sort(key=lambda ranked: (-ranked.score.mean, -ranked.score.n, str(ranked.key)))
     return ranking, excluded
 
 
@@ -296,20 +308,20 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
     speed, cost = [], []
     if table.empty:
         return {"by_speed": [], "by_cost": []}
-    for key, grp in table.groupby(keys, sort=True):
+    for key, group in table.groupby(keys, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        kd = dict(zip(keys, key))
-        run_ids = sorted(set(grp["run_id"]))
-        priced = grp[grp["cost_per_1000_images"].notna()]  # Dataproc runs only (hourly_cost says why)
+        key_values = dict(zip(keys, key))
+        run_ids = sorted(set(group["run_id"]))
+        priced = group[group["cost_per_1000_images"].notna()]  # Dataproc runs only (hourly_cost says why)
         extra = {
             "hourly_cost": priced["hourly_cost"].iloc[0] if not priced.empty else None,
-            "cost_note": (priced if not priced.empty else grp)["cost_note"].iloc[0],
-            "seconds": common.mean_interval(grp["seconds"].tolist(), confidence).as_dict(),
+            "cost_note": (priced if not priced.empty else group)["cost_note"].iloc[0],
+            "seconds": common.mean_interval(group["seconds"].tolist(), confidence).as_dict(),
         }
-        speed.append(Ranked(kd, common.mean_interval(grp["images_per_second"].tolist(), confidence), run_ids, extra))
+        speed.append(Ranked(key_values, common.mean_interval(group["images_per_second"].tolist(), confidence), run_ids, extra))
         if not priced.empty:
             costs = priced["cost_per_1000_images"].tolist()
-            cost.append(Ranked(kd, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), extra))
+            cost.append(Ranked(key_values, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), extra))
     speed.sort(key=lambda r: (-r.score.mean, str(r.key)))
     cost.sort(key=lambda r: (r.score.mean, str(r.key)))
     return {"by_speed": speed, "by_cost": cost}
@@ -333,20 +345,20 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
     for run_id, why in problems.items():
         _exclude(excluded, by_id[run_id], why)
     frames = []
-    for run_id, grp in table.groupby("run_id", sort=False) if not table.empty else []:
-        missing = [c for c in SPEEDTEST_COLUMNS if c not in grp.columns]
+    for run_id, group in table.groupby("run_id", sort=False) if not table.empty else []:
+        missing = [c for c in SPEEDTEST_COLUMNS if c not in group.columns]
         if missing:
             _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}")
             continue
-        grp = grp.copy()
+        group = group.copy()
         for c in ("batch_size", "batch_number", "repetition", "images", "bytes", "seconds", "images_per_second", "bytes_per_second"):
-            grp[c] = pd.to_numeric(grp[c], errors="coerce")
-        usable = grp[(grp["seconds"] > 0) & (grp["images"] > 0)]
+            group[c] = pd.to_numeric(group[c], errors="coerce")
+        usable = group[(group["seconds"] > 0) & (group["images"] > 0)]
         if usable.empty:
             _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} has no row with positive images and seconds")
             continue
         usable = usable.assign(**{"cluster.name": query.param(by_id[run_id], "cluster.name")})
-        frames.append((run_id, usable, len(grp) - len(usable)))
+        frames.append((run_id, usable, len(group) - len(usable)))
     rows = pd.concat([f for _, f, _ in frames], ignore_index=True) if frames else pd.DataFrame()
     notes = [f"{run_id}: {n} grid row(s) without positive images/seconds dropped" for run_id, _, n in frames if n]
     return rows, excluded, notes, by_id
