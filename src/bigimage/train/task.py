@@ -27,10 +27,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigimage.config import ConfigError
 from bigimage.data import readers
 from bigimage.train import launch, strategies
-from bigimage.train.inputs import SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +52,6 @@ def checkpoint_dir(cfg: Any) -> str:
     if cfg.train.checkpoint_dir:
         return str(cfg.train.checkpoint_dir)
     return os.path.join(str(cfg.paths.data_dir), "checkpoints", checkpoint_key(cfg))
-
-
-def check_train_config(cfg: Any) -> None:
-    """Everything about a training config that can be known before a process starts. Raises ConfigError."""
-    strategies.check_strategy_config(cfg)  # also strategy.launcher
-    for key in ("batch_size", "epochs", "image_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]!r} is not valid; it must be a whole number >= 1")
-    replicas = strategies.expected_replicas(cfg)
-    if replicas:
-        strategies.check_batch_size(int(cfg.batch_size), replicas, cfg.strategy.name)
-    if cfg.train.split not in SPLITS:
-        raise ConfigError(f"train.split={cfg.train.split!r} is not valid; choose one of: {', '.join(SPLITS)}")
-    if not 0.0 < float(cfg.train.validation_fraction) < 1.0:
-        raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
 
 
 def local_tfrecord_dir(cfg: Any) -> str:
@@ -113,7 +96,6 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     active MLflow run when there is one (through the chief worker), else logs nothing. Raises
     ConfigError or TFRecordDirError before any process starts, WorkerFailedError when a worker fails.
     """
-    check_train_config(cfg)
     # Fail on missing shards or the wrong image size before any process starts.
     readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
     data_dir = local_tfrecord_dir(cfg)

@@ -70,6 +70,7 @@ def train_worker(
     import tensorflow as tf
     import tf_keras as keras
 
+    from bigimage.config import check_batch_size
     from bigimage.data import readers
     from bigimage.train import inputs as inputs_mod
     from bigimage.train.cache import choose_cache
@@ -79,7 +80,7 @@ def train_worker(
     is_chief = task_index == 0
     replicas = int(strategy.num_replicas_in_sync)
     global_batch = int(cfg.batch_size)
-    per_replica = strategies.check_batch_size(global_batch, replicas, cfg.strategy.name)
+    per_replica = check_batch_size(global_batch, replicas, cfg.strategy.name)
     keras.utils.set_random_seed(int(cfg.seed))
 
     manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
