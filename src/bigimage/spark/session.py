@@ -111,25 +111,21 @@ def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
 
 @contextmanager
 def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Iterator[Any]:
-    """A SparkSession for ``cluster`` (a ClusterConfig node), stopped on exit, also on error.
+    """A SparkSession for ``cluster`` (a ClusterConfig node) on ``master`` (default: ``cluster.master``,
+    else ``local[slots]``), stopped on exit, also on error.
 
-    Without an explicit ``master``, a ``standalone`` or ``dataproc`` deploy goes through
-    :func:`bigimage.spark.cluster.spark_for` (which starts the cluster, or checks and waits for the
-    given one, and calls back here with the master URL), so callers of either get the same cluster.
+    This is the session only; :func:`bigimage.spark.cluster.spark_for` is what tasks call: it starts or
+    checks the cluster of a ``standalone`` or ``dataproc`` deploy and then opens its session here.
     """
-    deploy = str(getattr(cluster, "deploy", "local") or "local")
-    if master is None and deploy != "local":
-        from bigimage.spark.cluster import spark_for
-
-        with spark_for(cluster, app_name) as spark:
-            yield spark
-        return
+    master = master or cluster.master
+    if master is None and cluster.deploy != "local":
+        raise ValueError(f"cluster.deploy={cluster.deploy} needs a master URL: open it through spark_for")
     check_java()
     from pyspark.sql import SparkSession
 
     from bigimage.spark.standalone import auth_conf
 
-    master = master or cluster.master or local_master(cluster)
+    master = master or local_master(cluster)
     # PySpark takes the workers' Python from the environment, not from spark.pyspark.python.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
