@@ -208,3 +208,101 @@ def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) 
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id], order_by=["start_time DESC"])
     assert runs[0].info.status == "KILLED" and "interrupted" in runs[0].data.tags["error"]
+
+
+def test_shards_and_manifest_follow_the_umask(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    """Issue 10 item 7: with umask 022 other users of a shared file system can read the set (was 0600)."""
+    import stat
+
+    listing = list_labelled_images(str(make_image_tree(per_class=2)))
+    destination = tmp_path / "tfrec"
+    previous = os.umask(0o022)  # the Spark workers were started under the pytest process's umask: 022 here too
+    try:
+        manifest, _, _ = write_tfrecords(spark, listing, str(destination), 32, 80, 2, "flowers", seed=0)
+    finally:
+        os.umask(previous)
+    modes = {name: stat.S_IMODE((destination / name).stat().st_mode) for name in os.listdir(destination)}
+    assert modes == {name: 0o644 for name in [*manifest.shards, schema.MANIFEST_NAME]}
+    assert stat.S_IMODE(destination.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_a_second_writer_fails_at_once_and_never_breaks_the_first(
+    spark, where: str, make_image_tree: Callable[..., Path], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Issue 10 item 4: a second job started while the first is writing used to delete the first's
+    staging, so the first failed. Now it fails at once naming the first; the first publishes."""
+    import dataclasses
+    import re
+    import socket
+    import threading
+    import time
+
+    from tests.tfrecord_sets import assert_one_complete_set, leftovers
+
+    listing = list_labelled_images(str(make_image_tree(per_class=3)))
+    destination = str(tmp_path / "tfrec") if where == "local" else f"gs://{request.getfixturevalue('gcs_bucket')}/tfrec"
+    write_tfrecords(spark, listing, destination, 32, 80, 2, "old", seed=0)
+    gate = tmp_path / "gate.jpg"
+    os.mkfifo(gate)  # the first job's task that reads it waits until the test writes it
+    slow = dataclasses.replace(listing, items=[*listing.items, (str(gate), 0)])
+    outcome: dict[str, object] = {}
+
+    def first_job() -> None:
+        try:
+            outcome["manifest"] = write_tfrecords(spark, slow, destination, 32, 80, 2, "first", seed=0)[0]
+        except BaseException as error:  # reported by the assertions below
+            outcome["error"] = error
+
+    def open_gate() -> None:
+        with open(gate, "wb") as handle:
+            handle.write(jpeg_bytes(64, 64, (10, 200, 10)))
+
+    def staged() -> bool:
+        if where == "gcs":
+            return any("/_staging-" in info.path for info in storage.list_files(destination))
+        return bool(list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")) or list(tmp_path.glob("tfrec/_staging-*/part-*.tfrec")))
+
+    first = threading.Thread(target=first_job)
+    first.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not staged():  # the first job is half-way: one shard staged, one waiting at the gate
+            assert time.monotonic() < deadline and first.is_alive(), outcome
+            time.sleep(0.05)
+        started = time.monotonic()
+        holder = rf"pid {os.getpid()} on host {re.escape(socket.gethostname())}, started \d+ s ago"
+        with pytest.raises(Exception, match=holder) as refused:
+            write_tfrecords(spark, listing, destination, 32, 80, 2, "second", seed=0)
+        assert type(refused.value).__name__ == "DestinationBusyError"
+        assert time.monotonic() - started < 5, "it failed at once"
+    finally:
+        threading.Thread(target=open_gate, daemon=True).start()
+        first.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    manifest = assert_one_complete_set(destination, len(listing.items) + 1)
+    assert manifest.shards == outcome["manifest"].shards and all(name.startswith("first-") for name in manifest.shards)
+    assert leftovers(destination) == []
+
+
+def test_seconds_run_from_the_first_task_start(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    """DESIGN: task 1's ``seconds`` runs from the first task's start to the set committed; it was taken
+    from the job's submission, so a wait for free executor slots (or Python workers) counted too."""
+    import threading
+    import time
+
+    listing = list_labelled_images(str(make_image_tree(per_class=2)))
+    context = spark.sparkContext
+    busy = threading.Thread(target=lambda: context.parallelize(range(2), 2).foreach(lambda _: time.sleep(3)))
+    busy.start()
+    deadline = time.monotonic() + 60
+    while sum(info.numActiveTasks for info in map(context.statusTracker().getStageInfo, context.statusTracker().getActiveStageIds()) if info) < 2:
+        assert time.monotonic() < deadline, "the busy job never took both slots"
+        time.sleep(0.05)
+    before = time.time()
+    _, results, seconds = write_tfrecords(spark, listing, str(tmp_path / "tfrec"), 32, 80, 2, "flowers", seed=0)
+    after = time.time()
+    busy.join()
+    first_task = min(result.started for result in results)
+    assert first_task - before > 1.0, "the tasks had to wait for free slots"
+    assert 0 < seconds <= after - first_task

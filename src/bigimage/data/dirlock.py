@@ -14,9 +14,9 @@ locally the directory itself is swapped out when a set is published (:mod:`bigim
   refreshed for :data:`STALE_SECONDS` (ages are read from the holder's clock: machines sharing a
   bucket are assumed to keep time within seconds). A holder whose lock was broken finds out at its
   next refresh and before it commits (:meth:`DestinationLock.check`), and then fails rather than
-  publish. The emulator the tests use ignores generation preconditions, so acquiring also reads the
-  object first: sequential writers are caught there too, the race between two at once only by a real
-  bucket.
+  publish. The emulator the tests use ignores generation preconditions, so acquiring and refreshing
+  also read the object first: sequential writers are caught there too, a race between two at the
+  same instant only by a real bucket's preconditions.
 
 A second writer fails at once with :class:`DestinationBusyError` naming the holder and its age, or,
 with ``wait_seconds``, retries until then.
@@ -168,9 +168,9 @@ class DestinationLock:
         """Create the lock object, or replace a stale one; else return the live holder's record."""
         try:
             data, generation = storage.read_with_generation(self.url)
+            other: dict[str, Any] | None = _parse(data) or {}
         except FileNotFoundError:
-            data, generation = b"", 0
-        other = _parse(data) if generation else None
+            other, generation = None, 0  # 0: create only if still absent
         if other is not None:
             age = time.time() - float(other.get("refreshed", 0))
             if not (holder_is_dead(other) or age > self.stale_seconds):
@@ -207,8 +207,11 @@ class DestinationLock:
         with self._mutex:
             if self._lost:
                 raise LockLostError(f"the lock {self.url} of this job was taken over by another writer")
-            self.holder["refreshed"] = time.time()
             try:
+                current, _ = storage.read_with_generation(self.url)  # also where preconditions are ignored
+                if (_parse(current) or {}).get("token") != self.holder["token"]:
+                    raise storage.PreconditionFailedError(self.url)
+                self.holder["refreshed"] = time.time()
                 self._generation = int(storage.write_bytes(self.url, self._record(), if_generation_match=self._generation) or 0)
             except (storage.PreconditionFailedError, FileNotFoundError):
                 self._lost = True
@@ -232,13 +235,17 @@ class DestinationLock:
             self._thread.join()
             self._thread = None
             with self._mutex:
-                if not self._lost:
+                for attempt in (1, 2):  # once more after a transient error
+                    if self._lost:
+                        break
                     try:
                         storage.delete(self.url, if_generation_match=self._generation)
+                        break
                     except storage.PreconditionFailedError:
-                        pass  # taken over meanwhile: it is not ours to delete
+                        break  # taken over meanwhile: it is not ours to delete
                     except Exception as error:  # the next writer finds its holder gone and takes over
-                        print(f"[lock] could not remove {self.url} ({error}); the next job takes it over")
+                        if attempt == 2:
+                            print(f"[lock] could not remove {self.url} ({error}); the next job takes it over")
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:

@@ -328,17 +328,20 @@ class Publication:
                 raise
         self.committed_at = time.time()
         listed = set(names)
-        old = [
-            info.path
-            for info in _direct_children(self.destination)
-            if schema.SHARD_NAME_RE.match(storage.basename(info.path)) and storage.basename(info.path) not in listed
-        ]
+
+        def remove_old() -> None:
+            storage.delete_files(
+                info.path
+                for info in _direct_children(self.destination)
+                if schema.SHARD_NAME_RE.match(storage.basename(info.path)) and storage.basename(info.path) not in listed
+            )
+
         try:
-            _twice(lambda: storage.delete_files(old))
+            _twice(remove_old)
         except Exception as error:
             raise PublishError(
-                f"the new set is committed ({schema.MANIFEST_NAME} lists it) but {len(old)} old shard(s) could not be "
-                f"removed ({error}); a plain *.tfrec glob sees both until the next job to {self.destination} removes them"
+                f"the new set is committed ({schema.MANIFEST_NAME} lists it) but the old shards could not be removed "
+                f"({error}); a plain *.tfrec glob sees both until the next job to {self.destination} removes them"
             ) from error
 
     def _landed(self, url: str, data: bytes) -> bool:
