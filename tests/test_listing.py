@@ -17,7 +17,7 @@ import pytest
 from bigimage.config import PROJECT_ROOT
 
 from bigimage.data import storage
-from bigimage.data.listing import LabelledImages, list_labelled_images
+from bigimage.data.listing import DatasetLayoutError, LabelledImages, list_labelled_images
 
 
 def make_tree(base: str, files: dict[str, bytes], empty_dirs: tuple[str, ...] = ()) -> None:
@@ -124,7 +124,7 @@ def test_missing_root_gcs(gcs_bucket):
 
 def test_root_is_a_file(tmp_path):
     (tmp_path / "f.jpg").write_bytes(b"x")
-    with pytest.raises(NotADirectoryError, match="root/<label>"):
+    with pytest.raises(DatasetLayoutError, match="is not a directory.*root/<label>"):
         list_labelled_images(str(tmp_path / "f.jpg"))
 
 

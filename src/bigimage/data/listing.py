@@ -40,6 +40,10 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
     """``dataset.root`` does not exist or holds nothing: a path for the user to fix."""
 
 
+class DatasetLayoutError(UserError, ValueError):
+    """``dataset.root`` is not a tree of class folders, or ``dataset.classes`` cannot name folders."""
+
+
 @dataclass
 class LabelledImages:
     """The images of a labelled tree: ``items`` are (path or URL, class index into ``classes``)."""
@@ -168,6 +172,42 @@ def _local_class_folders(root: str) -> tuple[list[str], list[tuple[str, str]]]:
     return folders, failed
 
 
+def _checked_classes(classes: list[str] | None) -> list[str] | None:
+    if not classes:
+        return None
+    classes = [str(name) for name in classes]
+    if len(set(classes)) != len(classes):
+        raise DatasetLayoutError(f"dataset.classes has duplicates: {classes}")
+    if any(not name or "/" in name or name in (".", "..") for name in classes):
+        raise DatasetLayoutError(f"dataset.classes must be non-empty folder names, got {classes}")
+    return classes
+
+
+def _check_local_root(root: str) -> None:
+    if not os.path.exists(root):
+        raise DatasetNotFoundError(f"dataset.root={root} does not exist; expected {EXPECTED_LAYOUT}")
+    if not os.path.isdir(root):
+        raise DatasetLayoutError(f"dataset.root={root} is not a directory; expected {EXPECTED_LAYOUT}")
+
+
+def _gcs_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
+    """Top-level folder -> [(URL, size)] of every visible object under it."""
+    storage.split_gcs(root)  # validates the URL
+    files = storage.list_files(root)
+    if not files:
+        raise DatasetNotFoundError(f"dataset.root={root} holds no objects; expected {EXPECTED_LAYOUT}")
+    by_folder: dict[str, list[tuple[str, int]]] = {}
+    for info in files:
+        parts = _split_relative(root, info.path)
+        if len(parts) < 2:  # a file directly in root
+            continue
+        folder = parts[0]
+        if folder.startswith("_") or any(_hidden(part) for part in parts):
+            continue
+        by_folder.setdefault(folder, []).append((info.path, info.size))
+    return by_folder
+
+
 def list_labelled_images(root: str, classes: list[str] | None = None) -> LabelledImages:
     """List ``root/<label>/...`` into items ordered by class index, then path.
 
@@ -175,48 +215,24 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
     Given classes without a folder (or without files) are reported in ``empty_classes``; folders not
     among them are skipped and reported in ``unlisted_folders``.
 
-    Raises FileNotFoundError if ``root`` does not exist (or, for gs://, holds no objects),
-    PermissionError if ``root`` itself cannot be listed, and ValueError if it has no class folders or
+    Raises :class:`DatasetNotFoundError` (a FileNotFoundError) if ``root`` does not exist (or, for gs://,
+    holds no objects), PermissionError if ``root`` itself cannot be listed, and
+    :class:`DatasetLayoutError` (a ValueError) if it is not a folder, has no class folders, or
     ``classes`` has duplicates or empty names.
     """
     root = str(root)
-    if classes:
-        classes = [str(c) for c in classes]
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"classes has duplicates: {classes}")
-        if any(not c or "/" in c or c in (".", "..") for c in classes):
-            raise ValueError(f"class names must be non-empty folder names, got {classes}")
-
+    classes = _checked_classes(classes)
     gcs = storage.is_gcs(root)
-    if gcs:
-        storage.split_gcs(root)  # validates the URL
-    elif not os.path.exists(root):
-        raise DatasetNotFoundError(f"dataset.root={root} does not exist; expected {EXPECTED_LAYOUT}")
-    elif not os.path.isdir(root):
-        raise NotADirectoryError(f"dataset root {root} is not a directory; expected {EXPECTED_LAYOUT}")
-
-    # folder -> [(path, size)] for every visible file under a top-level folder (local: filled below).
-    by_folder: dict[str, list[tuple[str, int]]] = {}
     failed: list[tuple[str, str]] = []
     if gcs:
-        files = storage.list_files(root)
-        if not files:
-            raise DatasetNotFoundError(f"dataset.root={root} holds no objects; expected {EXPECTED_LAYOUT}")
-        for info in files:
-            parts = _split_relative(root, info.path)
-            if len(parts) < 2:  # a file directly in root
-                continue
-            folder = parts[0]
-            if folder.startswith("_") or any(_hidden(p) for p in parts):
-                continue
-            by_folder.setdefault(folder, []).append((info.path, info.size))
+        by_folder = _gcs_class_files(root)
     else:
+        _check_local_root(root)
         # Local folders can be empty, and an empty class folder is still a class.
         folders, failed = _local_class_folders(root)
         by_folder = {name: [] for name in folders}
-
     if not by_folder:
-        raise ValueError(f"dataset root {root} has no class folders; expected {EXPECTED_LAYOUT}")
+        raise DatasetLayoutError(f"dataset.root={root} has no class folders; expected {EXPECTED_LAYOUT}")
 
     names = list(classes) if classes else sorted(by_folder)
     if not gcs:  # only the folders that are classes are walked: unlisted ones are reported as such
