@@ -6,6 +6,7 @@ analysis and the MLflow UI see the steps exactly as if they had been run one by 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from bigimage.config import PROJECT_ROOT, validate
 from bigimage.tasks import run_name, task_function
 from bigimage.tracking.runs import tracked_run
+
+log = logging.getLogger(__name__)
 
 
 def strategy_node(name: str) -> DictConfig:
@@ -51,24 +54,24 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
     summary: dict[str, Any] = {}
 
-    print("[pipeline] 1/4 preprocess")
+    log.info("1/4 preprocess")
     metrics = run_step(step_config(cfg, "preprocess", []), parent_id, experiment_id)
     summary["preprocess.images_per_second"] = metrics["images_per_second"]
 
-    print("[pipeline] 2/4 speed test")
+    log.info("2/4 speed test")
     metrics = run_step(step_config(cfg, "speedtest", list(cfg.pipeline.speedtest_overrides)), parent_id, experiment_id)
     if "tfrecord_speedup" in metrics:
         summary["speedtest.tfrecord_speedup"] = metrics["tfrecord_speedup"]
 
     for index, strategy in enumerate(cfg.pipeline.strategies):
-        print(f"[pipeline] 3/4 train, strategy {strategy} ({index + 1}/{len(cfg.pipeline.strategies)})")
+        log.info("3/4 train, strategy %s (%d/%d)", strategy, index + 1, len(cfg.pipeline.strategies))
         step = step_config(cfg, "train", list(cfg.pipeline.train_overrides), strategy=strategy)
         metrics = run_step(step, parent_id, experiment_id)
         summary[f"train.{strategy}.best_val_accuracy"] = metrics.get("best_val_accuracy", float("nan"))
     mlflow.log_metrics({key: float(value) for key, value in summary.items()})
 
     if cfg.pipeline.report:
-        print("[pipeline] 4/4 report")
+        log.info("4/4 report")
         from bigimage.analysis_lib.report import build_report
 
         report = build_report(

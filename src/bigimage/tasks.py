@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +15,8 @@ from bigimage import termination
 from bigimage.config import ON_DATAPROC_ENV, validate
 from bigimage.tracking.runs import tracked_run
 from bigimage.tracking.store import connect
+
+log = logging.getLogger(__name__)
 
 # task name -> "module:function"; imported on use so a task never pays for another's imports.
 TASK_FUNCTIONS = {
@@ -49,7 +52,7 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
     started = time.perf_counter()
     with tracked_run(cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id, extra_tags=extra_tags) as run:
         metrics = function(cfg)
-    print(f"[{cfg.task.name}] finished in {time.perf_counter() - started:.1f} s; MLflow run {run.info.run_id} in {uri}")
+    log.info("%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run.info.run_id, uri)
     return metrics
 
 

@@ -13,6 +13,7 @@ on a cluster whose clocks disagree the start is never taken as earlier than the 
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from typing import Any
@@ -25,6 +26,8 @@ from bigimage.data.datasets import dataset_root
 from bigimage.data.listing import LabelledImages, list_labelled_images
 from bigimage.spark.cluster import spark_for
 from bigimage.spark.session import log_spark_resources
+
+log = logging.getLogger(__name__)
 
 
 class NoUsableImagesError(RuntimeError):
@@ -111,8 +114,8 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
         )
     if listing.empty_classes:
         mlflow.set_tag("empty_classes", ",".join(listing.empty_classes))
-        print(f"[preprocess] warning: empty class folders: {', '.join(listing.empty_classes)}")
-    print(f"[preprocess] {len(listing.items)} files in {len(listing.classes)} classes under {root}")
+        log.warning("empty class folders: %s", ", ".join(listing.empty_classes))
+    log.info("%d files in %d classes under %s", len(listing.items), len(listing.classes), root)
     # The lock first: a second job to the same tfrecord_dir fails before it starts Spark.
     with shards.Publication(str(cfg.tfrecord_dir)) as publication:
         started = time.perf_counter()
@@ -143,9 +146,9 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
     mlflow.log_metrics(metrics)
     mlflow.log_dict(failed[: cfg.preprocess.max_failed_listed], "failed_images.json")
     mlflow.log_text(manifest.to_json(), f"tfrecords/{schema.MANIFEST_NAME}")
-    print(
-        f"[preprocess] {metrics['images']} images -> {metrics['shards']} shards in {cfg.tfrecord_dir} "
-        f"({metrics['images_per_second']:.1f} images/s over {seconds:.1f} s; Spark start-up {startup_seconds:.1f} s); "
-        f"{len(failed)} file(s) skipped"
+    log.info(
+        "%d images -> %d shards in %s (%.1f images/s over %.1f s; Spark start-up %.1f s); %d file(s) skipped",
+        metrics["images"], metrics["shards"], cfg.tfrecord_dir, metrics["images_per_second"], seconds,
+        startup_seconds, len(failed),
     )
     return metrics

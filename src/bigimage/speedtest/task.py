@@ -10,6 +10,7 @@ the rows, figure, CSV and summary metrics to the active MLflow run (:mod:`.resul
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ from bigimage.speedtest.timing import (
     check_short_data,
     images_needed,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _spread(items: list[Any], count: int) -> list[Any]:
@@ -128,9 +131,9 @@ def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]
     points = grid_points(list(speed.sources), list(speed.batch_sizes), list(speed.batch_numbers))
     plans = plan_sources(cfg, points)
     for plan in plans.values():
-        print(f"[speedtest] {plan.source}: {plan.available} images at {plan.location}")
+        log.info("%s: %d images at %s", plan.source, plan.available, plan.location)
         for note in plan.notes:
-            print(f"[speedtest] note: {note}")
+            log.info("note: %s", note)
     settings = timing_settings(cfg)
     requested = int(speed.parallelism)
 
@@ -163,7 +166,7 @@ def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]
     results.log_results(frame, metrics)
     print(results.format_table(frame))
     if effective != requested:
-        print(f"[speedtest] parallelism {requested} asked, {effective} used")
+        log.info("parallelism %s asked, %s used", requested, effective)
     return metrics
 
 

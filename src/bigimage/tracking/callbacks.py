@@ -12,6 +12,7 @@ sweep that is stopped ends its parent KILLED, as one that is interrupted with Ct
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import signal
 from typing import Any
@@ -26,12 +27,19 @@ from bigimage.tracking import liveness
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, run_tags
 from bigimage.tracking.store import connect, retry_busy
 
+log = logging.getLogger(__name__)
+
 
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
         self.heartbeat: liveness.Heartbeat | None = None
         self.signals_held = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # joblib's launcher pickles the callbacks into its worker processes: the heartbeat (a thread)
+        # and the signal handlers belong to this process and stay here.
+        return {**self.__dict__, "heartbeat": None, "signals_held": False}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _, experiment_id = connect(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_root)
@@ -50,18 +58,29 @@ class MlflowSweepCallback(Callback):
         os.environ[ENV_SWEEP_ID] = self.parent_run_id
         # A job that raises stops Hydra's sweep before on_multirun_end: close the parent at exit then.
         atexit.register(self.on_multirun_end, config)
-        print(f"[mlflow] sweep parent run {self.parent_run_id} in experiment {config.tracking.experiment!r}")
+        log.info("sweep parent run %s in experiment %r", self.parent_run_id, config.tracking.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None:
             return
         client = mlflow.MlflowClient()
         experiment_id = client.get_run(self.parent_run_id).info.experiment_id
-        children = retry_busy(
-            lambda: client.search_runs(
-                [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+
+        def find_children() -> list[mlflow.entities.Run]:
+            return retry_busy(
+                lambda: client.search_runs(
+                    [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+                )
             )
-        )
+
+        # A job whose process died unable to end its run (joblib kills its workers when the sweep is
+        # stopped) is ended KILLED here, as analysis/stale_runs.py would end it.
+        for child in find_children():
+            if child.info.status == "RUNNING":
+                verdict = liveness.judge(child, older_than_seconds=float("inf"))
+                if verdict.stale:
+                    liveness.mark_killed(client, verdict, marked_by="the sweep's end")
+        children = find_children()
         failed = [run for run in children if run.info.status != "FINISHED"]
         killed = termination.last_signal() is not None or any(run.info.status == "KILLED" for run in children)
         if killed:  # stopped (SIGTERM, SIGHUP, Ctrl-C in a job): the sweep did not fail, it was cut short

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import csv
 import json
 import logging
 import os
@@ -67,14 +69,13 @@ def train_worker(
     strategies.configure_devices(cfg)
     strategy = strategies.make_strategy(cfg)  # before any other TF op: MWMS starts its gRPC server here
 
-    import tensorflow as tf
     import tf_keras as keras
 
     from bigimage.config import check_batch_size
     from bigimage.data import readers
-    from bigimage.train import inputs as inputs_mod
+    from bigimage.train import inputs
     from bigimage.train.cache import choose_cache
-    from bigimage.train.callbacks import HISTORY_NAME, RunLogger, TrainingObserver, best_of
+    from bigimage.train.callbacks import RunLogger, TrainingObserver
     from bigimage.train.model import build_model, compile_model
 
     is_chief = task_index == 0
@@ -84,14 +85,14 @@ def train_worker(
     keras.utils.set_random_seed(int(cfg.seed))
 
     manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
-    plan = inputs_mod.plan_split(cfg, cfg.tfrecord_dir, manifest)
-    steps_per_epoch = inputs_mod.steps(plan.train_records, global_batch, training=True)
-    val_steps = inputs_mod.steps(plan.val_records, global_batch, training=False)
+    plan = inputs.plan_split(cfg, cfg.tfrecord_dir, manifest)
+    steps_per_epoch = inputs.steps(plan.train_records, global_batch, training=True)
+    val_steps = inputs.steps(plan.val_records, global_batch, training=False)
     # Memory, a local file or no cache, checked against this machine before any image is decoded.
     cache = choose_cache(cfg, plan)
     atexit.register(cache.cleanup)  # also when training fails; folders of killed workers go next time
     log.info("worker %d: input cache %s: %s", task_index, cache.mode, cache.reason)
-    train_data, val_data = inputs_mod.distributed_inputs(strategy, cfg, plan, cache)
+    train_data, val_data = inputs.distributed_inputs(strategy, cfg, plan, cache)
 
     with strategy.scope():
         model = compile_model(build_model(cfg, plan.num_classes), cfg)
@@ -99,35 +100,14 @@ def train_worker(
     checkpoint_dir = str(cfg.train.checkpoint_dir)
     os.makedirs(checkpoint_dir, exist_ok=True)
     run_logger = RunLogger(tracking_uri, run_id) if is_chief else RunLogger(None, None)
-    run_logger.params(
-        {
-            "replicas": replicas,
-            "workers": num_workers,
-            "global_batch_size": global_batch,
-            "per_replica_batch_size": per_replica,
-            "split": plan.description,
-            "train_records": plan.train_records,
-            "val_records": plan.val_records,
-            "steps_per_epoch": steps_per_epoch,
-            "validation_steps": val_steps,
-            "input_sharding": inputs_mod.INPUT_SHARDING,
-            "model_parameters": model.count_params(),
-        }
-    )
-    run_logger.tags(
-        {"checkpoint_dir": checkpoint_dir, "tf_version": tf.__version__, "keras": f"tf_keras {keras.__version__}", **cache.tags()}
-    )
-
-    progress_path = None
-    if work_dir:
-        os.makedirs(os.path.join(work_dir, "progress"), exist_ok=True)
-        progress_path = os.path.join(work_dir, "progress", f"worker-{task_index}.jsonl")
+    shape = {"replicas": replicas, "global_batch_size": global_batch, "per_replica_batch_size": per_replica}
+    _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, checkpoint_dir, cache.tags())
     observer = TrainingObserver(
         task_index=task_index,
         is_chief=is_chief,
         global_batch_size=global_batch,
         steps_per_epoch=steps_per_epoch,
-        progress_path=progress_path,
+        progress_path=_progress_path(work_dir, task_index),
         run_logger=run_logger,
         checkpoint_dir=checkpoint_dir,
     )
@@ -147,8 +127,58 @@ def train_worker(
         verbose=2,
     )
     training_seconds = time.perf_counter() - started
+    try:
+        return _finish(model, observer, run_logger, is_chief, task_index, checkpoint_dir,
+                       {**shape, "training_seconds": training_seconds})
+    finally:
+        cache.cleanup()
 
-    # Every worker saves (collectives may be involved); only the chief keeps its copy.
+
+def _log_setup(
+    run_logger: Any, shape: dict[str, int], num_workers: int, plan: Any, steps_per_epoch: int, val_steps: int,
+    model: Any, checkpoint_dir: str, cache_tags: dict[str, str],
+) -> None:
+    """The chief's params and tags: what the strategy really gave and how the data was split."""
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from bigimage.train import inputs
+
+    run_logger.params(
+        {
+            **shape,
+            "workers": num_workers,
+            "split": plan.description,
+            "train_records": plan.train_records,
+            "val_records": plan.val_records,
+            "steps_per_epoch": steps_per_epoch,
+            "validation_steps": val_steps,
+            "input_sharding": inputs.INPUT_SHARDING,
+            "model_parameters": model.count_params(),
+        }
+    )
+    run_logger.tags(
+        {"checkpoint_dir": checkpoint_dir, "tf_version": tf.__version__, "keras": f"tf_keras {keras.__version__}", **cache_tags}
+    )
+
+
+def _progress_path(work_dir: str | None, task_index: int) -> str | None:
+    if not work_dir:
+        return None
+    os.makedirs(os.path.join(work_dir, "progress"), exist_ok=True)
+    return os.path.join(work_dir, "progress", f"worker-{task_index}.jsonl")
+
+
+def _finish(
+    model: Any, observer: Any, run_logger: Any, is_chief: bool, task_index: int, checkpoint_dir: str,
+    summary: dict[str, float],
+) -> dict[str, float]:
+    """The final metrics; the chief logs them with the model and the history.
+
+    Every worker saves the model (collectives may be involved); only the chief keeps its copy.
+    """
+    from bigimage.train.callbacks import HISTORY_NAME, best_of
+
     save_root = tempfile.mkdtemp(prefix=f"bigimage-model-{task_index}-")
     try:
         model_path = os.path.join(save_root, "model.keras")
@@ -159,37 +189,38 @@ def train_worker(
         final.pop("epoch", None)
         result = {
             **final,
+            **summary,
             "best_val_accuracy": best_value,
             "best_epoch": best_epoch,
-            "training_seconds": training_seconds,
-            "replicas": replicas,
-            "global_batch_size": global_batch,
-            "per_replica_batch_size": per_replica,
             "epochs_run": sum(1 for entry in history if entry["epoch"] >= (observer.first_epoch or 0)),
             "resumed_from_epoch": observer.first_epoch or 0,
         }
         if is_chief:
-            run_logger.metrics({"best_val_accuracy": best_value, "best_epoch": best_epoch, "training_seconds": training_seconds})
-            history_dir = os.path.join(save_root, "history")
-            os.makedirs(history_dir)
-            with open(os.path.join(history_dir, "history.json"), "w", encoding="utf-8") as handle:
-                json.dump(history, handle, indent=1)
-            with open(os.path.join(history_dir, "history.csv"), "w", encoding="utf-8") as handle:
-                keys = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "images_per_second"]
-                handle.write(",".join(keys) + "\n")
-                for entry in history:
-                    handle.write(",".join(str(entry.get(key, "")) for key in keys) + "\n")
-            run_logger.artifact(history_dir)
+            run_logger.metrics(
+                {"best_val_accuracy": best_value, "best_epoch": best_epoch, "training_seconds": summary["training_seconds"]}
+            )
+            run_logger.artifact(_write_history(history, os.path.join(save_root, "history")))
             run_logger.artifact(model_path, "model")
             # The run finished: its running history goes with the checkpoint BackupAndRestore deleted.
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(checkpoint_dir, HISTORY_NAME))
-            except FileNotFoundError:
-                pass
         return result
     finally:
         shutil.rmtree(save_root, ignore_errors=True)
-        cache.cleanup()
+
+
+def _write_history(history: list[dict[str, Any]], directory: str) -> str:
+    """``history.json`` and ``history.csv`` (one row per epoch) in ``directory``; returns it."""
+    from bigimage.tracking.names import EPOCH_METRICS
+
+    os.makedirs(directory)
+    with open(os.path.join(directory, "history.json"), "w", encoding="utf-8") as handle:
+        json.dump(history, handle, indent=1)
+    with open(os.path.join(directory, "history.csv"), "w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["epoch", *EPOCH_METRICS], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+    return directory
 
 
 def main(argv: list[str] | None = None) -> int:
