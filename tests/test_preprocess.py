@@ -292,13 +292,19 @@ def test_seconds_run_from_the_first_task_start(spark, make_image_tree: Callable[
     import time
 
     listing = list_labelled_images(str(make_image_tree(per_class=2)))
-    context = spark.sparkContext
-    busy = threading.Thread(target=lambda: context.parallelize(range(2), 2).foreach(lambda _: time.sleep(3)))
+    markers = tmp_path / "busy"
+    markers.mkdir()
+
+    def occupy(slot: int) -> None:  # in a Spark worker: say it holds a slot, then keep it 3 s
+        (markers / str(slot)).touch()
+        time.sleep(3)
+
+    busy = threading.Thread(target=lambda: spark.sparkContext.parallelize(range(2), 2).foreach(occupy))
     busy.start()
     deadline = time.monotonic() + 60
-    while sum(info.numActiveTasks for info in map(context.statusTracker().getStageInfo, context.statusTracker().getActiveStageIds()) if info) < 2:
+    while len(list(markers.iterdir())) < 2:
         assert time.monotonic() < deadline, "the busy job never took both slots"
-        time.sleep(0.05)
+        time.sleep(0.02)
     before = time.time()
     _, results, seconds = write_tfrecords(spark, listing, str(tmp_path / "tfrec"), 32, 80, 2, "flowers", seed=0)
     after = time.time()
