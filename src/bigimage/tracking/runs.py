@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import logging
 import subprocess
-import sys
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,6 +29,8 @@ from bigimage import termination
 from bigimage.config import PROJECT_ROOT
 from bigimage.tracking import liveness
 from bigimage.tracking.store import retry_busy
+
+log = logging.getLogger(__name__)
 
 ENV_PARENT_RUN_ID = "BIGIMAGE_PARENT_RUN_ID"
 ENV_EXPERIMENT_ID = "BIGIMAGE_EXPERIMENT_ID"
@@ -95,7 +97,7 @@ def _record_end(error: BaseException) -> None:
         retry_busy(lambda: mlflow.set_tag("error", reason))
         run_id = mlflow.active_run().info.run_id
         _end(RunStatus.to_string(RunStatus.KILLED))
-        print(f"[mlflow] run {run_id} ended KILLED: {reason}", file=sys.stderr, flush=True)
+        log.warning("MLflow run %s ended KILLED: %s", run_id, reason)
         return
     message = f"{type(error).__name__}: {error}"
     retry_busy(lambda: mlflow.set_tag("error", message[:5000]))
