@@ -22,15 +22,7 @@ import pytest
 
 from bigimage.data import dirlock, readers, schema, shards, storage
 from bigimage.data.listing import list_labelled_images
-from tests.tfrecord_sets import assert_one_complete_set, leftovers, publish_set, stage_set, view
-
-# Every storage function that touches files or objects; calls between them inside storage.py count too
-# (a gs:// move is a copy and a delete), because they go through the module's globals.
-STORAGE_OPS = (
-    "list_files", "exists", "read_bytes", "write_bytes", "read_with_generation", "upload_file", "download_file",
-    "delete", "delete_files", "copy", "move", "remove_tree", "swap_in_dir", "supports_exchange", "create_new_file",
-)
-
+from tests.tfrecord_sets import STORAGE_OPS, assert_one_complete_set, leftovers, publish_set, stage_set, view
 
 class InjectedFault(OSError):
     pass
@@ -164,6 +156,9 @@ def test_files_and_folder_follow_the_umask(tmp_path: Path, images) -> None:
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in destination.iterdir()}
     assert modes and set(modes.values()) == {0o640}, modes
     assert stat.S_IMODE(destination.stat().st_mode) == 0o750
+    destination.chmod(0o711)
+    publish_set(str(destination), images[1], images[0], "third")
+    assert stat.S_IMODE(destination.stat().st_mode) == 0o711, "the swapped-in folder keeps the old one's mode"
 
 
 def test_a_local_folder_holding_other_files_is_refused_and_left_alone(tmp_path: Path, images) -> None:

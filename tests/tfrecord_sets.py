@@ -22,6 +22,13 @@ from bigimage.data import readers, schema, shards, storage
 from bigimage.data.tfrecord import masked_crc32c
 
 COURSE_COUNT_RE = re.compile(r"-([0-9]*)\.")  # the course's count_data_items
+# Every storage function that touches files or objects, for tests that fail or kill at the Nth call.
+# Calls between them inside storage.py count too (a gs:// move is a copy and a delete): they go through
+# the module's globals.
+STORAGE_OPS = (
+    "list_files", "exists", "read_bytes", "write_bytes", "read_with_generation", "upload_file", "download_file",
+    "delete", "delete_files", "copy", "move", "remove_tree", "swap_in_dir", "supports_exchange", "create_new_file",
+)
 
 
 def count_records(data: bytes) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import threading
@@ -36,6 +37,8 @@ from typing import Any
 import psutil
 
 from bigimage.data import storage
+
+log = logging.getLogger(__name__)
 
 REFRESH_SECONDS = 15.0
 STALE_SECONDS = 120.0
@@ -181,7 +184,7 @@ class DestinationLock:
             return _parse(storage.read_bytes(self.url)) or {}
         if other is not None:
             self.broke = other
-            print(f"[lock] took over the stale lock {self.url} of {describe(other, refreshed=True)}")
+            log.warning("took over the stale lock %s of %s", self.url, describe(other, refreshed=True))
         self._thread = threading.Thread(target=self._refresh_loop, name="tfrecord-lock-refresh", daemon=True)
         self._thread.start()
         return None
@@ -245,7 +248,7 @@ class DestinationLock:
                         break  # taken over meanwhile: it is not ours to delete
                     except Exception as error:  # the next writer finds its holder gone and takes over
                         if attempt == 2:
-                            print(f"[lock] could not remove {self.url} ({error}); the next job takes it over")
+                            log.warning("could not remove %s (%s); the next job takes it over", self.url, error)
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:

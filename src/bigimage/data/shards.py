@@ -35,6 +35,7 @@ and shards before moving the new ones in: a kill or a failed move in between los
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import tempfile
@@ -46,6 +47,8 @@ from dataclasses import dataclass, field
 from bigimage.data import dirlock, schema, storage
 from bigimage.data.tfrecord import TFRecordWriter
 from bigimage.data.transform import ImageDecodeError, transform_jpeg
+
+log = logging.getLogger(__name__)
 
 STAGING_PREFIX = "_staging-"  # inside the destination (gs://, or a local file system without the exchange)
 SWAP_INFIX = ".swap-"  # <parent>/.<name>.swap-<generation>: a local set being built, or the old one after the swap
@@ -365,7 +368,7 @@ class Publication:
             try:
                 _twice(lambda: storage.remove_tree(self.staging_dir))
             except Exception as error:  # invisible to readers; the next job removes it
-                print(f"[preprocess] warning: could not remove {self.staging_dir} ({error}); the next job removes it")
+                log.warning("could not remove %s (%s); the next job removes it", self.staging_dir, error)
         finally:
             self.lock.release()
 
@@ -374,4 +377,4 @@ def _note(exc: BaseException | None, text: str) -> None:
     if exc is not None:
         exc.add_note(text)
     else:
-        print(f"[preprocess] warning: {text}")
+        log.warning("%s", text)

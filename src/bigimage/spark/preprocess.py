@@ -18,7 +18,6 @@ import random
 import time
 from typing import Any
 
-import mlflow
 from omegaconf import DictConfig
 
 from bigimage.data import schema, shards
@@ -106,6 +105,8 @@ def write_tfrecords(
 
 def run_preprocess(cfg: DictConfig) -> dict[str, float]:
     """List, transform and shard ``dataset.root`` into ``tfrecord_dir``; logs the task 1 metrics."""
+    import mlflow  # here, not at the top: write_tfrecords' other callers (tests, benchmarks) need no MLflow
+
     root = dataset_root(cfg.dataset)
     listing = list_labelled_images(root, list(cfg.dataset.classes) or None)
     if not listing.items:
