@@ -51,10 +51,15 @@ def netns(pid: int | str = "self") -> str:
     return os.readlink(f"/proc/{pid}/ns/net")
 
 
+def interfaces_in(net_dev: str) -> list[str]:
+    """The interface names in a ``/proc/net/dev`` listing."""
+    return sorted(line.split(":", 1)[0].strip() for line in net_dev.splitlines() if ":" in line)
+
+
 def interfaces(pid: int | str = "self") -> list[str]:
     """The network interfaces in ``pid``'s namespace (``/proc/<pid>/net/dev`` lists that namespace's)."""
     with open(f"/proc/{pid}/net/dev", encoding="ascii") as handle:
-        return sorted(line.split(":", 1)[0].strip() for line in handle.readlines()[2:])
+        return interfaces_in(handle.read())
 
 
 def _address(hex_address: str) -> str:
