@@ -199,11 +199,12 @@ def test_without_namespaces_the_workers_fall_back_with_a_warning(monkeypatch, ca
 
 def test_workers_that_need_the_network_stay_on_it_with_a_warning(caplog) -> None:
     local = ["sqlite:////tmp/mlflow.db", "file:///tmp/artifacts", "/tmp/checkpoints", "mlruns"]
-    remote = ["http://127.0.0.1:5000", "postgresql://db/mlflow", "gs://bucket/ckpt", "mlflow-artifacts:/1", "databricks"]
+    remote = ["http://127.0.0.1:5000", "postgresql://me:s3cret@db/mlflow", "gs://bucket/ckpt", "mlflow-artifacts:/1", "databricks"]
     assert [netns.needs_network(uri) for uri in local + remote] == [False] * len(local) + [True] * len(remote)
-    with caplog.at_level(logging.WARNING), netns.private_network([*local, None, remote[0]]) as network:
+    with caplog.at_level(logging.WARNING), netns.private_network([*local, None, *remote[:2]]) as network:
         assert network is None
-    assert "http://127.0.0.1:5000" in caplog.text and "every network interface" in caplog.text
+    assert "http://127.0.0.1:5000, postgresql://db" in caplog.text and "every network interface" in caplog.text
+    assert "s3cret" not in caplog.text  # a password in a URI stays out of the log
 
 
 # ------------------------------------------------------------------------------------- test emulators

@@ -41,10 +41,7 @@ from urllib.parse import urlparse
 log = logging.getLogger(__name__)
 
 READY = "ready"
-EXPOSED = (
-    "their TensorFlow gRPC servers listen on every network interface of this machine, unauthenticated "
-    "(tensorflow#11689)"
-)
+EXPOSED = "their TensorFlow gRPC servers listen on every network interface, unauthenticated (tensorflow#11689)"
 
 
 class NetnsUnavailable(RuntimeError):
@@ -54,6 +51,13 @@ class NetnsUnavailable(RuntimeError):
 def needs_network(uri: str) -> bool:
     """Whether a worker reaches ``uri`` over the network (an MLflow server, a database, gs://), not as files."""
     return uri == "databricks" or urlparse(uri).scheme not in ("", "file", "sqlite")
+
+
+def _where(uri: str) -> str:
+    """``uri`` without its user and password (``postgresql://user:secret@host/db`` is a usual MLflow URI)."""
+    parts = urlparse(uri)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+    return f"{parts.scheme}://{host}" if parts.scheme else uri
 
 
 class PrivateNetwork:
@@ -109,7 +113,7 @@ def private_network(uris: Iterable[str | None] = (), what: str = "the training w
         log.warning(
             "%s need the network for %s, so they run on the host network and %s; with a sqlite or file "
             "MLflow store and local paths they run in a private network namespace instead",
-            what, ", ".join(remote), EXPOSED,
+            what, ", ".join(map(_where, remote)), EXPOSED,
         )  # fmt: skip
         yield None
         return
