@@ -11,8 +11,14 @@ from scipy import stats
 from bigimage.analysis_lib import best_config as bc
 from bigimage.analysis_lib import common
 from bigimage.tracking import query
-from tests.mlflow_fixtures import (  # noqa: F401
-    ON_DATAPROC, SHAPES, log_run, make_store, run_script, runs_by_name, scenario_store,
+from tests.mlflow_fixtures import (
+    ON_DATAPROC,
+    SHAPES,
+    log_run,
+    make_store,
+    run_script,
+    runs_by_name,
+    scenario_store,
 )
 
 

@@ -39,10 +39,9 @@ def test_a_local_session_that_the_config_calls_dataproc_is_logged_as_local(mlflo
     while the session really runs in local mode: the tag says local."""
     cluster = compose_config(["cluster=local", "cluster.executor_cores=1"]).cluster
     cluster.spark_conf = {"spark.bigimage.deploy": "dataproc"}
-    with mlflow.start_run(experiment_id=mlflow_experiment) as run:
-        with spark_session(cluster, "deploy-read-back") as spark:
-            assert spark.sparkContext.getConf().get("spark.bigimage.deploy") == "dataproc"
-            log_spark_resources(spark)
+    with mlflow.start_run(experiment_id=mlflow_experiment) as run, spark_session(cluster, "deploy-read-back") as spark:
+        assert spark.sparkContext.getConf().get("spark.bigimage.deploy") == "dataproc"
+        log_spark_resources(spark)
     tags = MlflowClient().get_run(run.info.run_id).data.tags
     assert tags["spark.master"] == "local[1]"
     assert tags["spark.deploy"] == "local"
