@@ -3,6 +3,7 @@ mid-job, clean shutdown (also on SIGTERM and when the parent dies), and the fail
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -27,9 +28,9 @@ from bigimage.spark.standalone import (
     check_memory,
     free_port,
     parse_memory_mb,
-    processes_under,
 )
 from tests.conftest import compose_config, write_large_image_tree
+from tests.spark_processes import processes_under, spark_daemon_pids
 
 TWO_WORKERS = ["cluster.executors=2", "cluster.executor_cores=1", "cluster.executor_memory=1g", "cluster.driver_memory=1g"]
 
@@ -163,10 +164,10 @@ def test_worker_killed_mid_preprocessing_every_image_written_once(tmp_path: Path
             runner = threading.Thread(target=job)
             runner.start()
             deadline = time.monotonic() + 180
-            while not list(destination.glob("_staging-*/part-*.tfrec")) and time.monotonic() < deadline:
+            while not list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")) and time.monotonic() < deadline:  # built beside
                 time.sleep(0.05)
             assert runner.is_alive(), "the job finished before the worker could be killed"
-            cluster.kill_worker(1)
+            os.killpg(cluster.worker_daemons[1].pid, signal.SIGKILL)  # a worker dies with its executor
             runner.join(timeout=300)
             assert not runner.is_alive(), "the job hung after a worker died"
             assert "error" not in outcome, outcome.get("error")
@@ -239,7 +240,6 @@ def test_preprocess_runs_unchanged_on_the_standalone_cluster(
 def test_preprocess_starts_the_shape_cluster_by_itself(make_image_tree, mlflow_store: str, tmp_path: Path) -> None:
     """deploy=standalone without a master: task 1 gets a cluster of the shape, then nothing is left."""
     from bigimage.spark.preprocess import run_preprocess
-    from bigimage.spark.standalone import spark_daemon_pids
 
     before = set(spark_daemon_pids())
     root = make_image_tree(per_class=2, name="images-own")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bigimage.config import ConfigError
+from bigimage.config import ConfigError, validate
 from bigimage.data.readers import read_manifest
 from bigimage.train import cache as cache_mod
 from bigimage.train.inputs import build_inputs, plan_split
@@ -84,7 +84,7 @@ def test_no_room_in_memory_or_on_disk_means_no_cache(tfrecords, tmp_path, monkey
     assert (choice.mode, choice.directory) == ("none", None)
     assert "free disk" in choice.reason
     with pytest.raises(ConfigError, match="train.cache_max_memory_fraction"):
-        cache_mod.choose_cache(setup(tfrecords, tmp_path, "train.cache_max_memory_fraction=0")[0], plan)
+        validate(setup(tfrecords, tmp_path, "train.cache_max_memory_fraction=0")[0])
 
 
 @pytest.mark.timeout(300)

@@ -43,6 +43,7 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 from bigimage import termination
+from bigimage.machine import available_memory, live_group_members
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +96,10 @@ def parse_memory_mb(value: str | int) -> int:
     return max(int(number * scale), 1)
 
 
-def available_memory_mb() -> int:
-    """Memory the machine can still give (``MemAvailable``; falls back to total physical memory)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) // 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
 def check_memory(workers: int, memory_per_worker: str, driver_memory: str = "0m") -> None:
     """Fail before starting when executors x executor_memory (+ driver) exceed the available RAM."""
     need = workers * parse_memory_mb(memory_per_worker) + parse_memory_mb(driver_memory)
-    have = available_memory_mb()
+    have = available_memory() // (1024 * 1024)
     if have and need > have:
         raise StandaloneError(
             f"the shape needs {workers} executors x {memory_per_worker} + driver {driver_memory} = {need} MiB, "
@@ -176,42 +162,6 @@ def _pdeathsig_preexec() -> Any:
     return preexec
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _zombie_or_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) pids in a process group, from /proc (empty where /proc is missing)."""
-    members = []
-    proc = Path("/proc")
-    if not proc.exists():
-        return members
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
     """SIGTERM process groups, wait (one shared grace period), then SIGKILL what is left."""
     for pgid in pgids:
@@ -219,16 +169,11 @@ def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    has_proc = Path("/proc").exists()
-
-    def running(pgid: int) -> bool:
-        return bool(_group_members(pgid)) if has_proc else _group_alive(pgid)
-
     deadline = time.monotonic() + grace_seconds
-    left = [pgid for pgid in pgids if running(pgid)]
+    left = [pgid for pgid in pgids if live_group_members(pgid)]
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
-        left = [pgid for pgid in left if running(pgid)]
+        left = [pgid for pgid in left if live_group_members(pgid)]
     for pgid in left:
         try:
             os.killpg(pgid, signal.SIGKILL)
@@ -377,27 +322,18 @@ class StandaloneCluster:
         if self._own_work_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    # ---- inspection and fault injection
+    # ---- inspection
     def pids(self) -> list[int]:
         """All live pids that belong to this cluster: daemons, executors, Python workers."""
         found: list[int] = []
         for daemon in [*([self.master] if self.master else []), *self.worker_daemons]:
-            found.extend(_group_members(daemon.pid))
+            found.extend(live_group_members(daemon.pid))
         return found
-
-    def kill_worker(self, index: int, sig: int = signal.SIGKILL) -> None:
-        """Kill worker ``index`` with its executor and Python workers (a worker dying mid-job)."""
-        daemon = self.worker_daemons[index]
-        try:
-            os.killpg(daemon.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def auth_conf(self) -> dict[str, str]:
         """The settings an application needs to join this cluster (the secret included: keep it out of logs)."""
         return {"spark.authenticate": "true", "spark.authenticate.secret": self.secret}
 
-    # ---- internals
     # ---- internals
     def _properties_file(self) -> Path:
         """The daemons' Spark properties, readable by this user only (the secret must not reach a command line)."""
@@ -539,39 +475,3 @@ def auth_conf(master_url: str) -> dict[str, str]:
     with _LIVE_LOCK:
         clusters = [cluster for cluster in _LIVE if cluster.master_url == master_url and not cluster._stopped]
     return clusters[0].auth_conf() if clusters else {}
-
-
-def spark_daemon_pids() -> list[int]:
-    """Pids of Spark standalone Master/Worker JVMs on this machine (any owner), read from /proc."""
-    found = []
-    proc = Path("/proc")
-    if not proc.exists():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(arg in (MASTER_CLASS.encode(), WORKER_CLASS.encode()) for arg in cmdline):
-            if not _zombie_or_gone(int(entry.name)):
-                found.append(int(entry.name))
-    return found
-
-
-def processes_under(directory: str | Path) -> list[int]:
-    """Live pids whose working directory is ``directory`` or below it (a cluster's daemons, executors
-    and their Python workers all run under the cluster's work dir)."""
-    root = str(Path(directory).resolve())
-    found = []
-    for entry in Path("/proc").iterdir() if Path("/proc").exists() else []:
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if (cwd == root or cwd.startswith(root + os.sep)) and not _zombie_or_gone(int(entry.name)):
-            found.append(int(entry.name))
-    return found

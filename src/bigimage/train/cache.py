@@ -34,15 +34,10 @@ from typing import Any
 
 import psutil
 
-from bigimage.config import ConfigError
+from bigimage.machine import available_memory
 
 MODES = ("memory", "file", "none")
 DISK_FRACTION = 0.5  # a file cache may take at most this share of the free disk space
-_CGROUP_LIMITS = (  # (limit, usage) files: cgroup v2, then v1
-    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-)
-
 
 @dataclass(frozen=True)
 class CacheChoice:
@@ -75,18 +70,6 @@ def decoded_bytes(plan: Any, image_size: int) -> int:
     return (int(plan.train_records) + int(plan.val_records)) * int(image_size) ** 2 * 3
 
 
-def available_memory() -> int:
-    """Memory this process may still take: psutil's available memory, capped by its cgroup's limit."""
-    available = int(psutil.virtual_memory().available)
-    for limit_file, usage_file in _CGROUP_LIMITS:
-        try:
-            with open(limit_file) as limit, open(usage_file) as usage:
-                available = min(available, max(0, int(limit.read()) - int(usage.read())))
-        except (OSError, ValueError):  # no such cgroup file, or "max" (no limit)
-            continue
-    return available
-
-
 def free_disk(directory: str) -> int:
     """Free bytes on the file system that holds ``directory`` (its nearest existing parent)."""
     path = os.path.abspath(directory)
@@ -117,8 +100,6 @@ def choose_cache(cfg: Any, plan: Any) -> CacheChoice:
     if not cfg.train.cache:
         return CacheChoice("none", "train.cache=false", size)
     fraction = float(cfg.train.cache_max_memory_fraction)
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"train.cache_max_memory_fraction={fraction} must be in (0, 1]")
     budget = int(available_memory() * fraction)
     needed = f"decoded images {_gib(size)}"
     if size <= budget:
