@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -29,7 +29,7 @@ SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 _lock = threading.Lock()
 _holders = 0
-_previous: dict[int, object] = {}
+_previous: dict[int, signal.Handlers | int | Callable[[int, FrameType | None], object] | None] = {}
 _unwinding = False
 _last_signal: int | None = None
 

@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf
 from packaging.requirements import Requirement
@@ -327,7 +327,7 @@ def write_job_files(cfg: DictConfig, directory: Path) -> JobFiles:
     shutil.copyfile(PROJECT_ROOT / "dataproc_driver.py", driver)
     package = package_zip(directory / PACKAGE_ZIP)
     config = directory / CONFIG_NAME
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     resolved.pop("hydra", None)
     config.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
     return JobFiles(driver=driver, package=package, config=config)
@@ -564,6 +564,8 @@ def run_on_dataproc(
         dry_run(cfg, echo=echo)
         return
     project = resolve_project(cfg)
+    if project is None:  # resolve_project(required=True) raises instead; this tells the type checker
+        raise DataprocError("no Google Cloud project: set cluster.dataproc.project or GOOGLE_CLOUD_PROJECT")
     region = str(cfg.cluster.dataproc.region)
     if cluster_client is None or job_client is None or storage_client is None:
         credentials = check_credentials()

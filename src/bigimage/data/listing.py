@@ -108,7 +108,7 @@ def _walk_class(root: str, folder: str) -> tuple[list[tuple[str, int]], list[tup
     """
     files: list[tuple[str, int]] = []
     failed: list[tuple[str, str]] = []
-    stack = [(folder, (_identity(root), _identity(folder)))]
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(folder, (_identity(root), _identity(folder)))]
     while stack:
         path, ancestors = stack.pop()
         try:

@@ -171,7 +171,7 @@ def remove_leftovers(destination: str) -> list[str]:
     for entry in sorted(os.listdir(real)) if os.path.isdir(real) else []:
         path = os.path.join(real, entry)
         temp = entry.startswith(f".{schema.MANIFEST_NAME}.") and entry.endswith(".tmp")
-        unlisted = manifest is not None and schema.SHARD_NAME_RE.match(entry) and entry not in manifest.shards
+        unlisted = manifest is not None and bool(schema.SHARD_NAME_RE.match(entry)) and entry not in manifest.shards
         if entry.startswith(STAGING_PREFIX) and os.path.isdir(path):
             storage.remove_tree(path)
         elif temp or (unlisted and os.path.isfile(path)):

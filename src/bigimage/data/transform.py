@@ -106,7 +106,7 @@ def transform_jpeg(data: bytes, image_size: int, quality: int = 90) -> bytes:
         with warnings.catch_warnings():
             # Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; draft() keeps such a decode small.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: PILImage = Image.open(io.BytesIO(data))
             # DCT-domain downscale by a power of two, keeping both sides >= image_size (JPEG only;
             # a no-op for other formats).
             img.draft("RGB", (image_size, image_size))

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from bigimage.config import ON_DATAPROC_ENV
 from bigimage.spark.session import check_java, spark_session, wait_for_executors
@@ -50,12 +50,13 @@ def _with_spark_conf(cluster: Any, extra: dict[str, str]) -> Any:
     """
     from omegaconf import OmegaConf
 
+    node: dict[str, Any]
     if OmegaConf.is_config(cluster):
-        node = OmegaConf.to_container(cluster, resolve=True)
+        node = cast(dict[str, Any], OmegaConf.to_container(cluster, resolve=True))
     else:  # a dataclass or a plain namespace in tests
         from dataclasses import asdict, is_dataclass
 
-        node = asdict(cluster) if is_dataclass(cluster) else dict(vars(cluster))
+        node = asdict(cluster) if is_dataclass(cluster) and not isinstance(cluster, type) else dict(vars(cluster))
     node["spark_conf"] = {**dict(node.get("spark_conf") or {}), **extra}
     return OmegaConf.create(node)
 

@@ -274,6 +274,13 @@ class StandaloneCluster:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
+    @property
+    def _dir(self) -> Path:
+        """The work dir; set by :meth:`start` before anything uses it."""
+        if self.work_dir is None:
+            raise StandaloneError("the cluster has not been started")
+        return self.work_dir
+
     def start(self) -> "StandaloneCluster":
         if self.workers < 1 or self.cores_per_worker < 1:
             raise StandaloneError(
@@ -337,7 +344,7 @@ class StandaloneCluster:
     # ---- internals
     def _properties_file(self) -> Path:
         """The daemons' Spark properties, readable by this user only (the secret must not reach a command line)."""
-        path = self.work_dir / "spark-daemons.conf"
+        path = self._dir / "spark-daemons.conf"
         settings = {**self.auth_conf(), "spark.master.rest.enabled": "false"}
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
@@ -352,10 +359,10 @@ class StandaloneCluster:
                 "SPARK_HOME": str(home),
                 "SPARK_LOCAL_IP": self.host,
                 "SPARK_MASTER_HOST": self.host,
-                "SPARK_WORKER_DIR": str(self.work_dir / "work"),
-                "SPARK_LOCAL_DIRS": str(self.work_dir / "local"),
-                "SPARK_LOG_DIR": str(self.work_dir / "logs"),
-                "SPARK_PID_DIR": str(self.work_dir),
+                "SPARK_WORKER_DIR": str(self._dir / "work"),
+                "SPARK_LOCAL_DIRS": str(self._dir / "local"),
+                "SPARK_LOG_DIR": str(self._dir / "logs"),
+                "SPARK_PID_DIR": str(self._dir),
                 "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
                 "PYSPARK_PYTHON": sys.executable,
             }
@@ -366,7 +373,7 @@ class StandaloneCluster:
 
     def _spawn(self, name: str, args: list[str], extra_env: Optional[dict[str, str]] = None) -> Daemon:
         spark_class = spark_home() / "bin" / "spark-class"
-        log_path = self.work_dir / f"{name}.log"
+        log_path = self._dir / f"{name}.log"
         preexec = _pdeathsig_preexec() if threading.current_thread() is threading.main_thread() else None
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
@@ -375,7 +382,7 @@ class StandaloneCluster:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 env={**self._env(), **(extra_env or {})},
-                cwd=str(self.work_dir),
+                cwd=str(self._dir),
                 start_new_session=True,  # own process group: killpg stops the daemon and its children
                 preexec_fn=preexec,
             )
@@ -383,7 +390,7 @@ class StandaloneCluster:
 
     def _start_master(self) -> None:
         for path in ("work", "local", "logs"):
-            (self.work_dir / path).mkdir(exist_ok=True)
+            (self._dir / path).mkdir(exist_ok=True)
         try:
             port = self.master_port or free_port(self.host)
             webui_port = free_port(self.host)
@@ -404,7 +411,7 @@ class StandaloneCluster:
                 if self.master_url != f"spark://{self.host}:{port}":
                     log.warning("port %d was taken; the master bound %s instead", port, self.master_url)
                 return
-            if not self.master.alive():
+            if self.master is None or not self.master.alive():
                 reason = "could not bind its port" if _MASTER_BIND_FAILED.search(text) else "exited"
                 raise StandaloneError(
                     f"the Spark master on {self.host}:{port} {reason} (exit code {self.master.process.returncode}); "
@@ -431,9 +438,9 @@ class StandaloneCluster:
                 "--webui-port",
                 str(webui_port),
                 "--work-dir",
-                str(self.work_dir / "work" / f"worker-{index}"),
+                str(self._dir / "work" / f"worker-{index}"),
                 "--properties-file",
-                str(self.work_dir / "spark-daemons.conf"),
+                str(self._dir / "spark-daemons.conf"),
                 self.master_url,
             ],
         )
@@ -456,10 +463,10 @@ class StandaloneCluster:
                 pending.append(worker)
             if not pending:
                 return
-            if not self.master.alive():
+            if self.master is None or not self.master.alive():
                 raise StandaloneError(
                     f"the Spark master {self.master_url} died while workers registered; last lines of its log:\n"
-                    f"{_tail(self.master.log_path)}"
+                    f"{_tail(self.master.log_path) if self.master else '<no master>'}"
                 )
             if time.monotonic() > deadline:
                 names = ", ".join(worker.name for worker in pending)

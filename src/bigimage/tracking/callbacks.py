@@ -63,13 +63,14 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None:
             return
+        parent_run_id: str = self.parent_run_id
         client = mlflow.MlflowClient()
-        experiment_id = client.get_run(self.parent_run_id).info.experiment_id
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
 
         def find_children() -> list[mlflow.entities.Run]:
             return retry_busy(
                 lambda: client.search_runs(
-                    [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'"
+                    [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
                 )
             )
 
@@ -89,13 +90,13 @@ class MlflowSweepCallback(Callback):
             status = RunStatus.FAILED if failed or not children else RunStatus.FINISHED
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        retry_busy(lambda: client.set_tag(self.parent_run_id, "children", str(len(children))))
-        retry_busy(lambda: client.set_tag(self.parent_run_id, "children_failed", str(len(failed))))
+        retry_busy(lambda: client.set_tag(parent_run_id, "children", str(len(children))))
+        retry_busy(lambda: client.set_tag(parent_run_id, "children_failed", str(len(failed))))
         if killed:
             signum = termination.last_signal()
             reason = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
-            retry_busy(lambda: client.set_tag(self.parent_run_id, "error", reason))
-        retry_busy(lambda: client.set_terminated(self.parent_run_id, RunStatus.to_string(status)))
+            retry_busy(lambda: client.set_tag(parent_run_id, "error", reason))
+        retry_busy(lambda: client.set_terminated(parent_run_id, RunStatus.to_string(status)))
         if self.signals_held:
             termination.uninstall()
             self.signals_held = False

@@ -159,8 +159,8 @@ def select(
             parent = client.get_run(parent_run_id)
         except MlflowException as exc:
             raise NoRunsError(f"no run with id {parent_run_id} at {uri}: {exc.message}") from None
-        exp = client.get_experiment(parent.info.experiment_id)
-        return RunSelection(uri, exp.experiment_id, exp.name, parent_run_id)
+        parent_experiment = client.get_experiment(parent.info.experiment_id)
+        return RunSelection(uri, parent_experiment.experiment_id, parent_experiment.name, parent_run_id)
     name = experiment or default_experiment()
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -277,7 +277,10 @@ def _global_tracking_uri(uri: str):
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(saved_uri) if saved_uri is not None else _tracking_utils.set_tracking_uri(None)
+        if saved_uri is not None:
+            mlflow.set_tracking_uri(saved_uri)
+        else:
+            _tracking_utils.set_tracking_uri(None)  # type: ignore[arg-type]  # back to "not set", as it was
         if saved_env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:

@@ -78,7 +78,10 @@ def ensure_experiment(name: str, artifact_location: str | None) -> str:
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-            return client.get_experiment_by_name(name).experiment_id
+            created = client.get_experiment_by_name(name)
+            if created is None:  # deleted again in between: let the retry or the caller see it
+                raise
+            return created.experiment_id
 
     return retry_busy(get_or_create)
 
