@@ -150,66 +150,6 @@ def test_gcs_source_and_destination(spark, gcs_bucket: str, make_image_tree: Cal
     assert len(records) == 6 and {record["shape"] for record in records} == {(96, 96, 3)}
 
 
-def test_task_logs_the_design_metrics(mlflow_store: str, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
-    root = make_image_tree(per_class=3)
-    (root / "daisy" / "broken.jpg").write_bytes(b"broken")
-    cfg = compose_config(
-        [
-            "task=preprocess", "dataset=folder", f"dataset.root={root}", f"tfrecord_dir={tmp_path / 'out'}",
-            "image_size=64", "num_shards=2", f"tracking.uri={mlflow_store}",
-        ]
-    )
-    experiment_id = mlflow.create_experiment("preprocess", artifact_location=(tmp_path / "art").as_uri())
-    with mlflow.start_run(experiment_id=experiment_id) as run:
-        run_preprocess(cfg)
-    stored = mlflow.get_run(run.info.run_id)
-    metrics = stored.data.metrics
-    assert metrics["images"] == 9 and metrics["failed_images"] == 1 and metrics["shards"] == 2
-    assert metrics["bytes_written"] > 0 and metrics["seconds"] > 0 and metrics["startup_seconds"] > 0
-    assert metrics["images_per_second"] == pytest.approx(9 / metrics["seconds"])
-    assert stored.data.tags["spark.master"] == "local[2]" or stored.data.tags["spark.master"].startswith("local[")
-    assert metrics["spark.executors"] == 1 and metrics["spark.total_cores"] >= 1
-    failed = mlflow.artifacts.load_dict(f"{stored.info.artifact_uri}/failed_images.json")
-    assert [Path(entry["path"]).name for entry in failed] == ["broken.jpg"]
-
-
-@pytest.mark.timeout(300)
-def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) -> None:
-    """Ctrl-C in the middle of the Spark job: the previous shards stay, nothing staged is left behind."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from bigimage.config import PROJECT_ROOT
-
-    root = write_large_image_tree(tmp_path / "big")
-    destination = tmp_path / "tfrec"
-    common = [sys.executable, "run.py", "task=preprocess", "dataset=folder", f"dataset.root={root}",
-              f"tfrecord_dir={destination}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_shards=8"]
-    first = subprocess.run([*common, "image_size=32"], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    assert first.returncode == 0, first.stderr[-2000:]
-    before = sorted(os.listdir(destination))
-
-    job = subprocess.Popen([*common, "image_size=640"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")):  # the new set is built beside the old
-        assert job.poll() is None and time.time() < deadline, "the job ended before it staged anything"
-        time.sleep(0.05)
-    time.sleep(1.0)
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
-
-    assert job.returncode != 0
-    assert "KeyboardInterrupt" in stderr
-    assert sorted(os.listdir(destination)) == before
-    assert not list(tmp_path.glob(".tfrec.swap-*")), "nothing staged is left beside it"
-    assert len(read_back(str(destination))) == 600
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id], order_by=["start_time DESC"])
-    assert runs[0].info.status == "KILLED" and "interrupted" in runs[0].data.tags["error"]
-
-
 def test_shards_and_manifest_follow_the_umask(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
     """Issue 10 item 7: with umask 022 other users of a shared file system can read the set (was 0600)."""
     import stat
@@ -312,3 +252,63 @@ def test_seconds_run_from_the_first_task_start(spark, make_image_tree: Callable[
     first_task = min(result.started for result in results)
     assert first_task - before > 1.0, "the tasks had to wait for free slots"
     assert 0 < seconds <= after - first_task
+
+
+def test_task_logs_the_design_metrics(mlflow_store: str, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_image_tree(per_class=3)
+    (root / "daisy" / "broken.jpg").write_bytes(b"broken")
+    cfg = compose_config(
+        [
+            "task=preprocess", "dataset=folder", f"dataset.root={root}", f"tfrecord_dir={tmp_path / 'out'}",
+            "image_size=64", "num_shards=2", f"tracking.uri={mlflow_store}",
+        ]
+    )
+    experiment_id = mlflow.create_experiment("preprocess", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        run_preprocess(cfg)
+    stored = mlflow.get_run(run.info.run_id)
+    metrics = stored.data.metrics
+    assert metrics["images"] == 9 and metrics["failed_images"] == 1 and metrics["shards"] == 2
+    assert metrics["bytes_written"] > 0 and metrics["seconds"] > 0 and metrics["startup_seconds"] > 0
+    assert metrics["images_per_second"] == pytest.approx(9 / metrics["seconds"])
+    assert stored.data.tags["spark.master"] == "local[2]" or stored.data.tags["spark.master"].startswith("local[")
+    assert metrics["spark.executors"] == 1 and metrics["spark.total_cores"] >= 1
+    failed = mlflow.artifacts.load_dict(f"{stored.info.artifact_uri}/failed_images.json")
+    assert [Path(entry["path"]).name for entry in failed] == ["broken.jpg"]
+
+
+@pytest.mark.timeout(300)
+def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) -> None:
+    """Ctrl-C in the middle of the Spark job: the previous shards stay, nothing staged is left behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from bigimage.config import PROJECT_ROOT
+
+    root = write_large_image_tree(tmp_path / "big")
+    destination = tmp_path / "tfrec"
+    common = [sys.executable, "run.py", "task=preprocess", "dataset=folder", f"dataset.root={root}",
+              f"tfrecord_dir={destination}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_shards=8"]
+    first = subprocess.run([*common, "image_size=32"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = sorted(os.listdir(destination))
+
+    job = subprocess.Popen([*common, "image_size=640"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")):  # the new set is built beside the old
+        assert job.poll() is None and time.time() < deadline, "the job ended before it staged anything"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+
+    assert job.returncode != 0
+    assert "KeyboardInterrupt" in stderr
+    assert sorted(os.listdir(destination)) == before
+    assert not list(tmp_path.glob(".tfrec.swap-*")), "nothing staged is left beside it"
+    assert len(read_back(str(destination))) == 600
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id], order_by=["start_time DESC"])
+    assert runs[0].info.status == "KILLED" and "interrupted" in runs[0].data.tags["error"]
