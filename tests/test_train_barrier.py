@@ -75,8 +75,9 @@ def history(run_id, key):
 
 
 def test_launcher_values_are_checked_in_one_place(tmp_path):
-    with pytest.raises(Exception, match=r"yarn_magic.*expected one of \[processes, spark_barrier\]"):
+    with pytest.raises(Exception, match="strategy.launcher=yarn_magic") as error:
         compose(tmp_path, str(tmp_path), "strategy=multi_worker_mirrored", "strategy.launcher=yarn_magic")
+    assert "expected one of [processes, spark_barrier]" in str(error.value.__cause__)
     for strategy in ("default", "mirrored"):
         with pytest.raises(ConfigError, match=rf"strategy={strategy} runs in one process.*strategy=multi_worker_mirrored.*launcher=spark_barrier"):
             validate(compose(tmp_path, str(tmp_path), f"strategy={strategy}", "strategy.launcher=spark_barrier"))
@@ -159,14 +160,14 @@ def test_barrier_workers_that_outlive_their_timeout_are_cancelled(tmp_path, tfre
     cfg = compose(
         tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.launcher=spark_barrier",
         "cluster=local", "cluster.executors=1", "cluster.executor_cores=2",
-        "strategy.worker_timeout_seconds=20", "epochs=500",
+        "strategy.worker_timeout_seconds=40", "epochs=500",
     )  # fmt: skip
     began = time.monotonic()
-    with pytest.raises(WorkerTimeoutError, match="worker_timeout_seconds=20"):
+    with pytest.raises(WorkerTimeoutError, match="worker_timeout_seconds=40"):
         with mlflow.start_run(experiment_id=mlflow_experiment) as run:
             run_train(cfg)
     print(f"\n[timing] timed-out barrier stage reported after {time.monotonic() - began:.1f} s")
-    assert time.monotonic() - began < 90
+    assert time.monotonic() - began < 120
     pids = worker_pids(cfg, run.info.run_id)
     assert len(pids) == 2  # both had started training
     assert gone(pids)

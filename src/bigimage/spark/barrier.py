@@ -30,6 +30,10 @@ class BarrierError(RuntimeError):
     """The cluster cannot run the barrier stage (too few task slots, timeout)."""
 
 
+class BarrierTimeoutError(BarrierError):
+    """The stage ran past its ``timeout_seconds`` and was cancelled."""
+
+
 def _task_slots(spark: Any) -> int:
     from bigimage.spark.session import spark_resources
 
@@ -107,7 +111,7 @@ def run_barrier_workers(
         results = rdd.barrier().mapPartitions(_barrier_partition(worker_fn)).collect()
     except Exception as error:
         if timed_out.is_set():
-            raise BarrierError(
+            raise BarrierTimeoutError(
                 f"the {num_workers} barrier workers did not finish within {timeout_seconds:g} s and were cancelled"
             ) from error
         raise

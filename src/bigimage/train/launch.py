@@ -40,6 +40,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from bigimage.spark.barrier import build_tf_config
 from bigimage.train.netns import EXPOSED, private_network
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,24 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
-def tf_config(addresses: list[str], index: int) -> str:
-    """The TF_CONFIG of worker ``index`` in a cluster of ``addresses`` (no separate chief: worker 0 is it)."""
-    return json.dumps({"cluster": {"worker": list(addresses)}, "task": {"type": "worker", "index": index}})
+def worker_argv(
+    config_path: str, index: int, num_workers: int, work_dir: str, *,
+    run_id: str | None, tracking_uri: str | None, result_file: str | None,
+) -> list[str]:
+    """The command line of training worker ``index`` (the chief, index 0, writes ``result_file``)."""
+    argv = [
+        sys.executable, "-m", "bigimage.train.worker",
+        "--config", config_path,
+        "--task-index", str(index),
+        "--num-workers", str(num_workers),
+        "--work-dir", work_dir,
+        "--parent-pid", str(os.getpid()),
+    ]  # fmt: skip
+    if run_id:
+        argv += ["--run-id", run_id, "--tracking-uri", tracking_uri or ""]
+    if result_file and index == 0:
+        argv += ["--result-file", result_file]
+    return argv
 
 
 def tail(path: str, lines: int = TAIL_LINES) -> str:
@@ -159,19 +175,11 @@ def run_local_workers(
     network_context = private_network(worker_uris) if num_workers > 1 else nullcontext(None)
     with network_context as network, _killing(workers):
         for index in range(num_workers):
-            argv = [
-                sys.executable, "-m", "bigimage.train.worker",
-                "--config", config_path,
-                "--task-index", str(index),
-                "--num-workers", str(num_workers),
-                "--work-dir", work_dir,
-                "--parent-pid", str(os.getpid()),
-            ]  # fmt: skip
-            if run_id:
-                argv += ["--run-id", run_id, "--tracking-uri", tracking_uri or ""]
-            if result_file and index == 0:
-                argv += ["--result-file", result_file]
-            env = worker_env({"TF_CONFIG": tf_config(addresses, index)} if addresses else None)
+            argv = worker_argv(
+                config_path, index, num_workers, work_dir, run_id=run_id, tracking_uri=tracking_uri,
+                result_file=result_file,
+            )
+            env = worker_env({"TF_CONFIG": json.dumps(build_tf_config(addresses, index))} if addresses else None)
             log_path = os.path.join(logs_dir, f"worker-{index}.log")
             if network is not None:
                 argv = network.command(argv)
@@ -278,18 +286,10 @@ class BarrierWorker:
         log_path = os.path.join(logs_dir, f"worker-{rank}.log")
         result_dir = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
         result_file = os.path.join(result_dir, "result.json")
-        argv = [
-            sys.executable, "-m", "bigimage.train.worker",
-            "--config", self.config_path,
-            "--task-index", str(rank),
-            "--num-workers", str(self.num_workers),
-            "--work-dir", self.work_dir,
-            "--parent-pid", str(os.getpid()),
-        ]  # fmt: skip
-        if self.run_id:
-            argv += ["--run-id", self.run_id, "--tracking-uri", self.tracking_uri or ""]
-        if rank == 0:
-            argv += ["--result-file", result_file]
+        argv = worker_argv(
+            self.config_path, rank, self.num_workers, self.work_dir, run_id=self.run_id,
+            tracking_uri=self.tracking_uri, result_file=result_file,
+        )
         env = worker_env({"TF_CONFIG": json.dumps(tf_config_dict)})
         host = socket.gethostname()
         with open(log_path, "ab") as out:
@@ -364,7 +364,6 @@ def run_spark_barrier_workers(
     that ``spark_for`` starts) the workers share one private network namespace, as with the process
     launcher (same ``worker_uris`` rule); on other hosts TensorFlow's servers listen where it puts them.
     """
-    from bigimage.spark.barrier import BarrierError, run_barrier_workers
     from bigimage.spark.cluster import spark_for
     from bigimage.spark.session import loopback_master
 
@@ -383,22 +382,7 @@ def run_spark_barrier_workers(
         if run_id:
             _log_spark(spark)
         log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", num_workers, master)
-        try:
-            reports = run_barrier_workers(spark, num_workers, worker_fn, timeout_seconds=timeout_seconds)
-        except BarrierError as error:
-            if "did not finish" in str(error):
-                raise WorkerTimeoutError(
-                    f"training workers (Spark barrier stage) still running after strategy.worker_timeout_seconds="
-                    f"{timeout_seconds:g}; the stage was cancelled and its workers killed. Logs in "
-                    f"{os.path.join(work_dir, 'logs')}; last lines of worker 0:\n{tail(os.path.join(work_dir, 'logs', 'worker-0.log'))}"
-                ) from error
-            raise
-        except Exception as error:
-            failure = _worker_failure(error)
-            if failure is None:
-                raise
-            log.debug("the Spark error behind the worker failure: %s", error)
-            raise failure from None
+        reports = _run_barrier_stage(spark, num_workers, worker_fn, timeout_seconds, work_dir)
     for report in reports:
         log.info("worker %d ran as pid %d on %s", report["rank"], report["pid"], report["host"])
     if result_file:
@@ -407,6 +391,29 @@ def run_spark_barrier_workers(
             json.dump(reports[0]["result"], handle, indent=1)
         os.replace(tmp, result_file)
     return reports
+
+
+def _run_barrier_stage(
+    spark: Any, num_workers: int, worker_fn: BarrierWorker, timeout_seconds: float, work_dir: str
+) -> list[dict]:
+    """The barrier stage, its timeout and a worker's failure told apart as this module's errors."""
+    from bigimage.spark.barrier import BarrierTimeoutError, run_barrier_workers
+
+    try:
+        return run_barrier_workers(spark, num_workers, worker_fn, timeout_seconds=timeout_seconds)
+    except BarrierTimeoutError as error:
+        logs = os.path.join(work_dir, "logs")
+        raise WorkerTimeoutError(
+            f"training workers (Spark barrier stage) still running after strategy.worker_timeout_seconds="
+            f"{timeout_seconds:g}; the stage was cancelled and its workers killed. Logs in {logs}; last lines "
+            f"of worker 0:\n{tail(os.path.join(logs, 'worker-0.log'))}"
+        ) from error
+    except Exception as error:
+        failure = _worker_failure(error)
+        if failure is None:
+            raise
+        log.debug("the Spark error behind the worker failure: %s", error)
+        raise failure from None
 
 
 def _log_spark(spark: Any) -> None:
