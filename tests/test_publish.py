@@ -9,6 +9,7 @@ are not failed here: in a job they run in Spark workers (test_preprocess.py kill
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ import pytest
 from bigimage.data import dirlock, readers, schema, shards, storage
 from bigimage.data.listing import list_labelled_images
 from tests.tfrecord_sets import STORAGE_OPS, assert_one_complete_set, leftovers, publish_set, stage_set, view
+
 
 class InjectedFault(OSError):
     pass
@@ -105,7 +107,7 @@ def test_a_failure_at_any_storage_operation_leaves_one_complete_set(destination:
         assert faults.fired == [operations[number - 1]], (number, faults.calls)
         assert sorted(assert_one_complete_set(destination, records).shards) == current, (number, operations[number - 1])
         assert leftovers(destination) == [], (number, operations[number - 1])
-    assert "failed" in outcomes and "published" in outcomes, list(zip(operations, outcomes))
+    assert "failed" in outcomes and "published" in outcomes, list(zip(operations, outcomes, strict=True))
 
 
 def test_storage_lost_from_any_operation_on_keeps_a_complete_set_for_manifest_readers(destination: str, images, monkeypatch) -> None:
@@ -119,10 +121,8 @@ def test_storage_lost_from_any_operation_on_keeps_a_complete_set_for_manifest_re
     for number in range(1, total + 1):
         before = sorted(readers.read_manifest(destination).shards)
         faults.reset(down_from=number)
-        try:
+        with contextlib.suppress(Exception):  # failed before or after its commit: either way one set is whole
             run_job(destination, images, f"down{number:02d}", faults)
-        except Exception:
-            pass  # failed before or after its commit: either way one of the two sets is whole
         seen = view(destination)  # every listed shard there, with its records
         listed = sorted(seen.manifest.shards)
         assert listed == before or all(name.startswith(f"down{number:02d}-") for name in listed), (number, listed)
@@ -203,9 +203,9 @@ def test_leftovers_of_a_dead_job_are_removed_by_the_next(destination: str, image
 def test_a_second_writer_fails_at_once_naming_the_holder(destination: str) -> None:
     with shards.Publication(destination) as first:
         started = time.monotonic()
-        with pytest.raises(dirlock.DestinationBusyError, match=rf"pid {os.getpid()} on host {socket.gethostname()}, started \d+ s ago"):
-            with shards.Publication(destination):
-                pass
+        holder = rf"pid {os.getpid()} on host {socket.gethostname()}, started \d+ s ago"
+        with pytest.raises(dirlock.DestinationBusyError, match=holder), shards.Publication(destination):
+            pass
         assert time.monotonic() - started < 2
         assert storage.is_gcs(destination) or os.path.isdir(first.staging_dir), "the first job's staging is untouched"
     with shards.Publication(destination, wait_seconds=0):  # released: the next one gets in

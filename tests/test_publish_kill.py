@@ -48,7 +48,7 @@ class Driver:
 
     def __init__(self, destination: str, root: Path, log: Path) -> None:
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        self.stderr = open(log, "w")
+        self.stderr = open(log, "w")  # noqa: SIM115 - the driver outlives this call; closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.publish_kill_driver", destination, str(root)],
             cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,

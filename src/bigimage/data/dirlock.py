@@ -127,7 +127,7 @@ class DestinationLock:
 
     # ------------------------------------------------------------------------------------ acquire
 
-    def __enter__(self) -> "DestinationLock":
+    def __enter__(self) -> DestinationLock:
         self.acquire()
         return self
 

@@ -228,7 +228,7 @@ class Publication:
 
     # -------------------------------------------------------------------------------------- enter
 
-    def __enter__(self) -> "Publication":
+    def __enter__(self) -> Publication:
         self.lock.acquire()
         try:
             self._prepare()
@@ -293,7 +293,7 @@ class Publication:
                 )
         first = shard_prefix(prefix, self.generation)
         names = [schema.shard_name(first, number, result.records) for number, result in enumerate(written)]
-        manifest.shards = dict(zip(names, (result.records for result in written)))
+        manifest.shards = dict(zip(names, (result.records for result in written), strict=True))
         manifest.num_records = sum(manifest.shards.values())
         data = manifest.to_json().encode("utf-8")
         if self.mode == EXCHANGE:
@@ -304,7 +304,7 @@ class Publication:
 
     def _swap(self, written: list[ShardResult], names: list[str], data: bytes) -> None:
         """Local: complete the set in the swap folder, then exchange it with the destination."""
-        for name, result in zip(names, written):
+        for name, result in zip(names, written, strict=True):
             storage.move(str(result.staged), os.path.join(self.staging_dir, name))
         storage.write_bytes(os.path.join(self.staging_dir, schema.MANIFEST_NAME), data)
         self._refuse_foreign()  # nothing may have appeared since the start that the swap would take away
@@ -316,7 +316,7 @@ class Publication:
     def _copy_and_commit(self, written: list[ShardResult], names: list[str], data: bytes) -> None:
         """gs:// (or no exchange): copy the shards in, write the manifest (the commit), delete the old."""
         place = storage.copy if storage.is_gcs(self.destination) else storage.move
-        for name, result in zip(names, written):
+        for name, result in zip(names, written, strict=True):
             target = storage.join(self.destination, name)
             self._placed.append(target)
             place(str(result.staged), target)

@@ -24,6 +24,7 @@ one a TFRecord swap needs, :func:`swap_in_dir` (one atomic directory exchange).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -450,10 +451,8 @@ def remove_tree(url: str) -> None:
     if is_gcs(url):
         delete_files(info.path for info in list_files(url))
         return
-    try:
+    with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(url)
-    except FileNotFoundError:
-        pass
 
 
 # ----------------------------------------------------------------------- atomic directory swap
@@ -503,10 +502,8 @@ def supports_exchange(directory: str) -> bool:
         return False
     finally:
         for path in (first, second):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.rmdir(path)
-            except FileNotFoundError:
-                pass
 
 
 def _fsync_dir(directory: str) -> None:
