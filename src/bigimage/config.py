@@ -159,6 +159,14 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
     artifact_root: Optional[str] = None  # None: <root>/mlruns/artifacts
+    # MLflow system metrics (system/cpu_utilization_percentage, ...) of the machine that runs the task's
+    # driver process, sampled every system_metrics_interval seconds; false: none.
+    system_metrics: bool = True
+    system_metrics_interval: float = 2.0
+    # Where analysis/best_config.py and the main job's report register the winning training run's model.
+    registered_model: str = "bigimage-classifier"
+    # Tags every run of this config carries (e.g. experiments/scaling_points.yaml: scaling_point=true).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,6 +186,9 @@ class SpeedtestConfig:
     parallelism: int = 1
     # When batch_size x batch_number exceeds the data: "repeat" the data, or "error".
     on_short_data: OnShortData = OnShortData.repeat
+    # Threads of each timed tf.data pipeline; 0: the cores of the executor it runs on (read back from Spark),
+    # as on a cluster node, so a shape reads with its own cores locally too (tag speedtest.pipeline_threads).
+    pipeline_threads: int = 0
 
 
 @dataclass
@@ -212,6 +223,24 @@ class PipelineConfig:
 
 
 @dataclass
+class ScalingPoint:
+    """One run of a scaling design: its data size, executors (1 core each) and timed speed-test batches."""
+
+    num_images: int = 250
+    executors: int = 1
+    batches: int = 5
+
+
+@dataclass
+class ScalingConfig:
+    """A design of small runs for the scaling model (experiments/scaling_points.yaml): the points by name
+    and the one this job runs (``point``), which the experiment's keys read through interpolations."""
+
+    point: Optional[str] = None
+    points: dict[str, ScalingPoint] = field(default_factory=dict)
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = str(PROJECT_ROOT)
     data_dir: str = str(PROJECT_ROOT / "data")
@@ -231,6 +260,7 @@ class Config:
     speedtest: SpeedtestConfig = field(default_factory=SpeedtestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tfrecord_dir: str = MISSING
     image_size: int = 192
     num_shards: int = 16
@@ -260,6 +290,7 @@ def validate(cfg: DictConfig) -> None:
     Types and closed choices are checked by Hydra at composition; this is what they cannot say.
     Raises :class:`ConfigError` naming the key, the value and what is valid.
     """
+    _validate_scaling(cfg.scaling)  # first: the experiment's other keys are read through it
     for key in ("image_size", "num_shards", "batch_size", "epochs"):
         _check_positive(key, cfg[key])
     _check_positive("cluster.executors", cfg.cluster.executors)
@@ -269,6 +300,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"dataset.root is not set for dataset={cfg.dataset.name}; "
             "give a folder of <label>/<image> files, e.g. dataset=folder dataset.root=/data/flowers or gs://bucket/flowers"
+        )
+    if cfg.tracking.system_metrics and not cfg.tracking.system_metrics_interval > 0:
+        raise ConfigError(
+            f"tracking.system_metrics_interval={cfg.tracking.system_metrics_interval} must be > 0 seconds "
+            "(or tracking.system_metrics=false to record none)"
         )
     if not 1 <= cfg.preprocess.jpeg_quality <= 100:
         raise ConfigError(f"preprocess.jpeg_quality={cfg.preprocess.jpeg_quality} must be in 1..100")
@@ -326,8 +362,17 @@ def _validate_train(cfg: DictConfig) -> None:
         check_batch_size(cfg.batch_size, replicas, cfg.strategy.name)
     if not 0.0 < cfg.train.validation_fraction < 1.0:
         raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
+    if not 0.0 < cfg.train.cache_max_memory_fraction <= 1.0:
+        raise ConfigError(f"train.cache_max_memory_fraction={cfg.train.cache_max_memory_fraction} must be in (0, 1]")
     if cfg.model.name == "mobilenet_v2" and cfg.image_size < 32:
         raise ConfigError(f"model=mobilenet_v2 needs image_size >= 32 (got {cfg.image_size})")
+
+
+def _validate_scaling(scaling: DictConfig) -> None:
+    if scaling.point is not None and scaling.point not in scaling.points:
+        raise ConfigError(
+            f"scaling.point={scaling.point} is not one of the design's points: {', '.join(scaling.points) or 'none'}"
+        )
 
 
 def _validate_speedtest(speed: DictConfig) -> None:
@@ -343,3 +388,5 @@ def _validate_speedtest(speed: DictConfig) -> None:
         _check_positive(f"speedtest.{key}", speed[key])
     if speed.warmup_batches < 0:
         raise ConfigError(f"speedtest.warmup_batches={speed.warmup_batches} must be >= 0")
+    if speed.pipeline_threads < 0:
+        raise ConfigError(f"speedtest.pipeline_threads={speed.pipeline_threads} must be >= 0 (0: the executor's cores)")

@@ -7,13 +7,16 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from mlflow.tracking import MlflowClient
 
-from bigimage.tracking import query
+from bigimage.tracking import liveness, query
 
 EXIT_NO_RUNS = 3
 
@@ -59,6 +62,27 @@ def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, w
     else:
         sys.stdout.write(render_text(result))
     return 0
+
+
+@contextmanager
+def analysis_run(
+    selection: query.RunSelection, parent_run_id: str | None, name: str, tags: dict[str, str] | None = None
+) -> Iterator[tuple[MlflowClient, str]]:
+    """A new run tagged ``task=analysis`` (a child of ``parent_run_id`` when given) for the body to log
+    into: FINISHED when the body returns, KILLED on Ctrl-C or SIGTERM (a KeyboardInterrupt too, as for
+    the pipeline's runs), FAILED on any other error. Created first, so what is written can name it."""
+    client = query.client_for(selection.tracking_uri)
+    all_tags = {"task": "analysis", **liveness.process_tags(), **(tags or {})}
+    if parent_run_id:
+        all_tags[query.PARENT_TAG] = parent_run_id
+    run = client.create_run(selection.experiment_id, tags=all_tags, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_id = run.info.run_id
+    try:
+        yield client, run_id
+    except BaseException as error:
+        client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def _clean(obj):
@@ -115,7 +139,7 @@ class Interval:
 
     def overlaps(self, other: "Interval") -> bool | None:
         """``None`` if either side has no interval."""
-        if None in (self.low, self.high, other.low, other.high):
+        if self.low is None or self.high is None or other.low is None or other.high is None:
             return None
         return not (self.high < other.low or other.high < self.low)
 

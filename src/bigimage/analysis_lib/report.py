@@ -7,7 +7,6 @@ the command-line wrapper.
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,14 +19,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bigimage.analysis_lib import best_config, common, overfitting  # noqa: E402
-from bigimage.tracking import liveness, query  # noqa: E402
+from bigimage.analysis_lib import (  # noqa: E402
+    best_config, common, forecast, headline, html_report, overfitting, predict, registry,
+)
+from bigimage.tracking import query  # noqa: E402
 
 REPORT_FILE = "report.md"
 JSON_FILE = "analysis.json"
 FIG_CURVES = "learning_curves.png"
 FIG_THROUGHPUT = "throughput_by_batch_size.png"
 FIG_PREPROCESS = "preprocess_time_by_cluster.png"
+FIG_FORECAST = "forecast.png"
 
 
 def default_output_dir() -> Path:
@@ -171,6 +173,9 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
             f"cluster {top.key['cluster.name']}, validation accuracy at its last good epoch {top.score.text()}; "
             f"{st['training']['statement']}."
         )
+    if result.champion:
+        out.append(f"Its best run's model is registered as `{result.champion['uri']}` (version "
+                   f"{result.champion['version']}, run {result.champion['run_id']}).")
     for section, label in (("preprocess", "preprocessing"), ("speedtest", "the speed test")):
         ranking = getattr(result, section)
         if ranking["by_speed"]:
@@ -188,7 +193,10 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
     return out
 
 
-def render_markdown(result: best_config.BestConfigResult, figures: dict[str, str | None], run_id: str | None) -> str:
+def render_markdown(
+    result: best_config.BestConfigResult, figures: dict[str, str | None], run_id: str | None,
+    forecast_result: forecast.Forecast | None = None,
+) -> str:
     tables = best_config.tables(result)
     sections = [
         _header_md(result, run_id),
@@ -200,6 +208,7 @@ def render_markdown(result: best_config.BestConfigResult, figures: dict[str, str
                    "Throughput by batch size and source",
                    "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
                    "over repetitions of all runs of a shape.", ""),
+        predict.markdown(forecast_result, FIG_FORECAST, figures.get(FIG_FORECAST)) if forecast_result else [],
         ["## Runs left out", "",
          common.markdown_table([e.as_dict() for e in result.excluded], ["run_name", "run_id", "task", "reason"])],
     ]
@@ -216,6 +225,7 @@ def _header_md(result: best_config.BestConfigResult, run_id: str | None) -> list
         f"- Runs: {result.selection.describe()}",
         f"- Generated: {now}" + (f", logged as MLflow run `{run_id}` (tag task=analysis)" if run_id else ""),
         f"- Prices: {result.prices.source} ({result.prices.region}, {result.prices.currency}, dated {result.prices.date})",
+        f"- With the figures inside: `{html_report.HTML_FILE}` (what MLflow's artifact viewer shows them in)",
         "",
         "## Conclusions",
         "",
@@ -288,6 +298,7 @@ class Report:
     run_id: str | None  # the analysis run, if logged
     result: best_config.BestConfigResult
     figures: dict[str, str | None]  # file name -> None if written, else why not
+    forecast: forecast.Forecast | None = None  # the "Forecast" section (None: no task 1 or 2 run)
 
     def as_dict(self) -> dict:
         return {
@@ -296,6 +307,7 @@ class Report:
             "figure_notes": {k: v for k, v in self.figures.items() if v},
             "conclusions": _conclusions(self.result),
             "winners": self.result.winners,
+            "champion": self.result.champion,
             "excluded": [e.as_dict() for e in self.result.excluded],
         }
 
@@ -311,31 +323,49 @@ def make_report(
     rank_by: str = "speed",
     write_tags: bool = True,
     log_run: bool = True,
+    forecast_options: forecast.Options | None = None,
+    registered_model: str | None = registry.DEFAULT_NAME,
 ) -> Report:
     """Analyse the runs, write figures + ``report.md`` + ``analysis.json`` to ``output_dir`` and log them.
 
     ``output_dir`` defaults to ``reports/<timestamp>`` under the project root. Writes the analysis tags
     back (unless ``write_tags=False``) and logs the directory as the artifacts of a new run tagged
     ``task=analysis`` in the same experiment, a child of ``parent_run_id`` when given (unless
-    ``log_run=False``). Returns a :class:`Report`. Raises :class:`query.NoRunsError` when
-    there is no run to analyse.
+    ``log_run=False``). With the tags it registers the winning training run's model as
+    ``registered_model`` (alias ``champion``; None: not). Returns a :class:`Report`. Raises
+    :class:`query.NoRunsError` when there is no run to analyse.
     """
     selection, result = _analyse(tracking_uri, experiment, parent_run_id, thresholds, prices_path, rank_by)
     if write_tags:
         overfitting.write_tags(result.overfitting)
         best_config.write_tags(result)
+        best_config.register_winner(result, registered_model)
     out = Path(output_dir) if output_dir else default_output_dir()
     out.mkdir(parents=True, exist_ok=True)
+    forecast_result = _forecast(selection, result, forecast_options or forecast.Options(prices_path=prices_path))
     figures = _write_figures(result, out)
+    if forecast_result:
+        figures[FIG_FORECAST] = predict.figure(forecast_result, out / FIG_FORECAST)
     document = {"overfitting": result.overfitting.as_dict(), "best_config": result.as_dict(),
+                "forecast": forecast_result.as_dict() if forecast_result else None,
                 "figures": {k: (None if v else k) for k, v in figures.items()}, "figure_notes": figures}
     (out / JSON_FILE).write_text(common.dump_json(document))
     run_id = None
     if log_run:
-        run_id = _log_report_run(selection, parent_run_id, result, figures, out)
+        run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result)
     else:
-        (out / REPORT_FILE).write_text(render_markdown(result, figures, None))
-    return Report(out / REPORT_FILE, out, run_id, result, figures)
+        _write_markdown(render_markdown(result, figures, None, forecast_result), out)
+    return Report(out / REPORT_FILE, out, run_id, result, figures, forecast_result)
+
+
+def _forecast(
+    selection: query.RunSelection, result: best_config.BestConfigResult, options: forecast.Options
+) -> forecast.Forecast | None:
+    """The "Forecast" section's data (:mod:`.forecast`); None when no task 1 or task 2 run was loaded."""
+    runs = result.overfitting.runs
+    if "task" not in runs or not runs["task"].isin(forecast.TASKS).any():
+        return None
+    return forecast.build(selection, runs, options)
 
 
 def _analyse(
@@ -365,23 +395,23 @@ def _write_figures(result: best_config.BestConfigResult, out: Path) -> dict[str,
 
 def _log_report_run(
     selection: query.RunSelection, parent_run_id: str | None, result: best_config.BestConfigResult,
-    figures: dict[str, str | None], out: Path,
+    figures: dict[str, str | None], out: Path, forecast_result: forecast.Forecast | None = None,
 ) -> str:
-    """The analysis run: created first, since the report names it, then the files are logged into it."""
-    client = query.client_for(selection.tracking_uri)
-    tags = {"task": "analysis", **liveness.process_tags()}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(selection.experiment_id, tags=tags, run_name=f"analysis-{time.strftime('%Y%m%d-%H%M%S')}")
-    run_id = run.info.run_id
-    try:
-        (out / REPORT_FILE).write_text(render_markdown(result, figures, run_id))
+    """The analysis run: created first, since the report names it, then the files (and the forecast's
+    metrics and model, :func:`.predict.log_forecast`) are logged into it."""
+    with common.analysis_run(selection, parent_run_id, "analysis") as (client, run_id):
+        _write_markdown(render_markdown(result, figures, run_id, forecast_result), out)
         client.log_artifacts(run_id, str(out))
-    except BaseException as error:  # Ctrl-C or SIGTERM (a KeyboardInterrupt too): KILLED, as the pipeline's runs
-        client.set_terminated(run_id, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
+        headline.log(client, run_id, result)
+        if forecast_result:
+            predict.log_forecast(client, run_id, forecast_result)
     return run_id
+
+
+def _write_markdown(markdown: str, out: Path) -> None:
+    """``report.md``, and ``report.html`` with the figures inside (what MLflow's artifact viewer shows)."""
+    (out / REPORT_FILE).write_text(markdown)
+    html_report.write_html(markdown, out)
 
 
 def build_report(
@@ -404,17 +434,20 @@ def main(argv: list[str] | None = None) -> int:
     common.add_source_args(parser)
     overfitting.add_threshold_args(parser)
     best_config.add_ranking_args(parser)
+    predict.add_forecast_args(parser)
     parser.add_argument("--output-dir", default=None,
                         help="where to write the report (default: reports/<timestamp> under the project root)")
     parser.add_argument("--no-write-tags", action="store_true", help="do not tag the analysed runs")
     parser.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow analysis run")
+    registry.add_registry_args(parser)
     args = parser.parse_args(argv)
     thresholds = overfitting.thresholds_from_args(args)
     try:
         report = make_report(
             args.tracking_uri, args.experiment, args.parent_run, args.output_dir, thresholds=thresholds,
             prices_path=args.prices, rank_by=args.rank_by, write_tags=not args.no_write_tags,
-            log_run=not args.no_log_run,
+            log_run=not args.no_log_run, forecast_options=predict.options_from_args(args),
+            registered_model=registry.model_name(args),
         )
     except query.NoRunsError as exc:
         return common.fail_no_runs(str(exc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig
@@ -108,12 +109,22 @@ def plan_sources(cfg: DictConfig, points: list[GridPoint]) -> dict[str, SourcePl
     return plans
 
 
+def log_dataset(cfg: DictConfig) -> None:
+    """The TFRecord set timed, as the active run's ``benchmark`` dataset input (:mod:`bigimage.tracking.datasets`)."""
+    from bigimage.data import readers
+    from bigimage.tracking import datasets
+
+    manifest = readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
+    datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.BENCHMARK)
+
+
 def timing_settings(cfg: DictConfig) -> TimingSettings:
     speed = cfg.speedtest
     return TimingSettings(
         repetitions=int(speed.repetitions),
         warmup_batches=int(speed.warmup_batches),
         on_short_data=str(speed.on_short_data),
+        threads=int(speed.pipeline_threads),
     )
 
 
@@ -134,6 +145,8 @@ def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]
         log.info("%s: %d images at %s", plan.source, plan.available, plan.location)
         for note in plan.notes:
             log.info("note: %s", note)
+    if TFRECORD in plans:
+        log_dataset(cfg)
     settings = timing_settings(cfg)
     requested = int(speed.parallelism)
 
@@ -173,9 +186,15 @@ def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]
 def _time_grid(
     spark: Any, points: list[GridPoint], plans: dict[str, SourcePlan], settings: TimingSettings, parallelism: int
 ) -> tuple[list[dict[str, Any]], int, float]:
+    import mlflow
+
     from bigimage.spark.session import log_spark_resources
 
-    log_spark_resources(spark)
+    resources = log_spark_resources(spark)
+    if settings.threads <= 0:  # the executor's cores, as Spark granted them (local mode: local[N] -> N)
+        per_executor = int(resources["total_cores"]) // max(1, int(resources["executors"]))
+        settings = replace(settings, threads=max(1, per_executor))
+    mlflow.set_tag("speedtest.pipeline_threads", str(settings.threads))
     began = time.perf_counter()
     rows, effective = run_grid(spark, points, plans, settings, parallelism)
     return rows, effective, time.perf_counter() - began

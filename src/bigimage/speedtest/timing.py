@@ -85,6 +85,10 @@ class TimingSettings:
     repetitions: int = 3
     warmup_batches: int = 2
     on_short_data: str = "repeat"
+    # Threads of each timed pipeline (its private tf.data thread pool); 0: TensorFlow's default, every
+    # core the process sees. The task sets the cores of the executor the pipeline runs on, as a
+    # pipeline on a cluster node has them: locally, otherwise, every shape would read with every host core.
+    threads: int = 0
 
 
 def images_needed(point: GridPoint, warmup_batches: int) -> int:
@@ -238,12 +242,27 @@ def batched(elements: Any, batch_size: int) -> Any:
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def source_dataset(plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None) -> Any:
+def source_dataset(
+    plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None, threads: int = 0
+) -> Any:
     if plan.source == FILES:
-        return batched(files_elements(plan, repeat), batch_size)
-    if plan.source == TFRECORD:
-        return batched(tfrecord_elements(plan, repeat, ram), batch_size)
-    raise ValueError(f"unknown speedtest source {plan.source!r}; choose files or tfrecord")
+        dataset = batched(files_elements(plan, repeat), batch_size)
+    elif plan.source == TFRECORD:
+        dataset = batched(tfrecord_elements(plan, repeat, ram), batch_size)
+    else:
+        raise ValueError(f"unknown speedtest source {plan.source!r}; choose files or tfrecord")
+    return with_threads(dataset, threads)
+
+
+def with_threads(dataset: Any, threads: int) -> Any:
+    """Run ``dataset``'s reads, decodes and batching on a private pool of ``threads`` threads (0: as is)."""
+    if threads <= 0:
+        return dataset
+    tf = import_tensorflow()
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.with_options(options)
 
 
 # -------------------------------------------------------------------------------------------- timer
@@ -287,7 +306,7 @@ def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> 
     ram = _RamShards() if gcs_shards else None
     rows = []
     try:
-        dataset = source_dataset(plan, point.batch_size, repeated, ram)
+        dataset = source_dataset(plan, point.batch_size, repeated, ram, settings.threads)
         for repetition in range(settings.repetitions):
             try:
                 images, nbytes, seconds = time_batches(dataset, point.batch_number, settings.warmup_batches)

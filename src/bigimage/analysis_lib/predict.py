@@ -1,0 +1,273 @@
+"""``analysis/predict.py``: predict before you rent. Fit the scaling model on the runs, forecast each shape.
+
+The model and what it assumes are in :mod:`.scaling`, how runs become points and shapes become
+predictions in :mod:`.forecast`. This module is the command line, the text and Markdown renderings,
+the figure of the report's "Forecast" section, and the analysis run: predictions as metrics
+``forecast.<task>.<shape>.<name>`` and the fitted model as the artifact ``forecast/model.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bigimage.analysis_lib import best_config, common, forecast, scaling
+from bigimage.tracking import query
+
+EXIT_CANNOT_FIT = 4
+MODEL_ARTIFACT = "forecast/model.json"
+METRIC_KEYS = ("predicted_seconds", "predicted_seconds_low", "predicted_seconds_high", "cost_per_1000_images")
+
+
+# --- MLflow -----------------------------------------------------------------------------------
+
+
+def metrics(result: forecast.Forecast) -> dict[str, float]:
+    """The headline numbers as MLflow metrics: per task and shape, and each fit's leave-one-out error."""
+    out: dict[str, float] = {}
+    for task, task_forecast in result.tasks.items():
+        for name, shape in task_forecast.as_dict()["shapes"].items():
+            out.update({f"forecast.{task}.{name}.{key}": shape[key] for key in METRIC_KEYS if shape.get(key) is not None})
+        for deploy, fit in task_forecast.fits.items():
+            out[f"forecast.{task}.{deploy}.loo_mean_relative_error"] = fit.loo_error()[0]
+    return out
+
+
+def log_forecast(client, run_id: str, result: forecast.Forecast) -> None:
+    """Log the forecast into an open analysis run (its metrics and the model JSON)."""
+    from mlflow.entities import Metric
+
+    now = int(pd.Timestamp.now().timestamp() * 1000)
+    batch = [Metric(key, float(value), now, 0) for key, value in metrics(result).items()]
+    for start in range(0, len(batch), 900):
+        client.log_batch(run_id, metrics=batch[start:start + 900])
+    client.log_text(run_id, common.dump_json(result.as_dict()), MODEL_ARTIFACT)
+
+
+# --- text -------------------------------------------------------------------------------------
+
+
+def _money(value: float | None, currency: str) -> str:
+    return "" if value is None else f"{value:.4g} {currency}"
+
+
+def coefficient_rows(fit: scaling.Fit) -> list[dict]:
+    pct = int(round(fit.confidence * 100))
+    return [{"term": c["term"], "formula": scaling.TERM_FORMULA[c["term"]], "value": c["value"],
+             f"{pct}% low": c["low"], f"{pct}% high": c["high"]} for c in fit.as_dict()["coefficients"]]
+
+
+def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
+    rows = []
+    for shape in task.shapes:
+        d = shape.as_dict(task.images)
+        if "refused" in d:
+            rows.append({"shape": shape.shape.name, "fitted on": "", "notes": f"refused: {d['refused']}"})
+            continue
+        ratio = d["core_speed_ratio"]
+        rows.append({
+            "shape": shape.shape.name, "fitted on": d["fitted_on"], "cores": d["cores"], "executors": d["machines"],
+            "seconds": d["predicted_seconds"], "low": d["predicted_seconds_low"], "high": d["predicted_seconds_high"],
+            "images/s": d["predicted_images_per_second"],
+            f"{currency} / 1,000 images": d["cost_per_1000_images"] or shape.cost_note,
+            "core speed ratio": f"{ratio['value']:.3g} ({ratio['source']})" if ratio else "",
+            "notes": "; ".join(d["notes"]),
+        })
+    return rows
+
+
+def _segments_text(segments: list[dict], what: str) -> str:
+    """The winner by data size, then every size at which the full order changes."""
+    if not segments:
+        return f"{what}: no shape to rank"
+    winners = [s for i, s in enumerate(segments) if i == 0 or s["ranking"][0] != segments[i - 1]["ranking"][0]]
+    if len(winners) == 1:
+        text = f"{what} at every size: {winners[0]['ranking'][0]}"
+    else:
+        text = f"{what} by data size: " + "; ".join(
+            f"{s['ranking'][0]} " + (f"from {s['from_images']:,.0f} images" if s["from_images"] else "first")
+            for s in winners)
+    changes = [f"{s['from_images']:,.0f} ({' < '.join(s['ranking'])})" for s in segments[1:]]
+    return text + (f"; the order changes at {', '.join(changes)} images" if changes else "; the order never changes")
+
+
+def conclusions(task: forecast.TaskForecast) -> list[str]:
+    """One line each: fastest and cheapest at the size, and the sizes from which the ranking changes."""
+    fastest, cheapest = task.fastest(), task.cheapest()
+    return [
+        f"at {task.images:,} images the fastest shape is {fastest or 'none (no prediction)'} and the cheapest "
+        f"{cheapest or 'none (no priced prediction)'}",
+        _segments_text(task.time_segments(), "fastest"),
+        _segments_text(task.cost_segments(), "cheapest"),
+    ]
+
+
+def fit_lines(task: forecast.TaskForecast) -> list[str]:
+    lines = []
+    for deploy, fit in task.fits.items():
+        mean, worst = fit.loo_error()
+        lines.append(f"{deploy}: {len(fit.points)} runs, terms {', '.join(fit.terms)}; leave-one-out error "
+                     f"mean {mean:.1%}, max {worst:.1%}" + "".join(f"; {n}" for n in fit.notes))
+    lines += [f"{deploy}: refused: {why}" for deploy, why in task.refusals.items()]
+    return lines
+
+
+def render_text(result: forecast.Forecast) -> str:
+    currency = result.prices.currency
+    out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", ""]
+    for name, task in result.tasks.items():
+        out += [f"== {name} ==", "Fits (per deployment kind):", *[f"  {line}" for line in fit_lines(task)]]
+        for deploy, fit in task.fits.items():
+            out += [f"Coefficients ({deploy}):", common.text_table(coefficient_rows(fit))]
+        out += [f"Predictions at {task.images:,} images (prices: {result.options.region}, {result.prices.date}):",
+                common.text_table(shape_rows(task, currency)), *[f"- {c}" for c in conclusions(task)], ""]
+    if result.excluded:
+        out += ["Left out:", *[f"  {e.run_name or e.run_id} ({e.run_id}, {e.task}): {e.reason}" for e in result.excluded]]
+    return "\n".join(out) + "\n"
+
+
+# --- the report's section ---------------------------------------------------------------------
+
+
+def curves(result: forecast.Forecast, steps: int = 40) -> pd.DataFrame:
+    """Each predicted shape's fitted time (and interval) from 1% of the size to the size."""
+    rows = []
+    for name, task in result.tasks.items():
+        for shape in task.shapes:
+            if shape.fit is None:
+                continue
+            cores, machines = shape.shape.model_inputs(name)
+            ratio = shape.ratio.value if shape.ratio else 1.0
+            for images in np.geomspace(max(1.0, task.images / 100), task.images, steps):
+                p = shape.fit.predict(images, cores, machines, ratio)
+                rows.append({"task": name, "shape": shape.shape.name, "images": images,
+                             "seconds": p.seconds, "low": p.low, "high": p.high})
+    return pd.DataFrame(rows)
+
+
+def measured(result: forecast.Forecast) -> pd.DataFrame:
+    rows = [{"task": name, "deploy": deploy, "cores": f"{p.cores:g} cores", "images": p.images, "seconds": p.seconds}
+            for name, task in result.tasks.items() for deploy, fit in task.fits.items() for p in fit.points]
+    return pd.DataFrame(rows)
+
+
+def figure(result: forecast.Forecast, path: Path) -> str | None:
+    """Measured points and fitted curves per shape, one panel per task (log-log); None when written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    lines, points = curves(result), measured(result)
+    if lines.empty:
+        return "no task could be fitted: no forecast figure"
+    tasks = list(lines["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        mine = lines[lines["task"] == task]
+        sns.lineplot(data=mine, x="images", y="seconds", hue="shape", ax=ax)
+        for _, group in mine.groupby("shape"):
+            ax.fill_between(group["images"], group["low"], group["high"], alpha=0.15)
+        dots = points[points["task"] == task]
+        if not dots.empty:
+            sns.scatterplot(data=dots, x="images", y="seconds", style="deploy", color="black", ax=ax, legend="brief")
+        ax.set(xscale="log", yscale="log", title=f"{task}: measured runs, fitted curves", xlabel="images", ylabel="seconds")
+    fig.suptitle(f"Forecast (bands: {int(result.options.confidence * 100)}% prediction intervals)", fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | None) -> list[str]:
+    """The report's "Forecast" section."""
+    out = ["## Forecast", "", f"_{forecast.LABEL}._ Model (Ernest, NSDI'16), fitted with non-negative least squares "
+           "per task and deployment kind: time = t0 + t1 x images / cores + t2 x log(executors) + t3 x executors "
+           "(task 2: t0 + t1 x images / cores: one pipeline on one executor). Terms the runs cannot pin down are "
+           "left out and said so; validation: leave-one-out error of each fit.", ""]
+    for name, task in result.tasks.items():
+        out += [f"### {name}", "", *[f"- {line}" for line in fit_lines(task)], ""]
+        for deploy, fit in task.fits.items():
+            out += [f"Coefficients fitted on {deploy} runs:", "", common.markdown_table(coefficient_rows(fit))]
+        out += [f"At {task.images:,} images:", "", common.markdown_table(shape_rows(task, result.prices.currency)),
+                *[f"- {c}" for c in conclusions(task)], ""]
+    out += [f"_Forecast figure: {figure_problem}._" if figure_problem else f"![Forecast]({figure_name})", ""]
+    return out
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+def add_forecast_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", type=int, default=forecast.DEFAULT_IMAGES,
+                        help=f"data size to predict for (default: {forecast.DEFAULT_IMAGES})")
+    parser.add_argument("--shapes", default=",".join(forecast.DEFAULT_SHAPES),
+                        help="comma-separated names of the cluster group (default: the seed's single,maximal,four; "
+                        "'local' is this machine with its cores)")
+    parser.add_argument("--region", default=forecast.Options.region, help="Dataproc region of the prices")
+    parser.add_argument("--core-speed-ratio", type=float, default=1.0,
+                        help="assumed speed of a Dataproc vCPU over a core of this machine (default 1.0); used only "
+                        "for Dataproc shapes predicted from local runs when the store has no Dataproc run to calibrate it")
+    parser.add_argument("--local-cores", type=int, default=forecast.host_cores(),
+                        help="cores of the machine that ran the local and standalone runs (default: this machine's)")
+    parser.add_argument("--source", default=forecast.Options.source, choices=("tfrecord", "files"),
+                        help="speed-test source to model (default: tfrecord)")
+    parser.add_argument("--scaling-points-only", action="store_true", help="use only runs tagged scaling_point=true")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default: 2000)")
+
+
+def options_from_args(args: argparse.Namespace) -> forecast.Options:
+    shapes = tuple(s.strip() for s in args.shapes.split(",") if s.strip())
+    return forecast.Options(
+        images=args.images, shapes=shapes, prices_path=args.prices, region=args.region,
+        core_speed_ratio=args.core_speed_ratio, local_cores=args.local_cores, confidence=args.confidence,
+        bootstrap=args.bootstrap, source=args.source, scaling_only=args.scaling_points_only,
+    )
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.images < 1 or args.local_cores < 1 or args.bootstrap < 100:
+        parser.error("--images and --local-cores must be >= 1 and --bootstrap >= 100")
+    if args.core_speed_ratio <= 0 or not 0 < args.confidence < 1:
+        parser.error("--core-speed-ratio must be > 0 and --confidence between 0 and 1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="analysis/predict.py",
+        description="Fit the scaling model (Ernest) on the task 1 and task 2 runs and forecast the time and cost "
+        "of each cluster shape at a data size; log the forecast as an analysis run.",
+    )
+    common.add_source_args(parser)
+    add_forecast_args(parser)
+    parser.add_argument("--prices", default=str(best_config.DEFAULT_PRICES), help="price table YAML")
+    parser.add_argument("--confidence", type=float, default=0.95, help="level of the intervals (default: 0.95)")
+    parser.add_argument("--no-log-run", action="store_true", help="do not log the forecast as an MLflow analysis run")
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    try:
+        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
+        result = forecast.build(selection, runs, options_from_args(args))
+    except query.NoRunsError as exc:
+        return common.fail_no_runs(str(exc))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not result.usable():
+        for name, task in result.tasks.items():
+            for line in fit_lines(task) or [f"no usable {name} runs"]:
+                print(f"cannot forecast {name}: {line}", file=sys.stderr)
+        return EXIT_CANNOT_FIT
+    if not args.no_log_run:
+        with common.analysis_run(selection, args.parent_run, "forecast", {"analysis": "predict"}) as (client, run_id):
+            log_forecast(client, run_id, result)
+        print(f"logged as MLflow run {run_id} (task=analysis)", file=sys.stderr)
+    if args.json:
+        common.print_json(result.as_dict())
+    else:
+        sys.stdout.write(render_text(result))
+    return 0
