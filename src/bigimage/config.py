@@ -159,12 +159,6 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
     artifact_root: Optional[str] = None  # None: <root>/mlruns/artifacts
-    # MLflow system metrics (system/cpu_utilization_percentage, ...) of the machine that runs the task's
-    # driver process, sampled every system_metrics_interval seconds; false: none.
-    system_metrics: bool = True
-    system_metrics_interval: float = 2.0
-    # Where analysis/best_config.py and the main job's report register the winning training run's model.
-    registered_model: str = "bigimage-classifier"
     # Tags every run of this config carries (e.g. experiments/scaling_points.yaml: scaling_point=true).
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -301,11 +295,6 @@ def validate(cfg: DictConfig) -> None:
             f"dataset.root is not set for dataset={cfg.dataset.name}; "
             "give a folder of <label>/<image> files, e.g. dataset=folder dataset.root=/data/flowers or gs://bucket/flowers"
         )
-    if cfg.tracking.system_metrics and not cfg.tracking.system_metrics_interval > 0:
-        raise ConfigError(
-            f"tracking.system_metrics_interval={cfg.tracking.system_metrics_interval} must be > 0 seconds "
-            "(or tracking.system_metrics=false to record none)"
-        )
     if not 1 <= cfg.preprocess.jpeg_quality <= 100:
         raise ConfigError(f"preprocess.jpeg_quality={cfg.preprocess.jpeg_quality} must be in 1..100")
     _validate_strategy(cfg.strategy)
@@ -362,8 +351,6 @@ def _validate_train(cfg: DictConfig) -> None:
         check_batch_size(cfg.batch_size, replicas, cfg.strategy.name)
     if not 0.0 < cfg.train.validation_fraction < 1.0:
         raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
-    if not 0.0 < cfg.train.cache_max_memory_fraction <= 1.0:
-        raise ConfigError(f"train.cache_max_memory_fraction={cfg.train.cache_max_memory_fraction} must be in (0, 1]")
     if cfg.model.name == "mobilenet_v2" and cfg.image_size < 32:
         raise ConfigError(f"model=mobilenet_v2 needs image_size >= 32 (got {cfg.image_size})")
 
