@@ -61,6 +61,8 @@ def write_tfrecord_dir(
         shards=shards,
         class_counts=class_counts,
         source="tests.tfrecord_fixtures",
+        # What task 1 takes from its image tree: here the generator's inputs, so sets differ in their digest.
+        source_fingerprint=f"tests.tfrecord_fixtures:{num_images}:{image_size}:{num_shards}:{','.join(classes)}:{seed}",
     )
     with open(os.path.join(directory, schema.MANIFEST_NAME), "w", encoding="utf-8") as handle:
         handle.write(manifest.to_json())

@@ -159,6 +159,12 @@ class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
     artifact_root: Optional[str] = None  # None: <root>/mlruns/artifacts
+    # MLflow system metrics (system/cpu_utilization_percentage, ...) of the machine that runs the task's
+    # driver process, sampled every system_metrics_interval seconds; false: none.
+    system_metrics: bool = True
+    system_metrics_interval: float = 2.0
+    # Where analysis/best_config.py and the main job's report register the winning training run's model.
+    registered_model: str = "bigimage-classifier"
     # Tags every run of this config carries (e.g. experiments/scaling_points.yaml: scaling_point=true).
     tags: dict[str, str] = field(default_factory=dict)
 
@@ -294,6 +300,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"dataset.root is not set for dataset={cfg.dataset.name}; "
             "give a folder of <label>/<image> files, e.g. dataset=folder dataset.root=/data/flowers or gs://bucket/flowers"
+        )
+    if cfg.tracking.system_metrics and not cfg.tracking.system_metrics_interval > 0:
+        raise ConfigError(
+            f"tracking.system_metrics_interval={cfg.tracking.system_metrics_interval} must be > 0 seconds "
+            "(or tracking.system_metrics=false to record none)"
         )
     if not 1 <= cfg.preprocess.jpeg_quality <= 100:
         raise ConfigError(f"preprocess.jpeg_quality={cfg.preprocess.jpeg_quality} must be in 1..100")

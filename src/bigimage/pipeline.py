@@ -7,19 +7,24 @@ analysis and the MLflow UI see the steps exactly as if they had been run one by 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from bigimage.config import PROJECT_ROOT, validate
-from bigimage.tasks import run_name, task_function
+from bigimage.tasks import param_keys, run_name, task_function
 from bigimage.tracking.runs import tracked_run
 
 log = logging.getLogger(__name__)
+
+TRAININGS_TABLE = "trainings.json"
+TRAINING_COLUMNS = ("best_val_accuracy", "best_epoch", "images_per_second", "training_seconds")
 
 
 def strategy_node(name: str) -> DictConfig:
@@ -41,9 +46,10 @@ def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str 
 
 def run_step(step: DictConfig, parent_run_id: str, experiment_id: str) -> dict[str, Any]:
     with tracked_run(
-        step, task=step.task.name, run_name=run_name(step), parent_run_id=parent_run_id, experiment_id=experiment_id
-    ):
-        return task_function(step.task.name)(step)
+        step, task=step.task.name, run_name=run_name(step), parent_run_id=parent_run_id, experiment_id=experiment_id,
+        param_keys=param_keys(step),
+    ) as run:
+        return {**task_function(step.task.name)(step), "run_id": run.info.run_id}
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
@@ -63,24 +69,56 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     if "tfrecord_speedup" in metrics:
         summary["speedtest.tfrecord_speedup"] = metrics["tfrecord_speedup"]
 
-    for index, strategy in enumerate(cfg.pipeline.strategies):
-        log.info("3/4 train, strategy %s (%d/%d)", strategy, index + 1, len(cfg.pipeline.strategies))
-        step = step_config(cfg, "train", list(cfg.pipeline.train_overrides), strategy=strategy)
-        metrics = run_step(step, parent_id, experiment_id)
-        summary[f"train.{strategy}.best_val_accuracy"] = metrics.get("best_val_accuracy", float("nan"))
+    summary.update(train_steps(cfg, parent_id, experiment_id))
     mlflow.log_metrics({key: float(value) for key, value in summary.items()})
 
     if cfg.pipeline.report:
         log.info("4/4 report")
-        from bigimage.analysis_lib.report import build_report
+        summary.update(report_step(cfg, parent_id))
+    from bigimage.analysis_lib.ui import command
 
-        report = build_report(
-            tracking_uri=mlflow.get_tracking_uri(),
-            parent_run_id=parent_id,
-            output_dir=Path(cfg.paths.output_dir) / "reports" / parent_id,
-        )
-        mlflow.set_tag("report", str(report))
-        summary["report"] = str(report)
-        print(f"[pipeline] report: {report}")
-    print(f"[pipeline] MLflow UI over this store: .venv/bin/mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}")
+    print(f"[pipeline] MLflow UI on this experiment's runs: {command(mlflow.get_tracking_uri(), cfg.tracking.experiment)}")
     return summary
+
+
+def train_steps(cfg: DictConfig, parent_id: str, experiment_id: str) -> dict[str, float]:
+    """One training per ``pipeline.strategies``. Each one's result is a row of the parent's table
+    ``trainings.json``; the parent's metric ``train.best_val_accuracy`` and tag ``train.best_strategy``
+    are the best of them (one column to sort pipelines by, however many strategies ran)."""
+    rows = []
+    for index, strategy in enumerate(cfg.pipeline.strategies):
+        log.info("3/4 train, strategy %s (%d/%d)", strategy, index + 1, len(cfg.pipeline.strategies))
+        step = step_config(cfg, "train", list(cfg.pipeline.train_overrides), strategy=strategy)
+        metrics = run_step(step, parent_id, experiment_id)
+        values = {key: float(metrics.get(key, math.nan)) for key in TRAINING_COLUMNS}
+        rows.append({"strategy": str(strategy), "run_id": metrics["run_id"], **values})
+    if rows:
+        mlflow.log_table(pd.DataFrame(rows), TRAININGS_TABLE)
+    scored = [row for row in rows if math.isfinite(row["best_val_accuracy"])]
+    if not scored:
+        return {}
+    best = max(scored, key=lambda row: row["best_val_accuracy"])
+    mlflow.set_tag("train.best_strategy", best["strategy"])
+    return {"train.best_val_accuracy": best["best_val_accuracy"]}
+
+
+def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
+    """The analysis of the pipeline's runs (an analysis run, its child), which also registers the best
+    training run's model as ``tracking.registered_model`` with the alias ``champion``."""
+    from bigimage.analysis_lib.report import make_report
+
+    report = make_report(
+        tracking_uri=mlflow.get_tracking_uri(),
+        parent_run_id=parent_id,
+        output_dir=Path(cfg.paths.output_dir) / "reports" / parent_id,
+        registered_model=cfg.tracking.registered_model,
+    )
+    mlflow.set_tag("report", str(report.path))
+    print(f"[pipeline] report: {report.path}")
+    out = {"report": str(report.path)}
+    champion = report.result.champion
+    if champion:
+        mlflow.set_tag("registered_model", champion["uri"])
+        print(f"[pipeline] model: {champion['uri']} (version {champion['version']}, run {champion['run_id']})")
+        out["registered_model"] = champion["uri"]
+    return out

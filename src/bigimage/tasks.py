@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from bigimage import termination
-from bigimage.config import ON_DATAPROC_ENV, validate
+from bigimage.config import ON_DATAPROC_ENV, Strategy, validate
 from bigimage.tracking.runs import tracked_run
 from bigimage.tracking.store import connect
 
@@ -25,6 +25,31 @@ TASK_FUNCTIONS = {
     "train": "bigimage.train.task:run_train",
     "pipeline": "bigimage.pipeline:run_pipeline",
 }
+
+
+# task name -> the config keys it reads, logged as its params (a key selects everything below it; empty
+# values are left out). The whole resolved config is the artifact config/config.yaml. The analysis reads
+# cluster.* (name, shape, region, executors, cores), dataset.num_images, image_size, strategy.name and
+# batch_size back from these params. Training reads cluster.name only as the analysis's key for where it
+# ran, unless its workers run on the cluster's executors (strategy.launcher=spark_barrier: all of it).
+_DATA = ("dataset", "tfrecord_dir", "image_size")
+_TRAINING = ("model", "strategy", "batch_size", "epochs", "seed", "train")
+TASK_PARAMS: dict[str, tuple[str, ...]] = {
+    "preprocess": ("cluster", *_DATA, "num_shards", "seed", "preprocess"),
+    "speedtest": ("cluster", *_DATA, "speedtest"),
+    "train": ("cluster.name", "dataset.name", "tfrecord_dir", "image_size", *_TRAINING),
+    # the steps' keys; strategy comes from pipeline.strategies, one training per entry
+    "pipeline": ("cluster", *_DATA, "num_shards", "seed", "preprocess", "speedtest", "model", "batch_size",
+                 "epochs", "train", "pipeline"),
+}
+
+
+def param_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """The config keys ``cfg.task.name`` reads (:data:`TASK_PARAMS`)."""
+    keys = TASK_PARAMS[cfg.task.name]
+    if cfg.task.name == "train" and cfg.strategy.launcher == "spark_barrier":
+        keys += ("cluster",)
+    return keys
 
 
 def task_function(name: str) -> Callable[[DictConfig], dict[str, Any]]:
@@ -51,17 +76,25 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
     uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started = time.perf_counter()
     tags = {**dict(cfg.tracking.tags), **(extra_tags or {})}  # the config's own (tracking.tags) first
-    with tracked_run(cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id, extra_tags=tags) as run:
+    with tracked_run(
+        cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id, extra_tags=tags,
+        param_keys=param_keys(cfg),
+    ) as run:
         metrics = function(cfg)
     log.info("%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run.info.run_id, uri)
     return metrics
 
 
 def run_name(cfg: DictConfig) -> str:
-    """A name that tells runs apart in the MLflow UI's list."""
-    parts = [cfg.task.name, f"cluster={cfg.cluster.name}"]
+    """A name that tells runs apart in the MLflow UI's list, what differs most first:
+    ``train mirrored bs=32 local small_cnn synthetic-192``, ``preprocess four standalone synthetic-192``."""
+    cluster = cfg.cluster.name if cfg.cluster.deploy == "local" else f"{cfg.cluster.name} {cfg.cluster.deploy}"
+    data = f"{cfg.dataset.name}-{cfg.image_size}"
     if cfg.task.name == "train":
-        parts += [f"strategy={cfg.strategy.name}", f"bs={cfg.batch_size}"]
+        workers = f" x{cfg.strategy.num_workers}" if Strategy(cfg.strategy.name).multi_worker else ""
+        parts = [cfg.task.name, f"{cfg.strategy.name}{workers}", f"bs={cfg.batch_size}", cluster, cfg.model.name, data]
+    else:
+        parts = [cfg.task.name, cluster, data]
     if cfg.get("scaling") and cfg.scaling.point:
         parts.append(f"scaling={cfg.scaling.point}")
     return " ".join(parts)

@@ -21,7 +21,8 @@ every other run has no cost, and the notes say why. A priced run's hourly cost i
 GB-month prices / hours per month) at the list prices of its own region (``cluster.dataproc.region``)
 in the price table (``analysis/prices.yaml``, keyed by region, with its source and date); a region
 missing from the table gives no cost and a note naming it.
-The winners get the tag ``best_config=true`` (other analysed runs of the same task ``false``).
+The winners get the tag ``best_config=true`` (other analysed runs of the same task ``false``), and the
+winning training configuration's model is registered with the alias ``champion`` (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 import yaml
 
-from bigimage.analysis_lib import common, overfitting
+from bigimage.analysis_lib import common, overfitting, registry
 from bigimage.tracking import query
 
 TAG_BEST = "best_config"
@@ -405,6 +406,7 @@ class BestConfigResult:
     speedtest_rows: pd.DataFrame
     rank_by: str = "speed"
     tags_written: bool = False
+    champion: dict | None = None  # the registered model the alias points at (registry.Champion.as_dict)
 
     def statements(self) -> dict:
         out = {"training": _distinguishable(self.training, "training configuration")}
@@ -430,6 +432,7 @@ class BestConfigResult:
             "prices": {"source": self.prices.source, "date": self.prices.date, "regions": list(self.prices.regions),
                        "currency": self.prices.currency, "priced": PRICED_RUNS},
             "tags_written": self.tags_written,
+            "champion": self.champion,
         }
 
 
@@ -494,6 +497,24 @@ def write_tags(result: BestConfigResult) -> None:
     result.tags_written = True
 
 
+def register_winner(result: BestConfigResult, model_name: str | None) -> None:
+    """Register the model of the winning training configuration's best run that logged one as
+    ``model_name``, with the alias ``champion`` (:mod:`.registry`); ``result.champion`` says which."""
+    if not model_name or not result.training:
+        return
+    top = result.training[0]
+    scores = {verdict.run_id: verdict.val_accuracy_at_last_good for verdict in result.overfitting.verdicts}
+    candidates = sorted(top.run_ids, key=lambda run_id: (-(scores.get(run_id) or 0.0), run_id))
+    tags = {**{key: str(value) for key, value in top.key.items()}, "mean_val_accuracy": f"{top.score.mean:.4f}"}
+    client = query.client_for(result.selection.tracking_uri)
+    champion = registry.register_champion(client, result.selection.experiment_id, candidates, model_name, tags)
+    if champion is None:
+        result.notes.append(f"no model registered: no run of the winning training configuration {top.key} "
+                            f"logged an MLflow Model '{registry.MODEL_NAME}'")
+    else:
+        result.champion = champion.as_dict()
+
+
 def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list[dict]:
     rows = []
     for i, r in enumerate(ranking, 1):
@@ -533,6 +554,9 @@ def render_text(result: BestConfigResult) -> str:
     out += [f"  winner ({k}): {w['key']} by {w['by']}" for k, w in result.winners.items()]
     if result.excluded:
         out += ["", "Excluded:"] + [f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded]
+    if result.champion:
+        out += ["", f"Registered model: {result.champion['uri']} (version {result.champion['version']}, "
+                f"run {result.champion['run_id']})"]
     if result.notes:
         out += ["", "Notes:"] + [f"  {n}" for n in result.notes]
     return "\n".join(out) + "\n"
@@ -552,12 +576,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="analysis/best_config.py",
         description="Rank training configurations, and cluster shapes for preprocessing and the speed test, "
-        "with confidence intervals over repeated runs; tag the winners best_config=true.",
+        "with confidence intervals over repeated runs; tag the winners best_config=true and register the winning "
+        f"training run's model with the alias {registry.ALIAS} (models:/<name>@{registry.ALIAS}).",
     )
     common.add_source_args(parser)
     overfitting.add_threshold_args(parser)
     add_ranking_args(parser)
-    parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
+    parser.add_argument(
+        "--no-write-tags", action="store_true", help="only report; do not tag the runs or register a model"
+    )
+    registry.add_registry_args(parser)
     args = parser.parse_args(argv)
     thresholds = overfitting.thresholds_from_args(args)
     if not 0 < args.confidence < 1:
@@ -572,6 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = analyse(selection, runs, thresholds, prices, args.rank_by, args.confidence)
     usable = bool(result.training or result.preprocess["by_speed"] or result.speedtest["by_speed"])
+
+    def write(result: BestConfigResult) -> None:
+        write_tags(result)
+        register_winner(result, registry.model_name(args))
+
     return common.finish(
-        args, result, usable, f"no run that can be ranked in {selection.describe()}", write_tags, render_text
+        args, result, usable, f"no run that can be ranked in {selection.describe()}", write, render_text
     )

@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from bigimage.analysis_lib import best_config, common, forecast, overfitting, predict  # noqa: E402
+from bigimage.analysis_lib import (  # noqa: E402
+    best_config, common, forecast, headline, html_report, overfitting, predict, registry,
+)
 from bigimage.tracking import query  # noqa: E402
 
 REPORT_FILE = "report.md"
@@ -171,6 +173,9 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
             f"cluster {top.key['cluster.name']}, validation accuracy at its last good epoch {top.score.text()}; "
             f"{st['training']['statement']}."
         )
+    if result.champion:
+        out.append(f"Its best run's model is registered as `{result.champion['uri']}` (version "
+                   f"{result.champion['version']}, run {result.champion['run_id']}).")
     for section, label in (("preprocess", "preprocessing"), ("speedtest", "the speed test")):
         ranking = getattr(result, section)
         if ranking["by_speed"]:
@@ -220,6 +225,7 @@ def _header_md(result: best_config.BestConfigResult, run_id: str | None) -> list
         f"- Runs: {result.selection.describe()}",
         f"- Generated: {now}" + (f", logged as MLflow run `{run_id}` (tag task=analysis)" if run_id else ""),
         f"- Prices: {result.prices.source} ({result.prices.region}, {result.prices.currency}, dated {result.prices.date})",
+        f"- With the figures inside: `{html_report.HTML_FILE}` (what MLflow's artifact viewer shows them in)",
         "",
         "## Conclusions",
         "",
@@ -301,6 +307,7 @@ class Report:
             "figure_notes": {k: v for k, v in self.figures.items() if v},
             "conclusions": _conclusions(self.result),
             "winners": self.result.winners,
+            "champion": self.result.champion,
             "excluded": [e.as_dict() for e in self.result.excluded],
         }
 
@@ -317,19 +324,22 @@ def make_report(
     write_tags: bool = True,
     log_run: bool = True,
     forecast_options: forecast.Options | None = None,
+    registered_model: str | None = registry.DEFAULT_NAME,
 ) -> Report:
     """Analyse the runs, write figures + ``report.md`` + ``analysis.json`` to ``output_dir`` and log them.
 
     ``output_dir`` defaults to ``reports/<timestamp>`` under the project root. Writes the analysis tags
     back (unless ``write_tags=False``) and logs the directory as the artifacts of a new run tagged
     ``task=analysis`` in the same experiment, a child of ``parent_run_id`` when given (unless
-    ``log_run=False``). Returns a :class:`Report`. Raises :class:`query.NoRunsError` when
-    there is no run to analyse.
+    ``log_run=False``). With the tags it registers the winning training run's model as
+    ``registered_model`` (alias ``champion``; None: not). Returns a :class:`Report`. Raises
+    :class:`query.NoRunsError` when there is no run to analyse.
     """
     selection, result = _analyse(tracking_uri, experiment, parent_run_id, thresholds, prices_path, rank_by)
     if write_tags:
         overfitting.write_tags(result.overfitting)
         best_config.write_tags(result)
+        best_config.register_winner(result, registered_model)
     out = Path(output_dir) if output_dir else default_output_dir()
     out.mkdir(parents=True, exist_ok=True)
     forecast_result = _forecast(selection, result, forecast_options or forecast.Options(prices_path=prices_path))
@@ -344,7 +354,7 @@ def make_report(
     if log_run:
         run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result)
     else:
-        (out / REPORT_FILE).write_text(render_markdown(result, figures, None, forecast_result))
+        _write_markdown(render_markdown(result, figures, None, forecast_result), out)
     return Report(out / REPORT_FILE, out, run_id, result, figures, forecast_result)
 
 
@@ -390,11 +400,18 @@ def _log_report_run(
     """The analysis run: created first, since the report names it, then the files (and the forecast's
     metrics and model, :func:`.predict.log_forecast`) are logged into it."""
     with common.analysis_run(selection, parent_run_id, "analysis") as (client, run_id):
-        (out / REPORT_FILE).write_text(render_markdown(result, figures, run_id, forecast_result))
+        _write_markdown(render_markdown(result, figures, run_id, forecast_result), out)
         client.log_artifacts(run_id, str(out))
+        headline.log(client, run_id, result)
         if forecast_result:
             predict.log_forecast(client, run_id, forecast_result)
     return run_id
+
+
+def _write_markdown(markdown: str, out: Path) -> None:
+    """``report.md``, and ``report.html`` with the figures inside (what MLflow's artifact viewer shows)."""
+    (out / REPORT_FILE).write_text(markdown)
+    html_report.write_html(markdown, out)
 
 
 def build_report(
@@ -422,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the report (default: reports/<timestamp> under the project root)")
     parser.add_argument("--no-write-tags", action="store_true", help="do not tag the analysed runs")
     parser.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow analysis run")
+    registry.add_registry_args(parser)
     args = parser.parse_args(argv)
     thresholds = overfitting.thresholds_from_args(args)
     try:
@@ -429,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             args.tracking_uri, args.experiment, args.parent_run, args.output_dir, thresholds=thresholds,
             prices_path=args.prices, rank_by=args.rank_by, write_tags=not args.no_write_tags,
             log_run=not args.no_log_run, forecast_options=predict.options_from_args(args),
+            registered_model=registry.model_name(args),
         )
     except query.NoRunsError as exc:
         return common.fail_no_runs(str(exc))

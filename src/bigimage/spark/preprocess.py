@@ -107,6 +107,8 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
     """List, transform and shard ``dataset.root`` into ``tfrecord_dir``; logs the task 1 metrics."""
     import mlflow  # here, not at the top: write_tfrecords' other callers (tests, benchmarks) need no MLflow
 
+    from bigimage.tracking import datasets
+
     root = dataset_root(cfg.dataset)
     listing = list_labelled_images(root, list(cfg.dataset.classes) or None)
     if not listing.items:
@@ -147,6 +149,7 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
     mlflow.log_metrics(metrics)
     mlflow.log_dict(failed[: cfg.preprocess.max_failed_listed], "failed_images.json")
     mlflow.log_text(manifest.to_json(), f"tfrecords/{schema.MANIFEST_NAME}")
+    datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.OUTPUT)
     log.info(
         "%d images -> %d shards in %s (%.1f images/s over %.1f s; Spark start-up %.1f s); %d file(s) skipped",
         metrics["images"], metrics["shards"], cfg.tfrecord_dir, metrics["images_per_second"], seconds,

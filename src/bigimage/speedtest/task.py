@@ -109,6 +109,15 @@ def plan_sources(cfg: DictConfig, points: list[GridPoint]) -> dict[str, SourcePl
     return plans
 
 
+def log_dataset(cfg: DictConfig) -> None:
+    """The TFRecord set timed, as the active run's ``benchmark`` dataset input (:mod:`bigimage.tracking.datasets`)."""
+    from bigimage.data import readers
+    from bigimage.tracking import datasets
+
+    manifest = readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
+    datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.BENCHMARK)
+
+
 def timing_settings(cfg: DictConfig) -> TimingSettings:
     speed = cfg.speedtest
     return TimingSettings(
@@ -136,6 +145,8 @@ def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]
         log.info("%s: %d images at %s", plan.source, plan.available, plan.location)
         for note in plan.notes:
             log.info("note: %s", note)
+    if TFRECORD in plans:
+        log_dataset(cfg)
     settings = timing_settings(cfg)
     requested = int(speed.parallelism)
 

@@ -17,7 +17,7 @@ import os
 import logging
 import subprocess
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,21 +39,38 @@ CONFIG_ARTIFACT = "config/config.yaml"
 MAX_PARAM_LENGTH = 6000
 
 
-def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
-    """The resolved config as MLflow params with dotted keys (``cluster.name``, ``batch_size``)."""
+def flatten_config(cfg: DictConfig | Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, str]:
+    """The resolved config as MLflow params with dotted keys (``cluster.name``, ``batch_size``).
+
+    ``keys``: only these keys and what lies below them (``cluster`` selects ``cluster.*``); None: all.
+    Empty values (None, "", [], {}) are left out: an empty param says nothing and cannot be filtered on.
+    """
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     params: dict[str, str] = {}
+
+    def selected(key: str) -> bool:
+        return keys is None or any(key == k or key.startswith(f"{k}.") for k in keys)
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, Mapping) and node:
             for key, value in node.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), value)
-        else:
+        elif node not in (None, "", [], {}) and selected(prefix):
             text = json.dumps(node) if isinstance(node, (list, dict)) else str(node)
             params[prefix] = text[:MAX_PARAM_LENGTH]
 
     walk("", {key: value for key, value in container.items() if key != "hydra"})
     return params
+
+
+def system_metrics(tracking: Any) -> bool:
+    """Whether runs record MLflow system metrics (``tracking.system_metrics``), setting their sampling
+    interval (``tracking.system_metrics_interval``) when they do. MLflow logs a sample only after a full
+    interval, and drops the last partial one, so a run shorter than the interval has none."""
+    if not tracking.get("system_metrics", False):
+        return False
+    mlflow.set_system_metrics_sampling_interval(float(tracking.system_metrics_interval))
+    return True
 
 
 def git_commit() -> str:
@@ -113,9 +130,13 @@ def tracked_run(
     parent_run_id: str | None = None,
     experiment_id: str | None = None,
     extra_tags: Mapping[str, str] | None = None,
+    param_keys: Sequence[str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Open a run that logs ``cfg``; FAILED with the error if the body raises, KILLED on Ctrl-C, SIGTERM
     or SIGHUP (tag ``error`` says which), FINISHED otherwise.
+
+    Params: the config keys ``param_keys`` select (what the task reads; all when None), the whole
+    resolved config goes to ``config/config.yaml``. System metrics as ``cfg.tracking`` says.
 
     Without explicit ids it joins the sweep named in the environment, if any: the parent run and
     the experiment were created by the launching process, so parallel jobs never race to make them.
@@ -133,12 +154,13 @@ def tracked_run(
             parent_run_id=parent_run_id,
             nested=mlflow.active_run() is not None,
             tags=tags,
+            log_system_metrics=system_metrics(cfg.get("tracking", {})),
         )
     )
     held = termination.install()
     heartbeat = liveness.Heartbeat(run.info.run_id, mlflow.get_tracking_uri()).start()
     try:
-        retry_busy(lambda: mlflow.log_params(flatten_config(cfg)))
+        retry_busy(lambda: mlflow.log_params(flatten_config(cfg, param_keys)))
         retry_busy(lambda: mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), CONFIG_ARTIFACT))
         yield run
     except BaseException as error:

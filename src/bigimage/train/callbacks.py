@@ -33,6 +33,7 @@ class RunLogger:
 
     def __init__(self, tracking_uri: str | None, run_id: str | None):
         self.run_id = run_id
+        self.tracking_uri = tracking_uri
         self.client = None
         if run_id:
             from mlflow.tracking import MlflowClient

@@ -81,6 +81,16 @@ def _artifact_uri() -> str | None:
     return run.info.artifact_uri if run is not None else None
 
 
+def log_datasets(cfg: Any, manifest: Any) -> None:
+    """The TFRecord set as the active run's ``training`` and ``validation`` inputs, with ``tfrecord_dir``
+    as given (a gs:// URL, not its local copy) and the split in the inputs' tags."""
+    from bigimage.tracking import datasets
+
+    split = f"{cfg.train.split}, validation_fraction={cfg.train.validation_fraction}"
+    for context in (datasets.TRAINING, datasets.VALIDATION):
+        datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), context, {"split": split})
+
+
 def worker_config(cfg: Any, tfrecord_dir: str) -> DictConfig:
     """The fully resolved config the workers read: local ``tfrecord_dir``, ``train.checkpoint_dir`` set."""
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -97,12 +107,14 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
     ConfigError or TFRecordDirError before any process starts, WorkerFailedError when a worker fails.
     """
     # Fail on missing shards or the wrong image size before any process starts.
-    readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
+    source_manifest = readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
     data_dir = local_tfrecord_dir(cfg)
     manifest = readers.read_manifest(data_dir, int(cfg.image_size))
     readers.shard_paths(data_dir, manifest)
 
     run_id, tracking_uri = _active_run()
+    if run_id:
+        log_datasets(cfg, source_manifest)
     resolved = worker_config(cfg, data_dir)
     work_dir = os.path.join(str(cfg.paths.output_dir), "train", run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
     os.makedirs(work_dir, exist_ok=True)

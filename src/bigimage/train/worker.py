@@ -30,7 +30,10 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bigimage.train.export import ModelCard
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow (keras-team/keras#20585)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -72,9 +75,6 @@ def train_worker(
     import tf_keras as keras
 
     from bigimage.config import check_batch_size
-    from bigimage.data import readers
-    from bigimage.train import inputs
-    from bigimage.train.cache import choose_cache
     from bigimage.train.callbacks import RunLogger, TrainingObserver
     from bigimage.train.model import build_model, compile_model
 
@@ -83,16 +83,7 @@ def train_worker(
     global_batch = int(cfg.batch_size)
     per_replica = check_batch_size(global_batch, replicas, cfg.strategy.name)
     keras.utils.set_random_seed(int(cfg.seed))
-
-    manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
-    plan = inputs.plan_split(cfg, cfg.tfrecord_dir, manifest)
-    steps_per_epoch = inputs.steps(plan.train_records, global_batch, training=True)
-    val_steps = inputs.steps(plan.val_records, global_batch, training=False)
-    # Memory, a local file or no cache, checked against this machine before any image is decoded.
-    cache = choose_cache(cfg, plan)
-    atexit.register(cache.cleanup)  # also when training fails; folders of killed workers go next time
-    log.info("worker %d: input cache %s: %s", task_index, cache.mode, cache.reason)
-    train_data, val_data = inputs.distributed_inputs(strategy, cfg, plan, cache)
+    plan, steps_per_epoch, val_steps, cache, train_data, val_data, card = _inputs(cfg, strategy, task_index, global_batch)
 
     with strategy.scope():
         model = compile_model(build_model(cfg, plan.num_classes), cfg)
@@ -103,13 +94,8 @@ def train_worker(
     shape = {"replicas": replicas, "global_batch_size": global_batch, "per_replica_batch_size": per_replica}
     _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, checkpoint_dir, cache.tags())
     observer = TrainingObserver(
-        task_index=task_index,
-        is_chief=is_chief,
-        global_batch_size=global_batch,
-        steps_per_epoch=steps_per_epoch,
-        progress_path=_progress_path(work_dir, task_index),
-        run_logger=run_logger,
-        checkpoint_dir=checkpoint_dir,
+        task_index=task_index, is_chief=is_chief, global_batch_size=global_batch, steps_per_epoch=steps_per_epoch,
+        progress_path=_progress_path(work_dir, task_index), run_logger=run_logger, checkpoint_dir=checkpoint_dir,
     )
     backup = keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, delete_checkpoint=True)
     log.info(
@@ -118,20 +104,36 @@ def train_worker(
     )
     started = time.perf_counter()
     model.fit(
-        train_data,
-        epochs=int(cfg.epochs),
-        steps_per_epoch=steps_per_epoch,
-        validation_data=val_data,
-        validation_steps=val_steps,
+        train_data, epochs=int(cfg.epochs), steps_per_epoch=steps_per_epoch, verbose=2,
+        validation_data=val_data, validation_steps=val_steps,
         callbacks=[backup, observer],  # backup first: an epoch is reported once its checkpoint exists
-        verbose=2,
     )
-    training_seconds = time.perf_counter() - started
+    summary = {**shape, "training_seconds": time.perf_counter() - started}
     try:
-        return _finish(model, observer, run_logger, is_chief, task_index, checkpoint_dir,
-                       {**shape, "training_seconds": training_seconds})
+        return _finish(model, observer, run_logger, is_chief, task_index, checkpoint_dir, summary, card)
     finally:
         cache.cleanup()
+
+
+def _inputs(cfg: Any, strategy: Any, task_index: int, global_batch: int) -> tuple[Any, ...]:
+    """This worker's split plan, steps per epoch (training, validation), input cache, distributed
+    datasets (training, validation) and the card of the model they train (:mod:`bigimage.train.export`)."""
+    from bigimage.data import readers
+    from bigimage.train import inputs
+    from bigimage.train.cache import choose_cache
+    from bigimage.train.export import ModelCard
+
+    manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
+    plan = inputs.plan_split(cfg, cfg.tfrecord_dir, manifest)
+    steps_per_epoch = inputs.steps(plan.train_records, global_batch, training=True)
+    val_steps = inputs.steps(plan.val_records, global_batch, training=False)
+    # Memory, a local file or no cache, checked against this machine before any image is decoded.
+    cache = choose_cache(cfg, plan)
+    atexit.register(cache.cleanup)  # also when training fails; folders of killed workers go next time
+    log.info("worker %d: input cache %s: %s", task_index, cache.mode, cache.reason)
+    train_data, val_data = inputs.distributed_inputs(strategy, cfg, plan, cache)
+    card = ModelCard(list(manifest.classes), int(cfg.image_size), readers.shard_paths(cfg.tfrecord_dir, manifest))
+    return plan, steps_per_epoch, val_steps, cache, train_data, val_data, card
 
 
 def _log_setup(
@@ -171,12 +173,14 @@ def _progress_path(work_dir: str | None, task_index: int) -> str | None:
 
 def _finish(
     model: Any, observer: Any, run_logger: Any, is_chief: bool, task_index: int, checkpoint_dir: str,
-    summary: dict[str, float],
+    summary: dict[str, float], card: ModelCard,
 ) -> dict[str, float]:
-    """The final metrics; the chief logs them with the model and the history.
+    """The final metrics; the chief logs them with the model (the raw ``model/model.keras`` and the
+    MLflow Model ``model``, :mod:`bigimage.train.export`) and the history.
 
     Every worker saves the model (collectives may be involved); only the chief keeps its copy.
     """
+    from bigimage.train import export
     from bigimage.train.callbacks import HISTORY_NAME, best_of
 
     save_root = tempfile.mkdtemp(prefix=f"bigimage-model-{task_index}-")
@@ -201,6 +205,9 @@ def _finish(
             )
             run_logger.artifact(_write_history(history, os.path.join(save_root, "history")))
             run_logger.artifact(model_path, "model")
+            if run_logger.enabled:
+                last_epoch = int(history[-1]["epoch"]) if history else 0
+                export.log_model(model_path, card, run_logger.tracking_uri, run_logger.run_id, step=last_epoch)
             # The run finished: its running history goes with the checkpoint BackupAndRestore deleted.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(checkpoint_dir, HISTORY_NAME))

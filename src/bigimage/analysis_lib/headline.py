@@ -1,0 +1,69 @@
+"""An analysis run's headline results as its own metrics, tags and name, so analysis runs sort, filter
+and tell themselves apart in the MLflow UI's runs table without opening the report.
+
+Metrics: ``best_val_accuracy`` (the winning training configuration's mean validation accuracy at the
+last good epoch; the same name as the training runs' own best, so one sort ranks both),
+``runs_judged``, ``runs_overfitting``, ``runs_excluded``. Tags: ``best.strategy.name``,
+``best.batch_size``, ``best.cluster.name`` (the winning configuration), ``best.run_ids``,
+``best.preprocess.cluster.name`` and ``best.speedtest.cluster.name`` (the winning shapes), and when a
+model was registered ``registered_model`` (``models:/<name>@champion``) and ``registered_model.version``.
+Name: ``analysis <what was analysed>: <winner>``, e.g. ``analysis parent 1a2b3c4d: mirrored bs=32 local`` (the runs
+under a pipeline or sweep) or ``analysis experiment bigimage: ...``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from bigimage.analysis_lib import best_config
+from bigimage.tracking.store import retry_busy
+
+
+def metrics(result: best_config.BestConfigResult) -> dict[str, float]:
+    verdicts = result.overfitting.verdicts
+    values = {
+        "runs_judged": float(len(verdicts)),
+        "runs_overfitting": float(sum(1 for verdict in verdicts if verdict.overfitting)),
+        "runs_excluded": float(len(result.excluded)),
+    }
+    if result.training:
+        values["best_val_accuracy"] = float(result.training[0].score.mean)
+    return values
+
+
+def tags(result: best_config.BestConfigResult) -> dict[str, str]:
+    out = {}
+    if result.training:
+        top = result.training[0]
+        out.update({f"best.{key}": str(value) for key, value in top.key.items()})
+        out["best.run_ids"] = ",".join(top.run_ids)[:5000]
+    for section in ("preprocess", "speedtest"):
+        winner = result.winners.get(section, {}).get("key", {})
+        if "cluster.name" in winner:
+            out[f"best.{section}.cluster.name"] = str(winner["cluster.name"])
+    if result.champion:
+        out["registered_model"] = result.champion["uri"]
+        out["registered_model.version"] = result.champion["version"]
+    return out
+
+
+def run_name(result: best_config.BestConfigResult) -> str:
+    selection = result.selection
+    scope = (f"parent {selection.parent_run_id[:8]}" if selection.parent_run_id
+             else f"experiment {selection.experiment_name}")
+    if not result.training:
+        return f"analysis {scope}"
+    key = result.training[0].key
+    return f"analysis {scope}: {key['strategy.name']} bs={key['batch_size']} {key['cluster.name']}"
+
+
+def log(client: MlflowClient, run_id: str, result: best_config.BestConfigResult) -> None:
+    """Log the headline metrics and tags on the analysis run ``run_id`` and name it."""
+    stamp = int(time.time() * 1000)
+    batch_metrics = [Metric(key, value, stamp, 0) for key, value in metrics(result).items()]
+    batch_tags = [RunTag(key, value) for key, value in tags(result).items()]
+    retry_busy(lambda: client.log_batch(run_id, metrics=batch_metrics, tags=batch_tags))
+    retry_busy(lambda: client.update_run(run_id, name=run_name(result)))

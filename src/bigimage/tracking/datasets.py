@@ -1,0 +1,93 @@
+"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (DESIGN, "MLflow contract").
+
+Task 1 logs the set it wrote (context ``output``: MLflow 3.17 has dataset inputs only, so the output is
+an input with that context), task 2 the set it timed (``benchmark``), task 3 the set it trained on, twice
+(``<name>.train`` with context ``training`` and ``<name>.validation`` with ``validation``: MLflow keeps
+one input per (name, digest) and run, so the two splits need two names). The UI's Dataset column and
+filter then show which data a run used, and equal digests mean the same images at the same settings.
+
+The digest is read from the manifest, never from the shards: the source's fingerprint (its files'
+paths, classes and sizes, :mod:`bigimage.data.listing`) and the settings that turn it into records
+(image size, JPEG quality, classes, records per shard). A rerun of task 1 on unchanged images at the
+same settings gives the same digest although its shard files have new names; a set without a source
+fingerprint (written by hand, e.g. in tests) falls back to its shard names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from typing import Any
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.types.schema import Array, ColSpec, DataType, Schema
+
+from bigimage.data import schema
+from bigimage.tracking.store import retry_busy
+
+OUTPUT, BENCHMARK, TRAINING, VALIDATION = "output", "benchmark", "training", "validation"
+SPLIT_SUFFIX = {TRAINING: ".train", VALIDATION: ".validation"}
+
+
+def manifest_digest(manifest: schema.Manifest) -> str:
+    """10 hex digits (MLflow shows short digests) over the source fingerprint and settings (module doc)."""
+    settings = {
+        "source_fingerprint": manifest.source_fingerprint,
+        "image_size": manifest.image_size,
+        "jpeg_quality": manifest.jpeg_quality,
+        "classes": list(manifest.classes),
+        "class_counts": dict(sorted(manifest.class_counts.items())),
+        "records_per_shard": sorted(manifest.shards.values()),
+    }
+    if not manifest.source_fingerprint:
+        settings["shards"] = sorted(manifest.shards)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def feature_schema() -> Schema:
+    """The TFRecord features (``bigimage.data.schema``) as an MLflow schema."""
+    return Schema(
+        [
+            ColSpec(DataType.binary, schema.IMAGE),
+            ColSpec(DataType.long, schema.CLASS),
+            ColSpec(DataType.string, schema.LABEL),
+            ColSpec(Array(DataType.long), schema.SIZE),
+            ColSpec(Array(DataType.float), schema.ONE_HOT_CLASS),
+        ]
+    )
+
+
+class TFRecordSet(MetaDataset):
+    """A :class:`MetaDataset` with a profile: records, shards, image size and the records per class."""
+
+    def __init__(self, manifest: schema.Manifest, tfrecord_dir: str, name: str):
+        self._profile = {
+            "num_records": manifest.num_records,
+            "num_shards": len(manifest.shards),
+            "image_size": manifest.image_size,
+            "class_counts": dict(manifest.class_counts),
+        }
+        with warnings.catch_warnings():  # MLflow registers its local source twice ("" and "file") and says so
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            source = resolve_dataset_source(tfrecord_dir)
+        super().__init__(source, name, manifest_digest(manifest), feature_schema())
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+
+def log_tfrecord_set(
+    manifest: schema.Manifest, tfrecord_dir: str, name: str, context: str, tags: dict[str, str] | None = None
+) -> TFRecordSet:
+    """Log the set as a dataset input of the active run; for ``training``/``validation`` the name gets
+    the split's suffix. Returns what was logged."""
+    dataset = TFRecordSet(manifest, tfrecord_dir, name + SPLIT_SUFFIX.get(context, ""))
+    retry_busy(lambda: mlflow.log_input(dataset, context=context, tags=tags))
+    return dataset
