@@ -79,24 +79,50 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
-def worker_argv(
-    config_path: str, index: int, num_workers: int, work_dir: str, *,
-    run_id: str | None, tracking_uri: str | None, result_file: str | None,
-) -> list[str]:
-    """The command line of training worker ``index`` (the chief, index 0, writes ``result_file``)."""
-    argv = [
-        sys.executable, "-m", "bigimage.train.worker",
-        "--config", config_path,
-        "--task-index", str(index),
-        "--num-workers", str(num_workers),
-        "--work-dir", work_dir,
-        "--parent-pid", str(os.getpid()),
-    ]  # fmt: skip
-    if run_id:
-        argv += ["--run-id", run_id, "--tracking-uri", tracking_uri or ""]
-    if result_file and index == 0:
-        argv += ["--result-file", result_file]
-    return argv
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every worker of one training is started with; a launcher only decides where they run."""
+
+    config_path: str
+    num_workers: int
+    work_dir: str
+    timeout_seconds: float
+    tracking_uri: str | None = None
+    run_id: str | None = None
+    result_file: str | None = None  # the chief's final metrics, as JSON
+    # What the workers write to (tracking, artifacts, checkpoints): one over the network keeps them out
+    # of a private network namespace.
+    worker_uris: Sequence[str | None] = ()
+
+    def argv(self, index: int, result_file: str | None = None) -> list[str]:
+        """The command line of worker ``index`` (the chief, index 0, writes ``result_file``)."""
+        argv = [
+            sys.executable, "-m", "bigimage.train.worker",
+            "--config", self.config_path,
+            "--task-index", str(index),
+            "--num-workers", str(self.num_workers),
+            "--work-dir", self.work_dir,
+            "--parent-pid", str(os.getpid()),
+        ]  # fmt: skip
+        if self.run_id:
+            argv += ["--run-id", self.run_id, "--tracking-uri", self.tracking_uri or ""]
+        result_file = result_file or self.result_file
+        if result_file and index == 0:
+            argv += ["--result-file", result_file]
+        return argv
+
+    def log_path(self, index: int) -> str:
+        logs_dir = os.path.join(self.work_dir, "logs")
+        os.makedirs(logs_dir, exist_ok=True)
+        return os.path.join(logs_dir, f"worker-{index}.log")
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen:
+    """A worker in its own session (so its whole group can be killed), output appended to its log."""
+    with open(log_path, "ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=os.getcwd()
+        )
 
 
 def tail(path: str, lines: int = TAIL_LINES) -> str:
@@ -150,46 +176,26 @@ def _killing(workers: list[_Worker]) -> Iterator[None]:
         _kill(workers)
 
 
-def run_local_workers(
-    config_path: str,
-    num_workers: int,
-    work_dir: str,
-    *,
-    timeout_seconds: float,
-    tracking_uri: str | None = None,
-    run_id: str | None = None,
-    result_file: str | None = None,
-    poll_seconds: float = 0.2,
-    worker_uris: Sequence[str | None] = (),
-) -> None:
-    """Run ``num_workers`` worker processes to completion; raise WorkerFailedError on any failure.
+def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
+    """Run ``job.num_workers`` worker processes to completion; raise WorkerFailedError on any failure.
 
-    Several workers share one private network namespace (module doc), unless one of ``worker_uris``
+    Several workers share one private network namespace (module doc), unless one of ``job.worker_uris``
     (tracking, artifact, checkpoint locations) needs the network or no namespace can be made here:
     then they run on the host network, with a warning.
     """
-    logs_dir = os.path.join(work_dir, "logs")
-    os.makedirs(logs_dir, exist_ok=True)
-    addresses = [f"127.0.0.1:{port}" for port in free_ports(num_workers)] if num_workers > 1 else []
+    count = job.num_workers
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(count)] if count > 1 else []
     workers: list[_Worker] = []
-    network_context = private_network(worker_uris) if num_workers > 1 else nullcontext(None)
+    network_context = private_network(job.worker_uris) if count > 1 else nullcontext(None)
     with network_context as network, _killing(workers):
-        for index in range(num_workers):
-            argv = worker_argv(
-                config_path, index, num_workers, work_dir, run_id=run_id, tracking_uri=tracking_uri,
-                result_file=result_file,
-            )
+        for index in range(count):
+            argv = job.argv(index)
             env = worker_env({"TF_CONFIG": json.dumps(build_tf_config(addresses, index))} if addresses else None)
-            log_path = os.path.join(logs_dir, f"worker-{index}.log")
-            if network is not None:
-                argv = network.command(argv)
-            with open(log_path, "ab") as out:
-                process = subprocess.Popen(
-                    argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=os.getcwd()
-                )
+            log_path = job.log_path(index)
+            process = _spawn(network.command(argv) if network is not None else argv, env, log_path)
             workers.append(_Worker(index, process, log_path))
-            log.info("started worker %d/%d pid %d, log %s", index, num_workers, process.pid, log_path)
-        _watch(workers, timeout_seconds, poll_seconds)
+            log.info("started worker %d/%d pid %d, log %s", index, count, process.pid, log_path)
+        _watch(workers, job.timeout_seconds, poll_seconds)
 
 
 def _watch(workers: list[_Worker], timeout_seconds: float, poll_seconds: float) -> None:
@@ -260,58 +266,34 @@ class BarrierWorker:
     executors on the driver's machine) runs every worker in that network namespace.
     """
 
-    def __init__(
-        self,
-        config_path: str,
-        num_workers: int,
-        work_dir: str,
-        *,
-        timeout_seconds: float,
-        tracking_uri: str | None = None,
-        run_id: str | None = None,
-        prefix: Sequence[str] = (),
-    ) -> None:
-        self.config_path = config_path
-        self.num_workers = int(num_workers)
-        self.work_dir = work_dir
-        self.timeout_seconds = float(timeout_seconds)
-        self.tracking_uri = tracking_uri
-        self.run_id = run_id
+    def __init__(self, job: WorkerJob, prefix: Sequence[str] = ()) -> None:
+        self.job = job
         self.prefix = list(prefix)
 
     def __call__(self, tf_config_dict: dict) -> dict:
         rank = int(tf_config_dict["task"]["index"])
-        logs_dir = os.path.join(self.work_dir, "logs")
-        os.makedirs(logs_dir, exist_ok=True)
-        log_path = os.path.join(logs_dir, f"worker-{rank}.log")
+        log_path = self.job.log_path(rank)
         result_dir = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
         result_file = os.path.join(result_dir, "result.json")
-        argv = worker_argv(
-            self.config_path, rank, self.num_workers, self.work_dir, run_id=self.run_id,
-            tracking_uri=self.tracking_uri, result_file=result_file,
-        )
         env = worker_env({"TF_CONFIG": json.dumps(tf_config_dict)})
         host = socket.gethostname()
-        with open(log_path, "ab") as out:
-            process = subprocess.Popen(
-                [*self.prefix, *argv], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+        process = _spawn([*self.prefix, *self.job.argv(rank, result_file)], env, log_path)
         worker = _Worker(rank, process, log_path)
         try:
             try:
-                code = process.wait(timeout=self.timeout_seconds)
+                code = process.wait(timeout=self.job.timeout_seconds)
             except subprocess.TimeoutExpired:
                 code = None
             if code != 0:
                 if code is None:
-                    what = f"still running after strategy.worker_timeout_seconds={self.timeout_seconds:g} and was killed"
+                    what = f"still running after strategy.worker_timeout_seconds={self.job.timeout_seconds:g} and was killed"
                     code = -signal.SIGKILL
                 else:
                     what = f"exited with code {code}{_signal_name(code)}"
                 _kill([worker])
                 raise RuntimeError(
                     f"{_FAILED_BEGIN} rank={rank} exit={code} pid={process.pid}>>\n"
-                    f"training worker {rank} of {self.num_workers} (pid {process.pid} on {host}, Spark barrier task "
+                    f"training worker {rank} of {self.job.num_workers} (pid {process.pid} on {host}, Spark barrier task "
                     f"{rank}) {what}; Spark fails the barrier stage and stops the other workers. "
                     f"Last lines of {log_path}:\n{tail(log_path)}\n{_FAILED_END}"
                 )
@@ -339,19 +321,7 @@ def _worker_failure(error: BaseException) -> WorkerFailedError | None:
     return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid])
 
 
-def run_spark_barrier_workers(
-    cluster_cfg: Any,
-    config_path: str,
-    num_workers: int,
-    work_dir: str,
-    *,
-    timeout_seconds: float,
-    tracking_uri: str | None = None,
-    run_id: str | None = None,
-    result_file: str | None = None,
-    app_name: str = "bigimage-train",
-    worker_uris: Sequence[str | None] = (),
-) -> list[dict]:
+def run_spark_barrier_workers(cluster_cfg: Any, job: WorkerJob, *, app_name: str = "bigimage-train") -> list[dict]:
     """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
 
     Each barrier task gets its TF_CONFIG from the tasks' addresses (:mod:`bigimage.spark.barrier`) and
@@ -367,45 +337,40 @@ def run_spark_barrier_workers(
     from bigimage.spark.cluster import spark_for
     from bigimage.spark.session import loopback_master
 
-    os.makedirs(os.path.join(work_dir, "logs"), exist_ok=True)
     with spark_for(cluster_cfg, app_name) as spark, ExitStack() as stack:
         master = spark.sparkContext.master
         network = None
         if loopback_master(master):
-            network = stack.enter_context(private_network(worker_uris, what="the barrier training workers"))
+            network = stack.enter_context(private_network(job.worker_uris, what="the barrier training workers"))
         else:
             log.warning("the TensorFlow workers on the executors of %s: %s", master, EXPOSED)
-        worker_fn = BarrierWorker(
-            config_path, num_workers, work_dir, timeout_seconds=timeout_seconds, tracking_uri=tracking_uri,
-            run_id=run_id, prefix=network.prefix if network else (),
-        )  # fmt: skip
-        if run_id:
+        worker_fn = BarrierWorker(job, prefix=network.prefix if network else ())
+        if job.run_id:
             _log_spark(spark)
-        log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", num_workers, master)
-        reports = _run_barrier_stage(spark, num_workers, worker_fn, timeout_seconds, work_dir)
+        log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", job.num_workers, master)
+        reports = _run_barrier_stage(spark, worker_fn)
     for report in reports:
         log.info("worker %d ran as pid %d on %s", report["rank"], report["pid"], report["host"])
-    if result_file:
-        tmp = f"{result_file}.tmp"
+    if job.result_file:
+        tmp = f"{job.result_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
             json.dump(reports[0]["result"], handle, indent=1)
-        os.replace(tmp, result_file)
+        os.replace(tmp, job.result_file)
     return reports
 
 
-def _run_barrier_stage(
-    spark: Any, num_workers: int, worker_fn: BarrierWorker, timeout_seconds: float, work_dir: str
-) -> list[dict]:
+def _run_barrier_stage(spark: Any, worker_fn: BarrierWorker) -> list[dict]:
     """The barrier stage, its timeout and a worker's failure told apart as this module's errors."""
     from bigimage.spark.barrier import BarrierTimeoutError, run_barrier_workers
 
+    job = worker_fn.job
     try:
-        return run_barrier_workers(spark, num_workers, worker_fn, timeout_seconds=timeout_seconds)
+        return run_barrier_workers(spark, job.num_workers, worker_fn, timeout_seconds=job.timeout_seconds)
     except BarrierTimeoutError as error:
-        logs = os.path.join(work_dir, "logs")
+        logs = os.path.join(job.work_dir, "logs")
         raise WorkerTimeoutError(
             f"training workers (Spark barrier stage) still running after strategy.worker_timeout_seconds="
-            f"{timeout_seconds:g}; the stage was cancelled and its workers killed. Logs in {logs}; last lines "
+            f"{job.timeout_seconds:g}; the stage was cancelled and its workers killed. Logs in {logs}; last lines "
             f"of worker 0:\n{tail(os.path.join(logs, 'worker-0.log'))}"
         ) from error
     except Exception as error:

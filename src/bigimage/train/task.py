@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,7 +39,7 @@ _KEY_STRATEGY = ("name", "num_workers", "logical_cpu_devices")
 
 def checkpoint_key(cfg: Any) -> str:
     """A readable, stable name for the checkpoint of this training config."""
-    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in _KEY_PARTS}
+    parts: dict[str, Any] = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in _KEY_PARTS}
     # Where checkpoints and decoded images are kept does not change what is trained: a run resumes across them.
     kept_elsewhere = ("checkpoint_dir", "cache", "cache_dir", "cache_max_memory_fraction")
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in kept_elsewhere}
@@ -93,7 +93,7 @@ def log_datasets(cfg: Any, manifest: Any) -> None:
 
 def worker_config(cfg: Any, tfrecord_dir: str) -> DictConfig:
     """The fully resolved config the workers read: local ``tfrecord_dir``, ``train.checkpoint_dir`` set."""
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    resolved = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
     resolved.tfrecord_dir = tfrecord_dir
     resolved.train.checkpoint_dir = checkpoint_dir(cfg)
     return resolved
@@ -129,19 +129,16 @@ def run_train(cfg: DictConfig) -> dict[str, float]:
         cfg.model.name, cfg.strategy.name, workers, cfg.strategy.launcher, resolved.train.checkpoint_dir, work_dir,
     )
     try:
-        kwargs = dict(
-            timeout_seconds=float(cfg.strategy.worker_timeout_seconds),
-            tracking_uri=tracking_uri,
-            run_id=run_id,
-            result_file=result_file,
-            # What the workers write to: one over the network keeps them out of a private network namespace.
+        job = launch.WorkerJob(
+            config_path, workers, work_dir, float(cfg.strategy.worker_timeout_seconds), tracking_uri=tracking_uri,
+            run_id=run_id, result_file=result_file,
             worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir)),
         )
         if cfg.strategy.launcher == "spark_barrier":
             # One worker per Spark barrier task on the executors of cfg.cluster (multi-worker only).
-            launch.run_spark_barrier_workers(cfg.cluster, config_path, workers, work_dir, **kwargs)
+            launch.run_spark_barrier_workers(cfg.cluster, job)
         else:
-            launch.run_local_workers(config_path, workers, work_dir, **kwargs)
+            launch.run_local_workers(job)
     finally:
         if run_id:
             import mlflow
