@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 import pandas as pd
@@ -37,7 +37,7 @@ def strategy_node(name: str) -> DictConfig:
 
 def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str | None = None) -> DictConfig:
     """``cfg`` with ``task.name`` set and a step's overrides applied, validated."""
-    step = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"task.name={task}", *overrides]))
+    step = cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"task.name={task}", *overrides])))
     if strategy is not None:
         step.strategy = strategy_node(strategy)
     validate(step)

@@ -67,7 +67,8 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
         from bigimage.cloud.dataproc import run_on_dataproc
 
         with termination.signals_raise():  # SIGTERM cancels the cloud job, as Ctrl-C does
-            return run_on_dataproc(cfg)
+            run_on_dataproc(cfg)
+        return {}  # the job's metrics are in its own run, logged on the cluster
     if cfg.task.name != "train" or cfg.strategy.launcher == "spark_barrier":
         from bigimage.spark.session import check_java
 

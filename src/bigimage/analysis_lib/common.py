@@ -139,7 +139,7 @@ class Interval:
 
     def overlaps(self, other: "Interval") -> bool | None:
         """``None`` if either side has no interval."""
-        if None in (self.low, self.high, other.low, other.high):
+        if self.low is None or self.high is None or other.low is None or other.high is None:
             return None
         return not (self.high < other.low or other.high < self.low)
 

@@ -13,6 +13,7 @@ on a cluster whose clocks disagree the start is never taken as earlier than the 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -147,7 +148,7 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
         "images_per_second": manifest.num_records / seconds if seconds > 0 else 0.0,
     }
     mlflow.log_metrics(metrics)
-    mlflow.log_dict(failed[: cfg.preprocess.max_failed_listed], "failed_images.json")
+    mlflow.log_text(json.dumps(failed[: cfg.preprocess.max_failed_listed], indent=2), "failed_images.json")
     mlflow.log_text(manifest.to_json(), f"tfrecords/{schema.MANIFEST_NAME}")
     datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.OUTPUT)
     log.info(

@@ -44,6 +44,11 @@ class RunLogger:
     def enabled(self) -> bool:
         return self.client is not None
 
+    def _target(self) -> tuple[Any, str]:
+        if self.client is None or self.run_id is None:
+            raise RuntimeError("this RunLogger logs nothing: check enabled first")
+        return self.client, self.run_id
+
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
         if not self.enabled:
             return
@@ -51,7 +56,8 @@ class RunLogger:
 
         stamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), stamp, step or 0) for key, value in values.items()]
-        retry_busy(lambda: self.client.log_batch(self.run_id, metrics=batch))
+        client, run_id = self._target()
+        retry_busy(lambda: client.log_batch(run_id, metrics=batch))
 
     def params(self, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -59,7 +65,8 @@ class RunLogger:
         from mlflow.entities import Param
 
         batch = [Param(key, str(value)) for key, value in values.items()]
-        retry_busy(lambda: self.client.log_batch(self.run_id, params=batch))
+        client, run_id = self._target()
+        retry_busy(lambda: client.log_batch(run_id, params=batch))
 
     def tags(self, values: dict[str, Any]) -> None:
         if not self.enabled:
@@ -67,15 +74,17 @@ class RunLogger:
         from mlflow.entities import RunTag
 
         batch = [RunTag(key, str(value)) for key, value in values.items()]
-        retry_busy(lambda: self.client.log_batch(self.run_id, tags=batch))
+        client, run_id = self._target()
+        retry_busy(lambda: client.log_batch(run_id, tags=batch))
 
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if not self.enabled:
             return
+        client, run_id = self._target()
         if os.path.isdir(local_path):
-            self.client.log_artifacts(self.run_id, local_path, artifact_path)
+            client.log_artifacts(run_id, local_path, artifact_path)
         else:
-            self.client.log_artifact(self.run_id, local_path, artifact_path)
+            client.log_artifact(run_id, local_path, artifact_path)
 
 
 def read_history(checkpoint_dir: str) -> dict[str, Any] | None:
@@ -156,7 +165,7 @@ class TrainingObserver(keras.callbacks.Callback):
         end = time.perf_counter()
         train_seconds = (self._train_end or end) - self._epoch_start
         logs = dict(logs or {})
-        entry = {"epoch": epoch}
+        entry: dict[str, float] = {"epoch": epoch}
         entry.update({key: float(logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs})
         entry["epoch_seconds"] = end - self._epoch_start
         entry["images_per_second"] = self.steps_per_epoch * self.global_batch_size / max(train_seconds, 1e-9)
