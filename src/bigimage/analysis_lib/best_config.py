@@ -286,11 +286,12 @@ def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95
     for _, row in runs[runs["task"] == "preprocess"].iterrows() if "task" in runs else []:
         if not _status_ok(row, excluded):
             continue
-        vals = {k: query.metric(row, k) for k in PREPROCESS_METRICS}
-        bad = [k for k, x in vals.items() if x is None or not math.isfinite(x) or x <= 0]
+        measured = {key: query.metric(row, key) for key in PREPROCESS_METRICS}
+        bad = [key for key, value in measured.items() if value is None or not math.isfinite(value) or value <= 0]
         if bad:
             _exclude(excluded, row, f"missing or non-positive metric(s): {', '.join(bad)}")
             continue
+        vals = {key: float(value or 0.0) for key, value in measured.items()}
         cluster = query.param(row, "cluster.name")
         if cluster is None:
             _exclude(excluded, row, "params of another schema: missing cluster.name")

@@ -30,7 +30,8 @@ code { background: #f3f3f3; padding: 0 0.2em; }
 def _embedding_renderer(directory: Path) -> MarkdownIt:
     """markdown-it whose images that name a PNG file in ``directory`` come out as ``data:`` URIs."""
     markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
-    default_image = markdown.renderer.rules["image"]
+    rules = markdown.renderer.rules  # type: ignore[attr-defined]  # RendererHTML's; the protocol omits it
+    default_image = rules["image"]
 
     def image(renderer: Any, tokens: Sequence[Any], index: int, options: Any, env: Any) -> str:
         token = tokens[index]

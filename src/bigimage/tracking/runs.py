@@ -13,13 +13,13 @@ mlflow #15713) and opens its run as a child.
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import subprocess
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -45,7 +45,9 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any], keys: Sequence[str] | No
     ``keys``: only these keys and what lies below them (``cluster`` selects ``cluster.*``); None: all.
     Empty values (None, "", [], {}) are left out: an empty param says nothing and cannot be filtered on.
     """
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container = cast(
+        dict[str, Any], OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    )
     params: dict[str, str] = {}
 
     def selected(key: str) -> bool:
@@ -112,7 +114,8 @@ def _record_end(error: BaseException) -> None:
     if isinstance(error, KeyboardInterrupt):  # Terminated is one too
         reason = str(error) if isinstance(error, termination.Terminated) else "interrupted (KeyboardInterrupt)"
         retry_busy(lambda: mlflow.set_tag("error", reason))
-        run_id = mlflow.active_run().info.run_id
+        active = mlflow.active_run()
+        run_id = active.info.run_id if active else "?"
         _end(RunStatus.to_string(RunStatus.KILLED))
         log.warning("MLflow run %s ended KILLED: %s", run_id, reason)
         return
