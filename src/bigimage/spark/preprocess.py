@@ -24,14 +24,15 @@ from omegaconf import DictConfig
 from bigimage.data import schema, shards
 from bigimage.data.datasets import dataset_root
 from bigimage.data.listing import LabelledImages, list_labelled_images
+from bigimage.errors import UserError
 from bigimage.spark.cluster import spark_for
 from bigimage.spark.session import log_spark_resources
 
 log = logging.getLogger(__name__)
 
 
-class NoUsableImagesError(RuntimeError):
-    """Nothing usable was left to write; the message says why."""
+class NoUsableImagesError(UserError, RuntimeError):
+    """Nothing usable was left to write; the message says why (the input is the user's to fix)."""
 
 
 def assign_shards(items: list[tuple[str, int]], num_shards: int, seed: int) -> list[list[tuple[str, int]]]:
@@ -39,6 +40,34 @@ def assign_shards(items: list[tuple[str, int]], num_shards: int, seed: int) -> l
     shuffled = list(items)
     random.Random(seed).shuffle(shuffled)
     return [shuffled[index::num_shards] for index in range(num_shards)]
+
+
+def _manifest(
+    listing: LabelledImages, results: list[shards.ShardResult], image_size: int, quality: int, destination: str
+) -> schema.Manifest:
+    """The manifest of what the shard tasks wrote (shards filled in by the publication); raises
+    NoUsableImagesError when no task wrote a record."""
+    if not any(result.records for result in results):
+        failed = [entry for result in results for entry in result.failed]
+        examples = "; ".join(f"{path}: {reason}" for path, reason in failed[:3])
+        raise NoUsableImagesError(
+            f"none of the {len(listing.items)} files under {listing.root} could be used as an image "
+            f"(e.g. {examples}); nothing was written to {destination}"
+        )
+    class_counts: dict[str, int] = {name: 0 for name in listing.classes}
+    for result in results:
+        for label, count in result.class_counts.items():
+            class_counts[label] += count
+    return schema.Manifest(
+        classes=list(listing.classes),
+        image_size=image_size,
+        num_records=0,
+        shards={},
+        class_counts=class_counts,
+        source=listing.root,
+        source_fingerprint=listing.fingerprint(),
+        jpeg_quality=quality,
+    )
 
 
 def write_tfrecords(
@@ -74,28 +103,7 @@ def write_tfrecords(
         results = job.map(
             lambda pair: shards.write_shard(pair[0], pair[1], classes, image_size, quality, staging_dir)
         ).collect()
-        failed = [entry for result in results for entry in result.failed]
-        if not any(result.records for result in results):
-            examples = "; ".join(f"{path}: {reason}" for path, reason in failed[:3])
-            raise NoUsableImagesError(
-                f"none of the {len(listing.items)} files under {listing.root} could be used as an image "
-                f"(e.g. {examples}); nothing was written to {destination}"
-            )
-        class_counts: dict[str, int] = {name: 0 for name in classes}
-        for result in results:
-            for label, count in result.class_counts.items():
-                class_counts[label] += count
-        manifest = schema.Manifest(
-            classes=classes,
-            image_size=image_size,
-            num_records=0,
-            shards={},
-            class_counts=class_counts,
-            source=listing.root,
-            source_fingerprint=listing.fingerprint(),
-            jpeg_quality=quality,
-        )
-        manifest = publication.publish(results, prefix, manifest)
+        manifest = publication.publish(results, prefix, _manifest(listing, results, image_size, quality, destination))
     except BaseException:
         context.cancelAllJobs()  # before the staging goes: no task may stage into it afterwards
         raise
