@@ -20,11 +20,15 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from bigimage.config import ON_DATAPROC_ENV
 from bigimage.spark.session import check_java, spark_session, wait_for_executors
 from bigimage.spark.standalone import StandaloneCluster, StandaloneError, check_master_reachable, check_memory
+
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import ClusterConfig
+
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +40,13 @@ class ClusterError(RuntimeError):
     """A cluster config that cannot give a Spark session here."""
 
 
-def standalone_shape(cluster: Any) -> tuple[int, int, str]:
+def standalone_shape(cluster: ClusterConfig) -> tuple[int, int, str]:
     """(workers, cores per worker, memory per worker) of a shape on a standalone cluster."""
     cores = int(cluster.executor_cores) or os.cpu_count() or 1
     return int(cluster.executors), cores, str(cluster.executor_memory)
 
 
-def _with_spark_conf(cluster: Any, extra: dict[str, str]) -> Any:
+def _with_spark_conf(cluster: ClusterConfig, extra: dict[str, str]) -> Any:
     """A copy of the cluster node with ``extra`` added to its spark_conf.
 
     ``spark.bigimage.deploy`` is read back by log_spark_resources; ``spark.bigimage.standalone.workDir``
@@ -62,7 +66,7 @@ def _with_spark_conf(cluster: Any, extra: dict[str, str]) -> Any:
 
 
 @contextmanager
-def spark_for(cfg_cluster: Any, app_name: str) -> Iterator[Any]:
+def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
     """A SparkSession on the master that ``cfg_cluster`` describes; everything started here stops on exit."""
     deploy = str(cfg_cluster.deploy)
     cluster = _with_spark_conf(cfg_cluster, {"spark.bigimage.deploy": deploy})

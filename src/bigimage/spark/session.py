@@ -22,7 +22,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import ClusterConfig
+
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +69,13 @@ def check_java() -> int:
     return major
 
 
-def total_slots(cluster: Any) -> int:
+def total_slots(cluster: ClusterConfig) -> int:
     """Task slots a shape asks for: executors x cores (0 cores: every core of this machine)."""
     cores = cluster.executor_cores or os.cpu_count() or 1
     return int(cluster.executors) * int(cores)
 
 
-def local_master(cluster: Any) -> str:
+def local_master(cluster: ClusterConfig) -> str:
     return f"local[{total_slots(cluster)}]"
 
 
@@ -80,7 +84,7 @@ def loopback_master(master: str) -> bool:
     return master.startswith(("local", "spark://127.0.0.1:", "spark://localhost:"))
 
 
-def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
+def spark_conf(cluster: ClusterConfig, master: str, app_name: str) -> dict[str, str]:
     """The Spark settings of a shape on a given master."""
     conf = {
         "spark.master": master,
@@ -110,7 +114,7 @@ def spark_conf(cluster: Any, master: str, app_name: str) -> dict[str, str]:
 
 
 @contextmanager
-def spark_session(cluster: Any, app_name: str, master: str | None = None) -> Iterator[Any]:
+def spark_session(cluster: ClusterConfig, app_name: str, master: str | None = None) -> Iterator[Any]:
     """A SparkSession for ``cluster`` (a ClusterConfig node) on ``master`` (default: ``cluster.master``,
     else ``local[slots]``), stopped on exit, also on error.
 

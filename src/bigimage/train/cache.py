@@ -30,11 +30,15 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from bigimage.machine import available_memory
+
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import Config
+
 
 MODES = ("memory", "file", "none")
 DISK_FRACTION = 0.5  # a file cache may take at most this share of the free disk space
@@ -94,7 +98,7 @@ def _own_folder(parent: str) -> str:
     return folder
 
 
-def choose_cache(cfg: Any, plan: Any) -> CacheChoice:
+def choose_cache(cfg: Config, plan: Any) -> CacheChoice:
     """Memory, a file on local disk or no cache for the decoded images of ``plan``, before training starts."""
     size = decoded_bytes(plan, int(cfg.image_size))
     if not cfg.train.cache:

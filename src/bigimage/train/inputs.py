@@ -32,6 +32,10 @@ from typing import TYPE_CHECKING, Any
 from bigimage.config import ConfigError
 from bigimage.data import readers, schema
 
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import Config
+
+
 if TYPE_CHECKING:
     from bigimage.train.cache import CacheChoice
 
@@ -70,7 +74,7 @@ def _val_mask(records: Any, val_buckets: int) -> Any:
     return tf.strings.to_hash_bucket_fast(records, HASH_BUCKETS) < val_buckets
 
 
-def plan_split(cfg: Any, tfrecord_dir: str, manifest: schema.Manifest) -> SplitPlan:
+def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> SplitPlan:
     """Decide the train/validation split of a (local) TFRecord directory; raises ConfigError when impossible."""
     mode = cfg.train.split
     fraction = float(cfg.train.validation_fraction)
@@ -168,7 +172,7 @@ def build_inputs(
     return dataset.with_options(options)
 
 
-def distributed_inputs(strategy: Any, cfg: Any, plan: SplitPlan, cache: CacheChoice | None = None) -> tuple[Any, Any]:
+def distributed_inputs(strategy: Any, cfg: Config, plan: SplitPlan, cache: CacheChoice | None = None) -> tuple[Any, Any]:
     """(train, validation) datasets distributed over the strategy's replicas."""
     train = strategy.distribute_datasets_from_function(
         lambda context: build_inputs(cfg, plan, training=True, input_context=context, cache=cache)

@@ -38,10 +38,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigimage.spark.barrier import build_tf_config
 from bigimage.train.netns import EXPOSED, private_network
+
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import ClusterConfig
+
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +325,7 @@ def _worker_failure(error: BaseException) -> WorkerFailedError | None:
     return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid])
 
 
-def run_spark_barrier_workers(cluster_cfg: Any, job: WorkerJob, *, app_name: str = "bigimage-train") -> list[dict]:
+def run_spark_barrier_workers(cluster_cfg: ClusterConfig, job: WorkerJob, *, app_name: str = "bigimage-train") -> list[dict]:
     """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
 
     Each barrier task gets its TF_CONFIG from the tasks' addresses (:mod:`bigimage.spark.barrier`) and

@@ -12,9 +12,13 @@ Build inside ``strategy.scope()``; :func:`compile_model` adds Adam, sparse cross
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import get_method
+
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import Config
+
 
 
 def small_cnn(model: Any, image_size: int, num_classes: int) -> Any:
@@ -52,13 +56,13 @@ def mobilenet_v2(model: Any, image_size: int, num_classes: int) -> Any:
     return keras.Model(inputs, outputs, name="mobilenet_v2")
 
 
-def build_model(cfg: Any, num_classes: int) -> Any:
+def build_model(cfg: Config, num_classes: int) -> Any:
     """The network of the ``model`` group: its ``_target_`` function, for ``image_size`` inputs and
     ``num_classes`` logits."""
     return get_method(cfg.model._target_)(cfg.model, int(cfg.image_size), num_classes)
 
 
-def compile_model(model: Any, cfg: Any) -> Any:
+def compile_model(model: Any, cfg: Config) -> Any:
     import tf_keras as keras
 
     model.compile(

@@ -20,21 +20,25 @@ before training, naming both numbers.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import get_method
 
 from bigimage.config import Strategy
 
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import Config
+
+
 log = logging.getLogger(__name__)
 
 
-def is_multi_worker(cfg: Any) -> bool:
+def is_multi_worker(cfg: Config) -> bool:
     """Also for a config read back from YAML by a worker process, where the name is a plain string."""
     return Strategy(cfg.strategy.name).multi_worker
 
 
-def configure_devices(cfg: Any) -> None:
+def configure_devices(cfg: Config) -> None:
     """Split the CPU into logical devices for ``mirrored``; must run before TensorFlow initialises.
 
     Every training runs in a fresh worker process (see :mod:`bigimage.train.launch`), so this is called
@@ -63,7 +67,7 @@ def configure_devices(cfg: Any) -> None:
             ) from error
 
 
-def make_strategy(cfg: Any) -> Any:
+def make_strategy(cfg: Config) -> Any:
     """The tf.distribute strategy of the ``strategy`` group: its ``_target_`` function (call
     :func:`configure_devices` first)."""
     return get_method(cfg.strategy._target_)(cfg.strategy)

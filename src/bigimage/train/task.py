@@ -23,12 +23,16 @@ import json
 import logging
 import os
 import time
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
 from bigimage.data import readers
 from bigimage.train import launch, strategies
+
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import Config
+
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +41,28 @@ _KEY_PARTS = ("tfrecord_dir", "image_size", "batch_size", "epochs", "seed", "mod
 _KEY_STRATEGY = ("name", "num_workers", "logical_cpu_devices")
 
 
-def checkpoint_key(cfg: Any) -> str:
+def checkpoint_key(cfg: Config) -> str:
     """A readable, stable name for the checkpoint of this training config."""
-    parts: dict[str, Any] = {key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key] for key in _KEY_PARTS}
+    values = {key: getattr(cfg, key) for key in _KEY_PARTS}
+    parts: dict[str, Any] = {
+        key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        for key, value in values.items()
+    }
     # Where checkpoints and decoded images are kept does not change what is trained: a run resumes across them.
     kept_elsewhere = ("checkpoint_dir", "cache", "cache_dir", "cache_max_memory_fraction")
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in kept_elsewhere}
-    parts["strategy"] = {key: cfg.strategy[key] for key in _KEY_STRATEGY}
+    parts["strategy"] = {key: getattr(cfg.strategy, key) for key in _KEY_STRATEGY}
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{cfg.strategy.name}-{cfg.model.name}-bs{cfg.batch_size}-{digest}"
 
 
-def checkpoint_dir(cfg: Any) -> str:
+def checkpoint_dir(cfg: Config) -> str:
     if cfg.train.checkpoint_dir:
         return str(cfg.train.checkpoint_dir)
     return os.path.join(str(cfg.paths.data_dir), "checkpoints", checkpoint_key(cfg))
 
 
-def local_tfrecord_dir(cfg: Any) -> str:
+def local_tfrecord_dir(cfg: Config) -> str:
     """``tfrecord_dir`` itself when local; a gs:// directory is mirrored into ``<paths.data_dir>/cache/``."""
     url = str(cfg.tfrecord_dir)
     if not url.startswith("gs://"):
@@ -81,7 +89,7 @@ def _artifact_uri() -> str | None:
     return run.info.artifact_uri if run is not None else None
 
 
-def log_datasets(cfg: Any, manifest: Any) -> None:
+def log_datasets(cfg: Config, manifest: Any) -> None:
     """The TFRecord set as the active run's ``training`` and ``validation`` inputs, with ``tfrecord_dir``
     as given (a gs:// URL, not its local copy) and the split in the inputs' tags."""
     from bigimage.tracking import datasets
@@ -91,7 +99,7 @@ def log_datasets(cfg: Any, manifest: Any) -> None:
         datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), context, {"split": split})
 
 
-def worker_config(cfg: Any, tfrecord_dir: str) -> DictConfig:
+def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
     """The fully resolved config the workers read: local ``tfrecord_dir``, ``train.checkpoint_dir`` set."""
     resolved = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
     resolved.tfrecord_dir = tfrecord_dir
@@ -99,7 +107,7 @@ def worker_config(cfg: Any, tfrecord_dir: str) -> DictConfig:
     return resolved
 
 
-def run_train(cfg: DictConfig) -> dict[str, float]:
+def run_train(cfg: Config) -> dict[str, float]:
     """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir``; returns the final metrics.
 
     ``batch_size`` is the global batch size (per replica: ``batch_size / replicas``). Logs into the

@@ -32,6 +32,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
+    from bigimage.config import Config
+
+
 if TYPE_CHECKING:
     from bigimage.train.export import ModelCard
 
@@ -115,7 +119,7 @@ def train_worker(
         cache.cleanup()
 
 
-def _inputs(cfg: Any, strategy: Any, task_index: int, global_batch: int) -> tuple[Any, ...]:
+def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> tuple[Any, ...]:
     """This worker's split plan, steps per epoch (training, validation), input cache, distributed
     datasets (training, validation) and the card of the model they train (:mod:`bigimage.train.export`)."""
     from bigimage.data import readers
