@@ -36,8 +36,26 @@ from tests.tfrecord_fixtures import CLASSES, write_tfrecord_dir
 # Groups a task does not read: none of its params may come from them.
 FOREIGN = {
     "preprocess": ("strategy.", "model.", "train.", "speedtest.", "pipeline.", "batch_size", "epochs"),
-    "speedtest": ("strategy.", "model.", "train.", "preprocess.", "pipeline.", "batch_size", "epochs", "num_shards", "seed"),
-    "train": ("speedtest.", "preprocess.", "pipeline.", "num_shards", "cluster.shape", "cluster.executors", "dataset.root"),
+    "speedtest": (
+        "strategy.",
+        "model.",
+        "train.",
+        "preprocess.",
+        "pipeline.",
+        "batch_size",
+        "epochs",
+        "num_shards",
+        "seed",
+    ),
+    "train": (
+        "speedtest.",
+        "preprocess.",
+        "pipeline.",
+        "num_shards",
+        "cluster.shape",
+        "cluster.executors",
+        "dataset.root",
+    ),
     "pipeline": ("strategy.",),
 }
 NEVER = ("paths.", "tracking.", "hydra", "task.", "scaling.")  # machine or bookkeeping, not what a run reads
@@ -70,12 +88,28 @@ def test_each_task_logs_the_keys_it_reads_and_the_analysis_reads(task: str) -> N
     params = flatten_config(cfg, param_keys(cfg))
     assert_params_read_by(task, params)
     if task in ("preprocess", "speedtest"):  # what best_config and the forecast (analysis/predict.py) read
-        for key in ("cluster.name", "cluster.executors", "cluster.executor_cores", "cluster.dataproc.region",
-                    "cluster.shape.worker_count", "dataset.num_images", "image_size"):
+        for key in (
+            "cluster.name",
+            "cluster.executors",
+            "cluster.executor_cores",
+            "cluster.dataproc.region",
+            "cluster.shape.worker_count",
+            "dataset.num_images",
+            "image_size",
+        ):
             assert key in params, key
     if task == "train":
-        for key in ("strategy.name", "batch_size", "cluster.name", "model.name", "epochs", "train.split",
-                    "train.validation_fraction", "tfrecord_dir", "image_size"):
+        for key in (
+            "strategy.name",
+            "batch_size",
+            "cluster.name",
+            "model.name",
+            "epochs",
+            "train.split",
+            "train.validation_fraction",
+            "tfrecord_dir",
+            "image_size",
+        ):
             assert key in params, key
     if task != "train":  # None or empty, so left out
         assert not {"cluster.master", "cluster.spark_conf", "cluster.dataproc.project"} & set(params)
@@ -102,8 +136,11 @@ def test_runs_on_the_same_tfrecord_set_share_a_digest_and_others_do_not(
     from bigimage.train.task import log_datasets
 
     logged = {}
-    for name, log in (("speed", lambda: log_dataset(speed)), ("train", lambda: log_datasets(train, manifest(tfrecords))),
-                      ("other", lambda: log_datasets(train_other, manifest(str(other))))):
+    for name, log in (
+        ("speed", lambda: log_dataset(speed)),
+        ("train", lambda: log_datasets(train, manifest(tfrecords))),
+        ("other", lambda: log_datasets(train_other, manifest(str(other)))),
+    ):
         with mlflow.start_run(experiment_id=mlflow_experiment) as run:
             log()
         logged[name] = MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
@@ -125,12 +162,24 @@ def manifest(directory: str):
 
 
 def test_the_digest_follows_the_source_and_settings_not_the_shard_names() -> None:
-    base = readers.schema.Manifest(classes=["a", "b"], image_size=32, num_records=4, shards={"g1-00-2.tfrec": 2, "g1-01-2.tfrec": 2},
-                                   class_counts={"a": 2, "b": 2}, source="/x", source_fingerprint="f1", jpeg_quality=90)
-    renamed = readers.schema.Manifest(**{**base.__dict__, "shards": {"g2-00-2.tfrec": 2, "g2-01-2.tfrec": 2}, "source": "/y"})
+    base = readers.schema.Manifest(
+        classes=["a", "b"],
+        image_size=32,
+        num_records=4,
+        shards={"g1-00-2.tfrec": 2, "g1-01-2.tfrec": 2},
+        class_counts={"a": 2, "b": 2},
+        source="/x",
+        source_fingerprint="f1",
+        jpeg_quality=90,
+    )
+    renamed = readers.schema.Manifest(
+        **{**base.__dict__, "shards": {"g2-00-2.tfrec": 2, "g2-01-2.tfrec": 2}, "source": "/y"}
+    )
     assert datasets.manifest_digest(base) == datasets.manifest_digest(renamed)
     for change in ({"source_fingerprint": "f2"}, {"image_size": 64}, {"jpeg_quality": 80}):
-        assert datasets.manifest_digest(readers.schema.Manifest(**{**base.__dict__, **change})) != datasets.manifest_digest(base)
+        assert datasets.manifest_digest(
+            readers.schema.Manifest(**{**base.__dict__, **change})
+        ) != datasets.manifest_digest(base)
 
 
 # ----------------------------------------------------------------------- training: model, data, system
@@ -143,8 +192,13 @@ def test_a_training_run_is_an_mlflow_model_with_datasets_system_metrics_and_its_
 ) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = train_config(
-        tmp_path, tfrecords, "strategy=mirrored", f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'art'}",
-        "tracking.experiment=native", "tracking.system_metrics_interval=1",
+        tmp_path,
+        tfrecords,
+        "strategy=mirrored",
+        f"tracking.uri={store}",
+        f"tracking.artifact_root={tmp_path / 'art'}",
+        "tracking.experiment=native",
+        "tracking.system_metrics_interval=1",
     )
     try:
         metrics = run_task(cfg)
@@ -188,8 +242,14 @@ def tiny_model(classes: int):
 
 def training_run(store: fx.Store, name: str, strategy: str, batch_size: int, delta: float, tfrecords: str) -> str:
     """A finished training run with known curves and a real (tiny) logged model."""
-    run_id = fx.log_run(store, name, task="train", params=fx._train_params(strategy, batch_size, "local"),
-                        histories=fx.healthy_shifted(delta), metrics={"best_val_accuracy": 0.8 + delta})
+    run_id = fx.log_run(
+        store,
+        name,
+        task="train",
+        params=fx._train_params(strategy, batch_size, "local"),
+        histories=fx.healthy_shifted(delta),
+        metrics={"best_val_accuracy": 0.8 + delta},
+    )
     paths = readers.shard_paths(tfrecords, manifest(tfrecords))
     keras_path = str(store.artifact_dir.parent / f"{name}.keras")
     tiny_model(len(CLASSES)).save(keras_path)
@@ -207,7 +267,9 @@ def best_config_json(store: fx.Store, capsys: pytest.CaptureFixture) -> dict:
 def test_best_config_registers_the_winner_once_and_moves_the_alias_to_a_better_run(
     tmp_path: Path, tfrecords: str, mlflow_store: str, mlflow_experiment: str, capsys: pytest.CaptureFixture
 ) -> None:
-    store = fx.Store(mlflow_store, mlflow_experiment, "tests", tmp_path / "mlruns" / "artifacts", MlflowClient(mlflow_store))
+    store = fx.Store(
+        mlflow_store, mlflow_experiment, "tests", tmp_path / "mlruns" / "artifacts", MlflowClient(mlflow_store)
+    )
     winner = training_run(store, "mirrored-32", "mirrored", 32, 0.0, tfrecords)
     training_run(store, "default-32", "default", 32, -0.1, tfrecords)
     name = registry.DEFAULT_NAME
@@ -232,15 +294,27 @@ def test_best_config_registers_the_winner_once_and_moves_the_alias_to_a_better_r
     run = store.client.get_run(made.run_id)
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(0.915)
     assert {k: run.data.metrics[k] for k in ("runs_judged", "runs_overfitting", "runs_excluded")} == {
-        "runs_judged": 3, "runs_overfitting": 1, "runs_excluded": 0}  # default-32: final accuracy gap 0.115
+        "runs_judged": 3,
+        "runs_overfitting": 1,
+        "runs_excluded": 0,
+    }  # default-32: final accuracy gap 0.115
     assert run.data.tags["best.strategy.name"] == "default" and run.data.tags["best.batch_size"] == "64"
     assert run.data.tags["registered_model"] == f"models:/{name}@champion"
     assert run.info.run_name == "analysis experiment tests: default bs=64 local"
-    html = Path(mlflow.artifacts.download_artifacts(run_id=made.run_id, artifact_path="report.html", dst_path=str(tmp_path / "dl")))
-    assert html.read_text().count('src="data:image/png;base64,') >= 1 and len(store.client.search_model_versions(f"name = '{name}'")) == 2
+    html = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=made.run_id, artifact_path="report.html", dst_path=str(tmp_path / "dl")
+        )
+    )
+    assert (
+        html.read_text().count('src="data:image/png;base64,') >= 1
+        and len(store.client.search_model_versions(f"name = '{name}'")) == 2
+    )
 
 
-def test_no_model_no_registration(tmp_path: Path, mlflow_store: str, mlflow_experiment: str, capsys: pytest.CaptureFixture) -> None:
+def test_no_model_no_registration(
+    tmp_path: Path, mlflow_store: str, mlflow_experiment: str, capsys: pytest.CaptureFixture
+) -> None:
     store = fx.Store(mlflow_store, mlflow_experiment, "tests", tmp_path, MlflowClient(mlflow_store))
     fx.log_run(store, "old", task="train", params=fx._train_params("default", 32, "local"), histories=fx.HEALTHY)
     result = best_config_json(store, capsys)
@@ -252,7 +326,10 @@ def test_no_model_no_registration(tmp_path: Path, mlflow_store: str, mlflow_expe
 
 
 def test_the_ui_command_opens_the_machine_learning_view() -> None:
-    assert ui.runs_url("127.0.0.1", 5000, "7") == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    assert (
+        ui.runs_url("127.0.0.1", 5000, "7")
+        == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
     command = ui.command("sqlite:///x.db", "bigimage")
     assert command.endswith("analysis/mlflow_ui.py --tracking-uri sqlite:///x.db --experiment bigimage")
 
@@ -265,12 +342,26 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_the_ui_script_serves_the_experiment_on_loopback_until_stopped(mlflow_store: str, mlflow_experiment: str) -> None:
+def test_the_ui_script_serves_the_experiment_on_loopback_until_stopped(
+    mlflow_store: str, mlflow_experiment: str
+) -> None:
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "analysis/mlflow_ui.py", "--tracking-uri", mlflow_store, "--experiment", "tests",
-         "--port", str(port), "--no-browser"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "analysis/mlflow_ui.py",
+            "--tracking-uri",
+            mlflow_store,
+            "--experiment",
+            "tests",
+            "--port",
+            str(port),
+            "--no-browser",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         line = ""

@@ -23,6 +23,7 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path,
             f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / 'outputs'}",
             "dataset.num_images=60", "image_size=32", "num_shards=4", "epochs=2", "batch_size=8",
             "pipeline.speedtest_overrides=['speedtest.repetitions=1','speedtest.batch_numbers=[2]']",
+            "tracking.system_metrics_interval=1",  # short steps: a few samples each all the same
         ],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
     )
@@ -45,8 +46,42 @@ def test_main_job_runs_every_step_and_ends_with_the_report(pipeline_store) -> No
     assert report.is_file() and report.is_relative_to(tmp / "outputs")
     for figure in ("learning_curves.png", "throughput_by_batch_size.png", "preprocess_time_by_cluster.png"):
         assert (report.parent / figure).stat().st_size > 0
-    assert f"mlflow ui --backend-store-uri {store}" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]  # the command that opens the UI on this experiment's runs
+    assert last.startswith("[pipeline] MLflow UI") and f"mlflow_ui.py --tracking-uri {store} --experiment bigimage" in last
     assert f"report: {report}" in result.stdout
+
+
+def test_main_job_ends_with_a_champion_and_mlflow_native_runs(pipeline_store) -> None:
+    store, tmp, result = pipeline_store
+    assert result.returncode == 0, result.stderr[-4000:]
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id])
+    by_task = {}
+    for run in runs:
+        by_task.setdefault(run.data.tags["task"], []).append(run)
+    champion = client.get_model_version_by_alias("bigimage-classifier", "champion")
+    assert champion.run_id in {run.info.run_id for run in by_task["train"]}
+    assert "[pipeline] model: models:/bigimage-classifier@champion" in result.stdout
+    # One TFRecord set: written by task 1, read by task 2 and both trainings, under one digest.
+    inputs = {(run.data.tags["task"], i.dataset.name, i.tags[0].value): i.dataset.digest
+              for run in runs for i in run.inputs.dataset_inputs}
+    assert {key[:2] for key in inputs} == {("preprocess", "synthetic"), ("speedtest", "synthetic"),
+                                           ("train", "synthetic.train"), ("train", "synthetic.validation")}
+    assert len(set(inputs.values())) == 1
+    for run in runs:
+        task = run.data.tags["task"]
+        if task != "analysis":
+            assert any(key.startswith("system/") for key in run.data.metrics), (task, sorted(run.data.metrics))
+            assert run.data.params and all(value.strip() and value != "None" for value in run.data.params.values())
+    assert not any(key.startswith(("strategy.", "model.", "train.")) for key in by_task["preprocess"][0].data.params)
+    assert not any(key.startswith(("speedtest.", "preprocess.", "pipeline.")) for run in by_task["train"] for key in run.data.params)
+    assert not any(key.startswith("bytes_per_second") for key in by_task["speedtest"][0].data.metrics)
+    (pipeline,) = by_task["pipeline"]
+    assert "train.best_val_accuracy" in pipeline.data.metrics and "train.default.best_val_accuracy" not in pipeline.data.metrics
+    (analysis,) = [run for run in by_task["analysis"] if run.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
+    assert analysis.data.tags["registered_model"] == "models:/bigimage-classifier@champion"
+    assert analysis.info.run_name.startswith(f"analysis parent {pipeline.info.run_id[:8]}: ")
+    assert {"best_val_accuracy", "runs_judged", "runs_overfitting", "runs_excluded"} <= set(analysis.data.metrics)
 
 
 @pytest.mark.parametrize("script", ["overfitting", "best_config", "report"])

@@ -75,10 +75,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     if cfg.pipeline.report:
         log.info("4/4 report")
         summary.update(report_step(cfg, parent_id))
-    from bigimage.analysis_lib.ui import command
-
-    print(f"[pipeline] MLflow UI on this experiment's runs: {command(mlflow.get_tracking_uri(), cfg.tracking.experiment)}")
-    return summary
+    return summary  # bigimage.tasks.run_task prints the command that opens the UI, as the last line
 
 
 def train_steps(cfg: DictConfig, parent_id: str, experiment_id: str) -> dict[str, float]:

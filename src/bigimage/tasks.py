@@ -83,6 +83,10 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
     ) as run:
         metrics = function(cfg)
     log.info("%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run.info.run_id, uri)
+    if cfg.task.name == "pipeline":  # the main job's last line: where to look at what it did
+        from bigimage.analysis_lib.ui import command
+
+        print(f"[pipeline] MLflow UI on this experiment's runs: {command(uri, cfg.tracking.experiment)}", flush=True)
     return metrics
 
 

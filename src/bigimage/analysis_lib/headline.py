@@ -52,8 +52,11 @@ def tags(result: best_config.BestConfigResult) -> dict[str, str]:
 
 def run_name(result: best_config.BestConfigResult) -> str:
     selection = result.selection
-    scope = (f"parent {selection.parent_run_id[:8]}" if selection.parent_run_id
-             else f"experiment {selection.experiment_name}")
+    scope = (
+        f"parent {selection.parent_run_id[:8]}"
+        if selection.parent_run_id
+        else f"experiment {selection.experiment_name}"
+    )
     if not result.training:
         return f"analysis {scope}"
     key = result.training[0].key

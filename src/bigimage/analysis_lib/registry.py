@@ -71,9 +71,11 @@ def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersio
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     try:
-        retry_busy(lambda: client.create_registered_model(
-            name, description="The best bigimage training configuration's model (analysis/best_config.py)."
-        ))
+        retry_busy(
+            lambda: client.create_registered_model(
+                name, description="The best bigimage training configuration's model (analysis/best_config.py)."
+            )
+        )
     except MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
@@ -91,8 +93,14 @@ def register_champion(
 ) -> Champion | None:
     """Register the first of ``candidates`` (run ids, best first) that logged a model, as ``name``, and
     point ``champion`` at it; None when none of them logged one."""
-    chosen = next(((run_id, model) for run_id in candidates
-                   if (model := logged_model(client, experiment_id, run_id)) is not None), None)
+    chosen = next(
+        (
+            (run_id, model)
+            for run_id in candidates
+            if (model := logged_model(client, experiment_id, run_id)) is not None
+        ),
+        None,
+    )
     if chosen is None:
         return None
     run_id, model = chosen
@@ -100,9 +108,11 @@ def register_champion(
     version = _version_of_run(client, name, run_id)
     created = version is None
     if version is None:
-        version = retry_busy(lambda: client.create_model_version(
-            name, source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id, tags=tags or {}
-        ))
+        version = retry_busy(
+            lambda: client.create_model_version(
+                name, source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id, tags=tags or {}
+            )
+        )
     moved = _alias_version(client, name) != version.version
     if moved:
         retry_busy(lambda: client.set_registered_model_alias(name, ALIAS, version.version))
@@ -113,7 +123,8 @@ def register_champion(
 
 def add_registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--registered-model", default=DEFAULT_NAME,
+        "--registered-model",
+        default=DEFAULT_NAME,
         help=f"register the winning training run's model under this name, alias {ALIAS} (default: {DEFAULT_NAME})",
     )
     parser.add_argument("--no-register", action="store_true", help="do not register a model")

@@ -20,7 +20,14 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from bigimage.analysis_lib import (  # noqa: E402
-    best_config, common, forecast, headline, html_report, overfitting, predict, registry,
+    best_config,
+    common,
+    forecast,
+    headline,
+    html_report,
+    overfitting,
+    predict,
+    registry,
 )
 from bigimage.tracking import query  # noqa: E402
 
