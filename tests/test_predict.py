@@ -135,9 +135,24 @@ def test_the_experiment_runs_the_d_optimal_design() -> None:
         assert (point["batches"] + forecast.PLAN_WARMUP) * forecast.PLAN_BATCH_SIZE <= point["num_images"]
 
 
+def test_plan_prints_a_design_that_the_experiment_runs_as_it_is(capsys) -> None:
+    assert predict.main(["--plan", "--plan-sizes", "500,4000", "--plan-executors", "2,4,8", "--plan-runs", "5"]) == 0
+    printed = capsys.readouterr().out
+    points = yaml.safe_load(printed)["scaling"]["points"]
+    assert len(points) == 5 and {p["executors"] for p in points.values()} == {2, 4, 8}
+    assert f"scaling.point={','.join(points)}" in printed
+    assert predict.main(["--plan", "--plan-runs", "2"]) == 2, "fewer points than terms"
+
+
 def test_config_refuses_an_unknown_point_and_negative_threads() -> None:
     with pytest.raises(ConfigError, match="not one of the design's points"):
         validate(compose_config(["+experiment=scaling_points", "scaling.point=n7-e9"]))
+    with pytest.raises(ConfigError, match="must give num_images, executors, batches"):
+        validate(compose_config(["+experiment=scaling_points", "scaling.point=big", "+scaling.points.big={num_images: 9}"]))
+    added = compose_config(["+experiment=scaling_points", "scaling.point=big",
+                            "+scaling.points.big={num_images: 20000, executors: 2, batches: 206}"])
+    validate(added)
+    assert (added.dataset.num_images, added.cluster.executors, added.speedtest.batch_numbers[0]) == (20000, 2, 206)
     with pytest.raises(ConfigError, match="pipeline_threads"):
         validate(compose_config(["speedtest.pipeline_threads=-1"]))
 

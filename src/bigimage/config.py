@@ -222,22 +222,22 @@ class PipelineConfig:
     report: bool = True
 
 
-@dataclass
-class ScalingPoint:
-    """One run of a scaling design: its data size, executors (1 core each) and timed speed-test batches."""
-
-    num_images: int = 250
-    executors: int = 1
-    batches: int = 5
+SCALING_POINT_KEYS = ("num_images", "executors", "batches")
 
 
 @dataclass
 class ScalingConfig:
     """A design of small runs for the scaling model (experiments/scaling_points.yaml): the points by name
-    and the one this job runs (``point``), which the experiment's keys read through interpolations."""
+    and the one this job runs (``point``), which the experiment's keys read through interpolations.
+
+    A point is ``{num_images, executors, batches}`` (data size, executors of one core, timed speed-test
+    batches), typed as a dict of ints rather than a dataclass so that a point can be added on the
+    command line (``'+scaling.points.big={num_images: 20000, executors: 2, batches: 206}'``), which
+    OmegaConf refuses for a dict of dataclasses; :func:`validate` checks its keys.
+    """
 
     point: Optional[str] = None
-    points: dict[str, ScalingPoint] = field(default_factory=dict)
+    points: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -371,6 +371,11 @@ def _validate_scaling(scaling: DictConfig) -> None:
         raise ConfigError(
             f"scaling.point={scaling.point} is not one of the design's points: {', '.join(scaling.points) or 'none'}"
         )
+    for name, point in scaling.points.items():
+        if sorted(point) != sorted(SCALING_POINT_KEYS) or min(point.values()) < 1:
+            raise ConfigError(
+                f"scaling.points.{name}={dict(point)} must give {', '.join(SCALING_POINT_KEYS)}, each >= 1"
+            )
 
 
 def _validate_speedtest(speed: DictConfig) -> None:

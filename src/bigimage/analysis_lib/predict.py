@@ -62,6 +62,7 @@ def coefficient_rows(fit: scaling.Fit) -> list[dict]:
 
 
 def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
+    """One row per shape: the prediction, its interval and cost, and the assumption it carries (or why none)."""
     rows = []
     for shape in task.shapes:
         d = shape.as_dict(task.images)
@@ -203,6 +204,7 @@ def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | 
 
 
 def add_forecast_args(parser: argparse.ArgumentParser) -> None:
+    """The forecast's options, shared by analysis/predict.py and analysis/report.py (its Forecast section)."""
     parser.add_argument("--images", type=int, default=forecast.DEFAULT_IMAGES,
                         help=f"data size to predict for (default: {forecast.DEFAULT_IMAGES})")
     parser.add_argument("--shapes", default=",".join(forecast.DEFAULT_SHAPES),
@@ -229,6 +231,31 @@ def options_from_args(args: argparse.Namespace) -> forecast.Options:
     )
 
 
+def add_plan_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plan", action="store_true",
+                        help="print a D-optimal design of scaling points (experiments/scaling_points.yaml) and exit")
+    parser.add_argument("--plan-sizes", default=",".join(map(str, forecast.PLAN_SIZES)), help="candidate data sizes")
+    parser.add_argument("--plan-executors", default=",".join(map(str, forecast.PLAN_EXECUTORS)),
+                        help="candidate executor counts (one core each): what the machine or cluster offers")
+    parser.add_argument("--plan-runs", type=int, default=forecast.PLAN_RUNS, help="points to choose")
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    """The design as the experiment's ``scaling.points`` and sweep list, ready to paste or override."""
+    import yaml
+
+    sizes = [int(v) for v in args.plan_sizes.split(",")]
+    executors = [int(v) for v in args.plan_executors.split(",")]
+    try:
+        plan = forecast.design_plan(sizes, executors, args.plan_runs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(yaml.safe_dump({"scaling": {"points": plan}}, sort_keys=False, default_flow_style=None))
+    sys.stdout.write(f"# sweep: scaling.point={','.join(plan)}\n")
+    return 0
+
+
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.images < 1 or args.local_cores < 1 or args.bootstrap < 100:
         parser.error("--images and --local-cores must be >= 1 and --bootstrap >= 100")
@@ -237,6 +264,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 a forecast, 2 bad input, 3 no runs, 4 the runs cannot fit any task (stderr says what to add)."""
     parser = argparse.ArgumentParser(
         prog="analysis/predict.py",
         description="Fit the scaling model (Ernest) on the task 1 and task 2 runs and forecast the time and cost "
@@ -247,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prices", default=str(best_config.DEFAULT_PRICES), help="price table YAML")
     parser.add_argument("--confidence", type=float, default=0.95, help="level of the intervals (default: 0.95)")
     parser.add_argument("--no-log-run", action="store_true", help="do not log the forecast as an MLflow analysis run")
+    add_plan_args(parser)
     args = parser.parse_args(argv)
+    if args.plan:
+        return print_plan(args)
     _check(parser, args)
     try:
         selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
