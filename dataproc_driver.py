@@ -25,7 +25,7 @@ def _find_config(name: str) -> Path:
         from pyspark import SparkFiles
 
         candidates.append(Path(SparkFiles.get(Path(name).name)))
-    except Exception:  # noqa: BLE001 - no SparkContext yet: the other places are enough
+    except Exception:
         pass
     for candidate in candidates:
         if candidate.is_file():

@@ -43,11 +43,22 @@ GOAL = 0.15
 def run_job(store: str, overrides: list[str], log: list[dict]) -> None:
     """One ``run.py`` job in its own process (a failure stops the benchmark with its output)."""
     load = os.getloadavg()[0]
-    command = [sys.executable, "run.py", *overrides, f"tracking.uri={store}", f"tracking.experiment={EXPERIMENT}",
-               f"hydra.run.dir={tempfile.gettempdir()}/predict-accuracy-hydra/{time.time_ns()}"]
+    command = [
+        sys.executable,
+        "run.py",
+        *overrides,
+        f"tracking.uri={store}",
+        f"tracking.experiment={EXPERIMENT}",
+        f"hydra.run.dir={tempfile.gettempdir()}/predict-accuracy-hydra/{time.time_ns()}",
+    ]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    done = subprocess.run(
+        command,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
+    )
     if done.returncode:
         sys.exit(f"failed: {' '.join(overrides)}\n{done.stderr[-3000:]}")
     log.append({"job": " ".join(overrides), "load_1min": load, "wall_seconds": time.perf_counter() - started})
@@ -57,8 +68,12 @@ def run_job(store: str, overrides: list[str], log: list[dict]) -> None:
 def point_overrides(task: str, images: int, executors: int) -> list[str]:
     """A point of the experiment given on the command line (any size, not only the design's)."""
     batches = images // forecast.PLAN_BATCH_SIZE - forecast.PLAN_WARMUP
-    return [f"task={task}", "+experiment=scaling_points", "scaling.point=p",
-            f"+scaling.points.p={{num_images: {images}, executors: {executors}, batches: {batches}}}"]
+    return [
+        f"task={task}",
+        "+experiment=scaling_points",
+        "scaling.point=p",
+        f"+scaling.points.p={{num_images: {images}, executors: {executors}, batches: {batches}}}",
+    ]
 
 
 def collect_points(store: str, round_: int, log: list[dict]) -> None:
@@ -71,9 +86,14 @@ def collect_points(store: str, round_: int, log: list[dict]) -> None:
 
 def validation_overrides(task: str) -> list[str]:
     """The 20,000-image point, not tagged scaling_point (it must never be one of the fitted runs)."""
-    return [f"task={task}", "+experiment=scaling_points", "scaling.point=big",
-            f"+scaling.points.big={{num_images: {BIG['num_images']}, executors: {BIG['executors']}, batches: {BIG['batches']}}}",
-            "tracking.tags.scaling_point=false", "+tracking.tags.benchmark=validation"]
+    return [
+        f"task={task}",
+        "+experiment=scaling_points",
+        "scaling.point=big",
+        f"+scaling.points.big={{num_images: {BIG['num_images']}, executors: {BIG['executors']}, batches: {BIG['batches']}}}",
+        "tracking.tags.scaling_point=false",
+        "+tracking.tags.benchmark=validation",
+    ]
 
 
 def predicted(store: str, images: dict[str, float]) -> tuple[dict[str, scaling.Prediction], dict[str, dict]]:
@@ -98,27 +118,41 @@ def latest_validations(store: str) -> dict[str, tuple[float, float]]:
     speed = mine[mine["task"] == "speedtest"].iloc[-1]
     table, _ = query.load_run_table(store, selection.experiment_id, "speedtest.json", [speed["run_id"]])
     rows = table[table["source"] == "tfrecord"]
-    return {"preprocess": (float(pre["metrics.images"]), float(pre["metrics.seconds"])),
-            "speedtest": (float(rows["images"].sum()), float(rows["seconds"].sum()))}
+    return {
+        "preprocess": (float(pre["metrics.images"]), float(pre["metrics.seconds"])),
+        "speedtest": (float(rows["images"].sum()), float(rows["seconds"].sum())),
+    }
 
 
 def compare(round_: int, task: str, p: scaling.Prediction, images: float, seconds: float) -> dict:
     """Task 1: error of the seconds; task 2: of the throughput (predicted / measured - 1 = measured
     seconds / predicted seconds - 1)."""
     error = abs(p.seconds - seconds) / seconds if task == "preprocess" else abs(seconds / p.seconds - 1.0)
-    return {"round": round_, "task": task, "images": images, "measured_seconds": seconds,
-            "predicted_seconds": p.seconds, "predicted_low": p.low, "predicted_high": p.high,
-            "in_interval": p.low <= seconds <= p.high, "compared": "seconds" if task == "preprocess" else "images/s",
-            "measured_images_per_second": images / seconds, "predicted_images_per_second": images / p.seconds,
-            "error": error, "goal_met": error <= GOAL}
+    return {
+        "round": round_,
+        "task": task,
+        "images": images,
+        "measured_seconds": seconds,
+        "predicted_seconds": p.seconds,
+        "predicted_low": p.low,
+        "predicted_high": p.high,
+        "in_interval": p.low <= seconds <= p.high,
+        "compared": "seconds" if task == "preprocess" else "images/s",
+        "measured_images_per_second": images / seconds,
+        "predicted_images_per_second": images / p.seconds,
+        "error": error,
+        "goal_met": error <= GOAL,
+    }
 
 
 def noise_floor(store: str, rows: list[dict]) -> dict[str, dict]:
     """Spread (max / min - 1) of the same job repeated: each point over the rounds, and the validations."""
     selection, runs = query.load_runs(store, EXPERIMENT)
     options = forecast.Options(local_cores=2, scaling_only=True)
-    points = {"preprocess": forecast.preprocess_points(runs, options)[0].get("local", []),
-              "speedtest": forecast.speedtest_points(selection, runs, options)[0].get("local", [])}
+    points = {
+        "preprocess": forecast.preprocess_points(runs, options)[0].get("local", []),
+        "speedtest": forecast.speedtest_points(selection, runs, options)[0].get("local", []),
+    }
     out = {}
     for task, mine in points.items():
         groups: dict[tuple[float, float], list[float]] = {}
@@ -126,9 +160,11 @@ def noise_floor(store: str, rows: list[dict]) -> dict[str, dict]:
             groups.setdefault((point.images, point.cores), []).append(point.seconds)
         spreads = sorted(max(v) / min(v) - 1.0 for v in groups.values() if len(v) > 1)
         validations = [r["measured_seconds"] for r in rows if r["task"] == task]
-        out[task] = {"points_median_spread": spreads[len(spreads) // 2] if spreads else None,
-                     "points_max_spread": spreads[-1] if spreads else None,
-                     "validation_spread": max(validations) / min(validations) - 1.0 if len(validations) > 1 else None}
+        out[task] = {
+            "points_median_spread": spreads[len(spreads) // 2] if spreads else None,
+            "points_max_spread": spreads[-1] if spreads else None,
+            "validation_spread": max(validations) / min(validations) - 1.0 if len(validations) > 1 else None,
+        }
     return out
 
 
@@ -153,19 +189,27 @@ def render(rows: list[dict], fits: dict, noise: dict, log: list[dict]) -> str:
     """The figures for the terminal: the last fits, every comparison, the noise floor and the load."""
     out = []
     for task, fit in fits.items():
-        out.append(f"{task} fit (last round): " + ", ".join(
-            f"{c['term']} {c['value']:.4g} [{c['low']:.4g}, {c['high']:.4g}]" for c in fit["coefficients"])
-            + f"; leave-one-out error mean {fit['loo_mean_relative_error']:.1%}, max {fit['loo_max_relative_error']:.1%}")
+        out.append(
+            f"{task} fit (last round): "
+            + ", ".join(f"{c['term']} {c['value']:.4g} [{c['low']:.4g}, {c['high']:.4g}]" for c in fit["coefficients"])
+            + f"; leave-one-out error mean {fit['loo_mean_relative_error']:.1%}, max {fit['loo_max_relative_error']:.1%}"
+        )
     for r in rows:
-        out.append(f"round {r['round']} {r['task']:10s} {r['images']:>6.0f} images: measured {r['measured_seconds']:6.2f} s "
-                   f"({r['measured_images_per_second']:6.1f} images/s), predicted {r['predicted_seconds']:6.2f} s "
-                   f"[{r['predicted_low']:.2f}, {r['predicted_high']:.2f}]: error of {r['compared']} {r['error']:.1%}"
-                   f" ({'goal met' if r['goal_met'] else 'goal missed'})")
+        out.append(
+            f"round {r['round']} {r['task']:10s} {r['images']:>6.0f} images: measured {r['measured_seconds']:6.2f} s "
+            f"({r['measured_images_per_second']:6.1f} images/s), predicted {r['predicted_seconds']:6.2f} s "
+            f"[{r['predicted_low']:.2f}, {r['predicted_high']:.2f}]: error of {r['compared']} {r['error']:.1%}"
+            f" ({'goal met' if r['goal_met'] else 'goal missed'})"
+        )
     for task, n in noise.items():
-        out.append(f"noise floor {task}: identical points differ by {_pct(n['points_median_spread'])} (median), "
-                   f"{_pct(n['points_max_spread'])} (max); the validation runs by {_pct(n['validation_spread'])}")
+        out.append(
+            f"noise floor {task}: identical points differ by {_pct(n['points_median_spread'])} (median), "
+            f"{_pct(n['points_max_spread'])} (max); the validation runs by {_pct(n['validation_spread'])}"
+        )
     loads = [j["load_1min"] for j in log]
-    out.append(f"load average (1 min) at the {len(log)} job starts: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} cores")
+    out.append(
+        f"load average (1 min) at the {len(log)} job starts: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} cores"
+    )
     return "\n".join(out) + "\n"
 
 
@@ -187,8 +231,13 @@ def main() -> int:
     rows, fits = run_rounds(store, args.rounds, log)
     noise = noise_floor(store, rows)
     if args.json:
-        print(json.dumps({"store": store, "fits": fits, "comparisons": rows, "noise": noise, "jobs": log, "goal": GOAL},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                {"store": store, "fits": fits, "comparisons": rows, "noise": noise, "jobs": log, "goal": GOAL},
+                indent=2,
+                default=str,
+            )
+        )
     else:
         sys.stdout.write(render(rows, fits, noise, log))
     return 0 if all(r["goal_met"] for r in rows) else 1

@@ -83,9 +83,7 @@ def spark_job(root: str, cores: int, shards: int) -> dict:
 
 
 def in_subprocess(*args: str) -> dict:
-    output = subprocess.run(
-        [sys.executable, __file__, *args], check=True, capture_output=True, text=True
-    ).stdout
+    output = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
 
@@ -107,8 +105,10 @@ def main() -> None:
     small, large = dataset(args.small), dataset(args.images)
     per_core = in_subprocess("--sample", str(args.sample), "--_job", large, "loop")
     limit = per_core * args.cores
-    runs = {n: in_subprocess("--cores", str(args.cores), "--shards", str(args.shards), "--_job", root, "spark")
-            for n, root in ((args.small, small), (args.images, large))}
+    runs = {
+        n: in_subprocess("--cores", str(args.cores), "--shards", str(args.shards), "--_job", root, "spark")
+        for n, root in ((args.small, small), (args.images, large))
+    }
     big = runs[args.images]
     print(f"single-core loop: {per_core:.1f} images/s; limit x {args.cores} cores = {limit:.1f} images/s")
     for n, run in runs.items():
@@ -121,7 +121,9 @@ def main() -> None:
     small_run = runs[args.small]
     print(f"ratio spark / (per-core limit x cores) at {args.images} images: {ratio:.2f} (goal >= 0.8)")
     for key in ("python_driver_peak_mib", "jvm_driver_peak_mib"):
-        print(f"driver memory {key.split('_')[0]} at {args.images} / at {args.small}: {big[key] / small_run[key]:.2f} (goal: ~1)")
+        print(
+            f"driver memory {key.split('_')[0]} at {args.images} / at {args.small}: {big[key] / small_run[key]:.2f} (goal: ~1)"
+        )
 
 
 if __name__ == "__main__":

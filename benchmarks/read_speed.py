@@ -43,12 +43,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from bigimage.data import schema  # noqa: E402
-from bigimage.data.tfrecord import TFRecordWriter  # noqa: E402
-from bigimage.data.transform import transform_jpeg  # noqa: E402
+from bigimage.data import schema
+from bigimage.data.tfrecord import TFRecordWriter
+from bigimage.data.transform import transform_jpeg
 
 CLASSES = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
 SIZES = [(500, 375), (375, 500), (500, 333), (320, 240), (640, 427)]  # flowers-like originals
@@ -67,7 +67,9 @@ def photo_like(width: int, height: int, rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def make_data(base: Path, images: int, image_size: int, shards: int, seed: int = 0) -> tuple[Path, Path, Path, list[bytes]]:
+def make_data(
+    base: Path, images: int, image_size: int, shards: int, seed: int = 0
+) -> tuple[Path, Path, Path, list[bytes]]:
     """Original JPEGs under base/images/<label>/, the stored (transformed) JPEGs as files under
     base/stored/<label>/ and as TFRecords under base/tfrecords/; returns the three roots and the stored JPEGs."""
     rng = np.random.default_rng(seed)
@@ -93,7 +95,9 @@ def make_data(base: Path, images: int, image_size: int, shards: int, seed: int =
             writer = TFRecordWriter(handle)
             for jpeg, class_index in part:
                 writer.write(
-                    schema.serialize_example(jpeg, class_index, CLASSES[class_index], image_size, image_size, len(CLASSES))
+                    schema.serialize_example(
+                        jpeg, class_index, CLASSES[class_index], image_size, image_size, len(CLASSES)
+                    )
                 )
         counts[name] = len(part)
     manifest = schema.Manifest(classes=CLASSES, image_size=image_size, num_records=images, shards=counts)
@@ -121,7 +125,9 @@ def images_per_second(dataset, batches: int) -> tuple[float, float]:
     return count / wall, count / max(cpu, 1e-9)
 
 
-def pipelines(root: Path, stored_root: Path, tfrecords: Path, jpegs: list[bytes], image_size: int, batch_size: int) -> dict:
+def pipelines(
+    root: Path, stored_root: Path, tfrecords: Path, jpegs: list[bytes], image_size: int, batch_size: int
+) -> dict:
     import tensorflow as tf
 
     from bigimage.data import readers
@@ -129,7 +135,9 @@ def pipelines(root: Path, stored_root: Path, tfrecords: Path, jpegs: list[bytes]
     from bigimage.speedtest.timing import FILES, TFRECORD, SourcePlan, source_dataset
 
     manifest = readers.read_manifest(str(tfrecords), image_size)
-    tf_plan = SourcePlan(TFRECORD, str(tfrecords), readers.shard_paths(str(tfrecords), manifest), image_size, manifest.num_records)
+    tf_plan = SourcePlan(
+        TFRECORD, str(tfrecords), readers.shard_paths(str(tfrecords), manifest), image_size, manifest.num_records
+    )
     listing = list_labelled_images(str(root))
     files_plan = SourcePlan(
         FILES, str(root), [p for p, _ in listing.items], image_size, len(listing.items), [c for _, c in listing.items]
@@ -141,10 +149,14 @@ def pipelines(root: Path, stored_root: Path, tfrecords: Path, jpegs: list[bytes]
         .batch(batch_size, drop_remainder=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
     def idfd(directory: Path):
         return (
             tf.keras.utils.image_dataset_from_directory(
-                str(directory), image_size=(image_size, image_size), batch_size=batch_size, shuffle=False,
+                str(directory),
+                image_size=(image_size, image_size),
+                batch_size=batch_size,
+                shuffle=False,
                 crop_to_aspect_ratio=True,
             )
             .repeat()
@@ -176,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         base = args.data_dir or Path(tmp)
         began = time.perf_counter()
         root, stored_root, tfrecords, jpegs = make_data(base, args.images, args.image_size, args.shards)
-        print(f"data: {args.images} originals + stored JPEGs as files and TFRecords at {args.image_size} px in {time.perf_counter() - began:.1f} s "
-              f"(originals {sum(p.stat().st_size for p in root.rglob('*.jpg')) / 1e6:.1f} MB, "
-              f"stored JPEGs {sum(map(len, jpegs)) / 1e6:.1f} MB)", file=sys.stderr)
+        print(
+            f"data: {args.images} originals + stored JPEGs as files and TFRecords at {args.image_size} px in {time.perf_counter() - began:.1f} s "
+            f"(originals {sum(p.stat().st_size for p in root.rglob('*.jpg')) / 1e6:.1f} MB, "
+            f"stored JPEGs {sum(map(len, jpegs)) / 1e6:.1f} MB)",
+            file=sys.stderr,
+        )
         datasets = pipelines(root, stored_root, tfrecords, jpegs, args.image_size, args.batch_size)
         # Size each measurement from a quick probe so each takes about --seconds.
         batches = {}
@@ -215,20 +230,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"images/s, median of {args.rounds} rounds (batch size {args.batch_size}, {args.image_size} px, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}):")
+    print(
+        f"images/s, median of {args.rounds} rounds (batch size {args.batch_size}, {args.image_size} px, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}):"
+    )
     print(f"  {'pipeline':36s} {'images/s':>9s}   {'per CPU-s':>9s}   rounds (images/s)")
     for name, value in median.items():
         spread = ", ".join(f"{v:.0f}" for v in rates[name])
         print(f"  {name:36s} {value:9.1f}   {cpu_median[name]:9.1f}   ({spread})")
-    print(f"TFRecord / decode-only limit:            {result['tfrecord_over_decode_only']:.2f} wall-clock, "
-          f"{result['cpu_tfrecord_over_decode_only']:.2f} per CPU-second  (goal >= 0.8)")
-    print(f"TFRecord / image_dataset_from_directory: {result['tfrecord_over_image_dataset_from_directory']:.2f} wall-clock, "
-          f"{result['cpu_tfrecord_over_image_dataset_from_directory']:.2f} per CPU-second  (goal >= 3; format x preprocessing:)")
-    print(f"  format: TFRecord / idfd over the same stored JPEGs as files:    {result['format_gain']:.2f} wall-clock, "
-          f"{result['cpu_format_gain']:.2f} per CPU-second")
-    print(f"  preprocessing: idfd over stored JPEGs / idfd over the originals: {result['preprocessing_gain']:.2f} wall-clock, "
-          f"{result['cpu_preprocessing_gain']:.2f} per CPU-second")
+    print(
+        f"TFRecord / decode-only limit:            {result['tfrecord_over_decode_only']:.2f} wall-clock, "
+        f"{result['cpu_tfrecord_over_decode_only']:.2f} per CPU-second  (goal >= 0.8)"
+    )
+    print(
+        f"TFRecord / image_dataset_from_directory: {result['tfrecord_over_image_dataset_from_directory']:.2f} wall-clock, "
+        f"{result['cpu_tfrecord_over_image_dataset_from_directory']:.2f} per CPU-second  (goal >= 3; format x preprocessing:)"
+    )
+    print(
+        f"  format: TFRecord / idfd over the same stored JPEGs as files:    {result['format_gain']:.2f} wall-clock, "
+        f"{result['cpu_format_gain']:.2f} per CPU-second"
+    )
+    print(
+        f"  preprocessing: idfd over stored JPEGs / idfd over the originals: {result['preprocessing_gain']:.2f} wall-clock, "
+        f"{result['cpu_preprocessing_gain']:.2f} per CPU-second"
+    )
     return 0
 
 

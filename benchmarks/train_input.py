@@ -52,7 +52,9 @@ def _compose(overrides: list[str]):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tfrecord-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=4, help="timed epochs per variant and round (the first reads the records)")
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="timed epochs per variant and round (the first reads the records)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of all variants")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's batch_size")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -162,7 +164,11 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
-    ips, one, hot = result["images_per_second"], result["first_epoch_images_per_second"], result["warm_epoch_images_per_second"]
+    ips, one, hot = (
+        result["images_per_second"],
+        result["first_epoch_images_per_second"],
+        result["warm_epoch_images_per_second"],
+    )
     result["ratio_tfrecord_vs_memory"] = ips["tfrecord"] / ips["memory"]
     result["ratio_tfrecord_nocache_vs_memory"] = ips["tfrecord_nocache"] / ips["memory"]
     cpu = result["images_per_cpu_second"]
@@ -175,21 +181,35 @@ def main() -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"data: {source}")
-    print(f"model={result['model']} image_size={result['image_size']} batch_size={batch} "
-          f"train_records={plan.train_records} steps/epoch={steps_per_epoch} epochs={args.epochs} x {args.rounds} rounds")
-    print(f"tfrecord cache: {cache.mode} ({cache.reason}); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model={result['model']} image_size={result['image_size']} batch_size={batch} "
+        f"train_records={plan.train_records} steps/epoch={steps_per_epoch} epochs={args.epochs} x {args.rounds} rounds"
+    )
+    print(
+        f"tfrecord cache: {cache.mode} ({cache.reason}); {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'variant':<18}{f'images/s, all {args.epochs} epochs':>26}{'first epoch':>14}{'later epochs':>14}")
     for name in variants:
         later = f"{hot[name]:>14.1f}" if hot[name] else f"{'-':>14}"
         print(f"{name:<18}{ips[name]:>26.1f}{one[name]:>14.1f}{later}")
-    print(f"ratio tfrecord / memory, all {args.epochs} epochs ({cache.mode} cache)  = "
-          f"{result['ratio_tfrecord_vs_memory']:.3f}  (goal >= 0.9)")
-    print(f"ratio tfrecord_nocache / memory, all {args.epochs} epochs = {result['ratio_tfrecord_nocache_vs_memory']:.3f}  (goal >= 0.9)")
-    print(f"  per CPU-second of this process: tfrecord / memory {result['cpu_ratio_tfrecord_vs_memory']:.3f}, "
-          f"tfrecord_nocache / memory {result['cpu_ratio_tfrecord_nocache_vs_memory']:.3f}")
-    print(f"ratio tfrecord / memory, first epoch (reads the records) = {result['ratio_first_epoch_tfrecord_vs_memory']:.3f}")
+    print(
+        f"ratio tfrecord / memory, all {args.epochs} epochs ({cache.mode} cache)  = "
+        f"{result['ratio_tfrecord_vs_memory']:.3f}  (goal >= 0.9)"
+    )
+    print(
+        f"ratio tfrecord_nocache / memory, all {args.epochs} epochs = {result['ratio_tfrecord_nocache_vs_memory']:.3f}  (goal >= 0.9)"
+    )
+    print(
+        f"  per CPU-second of this process: tfrecord / memory {result['cpu_ratio_tfrecord_vs_memory']:.3f}, "
+        f"tfrecord_nocache / memory {result['cpu_ratio_tfrecord_nocache_vs_memory']:.3f}"
+    )
+    print(
+        f"ratio tfrecord / memory, first epoch (reads the records) = {result['ratio_first_epoch_tfrecord_vs_memory']:.3f}"
+    )
     if "ratio_warm_epochs_tfrecord_vs_memory" in result:
-        print(f"ratio tfrecord / memory, later epochs (from the cache)   = {result['ratio_warm_epochs_tfrecord_vs_memory']:.3f}")
+        print(
+            f"ratio tfrecord / memory, later epochs (from the cache)   = {result['ratio_warm_epochs_tfrecord_vs_memory']:.3f}"
+        )
 
 
 if __name__ == "__main__":

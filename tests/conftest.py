@@ -57,9 +57,15 @@ def train_config(tmp_path: Path, tfrecord_dir: str, *overrides: str, timeout_sec
     """A short ``task=train`` config on tiny TFRecords, with data and outputs under ``tmp_path``."""
     return compose_config(
         [
-            "task=train", f"tfrecord_dir={tfrecord_dir}", "image_size=32", "batch_size=16", "epochs=2",
-            f"paths.data_dir={tmp_path / 'data'}", f"paths.output_dir={tmp_path / 'out'}",
-            f"strategy.worker_timeout_seconds={timeout_seconds}", *overrides,
+            "task=train",
+            f"tfrecord_dir={tfrecord_dir}",
+            "image_size=32",
+            "batch_size=16",
+            "epochs=2",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"paths.output_dir={tmp_path / 'out'}",
+            f"strategy.worker_timeout_seconds={timeout_seconds}",
+            *overrides,
         ]
     )
 
@@ -94,7 +100,9 @@ def make_image_tree(tmp_path: Path) -> Callable[..., Path]:
             (root / label).mkdir(parents=True)
             for index in range(per_class):
                 width, height = 200 + 37 * index, 260 - 11 * index
-                (root / label / f"{index}.jpg").write_bytes(jpeg_bytes(width, height, colour, seed=class_index * 100 + index))
+                (root / label / f"{index}.jpg").write_bytes(
+                    jpeg_bytes(width, height, colour, seed=class_index * 100 + index)
+                )
         return root
 
     return make

@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -70,7 +70,18 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("gcs_emulator") / "emulator.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", _HOST, "--port", str(port), "--in-memory", "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host",
+            _HOST,
+            "--port",
+            str(port),
+            "--in-memory",
+            "--quiet",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -93,7 +93,9 @@ def listeners_of(pid: int) -> list[Listener]:
                 if conn.status == psutil.CONN_LISTEN
             ]
         private = interfaces(pid) == ["lo"]
-        return [Listener(pid, command, address, port, namespace, private) for address, port in _namespace_listeners(pid)]
+        return [
+            Listener(pid, command, address, port, namespace, private) for address, port in _namespace_listeners(pid)
+        ]
     except (psutil.NoSuchProcess, psutil.ZombieProcess, FileNotFoundError, ProcessLookupError):
         return []
 

@@ -18,21 +18,31 @@ from mlflow.tracking import MlflowClient
 
 SHAPES = {
     "single": {
-        "cluster.shape.single_node": "true", "cluster.shape.master_machine_type": "n1-standard-8",
-        "cluster.shape.master_boot_disk_type": "pd-ssd", "cluster.shape.master_boot_disk_size_gb": "500",
+        "cluster.shape.single_node": "true",
+        "cluster.shape.master_machine_type": "n1-standard-8",
+        "cluster.shape.master_boot_disk_type": "pd-ssd",
+        "cluster.shape.master_boot_disk_size_gb": "500",
         "cluster.shape.worker_count": "0",
     },
     "maximal": {
-        "cluster.shape.single_node": "false", "cluster.shape.master_machine_type": "n1-standard-1",
-        "cluster.shape.master_boot_disk_type": "pd-ssd", "cluster.shape.master_boot_disk_size_gb": "500",
-        "cluster.shape.worker_count": "7", "cluster.shape.worker_machine_type": "n1-standard-1",
-        "cluster.shape.worker_boot_disk_type": "pd-standard", "cluster.shape.worker_boot_disk_size_gb": "585",
+        "cluster.shape.single_node": "false",
+        "cluster.shape.master_machine_type": "n1-standard-1",
+        "cluster.shape.master_boot_disk_type": "pd-ssd",
+        "cluster.shape.master_boot_disk_size_gb": "500",
+        "cluster.shape.worker_count": "7",
+        "cluster.shape.worker_machine_type": "n1-standard-1",
+        "cluster.shape.worker_boot_disk_type": "pd-standard",
+        "cluster.shape.worker_boot_disk_size_gb": "585",
     },
     "four": {
-        "cluster.shape.single_node": "false", "cluster.shape.master_machine_type": "n1-standard-2",
-        "cluster.shape.master_boot_disk_type": "pd-ssd", "cluster.shape.master_boot_disk_size_gb": "500",
-        "cluster.shape.worker_count": "3", "cluster.shape.worker_machine_type": "n1-standard-2",
-        "cluster.shape.worker_boot_disk_type": "pd-standard", "cluster.shape.worker_boot_disk_size_gb": "1365",
+        "cluster.shape.single_node": "false",
+        "cluster.shape.master_machine_type": "n1-standard-2",
+        "cluster.shape.master_boot_disk_type": "pd-ssd",
+        "cluster.shape.master_boot_disk_size_gb": "500",
+        "cluster.shape.worker_count": "3",
+        "cluster.shape.worker_machine_type": "n1-standard-2",
+        "cluster.shape.worker_boot_disk_type": "pd-standard",
+        "cluster.shape.worker_boot_disk_size_gb": "1365",
     },
 }
 
@@ -65,8 +75,12 @@ def make_store(root: Path, experiment: str = "analysis-test") -> Store:
 
 def _train_params(strategy: str, batch_size: int, cluster: str, extra: dict | None = None) -> dict:
     params = {
-        "strategy.name": strategy, "batch_size": str(batch_size), "cluster.name": cluster,
-        "model.name": "small_cnn", "epochs": "?", "strategy.num_workers": "1",
+        "strategy.name": strategy,
+        "batch_size": str(batch_size),
+        "cluster.name": cluster,
+        "model.name": "small_cnn",
+        "epochs": "?",
+        "strategy.num_workers": "1",
     }
     params.update(SHAPES.get(cluster, {}))
     params.update(extra or {})
@@ -111,8 +125,12 @@ def log_run(
 def train_histories(val_loss: list[float], loss: list[float], acc: list[float], val_acc: list[float]) -> dict:
     n = len(val_loss)
     return {
-        "loss": loss, "val_loss": val_loss, "accuracy": acc, "val_accuracy": val_acc,
-        "epoch_seconds": [1.0] * n, "images_per_second": [100.0] * n,
+        "loss": loss,
+        "val_loss": val_loss,
+        "accuracy": acc,
+        "val_accuracy": val_acc,
+        "epoch_seconds": [1.0] * n,
+        "images_per_second": [100.0] * n,
     }
 
 
@@ -186,11 +204,19 @@ def speedtest_table(rate: float, reps: int = 3, jitter: float = 0.03) -> pd.Data
                     r = rate * mult * (1.0 + jitter * (rep - (reps - 1) / 2)) * (1.0 + 0.1 * (bs == 32))
                     images = bs * nb
                     seconds = images / r
-                    rows.append({
-                        "source": source, "batch_size": bs, "batch_number": nb, "repetition": rep,
-                        "images": images, "bytes": images * 1000, "seconds": seconds,
-                        "images_per_second": images / seconds, "bytes_per_second": images * 1000 / seconds,
-                    })
+                    rows.append(
+                        {
+                            "source": source,
+                            "batch_size": bs,
+                            "batch_number": nb,
+                            "repetition": rep,
+                            "images": images,
+                            "bytes": images * 1000,
+                            "seconds": seconds,
+                            "images_per_second": images / seconds,
+                            "bytes_per_second": images * 1000 / seconds,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -201,8 +227,14 @@ def build_scenario(root: Path, experiment: str = "analysis-test") -> Store:
     pipeline = log_run(s, "pipeline", task="pipeline", params={"task.name": "pipeline"})
     sweep = log_run(s, "train-sweep", task=None, parent=pipeline)
     mk = lambda n, h, strat, bs, **kw: log_run(  # noqa: E731
-        s, n, task="train", params=_train_params(strat, bs, "local"), histories=h, metrics=_final(h),
-        parent=kw.pop("parent", sweep), **kw,
+        s,
+        n,
+        task="train",
+        params=_train_params(strat, bs, "local"),
+        histories=h,
+        metrics=_final(h),
+        parent=kw.pop("parent", sweep),
+        **kw,
     )
     # Expected training ranking (val_accuracy at the last good epoch): mirrored/32 0.815 (n=3, interval),
     # multi_worker_mirrored/32 0.74 (n=2, identical repeats: zero-width interval, onset 4), default/64 0.73 (n=1),
@@ -219,8 +251,14 @@ def build_scenario(root: Path, experiment: str = "analysis-test") -> Store:
     mk("running", HEALTHY, "mirrored", 8, status="RUNNING")
     mk("nan", NAN, "mirrored", 8)
     mk("one-epoch", ONE_EPOCH, "mirrored", 8)
-    log_run(s, "no-val-loss", task="train", params=_train_params("mirrored", 8, "local"),
-            histories={"loss": [1.0, 0.8, 0.6]}, parent=sweep)
+    log_run(
+        s,
+        "no-val-loss",
+        task="train",
+        params=_train_params("mirrored", 8, "local"),
+        histories={"loss": [1.0, 0.8, 0.6]},
+        parent=sweep,
+    )
     log_run(s, "foreign", task="train", params={"optimizer": "sgd", "lr": "0.1"}, histories=HEALTHY, parent=sweep)
     # preprocess: 3 shapes x 3 repeats on Dataproc (so they are priced); speed single 300, four 200, maximal 100 images/s
     for cluster, rate in (("single", 300.0), ("four", 200.0), ("maximal", 100.0)):
@@ -228,14 +266,41 @@ def build_scenario(root: Path, experiment: str = "analysis-test") -> Store:
             ips = rate * (1 + 0.02 * (rep - 1))
             images = 1000.0
             params = {"cluster.name": cluster, **SHAPES[cluster], **ON_DATAPROC["params"]}
-            log_run(s, f"pre-{cluster}-{rep}", task="preprocess", params=params, tags=ON_DATAPROC["tags"],
-                    metrics={"images_per_second": ips, "seconds": images / ips, "images": images}, parent=pipeline)
-            log_run(s, f"speed-{cluster}-{rep}", task="speedtest", params=params, tags=ON_DATAPROC["tags"],
-                    table=speedtest_table(rate / 2 * (1 + 0.01 * rep)), parent=pipeline)
-    log_run(s, "pre-failed", task="preprocess", params={"cluster.name": "single", **SHAPES["single"]},
-            metrics={"images_per_second": 1e9, "seconds": 1e-6, "images": 1000.0}, status="FAILED", parent=pipeline)
-    log_run(s, "pre-no-metrics", task="preprocess", params={"cluster.name": "maximal", **SHAPES["maximal"]},
-            metrics={"images": 10.0}, parent=pipeline)
+            log_run(
+                s,
+                f"pre-{cluster}-{rep}",
+                task="preprocess",
+                params=params,
+                tags=ON_DATAPROC["tags"],
+                metrics={"images_per_second": ips, "seconds": images / ips, "images": images},
+                parent=pipeline,
+            )
+            log_run(
+                s,
+                f"speed-{cluster}-{rep}",
+                task="speedtest",
+                params=params,
+                tags=ON_DATAPROC["tags"],
+                table=speedtest_table(rate / 2 * (1 + 0.01 * rep)),
+                parent=pipeline,
+            )
+    log_run(
+        s,
+        "pre-failed",
+        task="preprocess",
+        params={"cluster.name": "single", **SHAPES["single"]},
+        metrics={"images_per_second": 1e9, "seconds": 1e-6, "images": 1000.0},
+        status="FAILED",
+        parent=pipeline,
+    )
+    log_run(
+        s,
+        "pre-no-metrics",
+        task="preprocess",
+        params={"cluster.name": "maximal", **SHAPES["maximal"]},
+        metrics={"images": 10.0},
+        parent=pipeline,
+    )
     log_run(s, "speed-no-table", task="speedtest", params={"cluster.name": "four", **SHAPES["four"]}, parent=pipeline)
     s.ids["_pipeline"], s.ids["_sweep"] = pipeline, sweep
     return s
@@ -256,11 +321,15 @@ def run_script(name: str, *args: str, env: dict | None = None) -> subprocess.Com
     full_env.pop("MLFLOW_RUN_ID", None)
     return subprocess.run(
         [sys.executable, f"analysis/{name}.py", *args],
-        cwd=PROJECT_ROOT, env=full_env, capture_output=True, text=True, timeout=180,
+        cwd=PROJECT_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
-def runs_by_name(store: Store) -> dict[str, "mlflow.entities.Run"]:
+def runs_by_name(store: Store) -> dict[str, mlflow.entities.Run]:
     return {r.info.run_name: r for r in store.client.search_runs([store.experiment_id], max_results=1000)}
 
 
@@ -278,4 +347,6 @@ def scenario_store(tmp_path_factory) -> Store:
     dst = tmp_path_factory.mktemp("scenario")
     shutil.copy2(root / "mlflow.db", dst / "mlflow.db")
     uri = f"sqlite:///{dst / 'mlflow.db'}"
-    return Store(uri, src.experiment_id, src.experiment_name, src.artifact_dir, MlflowClient(tracking_uri=uri), dict(src.ids))
+    return Store(
+        uri, src.experiment_id, src.experiment_name, src.artifact_dir, MlflowClient(tracking_uri=uri), dict(src.ids)
+    )

@@ -32,7 +32,9 @@ KILL_SHARDS = 4
 # The project's local cluster shape (all cores), built without Hydra; a JVM that compiles less starts
 # faster, and the test starts 40-odd of them.
 CLUSTER = ClusterConfig(
-    name="local", executor_cores=0, driver_memory="1g",
+    name="local",
+    executor_cores=0,
+    driver_memory="1g",
     spark_conf={"spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"},
 )
 

@@ -25,15 +25,22 @@ from tests.mlflow_fixtures import (
 def dataproc_row(shape: dict, region: str = "us-central1") -> pd.Series:
     """A load_runs row of a run that ran on Dataproc in ``region`` with ``shape``."""
     params = {**shape, **ON_DATAPROC["params"], "cluster.dataproc.region": region}
-    return pd.Series({**{f"params.{k}": v for k, v in params.items()}, **{f"tags.{k}": v for k, v in ON_DATAPROC["tags"].items()}})
-
+    return pd.Series(
+        {**{f"params.{k}": v for k, v in params.items()}, **{f"tags.{k}": v for k, v in ON_DATAPROC["tags"].items()}}
+    )
 
 
 def test_interval_is_student_t_and_absent_for_one_run():
     values = [0.80, 0.82, 0.81]
     iv = common.mean_interval(values)
     lo, hi = stats.t.interval(0.95, df=2, loc=0.81, scale=stats.sem(values))
-    assert (iv.mean, iv.low, iv.high, iv.n, iv.method) == (pytest.approx(0.81), pytest.approx(lo), pytest.approx(hi), 3, "t")
+    assert (iv.mean, iv.low, iv.high, iv.n, iv.method) == (
+        pytest.approx(0.81),
+        pytest.approx(lo),
+        pytest.approx(hi),
+        3,
+        "t",
+    )
     one = common.mean_interval([0.7])
     assert one.low is None and one.high is None and "n=1, no interval" in one.text()
     assert one.overlaps(iv) is None
@@ -69,7 +76,8 @@ def test_hourly_cost_adds_machines_dataproc_fee_and_disks():
     assert "3 x n1-standard-2" in how and "us-central1" in how
     eu = prices.regions["europe-west2"]
     assert bc.hourly_cost(dataproc_row(SHAPES["single"], "europe-west2"), prices)[0] == pytest.approx(
-        eu.machines["n1-standard-8"]["hourly"] + 8 * prices.dataproc_per_vcpu_hour
+        eu.machines["n1-standard-8"]["hourly"]
+        + 8 * prices.dataproc_per_vcpu_hour
         + 500 * eu.disks["pd-ssd"] / prices.hours_per_month
     )
     unknown = dataproc_row({"cluster.shape.master_machine_type": "e2-micro"})
@@ -86,17 +94,46 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
     prices = bc.load_prices()
     local_shape = {"cluster.name": "local", "cluster.deploy": "local", **SHAPES["single"]}
     metrics = {"images_per_second": 500.0, "seconds": 2.0, "images": 1000.0}
-    log_run(store, "pre-local", task="preprocess", params=local_shape, metrics=metrics,
-            tags={"spark.deploy": "local", "spark.master": "local[2]"})
+    log_run(
+        store,
+        "pre-local",
+        task="preprocess",
+        params=local_shape,
+        metrics=metrics,
+        tags={"spark.deploy": "local", "spark.master": "local[2]"},
+    )
     # Asked for Dataproc, but Spark read back a local master (the tag is what counts).
-    log_run(store, "pre-asked-dataproc", task="preprocess", metrics=metrics,
-            params={**local_shape, **ON_DATAPROC["params"]}, tags={"spark.deploy": "local", "spark.master": "local[2]"})
+    log_run(
+        store,
+        "pre-asked-dataproc",
+        task="preprocess",
+        metrics=metrics,
+        params={**local_shape, **ON_DATAPROC["params"]},
+        tags={"spark.deploy": "local", "spark.master": "local[2]"},
+    )
     eu = {"cluster.name": "four", **SHAPES["four"], **ON_DATAPROC["params"], "cluster.dataproc.region": "europe-west2"}
-    log_run(store, "pre-four-eu", task="preprocess", params=eu, tags=ON_DATAPROC["tags"],
-            metrics={"images_per_second": 200.0, "seconds": 5.0, "images": 1000.0})
-    tokyo = {"cluster.name": "maximal", **SHAPES["maximal"], **ON_DATAPROC["params"], "cluster.dataproc.region": "asia-northeast1"}
-    log_run(store, "pre-maximal-tokyo", task="preprocess", params=tokyo, tags=ON_DATAPROC["tags"],
-            metrics={"images_per_second": 100.0, "seconds": 10.0, "images": 1000.0})
+    log_run(
+        store,
+        "pre-four-eu",
+        task="preprocess",
+        params=eu,
+        tags=ON_DATAPROC["tags"],
+        metrics={"images_per_second": 200.0, "seconds": 5.0, "images": 1000.0},
+    )
+    tokyo = {
+        "cluster.name": "maximal",
+        **SHAPES["maximal"],
+        **ON_DATAPROC["params"],
+        "cluster.dataproc.region": "asia-northeast1",
+    }
+    log_run(
+        store,
+        "pre-maximal-tokyo",
+        task="preprocess",
+        params=tokyo,
+        tags=ON_DATAPROC["tags"],
+        metrics={"images_per_second": 100.0, "seconds": 10.0, "images": 1000.0},
+    )
 
     selection, runs = query.load_runs(store.uri, store.experiment_name)
     result = bc.analyse(selection, runs, prices=prices)
@@ -104,7 +141,9 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
     assert [r.key["cluster.name"] for r in result.preprocess["by_cost"]] == ["four"]  # the only priced run
     four = result.preprocess["by_cost"][0]
     assert four.run_ids == [store.ids["pre-four-eu"]]
-    assert four.score.mean == pytest.approx(bc.hourly_cost(runs.set_index("run_name").loc["pre-four-eu"], prices)[0] * 5.0 / 3600)
+    assert four.score.mean == pytest.approx(
+        bc.hourly_cost(runs.set_index("run_name").loc["pre-four-eu"], prices)[0] * 5.0 / 3600
+    )
     assert "europe-west2" in four.extra["cost_note"]
     table = result.preprocess_table.set_index("run_id")
     assert pd.isna(table.loc[store.ids["pre-local"], "cost_per_1000_images"])
@@ -114,7 +153,10 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
     assert "'local'}: no cost (not priced: ran on local (spark.master local[2])" in notes
     assert "no prices for region asia-northeast1 in the price table (it has us-central1, europe-west2" in notes
     doc = result.as_dict()
-    assert doc["prices"]["regions"] == ["us-central1", "europe-west2"] and "spark.deploy=dataproc" in doc["prices"]["priced"]
+    assert (
+        doc["prices"]["regions"] == ["us-central1", "europe-west2"]
+        and "spark.deploy=dataproc" in doc["prices"]["priced"]
+    )
     text = bc.render_text(result)
     assert "only runs with tag spark.deploy=dataproc" in text
 
@@ -145,7 +187,9 @@ def test_training_ranking_uses_last_good_epoch_with_intervals(result, scenario):
     assert result.training[2].score.low is None  # n=1: no interval
     assert result.statements()["training"]["distinguishable"] is True
     assert set(result.winners["train"]["run_ids"]) == {
-        scenario.ids["mirrored-32-a"], scenario.ids["mirrored-32-b"], scenario.ids["mirrored-32-c"]
+        scenario.ids["mirrored-32-a"],
+        scenario.ids["mirrored-32-b"],
+        scenario.ids["mirrored-32-c"],
     }
 
 
@@ -210,8 +254,17 @@ def test_rank_by_cost_and_best_config_tags(scenario):
 
 
 def test_script_json_parses(scenario):
-    proc = run_script("best_config", "--tracking-uri", scenario.uri, "--parent-run", scenario.ids["_pipeline"],
-                      "--json", "--no-write-tags", "--rank-by", "speed")
+    proc = run_script(
+        "best_config",
+        "--tracking-uri",
+        scenario.uri,
+        "--parent-run",
+        scenario.ids["_pipeline"],
+        "--json",
+        "--no-write-tags",
+        "--rank-by",
+        "speed",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["training"][0]["strategy.name"] == "mirrored" and doc["training"][0]["score_n"] == 3
@@ -230,8 +283,15 @@ def test_main_text_and_no_runs(scenario, capsys):
     assert "no experiment named 'missing'" in capsys.readouterr().err
     # runs exist, but none can be ranked: say so on stderr, exit non-zero, print nothing on stdout
     parent = log_run(scenario, "bad-parent", task="pipeline")
-    log_run(scenario, "bad-child", task="train", params={"batch_size": 8}, histories={"loss": [1.0]}, parent=parent,
-            status="FAILED")
+    log_run(
+        scenario,
+        "bad-child",
+        task="train",
+        params={"batch_size": 8},
+        histories={"loss": [1.0]},
+        parent=parent,
+        status="FAILED",
+    )
     assert bc.main(["--tracking-uri", scenario.uri, "--parent-run", parent, "--json"]) != 0
     captured = capsys.readouterr()
     assert captured.out == "" and "no run that can be ranked" in captured.err and "status FAILED" in captured.err

@@ -9,7 +9,7 @@ import pytest
 
 from bigimage.analysis_lib import overfitting as of
 from bigimage.tracking import query
-from tests.mlflow_fixtures import (  # noqa: F401
+from tests.mlflow_fixtures import (
     GAP_ONLY,
     GAP_ONLY_ONSET,
     HEALTHY,
@@ -19,11 +19,10 @@ from tests.mlflow_fixtures import (  # noqa: F401
     OVERFIT,
     OVERFIT_ONSET,
     VAL_ABOVE,
-    scenario_store,
     run_script,
     runs_by_name,
+    scenario_store,
 )
-
 
 
 def _long(h: dict) -> pd.DataFrame:
@@ -42,7 +41,10 @@ def test_clear_overfitting_has_its_onset_and_both_reasons():
     assert v.val_accuracy_at_last_good == pytest.approx(OVERFIT["val_accuracy"][4])
     assert not v.val_above_train
     assert v.tags() == {
-        "overfitting": "true", "overfitting_onset_epoch": "4", "overfitting_reason": v.reason, "val_above_train": "false",
+        "overfitting": "true",
+        "overfitting_onset_epoch": "4",
+        "overfitting_reason": v.reason,
+        "val_above_train": "false",
     }
 
 
@@ -147,8 +149,17 @@ def test_analyse_scenario_flags_excludes_and_writes_tags(scenario):
 
 
 def test_script_json_is_one_parseable_document(scenario):
-    proc = run_script("overfitting", "--tracking-uri", scenario.uri, "--experiment", scenario.experiment_name,
-                      "--json", "--no-write-tags", "--patience", "3")
+    proc = run_script(
+        "overfitting",
+        "--tracking-uri",
+        scenario.uri,
+        "--experiment",
+        scenario.experiment_name,
+        "--json",
+        "--no-write-tags",
+        "--patience",
+        "3",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["thresholds"]["patience"] == 3

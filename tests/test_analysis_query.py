@@ -13,8 +13,7 @@ import pandas as pd
 import pytest
 
 from bigimage.tracking import query
-from tests.mlflow_fixtures import OVERFIT, log_run, make_store, speedtest_table  # noqa: F401
-
+from tests.mlflow_fixtures import OVERFIT, log_run, make_store, speedtest_table
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +117,19 @@ def test_param_and_metric_helpers():
 
 def test_analysis_imports_neither_spark_nor_tensorflow():
     # our code: no import of Spark, TensorFlow or the task packages (static check of the sources)
-    sources = [*(query.PROJECT_ROOT / "src/bigimage/analysis_lib").glob("*.py"), Path(query.__file__),
-               *(query.PROJECT_ROOT / "analysis").glob("*.py")]
+    sources = [
+        *(query.PROJECT_ROOT / "src/bigimage/analysis_lib").glob("*.py"),
+        Path(query.__file__),
+        *(query.PROJECT_ROOT / "analysis").glob("*.py"),
+    ]
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
                 for name in names:
-                    assert not name.startswith(("pyspark", "tensorflow", "tf_keras", "keras", "bigimage.spark",
-                                                 "bigimage.train")), (path, name)
+                    assert not name.startswith(
+                        ("pyspark", "tensorflow", "tf_keras", "keras", "bigimage.spark", "bigimage.train")
+                    ), (path, name)
     # at run time: TensorFlow never loads and no Spark context starts (MLflow itself probes `import pyspark`
     # in mlflow.types.schema when it is installed; that loads the Python package but starts no JVM)
     code = (

@@ -8,8 +8,7 @@ import pytest
 
 from bigimage.analysis_lib import report as rp
 from bigimage.tracking import query
-from tests.mlflow_fixtures import run_script, runs_by_name, scenario_store  # noqa: F401
-
+from tests.mlflow_fixtures import run_script, runs_by_name, scenario_store
 
 FILES = (rp.REPORT_FILE, rp.JSON_FILE, rp.FIG_CURVES, rp.FIG_THROUGHPUT, rp.FIG_PREPROCESS)
 
@@ -32,10 +31,19 @@ def test_report_of_a_pipeline_is_written_and_logged_as_a_child_analysis_run(scen
     assert (out / rp.FIG_CURVES).read_bytes()[:4] == b"\x89PNG"
     md = rep.path.read_text()
     for fragment in (
-        "## Overfitting", "## Best training configuration", "## Preprocessing: cluster shapes",
-        "## Speed test: cluster shapes", "## Runs left out", "| mwms-32-a |", "This is not overfitting",
-        "strategy mirrored, batch size 32", "is distinguishable from the next", f"![Learning curves]({rp.FIG_CURVES})",
-        "status FAILED", "params of another schema", rep.run_id,
+        "## Overfitting",
+        "## Best training configuration",
+        "## Preprocessing: cluster shapes",
+        "## Speed test: cluster shapes",
+        "## Runs left out",
+        "| mwms-32-a |",
+        "This is not overfitting",
+        "strategy mirrored, batch size 32",
+        "is distinguishable from the next",
+        f"![Learning curves]({rp.FIG_CURVES})",
+        "status FAILED",
+        "params of another schema",
+        rep.run_id,
     ):
         assert fragment in md, fragment
     doc = json.loads((out / rp.JSON_FILE).read_text())
@@ -53,16 +61,18 @@ def test_report_of_a_pipeline_is_written_and_logged_as_a_child_analysis_run(scen
     assert tags["mirrored-32-a"].data.tags["best_config"] == "true"
 
     # a second report over the same parent ignores the first analysis run (now one of its children)
-    again = rp.make_report(scenario.uri, parent_run_id=scenario.ids["_pipeline"], output_dir=tmp_path / "again",
-                           write_tags=False)
+    again = rp.make_report(
+        scenario.uri, parent_run_id=scenario.ids["_pipeline"], output_dir=tmp_path / "again", write_tags=False
+    )
     assert rep.run_id not in {e.run_id for e in again.result.excluded}
     assert len(again.result.excluded) == len(rep.result.excluded)
 
 
 def test_build_report_for_an_experiment_without_throughput_data(scenario, tmp_path):
     # the sweep holds training runs only: the speed and preprocessing figures are left out, with a note
-    path = rp.build_report(scenario.uri, parent_run_id=scenario.ids["_sweep"], output_dir=tmp_path / "r",
-                           write_tags=False, log_run=False)
+    path = rp.build_report(
+        scenario.uri, parent_run_id=scenario.ids["_sweep"], output_dir=tmp_path / "r", write_tags=False, log_run=False
+    )
     assert path == tmp_path / "r" / "report.md" and path.stat().st_size > 0
     assert (tmp_path / "r" / rp.FIG_CURVES).stat().st_size > 0
     assert not (tmp_path / "r" / rp.FIG_THROUGHPUT).exists()
@@ -72,8 +82,17 @@ def test_build_report_for_an_experiment_without_throughput_data(scenario, tmp_pa
 
 def test_script_json_and_analysis_run_in_the_experiment(scenario, tmp_path):
     out = tmp_path / "cli"
-    proc = run_script("report", "--tracking-uri", scenario.uri, "--experiment", scenario.experiment_name,
-                      "--output-dir", str(out), "--json", "--no-write-tags")
+    proc = run_script(
+        "report",
+        "--tracking-uri",
+        scenario.uri,
+        "--experiment",
+        scenario.experiment_name,
+        "--output-dir",
+        str(out),
+        "--json",
+        "--no-write-tags",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["report"] == str(out / "report.md")

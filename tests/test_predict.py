@@ -22,16 +22,24 @@ TRUE = {"intercept": 4.0, "data_per_core": 0.006, "log_machines": 1.5, "machines
 
 
 def true_seconds(images: float, cores: float, machines: int, coefficients: dict = TRUE) -> float:
-    return (coefficients["intercept"] + coefficients["data_per_core"] * images / cores
-            + coefficients.get("log_machines", 0.0) * math.log(machines) + coefficients.get("machines", 0.0) * machines)
+    return (
+        coefficients["intercept"]
+        + coefficients["data_per_core"] * images / cores
+        + coefficients.get("log_machines", 0.0) * math.log(machines)
+        + coefficients.get("machines", 0.0) * machines
+    )
 
 
-def synthetic_points(sizes=(250, 500, 1000, 2000), executors=(1, 2, 3, 4), noise=0.03, seed=0,
-                     coefficients: dict = TRUE) -> list[scaling.Point]:
+def synthetic_points(
+    sizes=(250, 500, 1000, 2000), executors=(1, 2, 3, 4), noise=0.03, seed=0, coefficients: dict = TRUE
+) -> list[scaling.Point]:
     """One run per size x executor count (1 core each), time from ``coefficients`` times (1 + noise)."""
     rng = np.random.default_rng(seed)
-    return [scaling.Point(n, e, e, true_seconds(n, e, e, coefficients) * (1 + rng.normal(0, noise)), f"r{n}-{e}")
-            for n in sizes for e in executors]
+    return [
+        scaling.Point(n, e, e, true_seconds(n, e, e, coefficients) * (1 + rng.normal(0, noise)), f"r{n}-{e}")
+        for n in sizes
+        for e in executors
+    ]
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -74,8 +82,10 @@ def test_prediction_at_ten_times_the_largest_run_covers_the_truth() -> None:
 
 def test_more_data_is_never_faster_even_when_the_runs_say_so() -> None:
     """Noise that makes the bigger runs look faster: least squares would fit a negative data term."""
-    points = [scaling.Point(n, c, 1, t, f"r{n}-{c}") for n, c, t in
-              [(250, 1, 10.0), (500, 1, 9.5), (1000, 1, 9.8), (250, 2, 9.9), (500, 2, 9.4), (1000, 2, 9.6)]]
+    points = [
+        scaling.Point(n, c, 1, t, f"r{n}-{c}")
+        for n, c, t in [(250, 1, 10.0), (500, 1, 9.5), (1000, 1, 9.8), (250, 2, 9.9), (500, 2, 9.4), (1000, 2, 9.6)]
+    ]
     fit = scaling.fit(points, bootstrap=300)
     assert all(value >= 0 for value in fit.coefficients)
     sizes = np.geomspace(10, 1e6, 25)
@@ -83,23 +93,32 @@ def test_more_data_is_never_faster_even_when_the_runs_say_so() -> None:
         values = [getattr(fit.predict(n, 2, 1), attribute) for n in sizes]
         assert all(b >= a - 1e-9 for a, b in zip(values, values[1:], strict=False)), attribute
     fit = scaling.fit(synthetic_points(), bootstrap=300)
-    assert fit.predict(20000, 8, 4).seconds <= fit.predict(20000, 4, 4).seconds, "more cores, same executors: never slower"
+    assert fit.predict(20000, 8, 4).seconds <= fit.predict(20000, 4, 4).seconds, (
+        "more cores, same executors: never slower"
+    )
     assert fit.predict(1000, 2, 2).seconds > 0
 
 
-@pytest.mark.parametrize(("points", "message"), [
-    ([scaling.Point(n, 2, 1, n / 100, str(n)) for n in (250, 500, 1000, 2000)], "another core count"),
-    ([scaling.Point(1000, c, c, 10 / c, str(c)) for c in (1, 2, 3, 4)], "another data size"),
-    ([scaling.Point(250, 1, 1, 3.0), scaling.Point(2000, 2, 1, 9.0)], "need at least 3 runs"),
-])
+@pytest.mark.parametrize(
+    ("points", "message"),
+    [
+        ([scaling.Point(n, 2, 1, n / 100, str(n)) for n in (250, 500, 1000, 2000)], "another core count"),
+        ([scaling.Point(1000, c, c, 10 / c, str(c)) for c in (1, 2, 3, 4)], "another data size"),
+        ([scaling.Point(250, 1, 1, 3.0), scaling.Point(2000, 2, 1, 9.0)], "need at least 3 runs"),
+    ],
+)
 def test_a_design_that_does_not_pin_the_terms_down_is_refused_saying_what_to_add(points, message) -> None:
     with pytest.raises(scaling.DegenerateDesign, match=message):
         scaling.fit(points)
 
 
 def test_machine_terms_follow_the_executor_counts_of_the_runs() -> None:
-    one = scaling.fit(synthetic_points(executors=(1,)) + synthetic_points(executors=(1,), seed=1, sizes=(300, 700)) +
-                      [scaling.Point(n, 2, 1, true_seconds(n, 2, 1)) for n in (250, 2000)], bootstrap=200)
+    one = scaling.fit(
+        synthetic_points(executors=(1,))
+        + synthetic_points(executors=(1,), seed=1, sizes=(300, 700))
+        + [scaling.Point(n, 2, 1, true_seconds(n, 2, 1)) for n in (250, 2000)],
+        bootstrap=200,
+    )
     assert one.terms == ["intercept", "data_per_core"] and "no machine term" in one.notes[0]
     assert one.covers_machines(1) and not one.covers_machines(3)
     two = scaling.fit(synthetic_points(executors=(1, 2)), bootstrap=200)
@@ -130,7 +149,10 @@ def test_the_experiment_runs_the_d_optimal_design() -> None:
         cfg = compose_config(["+experiment=scaling_points", f"scaling.point={name}", "task=speedtest"])
         validate(cfg)
         assert (cfg.dataset.num_images, cfg.cluster.executors, cfg.cluster.executor_cores) == (
-            point["num_images"], point["executors"], 1)
+            point["num_images"],
+            point["executors"],
+            1,
+        )
         assert list(cfg.speedtest.batch_numbers) == [point["batches"]] and cfg.tracking.tags.scaling_point == "true"
         assert (point["batches"] + forecast.PLAN_WARMUP) * forecast.PLAN_BATCH_SIZE <= point["num_images"]
 
@@ -148,9 +170,16 @@ def test_config_refuses_an_unknown_point_and_negative_threads() -> None:
     with pytest.raises(ConfigError, match="not one of the design's points"):
         validate(compose_config(["+experiment=scaling_points", "scaling.point=n7-e9"]))
     with pytest.raises(ConfigError, match="must give num_images, executors, batches"):
-        validate(compose_config(["+experiment=scaling_points", "scaling.point=big", "+scaling.points.big={num_images: 9}"]))
-    added = compose_config(["+experiment=scaling_points", "scaling.point=big",
-                            "+scaling.points.big={num_images: 20000, executors: 2, batches: 206}"])
+        validate(
+            compose_config(["+experiment=scaling_points", "scaling.point=big", "+scaling.points.big={num_images: 9}"])
+        )
+    added = compose_config(
+        [
+            "+experiment=scaling_points",
+            "scaling.point=big",
+            "+scaling.points.big={num_images: 20000, executors: 2, batches: 206}",
+        ]
+    )
     validate(added)
     assert (added.dataset.num_images, added.cluster.executors, added.speedtest.batch_numbers[0]) == (20000, 2, 206)
     with pytest.raises(ConfigError, match="pipeline_threads"):
@@ -162,16 +191,26 @@ def test_config_refuses_an_unknown_point_and_negative_threads() -> None:
 
 def test_shapes_come_from_the_cluster_group_and_are_priced_like_their_runs() -> None:
     four = forecast.load_shape("four", local_cores=2)
-    assert (four.deploy, four.executors, four.cores, four.model_inputs("preprocess"), four.model_inputs("speedtest")) == (
-        "dataproc", 3, 6, (6, 3), (2, 1))
+    assert (
+        four.deploy,
+        four.executors,
+        four.cores,
+        four.model_inputs("preprocess"),
+        four.model_inputs("speedtest"),
+    ) == ("dataproc", 3, 6, (6, 3), (2, 1))
     local = forecast.load_shape("local", local_cores=5)
     assert (local.deploy, local.cores, local.model_inputs("preprocess")) == ("local", 5, (5, 1))
     with pytest.raises(ValueError, match="maximal"):
         forecast.load_shape("huge", 2)
     prices = best_config.load_prices()
     for name in ("single", "maximal", "four"):
-        run = pd.Series({**{f"params.{k}": v for k, v in SHAPES[name].items()},
-                         "params.cluster.dataproc.region": "us-central1", "tags.spark.deploy": "dataproc"})
+        run = pd.Series(
+            {
+                **{f"params.{k}": v for k, v in SHAPES[name].items()},
+                "params.cluster.dataproc.region": "us-central1",
+                "tags.spark.deploy": "dataproc",
+            }
+        )
         hourly, _ = forecast.shape_hourly(forecast.load_shape(name, 2), prices, "us-central1")
         assert hourly == pytest.approx(best_config.hourly_cost(run, prices)[0])
     assert forecast.shape_hourly(local, prices, "us-central1")[0] is None
@@ -184,14 +223,27 @@ READ = {"intercept": 0.05, "data_per_core": 0.0008}  # task 2: seconds to read i
 
 def speedtest_table(images: int, seconds: float, reps: int = 3) -> pd.DataFrame:
     """A speedtest.json of one tfrecord point (plus a files row, which task 2's model ignores)."""
-    rows = [{"source": source, "batch_size": 32, "batch_number": images // 32 // reps, "repetition": rep,
-             "images": images // reps, "bytes": images * 1000 // reps, "seconds": seconds / reps * scale,
-             "images_per_second": images / seconds / scale, "bytes_per_second": images * 1000 / seconds / scale}
-            for rep in range(reps) for source, scale in (("tfrecord", 1.0), ("files", 4.0))]
+    rows = [
+        {
+            "source": source,
+            "batch_size": 32,
+            "batch_number": images // 32 // reps,
+            "repetition": rep,
+            "images": images // reps,
+            "bytes": images * 1000 // reps,
+            "seconds": seconds / reps * scale,
+            "images_per_second": images / seconds / scale,
+            "bytes_per_second": images * 1000 / seconds / scale,
+        }
+        for rep in range(reps)
+        for source, scale in (("tfrecord", 1.0), ("files", 4.0))
+    ]
     return pd.DataFrame(rows)
 
 
-def scaling_store(root: Path, cores=(1, 2), dataproc_ratio: float | None = None, noise: float = 0.02, local: bool = True):
+def scaling_store(
+    root: Path, cores=(1, 2), dataproc_ratio: float | None = None, noise: float = 0.02, local: bool = True
+):
     """Task 1 runs on local mode (sizes x cores) and standalone (sizes x 1-3 executors), task 2 runs on
     local mode (sizes x pipeline threads), all children of one sweep; without the local-mode runs when
     ``local`` is false; optionally one Dataproc run of ``four`` whose cores are ``dataproc_ratio`` times faster."""
@@ -202,27 +254,66 @@ def scaling_store(root: Path, cores=(1, 2), dataproc_ratio: float | None = None,
     for n in (250, 500, 1000, 2000):
         for c in cores if local else ():
             t = true_seconds(n, c, 1) * (1 + rng.normal(0, noise))
-            log_run(store, f"pre-local-{n}-{c}", task="preprocess", parent=parent, params={"cluster.name": "local"},
-                    tags={**tags, "spark.deploy": "local"},
-                    metrics={"images": n, "seconds": t, "spark.total_cores": c, "spark.executors": 1})
+            log_run(
+                store,
+                f"pre-local-{n}-{c}",
+                task="preprocess",
+                parent=parent,
+                params={"cluster.name": "local"},
+                tags={**tags, "spark.deploy": "local"},
+                metrics={"images": n, "seconds": t, "spark.total_cores": c, "spark.executors": 1},
+            )
             r = (READ["intercept"] + READ["data_per_core"] * 3 * n / c) * (1 + rng.normal(0, noise))
-            log_run(store, f"speed-local-{n}-{c}", task="speedtest", parent=parent, params={"cluster.name": "local"},
-                    tags={**tags, "spark.deploy": "local", "speedtest.pipeline_threads": str(c),
-                          "speedtest.effective_parallelism": "1"}, table=speedtest_table(3 * n, r))
+            log_run(
+                store,
+                f"speed-local-{n}-{c}",
+                task="speedtest",
+                parent=parent,
+                params={"cluster.name": "local"},
+                tags={
+                    **tags,
+                    "spark.deploy": "local",
+                    "speedtest.pipeline_threads": str(c),
+                    "speedtest.effective_parallelism": "1",
+                },
+                table=speedtest_table(3 * n, r),
+            )
         for e in (1, 2, 3):
             t = true_seconds(n, e, e) * (1 + rng.normal(0, noise))
-            log_run(store, f"pre-standalone-{n}-{e}", task="preprocess", parent=parent, params={"cluster.name": "local"},
-                    tags={**tags, "spark.deploy": "standalone"},
-                    metrics={"images": n, "seconds": t, "spark.total_cores": e, "spark.executors": e})
-    log_run(store, "speed-parallel", task="speedtest", parent=parent, params={"cluster.name": "local"},
-            tags={"spark.deploy": "local", "speedtest.effective_parallelism": "2"}, table=speedtest_table(999, 1.0))
+            log_run(
+                store,
+                f"pre-standalone-{n}-{e}",
+                task="preprocess",
+                parent=parent,
+                params={"cluster.name": "local"},
+                tags={**tags, "spark.deploy": "standalone"},
+                metrics={"images": n, "seconds": t, "spark.total_cores": e, "spark.executors": e},
+            )
+    log_run(
+        store,
+        "speed-parallel",
+        task="speedtest",
+        parent=parent,
+        params={"cluster.name": "local"},
+        tags={"spark.deploy": "local", "speedtest.effective_parallelism": "2"},
+        table=speedtest_table(999, 1.0),
+    )
     if dataproc_ratio:  # four on Dataproc: 6 cores that run the per-core work dataproc_ratio times faster
         faster = {**TRUE, "data_per_core": TRUE["data_per_core"] / dataproc_ratio}
-        log_run(store, "pre-dataproc-four", task="preprocess", parent=parent,
-                params={"cluster.name": "four", **SHAPES["four"], "cluster.dataproc.region": "us-central1"},
-                tags={"spark.deploy": "dataproc"},
-                metrics={"images": 5000, "seconds": true_seconds(5000, 6, 3, faster), "spark.total_cores": 6,
-                         "spark.executors": 3})
+        log_run(
+            store,
+            "pre-dataproc-four",
+            task="preprocess",
+            parent=parent,
+            params={"cluster.name": "four", **SHAPES["four"], "cluster.dataproc.region": "us-central1"},
+            tags={"spark.deploy": "dataproc"},
+            metrics={
+                "images": 5000,
+                "seconds": true_seconds(5000, 6, 3, faster),
+                "spark.total_cores": 6,
+                "spark.executors": 3,
+            },
+        )
     store.ids["_parent"] = parent
     return store
 
@@ -233,9 +324,25 @@ def store(tmp_path_factory):
 
 
 def test_forecast_of_every_shape_as_json_and_logged_as_an_analysis_run(store, capsys) -> None:
-    code = predict.main(["--tracking-uri", store.uri, "--parent-run", store.ids["_parent"], "--json", "--images", "20000",
-                         "--shapes", "single,maximal,four,local", "--bootstrap", "300", "--local-cores", "4",
-                         "--region", "us-central1"])
+    code = predict.main(
+        [
+            "--tracking-uri",
+            store.uri,
+            "--parent-run",
+            store.ids["_parent"],
+            "--json",
+            "--images",
+            "20000",
+            "--shapes",
+            "single,maximal,four,local",
+            "--bootstrap",
+            "300",
+            "--local-cores",
+            "4",
+            "--region",
+            "us-central1",
+        ]
+    )
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
     doc = json.loads(out.out)
@@ -244,11 +351,18 @@ def test_forecast_of_every_shape_as_json_and_logged_as_an_analysis_run(store, ca
         shapes = doc["tasks"][task]["shapes"]
         for name in ("single", "maximal", "four", "local"):
             row = shapes[name]
-            assert row["predicted_seconds_low"] <= row["predicted_seconds"] <= row["predicted_seconds_high"], (task, name)
+            assert row["predicted_seconds_low"] <= row["predicted_seconds"] <= row["predicted_seconds_high"], (
+                task,
+                name,
+            )
             assert (row["cost_per_1000_images"] is None) == (name == "local"), (task, name)
         assert shapes["four"]["core_speed_ratio"]["source"].startswith("assumed")
         assert shapes["local"]["core_speed_ratio"] is None
-        assert doc["tasks"][task]["fastest"] in shapes and doc["tasks"][task]["cheapest"] in ("single", "maximal", "four")
+        assert doc["tasks"][task]["fastest"] in shapes and doc["tasks"][task]["cheapest"] in (
+            "single",
+            "maximal",
+            "four",
+        )
     pre = doc["tasks"]["preprocess"]
     assert pre["shapes"]["maximal"]["fitted_on"] == "standalone" and pre["shapes"]["local"]["fitted_on"] == "local"
     truth = true_seconds(20000, 6, 3)
@@ -258,25 +372,51 @@ def test_forecast_of_every_shape_as_json_and_logged_as_an_analysis_run(store, ca
     runs = store.client.search_runs([store.experiment_id], "tags.task = 'analysis'")
     assert len(runs) == 1 and runs[0].data.tags["mlflow.parentRunId"] == store.ids["_parent"]
     assert runs[0].data.metrics["forecast.preprocess.four.predicted_seconds"] == pytest.approx(
-        pre["shapes"]["four"]["predicted_seconds"])
+        pre["shapes"]["four"]["predicted_seconds"]
+    )
     assert "forecast/model.json" in {a.path for a in store.client.list_artifacts(runs[0].info.run_id, "forecast")}
 
 
 def test_text_output_names_winners_and_the_sizes_where_the_ranking_changes(store, capsys) -> None:
-    code = predict.main(["--tracking-uri", store.uri, "--parent-run", store.ids["_parent"], "--bootstrap", "200",
-                         "--no-log-run", "--images", "500"])
+    code = predict.main(
+        [
+            "--tracking-uri",
+            store.uri,
+            "--parent-run",
+            store.ids["_parent"],
+            "--bootstrap",
+            "200",
+            "--no-log-run",
+            "--images",
+            "500",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
-    for fragment in ("== preprocess ==", "== speedtest ==", "at 500 images the fastest shape is", "the order changes at",
-                     "leave-one-out error", "assumed: --core-speed-ratio", "log_machines", "extrapolated: 8 cores"):
+    for fragment in (
+        "== preprocess ==",
+        "== speedtest ==",
+        "at 500 images the fastest shape is",
+        "the order changes at",
+        "leave-one-out error",
+        "assumed: --core-speed-ratio",
+        "log_machines",
+        "extrapolated: 8 cores",
+    ):
         assert fragment in out, fragment
 
 
 def test_the_script_refuses_runs_that_cannot_pin_the_model_down_naming_the_runs_to_add(tmp_path) -> None:
     store = make_store(tmp_path)
     for n in (250, 500, 1000, 2000):  # every run on the same 2 cores
-        log_run(store, f"pre-{n}", task="preprocess", params={"cluster.name": "local"}, tags={"spark.deploy": "local"},
-                metrics={"images": n, "seconds": true_seconds(n, 2, 1), "spark.total_cores": 2, "spark.executors": 1})
+        log_run(
+            store,
+            f"pre-{n}",
+            task="preprocess",
+            params={"cluster.name": "local"},
+            tags={"spark.deploy": "local"},
+            metrics={"images": n, "seconds": true_seconds(n, 2, 1), "spark.total_cores": 2, "spark.executors": 1},
+        )
     result = run_script("predict", "--tracking-uri", store.uri, "--experiment", store.experiment_name)
     assert result.returncode == predict.EXIT_CANNOT_FIT, result.stderr[-2000:]
     assert "another core count" in result.stderr and "cluster.executors=1,2" in result.stderr
@@ -298,11 +438,23 @@ def test_one_dataproc_run_calibrates_the_core_speed_ratio(tmp_path) -> None:
 
 
 def test_the_report_has_a_forecast_section_and_logs_the_model(store, tmp_path) -> None:
-    rep = rp.make_report(store.uri, experiment=store.experiment_name, output_dir=tmp_path / "report", write_tags=False,
-                         forecast_options=forecast.Options(bootstrap=200, local_cores=4))
+    rep = rp.make_report(
+        store.uri,
+        experiment=store.experiment_name,
+        output_dir=tmp_path / "report",
+        write_tags=False,
+        forecast_options=forecast.Options(bootstrap=200, local_cores=4),
+    )
     md = rep.path.read_text()
-    for fragment in ("## Forecast", "### preprocess", "### speedtest", "Coefficients fitted on standalone runs",
-                     "leave-one-out error", f"![Forecast]({rp.FIG_FORECAST})", "the fastest shape is"):
+    for fragment in (
+        "## Forecast",
+        "### preprocess",
+        "### speedtest",
+        "Coefficients fitted on standalone runs",
+        "leave-one-out error",
+        f"![Forecast]({rp.FIG_FORECAST})",
+        "the fastest shape is",
+    ):
         assert fragment in md, fragment
     assert (tmp_path / "report" / rp.FIG_FORECAST).read_bytes()[:4] == b"\x89PNG"
     run = store.client.get_run(rep.run_id)

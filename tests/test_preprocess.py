@@ -104,7 +104,9 @@ def test_rerun_replaces_the_previous_set(spark, make_image_tree: Callable[..., P
     assert len(read_back(destination)) == 9
 
 
-def test_failed_job_leaves_previous_set_and_no_staging(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+def test_failed_job_leaves_previous_set_and_no_staging(
+    spark, make_image_tree: Callable[..., Path], tmp_path: Path
+) -> None:
     listing = list_labelled_images(str(make_image_tree(per_class=3)))
     destination = str(tmp_path / "tfrec")
     before, _, _ = write_tfrecords(spark, listing, destination, 64, 80, 2, "good", seed=0)
@@ -135,7 +137,9 @@ def test_missing_or_empty_root_says_what_was_expected(tmp_path: Path) -> None:
         list_labelled_images(str(tmp_path / "empty"))
 
 
-def test_gcs_source_and_destination(spark, gcs_bucket: str, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
+def test_gcs_source_and_destination(
+    spark, gcs_bucket: str, make_image_tree: Callable[..., Path], tmp_path: Path
+) -> None:
     root = make_image_tree(per_class=2)
     for path in sorted(root.rglob("*.jpg")):
         storage.upload_file(str(path), f"gs://{gcs_bucket}/flowers/{path.parent.name}/{path.name}")
@@ -201,7 +205,9 @@ def test_a_second_writer_fails_at_once_and_never_breaks_the_first(
     def staged() -> bool:
         if where == "gcs":
             return any("/_staging-" in info.path for info in storage.list_files(destination))
-        return bool(list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")) or list(tmp_path.glob("tfrec/_staging-*/part-*.tfrec")))
+        return bool(
+            list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")) or list(tmp_path.glob("tfrec/_staging-*/part-*.tfrec"))
+        )
 
     first = threading.Thread(target=first_job)
     first.start()
@@ -259,8 +265,13 @@ def test_task_logs_the_design_metrics(mlflow_store: str, make_image_tree: Callab
     (root / "daisy" / "broken.jpg").write_bytes(b"broken")
     cfg = compose_config(
         [
-            "task=preprocess", "dataset=folder", f"dataset.root={root}", f"tfrecord_dir={tmp_path / 'out'}",
-            "image_size=64", "num_shards=2", f"tracking.uri={mlflow_store}",
+            "task=preprocess",
+            "dataset=folder",
+            f"dataset.root={root}",
+            f"tfrecord_dir={tmp_path / 'out'}",
+            "image_size=64",
+            "num_shards=2",
+            f"tracking.uri={mlflow_store}",
         ]
     )
     experiment_id = mlflow.create_experiment("preprocess", artifact_location=(tmp_path / "art").as_uri())
@@ -277,6 +288,7 @@ def test_task_logs_the_design_metrics(mlflow_store: str, make_image_tree: Callab
     assert [Path(entry["path"]).name for entry in failed] == ["broken.jpg"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) -> None:
     """Ctrl-C in the middle of the Spark job: the previous shards stay, nothing staged is left behind."""
@@ -289,13 +301,23 @@ def test_interrupted_run_leaves_the_previous_set_and_no_staging(tmp_path: Path) 
 
     root = write_large_image_tree(tmp_path / "big")
     destination = tmp_path / "tfrec"
-    common = [sys.executable, "run.py", "task=preprocess", "dataset=folder", f"dataset.root={root}",
-              f"tfrecord_dir={destination}", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "num_shards=8"]
+    common = [
+        sys.executable,
+        "run.py",
+        "task=preprocess",
+        "dataset=folder",
+        f"dataset.root={root}",
+        f"tfrecord_dir={destination}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "num_shards=8",
+    ]
     first = subprocess.run([*common, "image_size=32"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
     before = sorted(os.listdir(destination))
 
-    job = subprocess.Popen([*common, "image_size=640"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        [*common, "image_size=640"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not list(tmp_path.glob(".tfrec.swap-*/part-*.tfrec")):  # the new set is built beside the old
         assert job.poll() is None and time.time() < deadline, "the job ended before it staged anything"

@@ -72,7 +72,9 @@ def images(make_image_tree: Callable[..., Path]) -> tuple[list[str], list[tuple[
     return list(listing.classes), list(listing.items)
 
 
-def run_job(destination: str, images: tuple[list[str], list[tuple[str, int]]], prefix: str, faults: Faults) -> schema.Manifest:
+def run_job(
+    destination: str, images: tuple[list[str], list[tuple[str, int]]], prefix: str, faults: Faults
+) -> schema.Manifest:
     """One job with the storage calls of the driver (lock, clean-up, publish) under ``faults``."""
     classes, items = images
     faults.active = True
@@ -81,7 +83,9 @@ def run_job(destination: str, images: tuple[list[str], list[tuple[str, int]]], p
             faults.active = False  # the shard tasks: Spark workers in a real job
             results = stage_set(publication.staging_dir, items, classes)
             faults.active = True
-            return publication.publish(results, prefix, schema.Manifest(classes=classes, image_size=32, num_records=0, shards={}))
+            return publication.publish(
+                results, prefix, schema.Manifest(classes=classes, image_size=32, num_records=0, shards={})
+            )
     finally:
         faults.active = False
 
@@ -110,7 +114,9 @@ def test_a_failure_at_any_storage_operation_leaves_one_complete_set(destination:
     assert "failed" in outcomes and "published" in outcomes, list(zip(operations, outcomes, strict=True))
 
 
-def test_storage_lost_from_any_operation_on_keeps_a_complete_set_for_manifest_readers(destination: str, images, monkeypatch) -> None:
+def test_storage_lost_from_any_operation_on_keeps_a_complete_set_for_manifest_readers(
+    destination: str, images, monkeypatch
+) -> None:
     """Storage that fails for good from call N on: the manifest still names one complete set, old or
     new; once storage is back the next job removes what was left and a glob sees one set again."""
     records = len(images[1])
@@ -213,8 +219,15 @@ def test_a_second_writer_fails_at_once_naming_the_holder(destination: str) -> No
 
 
 def _foreign_holder(url: str, **changes: Any) -> None:
-    holder = {"pid": 1, "host": "another-host", "boot_id": "x", "process_started": 0.0, "started": time.time(),
-              "refreshed": time.time(), "token": "t"}
+    holder = {
+        "pid": 1,
+        "host": "another-host",
+        "boot_id": "x",
+        "process_started": 0.0,
+        "started": time.time(),
+        "refreshed": time.time(),
+        "token": "t",
+    }
     holder.update(changes)
     storage.write_bytes(url, json.dumps(holder).encode())
 
@@ -242,6 +255,7 @@ def test_a_job_whose_gcs_lock_was_taken_over_does_not_commit(gcs_bucket: str, im
     classes, items = images
     before = publish_set(destination, items, classes, "first")
     with pytest.raises(dirlock.LockLostError):
+
         def breaker() -> None:  # another writer judged this job stale and took the lock
             _foreign_holder(dirlock.lock_url(destination))
 

@@ -48,10 +48,14 @@ class Driver:
 
     def __init__(self, destination: str, root: Path, log: Path) -> None:
         self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
-        self.stderr = open(log, "w")  # noqa: SIM115 - the driver outlives this call; closed in stop()
+        self.stderr = open(log, "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.publish_kill_driver", destination, str(root)],
-            cwd=PROJECT_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            cwd=PROJECT_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
             start_new_session=True,  # its own process group: the JVM and Python workers are checked gone with it
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -143,7 +147,9 @@ def test_sigkill_at_any_point_of_a_replacing_run_leaves_one_complete_set(
 ) -> None:
     root = make_image_tree(per_class=4)
     records = 12
-    destination = str(tmp_path / "out" / "tfrec") if where == "local" else f"gs://{request.getfixturevalue('gcs_bucket')}/tfrec"
+    destination = (
+        str(tmp_path / "out" / "tfrec") if where == "local" else f"gs://{request.getfixturevalue('gcs_bucket')}/tfrec"
+    )
     drivers = Drivers(destination, root, tmp_path)
     try:
         # The set to replace, and what a whole run does: its storage calls and its length.
@@ -160,8 +166,11 @@ def test_sigkill_at_any_point_of_a_replacing_run_leaves_one_complete_set(
             before = sorted(readers.read_manifest(destination).shards)
             prefix = f"k{index:02d}"
             run = drivers.run(prefix, kill_at, kill_after)
-            where_killed = f"point {index}: " + (f"before call {kill_at} ({ops[kill_at - 1]})" if kill_at else
-                                                f"at {kill_after:.2f} s, {len(run.ops)} calls in ({run.ops[-1:]})")
+            where_killed = f"point {index}: " + (
+                f"before call {kill_at} ({ops[kill_at - 1]})"
+                if kill_at
+                else f"at {kill_after:.2f} s, {len(run.ops)} calls in ({run.ops[-1:]})"
+            )
             assert run.returncode == -signal.SIGKILL or (kill_after is not None and run.done), where_killed
             seen = view(destination)  # the manifest's set is whole: every shard, every record
             listed = sorted(seen.manifest.shards)
@@ -170,7 +179,9 @@ def test_sigkill_at_any_point_of_a_replacing_run_leaves_one_complete_set(
                 inside = window[0] <= kill_at - 1 < window[1] if kill_at else window[0] <= len(run.ops) <= window[1]
                 assert inside, f"{where_killed}: a glob sees {seen.globbed}, the manifest lists {listed}"
                 extra = set(seen.globbed) - set(listed)
-                assert set(listed) <= set(seen.globbed) and all(name in before or name.startswith(f"{prefix}-") for name in extra)
+                assert set(listed) <= set(seen.globbed) and all(
+                    name in before or name.startswith(f"{prefix}-") for name in extra
+                )
                 both_seen += 1
                 with shards.Publication(destination):  # what the next job does first
                     pass
@@ -179,7 +190,9 @@ def test_sigkill_at_any_point_of_a_replacing_run_leaves_one_complete_set(
         assert final.returncode == 0 and final.done
         manifest = assert_one_complete_set(destination, records)
         assert all(name.startswith("final-") for name in manifest.shards) and leftovers(destination) == []
-        print(f"\n[{where}] {len(points)} kills ({len(ops)} at storage calls, {timed} timed over "
-              f"{calibration.seconds:.1f} s); a glob saw both sets after {both_seen} (gs:// swap window {window})")
+        print(
+            f"\n[{where}] {len(points)} kills ({len(ops)} at storage calls, {timed} timed over "
+            f"{calibration.seconds:.1f} s); a glob saw both sets after {both_seen} (gs:// swap window {window})"
+        )
     finally:
         drivers.stop()

@@ -106,7 +106,9 @@ def test_sigterm_mid_preprocessing_ends_the_pipeline_and_its_step_killed(tmp_pat
         """The job's staging (beside a local destination, or inside it where the swap is unavailable)."""
         return [*tmp_path.glob(".tfrec.swap-*"), *destination.glob("_staging-*")]
 
-    wait_for("a staged shard", lambda: any(list(path.glob("part-*")) for path in staged()), job)  # a Spark task finished one
+    wait_for(
+        "a staged shard", lambda: any(list(path.glob("part-*")) for path in staged()), job
+    )  # a Spark task finished one
     started = descendants(job.pid)  # the Spark JVM and its Python workers
     assert started
     job.send_signal(signal.SIGTERM)
@@ -182,13 +184,18 @@ def test_sigkill_leaves_running_then_stale_runs_marks_it_killed(tmp_path: Path) 
     def stale_runs(*args: str) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [sys.executable, "analysis/stale_runs.py", "--tracking-uri", store, *args],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         return result
 
     listed = json.loads(stale_runs("--dry-run", "--json").stdout)
-    assert [(row["run_id"], row["stale"], row["action"]) for row in listed["running"]] == [(run_id, True, "would mark KILLED")]
+    assert [(row["run_id"], row["stale"], row["action"]) for row in listed["running"]] == [
+        (run_id, True, "would mark KILLED")
+    ]
     assert listed["marked"] == [] and client.get_run(run_id).info.status == "RUNNING"
 
     marked = stale_runs()
@@ -240,7 +247,10 @@ def test_stale_runs_judges_each_run_by_its_process_or_its_heartbeat(
     ids = {
         "alive here": make("alive here", me),
         "gone here": make("gone here", {**me, liveness.TAG_PID: str(gone.pid)}),
-        "silent elsewhere": make("silent elsewhere", {**me, liveness.TAG_HOST: "elsewhere", liveness.TAG_HEARTBEAT: liveness.utc_iso(now - 3600)}),
+        "silent elsewhere": make(
+            "silent elsewhere",
+            {**me, liveness.TAG_HOST: "elsewhere", liveness.TAG_HEARTBEAT: liveness.utc_iso(now - 3600)},
+        ),
         "beating elsewhere": make("beating elsewhere", {**me, liveness.TAG_HOST: "elsewhere"}),
         "old, no tags": make("old, no tags", {}, start=now - 3600),
         "new, no tags": make("new, no tags", {}),

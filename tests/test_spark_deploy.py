@@ -13,7 +13,9 @@ from tests.conftest import compose_config
 
 
 def fake_spark(master: str, conf: dict[str, str] | None = None) -> SimpleNamespace:
-    settings = SimpleNamespace(getAll=lambda: list((conf or {}).items()), get=lambda key, default=None: (conf or {}).get(key, default))
+    settings = SimpleNamespace(
+        getAll=lambda: list((conf or {}).items()), get=lambda key, default=None: (conf or {}).get(key, default)
+    )
     return SimpleNamespace(sparkContext=SimpleNamespace(master=master, getConf=lambda: settings))
 
 

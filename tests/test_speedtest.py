@@ -24,8 +24,8 @@ from bigimage.spark.session import spark_session
 from bigimage.speedtest.grid import deal, effective_parallelism, expected_rows, grid_points
 from bigimage.speedtest.results import ROW_COLUMNS
 from bigimage.speedtest.task import run_speedtest
-from bigimage.tasks import run_task
 from bigimage.speedtest.timing import ShortDataError, SpeedtestDataError
+from bigimage.tasks import run_task
 from tests.conftest import compose_config, jpeg_bytes
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
@@ -57,7 +57,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "tfrecords": tfrecords, "base": base}
 
 
-def speed_config(data: dict[str, Path], *overrides: str, root: str | None = None, tfrecords: str | None = None) -> DictConfig:
+def speed_config(
+    data: dict[str, Path], *overrides: str, root: str | None = None, tfrecords: str | None = None
+) -> DictConfig:
     return compose_config(
         [
             "task=speedtest",
@@ -170,7 +172,9 @@ def test_full_default_grid_is_logged(tmp_path: Path, data: dict[str, Path], spar
     assert len(table) == 72 == expected_rows(cfg.speedtest)
     assert list(table.columns[: len(ROW_COLUMNS)]) == ROW_COLUMNS
     combos = set(zip(table.source, table.batch_size, table.batch_number, table.repetition))
-    assert combos == {(s, b, n, r) for s in ("files", "tfrecord") for b in (8, 16, 32, 64) for n in (10, 30, 60) for r in range(3)}
+    assert combos == {
+        (s, b, n, r) for s in ("files", "tfrecord") for b in (8, 16, 32, 64) for n in (10, 30, 60) for r in range(3)
+    }
     assert (table.images == table.batch_size * table.batch_number).all()
     assert (table.images_per_second > 0).all() and (table.bytes > 0).all() and (table.seconds > 0).all()
     assert ((table.images_per_second - table.images / table.seconds).abs() < 1e-6 * table.images_per_second).all()
@@ -206,17 +210,26 @@ def test_bytes_are_the_bytes_read(tmp_path: Path, data: dict[str, Path], spark: 
     """One pass over all 20 images, no warm-up: bytes = the JPEG files' sizes / the records' lengths."""
     import tensorflow as tf
 
-    cfg = speed_config(data, "speedtest.batch_sizes=[4]", "speedtest.batch_numbers=[5]", "speedtest.repetitions=2",
-                       "speedtest.warmup_batches=0")
+    cfg = speed_config(
+        data,
+        "speedtest.batch_sizes=[4]",
+        "speedtest.batch_numbers=[5]",
+        "speedtest.repetitions=2",
+        "speedtest.warmup_batches=0",
+    )
     table = run_logged(tmp_path, cfg, spark).table
     jpegs = sum(path.stat().st_size for path in data["root"].rglob("*.jpg"))
-    records = sum(len(r.numpy()) for r in tf.data.TFRecordDataset(sorted(str(p) for p in data["tfrecords"].glob("*.tfrec"))))
+    records = sum(
+        len(r.numpy()) for r in tf.data.TFRecordDataset(sorted(str(p) for p in data["tfrecords"].glob("*.tfrec")))
+    )
     assert list(table[table.source == "files"].bytes) == [jpegs, jpegs]
     assert list(table[table.source == "tfrecord"].bytes) == [records, records]
     assert not table.repeated.any() and (table.images == 20).all()
 
 
-def test_parallelism_spreads_points_and_records_the_effective_value(tmp_path: Path, data: dict[str, Path], spark: object) -> None:
+def test_parallelism_spreads_points_and_records_the_effective_value(
+    tmp_path: Path, data: dict[str, Path], spark: object
+) -> None:
     logged = run_logged(tmp_path, speed_config(data, *SMALL_GRID, "speedtest.parallelism=2"), spark)
     assert len(logged.table) == 2 * 2 * 2 * 2
     assert set(logged.table.partition) == {0, 1}
@@ -227,7 +240,9 @@ def test_parallelism_spreads_points_and_records_the_effective_value(tmp_path: Pa
     tags = logged.run.data.tags
     assert tags["speedtest.effective_parallelism"] == "2"  # local[2]: two task slots
     assert "6 asked, 2 used" in tags["speedtest.parallelism_note"]
-    assert len(logged.table) == 16 and (logged.table.images == logged.table.batch_size * logged.table.batch_number).all()
+    assert (
+        len(logged.table) == 16 and (logged.table.images == logged.table.batch_size * logged.table.batch_number).all()
+    )
 
 
 # --------------------------------------------------------------------------------------- gs:// sources
@@ -239,7 +254,9 @@ def upload_tree(local: Path, url: str) -> None:
             storage.upload_file(path, f"{url}/{path.relative_to(local).as_posix()}")
 
 
-def test_gcs_sources_through_the_emulator(tmp_path: Path, data: dict[str, Path], spark: object, gcs_bucket: str) -> None:
+def test_gcs_sources_through_the_emulator(
+    tmp_path: Path, data: dict[str, Path], spark: object, gcs_bucket: str
+) -> None:
     root, tfrecords = f"gs://{gcs_bucket}/flowers", f"gs://{gcs_bucket}/tfrecords"
     upload_tree(data["root"], root)
     upload_tree(data["tfrecords"], tfrecords)
@@ -369,8 +386,18 @@ def test_summary_and_table_from_known_rows() -> None:
     from bigimage.speedtest.results import format_table, rows_frame, summary_frame, summary_metrics
 
     rows = [
-        {"source": source, "batch_size": bs, "batch_number": 2, "repetition": rep, "images": 2 * bs, "bytes": 1000 * bs,
-         "seconds": 2 * bs / rate, "images_per_second": rate, "bytes_per_second": 500 * rate, "repeated": rep == 0}
+        {
+            "source": source,
+            "batch_size": bs,
+            "batch_number": 2,
+            "repetition": rep,
+            "images": 2 * bs,
+            "bytes": 1000 * bs,
+            "seconds": 2 * bs / rate,
+            "images_per_second": rate,
+            "bytes_per_second": 500 * rate,
+            "repeated": rep == 0,
+        }
         for source, base in (("files", 100.0), ("tfrecord", 400.0))
         for bs in (8, 16)
         for rep, rate in enumerate((base, 2 * base, 3 * base))

@@ -20,9 +20,16 @@ def test_run_speedtest_starts_its_own_spark(tmp_path: Path) -> None:
     write_tfrecord_dir(tmp_path / "tfrecords", num_images=8, image_size=16, num_shards=2)
     cfg = compose_config(
         [
-            "task=speedtest", "dataset=folder", f"dataset.root={root}", f"tfrecord_dir={tmp_path / 'tfrecords'}",
-            "image_size=16", "cluster=single", "speedtest.batch_sizes=[4]", "speedtest.batch_numbers=[2]",
-            "speedtest.repetitions=2", "speedtest.warmup_batches=0",
+            "task=speedtest",
+            "dataset=folder",
+            f"dataset.root={root}",
+            f"tfrecord_dir={tmp_path / 'tfrecords'}",
+            "image_size=16",
+            "cluster=single",
+            "speedtest.batch_sizes=[4]",
+            "speedtest.batch_numbers=[2]",
+            "speedtest.repetitions=2",
+            "speedtest.warmup_batches=0",
         ]
     )
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")

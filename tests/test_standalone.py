@@ -32,7 +32,12 @@ from bigimage.spark.standalone import (
 from tests.conftest import compose_config, write_large_image_tree
 from tests.spark_processes import processes_under, spark_daemon_pids
 
-TWO_WORKERS = ["cluster.executors=2", "cluster.executor_cores=1", "cluster.executor_memory=1g", "cluster.driver_memory=1g"]
+TWO_WORKERS = [
+    "cluster.executors=2",
+    "cluster.executor_cores=1",
+    "cluster.executor_memory=1g",
+    "cluster.driver_memory=1g",
+]
 
 
 def _alive(pid: int) -> bool:
@@ -107,6 +112,7 @@ def standalone() -> Iterator[StandaloneCluster]:
 
 
 # ------------------------------------------------------------------------------------ the real thing
+@pytest.mark.slow
 def test_spark_for_starts_a_two_worker_cluster_runs_a_job_and_leaves_nothing(tmp_path: Path) -> None:
     cfg = compose_config(["cluster=four", "cluster.deploy=standalone", *TWO_WORKERS])
     out = tmp_path / "records"
@@ -136,6 +142,7 @@ def test_spark_for_starts_a_two_worker_cluster_runs_a_job_and_leaves_nothing(tmp
     assert _wait_gone(cluster_pids) == []
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_preprocessing_every_image_written_once(tmp_path: Path) -> None:
     """Task 1 on 2 executors; one worker is killed once the first shards are staged. Spark re-runs the
     lost tasks on the other executor, and every image lands in the TFRecords exactly once."""
@@ -158,7 +165,7 @@ def test_worker_killed_mid_preprocessing_every_image_written_once(tmp_path: Path
             def job() -> None:
                 try:
                     outcome["manifest"] = write_tfrecords(spark, listing, str(destination), 256, 90, 12, "k", seed=0)[0]
-                except BaseException as error:  # noqa: BLE001 - handed to the test thread
+                except BaseException as error:
                     outcome["error"] = error
 
             runner = threading.Thread(target=job)
@@ -180,8 +187,11 @@ def test_worker_killed_mid_preprocessing_every_image_written_once(tmp_path: Path
     assert _wait_gone(pids) == []
 
 
+@pytest.mark.slow
 def test_barrier_workers_get_one_tf_config_each(standalone: StandaloneCluster) -> None:
-    cfg = compose_config(["cluster=four", "cluster.deploy=standalone", f"cluster.master={standalone.master_url}", *TWO_WORKERS])
+    cfg = compose_config(
+        ["cluster=four", "cluster.deploy=standalone", f"cluster.master={standalone.master_url}", *TWO_WORKERS]
+    )
 
     def worker(tf_config: dict) -> dict:
         import os as _os
@@ -207,6 +217,7 @@ def test_barrier_workers_get_one_tf_config_each(standalone: StandaloneCluster) -
             sock.bind((host, int(port)))
 
 
+@pytest.mark.slow
 def test_preprocess_runs_unchanged_on_the_standalone_cluster(
     standalone: StandaloneCluster, make_image_tree, mlflow_store: str, tmp_path: Path
 ) -> None:
@@ -237,6 +248,7 @@ def test_preprocess_runs_unchanged_on_the_standalone_cluster(
     assert logged.data.metrics["spark.total_cores"] == 2
 
 
+@pytest.mark.slow
 def test_preprocess_starts_the_shape_cluster_by_itself(make_image_tree, mlflow_store: str, tmp_path: Path) -> None:
     """deploy=standalone without a master: task 1 gets a cluster of the shape, then nothing is left."""
     from bigimage.spark.preprocess import run_preprocess
@@ -245,8 +257,15 @@ def test_preprocess_starts_the_shape_cluster_by_itself(make_image_tree, mlflow_s
     root = make_image_tree(per_class=2, name="images-own")
     cfg = compose_config(
         [
-            "task=preprocess", "dataset=folder", f"dataset.root={root}", f"tfrecord_dir={tmp_path / 'tf'}",
-            "num_shards=2", "image_size=32", "cluster=four", "cluster.deploy=standalone", *TWO_WORKERS,
+            "task=preprocess",
+            "dataset=folder",
+            f"dataset.root={root}",
+            f"tfrecord_dir={tmp_path / 'tf'}",
+            "num_shards=2",
+            "image_size=32",
+            "cluster=four",
+            "cluster.deploy=standalone",
+            *TWO_WORKERS,
         ]
     )
     with mlflow.start_run() as run:
@@ -273,6 +292,7 @@ _CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["sigterm", "ctrl-c", "sigkill"])
 def test_cluster_stops_when_the_parent_is_signalled(sig: int) -> None:
     child = subprocess.Popen([sys.executable, "-c", _CHILD], stdout=subprocess.PIPE, text=True)
@@ -311,9 +331,8 @@ def test_unreachable_master_fails_fast() -> None:
 
 def test_shape_larger_than_this_machine_fails_before_starting() -> None:
     cfg = compose_config(["cluster=maximal", "cluster.deploy=standalone", "cluster.executor_memory=100t"])
-    with pytest.raises(StandaloneError, match=r"7 executors x 100t .* available"):
-        with spark_for(cfg.cluster, "never"):
-            pass
+    with pytest.raises(StandaloneError, match=r"7 executors x 100t .* available"), spark_for(cfg.cluster, "never"):
+        pass
     check_memory(2, "1g", "1g")  # the test shape fits
 
 
@@ -334,6 +353,7 @@ def test_master_that_cannot_bind_is_reported() -> None:
         StandaloneCluster(workers=1, cores_per_worker=1, host="192.0.2.123").start()
 
 
+@pytest.mark.slow
 def test_worker_that_fails_to_start_is_reported_and_nothing_is_left() -> None:
     # Spark's Worker exits at once on a memory below 1 MB: the start stops with its log lines.
     cluster = StandaloneCluster(workers=2, cores_per_worker=1, memory_per_worker="1k")
@@ -346,9 +366,8 @@ def test_worker_that_fails_to_start_is_reported_and_nothing_is_left() -> None:
 
 def test_dataproc_deploy_does_not_open_a_local_session() -> None:
     cfg = compose_config(["cluster=single", "cluster.deploy=dataproc"])
-    with pytest.raises(ClusterError, match="run_on_dataproc"):
-        with spark_for(cfg.cluster, "never"):
-            pass
+    with pytest.raises(ClusterError, match="run_on_dataproc"), spark_for(cfg.cluster, "never"):
+        pass
 
 
 def test_memory_sizes() -> None:

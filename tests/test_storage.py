@@ -243,7 +243,11 @@ def test_spark_python_workers_reach_the_emulator(gcs_bucket, monkeypatch):
             .getOrCreate()
         )
     try:
-        rows = session.sparkContext.parallelize(urls, 2).map(lambda u: (u, len(storage.read_bytes(u)), os.getpid())).collect()
+        rows = (
+            session.sparkContext.parallelize(urls, 2)
+            .map(lambda u: (u, len(storage.read_bytes(u)), os.getpid()))
+            .collect()
+        )
     finally:
         if own:
             session.stop()

@@ -150,7 +150,10 @@ def test_concurrent_calls_generate_once(tmp_path):
         f"synthetic.ensure_synthetic_dataset({str(root)!r}, 30, seed=2, classes={CLASSES!r}, workers=1)\n"
         "sys.stdout.write(str(len(calls)))\n"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(outputs) == ["0", "1"]

@@ -32,7 +32,9 @@ def test_flattened_params_use_dotted_keys() -> None:
 
 
 def test_run_logs_config_tags_and_artifact(mlflow_store: str, tmp_path: Path) -> None:
-    cfg = compose_config(["task=preprocess", f"tracking.uri={mlflow_store}", f"tracking.artifact_root={tmp_path / 'art'}"])
+    cfg = compose_config(
+        ["task=preprocess", f"tracking.uri={mlflow_store}", f"tracking.artifact_root={tmp_path / 'art'}"]
+    )
     _, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     with tracked_run(cfg, task="preprocess", experiment_id=experiment_id) as run:
         mlflow.log_metric("images", 3)

@@ -14,14 +14,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bigimage.config import ConfigError
+from bigimage.config import ConfigError, validate
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
-from bigimage.config import validate
 from bigimage.train.task import run_train
 from tests.conftest import train_config
 from tests.test_train_runs import progress
 from tests.tfrecord_fixtures import write_tfrecord_dir
-
 
 TWO_EXECUTORS = [
     "cluster=four",
@@ -71,7 +69,10 @@ def gone(pids: set[int], seconds: float = 10.0) -> bool:
 
 
 def history(run_id, key):
-    return [(m.step, m.value) for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+    return [
+        (m.step, m.value)
+        for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    ]
 
 
 def test_launcher_values_are_checked_in_one_place(tmp_path):
@@ -79,13 +80,17 @@ def test_launcher_values_are_checked_in_one_place(tmp_path):
         compose(tmp_path, str(tmp_path), "strategy=multi_worker_mirrored", "strategy.launcher=yarn_magic")
     assert "expected one of [processes, spark_barrier]" in str(error.value.__cause__)
     for strategy in ("default", "mirrored"):
-        with pytest.raises(ConfigError, match=rf"strategy={strategy} runs in one process.*strategy=multi_worker_mirrored.*launcher=spark_barrier"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"strategy={strategy} runs in one process.*strategy=multi_worker_mirrored.*launcher=spark_barrier",
+        ):
             validate(compose(tmp_path, str(tmp_path), f"strategy={strategy}", "strategy.launcher=spark_barrier"))
     for strategy in ("multi_worker_mirrored", "experimental_multi_worker_mirrored"):
         validate(compose(tmp_path, str(tmp_path), f"strategy={strategy}", "strategy.launcher=spark_barrier"))
     assert compose(tmp_path, str(tmp_path), "strategy=multi_worker_mirrored").strategy.launcher == "processes"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_multi_worker_on_spark_barrier_tasks_of_a_standalone_cluster(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(
@@ -129,6 +134,7 @@ def test_multi_worker_on_spark_barrier_tasks_of_a_standalone_cluster(tmp_path, t
     assert finished.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, mlflow_experiment):
     # A manifest that promises 32 px but holds 40 px images: only decoding can find out, in the worker.
@@ -142,9 +148,8 @@ def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, mlf
         "cluster=local", "cluster.executors=1", "cluster.executor_cores=2", "strategy.worker_timeout_seconds=120",
     )  # fmt: skip
     began = time.monotonic()
-    with pytest.raises(WorkerFailedError) as error:
-        with mlflow.start_run(experiment_id=mlflow_experiment) as run:
-            run_train(cfg)
+    with pytest.raises(WorkerFailedError) as error, mlflow.start_run(experiment_id=mlflow_experiment) as run:
+        run_train(cfg)
     print(f"\n[timing] failing barrier stage reported after {time.monotonic() - began:.1f} s")
     assert time.monotonic() - began < 120  # the stage failed; nobody waited for the timeout
     assert error.value.task_index in (0, 1) and error.value.exit_code == 1
@@ -155,6 +160,7 @@ def test_failing_barrier_worker_fails_the_stage_with_its_log_lines(tmp_path, mlf
     assert len(error.value.pids) == 1 and gone(set(error.value.pids) | worker_pids(cfg, run.info.run_id))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_barrier_workers_that_outlive_their_timeout_are_cancelled(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(

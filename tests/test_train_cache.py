@@ -29,8 +29,15 @@ def tfrecords(tmp_path_factory) -> str:
 
 def setup(tfrecords: str, tmp_path, *overrides: str):
     cfg = compose_config(
-        ["task=train", f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=8", "train.shuffle_buffer=0",
-         f"train.cache_dir={tmp_path / 'cache'}", *overrides]
+        [
+            "task=train",
+            f"tfrecord_dir={tfrecords}",
+            "image_size=32",
+            "batch_size=8",
+            "train.shuffle_buffer=0",
+            f"train.cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ]
     )
     return cfg, plan_split(cfg, tfrecords, read_manifest(tfrecords, 32))
 
@@ -87,12 +94,17 @@ def test_no_room_in_memory_or_on_disk_means_no_cache(tfrecords, tmp_path, monkey
         validate(setup(tfrecords, tmp_path, "train.cache_max_memory_fraction=0")[0])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_a_training_that_does_not_fit_in_memory_trains_from_a_file_cache_and_says_so(tfrecords, tmp_path, mlflow_experiment) -> None:
+def test_a_training_that_does_not_fit_in_memory_trains_from_a_file_cache_and_says_so(
+    tfrecords, tmp_path, mlflow_experiment
+) -> None:
     """A real training whose memory budget is too small for its decoded images: it falls back, runs all
     its epochs (validation each epoch, through its own file cache too), tags the choice, and cleans up."""
     cache_dir = tmp_path / "decoded"
-    cfg = train_config(tmp_path, tfrecords, "epochs=3", "train.cache_max_memory_fraction=1e-12", f"train.cache_dir={cache_dir}")
+    cfg = train_config(
+        tmp_path, tfrecords, "epochs=3", "train.cache_max_memory_fraction=1e-12", f"train.cache_dir={cache_dir}"
+    )
     with mlflow.start_run(experiment_id=mlflow_experiment) as run:
         metrics = run_train(cfg)
     logged = MlflowClient().get_run(run.info.run_id).data

@@ -95,7 +95,9 @@ def test_checkpoint_key_follows_the_training_config_only():
 
     base = compose("strategy=mirrored")
     assert checkpoint_key(base) == checkpoint_key(compose("strategy=mirrored"))
-    assert checkpoint_key(base) == checkpoint_key(compose("strategy=mirrored", "strategy.worker_timeout_seconds=5", "tracking.experiment=x"))
+    assert checkpoint_key(base) == checkpoint_key(
+        compose("strategy=mirrored", "strategy.worker_timeout_seconds=5", "tracking.experiment=x")
+    )
     assert checkpoint_key(base) != checkpoint_key(compose("strategy=mirrored", "batch_size=64"))
     assert checkpoint_key(base) != checkpoint_key(compose("strategy=mirrored", "train.learning_rate=0.01"))
     assert checkpoint_key(base).startswith("mirrored-small_cnn-bs32-")

@@ -16,13 +16,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
 from bigimage.train.task import run_train
 from tests.conftest import train_config
 from tests.tfrecord_fixtures import write_tfrecord_dir
-
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,10 @@ def progress(cfg, run_id) -> dict[int, list[dict]]:
 
 
 def history(run_id, key):
-    return [(m.step, m.value) for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+    return [
+        (m.step, m.value)
+        for m in sorted(MlflowClient().get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    ]
 
 
 @pytest.mark.timeout(300)
@@ -82,13 +83,18 @@ def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, 
     import numpy as np
     import tf_keras
 
-    model = tf_keras.models.load_model(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/model.keras", dst_path=str(tmp_path / "dl")))
+    model = tf_keras.models.load_model(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="model/model.keras", dst_path=str(tmp_path / "dl")
+        )
+    )
     assert model.predict(np.zeros((2, 32, 32, 3), np.uint8), verbose=0).shape == (2, 5)
     assert run.info.status == "FINISHED"  # ended by the test's `with`, not altered by the worker
     # A finished training leaves no checkpoint behind: the next run of this config starts afresh.
     assert not os.path.exists(os.path.join(run.data.tags["checkpoint_dir"], "chief"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_mobilenet_v2_trains_without_downloading(tmp_path, tfrecords, mlflow_experiment):
     cfg = compose(tmp_path, tfrecords, "model=mobilenet_v2", "epochs=1")
@@ -97,11 +103,17 @@ def test_mobilenet_v2_trains_without_downloading(tmp_path, tfrecords, mlflow_exp
     assert [step for step, _ in history(run_id, "val_accuracy")] == [0]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_mirrored_runs_two_then_three_replicas_in_one_process(tmp_path, tfrecords, mlflow_experiment):
-    run_2, metrics_2 = train(mlflow_experiment, compose(tmp_path, tfrecords, "strategy=mirrored", "batch_size=12", "epochs=1"))
+    run_2, metrics_2 = train(
+        mlflow_experiment, compose(tmp_path, tfrecords, "strategy=mirrored", "batch_size=12", "epochs=1")
+    )
     run_3, metrics_3 = train(
-        mlflow_experiment, compose(tmp_path, tfrecords, "strategy=mirrored", "strategy.logical_cpu_devices=3", "batch_size=12", "epochs=1")
+        mlflow_experiment,
+        compose(
+            tmp_path, tfrecords, "strategy=mirrored", "strategy.logical_cpu_devices=3", "batch_size=12", "epochs=1"
+        ),
     )
     assert metrics_2["replicas"] == 2 and metrics_2["per_replica_batch_size"] == 6
     assert metrics_3["replicas"] == 3 and metrics_3["per_replica_batch_size"] == 4
@@ -109,9 +121,12 @@ def test_mirrored_runs_two_then_three_replicas_in_one_process(tmp_path, tfrecord
     assert MlflowClient().get_run(run_3).data.params["replicas"] == "3"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("strategy", ["multi_worker_mirrored", "experimental_multi_worker_mirrored"])
-def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(tmp_path, tfrecords, mlflow_experiment, strategy):
+def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(
+    tmp_path, tfrecords, mlflow_experiment, strategy
+):
     cfg = compose(tmp_path, tfrecords, f"strategy={strategy}", "strategy.num_workers=2")
     run_id, metrics = train(mlflow_experiment, cfg)
 
@@ -133,6 +148,7 @@ def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(
     assert logs == {"worker_logs/worker-0.log", "worker_logs/worker-1.log"}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_path, tfrecords, mlflow_experiment):
     epochs = 40
@@ -144,7 +160,7 @@ def test_killed_worker_fails_fast_and_a_rerun_resumes_from_the_saved_epoch(tmp_p
             with mlflow.start_run(experiment_id=mlflow_experiment) as run:
                 outcome["run_id"] = run.info.run_id
                 run_train(cfg)
-        except Exception as error:  # noqa: BLE001 - the test inspects it
+        except Exception as error:
             outcome["error"] = error
 
     thread = threading.Thread(target=first_attempt)
@@ -209,9 +225,12 @@ def test_worker_error_is_reported_with_its_log_lines(tmp_path, mlflow_experiment
     assert "32" in str(error.value) and "40" in str(error.value)  # the shape mismatch from the worker's log
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_workers_that_outlive_their_timeout_are_killed(tmp_path, tfrecords, mlflow_experiment):
-    cfg = compose(tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.worker_timeout_seconds=2", "epochs=50")
+    cfg = compose(
+        tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.worker_timeout_seconds=2", "epochs=50"
+    )
     started = time.monotonic()
     with pytest.raises(WorkerTimeoutError, match="worker_timeout_seconds=2") as error:
         train(mlflow_experiment, cfg)
@@ -233,6 +252,8 @@ def test_gs_tfrecords_are_staged_into_a_local_cache(tmp_path, tfrecords, mlflow_
     run_id, metrics = train(mlflow_experiment, cfg)
 
     cache = tmp_path / "data" / "cache" / "tfrecords" / f"{gcs_bucket}__tfrecords__test-32"
-    assert sorted(p.name for p in cache.glob("*.tfrec")) == sorted(n for n in os.listdir(tfrecords) if n.endswith(".tfrec"))
+    assert sorted(p.name for p in cache.glob("*.tfrec")) == sorted(
+        n for n in os.listdir(tfrecords) if n.endswith(".tfrec")
+    )
     assert metrics["replicas"] == 1
     assert [step for step, _ in history(run_id, "val_accuracy")] == [0]

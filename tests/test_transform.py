@@ -194,7 +194,9 @@ def test_decode_error_is_a_value_error():
     assert issubclass(ImageDecodeError, ValueError)
 
 
-@pytest.mark.parametrize("kwargs", [{"image_size": 0}, {"image_size": 32, "quality": 0}, {"image_size": 32, "quality": 101}])
+@pytest.mark.parametrize(
+    "kwargs", [{"image_size": 0}, {"image_size": 32, "quality": 0}, {"image_size": 32, "quality": 101}]
+)
 def test_bad_arguments(kwargs):
     data = encode(Image.new("RGB", (10, 10)))
     with pytest.raises(ValueError) as info:

@@ -51,7 +51,9 @@ def write_tfrecord_dir(
                 class_counts[classes[class_index]] += 1
                 jpeg = class_image(class_index, image_size, rng)
                 writer.write(
-                    schema.serialize_example(jpeg, class_index, classes[class_index], image_size, image_size, len(classes))
+                    schema.serialize_example(
+                        jpeg, class_index, classes[class_index], image_size, image_size, len(classes)
+                    )
                 )
         shards[name] = len(indices)
     manifest = schema.Manifest(

@@ -26,8 +26,21 @@ COURSE_COUNT_RE = re.compile(r"-([0-9]*)\.")  # the course's count_data_items
 # Calls between them inside storage.py count too (a gs:// move is a copy and a delete): they go through
 # the module's globals.
 STORAGE_OPS = (
-    "list_files", "exists", "read_bytes", "write_bytes", "read_with_generation", "upload_file", "download_file",
-    "delete", "delete_files", "copy", "move", "remove_tree", "swap_in_dir", "supports_exchange", "create_new_file",
+    "list_files",
+    "exists",
+    "read_bytes",
+    "write_bytes",
+    "read_with_generation",
+    "upload_file",
+    "download_file",
+    "delete",
+    "delete_files",
+    "copy",
+    "move",
+    "remove_tree",
+    "swap_in_dir",
+    "supports_exchange",
+    "create_new_file",
 )
 
 
@@ -37,7 +50,9 @@ def count_records(data: bytes) -> int:
     while offset < len(data):
         assert offset + 12 <= len(data), "truncated length"
         (length,) = struct.unpack_from("<Q", data, offset)
-        assert struct.unpack_from("<I", data, offset + 8)[0] == masked_crc32c(data[offset : offset + 8]), "bad length crc"
+        assert struct.unpack_from("<I", data, offset + 8)[0] == masked_crc32c(data[offset : offset + 8]), (
+            "bad length crc"
+        )
         payload = data[offset + 12 : offset + 12 + length]
         assert len(payload) == length and offset + 16 + length <= len(data), "truncated record"
         assert struct.unpack_from("<I", data, offset + 12 + length)[0] == masked_crc32c(payload), "bad data crc"
@@ -82,7 +97,9 @@ def assert_one_complete_set(destination: str, records: int) -> schema.Manifest:
     """Exactly one complete set, by the manifest and by a plain glob reader; returns its manifest."""
     seen = view(destination)
     assert seen.manifest.num_records == records
-    assert seen.globbed == sorted(seen.manifest.shards), f"a glob sees {seen.globbed}, the manifest lists {sorted(seen.manifest.shards)}"
+    assert seen.globbed == sorted(seen.manifest.shards), (
+        f"a glob sees {seen.globbed}, the manifest lists {sorted(seen.manifest.shards)}"
+    )
     assert len({generation_of(name) for name in seen.globbed}) == 1
     course_count = sum(int(COURSE_COUNT_RE.search(name).group(1)) for name in seen.globbed)
     glob_records = sum(count_records(storage.read_bytes(storage.join(destination, name))) for name in seen.globbed)
@@ -95,7 +112,11 @@ def leftovers(destination: str) -> list[str]:
     found = [name for name in glob_names(destination) if name not in readers.read_manifest(destination).shards]
     if storage.is_gcs(destination):
         prefix = destination.rstrip("/") + "/"
-        found += [info.path for info in storage.list_files(destination) if info.path[len(prefix) :].startswith(shards.STAGING_PREFIX)]
+        found += [
+            info.path
+            for info in storage.list_files(destination)
+            if info.path[len(prefix) :].startswith(shards.STAGING_PREFIX)
+        ]
         return found
     real = os.path.realpath(destination)
     parent, name = os.path.split(real)
@@ -104,7 +125,9 @@ def leftovers(destination: str) -> list[str]:
     return found
 
 
-def stage_set(staging_dir: str, images: list[tuple[str, int]], classes: list[str], num_shards: int = 3) -> list[shards.ShardResult]:
+def stage_set(
+    staging_dir: str, images: list[tuple[str, int]], classes: list[str], num_shards: int = 3
+) -> list[shards.ShardResult]:
     """What a job's shard tasks would stage, written in this process (no Spark): 32 px images."""
     return [
         shards.write_shard(index, images[index::num_shards], classes, 32, 80, staging_dir)
@@ -112,8 +135,13 @@ def stage_set(staging_dir: str, images: list[tuple[str, int]], classes: list[str
     ]
 
 
-def publish_set(destination: str, images: list[tuple[str, int]], classes: list[str], prefix: str,
-                between: Callable[[], None] | None = None) -> schema.Manifest:
+def publish_set(
+    destination: str,
+    images: list[tuple[str, int]],
+    classes: list[str],
+    prefix: str,
+    between: Callable[[], None] | None = None,
+) -> schema.Manifest:
     """One whole job without Spark: lock, stage, publish, clean up. ``between`` runs after staging."""
     with shards.Publication(destination) as publication:
         results = stage_set(publication.staging_dir, images, classes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Optional
+from typing import cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -18,7 +18,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from bigimage.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 
 
 # Closed choices. StrEnum members compare equal to their strings, so code may test ``deploy == "local"``;
@@ -96,10 +95,10 @@ class DataprocShape:
 class DataprocJob:
     """Where and how to run on Dataproc (``cluster.deploy=dataproc``)."""
 
-    project: Optional[str] = None
+    project: str | None = None
     region: str = "europe-west2"
-    cluster_name: Optional[str] = None
-    staging_bucket: Optional[str] = None
+    cluster_name: str | None = None
+    staging_bucket: str | None = None
     delete_cluster: bool = False
     dry_run: bool = False
 
@@ -109,7 +108,7 @@ class ClusterConfig:
     name: str = MISSING
     deploy: Deploy = Deploy.local
     # None: derived from deploy (local[cores] or the started standalone master); else spark://host:port or yarn.
-    master: Optional[str] = None
+    master: str | None = None
     executors: int = 1
     executor_cores: int = 2  # 0: all cores of this machine (local deploy only)
     executor_memory: str = "2g"
@@ -149,16 +148,16 @@ class ModelConfig:
     # file naming its function, and that function.
     _target_: str = MISSING
     name: str = MISSING
-    weights: Optional[str] = None  # never downloaded by default
+    weights: str | None = None  # never downloaded by default
     dropout: float = 0.2
     width: int = 32
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
-    artifact_root: Optional[str] = None  # None: <root>/mlruns/artifacts
+    artifact_root: str | None = None  # None: <root>/mlruns/artifacts
     # MLflow system metrics (system/cpu_utilization_percentage, ...) of the machine that runs the task's
     # driver process, sampled every system_metrics_interval seconds; false: none.
     system_metrics: bool = True
@@ -203,10 +202,10 @@ class TrainConfig:
     # else not at all (bigimage.train.cache; the run's tag input_cache says which).
     cache: bool = True
     cache_max_memory_fraction: float = 0.5
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     # None: <paths.data_dir>/checkpoints/<key>, key derived from the training-relevant config, so a
     # rerun of the same config resumes (BackupAndRestore) from its last finished epoch.
-    checkpoint_dir: Optional[str] = None
+    checkpoint_dir: str | None = None
 
 
 @dataclass
@@ -236,7 +235,7 @@ class ScalingConfig:
     OmegaConf refuses for a dict of dataclasses; :func:`validate` checks its keys.
     """
 
-    point: Optional[str] = None
+    point: str | None = None
     points: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -335,7 +334,7 @@ def _validate_strategy(strategy: DictConfig) -> None:
         raise ConfigError(f"strategy.worker_timeout_seconds={strategy.worker_timeout_seconds} must be > 0")
 
 
-def expected_replicas(cfg: Any) -> int | None:
+def expected_replicas(cfg: Config) -> int | None:
     """Replicas in sync as far as the config tells on a CPU-only machine (None: only TF can tell)."""
     name = Strategy(cfg.strategy.name)
     if name == Strategy.default:
@@ -357,11 +356,13 @@ def check_batch_size(global_batch_size: int, replicas: int, strategy_name: str) 
 
 
 def _validate_train(cfg: DictConfig) -> None:
-    replicas = expected_replicas(cfg)
+    replicas = expected_replicas(cast(Config, cfg))  # a DictConfig of Config
     if replicas:
         check_batch_size(cfg.batch_size, replicas, cfg.strategy.name)
     if not 0.0 < cfg.train.validation_fraction < 1.0:
         raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
+    if not 0.0 < cfg.train.cache_max_memory_fraction <= 1.0:
+        raise ConfigError(f"train.cache_max_memory_fraction={cfg.train.cache_max_memory_fraction} must be in (0, 1]")
     if cfg.model.name == "mobilenet_v2" and cfg.image_size < 32:
         raise ConfigError(f"model=mobilenet_v2 needs image_size >= 32 (got {cfg.image_size})")
 

@@ -46,7 +46,11 @@ def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str 
 
 def run_step(step: DictConfig, parent_run_id: str, experiment_id: str) -> dict[str, Any]:
     with tracked_run(
-        step, task=step.task.name, run_name=run_name(step), parent_run_id=parent_run_id, experiment_id=experiment_id,
+        step,
+        task=step.task.name,
+        run_name=run_name(step),
+        parent_run_id=parent_run_id,
+        experiment_id=experiment_id,
         param_keys=param_keys(step),
     ) as run:
         return {**task_function(step.task.name)(step), "run_id": run.info.run_id}

@@ -39,8 +39,19 @@ TASK_PARAMS: dict[str, tuple[str, ...]] = {
     "speedtest": ("cluster", *_DATA, "speedtest"),
     "train": ("cluster.name", "dataset.name", "tfrecord_dir", "image_size", *_TRAINING),
     # the steps' keys; strategy comes from pipeline.strategies, one training per entry
-    "pipeline": ("cluster", *_DATA, "num_shards", "seed", "preprocess", "speedtest", "model", "batch_size",
-                 "epochs", "train", "pipeline"),
+    "pipeline": (
+        "cluster",
+        *_DATA,
+        "num_shards",
+        "seed",
+        "preprocess",
+        "speedtest",
+        "model",
+        "batch_size",
+        "epochs",
+        "train",
+        "pipeline",
+    ),
 }
 
 
@@ -78,11 +89,17 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
     started = time.perf_counter()
     tags = {**dict(cfg.tracking.tags), **(extra_tags or {})}  # the config's own (tracking.tags) first
     with tracked_run(
-        cfg, task=cfg.task.name, run_name=run_name(cfg), experiment_id=experiment_id, extra_tags=tags,
+        cfg,
+        task=cfg.task.name,
+        run_name=run_name(cfg),
+        experiment_id=experiment_id,
+        extra_tags=tags,
         param_keys=param_keys(cfg),
     ) as run:
         metrics = function(cfg)
-    log.info("%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run.info.run_id, uri)
+    log.info(
+        "%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run.info.run_id, uri
+    )
     if cfg.task.name == "pipeline":  # the main job's last line: where to look at what it did
         from bigimage.analysis_lib.ui import command
 

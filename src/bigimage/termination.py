@@ -59,7 +59,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
         try:
             on_interrupt(signal.SIGINT, frame)
-        except BaseException:  # noqa: BLE001 - it raises KeyboardInterrupt by design; ours follows
+        except BaseException:
             pass
     raise Terminated(signum)
 

@@ -45,8 +45,15 @@ CONFIG_PARAMS = ("strategy.name", "batch_size", "cluster.name")
 PREPROCESS_METRICS = ("images_per_second", "seconds", "images")
 SPEEDTEST_TABLE = "speedtest.json"
 SPEEDTEST_COLUMNS = (
-    "source", "batch_size", "batch_number", "repetition", "images", "bytes", "seconds",
-    "images_per_second", "bytes_per_second",
+    "source",
+    "batch_size",
+    "batch_number",
+    "repetition",
+    "images",
+    "bytes",
+    "seconds",
+    "images_per_second",
+    "bytes_per_second",
 )
 DEFAULT_PRICES = query.PROJECT_ROOT / "analysis" / "prices.yaml"
 PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its speed decides the winner
@@ -88,7 +95,9 @@ def load_prices(path: str | Path | None = None) -> Prices:
     try:
         regions = {
             str(name): RegionPrices(
-                machines={k: {"vcpus": int(v["vcpus"]), "hourly": float(v["hourly"])} for k, v in region["machines"].items()},
+                machines={
+                    k: {"vcpus": int(v["vcpus"]), "hourly": float(v["hourly"])} for k, v in region["machines"].items()
+                },
                 disks={k: float(v) for k, v in region["disks"].items()},
                 date=str(region.get("date", data.get("date", ""))),
             )
@@ -103,7 +112,9 @@ def load_prices(path: str | Path | None = None) -> Prices:
             currency=str(data.get("currency", "USD")),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"price table {path} is malformed (expected regions: <region>: machines, disks): {exc}") from None
+        raise ValueError(
+            f"price table {path} is malformed (expected regions: <region>: machines, disks): {exc}"
+        ) from None
 
 
 def _truthy(value) -> bool:
@@ -141,9 +152,9 @@ def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
     table = prices.regions.get(region)
     if table is None:
         return None, (
-            f"no prices for region {region} in the price table (it has {prices.region}); "
-            f"add them from {prices.source}"
+            f"no prices for region {region} in the price table (it has {prices.region}); add them from {prices.source}"
         )
+
     def shape(key: str) -> Any:
         return query.param(row, f"cluster.shape.{key}")
 
@@ -159,7 +170,9 @@ def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
         return None, f"unreadable cluster shape: {exc}"
     worker_type = shape("worker_machine_type") if workers else None
     missing = [name for name in (master, worker_type) if name is not None and name not in table.machines]
-    disk_types = [shape("master_boot_disk_type") or "pd-standard"] + ([shape("worker_boot_disk_type") or "pd-standard"] if workers else [])
+    disk_types = [shape("master_boot_disk_type") or "pd-standard"] + (
+        [shape("worker_boot_disk_type") or "pd-standard"] if workers else []
+    )
     missing += [disk for disk in disk_types if disk not in table.disks]
     if missing:
         return None, f"no price for {', '.join(sorted(set(missing)))} in {region}"
@@ -168,9 +181,13 @@ def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
     vcpus = master_price["vcpus"] + workers * worker_price["vcpus"]
     machines = master_price["hourly"] + workers * worker_price["hourly"]
     fee = vcpus * prices.dataproc_per_vcpu_hour
-    disks = (master_disk * table.disks[disk_types[0]] + (workers * worker_disk * table.disks[disk_types[1]] if workers else 0.0)) / prices.hours_per_month
+    disks = (
+        master_disk * table.disks[disk_types[0]]
+        + (workers * worker_disk * table.disks[disk_types[1]] if workers else 0.0)
+    ) / prices.hours_per_month
     how = (
-        f"Dataproc in {region} (prices of {table.date}): {master}" + (f" + {workers} x {worker_type}" if workers else "")
+        f"Dataproc in {region} (prices of {table.date}): {master}"
+        + (f" + {workers} x {worker_type}" if workers else "")
         + f": machines {machines:.4f} + Dataproc fee {vcpus} vCPU x {prices.dataproc_per_vcpu_hour} = {fee:.4f}"
         f" + disks {disks:.4f} per hour"
     )
@@ -194,7 +211,12 @@ class Ranked:
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {**self.key, **{f"score_{k}": v for k, v in self.score.as_dict().items()}, "run_ids": self.run_ids, **self.extra}
+        return {
+            **self.key,
+            **{f"score_{k}": v for k, v in self.score.as_dict().items()},
+            "run_ids": self.run_ids,
+            **self.extra,
+        }
 
 
 def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> dict:
@@ -202,7 +224,10 @@ def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> d
         return {"distinguishable": None, "statement": f"no {what} to rank"}
     top = ranking[0]
     if len(ranking) == 1:
-        return {"distinguishable": None, "statement": f"only one {what}: {top.score.text(fmt)}; nothing to compare with"}
+        return {
+            "distinguishable": None,
+            "statement": f"only one {what}: {top.score.text(fmt)}; nothing to compare with",
+        }
     runner_up = ranking[1]
     overlap = top.score.overlaps(runner_up.score)
     if overlap is None:
@@ -245,7 +270,9 @@ class TrainingKey(NamedTuple):
     cluster: str
 
 
-def rank_training(of: overfitting.OverfittingResult, confidence: float = 0.95) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
+def rank_training(
+    of: overfitting.OverfittingResult, confidence: float = 0.95
+) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
     """Training configurations ranked by validation accuracy at the last good epoch (mean over runs)."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
@@ -297,11 +324,18 @@ def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95
             _exclude(excluded, row, "params of another schema: missing cluster.name")
             continue
         hourly, how = hourly_cost(row, prices)
-        rows.append({
-            "run_id": row["run_id"], "cluster.name": cluster, "images_per_second": vals["images_per_second"],
-            "seconds": vals["seconds"], "images": vals["images"], "hourly_cost": hourly, "cost_note": how,
-            "cost_per_1000_images": cost_per_1000(hourly, vals["seconds"], vals["images"]),
-        })
+        rows.append(
+            {
+                "run_id": row["run_id"],
+                "cluster.name": cluster,
+                "images_per_second": vals["images_per_second"],
+                "seconds": vals["seconds"],
+                "images": vals["images"],
+                "hourly_cost": hourly,
+                "cost_note": how,
+                "cost_per_1000_images": cost_per_1000(hourly, vals["seconds"], vals["images"]),
+            }
+        )
     table = pd.DataFrame(rows)
     return _rank_shapes(table, ["cluster.name"], confidence), excluded, table
 
@@ -320,10 +354,14 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
             "cost_note": (priced if not priced.empty else group)["cost_note"].iloc[0],
             "seconds": common.mean_interval(group["seconds"].tolist(), confidence).as_dict(),
         }
-        speed.append(Ranked(key_values, common.mean_interval(group["images_per_second"].tolist(), confidence), run_ids, extra))
+        speed.append(
+            Ranked(key_values, common.mean_interval(group["images_per_second"].tolist(), confidence), run_ids, extra)
+        )
         if not priced.empty:
             costs = priced["cost_per_1000_images"].tolist()
-            cost.append(Ranked(key_values, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), extra))
+            cost.append(
+                Ranked(key_values, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), extra)
+            )
     speed.sort(key=lambda r: (-r.score.mean, str(r.key)))
     cost.sort(key=lambda r: (r.score.mean, str(r.key)))
     return {"by_speed": speed, "by_cost": cost}
@@ -350,10 +388,21 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
     for run_id, group in table.groupby("run_id", sort=False) if not table.empty else []:
         missing = [c for c in SPEEDTEST_COLUMNS if c not in group.columns]
         if missing:
-            _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}")
+            _exclude(
+                excluded, by_id[run_id], f"{SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}"
+            )
             continue
         group = group.copy()
-        for c in ("batch_size", "batch_number", "repetition", "images", "bytes", "seconds", "images_per_second", "bytes_per_second"):
+        for c in (
+            "batch_size",
+            "batch_number",
+            "repetition",
+            "images",
+            "bytes",
+            "seconds",
+            "images_per_second",
+            "bytes_per_second",
+        ):
             group[c] = pd.to_numeric(group[c], errors="coerce")
         usable = group[(group["seconds"] > 0) & (group["images"] > 0)]
         if usable.empty:
@@ -370,9 +419,9 @@ def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Pr
     rows, excluded, notes, by_id = speedtest_rows(selection, runs)
     if rows.empty:
         return {"by_speed": [], "by_cost": []}, excluded, notes, rows
-    per_rep = (
-        rows.groupby(["run_id", "cluster.name", "source", "repetition"], as_index=False)[["images", "seconds"]].sum()
-    )
+    per_rep = rows.groupby(["run_id", "cluster.name", "source", "repetition"], as_index=False)[
+        ["images", "seconds"]
+    ].sum()
     per_rep["images_per_second"] = per_rep["images"] / per_rep["seconds"]
     hourly = {rid: hourly_cost(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
     per_rep["hourly_cost"] = per_rep["run_id"].map(lambda r: hourly[r][0])
@@ -387,7 +436,9 @@ def speedtest_by_batch(rows: pd.DataFrame) -> pd.DataFrame:
     """Images/s per (run, cluster, source, batch_size, repetition): the data of the throughput figure."""
     if rows.empty:
         return rows
-    g = rows.groupby(["run_id", "cluster.name", "source", "batch_size", "repetition"], as_index=False)[["images", "seconds"]].sum()
+    g = rows.groupby(["run_id", "cluster.name", "source", "batch_size", "repetition"], as_index=False)[
+        ["images", "seconds"]
+    ].sum()
     g["images_per_second"] = g["images"] / g["seconds"]
     return g
 
@@ -412,11 +463,18 @@ class BestConfigResult:
     def statements(self) -> dict:
         out = {"training": _distinguishable(self.training, "training configuration")}
         which = "by_speed" if self.rank_by == "speed" else "by_cost"
-        out["preprocess"] = _distinguishable(self.preprocess[which], f"cluster shape for preprocessing ({self.rank_by})")
+        out["preprocess"] = _distinguishable(
+            self.preprocess[which], f"cluster shape for preprocessing ({self.rank_by})"
+        )
         src = _preferred_source(self.speedtest[which])
-        out["speedtest"] = _distinguishable(
-            [r for r in self.speedtest[which] if r.key["source"] == src], f"cluster shape for reading {src} ({self.rank_by})"
-        ) if src else _distinguishable([], "speed-test cluster shape")
+        out["speedtest"] = (
+            _distinguishable(
+                [r for r in self.speedtest[which] if r.key["source"] == src],
+                f"cluster shape for reading {src} ({self.rank_by})",
+            )
+            if src
+            else _distinguishable([], "speed-test cluster shape")
+        )
         return out
 
     def as_dict(self) -> dict:
@@ -430,8 +488,13 @@ class BestConfigResult:
             "winners": self.winners,
             "excluded": [e.as_dict() for e in self.excluded],
             "notes": self.notes,
-            "prices": {"source": self.prices.source, "date": self.prices.date, "regions": list(self.prices.regions),
-                       "currency": self.prices.currency, "priced": PRICED_RUNS},
+            "prices": {
+                "source": self.prices.source,
+                "date": self.prices.date,
+                "regions": list(self.prices.regions),
+                "currency": self.prices.currency,
+                "priced": PRICED_RUNS,
+            },
             "tags_written": self.tags_written,
             "champion": self.champion,
         }
@@ -467,7 +530,11 @@ def analyse(
     which = "by_speed" if rank_by == "speed" else "by_cost"
     winners = {}
     if training:
-        winners["train"] = {"key": training[0].key, "run_ids": training[0].run_ids, "by": "val_accuracy at last good epoch"}
+        winners["train"] = {
+            "key": training[0].key,
+            "run_ids": training[0].run_ids,
+            "by": "val_accuracy at last good epoch",
+        }
     if pre[which]:
         winners["preprocess"] = {"key": pre[which][0].key, "run_ids": pre[which][0].run_ids, "by": rank_by}
     src = _preferred_source(speed[which])
@@ -479,8 +546,18 @@ def analyse(
             if r.extra.get("hourly_cost") is None:
                 notes.append(f"{r.key}: no cost ({r.extra.get('cost_note')})")
     return BestConfigResult(
-        selection, training, pre, speed, ex_train + ex_pre + ex_speed, notes, winners, prices, of,
-        pre_table, speed_rows, rank_by,
+        selection,
+        training,
+        pre,
+        speed,
+        ex_train + ex_pre + ex_speed,
+        notes,
+        winners,
+        prices,
+        of,
+        pre_table,
+        speed_rows,
+        rank_by,
     )
 
 
@@ -510,8 +587,10 @@ def register_winner(result: BestConfigResult, model_name: str | None) -> None:
     client = query.client_for(result.selection.tracking_uri)
     champion = registry.register_champion(client, result.selection.experiment_id, candidates, model_name, tags)
     if champion is None:
-        result.notes.append(f"no model registered: no run of the winning training configuration {top.key} "
-                            f"logged an MLflow Model '{registry.MODEL_NAME}'")
+        result.notes.append(
+            f"no model registered: no run of the winning training configuration {top.key} "
+            f"logged an MLflow Model '{registry.MODEL_NAME}'"
+        )
     else:
         result.champion = champion.as_dict()
 
@@ -520,10 +599,16 @@ def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list
     rows = []
     for i, r in enumerate(ranking, 1):
         s = r.score
-        rows.append({
-            "rank": i, **{c: r.key[c] for c in key_cols}, unit: s.mean,
-            "ci_low": s.low, "ci_high": s.high, "n": s.n,
-        })
+        rows.append(
+            {
+                "rank": i,
+                **{c: r.key[c] for c in key_cols},
+                unit: s.mean,
+                "ci_low": s.low,
+                "ci_high": s.high,
+                "n": s.n,
+            }
+        )
     return rows
 
 
@@ -533,8 +618,12 @@ def tables(result: BestConfigResult) -> dict[str, list[dict]]:
         "training": _ranking_rows(result.training, list(CONFIG_PARAMS), "val_accuracy"),
         "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], ["cluster.name"], "images_per_second"),
         "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], ["cluster.name"], "cost_per_1000_images"),
-        "speedtest_by_speed": _ranking_rows(result.speedtest["by_speed"], ["source", "cluster.name"], "images_per_second"),
-        "speedtest_by_cost": _ranking_rows(result.speedtest["by_cost"], ["source", "cluster.name"], "cost_per_1000_images"),
+        "speedtest_by_speed": _ranking_rows(
+            result.speedtest["by_speed"], ["source", "cluster.name"], "images_per_second"
+        ),
+        "speedtest_by_cost": _ranking_rows(
+            result.speedtest["by_cost"], ["source", "cluster.name"], "cost_per_1000_images"
+        ),
     }
 
 
@@ -554,10 +643,15 @@ def render_text(result: BestConfigResult) -> str:
     out += [f"  {k}: {v['statement']}" for k, v in statements.items()]
     out += [f"  winner ({k}): {w['key']} by {w['by']}" for k, w in result.winners.items()]
     if result.excluded:
-        out += ["", "Excluded:"] + [f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded]
+        out += ["", "Excluded:"] + [
+            f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded
+        ]
     if result.champion:
-        out += ["", f"Registered model: {result.champion['uri']} (version {result.champion['version']}, "
-                f"run {result.champion['run_id']})"]
+        out += [
+            "",
+            f"Registered model: {result.champion['uri']} (version {result.champion['version']}, "
+            f"run {result.champion['run_id']})",
+        ]
     if result.notes:
         out += ["", "Notes:"] + [f"  {n}" for n in result.notes]
     return "\n".join(out) + "\n"
@@ -566,11 +660,15 @@ def render_text(result: BestConfigResult) -> str:
 def add_ranking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prices", default=str(DEFAULT_PRICES), help=f"price table YAML (default: {DEFAULT_PRICES})")
     parser.add_argument(
-        "--rank-by", choices=("speed", "cost"), default="speed",
+        "--rank-by",
+        choices=("speed", "cost"),
+        default="speed",
         help="what picks the winning cluster shape for preprocessing and the speed test: images/s or cost per "
         "1,000 images (default: speed); both rankings are always shown",
     )
-    parser.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
+    parser.add_argument(
+        "--confidence", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,7 @@ class Interval:
     method: str
     confidence: float
 
-    def overlaps(self, other: "Interval") -> bool | None:
+    def overlaps(self, other: Interval) -> bool | None:
         """``None`` if either side has no interval."""
         if self.low is None or self.high is None or other.low is None or other.high is None:
             return None

@@ -56,8 +56,10 @@ PARALLELISM_TAG = "speedtest.effective_parallelism"
 ON_THIS_MACHINE = ("local", "standalone")
 FIT_ORDER = {"dataproc": ("dataproc", "standalone", "local"), "local": ("local", "standalone")}
 CLUSTER_DIR = query.PROJECT_ROOT / "conf" / "cluster"
-LABEL = ("forecast: predicted by the scaling model fitted on the runs listed, not measured; "
-         "costs are the predicted seconds at list prices")
+LABEL = (
+    "forecast: predicted by the scaling model fitted on the runs listed, not measured; "
+    "costs are the predicted seconds at list prices"
+)
 
 
 def host_cores() -> int:
@@ -116,18 +118,26 @@ def load_shape(name: str, local_cores: int) -> Shape:
     local = name == LOCAL_SHAPE
     shape: dict = vars(OmegaConf.to_object(node.shape))
     params = {f"cluster.shape.{key}": str(value) for key, value in shape.items()}
-    return Shape(name, "local" if local else "dataproc", 1 if local else int(node.executors),
-                 local_cores if local or not node.executor_cores else int(node.executor_cores), params)
+    return Shape(
+        name,
+        "local" if local else "dataproc",
+        1 if local else int(node.executors),
+        local_cores if local or not node.executor_cores else int(node.executor_cores),
+        params,
+    )
 
 
 def shape_hourly(shape: Shape, prices: best_config.Prices, region: str) -> tuple[float | None, str]:
     """The shape's hourly price on Dataproc in ``region``, through the same rules as measured runs."""
     if shape.deploy != "dataproc":
         return None, "not priced: this machine"
-    row = pd.Series({
-        **{f"params.{key}": value for key, value in shape.shape_params.items()},
-        f"params.{best_config.REGION_PARAM}": region, f"tags.{best_config.DEPLOY_TAG}": best_config.PRICED_DEPLOY,
-    })
+    row = pd.Series(
+        {
+            **{f"params.{key}": value for key, value in shape.shape_params.items()},
+            f"params.{best_config.REGION_PARAM}": region,
+            f"tags.{best_config.DEPLOY_TAG}": best_config.PRICED_DEPLOY,
+        }
+    )
     return best_config.hourly_cost(row, prices)
 
 
@@ -166,12 +176,16 @@ def preprocess_points(runs: pd.DataFrame, options: Options) -> tuple[dict[str, l
         values = {key: value for key, value in read.items() if value is not None and math.isfinite(value) and value > 0}
         if len(values) < len(read):
             bad = ", ".join(sorted(set(read) - set(values)))
-            excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), "preprocess",
-                                                  f"missing or non-positive metric(s): {bad}"))
+            excluded.append(
+                overfitting.Exclusion(
+                    row["run_id"], row.get("run_name"), "preprocess", f"missing or non-positive metric(s): {bad}"
+                )
+            )
             continue
         cores = _cap(values["spark.total_cores"], deploy, options.local_cores)
         points.setdefault(deploy, []).append(
-            scaling.Point(values["images"], cores, int(values["spark.executors"]), values["seconds"], row["run_id"]))
+            scaling.Point(values["images"], cores, int(values["spark.executors"]), values["seconds"], row["run_id"])
+        )
     return points, excluded
 
 
@@ -196,8 +210,14 @@ def speedtest_points(
         deploy = _usable(row, excluded, options.scaling_only)
         parallel = str(row.get(f"tags.{PARALLELISM_TAG}", "1"))
         if deploy and parallel not in ("1", "nan"):
-            excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), "speedtest",
-                                                  f"{PARALLELISM_TAG}={parallel}: its timings overlap"))
+            excluded.append(
+                overfitting.Exclusion(
+                    row["run_id"],
+                    row.get("run_name"),
+                    "speedtest",
+                    f"{PARALLELISM_TAG}={parallel}: its timings overlap",
+                )
+            )
         elif deploy:
             kinds[row["run_id"]] = deploy
     rows, problems, _, by_id = best_config.speedtest_rows(selection, runs[runs["run_id"].isin(kinds)])
@@ -271,13 +291,20 @@ class ShapeForecast:
         p = self.prediction
         cores, machines = self.shape.model_inputs(self.task)
         return {
-            "predicted_seconds": p.seconds, "predicted_seconds_low": p.low, "predicted_seconds_high": p.high,
+            "predicted_seconds": p.seconds,
+            "predicted_seconds_low": p.low,
+            "predicted_seconds_high": p.high,
             "predicted_images_per_second": images / p.seconds if p.seconds > 0 else None,
             "cost_per_1000_images": self.cost(p.seconds, images),
-            "cost_per_1000_images_low": self.cost(p.low, images), "cost_per_1000_images_high": self.cost(p.high, images),
-            "hourly_cost": self.hourly, "cost_note": self.cost_note,
-            "fitted_on": self.fit_deploy, "cores": cores, "machines": machines,
-            "core_speed_ratio": self.ratio.as_dict() if self.ratio else None, "notes": self.notes,
+            "cost_per_1000_images_low": self.cost(p.low, images),
+            "cost_per_1000_images_high": self.cost(p.high, images),
+            "hourly_cost": self.hourly,
+            "cost_note": self.cost_note,
+            "fitted_on": self.fit_deploy,
+            "cores": cores,
+            "machines": machines,
+            "core_speed_ratio": self.ratio.as_dict() if self.ratio else None,
+            "notes": self.notes,
         }
 
 
@@ -285,14 +312,23 @@ def _refusal(task: str, machines: int, fits: dict[str, scaling.Fit], refusals: d
     if not fits:
         why = "; ".join(f"{deploy}: {text}" for deploy, text in refusals.items()) or f"no usable {task} runs"
         return f"no {task} model: {why}"
-    counts = "; ".join(f"{deploy} runs at {', '.join(map(str, f.machine_counts))} executor(s)" for deploy, f in fits.items())
-    return (f"{machines} executors are not covered ({counts}): add runs at 3 or more executor counts, e.g. "
-            "python run.py -m +experiment=scaling_points cluster.deploy=standalone")
+    counts = "; ".join(
+        f"{deploy} runs at {', '.join(map(str, f.machine_counts))} executor(s)" for deploy, f in fits.items()
+    )
+    return (
+        f"{machines} executors are not covered ({counts}): add runs at 3 or more executor counts, e.g. "
+        "python run.py -m +experiment=scaling_points cluster.deploy=standalone"
+    )
 
 
 def forecast_shape(
-    task: str, shape: Shape, fits: dict[str, scaling.Fit], refusals: dict[str, str], ratio: SpeedRatio,
-    images: int, hourly: tuple[float | None, str],
+    task: str,
+    shape: Shape,
+    fits: dict[str, scaling.Fit],
+    refusals: dict[str, str],
+    ratio: SpeedRatio,
+    images: int,
+    hourly: tuple[float | None, str],
 ) -> ShapeForecast:
     """One shape's prediction from the first fit that covers it (:data:`FIT_ORDER`), or why there is none."""
     cores, machines = shape.model_inputs(task)
@@ -314,7 +350,9 @@ def forecast_shape(
     if cores > fitted_cores:
         result.notes.append(f"extrapolated: {cores:g} cores, the fitted runs had at most {fitted_cores:g}")
     if machines > max(fit.machine_counts):
-        result.notes.append(f"extrapolated: {machines} executors, the fitted runs had at most {max(fit.machine_counts)}")
+        result.notes.append(
+            f"extrapolated: {machines} executors, the fitted runs had at most {max(fit.machine_counts)}"
+        )
     return result
 
 
@@ -325,13 +363,18 @@ def ranking_segments(lines: dict[str, tuple[float, float]]) -> list[dict]:
     names = sorted(lines)
     if not names:
         return []
-    breaks = sorted({
-        (lines[j][0] - lines[i][0]) / (lines[i][1] - lines[j][1])
-        for i in names for j in names
-        if i < j and lines[i][1] != lines[j][1] and (lines[j][0] - lines[i][0]) / (lines[i][1] - lines[j][1]) >= 1
-    })
+    breaks = sorted(
+        {
+            (lines[j][0] - lines[i][0]) / (lines[i][1] - lines[j][1])
+            for i in names
+            for j in names
+            if i < j and lines[i][1] != lines[j][1] and (lines[j][0] - lines[i][0]) / (lines[i][1] - lines[j][1]) >= 1
+        }
+    )
     edges = [0.0, *breaks]
-    probes = [math.sqrt(lo * hi) if lo else hi / 2 for lo, hi in zip(edges, breaks, strict=False)] + [2 * edges[-1] or 1.0]
+    probes = [math.sqrt(lo * hi) if lo else hi / 2 for lo, hi in zip(edges, breaks, strict=False)] + [
+        2 * edges[-1] or 1.0
+    ]
     segments: list[dict] = []
     for start, probe in zip(edges, probes, strict=True):
         ranking = sorted(names, key=lambda s: (lines[s][0] + lines[s][1] * probe, s))
@@ -358,8 +401,11 @@ class TaskForecast:
 
     def cheapest(self) -> str | None:
         """At one size the cost per image orders as hourly price x seconds does."""
-        ranked = sorted((s.hourly * s.prediction.seconds, s.shape.name)
-                        for s in self.shapes if s.prediction and s.hourly is not None)
+        ranked = sorted(
+            (s.hourly * s.prediction.seconds, s.shape.name)
+            for s in self.shapes
+            if s.prediction and s.hourly is not None
+        )
         return ranked[0][1] if ranked else None
 
     def time_segments(self) -> list[dict]:
@@ -367,21 +413,36 @@ class TaskForecast:
 
     def cost_segments(self) -> list[dict]:
         """Cost per image is h * (a + b N) / N: at one N it orders as the line (h a, h b) does."""
-        return ranking_segments({s.shape.name: (s.hourly * s.line[0], s.hourly * s.line[1])
-                                 for s in self.shapes if s.line and s.hourly is not None})
+        return ranking_segments(
+            {
+                s.shape.name: (s.hourly * s.line[0], s.hourly * s.line[1])
+                for s in self.shapes
+                if s.line and s.hourly is not None
+            }
+        )
 
     def as_dict(self) -> dict:
         return {
-            "fits": {**{d: f.as_dict() for d, f in self.fits.items()}, **{d: {"refused": r} for d, r in self.refusals.items()}},
+            "fits": {
+                **{d: f.as_dict() for d, f in self.fits.items()},
+                **{d: {"refused": r} for d, r in self.refusals.items()},
+            },
             "shapes": {s.shape.name: s.as_dict(self.images) for s in self.shapes},
-            "fastest": self.fastest(), "cheapest": self.cheapest(),
-            "fastest_by_size": self.time_segments(), "cheapest_by_size": self.cost_segments(),
+            "fastest": self.fastest(),
+            "cheapest": self.cheapest(),
+            "fastest_by_size": self.time_segments(),
+            "cheapest_by_size": self.cost_segments(),
             "core_speed_ratio": self.ratio.as_dict(),
         }
 
 
-def forecast_task(task: str, points: dict[str, list[scaling.Point]], shapes: Sequence[Shape],
-                  prices: best_config.Prices, options: Options) -> TaskForecast:
+def forecast_task(
+    task: str,
+    points: dict[str, list[scaling.Point]],
+    shapes: Sequence[Shape],
+    prices: best_config.Prices,
+    options: Options,
+) -> TaskForecast:
     """Fit ``task`` per deploy kind, then predict every shape at ``options.images``."""
     fits, refusals = {}, {}
     for deploy, mine in sorted(points.items()):
@@ -390,10 +451,15 @@ def forecast_task(task: str, points: dict[str, list[scaling.Point]], shapes: Seq
         except scaling.DegenerateDesign as error:
             refusals[deploy] = str(error)
     local_fit = next((fits[d] for d in ("standalone", "local") if d in fits), None)
-    ratio = (calibrate_ratio(local_fit, points.get("dataproc", []), options.core_speed_ratio) if local_fit
-             else SpeedRatio(options.core_speed_ratio, "assumed: --core-speed-ratio"))
-    rows = [forecast_shape(task, shape, fits, refusals, ratio, options.images, shape_hourly(shape, prices, options.region))
-            for shape in shapes]
+    ratio = (
+        calibrate_ratio(local_fit, points.get("dataproc", []), options.core_speed_ratio)
+        if local_fit
+        else SpeedRatio(options.core_speed_ratio, "assumed: --core-speed-ratio")
+    )
+    rows = [
+        forecast_shape(task, shape, fits, refusals, ratio, options.images, shape_hourly(shape, prices, options.region))
+        for shape in shapes
+    ]
     return TaskForecast(task, options.images, fits, refusals, rows, ratio)
 
 
@@ -410,8 +476,12 @@ class Forecast:
 
     def as_dict(self) -> dict:
         return {
-            "label": LABEL, "selection": self.selection.as_dict(), "images": self.options.images,
-            "shapes": list(self.options.shapes), "region": self.options.region, "speedtest_source": self.options.source,
+            "label": LABEL,
+            "selection": self.selection.as_dict(),
+            "images": self.options.images,
+            "shapes": list(self.options.shapes),
+            "region": self.options.region,
+            "speedtest_source": self.options.source,
             "local_cores": self.options.local_cores,
             "prices": {"source": self.prices.source, "date": self.prices.date, "currency": self.prices.currency},
             "tasks": {name: t.as_dict() for name, t in self.tasks.items()},
@@ -426,8 +496,10 @@ def build(selection: query.RunSelection, runs: pd.DataFrame, options: Options = 
     runs = runs[runs["task"].isin(TASKS)] if "task" in runs else runs.iloc[0:0]
     pre, ex_pre = preprocess_points(runs, options)
     speed, ex_speed = speedtest_points(selection, runs, options)
-    tasks = {"preprocess": forecast_task("preprocess", pre, shapes, prices, options),
-             "speedtest": forecast_task("speedtest", speed, shapes, prices, options)}
+    tasks = {
+        "preprocess": forecast_task("preprocess", pre, shapes, prices, options),
+        "speedtest": forecast_task("speedtest", speed, shapes, prices, options),
+    }
     return Forecast(selection, options, tasks, ex_pre + ex_speed, prices)
 
 
@@ -440,8 +512,9 @@ PLAN_BATCH_SIZE = 32  # the speed test's batch size in experiments/scaling_point
 PLAN_WARMUP = 2
 
 
-def design_plan(sizes: Sequence[int] = PLAN_SIZES, executors: Sequence[int] = PLAN_EXECUTORS,
-                runs: int = PLAN_RUNS) -> dict[str, dict[str, int]]:
+def design_plan(
+    sizes: Sequence[int] = PLAN_SIZES, executors: Sequence[int] = PLAN_EXECUTORS, runs: int = PLAN_RUNS
+) -> dict[str, dict[str, int]]:
     """``runs`` points of the grid sizes x executors (1 core each) that pin the full model down best
     (D-optimal, :func:`.scaling.d_optimal`), as ``scaling.points`` of experiments/scaling_points.yaml.
 
@@ -452,7 +525,10 @@ def design_plan(sizes: Sequence[int] = PLAN_SIZES, executors: Sequence[int] = PL
     x = scaling.design_matrix([g[0] for g in grid], [g[1] for g in grid], [g[1] for g in grid], scaling.TERMS)
     chosen = [grid[i] for i in scaling.d_optimal(x, runs)]
     return {
-        f"n{size}-e{count}": {"num_images": size, "executors": count,
-                              "batches": max(1, size // PLAN_BATCH_SIZE - PLAN_WARMUP)}
+        f"n{size}-e{count}": {
+            "num_images": size,
+            "executors": count,
+            "batches": max(1, size // PLAN_BATCH_SIZE - PLAN_WARMUP),
+        }
         for size, count in chosen
     }

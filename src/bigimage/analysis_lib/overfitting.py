@@ -144,7 +144,9 @@ class _LossRise:
     overfitting: bool  # rose for `patience` epochs while training loss fell
 
 
-def _loss_rise(steps: list[int], train_loss: np.ndarray, val_loss: np.ndarray, thresholds: Thresholds, notes: list[str]) -> _LossRise:
+def _loss_rise(
+    steps: list[int], train_loss: np.ndarray, val_loss: np.ndarray, thresholds: Thresholds, notes: list[str]
+) -> _LossRise:
     min_index = int(np.argmin(val_loss))
     rise_epochs = 0
     for value in val_loss[min_index + 1 :]:
@@ -171,14 +173,23 @@ class _AccuracyGap:
     val_above_note: str  # non-empty when validation accuracy ends above training accuracy
 
 
-def _accuracy_gap(steps: list[int], accuracy: pd.Series | None, val_accuracy: pd.Series | None, thresholds: Thresholds, notes: list[str]) -> _AccuracyGap:
+def _accuracy_gap(
+    steps: list[int],
+    accuracy: pd.Series | None,
+    val_accuracy: pd.Series | None,
+    thresholds: Thresholds,
+    notes: list[str],
+) -> _AccuracyGap:
     if accuracy is None or val_accuracy is None:
         notes.append("no accuracy/val_accuracy history: accuracy-gap check and validation-above-training check skipped")
         return _AccuracyGap(None, None, "")
     both = [
-        step for step in steps
-        if step in accuracy.index and step in val_accuracy.index
-        and math.isfinite(float(accuracy[step])) and math.isfinite(float(val_accuracy[step]))
+        step
+        for step in steps
+        if step in accuracy.index
+        and step in val_accuracy.index
+        and math.isfinite(float(accuracy[step]))
+        and math.isfinite(float(val_accuracy[step]))
     ]
     if not both:
         return _AccuracyGap(None, None, "")
@@ -227,7 +238,9 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: 
             f"({train_curve[rise.min_index]:.4g} -> {train_curve[rise.end_index]:.4g})"
         )
     if by_gap and gap.gaps is not None:
-        parts.append(f"final training-minus-validation accuracy gap {gap.final:.4g} exceeds {thresholds.gap_threshold:g}")
+        parts.append(
+            f"final training-minus-validation accuracy gap {gap.final:.4g} exceeds {thresholds.gap_threshold:g}"
+        )
         if onset is None:
             within = [step for step in gap.gaps.index if gap.gaps[step] <= thresholds.gap_threshold]
             onset = int(within[-1]) if within else rise.min_epoch
@@ -259,7 +272,9 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: 
 
 def _no_overfitting_reason(steps: list[int], rise: _LossRise, gap: _AccuracyGap, thresholds: Thresholds) -> str:
     gap_text = (
-        f"final accuracy gap {gap.final:.4g} <= {thresholds.gap_threshold:g}" if gap.final is not None else "no accuracy gap measured"
+        f"final accuracy gap {gap.final:.4g} <= {thresholds.gap_threshold:g}"
+        if gap.final is not None
+        else "no accuracy gap measured"
     )
     if rise.min_index == len(steps) - 1:
         loss_text = f"validation loss still at its minimum in the last epoch ({rise.min_epoch})"
@@ -309,9 +324,15 @@ def analyse(
     ok_status = []
     for _, row in candidates.iterrows():
         if row["status"] != "FINISHED":
-            what = {"RUNNING": "still running, curves incomplete", "FAILED": "the run failed",
-                    "KILLED": "the run was killed", "SCHEDULED": "not started"}.get(row["status"], "not finished")
-            excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), f"status {row['status']}: {what}"))
+            what = {
+                "RUNNING": "still running, curves incomplete",
+                "FAILED": "the run failed",
+                "KILLED": "the run was killed",
+                "SCHEDULED": "not started",
+            }.get(row["status"], "not finished")
+            excluded.append(
+                Exclusion(row["run_id"], row["run_name"], row.get("task"), f"status {row['status']}: {what}")
+            )
         else:
             ok_status.append(row)
     run_ids = [r["run_id"] for r in ok_status]
@@ -336,7 +357,7 @@ def write_tags(result: OverfittingResult) -> None:
         if v.onset_epoch is None:  # drop an onset left by an earlier analysis of the same run
             try:
                 client.delete_tag(v.run_id, TAG_ONSET)
-            except Exception:  # noqa: BLE001 - absent tag: nothing to drop
+            except Exception:
                 pass
     result.tags_written = True
 
@@ -344,20 +365,28 @@ def write_tags(result: OverfittingResult) -> None:
 def add_threshold_args(parser: argparse.ArgumentParser) -> None:
     d = Thresholds()
     parser.add_argument(
-        "--patience", type=int, default=d.patience,
+        "--patience",
+        type=int,
+        default=d.patience,
         help=f"epochs validation loss must stay above its minimum, with training loss falling, to call it "
         f"overfitting (default: {d.patience})",
     )
     parser.add_argument(
-        "--gap-threshold", type=float, default=d.gap_threshold,
+        "--gap-threshold",
+        type=float,
+        default=d.gap_threshold,
         help=f"final training-minus-validation accuracy gap above which a run is overfitting (default: {d.gap_threshold})",
     )
     parser.add_argument(
-        "--min-delta", type=float, default=d.min_delta,
+        "--min-delta",
+        type=float,
+        default=d.min_delta,
         help=f"a validation loss counts as above the minimum only by more than this (default: {d.min_delta})",
     )
     parser.add_argument(
-        "--val-above-margin", type=float, default=d.val_above_margin,
+        "--val-above-margin",
+        type=float,
+        default=d.val_above_margin,
         help=f"flag 'validation above training' when final val_accuracy exceeds accuracy by more than this "
         f"(default: {d.val_above_margin})",
     )
@@ -410,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         return common.fail_no_runs(str(exc))
     result = analyse(selection, runs, thresholds)
     return common.finish(
-        args, result, bool(result.verdicts), f"no training run that can be judged in {selection.describe()}",
-        write_tags, render_text,
+        args,
+        result,
+        bool(result.verdicts),
+        f"no training run that can be judged in {selection.describe()}",
+        write_tags,
+        render_text,
     )

@@ -31,7 +31,9 @@ def metrics(result: forecast.Forecast) -> dict[str, float]:
     out: dict[str, float] = {}
     for task, task_forecast in result.tasks.items():
         for name, shape in task_forecast.as_dict()["shapes"].items():
-            out.update({f"forecast.{task}.{name}.{key}": shape[key] for key in METRIC_KEYS if shape.get(key) is not None})
+            out.update(
+                {f"forecast.{task}.{name}.{key}": shape[key] for key in METRIC_KEYS if shape.get(key) is not None}
+            )
         for deploy, fit in task_forecast.fits.items():
             out[f"forecast.{task}.{deploy}.loo_mean_relative_error"] = fit.loo_error()[0]
     return out
@@ -44,7 +46,7 @@ def log_forecast(client, run_id: str, result: forecast.Forecast) -> None:
     now = int(pd.Timestamp.now().timestamp() * 1000)
     batch = [Metric(key, float(value), now, 0) for key, value in metrics(result).items()]
     for start in range(0, len(batch), 900):
-        client.log_batch(run_id, metrics=batch[start:start + 900])
+        client.log_batch(run_id, metrics=batch[start : start + 900])
     client.log_text(run_id, common.dump_json(result.as_dict()), MODEL_ARTIFACT)
 
 
@@ -57,8 +59,16 @@ def _money(value: float | None, currency: str) -> str:
 
 def coefficient_rows(fit: scaling.Fit) -> list[dict]:
     pct = int(round(fit.confidence * 100))
-    return [{"term": c["term"], "formula": scaling.TERM_FORMULA[c["term"]], "value": c["value"],
-             f"{pct}% low": c["low"], f"{pct}% high": c["high"]} for c in fit.as_dict()["coefficients"]]
+    return [
+        {
+            "term": c["term"],
+            "formula": scaling.TERM_FORMULA[c["term"]],
+            "value": c["value"],
+            f"{pct}% low": c["low"],
+            f"{pct}% high": c["high"],
+        }
+        for c in fit.as_dict()["coefficients"]
+    ]
 
 
 def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
@@ -70,14 +80,21 @@ def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
             rows.append({"shape": shape.shape.name, "fitted on": "", "notes": f"refused: {d['refused']}"})
             continue
         ratio = d["core_speed_ratio"]
-        rows.append({
-            "shape": shape.shape.name, "fitted on": d["fitted_on"], "cores": d["cores"], "executors": d["machines"],
-            "seconds": d["predicted_seconds"], "low": d["predicted_seconds_low"], "high": d["predicted_seconds_high"],
-            "images/s": d["predicted_images_per_second"],
-            f"{currency} / 1,000 images": d["cost_per_1000_images"] or shape.cost_note,
-            "core speed ratio": f"{ratio['value']:.3g} ({ratio['source']})" if ratio else "",
-            "notes": "; ".join(d["notes"]),
-        })
+        rows.append(
+            {
+                "shape": shape.shape.name,
+                "fitted on": d["fitted_on"],
+                "cores": d["cores"],
+                "executors": d["machines"],
+                "seconds": d["predicted_seconds"],
+                "low": d["predicted_seconds_low"],
+                "high": d["predicted_seconds_high"],
+                "images/s": d["predicted_images_per_second"],
+                f"{currency} / 1,000 images": d["cost_per_1000_images"] or shape.cost_note,
+                "core speed ratio": f"{ratio['value']:.3g} ({ratio['source']})" if ratio else "",
+                "notes": "; ".join(d["notes"]),
+            }
+        )
     return rows
 
 
@@ -91,7 +108,8 @@ def _segments_text(segments: list[dict], what: str) -> str:
     else:
         text = f"{what} by data size: " + "; ".join(
             f"{s['ranking'][0]} " + (f"from {s['from_images']:,.0f} images" if s["from_images"] else "first")
-            for s in winners)
+            for s in winners
+        )
     changes = [f"{s['from_images']:,.0f} ({' < '.join(s['ranking'])})" for s in segments[1:]]
     return text + (f"; the order changes at {', '.join(changes)} images" if changes else "; the order never changes")
 
@@ -111,8 +129,10 @@ def fit_lines(task: forecast.TaskForecast) -> list[str]:
     lines = []
     for deploy, fit in task.fits.items():
         mean, worst = fit.loo_error()
-        lines.append(f"{deploy}: {len(fit.points)} runs, terms {', '.join(fit.terms)}; leave-one-out error "
-                     f"mean {mean:.1%}, max {worst:.1%}" + "".join(f"; {n}" for n in fit.notes))
+        lines.append(
+            f"{deploy}: {len(fit.points)} runs, terms {', '.join(fit.terms)}; leave-one-out error "
+            f"mean {mean:.1%}, max {worst:.1%}" + "".join(f"; {n}" for n in fit.notes)
+        )
     lines += [f"{deploy}: refused: {why}" for deploy, why in task.refusals.items()]
     return lines
 
@@ -124,10 +144,17 @@ def render_text(result: forecast.Forecast) -> str:
         out += [f"== {name} ==", "Fits (per deployment kind):", *[f"  {line}" for line in fit_lines(task)]]
         for deploy, fit in task.fits.items():
             out += [f"Coefficients ({deploy}):", common.text_table(coefficient_rows(fit))]
-        out += [f"Predictions at {task.images:,} images (prices: {result.options.region}, {result.prices.date}):",
-                common.text_table(shape_rows(task, currency)), *[f"- {c}" for c in conclusions(task)], ""]
+        out += [
+            f"Predictions at {task.images:,} images (prices: {result.options.region}, {result.prices.date}):",
+            common.text_table(shape_rows(task, currency)),
+            *[f"- {c}" for c in conclusions(task)],
+            "",
+        ]
     if result.excluded:
-        out += ["Left out:", *[f"  {e.run_name or e.run_id} ({e.run_id}, {e.task}): {e.reason}" for e in result.excluded]]
+        out += [
+            "Left out:",
+            *[f"  {e.run_name or e.run_id} ({e.run_id}, {e.task}): {e.reason}" for e in result.excluded],
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -145,14 +172,26 @@ def curves(result: forecast.Forecast, steps: int = 40) -> pd.DataFrame:
             ratio = shape.ratio.value if shape.ratio else 1.0
             for images in np.geomspace(max(1.0, task.images / 100), task.images, steps):
                 p = shape.fit.predict(images, cores, machines, ratio)
-                rows.append({"task": name, "shape": shape.shape.name, "images": images,
-                             "seconds": p.seconds, "low": p.low, "high": p.high})
+                rows.append(
+                    {
+                        "task": name,
+                        "shape": shape.shape.name,
+                        "images": images,
+                        "seconds": p.seconds,
+                        "low": p.low,
+                        "high": p.high,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def measured(result: forecast.Forecast) -> pd.DataFrame:
-    rows = [{"task": name, "deploy": deploy, "cores": f"{p.cores:g} cores", "images": p.images, "seconds": p.seconds}
-            for name, task in result.tasks.items() for deploy, fit in task.fits.items() for p in fit.points]
+    rows = [
+        {"task": name, "deploy": deploy, "cores": f"{p.cores:g} cores", "images": p.images, "seconds": p.seconds}
+        for name, task in result.tasks.items()
+        for deploy, fit in task.fits.items()
+        for p in fit.points
+    ]
     return pd.DataFrame(rows)
 
 
@@ -177,7 +216,9 @@ def figure(result: forecast.Forecast, path: Path) -> str | None:
         dots = points[points["task"] == task]
         if not dots.empty:
             sns.scatterplot(data=dots, x="images", y="seconds", style="deploy", color="black", ax=ax, legend="brief")
-        ax.set(xscale="log", yscale="log", title=f"{task}: measured runs, fitted curves", xlabel="images", ylabel="seconds")
+        ax.set(
+            xscale="log", yscale="log", title=f"{task}: measured runs, fitted curves", xlabel="images", ylabel="seconds"
+        )
     fig.suptitle(f"Forecast (bands: {int(result.options.confidence * 100)}% prediction intervals)", fontsize=10)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -186,16 +227,26 @@ def figure(result: forecast.Forecast, path: Path) -> str | None:
 
 def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | None) -> list[str]:
     """The report's "Forecast" section."""
-    out = ["## Forecast", "", f"_{forecast.LABEL}._ Model (Ernest, NSDI'16), fitted with non-negative least squares "
-           "per task and deployment kind: time = t0 + t1 x images / cores + t2 x log(executors) + t3 x executors "
-           "(task 2: t0 + t1 x images / cores: one pipeline on one executor). Terms the runs cannot pin down are "
-           "left out and said so; validation: leave-one-out error of each fit.", ""]
+    out = [
+        "## Forecast",
+        "",
+        f"_{forecast.LABEL}._ Model (Ernest, NSDI'16), fitted with non-negative least squares "
+        "per task and deployment kind: time = t0 + t1 x images / cores + t2 x log(executors) + t3 x executors "
+        "(task 2: t0 + t1 x images / cores: one pipeline on one executor). Terms the runs cannot pin down are "
+        "left out and said so; validation: leave-one-out error of each fit.",
+        "",
+    ]
     for name, task in result.tasks.items():
         out += [f"### {name}", "", *[f"- {line}" for line in fit_lines(task)], ""]
         for deploy, fit in task.fits.items():
             out += [f"Coefficients fitted on {deploy} runs:", "", common.markdown_table(coefficient_rows(fit))]
-        out += [f"At {task.images:,} images:", "", common.markdown_table(shape_rows(task, result.prices.currency)),
-                *[f"- {c}" for c in conclusions(task)], ""]
+        out += [
+            f"At {task.images:,} images:",
+            "",
+            common.markdown_table(shape_rows(task, result.prices.currency)),
+            *[f"- {c}" for c in conclusions(task)],
+            "",
+        ]
     out += [f"_Forecast figure: {figure_problem}._" if figure_problem else f"![Forecast]({figure_name})", ""]
     return out
 
@@ -205,19 +256,38 @@ def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | 
 
 def add_forecast_args(parser: argparse.ArgumentParser) -> None:
     """The forecast's options, shared by analysis/predict.py and analysis/report.py (its Forecast section)."""
-    parser.add_argument("--images", type=int, default=forecast.DEFAULT_IMAGES,
-                        help=f"data size to predict for (default: {forecast.DEFAULT_IMAGES})")
-    parser.add_argument("--shapes", default=",".join(forecast.DEFAULT_SHAPES),
-                        help="comma-separated names of the cluster group (default: the seed's single,maximal,four; "
-                        "'local' is this machine with its cores)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=forecast.DEFAULT_IMAGES,
+        help=f"data size to predict for (default: {forecast.DEFAULT_IMAGES})",
+    )
+    parser.add_argument(
+        "--shapes",
+        default=",".join(forecast.DEFAULT_SHAPES),
+        help="comma-separated names of the cluster group (default: the seed's single,maximal,four; "
+        "'local' is this machine with its cores)",
+    )
     parser.add_argument("--region", default=forecast.Options.region, help="Dataproc region of the prices")
-    parser.add_argument("--core-speed-ratio", type=float, default=1.0,
-                        help="assumed speed of a Dataproc vCPU over a core of this machine (default 1.0); used only "
-                        "for Dataproc shapes predicted from local runs when the store has no Dataproc run to calibrate it")
-    parser.add_argument("--local-cores", type=int, default=forecast.host_cores(),
-                        help="cores of the machine that ran the local and standalone runs (default: this machine's)")
-    parser.add_argument("--source", default=forecast.Options.source, choices=("tfrecord", "files"),
-                        help="speed-test source to model (default: tfrecord)")
+    parser.add_argument(
+        "--core-speed-ratio",
+        type=float,
+        default=1.0,
+        help="assumed speed of a Dataproc vCPU over a core of this machine (default 1.0); used only "
+        "for Dataproc shapes predicted from local runs when the store has no Dataproc run to calibrate it",
+    )
+    parser.add_argument(
+        "--local-cores",
+        type=int,
+        default=forecast.host_cores(),
+        help="cores of the machine that ran the local and standalone runs (default: this machine's)",
+    )
+    parser.add_argument(
+        "--source",
+        default=forecast.Options.source,
+        choices=("tfrecord", "files"),
+        help="speed-test source to model (default: tfrecord)",
+    )
     parser.add_argument("--scaling-points-only", action="store_true", help="use only runs tagged scaling_point=true")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default: 2000)")
 
@@ -225,18 +295,31 @@ def add_forecast_args(parser: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> forecast.Options:
     shapes = tuple(s.strip() for s in args.shapes.split(",") if s.strip())
     return forecast.Options(
-        images=args.images, shapes=shapes, prices_path=args.prices, region=args.region,
-        core_speed_ratio=args.core_speed_ratio, local_cores=args.local_cores, confidence=args.confidence,
-        bootstrap=args.bootstrap, source=args.source, scaling_only=args.scaling_points_only,
+        images=args.images,
+        shapes=shapes,
+        prices_path=args.prices,
+        region=args.region,
+        core_speed_ratio=args.core_speed_ratio,
+        local_cores=args.local_cores,
+        confidence=args.confidence,
+        bootstrap=args.bootstrap,
+        source=args.source,
+        scaling_only=args.scaling_points_only,
     )
 
 
 def add_plan_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--plan", action="store_true",
-                        help="print a D-optimal design of scaling points (experiments/scaling_points.yaml) and exit")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print a D-optimal design of scaling points (experiments/scaling_points.yaml) and exit",
+    )
     parser.add_argument("--plan-sizes", default=",".join(map(str, forecast.PLAN_SIZES)), help="candidate data sizes")
-    parser.add_argument("--plan-executors", default=",".join(map(str, forecast.PLAN_EXECUTORS)),
-                        help="candidate executor counts (one core each): what the machine or cluster offers")
+    parser.add_argument(
+        "--plan-executors",
+        default=",".join(map(str, forecast.PLAN_EXECUTORS)),
+        help="candidate executor counts (one core each): what the machine or cluster offers",
+    )
     parser.add_argument("--plan-runs", type=int, default=forecast.PLAN_RUNS, help="points to choose")
 
 

@@ -22,13 +22,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from bigimage.config import TrackingConfig
+from bigimage.tracking.names import MODEL_NAME
 from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = TrackingConfig.registered_model
 ALIAS = "champion"
-MODEL_NAME = "model"  # the name task 3 logs its MLflow Model under (bigimage.train.export.MODEL_NAME)
 
 
 @dataclass(frozen=True)

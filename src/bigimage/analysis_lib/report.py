@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display, ever: runs unattended
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from bigimage.analysis_lib import (  # noqa: E402
+from bigimage.analysis_lib import (
     best_config,
     common,
     forecast,
@@ -29,7 +30,7 @@ from bigimage.analysis_lib import (  # noqa: E402
     predict,
     registry,
 )
-from bigimage.tracking import query  # noqa: E402
+from bigimage.tracking import query
 
 REPORT_FILE = "report.md"
 JSON_FILE = "analysis.json"
@@ -47,6 +48,17 @@ def default_output_dir() -> Path:
 # --- figures ----------------------------------------------------------------------------------
 
 
+def _mark_onsets(grid: Any, meta: pd.DataFrame, verdicts: dict[str, Any]) -> None:
+    """A dashed line at each overfitting run's onset epoch, in its panel."""
+    for panel, ax in grid.axes_dict.items():
+        for _, member in meta[meta["panel"] == panel].iterrows():
+            verdict = verdicts[member["run_id"]]
+            if verdict.overfitting and verdict.onset_epoch is not None:
+                ax.axvline(verdict.onset_epoch, color="crimson", linestyle="--", linewidth=1)
+                onset = (verdict.onset_epoch, ax.get_ylim()[1])
+                ax.annotate(f"onset {verdict.onset_epoch}", onset, fontsize=7, color="crimson", ha="left", va="top")
+
+
 def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     of = result.overfitting
     wide = of.histories
@@ -57,36 +69,45 @@ def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | No
     meta = []
     for run_id in verdict:
         row = by_id.loc[run_id]
-        meta.append({
-            "run_id": run_id,
-            "run": row.get("run_name") or run_id[:8],
-            "strategy": query.param(row, "strategy.name", "?"),
-            "batch_size": str(query.param(row, "batch_size", "?")),
-        })
+        meta.append(
+            {
+                "run_id": run_id,
+                "run": row.get("run_name") or run_id[:8],
+                "strategy": query.param(row, "strategy.name", "?"),
+                "batch_size": str(query.param(row, "batch_size", "?")),
+            }
+        )
     meta = pd.DataFrame(meta)
     meta["panel"] = meta["strategy"] + " / batch " + meta["batch_size"]
     order = sorted(meta["panel"].unique(), key=lambda p: (p.split(" / ")[0], _as_int(p.rsplit(" ", 1)[-1])))
     cols = [c for c in ("loss", "val_loss") if c in wide.columns]
     data = wide[wide["run_id"].isin(verdict)].merge(meta, on="run_id")
-    long = data.melt(id_vars=["run_id", "panel", "step"], value_vars=cols,
-                     var_name="metric", value_name="value").dropna(subset=["value"])
+    long = data.melt(
+        id_vars=["run_id", "panel", "step"], value_vars=cols, var_name="metric", value_name="value"
+    ).dropna(subset=["value"])
     long["epoch"] = long["step"].astype(int)
     grid = sns.relplot(
-        data=long, x="epoch", y="value", hue="metric", units="run_id", estimator=None, kind="line",
-        col="panel", col_order=order, col_wrap=min(3, len(order)), height=2.6, aspect=1.3,
-        facet_kws={"sharey": False}, alpha=0.8,
+        data=long,
+        x="epoch",
+        y="value",
+        hue="metric",
+        units="run_id",
+        estimator=None,
+        kind="line",
+        col="panel",
+        col_order=order,
+        col_wrap=min(3, len(order)),
+        height=2.6,
+        aspect=1.3,
+        facet_kws={"sharey": False},
+        alpha=0.8,
     )
     grid.set_titles("{col_name}")
-    for panel, ax in grid.axes_dict.items():
-        for _, m in meta[meta["panel"] == panel].iterrows():
-            v = verdict[m["run_id"]]
-            if v.overfitting and v.onset_epoch is not None:
-                ax.axvline(v.onset_epoch, color="crimson", linestyle="--", linewidth=1)
-                ax.annotate(f"onset {v.onset_epoch}", (v.onset_epoch, ax.get_ylim()[1]), fontsize=7,
-                            color="crimson", ha="left", va="top")
+    _mark_onsets(grid, meta, verdict)
     grid.set_axis_labels("epoch (0-based)", "loss")
-    grid.figure.suptitle("Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)",
-                         y=1.02, fontsize=10)
+    grid.figure.suptitle(
+        "Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)", y=1.02, fontsize=10
+    )
     grid.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(grid.figure)
     return None
@@ -111,12 +132,21 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
         return "no usable speed-test table: no throughput figure"
     data = data.assign(batch_size=data["batch_size"].astype(int))
     grid = sns.catplot(
-        data=data, x="batch_size", y="images_per_second", hue="source", col="cluster.name", kind="point",
-        errorbar=("ci", 95), dodge=0.2, height=3, aspect=1.1,
+        data=data,
+        x="batch_size",
+        y="images_per_second",
+        hue="source",
+        col="cluster.name",
+        kind="point",
+        errorbar=("ci", 95),
+        dodge=0.2,
+        height=3,
+        aspect=1.1,
     )
     grid.set_axis_labels("batch size", "images / s")
-    grid.figure.suptitle("Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)",
-                         y=1.03, fontsize=10)
+    grid.figure.suptitle(
+        "Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)", y=1.03, fontsize=10
+    )
     grid.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(grid.figure)
     return None
@@ -146,12 +176,19 @@ def _overfitting_rows(result: best_config.BestConfigResult) -> list[dict]:
     rows = []
     for v in result.overfitting.verdicts:
         row = by_id.loc[v.run_id]
-        rows.append({
-            "run": v.run_name or v.run_id[:8], "strategy": query.param(row, "strategy.name"),
-            "batch_size": query.param(row, "batch_size"), "epochs": v.epochs,
-            "overfitting": "yes" if v.overfitting else "no", "onset epoch": v.onset_epoch, "final gap": v.gap,
-            "val above train": "yes" if v.val_above_train else "no", "reason": v.reason,
-        })
+        rows.append(
+            {
+                "run": v.run_name or v.run_id[:8],
+                "strategy": query.param(row, "strategy.name"),
+                "batch_size": query.param(row, "batch_size"),
+                "epochs": v.epochs,
+                "overfitting": "yes" if v.overfitting else "no",
+                "onset epoch": v.onset_epoch,
+                "final gap": v.gap,
+                "val above train": "yes" if v.val_above_train else "no",
+                "reason": v.reason,
+            }
+        )
     return rows
 
 
@@ -162,7 +199,11 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
     if of.verdicts:
         out.append(
             f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit"
-            + (": " + ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over) if n_over else "")
+            + (
+                ": " + ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over)
+                if n_over
+                else ""
+            )
             + "."
         )
     above = [v for v in of.verdicts if v.val_above_train]
@@ -170,7 +211,8 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
         out.append(
             f"{len(above)} run(s) have validation accuracy above training accuracy "
             f"({', '.join(v.run_name or v.run_id[:8] for v in above)}). This is not overfitting; "
-            + overfitting.VAL_ABOVE_TRAIN_EXPLANATION.split("; ", 1)[1] + "."
+            + overfitting.VAL_ABOVE_TRAIN_EXPLANATION.split("; ", 1)[1]
+            + "."
         )
     st = result.statements()
     if result.training:
@@ -181,8 +223,10 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
             f"{st['training']['statement']}."
         )
     if result.champion:
-        out.append(f"Its best run's model is registered as `{result.champion['uri']}` (version "
-                   f"{result.champion['version']}, run {result.champion['run_id']}).")
+        out.append(
+            f"Its best run's model is registered as `{result.champion['uri']}` (version "
+            f"{result.champion['version']}, run {result.champion['run_id']})."
+        )
     for section, label in (("preprocess", "preprocessing"), ("speedtest", "the speed test")):
         ranking = getattr(result, section)
         if ranking["by_speed"]:
@@ -190,18 +234,24 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
             text = f"Fastest cluster shape for {label}: {_key_text(fastest.key)} at {fastest.score.text()} images/s"
             if ranking["by_cost"]:
                 cheapest = ranking["by_cost"][0]
-                text += (f"; cheapest: {_key_text(cheapest.key)} at {cheapest.score.text('{:.3g}')} "
-                         f"{result.prices.currency} per 1,000 images")
+                text += (
+                    f"; cheapest: {_key_text(cheapest.key)} at {cheapest.score.text('{:.3g}')} "
+                    f"{result.prices.currency} per 1,000 images"
+                )
             winner = result.winners.get(section, {}).get("key")
-            out.append(text + f". Winner by {result.rank_by}: {_key_text(winner) if winner else 'none'}; "
-                       f"{st[section]['statement']}.")
+            out.append(
+                text + f". Winner by {result.rank_by}: {_key_text(winner) if winner else 'none'}; "
+                f"{st[section]['statement']}."
+            )
     if result.excluded:
         out.append(f"{len(result.excluded)} run(s) were left out; the table below says why.")
     return out
 
 
 def render_markdown(
-    result: best_config.BestConfigResult, figures: dict[str, str | None], run_id: str | None,
+    result: best_config.BestConfigResult,
+    figures: dict[str, str | None],
+    run_id: str | None,
     forecast_result: forecast.Forecast | None = None,
 ) -> str:
     tables = best_config.tables(result)
@@ -209,15 +259,35 @@ def render_markdown(
         _header_md(result, run_id),
         _overfitting_md(result, figures),
         _training_md(result, tables),
-        _shapes_md(result, tables, figures, "preprocess", "Preprocessing: cluster shapes", FIG_PREPROCESS,
-                   "Preprocessing time by cluster", "", "machines + Dataproc fee + disks; "),
-        _shapes_md(result, tables, figures, "speedtest", "Speed test: cluster shapes", FIG_THROUGHPUT,
-                   "Throughput by batch size and source",
-                   "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
-                   "over repetitions of all runs of a shape.", ""),
+        _shapes_md(
+            result,
+            tables,
+            figures,
+            "preprocess",
+            "Preprocessing: cluster shapes",
+            FIG_PREPROCESS,
+            "Preprocessing time by cluster",
+            "",
+            "machines + Dataproc fee + disks; ",
+        ),
+        _shapes_md(
+            result,
+            tables,
+            figures,
+            "speedtest",
+            "Speed test: cluster shapes",
+            FIG_THROUGHPUT,
+            "Throughput by batch size and source",
+            "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
+            "over repetitions of all runs of a shape.",
+            "",
+        ),
         predict.markdown(forecast_result, FIG_FORECAST, figures.get(FIG_FORECAST)) if forecast_result else [],
-        ["## Runs left out", "",
-         common.markdown_table([e.as_dict() for e in result.excluded], ["run_name", "run_id", "task", "reason"])],
+        [
+            "## Runs left out",
+            "",
+            common.markdown_table([e.as_dict() for e in result.excluded], ["run_name", "run_id", "task", "reason"]),
+        ],
     ]
     if result.notes:
         sections.append(["## Notes", "", *[f"- {n}" for n in result.notes], ""])
@@ -225,7 +295,7 @@ def render_markdown(
 
 
 def _header_md(result: best_config.BestConfigResult, run_id: str | None) -> list[str]:
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
         "# Analysis report",
         "",
@@ -272,8 +342,15 @@ def _training_md(result: best_config.BestConfigResult, tables: dict) -> list[str
 
 
 def _shapes_md(
-    result: best_config.BestConfigResult, tables: dict, figures: dict[str, str | None], section: str, title: str,
-    figure: str, figure_title: str, explanation: str, cost_parts: str,
+    result: best_config.BestConfigResult,
+    tables: dict,
+    figures: dict[str, str | None],
+    section: str,
+    title: str,
+    figure: str,
+    figure_title: str,
+    explanation: str,
+    cost_parts: str,
 ) -> list[str]:
     """One task's ranking of cluster shapes: by speed, then by cost for the runs that are priced."""
     return [
@@ -309,7 +386,9 @@ class Report:
 
     def as_dict(self) -> dict:
         return {
-            "report": str(self.path), "output_dir": str(self.output_dir), "analysis_run_id": self.run_id,
+            "report": str(self.path),
+            "output_dir": str(self.output_dir),
+            "analysis_run_id": self.run_id,
             "figures": sorted(k for k, v in self.figures.items() if v is None),
             "figure_notes": {k: v for k, v in self.figures.items() if v},
             "conclusions": _conclusions(self.result),
@@ -353,9 +432,13 @@ def make_report(
     figures = _write_figures(result, out)
     if forecast_result:
         figures[FIG_FORECAST] = predict.figure(forecast_result, out / FIG_FORECAST)
-    document = {"overfitting": result.overfitting.as_dict(), "best_config": result.as_dict(),
-                "forecast": forecast_result.as_dict() if forecast_result else None,
-                "figures": {k: (None if v else k) for k, v in figures.items()}, "figure_notes": figures}
+    document = {
+        "overfitting": result.overfitting.as_dict(),
+        "best_config": result.as_dict(),
+        "forecast": forecast_result.as_dict() if forecast_result else None,
+        "figures": {k: (None if v else k) for k, v in figures.items()},
+        "figure_notes": figures,
+    }
     (out / JSON_FILE).write_text(common.dump_json(document))
     run_id = None
     if log_run:
@@ -376,8 +459,12 @@ def _forecast(
 
 
 def _analyse(
-    tracking_uri: str | None, experiment: str | None, parent_run_id: str | None,
-    thresholds: overfitting.Thresholds, prices_path: str | Path | None, rank_by: str,
+    tracking_uri: str | None,
+    experiment: str | None,
+    parent_run_id: str | None,
+    thresholds: overfitting.Thresholds,
+    prices_path: str | Path | None,
+    rank_by: str,
 ) -> tuple[query.RunSelection, best_config.BestConfigResult]:
     selection, runs = query.load_runs(tracking_uri, experiment, parent_run_id)
     runs = runs[runs["task"] != "analysis"].reset_index(drop=True)  # earlier reports are not data
@@ -401,8 +488,12 @@ def _write_figures(result: best_config.BestConfigResult, out: Path) -> dict[str,
 
 
 def _log_report_run(
-    selection: query.RunSelection, parent_run_id: str | None, result: best_config.BestConfigResult,
-    figures: dict[str, str | None], out: Path, forecast_result: forecast.Forecast | None = None,
+    selection: query.RunSelection,
+    parent_run_id: str | None,
+    result: best_config.BestConfigResult,
+    figures: dict[str, str | None],
+    out: Path,
+    forecast_result: forecast.Forecast | None = None,
 ) -> str:
     """The analysis run: created first, since the report names it, then the files (and the forecast's
     metrics and model, :func:`.predict.log_forecast`) are logged into it."""
@@ -442,8 +533,11 @@ def main(argv: list[str] | None = None) -> int:
     overfitting.add_threshold_args(parser)
     best_config.add_ranking_args(parser)
     predict.add_forecast_args(parser)
-    parser.add_argument("--output-dir", default=None,
-                        help="where to write the report (default: reports/<timestamp> under the project root)")
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where to write the report (default: reports/<timestamp> under the project root)",
+    )
     parser.add_argument("--no-write-tags", action="store_true", help="do not tag the analysed runs")
     parser.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow analysis run")
     registry.add_registry_args(parser)
@@ -451,9 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = overfitting.thresholds_from_args(args)
     try:
         report = make_report(
-            args.tracking_uri, args.experiment, args.parent_run, args.output_dir, thresholds=thresholds,
-            prices_path=args.prices, rank_by=args.rank_by, write_tags=not args.no_write_tags,
-            log_run=not args.no_log_run, forecast_options=predict.options_from_args(args),
+            args.tracking_uri,
+            args.experiment,
+            args.parent_run,
+            args.output_dir,
+            thresholds=thresholds,
+            prices_path=args.prices,
+            rank_by=args.rank_by,
+            write_tags=not args.no_write_tags,
+            log_run=not args.no_log_run,
+            forecast_options=predict.options_from_args(args),
             registered_model=registry.model_name(args),
         )
     except query.NoRunsError as exc:

@@ -48,8 +48,10 @@ INTERCEPT, DATA, LOG_MACHINES, MACHINES = "intercept", "data_per_core", "log_mac
 TERMS = (INTERCEPT, DATA, LOG_MACHINES, MACHINES)
 MACHINE_TERMS = (LOG_MACHINES, MACHINES)
 TERM_FORMULA = {
-    INTERCEPT: "t0 (s)", DATA: "t1 * images / cores (s per image per core)",
-    LOG_MACHINES: "t2 * log(machines) (s)", MACHINES: "t3 * machines (s per machine)",
+    INTERCEPT: "t0 (s)",
+    DATA: "t1 * images / cores (s per image per core)",
+    LOG_MACHINES: "t2 * log(machines) (s)",
+    MACHINES: "t3 * machines (s per machine)",
 }
 MAX_CONDITION = 1e8  # of the column-scaled design; beyond it the terms are not told apart
 
@@ -106,8 +108,10 @@ def identifiable_terms(points: Sequence[Point], allowed: Sequence[str] = TERMS) 
         notes.append(f"no machine term: every run had {_counts(machines)} executor(s) (absorbed by t0)")
     elif wanted and len(machines) == 2:
         terms += [MACHINES] if MACHINES in wanted else wanted[:1]
-        notes.append(f"one machine term only: runs at 2 executor counts ({_counts(machines)}) cannot tell "
-                     "log(machines) from machines; add runs at a third count to fit both")
+        notes.append(
+            f"one machine term only: runs at 2 executor counts ({_counts(machines)}) cannot tell "
+            "log(machines) from machines; add runs at a third count to fit both"
+        )
     elif wanted:
         terms += wanted
     if len(points) < len(terms) + 1:
@@ -115,8 +119,9 @@ def identifiable_terms(points: Sequence[Point], allowed: Sequence[str] = TERMS) 
             f"{len(terms)} terms ({', '.join(terms)}) need at least {len(terms) + 1} runs, there are {len(points)}: "
             "add runs at other data sizes or executor counts"
         )
-    scaled = _scale(design_matrix([p.images for p in points], [p.cores for p in points],
-                                  [p.machines for p in points], terms))[0]
+    scaled = _scale(
+        design_matrix([p.images for p in points], [p.cores for p in points], [p.machines for p in points], terms)
+    )[0]
     if np.linalg.matrix_rank(scaled) < len(terms) or np.linalg.cond(scaled) > MAX_CONDITION:
         raise DegenerateDesign(
             f"the runs do not tell the terms {', '.join(terms)} apart (the design is singular): vary the data "
@@ -210,9 +215,17 @@ class Fit:
 
     def residuals(self) -> list[dict]:
         return [
-            {"run_id": p.run_id, "images": p.images, "cores": p.cores, "machines": p.machines, "seconds": p.seconds,
-             "fitted_seconds": float(f), "residual_seconds": p.seconds - float(f),
-             "loo_predicted_seconds": float(lp), "loo_relative_error": abs(float(lp) - p.seconds) / p.seconds}
+            {
+                "run_id": p.run_id,
+                "images": p.images,
+                "cores": p.cores,
+                "machines": p.machines,
+                "seconds": p.seconds,
+                "fitted_seconds": float(f),
+                "residual_seconds": p.seconds - float(f),
+                "loo_predicted_seconds": float(lp),
+                "loo_relative_error": abs(float(lp) - p.seconds) / p.seconds,
+            }
             for p, f, lp in zip(self.points, self.fitted, self.loo_predicted, strict=True)
         ]
 
@@ -233,15 +246,22 @@ class Fit:
                 {"term": t, "value": float(v), "low": float(lo), "high": float(hi)}
                 for t, v, lo, hi in zip(self.terms, self.coefficients, self.low, self.high, strict=True)
             ],
-            "confidence": self.confidence, "runs": len(self.points), "machine_counts": self.machine_counts,
-            "loo_mean_relative_error": mean, "loo_max_relative_error": worst,
-            "residuals": self.residuals(), "notes": self.notes,
+            "confidence": self.confidence,
+            "runs": len(self.points),
+            "machine_counts": self.machine_counts,
+            "loo_mean_relative_error": mean,
+            "loo_max_relative_error": worst,
+            "residuals": self.residuals(),
+            "notes": self.notes,
         }
 
 
 def fit(
-    points: Sequence[Point], allowed: Sequence[str] = TERMS, confidence: float = 0.95,
-    bootstrap: int = 2000, seed: int = 0,
+    points: Sequence[Point],
+    allowed: Sequence[str] = TERMS,
+    confidence: float = 0.95,
+    bootstrap: int = 2000,
+    seed: int = 0,
 ) -> Fit:
     """Fit the terms ``points`` pin down (:func:`identifiable_terms`); raises :class:`DegenerateDesign`."""
     points = list(points)
@@ -259,10 +279,12 @@ def fit(
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(samples, [tail, 100.0 - tail], axis=0)
     noise = np.maximum(rng.choice(relative, size=bootstrap) * widen, -0.95)
-    loo = np.array([
-        design_matrix(p.images, p.cores, p.machines, terms)[0] @ nnls_fit(np.delete(x, i, 0), np.delete(y, i))
-        for i, p in enumerate(points)
-    ])
+    loo = np.array(
+        [
+            design_matrix(p.images, p.cores, p.machines, terms)[0] @ nnls_fit(np.delete(x, i, 0), np.delete(y, i))
+            for i, p in enumerate(points)
+        ]
+    )
     return Fit(terms, coefficients, low, high, points, fitted, loo, confidence, samples, noise, notes)
 
 
@@ -287,7 +309,7 @@ def d_optimal(candidates: np.ndarray, count: int) -> list[int]:
         improved = False
         for position in range(count):
             for other in (i for i in range(len(x)) if i not in chosen):
-                trial = chosen[:position] + [other] + chosen[position + 1:]
+                trial = chosen[:position] + [other] + chosen[position + 1 :]
                 if score(trial) > score(chosen) + 1e-9:
                     chosen, improved = trial, True
     return sorted(chosen)

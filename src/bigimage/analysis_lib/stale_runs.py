@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         experiment = client.get_experiment_by_name(args.experiment)
         if experiment is None:
             known = sorted(e.name for e in client.search_experiments())
-            return common.fail_no_runs(f"no experiment named '{args.experiment}' at {uri}; experiments there: {known or 'none'}")
+            return common.fail_no_runs(
+                f"no experiment named '{args.experiment}' at {uri}; experiments there: {known or 'none'}"
+            )
         experiment_ids = [experiment.experiment_id]
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
@@ -78,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     changed = [row for row in rows if row["action"] == "marked KILLED"]
     if args.json:
         common.print_json(
-            {"tracking_uri": uri, "experiment": args.experiment, "older_than_seconds": args.older_than,
-             "dry_run": args.dry_run, "running": rows, "marked": [row["run_id"] for row in changed]}
+            {
+                "tracking_uri": uri,
+                "experiment": args.experiment,
+                "older_than_seconds": args.older_than,
+                "dry_run": args.dry_run,
+                "running": rows,
+                "marked": [row["run_id"] for row in changed],
+            }
         )
         return 0
     columns = ["run_id", "run_name", "task", "host", "pid", "last_seen", "action", "reason"]

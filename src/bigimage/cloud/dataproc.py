@@ -30,7 +30,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 from packaging.requirements import Requirement
@@ -135,7 +135,9 @@ def _check_shape(cfg: DictConfig) -> None:
 
     for key in ("master_boot_disk_type", "worker_boot_disk_type"):
         if shape[key] not in BOOT_DISK_TYPES:
-            raise DataprocError(f"cluster.shape.{key}={shape[key]!r} is not valid; choose one of: {', '.join(BOOT_DISK_TYPES)}")
+            raise DataprocError(
+                f"cluster.shape.{key}={shape[key]!r} is not valid; choose one of: {', '.join(BOOT_DISK_TYPES)}"
+            )
     if int(shape.master_boot_disk_size_gb) < 10:
         raise DataprocError(f"cluster.shape.master_boot_disk_size_gb={shape.master_boot_disk_size_gb} must be >= 10")
     if not shape.single_node:
@@ -145,7 +147,9 @@ def _check_shape(cfg: DictConfig) -> None:
                 "set cluster.shape.single_node=true for one machine"
             )
         if int(shape.worker_boot_disk_size_gb) < 10:
-            raise DataprocError(f"cluster.shape.worker_boot_disk_size_gb={shape.worker_boot_disk_size_gb} must be >= 10")
+            raise DataprocError(
+                f"cluster.shape.worker_boot_disk_size_gb={shape.worker_boot_disk_size_gb} must be >= 10"
+            )
     known = set(dataproc_v1.Component.__members__) - {"COMPONENT_UNSPECIFIED"}
     for component in shape.optional_components:
         if str(component).upper() not in known:
@@ -196,7 +200,7 @@ def build_cluster(cfg: DictConfig, project: str) -> Any:
 
 
 def build_pyspark_job(
-    cfg: DictConfig, main_uri: str, package_uri: str, config_uri: str, job_id: Optional[str] = None
+    cfg: DictConfig, main_uri: str, package_uri: str, config_uri: str, job_id: str | None = None
 ) -> Any:
     """The ``dataproc_v1.Job`` that runs the task's driver with the package and the resolved config."""
     from google.cloud import dataproc_v1
@@ -230,7 +234,7 @@ def _properties_flag(properties: dict[str, str]) -> str:
     return "--properties=" + ",".join(items)
 
 
-def gcloud_create_command(cfg: DictConfig, project: Optional[str] = None) -> list[str]:
+def gcloud_create_command(cfg: DictConfig, project: str | None = None) -> list[str]:
     """``gcloud dataproc clusters create`` with the same shape as :func:`build_cluster`."""
     _check_shape(cfg)
     shape = cfg.cluster.shape
@@ -261,12 +265,14 @@ def gcloud_create_command(cfg: DictConfig, project: Optional[str] = None) -> lis
     properties.pop(SINGLE_NODE_PROPERTY, None)  # --single-node sets it
     if properties:
         command.append(_properties_flag(properties))
-    command.append("--labels=" + ",".join(f"{k}={v}" for k, v in {"app": "bigimage", "shape": cfg.cluster.name}.items()))
+    command.append(
+        "--labels=" + ",".join(f"{k}={v}" for k, v in {"app": "bigimage", "shape": cfg.cluster.name}.items())
+    )
     return command
 
 
 def gcloud_submit_command(
-    cfg: DictConfig, driver: str, package: str, config: str, project: Optional[str] = None
+    cfg: DictConfig, driver: str, package: str, config: str, project: str | None = None
 ) -> list[str]:
     """``gcloud dataproc jobs submit pyspark`` equivalent to :func:`build_pyspark_job` (local files are
     uploaded by gcloud itself)."""
@@ -334,19 +340,21 @@ def write_job_files(cfg: DictConfig, directory: Path) -> JobFiles:
 
 
 # ---------------------------------------------------------------------------------- environment
-def resolve_project(cfg: DictConfig, required: bool = True) -> Optional[str]:
+def resolve_project(cfg: DictConfig, required: bool = True) -> str | None:
     """``cluster.dataproc.project``, else $GOOGLE_CLOUD_PROJECT/$CLOUDSDK_CORE_PROJECT, else the ADC project."""
     import os
 
-    project = cfg.cluster.dataproc.project or os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get(
-        "CLOUDSDK_CORE_PROJECT"
+    project = (
+        cfg.cluster.dataproc.project
+        or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        or os.environ.get("CLOUDSDK_CORE_PROJECT")
     )
     if not project and required:
         try:
             import google.auth
 
             _, project = google.auth.default()
-        except Exception:  # noqa: BLE001 - reported below with what to set
+        except Exception:
             project = None
     if not project and required:
         raise DataprocError(
@@ -523,7 +531,7 @@ def run_job(
     return current
 
 
-def dry_run(cfg: DictConfig, directory: Optional[Path] = None, echo: Callable[[str], None] = print) -> tuple[str, str]:
+def dry_run(cfg: DictConfig, directory: Path | None = None, echo: Callable[[str], None] = print) -> tuple[str, str]:
     """Print the gcloud commands that do what run_on_dataproc would do; return them."""
     project = resolve_project(cfg, required=False)
     directory = directory or Path(cfg.paths.output_dir) / "dataproc" / cluster_name(cfg)
@@ -540,10 +548,20 @@ def dry_run(cfg: DictConfig, directory: Optional[Path] = None, echo: Callable[[s
     echo(submit)
     if cfg.cluster.dataproc.delete_cluster:
         echo("")
-        echo(format_command(
-            ["gcloud", "dataproc", "clusters", "delete", cluster_name(cfg), f"--region={cfg.cluster.dataproc.region}",
-             *([f"--project={project}"] if project else []), "--quiet"]
-        ))
+        echo(
+            format_command(
+                [
+                    "gcloud",
+                    "dataproc",
+                    "clusters",
+                    "delete",
+                    cluster_name(cfg),
+                    f"--region={cfg.cluster.dataproc.region}",
+                    *([f"--project={project}"] if project else []),
+                    "--quiet",
+                ]
+            )
+        )
     return create, submit
 
 
@@ -613,7 +631,7 @@ def delete_cluster(cfg: DictConfig, project: str, client: Any, echo: Callable[[s
         )
     except NotFound:
         return
-    except Exception as error:  # noqa: BLE001 - keep the job's own error; say what is left running
+    except Exception as error:
         print(
             f"[dataproc] could not delete cluster {name}: {error}; delete it with "
             f"`gcloud dataproc clusters delete {name} --region={region}`",

@@ -23,7 +23,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 
 class BarrierError(RuntimeError):
@@ -76,7 +76,7 @@ def run_barrier_workers(
     spark: Any,
     num_workers: int,
     worker_fn: Callable[[dict], Any],
-    timeout_seconds: Optional[float] = None,
+    timeout_seconds: float | None = None,
 ) -> list[Any]:
     """Run ``worker_fn(tf_config)`` once per worker as one barrier stage; results in rank order.
 

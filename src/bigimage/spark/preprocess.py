@@ -90,8 +90,9 @@ def write_tfrecords(
     """
     if publication is None:
         with shards.Publication(destination) as own:
-            return write_tfrecords(spark, listing, destination, image_size, quality, num_shards, prefix, seed,
-                                   publication=own)
+            return write_tfrecords(
+                spark, listing, destination, image_size, quality, num_shards, prefix, seed, publication=own
+            )
     classes = list(listing.classes)
     per_shard = [chunk for chunk in assign_shards(listing.items, num_shards, seed) if chunk]
     staging_dir = publication.staging_dir
@@ -145,7 +146,9 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
                 publication=publication,
             )
             log_spark_resources(spark)
-    failed = [{"path": path, "reason": reason} for path, reason in listing.failed + [f for r in results for f in r.failed]]
+    failed = [
+        {"path": path, "reason": reason} for path, reason in listing.failed + [f for r in results for f in r.failed]
+    ]
     metrics = {
         "images": manifest.num_records,
         "failed_images": len(failed),
@@ -161,7 +164,12 @@ def run_preprocess(cfg: DictConfig) -> dict[str, float]:
     datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.OUTPUT)
     log.info(
         "%d images -> %d shards in %s (%.1f images/s over %.1f s; Spark start-up %.1f s); %d file(s) skipped",
-        metrics["images"], metrics["shards"], cfg.tfrecord_dir, metrics["images_per_second"], seconds,
-        startup_seconds, len(failed),
+        metrics["images"],
+        metrics["shards"],
+        cfg.tfrecord_dir,
+        metrics["images_per_second"],
+        seconds,
+        startup_seconds,
+        len(failed),
     )
     return metrics

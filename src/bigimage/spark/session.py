@@ -191,7 +191,7 @@ def _executor_summaries(spark: Any, active_only: bool) -> list[Any] | None:
     try:
         summaries = spark.sparkContext._jsc.sc().statusStore().executorList(active_only)
         return [summaries.apply(index) for index in range(summaries.size())]
-    except Exception:  # noqa: BLE001 - internal API; fall back to the public status tracker
+    except Exception:
         return None
 
 
@@ -297,7 +297,11 @@ def log_spark_resources(spark: Any) -> dict[str, Any]:
     requested = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
     if requested and requested != deploy:
         logging.getLogger(__name__).warning(
-            "cluster.deploy=%s but Spark runs on %s (%s): logged spark.deploy=%s", requested, resources["master"], deploy, deploy
+            "cluster.deploy=%s but Spark runs on %s (%s): logged spark.deploy=%s",
+            requested,
+            resources["master"],
+            deploy,
+            deploy,
         )
     mlflow.log_metrics(
         {

@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 from bigimage import termination
@@ -182,7 +182,7 @@ def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
 
 
 # ------------------------------------------------------------------- clean-up on exit and on signals
-_LIVE: "set[StandaloneCluster]" = set()
+_LIVE: set[StandaloneCluster] = set()
 _LIVE_LOCK = threading.Lock()
 _SIGNALS_HELD = False  # this module holds bigimage.termination while clusters run
 _ATEXIT_REGISTERED = False
@@ -194,11 +194,11 @@ def _stop_all() -> None:
     for cluster in clusters:
         try:
             cluster.stop()
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:
             log.exception("could not stop the standalone cluster at %s", cluster.master_url)
 
 
-def _register(cluster: "StandaloneCluster") -> None:
+def _register(cluster: StandaloneCluster) -> None:
     global _ATEXIT_REGISTERED, _SIGNALS_HELD
     with _LIVE_LOCK:
         _LIVE.add(cluster)
@@ -211,7 +211,7 @@ def _register(cluster: "StandaloneCluster") -> None:
         _SIGNALS_HELD = False  # not the main thread: atexit and PR_SET_PDEATHSIG still clean up
 
 
-def _unregister(cluster: "StandaloneCluster") -> None:
+def _unregister(cluster: StandaloneCluster) -> None:
     global _SIGNALS_HELD
     with _LIVE_LOCK:
         _LIVE.discard(cluster)
@@ -255,11 +255,11 @@ class StandaloneCluster:
     host: str = LOOPBACK
     # None: a free port picked now (Spark moves on to the next one if it is taken meanwhile);
     # a fixed port is used as given, and the start fails clearly when it is taken.
-    master_port: Optional[int] = None
+    master_port: int | None = None
     start_timeout_seconds: float = 120.0
-    work_dir: Optional[Path] = None
+    work_dir: Path | None = None
     master_url: str = ""
-    master: Optional[Daemon] = None
+    master: Daemon | None = None
     worker_daemons: list[Daemon] = field(default_factory=list)
     start_seconds: float = 0.0
     secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
@@ -267,7 +267,7 @@ class StandaloneCluster:
     _stopped: bool = False
 
     # ---- lifecycle
-    def __enter__(self) -> "StandaloneCluster":
+    def __enter__(self) -> StandaloneCluster:
         self.start()
         return self
 
@@ -281,7 +281,7 @@ class StandaloneCluster:
             raise StandaloneError("the cluster has not been started")
         return self.work_dir
 
-    def start(self) -> "StandaloneCluster":
+    def start(self) -> StandaloneCluster:
         if self.workers < 1 or self.cores_per_worker < 1:
             raise StandaloneError(
                 f"a standalone cluster needs >= 1 worker with >= 1 core, got {self.workers} x {self.cores_per_worker}"
@@ -371,7 +371,7 @@ class StandaloneCluster:
             env.pop(key, None)
         return env
 
-    def _spawn(self, name: str, args: list[str], extra_env: Optional[dict[str, str]] = None) -> Daemon:
+    def _spawn(self, name: str, args: list[str], extra_env: dict[str, str] | None = None) -> Daemon:
         spark_class = spark_home() / "bin" / "spark-class"
         log_path = self._dir / f"{name}.log"
         preexec = _pdeathsig_preexec() if threading.current_thread() is threading.main_thread() else None
@@ -401,7 +401,9 @@ class StandaloneCluster:
             ) from error
         env = {"SPARK_MASTER_OPTS": "-Dspark.port.maxRetries=0"} if self.master_port else None
         args = ["--host", self.host, "--port", str(port), "--webui-port", str(webui_port)]
-        self.master = self._spawn("master", [MASTER_CLASS, *args, "--properties-file", str(self._properties_file())], env)
+        self.master = self._spawn(
+            "master", [MASTER_CLASS, *args, "--properties-file", str(self._properties_file())], env
+        )
         deadline = time.monotonic() + self.start_timeout_seconds
         while time.monotonic() < deadline:
             text = self.master.log_text()

@@ -14,7 +14,8 @@ slots of the running context and by the number of points, and :func:`run_grid` r
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from bigimage.speedtest.timing import GridPoint, SourcePlan, SpeedtestDataError, TimingSettings
 

@@ -139,7 +139,10 @@ def figure(frame: pd.DataFrame) -> Any:
     ax.set_xlabel("batch size")
     ax.set_ylabel("images / s")
     ax.set_ylim(bottom=0)
-    ax.set_title("Read speed: line = median over batch numbers and repetitions,\nband = min to max, dots = single rows", fontsize=10)
+    ax.set_title(
+        "Read speed: line = median over batch numbers and repetitions,\nband = min to max, dots = single rows",
+        fontsize=10,
+    )
     return fig
 
 

@@ -55,7 +55,9 @@ def files_plan(cfg: DictConfig, max_needed: int) -> SourcePlan:
     notes = []
     skipped = len(listing.items) - len(items)
     if skipped:
-        notes.append(f"{skipped} file(s) under {root} without an image extension ({', '.join(IMAGE_EXTENSIONS)}) skipped")
+        notes.append(
+            f"{skipped} file(s) under {root} without an image extension ({', '.join(IMAGE_EXTENSIONS)}) skipped"
+        )
     if not items:
         raise SpeedtestDataError(
             f"speedtest source files: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}; "

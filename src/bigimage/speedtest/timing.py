@@ -174,6 +174,7 @@ class _RamShards:
 def decode_file(contents: Any, image_size: int) -> Any:
     """Image file bytes -> uint8 ``image_size`` x ``image_size`` x 3: the centre square, resized."""
     import tensorflow as tf  # plain import: this body is traced by tf.data (autograph)
+
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     shape = tf.shape(image)
     height, width = shape[0], shape[1]
@@ -366,7 +367,9 @@ def diagnose(plan: SourcePlan, error: Exception) -> str:
                     try:
                         readers.decode_record(record, plan.image_size, as_uint8=True)
                     except (tf.errors.InvalidArgumentError, ValueError) as exc:
-                        raise SpeedtestDataError(f"record {index} does not parse as an image record: {_first_line(exc)}")
+                        raise SpeedtestDataError(
+                            f"record {index} does not parse as an image record: {_first_line(exc)}"
+                        ) from exc
             except (tf.errors.OpError, SpeedtestDataError) as exc:
                 bad.append((path, _first_line(exc)))
             finally:
@@ -374,7 +377,10 @@ def diagnose(plan: SourcePlan, error: Exception) -> str:
                     ram.close()
             if len(bad) >= _DIAGNOSE_LIMIT:
                 break
-        what, advice = "TFRecord shard", f"the shard is corrupt, truncated or not in the task 1 schema; rerun `python run.py task=preprocess tfrecord_dir={plan.location}`"
+        what, advice = (
+            "TFRecord shard",
+            f"the shard is corrupt, truncated or not in the task 1 schema; rerun `python run.py task=preprocess tfrecord_dir={plan.location}`",
+        )
     else:
         read = _read_file_op(plan)
         for path in plan.paths:
@@ -392,7 +398,9 @@ def diagnose(plan: SourcePlan, error: Exception) -> str:
     return f"bad {what}(s) in {plan.location}{more}: {listed}; {advice}"
 
 
-def time_points(points: list[GridPoint], plans: dict[str, SourcePlan], settings: TimingSettings) -> list[dict[str, Any]]:
+def time_points(
+    points: list[GridPoint], plans: dict[str, SourcePlan], settings: TimingSettings
+) -> list[dict[str, Any]]:
     """Time ``points`` one after the other (the body of one Spark task)."""
     rows: list[dict[str, Any]] = []
     for point in points:

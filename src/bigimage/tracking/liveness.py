@@ -15,13 +15,14 @@ tags counts from its start time). :func:`find_stale_runs` and :func:`mark_killed
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psutil
 from mlflow.entities import Run, RunStatus, ViewType
@@ -43,12 +44,12 @@ _SAME_PROCESS_SECONDS = 1.0  # slack when comparing process start times
 
 
 def utc_iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_utc_iso(text: str) -> float | None:
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
     except (TypeError, ValueError):
         return None
 
@@ -77,7 +78,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id[:8]}", daemon=True)
 
-    def start(self) -> "Heartbeat":
+    def start(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -90,7 +91,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 retry_busy(lambda: self.client.set_tag(self.run_id, TAG_HEARTBEAT, utc_iso(time.time())))
-            except Exception as error:  # noqa: BLE001 - a missed beat must not stop the job
+            except Exception as error:
                 log.warning("heartbeat of run %s not recorded: %s", self.run_id, error)
 
 
@@ -139,8 +140,16 @@ def judge(run: Run, older_than_seconds: float, now: float | None = None, this_ho
 
     def verdict(stale: bool, reason: str) -> Verdict:
         return Verdict(
-            run.info.run_id, run.info.run_name, run.info.experiment_id, tags.get("task"), host, pid,
-            last_seen, age, stale, reason,
+            run.info.run_id,
+            run.info.run_name,
+            run.info.experiment_id,
+            tags.get("task"),
+            host,
+            pid,
+            last_seen,
+            age,
+            stale,
+            reason,
         )
 
     if host == this_host and pid is not None:
@@ -157,11 +166,16 @@ def judge(run: Run, older_than_seconds: float, now: float | None = None, this_ho
 def running_runs(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
     """Every RUNNING run of the experiments (all pages)."""
     runs: list[Run] = []
-    token = None
+    token: str | None = None
     while True:
         page = retry_busy(
-            lambda: client.search_runs(
-                experiment_ids, "attributes.status = 'RUNNING'", ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+            functools.partial(
+                client.search_runs,
+                experiment_ids,
+                "attributes.status = 'RUNNING'",
+                ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                page_token=token,
             )
         )
         runs.extend(page)

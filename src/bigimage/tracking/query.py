@@ -39,7 +39,15 @@ DEFAULT_EXPERIMENT = TrackingConfig.experiment
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_COLUMNS = (
-    "run_id", "run_name", "experiment_id", "status", "start_time", "end_time", "parent_run_id", "task", "metric_keys",
+    "run_id",
+    "run_name",
+    "experiment_id",
+    "status",
+    "start_time",
+    "end_time",
+    "parent_run_id",
+    "task",
+    "metric_keys",
 )
 
 

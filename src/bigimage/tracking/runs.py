@@ -77,6 +77,7 @@ def system_metrics(tracking: Any) -> bool:
 
 def git_commit() -> str:
     """The project's commit, with ``-dirty`` when the tree has changes; ``unknown`` outside git."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True

@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
 MODES = ("memory", "file", "none")
 DISK_FRACTION = 0.5  # a file cache may take at most this share of the free disk space
 
+
 @dataclass(frozen=True)
 class CacheChoice:
     """How one worker process caches its decoded images, and why."""

@@ -176,7 +176,9 @@ class TrainingObserver(keras.callbacks.Callback):
                 os.path.join(self.checkpoint_dir, HISTORY_NAME),
                 {"run_id": self.run_logger.run_id, "epochs": self.history},
             )
-        self._progress("epoch_end", epoch=epoch, steps_done=self.steps_done, **{k: v for k, v in entry.items() if k != "epoch"})
+        self._progress(
+            "epoch_end", epoch=epoch, steps_done=self.steps_done, **{k: v for k, v in entry.items() if k != "epoch"}
+        )
 
     # resume -----------------------------------------------------------------------------------------
     def _start_attempt(self, epoch: int) -> None:
@@ -195,7 +197,9 @@ class TrainingObserver(keras.callbacks.Callback):
             # A new MLflow run resumed another run's checkpoint: copy the earlier epochs so its curves are whole.
             tags["resumed_history_from_run"] = previous_run
             for entry in prior:
-                self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=int(entry["epoch"]))
+                self.run_logger.metrics(
+                    {key: entry[key] for key in EPOCH_METRICS if key in entry}, step=int(entry["epoch"])
+                )
         self.run_logger.tags(tags)
         log.info("resumed from epoch %d (checkpoint in %s)", epoch, self.checkpoint_dir)
 

@@ -4,8 +4,10 @@ The Model is named ``model`` (so ``runs:/<run id>/model`` and the run's Logged m
 with MLflow's ``tensorflow`` flavor, which saves a tf.keras model (tf-keras here, ``TF_USE_LEGACY_KERAS=1``)
 as ``data/model.keras``. Its signature is what the network takes and gives: uint8 RGB images
 ``[-1, S, S, 3]`` named ``image`` -> float32 logits ``[-1, classes]`` named ``logits``; the input example
-is one real image of the training set; the metadata hold the class names in class-index order, so
-``argmax`` of a prediction indexes them. ``mlflow.pyfunc.load_model`` predicts on a uint8 numpy batch.
+is one real image of the TFRecord set; the metadata hold the class names in class-index order, so
+``argmax`` of a prediction indexes them. ``mlflow.pyfunc.load_model`` predicts on a uint8 numpy batch,
+in a process with ``TF_USE_LEGACY_KERAS=1`` set before TensorFlow loads (the flavor records the module as
+``tensorflow.keras``, which is Keras 3 otherwise and cannot read a tf-keras file).
 
 The network is read back from the ``.keras`` file every worker saved, outside any tf.distribute
 strategy: saving a model built under MultiWorkerMirroredStrategy runs collectives, which the other
@@ -24,9 +26,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from bigimage.tracking.names import MODEL_NAME
+
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "model"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 REQUIREMENTS = ("tensorflow", "tf-keras")

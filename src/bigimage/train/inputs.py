@@ -82,9 +82,12 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
     classes = list(manifest.classes)
     if mode == "shard":
         if len(paths) < 2:
-            raise ConfigError(f"train.split=shard needs at least 2 shards; {tfrecord_dir} has {len(paths)}: use train.split=hash")
+            raise ConfigError(
+                f"train.split=shard needs at least 2 shards; {tfrecord_dir} has {len(paths)}: use train.split=hash"
+            )
         n_val = min(len(paths) - 1, max(1, round(fraction * len(paths))))
         train_paths, val_paths = paths[:-n_val], paths[-n_val:]
+
         def count(group: list[str]) -> int:
             return sum(manifest.shards[path.rsplit("/", 1)[-1]] for path in group)
 
@@ -94,9 +97,14 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
 
         val_buckets = max(1, min(HASH_BUCKETS - 1, round(fraction * HASH_BUCKETS)))
         records = readers.record_dataset(paths).batch(1024)
-        val = records.reduce(tf.constant(0, tf.int64), lambda acc, batch: acc + tf.reduce_sum(tf.cast(_val_mask(batch, val_buckets), tf.int64)))
+        val = records.reduce(
+            tf.constant(0, tf.int64),
+            lambda acc, batch: acc + tf.reduce_sum(tf.cast(_val_mask(batch, val_buckets), tf.int64)),
+        )
         val_records = int(val)
-        plan = SplitPlan(mode, paths, paths, manifest.num_records - val_records, val_records, val_buckets, len(classes), classes)
+        plan = SplitPlan(
+            mode, paths, paths, manifest.num_records - val_records, val_records, val_buckets, len(classes), classes
+        )
     if plan.train_records < 1 or plan.val_records < 1:
         raise ConfigError(
             f"the split leaves {plan.train_records} training and {plan.val_records} validation records "
@@ -172,7 +180,9 @@ def build_inputs(
     return dataset.with_options(options)
 
 
-def distributed_inputs(strategy: Any, cfg: Config, plan: SplitPlan, cache: CacheChoice | None = None) -> tuple[Any, Any]:
+def distributed_inputs(
+    strategy: Any, cfg: Config, plan: SplitPlan, cache: CacheChoice | None = None
+) -> tuple[Any, Any]:
     """(train, validation) datasets distributed over the strategy's replicas."""
     train = strategy.distribute_datasets_from_function(
         lambda context: build_inputs(cfg, plan, training=True, input_context=context, cache=cache)

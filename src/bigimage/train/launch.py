@@ -56,7 +56,12 @@ class WorkerFailedError(RuntimeError):
     """A worker process failed or the workers ran out of time; the others were killed."""
 
     def __init__(
-        self, message: str, *, task_index: int | None = None, exit_code: int | None = None, pids: list[int] | None = None
+        self,
+        message: str,
+        *,
+        task_index: int | None = None,
+        exit_code: int | None = None,
+        pids: list[int] | None = None,
     ):
         super().__init__(message)
         self.task_index = task_index
@@ -213,9 +218,7 @@ def _watch(workers: list[_Worker], timeout_seconds: float, poll_seconds: float) 
                 running.append(worker)
             elif worker.exit_code != 0:
                 _kill(workers)
-                others = ", ".join(
-                    f"worker {w.index}: exit {w.process.returncode}" for w in workers if w is not worker
-                )
+                others = ", ".join(f"worker {w.index}: exit {w.process.returncode}" for w in workers if w is not worker)
                 raise WorkerFailedError(
                     f"training worker {worker.index} of {len(workers)} (pid {worker.process.pid}) exited with code "
                     f"{worker.exit_code}{_signal_name(worker.exit_code)}; the other workers were killed"
@@ -252,7 +255,9 @@ def _signal_name(code: int | None) -> str:
 # The executor side reports a failed worker between these markers; the driver finds it in Spark's error.
 _FAILED_BEGIN = "<<bigimage-worker-failed"
 _FAILED_END = "bigimage-worker-failed>>"
-_FAILED_HEAD = re.compile(re.escape(_FAILED_BEGIN) + r" rank=(\d+) exit=(-?\d+) pid=(\d+)>>\n(.*?)\n" + re.escape(_FAILED_END), re.S)
+_FAILED_HEAD = re.compile(
+    re.escape(_FAILED_BEGIN) + r" rank=(\d+) exit=(-?\d+) pid=(\d+)>>\n(.*?)\n" + re.escape(_FAILED_END), re.S
+)
 
 
 class BarrierWorker:
@@ -325,7 +330,9 @@ def _worker_failure(error: BaseException) -> WorkerFailedError | None:
     return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid])
 
 
-def run_spark_barrier_workers(cluster_cfg: ClusterConfig, job: WorkerJob, *, app_name: str = "bigimage-train") -> list[dict]:
+def run_spark_barrier_workers(
+    cluster_cfg: ClusterConfig, job: WorkerJob, *, app_name: str = "bigimage-train"
+) -> list[dict]:
     """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
 
     Each barrier task gets its TF_CONFIG from the tasks' addresses (:mod:`bigimage.spark.barrier`) and
@@ -390,5 +397,5 @@ def _log_spark(spark: Any) -> None:
         from bigimage.spark.session import log_spark_resources
 
         log_spark_resources(spark)
-    except Exception as error:  # noqa: BLE001 - bookkeeping must not stop the training
+    except Exception as error:
         log.warning("could not log the Spark resources: %s", error)

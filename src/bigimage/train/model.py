@@ -20,7 +20,6 @@ if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
 
 
-
 def small_cnn(model: Any, image_size: int, num_classes: int) -> Any:
     import tf_keras as keras
 

@@ -102,7 +102,9 @@ class PrivateNetwork:
 
 
 @contextmanager
-def private_network(uris: Iterable[str | None] = (), what: str = "the training workers") -> Iterator[PrivateNetwork | None]:
+def private_network(
+    uris: Iterable[str | None] = (), what: str = "the training workers"
+) -> Iterator[PrivateNetwork | None]:
     """A :class:`PrivateNetwork` for ``what``, closed on exit; None (with a warning) where it cannot be used.
 
     ``uris``: what the workers read or write (tracking URI, artifact URI, checkpoint directory); one that

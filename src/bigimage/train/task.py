@@ -107,6 +107,20 @@ def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
     return resolved
 
 
+def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[str, str, str]:
+    """This training's folder (named by its run), with the workers' config written in it; returns the
+    folder, the config's path and where the chief's result will be (none there yet)."""
+    name = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    work_dir = os.path.join(str(cfg.paths.output_dir), "train", name)
+    os.makedirs(work_dir, exist_ok=True)
+    config_path = os.path.join(work_dir, "config.yaml")
+    OmegaConf.save(resolved, config_path)
+    result_file = os.path.join(work_dir, "result.json")
+    if os.path.exists(result_file):
+        os.remove(result_file)
+    return work_dir, config_path, result_file
+
+
 def run_train(cfg: Config) -> dict[str, float]:
     """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir``; returns the final metrics.
 
@@ -124,22 +138,26 @@ def run_train(cfg: Config) -> dict[str, float]:
     if run_id:
         log_datasets(cfg, source_manifest)
     resolved = worker_config(cfg, data_dir)
-    work_dir = os.path.join(str(cfg.paths.output_dir), "train", run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
-    os.makedirs(work_dir, exist_ok=True)
-    config_path = os.path.join(work_dir, "config.yaml")
-    OmegaConf.save(resolved, config_path)
-    result_file = os.path.join(work_dir, "result.json")
-    if os.path.exists(result_file):
-        os.remove(result_file)
+    work_dir, config_path, result_file = _work_dir(cfg, resolved, run_id)
     workers = int(cfg.strategy.num_workers) if strategies.is_multi_worker(cfg) else 1
     log.info(
         "training %s with strategy=%s on %d worker process(es) (launcher=%s), checkpoints in %s, logs in %s",
-        cfg.model.name, cfg.strategy.name, workers, cfg.strategy.launcher, resolved.train.checkpoint_dir, work_dir,
+        cfg.model.name,
+        cfg.strategy.name,
+        workers,
+        cfg.strategy.launcher,
+        resolved.train.checkpoint_dir,
+        work_dir,
     )
     try:
         job = launch.WorkerJob(
-            config_path, workers, work_dir, float(cfg.strategy.worker_timeout_seconds), tracking_uri=tracking_uri,
-            run_id=run_id, result_file=result_file,
+            config_path,
+            workers,
+            work_dir,
+            float(cfg.strategy.worker_timeout_seconds),
+            tracking_uri=tracking_uri,
+            run_id=run_id,
+            result_file=result_file,
             worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir)),
         )
         if cfg.strategy.launcher == "spark_barrier":
@@ -153,7 +171,7 @@ def run_train(cfg: Config) -> dict[str, float]:
 
             try:
                 mlflow.log_artifacts(os.path.join(work_dir, "logs"), "worker_logs")
-            except Exception as error:  # noqa: BLE001 - never hide the training error behind this one
+            except Exception as error:
                 log.warning("could not log the worker logs: %s", error)
     with open(result_file, encoding="utf-8") as handle:
         result = json.load(handle)

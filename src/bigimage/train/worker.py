@@ -87,7 +87,9 @@ def train_worker(
     global_batch = int(cfg.batch_size)
     per_replica = check_batch_size(global_batch, replicas, cfg.strategy.name)
     keras.utils.set_random_seed(int(cfg.seed))
-    plan, steps_per_epoch, val_steps, cache, train_data, val_data, card = _inputs(cfg, strategy, task_index, global_batch)
+    plan, steps_per_epoch, val_steps, cache, train_data, val_data, card = _inputs(
+        cfg, strategy, task_index, global_batch
+    )
 
     with strategy.scope():
         model = compile_model(build_model(cfg, plan.num_classes), cfg)
@@ -97,26 +99,37 @@ def train_worker(
     run_logger = RunLogger(tracking_uri, run_id) if is_chief else RunLogger(None, None)
     shape = {"replicas": replicas, "global_batch_size": global_batch, "per_replica_batch_size": per_replica}
     _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, checkpoint_dir, cache.tags())
+    progress = _progress_path(work_dir, task_index)
     observer = TrainingObserver(
         task_index=task_index, is_chief=is_chief, global_batch_size=global_batch, steps_per_epoch=steps_per_epoch,
-        progress_path=_progress_path(work_dir, task_index), run_logger=run_logger, checkpoint_dir=checkpoint_dir,
-    )
+        progress_path=progress, run_logger=run_logger, checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
+    log.info("worker %d/%d: strategy=%s, %s, %s", task_index, num_workers, cfg.strategy.name, shape, plan.description)
+    # BackupAndRestore first: an epoch is reported once its checkpoint exists.
     backup = keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, delete_checkpoint=True)
-    log.info(
-        "worker %d/%d: strategy=%s replicas=%d global batch=%d per replica=%d, %s, %d steps/epoch",
-        task_index, num_workers, cfg.strategy.name, replicas, global_batch, per_replica, plan.description, steps_per_epoch,
-    )
-    started = time.perf_counter()
-    model.fit(
-        train_data, epochs=int(cfg.epochs), steps_per_epoch=steps_per_epoch, verbose=2,
-        validation_data=val_data, validation_steps=val_steps,
-        callbacks=[backup, observer],  # backup first: an epoch is reported once its checkpoint exists
-    )
-    summary = {**shape, "training_seconds": time.perf_counter() - started}
+    seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, [backup, observer])
+    summary = {**shape, "training_seconds": seconds}
     try:
         return _finish(model, observer, run_logger, is_chief, task_index, checkpoint_dir, summary, card)
     finally:
         cache.cleanup()
+
+
+def _fit(
+    model: Any, epochs: int, train_data: Any, val_data: Any, steps: int, val_steps: int, callbacks: list[Any]
+) -> float:
+    """``model.fit`` over the distributed inputs; returns its wall-clock seconds."""
+    started = time.perf_counter()
+    model.fit(
+        train_data,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        verbose=2,
+        validation_data=val_data,
+        validation_steps=val_steps,
+        callbacks=callbacks,
+    )
+    return time.perf_counter() - started
 
 
 def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> tuple[Any, ...]:
@@ -141,8 +154,15 @@ def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> t
 
 
 def _log_setup(
-    run_logger: Any, shape: dict[str, int], num_workers: int, plan: Any, steps_per_epoch: int, val_steps: int,
-    model: Any, checkpoint_dir: str, cache_tags: dict[str, str],
+    run_logger: Any,
+    shape: dict[str, int],
+    num_workers: int,
+    plan: Any,
+    steps_per_epoch: int,
+    val_steps: int,
+    model: Any,
+    checkpoint_dir: str,
+    cache_tags: dict[str, str],
 ) -> None:
     """The chief's params and tags: what the strategy really gave and how the data was split."""
     import tensorflow as tf
@@ -164,7 +184,12 @@ def _log_setup(
         }
     )
     run_logger.tags(
-        {"checkpoint_dir": checkpoint_dir, "tf_version": tf.__version__, "keras": f"tf_keras {keras.__version__}", **cache_tags}
+        {
+            "checkpoint_dir": checkpoint_dir,
+            "tf_version": tf.__version__,
+            "keras": f"tf_keras {keras.__version__}",
+            **cache_tags,
+        }
     )
 
 
@@ -176,8 +201,14 @@ def _progress_path(work_dir: str | None, task_index: int) -> str | None:
 
 
 def _finish(
-    model: Any, observer: Any, run_logger: Any, is_chief: bool, task_index: int, checkpoint_dir: str,
-    summary: dict[str, float], card: ModelCard,
+    model: Any,
+    observer: Any,
+    run_logger: Any,
+    is_chief: bool,
+    task_index: int,
+    checkpoint_dir: str,
+    summary: dict[str, float],
+    card: ModelCard,
 ) -> dict[str, float]:
     """The final metrics; the chief logs them with the model (the raw ``model/model.keras`` and the
     MLflow Model ``model``, :mod:`bigimage.train.export`) and the history.
@@ -205,7 +236,11 @@ def _finish(
         }
         if is_chief:
             run_logger.metrics(
-                {"best_val_accuracy": best_value, "best_epoch": best_epoch, "training_seconds": summary["training_seconds"]}
+                {
+                    "best_val_accuracy": best_value,
+                    "best_epoch": best_epoch,
+                    "training_seconds": summary["training_seconds"],
+                }
             )
             run_logger.artifact(_write_history(history, os.path.join(save_root, "history")))
             run_logger.artifact(model_path, "model")
@@ -245,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result-file", default=None, help="the chief writes its final metrics here (JSON)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker-{args.task_index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s worker-{args.task_index} %(levelname)s %(name)s: %(message)s"
+    )
     if args.parent_pid:
         _watch_parent(args.parent_pid)
 
