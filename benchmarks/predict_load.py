@@ -87,7 +87,9 @@ def session(slots: int):
     from bigimage.config import ClusterConfig
     from bigimage.spark.session import spark_session
 
-    return spark_session(OmegaConf.structured(ClusterConfig(name="b", executors=slots, executor_cores=1)), "predict-load")
+    return spark_session(
+        OmegaConf.structured(ClusterConfig(name="b", executors=slots, executor_cores=1)), "predict-load"
+    )
 
 
 def collect(repeats: int) -> dict[str, list[scaling.Point]]:
@@ -105,12 +107,24 @@ def check(task: str, points: list[scaling.Point], big: scaling.Point) -> dict:
     """Predict ``big`` from ``points`` with the median effective cores of the 2-slot points, and with its own."""
     fit = scaling.fit(points, scaling.TERMS[:2], bootstrap=1000)
     typical = statistics.median(p.cores for p in points if p.run_id.endswith("-2"))
-    out = {"task": task, "images": big.images, "measured_seconds": big.seconds, "effective_cores": big.cores,
-           "typical_2_slot_cores": typical, "loo_mean_relative_error": fit.loo_error()[0]}
+    out = {
+        "task": task,
+        "images": big.images,
+        "measured_seconds": big.seconds,
+        "effective_cores": big.cores,
+        "typical_2_slot_cores": typical,
+        "loo_mean_relative_error": fit.loo_error()[0],
+    }
     for name, cores in (("prospective", typical), ("given_its_cores", big.cores)):
         p = fit.predict(big.images, cores, 1)
         error = abs(p.seconds - big.seconds) / big.seconds if task == "preprocess" else abs(big.seconds / p.seconds - 1)
-        out[name] = {"predicted_seconds": p.seconds, "low": p.low, "high": p.high, "error": error, "goal_met": error <= GOAL}
+        out[name] = {
+            "predicted_seconds": p.seconds,
+            "low": p.low,
+            "high": p.high,
+            "error": error,
+            "goal_met": error <= GOAL,
+        }
     return out
 
 
@@ -120,10 +134,12 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         for name in ("prospective", "given_its_cores"):
             p = r[name]
-            out.append(f"{r['task']:10s} {r['images']:>6.0f} images on {r['effective_cores']:.2f} effective cores "
-                       f"(2-slot points: {r['typical_2_slot_cores']:.2f}): measured {r['measured_seconds']:6.2f} s, "
-                       f"{name:15s} {p['predicted_seconds']:6.2f} s [{p['low']:.2f}, {p['high']:.2f}], error {p['error']:.1%}"
-                       f" (leave-one-out {r['loo_mean_relative_error']:.1%})")
+            out.append(
+                f"{r['task']:10s} {r['images']:>6.0f} images on {r['effective_cores']:.2f} effective cores "
+                f"(2-slot points: {r['typical_2_slot_cores']:.2f}): measured {r['measured_seconds']:6.2f} s, "
+                f"{name:15s} {p['predicted_seconds']:6.2f} s [{p['low']:.2f}, {p['high']:.2f}], error {p['error']:.1%}"
+                f" (leave-one-out {r['loo_mean_relative_error']:.1%})"
+            )
     return "\n".join(out)
 
 
@@ -140,8 +156,11 @@ def main() -> int:
         with session(2) as spark:
             rows.append(check("preprocess", points["preprocess"], preprocess_point(spark, BIG, 2)))
         rows.append(check("speedtest", points["speedtest"], read_point(BIG, BIG_READS, 2)))
-    print(json.dumps({"points": {t: [vars(p) for p in ps] for t, ps in points.items()}, "checks": rows}, indent=2)
-          if args.json else render(rows))
+    print(
+        json.dumps({"points": {t: [vars(p) for p in ps] for t, ps in points.items()}, "checks": rows}, indent=2)
+        if args.json
+        else render(rows)
+    )
     return 0 if all(r["given_its_cores"]["goal_met"] for r in rows) else 1
 
 
