@@ -393,17 +393,8 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
             )
             continue
         group = group.copy()
-        for c in (
-            "batch_size",
-            "batch_number",
-            "repetition",
-            "images",
-            "bytes",
-            "seconds",
-            "images_per_second",
-            "bytes_per_second",
-        ):
-            group[c] = pd.to_numeric(group[c], errors="coerce")
+        for column in SPEEDTEST_COLUMNS[1:]:  # all but "source" are numbers
+            group[column] = pd.to_numeric(group[column], errors="coerce")
         usable = group[(group["seconds"] > 0) & (group["images"] > 0)]
         if usable.empty:
             _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} has no row with positive images and seconds")

@@ -15,7 +15,6 @@ tags counts from its start time). :func:`find_stale_runs` and :func:`mark_killed
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
@@ -25,9 +24,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import psutil
-from mlflow.entities import Run, RunStatus, ViewType
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from bigimage.tracking.query import search_all
 from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
@@ -165,23 +165,7 @@ def judge(run: Run, older_than_seconds: float, now: float | None = None, this_ho
 
 def running_runs(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
     """Every RUNNING run of the experiments (all pages)."""
-    runs: list[Run] = []
-    token: str | None = None
-    while True:
-        page = retry_busy(
-            functools.partial(
-                client.search_runs,
-                experiment_ids,
-                "attributes.status = 'RUNNING'",
-                ViewType.ACTIVE_ONLY,
-                max_results=1000,
-                page_token=token,
-            )
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    return search_all(client, experiment_ids, "attributes.status = 'RUNNING'")
 
 
 def find_stale_runs(

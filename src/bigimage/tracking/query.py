@@ -20,6 +20,7 @@ Nothing here imports Spark or TensorFlow, and nothing here starts or ends an MLf
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -93,17 +94,20 @@ class RunSelection:
         }
 
 
-def _search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:
-    """Every run matching ``filter_string`` (pages through the results)."""
+def search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:
+    """Every run matching ``filter_string``, page by page, each page retried while the store is busy."""
     runs: list[Run] = []
-    token = None
+    token: str | None = None
     while True:
-        page = client.search_runs(
-            list(experiment_ids),
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
+        page = retry_busy(
+            functools.partial(
+                client.search_runs,
+                list(experiment_ids),
+                filter_string=filter_string,
+                run_view_type=ViewType.ACTIVE_ONLY,
+                max_results=1000,
+                page_token=token,
+            )
         )
         runs.extend(page)
         token = page.token
@@ -121,7 +125,7 @@ def _descendants(client: MlflowClient, experiment_ids: Sequence[str], parent_run
     while frontier:
         next_frontier: list[str] = []
         for pid in frontier:
-            for run in _search_all(client, experiment_ids, f"tags.`{PARENT_TAG}` = '{pid}'"):
+            for run in search_all(client, experiment_ids, f"tags.`{PARENT_TAG}` = '{pid}'"):
                 if run.info.run_id not in found and run.info.run_id != parent_run_id:
                     found[run.info.run_id] = run
                     next_frontier.append(run.info.run_id)
@@ -193,7 +197,7 @@ def load_runs(
     if parent_run_id:
         runs = _descendants(client, [selection.experiment_id], parent_run_id)
     else:
-        runs = _search_all(client, [selection.experiment_id])
+        runs = search_all(client, [selection.experiment_id])
     frame = _runs_to_frame(runs)
     if frame.empty:
         raise NoRunsError(f"no runs in {selection.describe()}")
