@@ -38,23 +38,11 @@ import pandas as pd
 import yaml
 
 from bigimage.analysis_lib import common, overfitting, registry
-from bigimage.tracking import query
+from bigimage.tracking import names, query
 
 TAG_BEST = "best_config"
 CONFIG_PARAMS = ("strategy.name", "batch_size", "cluster.name")
 PREPROCESS_METRICS = ("images_per_second", "seconds", "images")
-SPEEDTEST_TABLE = "speedtest.json"
-SPEEDTEST_COLUMNS = (
-    "source",
-    "batch_size",
-    "batch_number",
-    "repetition",
-    "images",
-    "bytes",
-    "seconds",
-    "images_per_second",
-    "bytes_per_second",
-)
 DEFAULT_PRICES = query.PROJECT_ROOT / "analysis" / "prices.yaml"
 PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its speed decides the winner
 
@@ -379,25 +367,27 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
             continue
         ok.append(row)
     table, problems = query.load_run_table(
-        selection.tracking_uri, selection.experiment_id, SPEEDTEST_TABLE, [r["run_id"] for r in ok]
+        selection.tracking_uri, selection.experiment_id, names.SPEEDTEST_TABLE, [r["run_id"] for r in ok]
     )
     by_id = {r["run_id"]: r for r in ok}
     for run_id, why in problems.items():
         _exclude(excluded, by_id[run_id], why)
     frames = []
     for run_id, group in table.groupby("run_id", sort=False) if not table.empty else []:
-        missing = [c for c in SPEEDTEST_COLUMNS if c not in group.columns]
+        missing = [c for c in names.SPEEDTEST_COLUMNS if c not in group.columns]
         if missing:
             _exclude(
-                excluded, by_id[run_id], f"{SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}"
+                excluded,
+                by_id[run_id],
+                f"{names.SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}",
             )
             continue
         group = group.copy()
-        for column in SPEEDTEST_COLUMNS[1:]:  # all but "source" are numbers
+        for column in names.SPEEDTEST_COLUMNS[1:]:  # all but "source" are numbers
             group[column] = pd.to_numeric(group[column], errors="coerce")
         usable = group[(group["seconds"] > 0) & (group["images"] > 0)]
         if usable.empty:
-            _exclude(excluded, by_id[run_id], f"{SPEEDTEST_TABLE} has no row with positive images and seconds")
+            _exclude(excluded, by_id[run_id], f"{names.SPEEDTEST_TABLE} has no row with positive images and seconds")
             continue
         usable = usable.assign(**{"cluster.name": query.param(by_id[run_id], "cluster.name")})
         frames.append((run_id, usable, len(group) - len(usable)))
@@ -663,13 +653,12 @@ def add_ranking_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="analysis/best_config.py",
-        description="Rank training configurations, and cluster shapes for preprocessing and the speed test, "
+    parser = common.source_parser(
+        "best_config.py",
+        "Rank training configurations, and cluster shapes for preprocessing and the speed test, "
         "with confidence intervals over repeated runs; tag the winners best_config=true and register the winning "
         f"training run's model with the alias {registry.ALIAS} (models:/<name>@{registry.ALIAS}).",
     )
-    common.add_source_args(parser)
     overfitting.add_threshold_args(parser)
     add_ranking_args(parser)
     parser.add_argument(

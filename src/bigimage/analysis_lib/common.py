@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,10 @@ from bigimage.tracking import liveness, query
 EXIT_NO_RUNS = 3
 
 
-def add_source_args(parser: argparse.ArgumentParser) -> None:
-    """``--tracking-uri``, ``--experiment`` / ``--parent-run`` and ``--json``, the same in every script."""
+def source_parser(script: str, description: str) -> argparse.ArgumentParser:
+    """A script's parser with ``--tracking-uri``, ``--experiment`` / ``--parent-run`` and ``--json``: the same in
+    every script that reads runs."""
+    parser = argparse.ArgumentParser(prog=f"analysis/{script}", description=description)
     # MLflow draws download progress bars on stderr for every table it loads: noise in a script's output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser.add_argument(
@@ -42,6 +45,18 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
         help="id of a parent run (a sweep or a pipeline): analyse all its descendants instead of an experiment",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+    return parser
+
+
+def save_figure(figure: Any, path: str | os.PathLike, title: str | None = None, title_y: float = 0.98) -> None:
+    """Title the figure, write it at the reports' resolution and close it: pyplot keeps every figure alive
+    until closed, and the report draws several."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        figure.suptitle(title, y=title_y, fontsize=10)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
 
 
 def fail_no_runs(message: str) -> int:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,12 +44,22 @@ VAL_ABOVE_TRAIN_EXPLANATION = (
 )
 
 
+def _threshold(default: float, help_text: str) -> Any:
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    patience: int = 2
-    gap_threshold: float = 0.10
-    min_delta: float = 0.0
-    val_above_margin: float = 0.01
+    """The judgement's knobs; each is also a command-line option (``--patience``, ...) with this help."""
+
+    patience: int = _threshold(
+        2, "epochs validation loss must stay above its minimum, with training loss falling, to call it overfitting"
+    )
+    gap_threshold: float = _threshold(0.10, "final training-minus-validation accuracy gap above which a run overfits")
+    min_delta: float = _threshold(0.0, "a validation loss counts as above the minimum only by more than this")
+    val_above_margin: float = _threshold(
+        0.01, "flag 'validation above training' when final val_accuracy exceeds accuracy by more than this"
+    )
 
 
 @dataclass
@@ -363,39 +374,19 @@ def write_tags(result: OverfittingResult) -> None:
 
 
 def add_threshold_args(parser: argparse.ArgumentParser) -> None:
-    d = Thresholds()
-    parser.add_argument(
-        "--patience",
-        type=int,
-        default=d.patience,
-        help=f"epochs validation loss must stay above its minimum, with training loss falling, to call it "
-        f"overfitting (default: {d.patience})",
-    )
-    parser.add_argument(
-        "--gap-threshold",
-        type=float,
-        default=d.gap_threshold,
-        help=f"final training-minus-validation accuracy gap above which a run is overfitting (default: {d.gap_threshold})",
-    )
-    parser.add_argument(
-        "--min-delta",
-        type=float,
-        default=d.min_delta,
-        help=f"a validation loss counts as above the minimum only by more than this (default: {d.min_delta})",
-    )
-    parser.add_argument(
-        "--val-above-margin",
-        type=float,
-        default=d.val_above_margin,
-        help=f"flag 'validation above training' when final val_accuracy exceeds accuracy by more than this "
-        f"(default: {d.val_above_margin})",
-    )
+    for threshold in fields(Thresholds):
+        parser.add_argument(
+            "--" + threshold.name.replace("_", "-"),
+            type=type(threshold.default),
+            default=threshold.default,
+            help=f"{threshold.metadata['help']} (default: {threshold.default})",
+        )
 
 
 def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
     if args.patience < 1:
         raise SystemExit("error: --patience must be >= 1")
-    return Thresholds(args.patience, args.gap_threshold, args.min_delta, args.val_above_margin)
+    return Thresholds(**{threshold.name: getattr(args, threshold.name) for threshold in fields(Thresholds)})
 
 
 def render_text(result: OverfittingResult) -> str:
@@ -423,12 +414,11 @@ def render_text(result: OverfittingResult) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="analysis/overfitting.py",
-        description="Flag overfitting (with its onset epoch) and 'validation above training' per training run, "
+    parser = common.source_parser(
+        "overfitting.py",
+        "Flag overfitting (with its onset epoch) and 'validation above training' per training run, "
         "and write the verdicts back to each run as MLflow tags.",
     )
-    common.add_source_args(parser)
     add_threshold_args(parser)
     parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
     args = parser.parse_args(argv)

@@ -219,9 +219,7 @@ def figure(result: forecast.Forecast, path: Path) -> str | None:
         ax.set(
             xscale="log", yscale="log", title=f"{task}: measured runs, fitted curves", xlabel="images", ylabel="seconds"
         )
-    fig.suptitle(f"Forecast (bands: {int(result.options.confidence * 100)}% prediction intervals)", fontsize=10)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    common.save_figure(fig, path, f"Forecast (bands: {int(result.options.confidence * 100)}% prediction intervals)")
     return None
 
 
@@ -348,12 +346,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 a forecast, 2 bad input, 3 no runs, 4 the runs cannot fit any task (stderr says what to add)."""
-    parser = argparse.ArgumentParser(
-        prog="analysis/predict.py",
-        description="Fit the scaling model (Ernest) on the task 1 and task 2 runs and forecast the time and cost "
+    parser = common.source_parser(
+        "predict.py",
+        "Fit the scaling model (Ernest) on the task 1 and task 2 runs and forecast the time and cost "
         "of each cluster shape at a data size; log the forecast as an analysis run.",
     )
-    common.add_source_args(parser)
     add_forecast_args(parser)
     parser.add_argument("--prices", default=str(best_config.DEFAULT_PRICES), help="price table YAML")
     parser.add_argument("--confidence", type=float, default=0.95, help="level of the intervals (default: 0.95)")

@@ -6,7 +6,6 @@ the command-line wrapper.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,11 +104,8 @@ def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | No
     grid.set_titles("{col_name}")
     _mark_onsets(grid, meta, verdict)
     grid.set_axis_labels("epoch (0-based)", "loss")
-    grid.figure.suptitle(
-        "Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)", y=1.02, fontsize=10
-    )
-    grid.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(grid.figure)
+    title = "Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)"
+    common.save_figure(grid.figure, path, title, title_y=1.02)
     return None
 
 
@@ -144,11 +140,8 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
         aspect=1.1,
     )
     grid.set_axis_labels("batch size", "images / s")
-    grid.figure.suptitle(
-        "Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)", y=1.03, fontsize=10
-    )
-    grid.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(grid.figure)
+    title = "Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)"
+    common.save_figure(grid.figure, path, title, title_y=1.03)
     return None
 
 
@@ -163,8 +156,7 @@ def _preprocess_figure(result: best_config.BestConfigResult, path: Path) -> str 
     ax.set_xlabel("cluster shape")
     ax.set_ylabel("preprocessing time (s)")
     ax.set_title("Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs)", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    common.save_figure(fig, path)
     return None
 
 
@@ -524,12 +516,11 @@ def build_report(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="analysis/report.py",
-        description="Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
+    parser = common.source_parser(
+        "report.py",
+        "Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
         "preprocessing time), logged as the artifacts of a new MLflow run tagged task=analysis.",
     )
-    common.add_source_args(parser)
     overfitting.add_threshold_args(parser)
     best_config.add_ranking_args(parser)
     predict.add_forecast_args(parser)

@@ -20,19 +20,10 @@ from typing import Any
 
 import pandas as pd
 
-ROW_COLUMNS = [
-    "source",
-    "batch_size",
-    "batch_number",
-    "repetition",
-    "images",
-    "bytes",
-    "seconds",
-    "images_per_second",
-    "bytes_per_second",
-]
+from bigimage.tracking import names
+
+ROW_COLUMNS = list(names.SPEEDTEST_COLUMNS)
 EXTRA_COLUMNS = ["repeated", "warmup_batches", "available_images", "partition"]
-TABLE_ARTIFACT = "speedtest.json"
 SUMMARY_ARTIFACT = "speedtest_summary.json"
 CSV_ARTIFACT = "speedtest.csv"
 FIGURE_ARTIFACT = "speedtest.png"
@@ -150,7 +141,7 @@ def log_results(frame: pd.DataFrame, metrics: dict[str, float]) -> None:
     """Log the table, the CSV, the figure and the summary metrics to the active MLflow run."""
     import mlflow
 
-    mlflow.log_table(frame, TABLE_ARTIFACT)
+    mlflow.log_table(frame, names.SPEEDTEST_TABLE)
     mlflow.log_table(summary_frame(frame), SUMMARY_ARTIFACT)
     mlflow.log_text(frame.to_csv(index=False), CSV_ARTIFACT)
     mlflow.log_figure(figure(frame), FIGURE_ARTIFACT)

@@ -24,7 +24,7 @@ import functools
 import os
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import mlflow
 import pandas as pd
@@ -86,12 +86,7 @@ class RunSelection:
         return f"{where} at {self.tracking_uri}"
 
     def as_dict(self) -> dict:
-        return {
-            "tracking_uri": self.tracking_uri,
-            "experiment_id": self.experiment_id,
-            "experiment_name": self.experiment_name,
-            "parent_run_id": self.parent_run_id,
-        }
+        return asdict(self)
 
 
 def search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str = "") -> list[Run]:

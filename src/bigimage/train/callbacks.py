@@ -50,32 +50,25 @@ class RunLogger:
         return self.client, self.run_id
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        if not self.enabled:
-            return
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        batch = [Metric(key, float(value), stamp, step or 0) for key, value in values.items()]
-        client, run_id = self._target()
-        retry_busy(lambda: client.log_batch(run_id, metrics=batch))
+        self._log_batch(metrics=[Metric(key, float(value), stamp, step or 0) for key, value in values.items()])
 
     def params(self, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
         from mlflow.entities import Param
 
-        batch = [Param(key, str(value)) for key, value in values.items()]
-        client, run_id = self._target()
-        retry_busy(lambda: client.log_batch(run_id, params=batch))
+        self._log_batch(params=[Param(key, str(value)) for key, value in values.items()])
 
     def tags(self, values: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
         from mlflow.entities import RunTag
 
-        batch = [RunTag(key, str(value)) for key, value in values.items()]
-        client, run_id = self._target()
-        retry_busy(lambda: client.log_batch(run_id, tags=batch))
+        self._log_batch(tags=[RunTag(key, str(value)) for key, value in values.items()])
+
+    def _log_batch(self, **entities: list[Any]) -> None:
+        if self.enabled:
+            client, run_id = self._target()
+            retry_busy(lambda: client.log_batch(run_id, **entities))
 
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if not self.enabled:
