@@ -115,6 +115,10 @@ def test_schemas_are_not_offered_as_options() -> None:
             ["task=preprocess", "dataset=folder", "dataset.root=/nonexistent"],
             ["error: dataset.root=/nonexistent does not exist", "<label>"],
         ),
+        (
+            ["task=speedtest", "tfrecord_dir=/nonexistent/tfrecords"],
+            ["error: no TFRecords at /nonexistent/tfrecords", "task=preprocess"],
+        ),
     ],
 )
 def test_user_errors_are_one_short_message_without_traceback(

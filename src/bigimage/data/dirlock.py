@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from bigimage.errors import UserError
 from bigimage.data import storage
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ STALE_SECONDS = 120.0
 _POLL_SECONDS = 0.2
 
 
-class DestinationBusyError(RuntimeError):
+class DestinationBusyError(UserError, RuntimeError):
     """Another job holds the lock of the destination; the message names it and its age."""
 
 

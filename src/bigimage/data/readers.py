@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bigimage.errors import UserError
 from bigimage.data import schema
 
 
-class TFRecordDirError(ValueError):
+class TFRecordDirError(UserError, ValueError):
     """A TFRecord directory that is missing, incomplete or not what the caller expects."""
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from bigimage.errors import UserError
+
 if TYPE_CHECKING:  # pragma: no cover
     from google.cloud.storage import Blob, Client
 
@@ -47,7 +49,7 @@ _BATCH_LIMIT = 100  # the JSON API's maximum calls per batch request
 _DOWNLOAD_THREADS = 8
 
 
-class GCSCredentialsError(RuntimeError):
+class GCSCredentialsError(UserError, RuntimeError):
     """No credentials for Cloud Storage; the message says how to provide them."""
 
 

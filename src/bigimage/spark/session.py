@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from bigimage.errors import UserError
+
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import ClusterConfig
 
@@ -40,7 +42,7 @@ JAVA_HINT = (
 )
 
 
-class JavaError(RuntimeError):
+class JavaError(UserError, RuntimeError):
     """No usable Java for Spark."""
 
 

@@ -39,6 +39,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from bigimage import tensorflow_runtime
+from bigimage.errors import UserError
+
 FILES = "files"
 TFRECORD = "tfrecord"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -49,7 +52,7 @@ class SpeedtestDataError(ValueError):
     """The data of a source cannot be read as it should (corrupt shard, undecodable image, ...)."""
 
 
-class ShortDataError(SpeedtestDataError):
+class ShortDataError(UserError, SpeedtestDataError):
     """A grid point asks for more images than the source holds and ``on_short_data=error``."""
 
 
@@ -116,11 +119,8 @@ def check_short_data(point: GridPoint, plan: SourcePlan, settings: TimingSetting
 
 
 def import_tensorflow() -> Any:
-    """TensorFlow with its C++ start-up chatter turned down (once per process)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-
-    return tf
+    """TensorFlow, loaded quietly the first time in this (executor) process."""
+    return tensorflow_runtime.load_tensorflow()
 
 
 def _fetch_bytes(url: Any) -> Any:

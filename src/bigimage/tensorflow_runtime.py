@@ -1,0 +1,54 @@
+"""TensorFlow imported once per process, without its C++ start-up lines on the console.
+
+The pip wheel writes "Could not find cuda drivers", "failed call to cuInit" and the CPU-instructions note
+straight to file descriptor 2 while it loads and looks for devices, before its own logging (and so
+``TF_CPP_MIN_LOG_LEVEL``) is set up: on a CPU machine every Spark task of the speed test would print
+them. The import and the device search therefore run with descriptor 2 captured; afterwards every captured
+line that is not one of those known start-up notes is written back, so a warning that matters still shows.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from types import ModuleType
+
+#: Start-up lines that say nothing on a CPU-only machine (matched as substrings).
+START_UP_NOISE = (
+    "All log messages before absl::InitializeLog() is called",
+    "cudart_stub.cc",
+    "cuda_platform.cc",
+    "cuda_executor.cc",
+    "cuda_diagnostics.cc",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions",
+    "Unable to register cu",
+    "TF-TRT Warning",
+)
+
+
+def load_tensorflow() -> ModuleType:
+    """The ``tensorflow`` module, imported quietly the first time in this process."""
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # INFO off, warnings and errors on
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # the device search is what prints cuInit
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True) if not _noise(line)]
+    sys.stderr.write("".join(kept))
+    return tf
+
+
+def _noise(line: str) -> bool:
+    return not line.strip() or any(marker in line for marker in START_UP_NOISE)
