@@ -7,12 +7,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig
 
 from bigimage import termination
-from bigimage.config import ON_DATAPROC_ENV, Strategy, validate
+from bigimage.config import ON_DATAPROC_ENV, Config, Strategy, validate
 from bigimage.tracking.runs import tracked_run
 from bigimage.tracking.store import connect
 
@@ -78,7 +78,7 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
         from bigimage.cloud.dataproc import run_on_dataproc
 
         with termination.signals_raise():  # SIGTERM cancels the cloud job, as Ctrl-C does
-            run_on_dataproc(cfg)
+            run_on_dataproc(cast(Config, cfg))
         return {}  # the job's metrics are in its own run, logged on the cluster
     if cfg.task.name != "train" or cfg.strategy.launcher == "spark_barrier":
         from bigimage.spark.session import check_java

@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import bigimage
-from bigimage.config import PROJECT_ROOT
+from bigimage.config import PROJECT_ROOT, Config
 
 SINGLE_NODE_PROPERTY = "dataproc:dataproc.allow.zero.workers"
 PIP_PACKAGES_PROPERTY = "dataproc:pip.packages"
@@ -57,7 +57,7 @@ class DataprocError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------- settings
-def cluster_name(cfg: DictConfig) -> str:
+def cluster_name(cfg: Config) -> str:
     """``cluster.dataproc.cluster_name``, else ``bigimage-<shape>``; checked against Dataproc's rules."""
     name = cfg.cluster.dataproc.cluster_name or f"bigimage-{cfg.cluster.name}"
     name = str(name)
@@ -101,7 +101,7 @@ def cluster_pip_packages(root: Path = PROJECT_ROOT) -> list[str]:
     return packages
 
 
-def cluster_properties(cfg: DictConfig) -> dict[str, str]:
+def cluster_properties(cfg: Config) -> dict[str, str]:
     """Cluster properties of the request: single node, and the Python packages the job needs."""
     properties: dict[str, str] = {}
     if cfg.cluster.shape.single_node:
@@ -112,7 +112,7 @@ def cluster_properties(cfg: DictConfig) -> dict[str, str]:
     return properties
 
 
-def job_properties(cfg: DictConfig) -> dict[str, str]:
+def job_properties(cfg: Config) -> dict[str, str]:
     """Spark properties of the job: the shape's executors (YARN sizes the containers from them)."""
     cluster = cfg.cluster
     properties = {
@@ -129,14 +129,14 @@ def job_properties(cfg: DictConfig) -> dict[str, str]:
     return properties
 
 
-def _check_shape(cfg: DictConfig) -> None:
+def _check_shape(cfg: Config) -> None:
     shape = cfg.cluster.shape
     from google.cloud import dataproc_v1
 
     for key in ("master_boot_disk_type", "worker_boot_disk_type"):
-        if shape[key] not in BOOT_DISK_TYPES:
+        if getattr(shape, key) not in BOOT_DISK_TYPES:
             raise DataprocError(
-                f"cluster.shape.{key}={shape[key]!r} is not valid; choose one of: {', '.join(BOOT_DISK_TYPES)}"
+                f"cluster.shape.{key}={getattr(shape, key)!r} is not valid; choose one of: {', '.join(BOOT_DISK_TYPES)}"
             )
     if int(shape.master_boot_disk_size_gb) < 10:
         raise DataprocError(f"cluster.shape.master_boot_disk_size_gb={shape.master_boot_disk_size_gb} must be >= 10")
@@ -160,7 +160,7 @@ def _check_shape(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------- the requests
-def build_cluster(cfg: DictConfig, project: str) -> Any:
+def build_cluster(cfg: Config, project: str) -> Any:
     """The ``dataproc_v1.Cluster`` create request of the config's shape."""
     from google.cloud import dataproc_v1
 
@@ -199,9 +199,7 @@ def build_cluster(cfg: DictConfig, project: str) -> Any:
     )
 
 
-def build_pyspark_job(
-    cfg: DictConfig, main_uri: str, package_uri: str, config_uri: str, job_id: str | None = None
-) -> Any:
+def build_pyspark_job(cfg: Config, main_uri: str, package_uri: str, config_uri: str, job_id: str | None = None) -> Any:
     """The ``dataproc_v1.Job`` that runs the task's driver with the package and the resolved config."""
     from google.cloud import dataproc_v1
 
@@ -234,7 +232,7 @@ def _properties_flag(properties: dict[str, str]) -> str:
     return "--properties=" + ",".join(items)
 
 
-def gcloud_create_command(cfg: DictConfig, project: str | None = None) -> list[str]:
+def gcloud_create_command(cfg: Config, project: str | None = None) -> list[str]:
     """``gcloud dataproc clusters create`` with the same shape as :func:`build_cluster`."""
     _check_shape(cfg)
     shape = cfg.cluster.shape
@@ -271,9 +269,7 @@ def gcloud_create_command(cfg: DictConfig, project: str | None = None) -> list[s
     return command
 
 
-def gcloud_submit_command(
-    cfg: DictConfig, driver: str, package: str, config: str, project: str | None = None
-) -> list[str]:
+def gcloud_submit_command(cfg: Config, driver: str, package: str, config: str, project: str | None = None) -> list[str]:
     """``gcloud dataproc jobs submit pyspark`` equivalent to :func:`build_pyspark_job` (local files are
     uploaded by gcloud itself)."""
     command = [
@@ -326,7 +322,7 @@ def package_zip(destination: Path) -> Path:
     return destination
 
 
-def write_job_files(cfg: DictConfig, directory: Path) -> JobFiles:
+def write_job_files(cfg: Config, directory: Path) -> JobFiles:
     """The three files a job needs: driver script, package zip, resolved config."""
     directory.mkdir(parents=True, exist_ok=True)
     driver = directory / DRIVER_NAME
@@ -340,7 +336,7 @@ def write_job_files(cfg: DictConfig, directory: Path) -> JobFiles:
 
 
 # ---------------------------------------------------------------------------------- environment
-def resolve_project(cfg: DictConfig, required: bool = True) -> str | None:
+def resolve_project(cfg: Config, required: bool = True) -> str | None:
     """``cluster.dataproc.project``, else $GOOGLE_CLOUD_PROJECT/$CLOUDSDK_CORE_PROJECT, else the ADC project."""
     import os
 
@@ -380,13 +376,13 @@ def check_credentials() -> Any:
     return credentials
 
 
-def check_paths(cfg: DictConfig) -> list[str]:
+def check_paths(cfg: Config) -> list[str]:
     """Inputs and outputs the cluster must reach: they have to be gs:// URLs. Returns the problems."""
     problems = []
     for key, value in (("dataset.root", cfg.dataset.root), ("tfrecord_dir", cfg.tfrecord_dir)):
         if not str(value).startswith("gs://"):
             problems.append(f"{key}={value} is not a gs:// URL, so the Dataproc cluster cannot reach it")
-    uri = cfg.tracking.get("uri")
+    uri = cfg.tracking.uri
     if not uri or str(uri).startswith(("sqlite:", "file:", "/")):
         problems.append(
             f"tracking.uri={uri} is local: the run's MLflow records would stay on the cluster; "
@@ -404,7 +400,7 @@ def _endpoint(region: str) -> dict[str, str]:
     return {"api_endpoint": f"{region}-dataproc.googleapis.com:443"}
 
 
-def ensure_cluster(cfg: DictConfig, project: str, client: Any, echo: Callable[[str], None] = print) -> Any:
+def ensure_cluster(cfg: Config, project: str, client: Any, echo: Callable[[str], None] = print) -> Any:
     """Get the named cluster if it is running, else create it from the shape; returns the Cluster."""
     from google.api_core.exceptions import NotFound
     from google.cloud import dataproc_v1
@@ -492,7 +488,7 @@ class DriverOutput:
 
 
 def run_job(
-    cfg: DictConfig,
+    cfg: Config,
     project: str,
     job: Any,
     job_client: Any,
@@ -531,7 +527,7 @@ def run_job(
     return current
 
 
-def dry_run(cfg: DictConfig, directory: Path | None = None, echo: Callable[[str], None] = print) -> tuple[str, str]:
+def dry_run(cfg: Config, directory: Path | None = None, echo: Callable[[str], None] = print) -> tuple[str, str]:
     """Print the gcloud commands that do what run_on_dataproc would do; return them."""
     project = resolve_project(cfg, required=False)
     directory = directory or Path(cfg.paths.output_dir) / "dataproc" / cluster_name(cfg)
@@ -566,7 +562,7 @@ def dry_run(cfg: DictConfig, directory: Path | None = None, echo: Callable[[str]
 
 
 def run_on_dataproc(
-    cfg: DictConfig,
+    cfg: Config,
     *,
     cluster_client: Any = None,
     job_client: Any = None,
@@ -618,7 +614,7 @@ def run_on_dataproc(
             delete_cluster(cfg, project, cluster_client, echo)
 
 
-def delete_cluster(cfg: DictConfig, project: str, client: Any, echo: Callable[[str], None] = print) -> None:
+def delete_cluster(cfg: Config, project: str, client: Any, echo: Callable[[str], None] = print) -> None:
     """Delete the shape's cluster (also one left half-created); a failure is reported, never raised."""
     from google.api_core.exceptions import NotFound
 
