@@ -2,6 +2,7 @@
 
     python run.py [task=preprocess|speedtest|train|pipeline] [group=option ...] [key=value ...]
     python run.py -m task=preprocess cluster=single,maximal,four
+    python run.py -m hparams_search=train_optuna [hydra.sweeper.n_trials=N]
 
 A mistake the user can fix (a bad value, a missing path) ends with one line saying what to change and
 exit code 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
@@ -17,15 +18,17 @@ from omegaconf import DictConfig
 
 from bigimage.config import register_configs
 from bigimage.errors import UserError
+from bigimage.search.trial import objective
 from bigimage.tasks import run_task
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | list[float] | None:
+    """Run the task; for a training run, return its ``optimized_metric`` (what a search optimises)."""
     try:
-        run_task(cfg)
+        return objective(cfg, run_task(cfg))
     except UserError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -240,6 +240,17 @@ class ScalingConfig:
 
 
 @dataclass
+class SearchConfig:
+    """Set by the search's sweeper on each trial's job (``hparams_search=...``), empty otherwise: the Optuna
+    study and trial this run is, so its training workers can report epochs to the pruner (``prune``)."""
+
+    study_name: str | None = None
+    storage: str | None = None
+    trial: int | None = None
+    prune: bool = False
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = str(PROJECT_ROOT)
     data_dir: str = str(PROJECT_ROOT / "data")
@@ -266,6 +277,10 @@ class Config:
     batch_size: int = 32
     epochs: int = 10
     seed: int = 42
+    search: SearchConfig = field(default_factory=SearchConfig)
+    # What run.py's task function returns for a training run (a sweeper optimises it): a metric of its
+    # result, or a list of them for several objectives (hparams_search=train_optuna_cost).
+    optimized_metric: Any = "best_val_accuracy"
 
 
 def register_configs() -> None:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from bigimage import termination
 from bigimage.config import ON_DATAPROC_ENV, Config, Strategy, validate
+from bigimage.search.trial import search_tags
 from bigimage.tracking.runs import tracked_run
 from bigimage.tracking.store import connect
 
@@ -87,7 +88,8 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
     function = task_function(cfg.task.name)
     uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started = time.perf_counter()
-    tags = {**dict(cfg.tracking.tags), **(extra_tags or {})}  # the config's own (tracking.tags) first
+    # the config's own (tracking.tags) first; a search trial's study and trial number (bigimage.search)
+    tags = {**dict(cfg.tracking.tags), **search_tags(cfg), **(extra_tags or {})}
     with tracked_run(
         cfg,
         task=cfg.task.name,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from omegaconf import DictConfig, OmegaConf
 
 from bigimage.data import readers
+from bigimage.search.trial import search_tags
 from bigimage.train import launch, strategies
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
@@ -52,6 +53,8 @@ def checkpoint_key(cfg: Config) -> str:
     kept_elsewhere = ("checkpoint_dir", "cache", "cache_dir", "cache_max_memory_fraction")
     parts["train"] = {k: v for k, v in parts["train"].items() if k not in kept_elsewhere}
     parts["strategy"] = {key: getattr(cfg.strategy, key) for key in _KEY_STRATEGY}
+    if search_tags(cfg):  # parallel search trials of one config must not share (and resume) a checkpoint
+        parts["search"] = search_tags(cfg)
     digest = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{cfg.strategy.name}-{cfg.model.name}-bs{cfg.batch_size}-{digest}"
 
@@ -158,7 +161,7 @@ def run_train(cfg: Config) -> dict[str, float]:
             tracking_uri=tracking_uri,
             run_id=run_id,
             result_file=result_file,
-            worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir)),
+            worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir), cfg.search.storage),
         )
         if cfg.strategy.launcher == "spark_barrier":
             # One worker per Spark barrier task on the executors of cfg.cluster (multi-worker only).
@@ -173,6 +176,17 @@ def run_train(cfg: Config) -> dict[str, float]:
                 mlflow.log_artifacts(os.path.join(work_dir, "logs"), "worker_logs")
             except Exception as error:
                 log.warning("could not log the worker logs: %s", error)
+    return _with_cost(result_file, run_id)
+
+
+def _with_cost(result_file: str, run_id: str | None) -> dict[str, float]:
+    """The chief's final metrics plus ``seconds_per_epoch`` (logged too): the training's cost on this
+    machine, the second objective of ``hparams_search=train_optuna_cost``."""
     with open(result_file, encoding="utf-8") as handle:
-        result = json.load(handle)
-    return {key: float(value) for key, value in result.items()}
+        result = {key: float(value) for key, value in json.load(handle).items()}
+    result["seconds_per_epoch"] = result["training_seconds"] / max(result.get("epochs_run", 1.0), 1.0)
+    if run_id:
+        import mlflow
+
+        mlflow.log_metric("seconds_per_epoch", result["seconds_per_epoch"])
+    return result

@@ -81,6 +81,7 @@ def train_worker(
     from bigimage.config import check_batch_size
     from bigimage.train.callbacks import RunLogger, TrainingObserver
     from bigimage.train.model import build_model, compile_model
+    from bigimage.train.pruning import pruning_callbacks
 
     is_chief = task_index == 0
     replicas = int(strategy.num_replicas_in_sync)
@@ -107,7 +108,9 @@ def train_worker(
     log.info("worker %d/%d: strategy=%s, %s, %s", task_index, num_workers, cfg.strategy.name, shape, plan.description)
     # BackupAndRestore first: an epoch is reported once its checkpoint exists.
     backup = keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, delete_checkpoint=True)
-    seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, [backup, observer])
+    # A search trial's pruning (bigimage.train.pruning) last: it sees an epoch once checkpointed and logged.
+    callbacks = [backup, observer, *pruning_callbacks(cfg, strategy, is_chief, run_logger, num_workers)]
+    seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, callbacks)
     summary = {**shape, "training_seconds": seconds}
     try:
         return _finish(model, observer, run_logger, is_chief, task_index, checkpoint_dir, summary, card)

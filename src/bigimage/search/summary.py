@@ -1,0 +1,201 @@
+"""The search's parent run: one per study, holding every trial as a child and the study's outcome.
+
+At the start (:func:`prepare_parent`) the parent is tagged with the study and, when the study had a
+parent before (a search that was stopped and is now continued), the earlier trials' runs are moved
+under it. At the end (:func:`summarise`) it gets:
+
+* metrics ``search.trials_finished``, ``search.trials_pruned``, ``search.trials_failed``, and for one
+  objective ``search.best_value`` and ``best_<optimized_metric>``; params ``search.best.<key>``; tags
+  ``search.best_trial`` and ``search.best_run_id``;
+* artifacts ``search/trials.csv`` (every trial, with its run id), ``search/optimization_history.png``,
+  ``search/param_importances.png`` (+ ``.json``), and for two objectives the Pareto front as the
+  table ``search/pareto_front.json`` (``mlflow.load_table``) and ``search/pareto_front.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import pandas as pd
+
+from bigimage.search import figures
+from bigimage.search.study import ATTR_EXPERIMENT, ATTR_PARENT_RUN
+from bigimage.search.trial import TAG_STUDY, TAG_TRIAL
+from bigimage.tracking.store import retry_busy
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+PARETO_TABLE = "search/pareto_front.json"
+
+
+def redacted(url: str) -> str:
+    """A storage URL without its password (``postgresql://user:secret@host/db`` is a usual one)."""
+    parts = urlparse(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:
+    """The study's trial runs in the experiment: ``run_id``, ``number``, ``parent``, ``status``."""
+    runs = retry_busy(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{study_name}'"))
+    rows = [
+        {
+            "run_id": run.info.run_id,
+            "number": int(run.data.tags[TAG_TRIAL]),
+            "parent": run.data.tags.get(PARENT_TAG),
+            "status": run.info.status,
+        }
+        for run in runs
+        if TAG_TRIAL in run.data.tags
+    ]
+    return pd.DataFrame(rows, columns=["run_id", "number", "parent", "status"])
+
+
+def prepare_parent(
+    client: MlflowClient, study: optuna.Study, parent_run_id: str, experiment_id: str, tags: dict[str, str]
+) -> None:
+    """Tag the parent and make it the study's: earlier trials' runs (a continued search) move under it."""
+    previous = study.user_attrs.get(ATTR_PARENT_RUN)
+    if previous and previous != parent_run_id:
+        moved = trial_runs(client, experiment_id, study.study_name)
+        moved = moved[moved["parent"] == previous]
+        for run_id in moved["run_id"]:
+            _set_tag(client, str(run_id), PARENT_TAG, parent_run_id)
+        retry_busy(lambda: client.set_tag(previous, "search.continued_in", parent_run_id))
+        tags = {**tags, "search.resumed_from": previous}
+        log.info("study %s continues: %d earlier trial run(s) moved from %s", study.study_name, len(moved), previous)
+    for key, value in tags.items():
+        _set_tag(client, parent_run_id, key, value)
+    study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
+    study.set_user_attr(ATTR_EXPERIMENT, experiment_id)
+
+
+def _set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
+    retry_busy(lambda: client.set_tag(run_id, key, value))
+
+
+def trials_table(study: optuna.Study, objectives: Sequence[str], runs: pd.DataFrame) -> pd.DataFrame:
+    """``study.trials_dataframe()`` with the objectives by name, the pruned epoch and each trial's run id."""
+    table = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
+    if len(objectives) > 1:
+        table = table.rename(columns={f"values_{i}": name for i, name in enumerate(objectives)})
+    run_ids = dict(zip(runs["number"], runs["run_id"])) if not runs.empty else {}
+    table["run_id"] = table["number"].map(run_ids)
+    return table
+
+
+def importances(study: optuna.Study, objectives: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Parameter importance per objective (empty when too few finished trials vary)."""
+    import optuna
+
+    out: dict[str, dict[str, float]] = {}
+    for index, name in enumerate(objectives):
+        # Optuna's evaluator explains what makes a target low: a maximised objective is negated.
+        sign = -1.0 if study.directions[index].name == "MAXIMIZE" else 1.0
+
+        def target(trial: optuna.trial.FrozenTrial, i: int = index, sign: float = sign) -> float:
+            return sign * trial.values[i]
+
+        try:
+            out[name] = optuna.importance.get_param_importances(study, target=target)
+        except (RuntimeError, ValueError) as error:
+            log.info("no parameter importance for %s: %s", name, error)
+    return {name: values for name, values in out.items() if values}
+
+
+def pareto(study: optuna.Study, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``table`` on the study's Pareto front (``study.best_trials``)."""
+    numbers = {trial.number for trial in study.best_trials}
+    return table[table["number"].isin(numbers)].reset_index(drop=True)
+
+
+def counts(study: optuna.Study) -> dict[str, float]:
+    from optuna.trial import TrialState
+
+    states = [trial.state for trial in study.get_trials(deepcopy=False)]
+    return {
+        "search.trials_finished": float(states.count(TrialState.COMPLETE)),
+        "search.trials_pruned": float(states.count(TrialState.PRUNED)),
+        "search.trials_failed": float(states.count(TrialState.FAIL)),
+    }
+
+
+def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[str], parent_run_id: str) -> None:
+    """Write the study's outcome on its parent run (module doc)."""
+    experiment_id = retry_busy(lambda: client.get_run(parent_run_id)).info.experiment_id
+    table = trials_table(study, objectives, trial_runs(client, experiment_id, study.study_name))
+    retry_busy(lambda: client.log_batch(parent_run_id, metrics=_metrics(counts(study))))
+    finished = table[table["state"] == "COMPLETE"]
+    with tempfile.TemporaryDirectory(prefix="bigimage-search-") as folder:
+        table.to_csv(os.path.join(folder, "trials.csv"), index=False)
+        if len(objectives) == 1 and not finished.empty:
+            _log_best(client, study, objectives[0], parent_run_id, table)
+            maximize = study.direction.name == "MAXIMIZE"
+            _save(figures.optimization_history(table, objectives[0], maximize), folder, "optimization_history.png")
+        if len(objectives) > 1 and not finished.empty:
+            front = pareto(study, table)
+            retry_busy(lambda: client.log_table(parent_run_id, _json_ready(front), PARETO_TABLE))
+            fig = figures.pareto_front(finished, objectives[1], objectives[0], front)
+            _save(fig, folder, "pareto_front.png")
+            retry_busy(lambda: client.set_tag(parent_run_id, "search.pareto_trials", _numbers(front)))
+        found = importances(study, objectives)
+        if found:
+            _save(figures.param_importances(found), folder, "param_importances.png")
+            with open(os.path.join(folder, "param_importances.json"), "w", encoding="utf-8") as handle:
+                json.dump(found, handle, indent=1)
+        retry_busy(lambda: client.log_artifacts(parent_run_id, folder, "search"))
+
+
+def _log_best(client: MlflowClient, study: optuna.Study, metric: str, parent_run_id: str, table: pd.DataFrame) -> None:
+    from mlflow.entities import Param, RunTag
+
+    best = study.best_trial
+    run_id = table.loc[table["number"] == best.number, "run_id"]
+    params = [Param(f"search.best.{key}", str(value)) for key, value in best.params.items()]
+    tags = [RunTag("search.best_trial", str(best.number))]
+    if not run_id.empty and isinstance(run_id.iloc[0], str):
+        tags.append(RunTag("search.best_run_id", run_id.iloc[0]))
+    value = float(best.values[0])
+    metrics = _metrics({"search.best_value": value, f"best_{metric}".replace("best_best_", "best_"): value})
+    retry_busy(lambda: client.log_batch(parent_run_id, metrics=metrics, params=params, tags=tags))
+
+
+def _metrics(values: dict[str, float]) -> list[Any]:
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    return [Metric(key, value, stamp, 0) for key, value in values.items()]
+
+
+def _numbers(front: pd.DataFrame) -> str:
+    return ",".join(str(int(number)) for number in sorted(front["number"]))
+
+
+def _json_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns MLflow's table artifact can hold: durations and times as text."""
+    out = table.copy()
+    for column in out.columns:
+        if not (pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_string_dtype(out[column])):
+            out[column] = out[column].astype(str)
+    return out
+
+
+def _save(fig: Any, folder: str, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(os.path.join(folder, name), dpi=110)
+    plt.close(fig)

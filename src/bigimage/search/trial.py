@@ -1,0 +1,91 @@
+"""A trial as its job sees it: the objective ``run.py`` returns, the run's tags, the pruning reporter.
+
+The sweeper gives every trial's job ``search.study_name``, ``search.storage``, ``search.trial`` (the
+Optuna trial number) and ``search.prune``; the job's config, and so the resolved config the training
+workers read, carries them, so a worker process started anywhere can find its trial.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from bigimage.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+TAG_STUDY = "search.study"
+TAG_TRIAL = "search.trial"
+TAG_PRUNED = "pruned"
+TAG_PRUNED_EPOCH = "pruned_epoch"
+ATTR_PRUNED_EPOCH = "pruned_epoch"  # the trial's user attribute: the sweeper tells the study PRUNED
+REPORTED_METRIC = "val_accuracy"  # what the pruner sees per epoch (step = epoch index)
+
+
+def in_search(cfg: Any) -> bool:
+    search = cfg.get("search") if hasattr(cfg, "get") else None
+    if not search:
+        return False
+    return search.get("trial") is not None and bool(search.get("study_name"))
+
+
+def search_tags(cfg: Any) -> dict[str, str]:
+    """``search.study`` and ``search.trial`` for a trial's run (nothing outside a search)."""
+    if not in_search(cfg):
+        return {}
+    return {TAG_STUDY: str(cfg.search.study_name), TAG_TRIAL: str(cfg.search.trial)}
+
+
+def metric_names(cfg: Any) -> list[str]:
+    """``optimized_metric`` as a list (one name, or one per objective)."""
+    value = cfg.get("optimized_metric")
+    if value is None:
+        return []
+    return [str(value)] if isinstance(value, str) else [str(item) for item in value]
+
+
+def objective(cfg: Any, metrics: Mapping[str, Any]) -> float | list[float] | None:
+    """What the task function returns: the ``optimized_metric`` value(s) of a training run, else None."""
+    names = metric_names(cfg)
+    if cfg.task.name != "train" or not names:
+        return None
+    missing = [name for name in names if name not in metrics]
+    if missing:
+        raise UserError(
+            f"optimized_metric={names} names {missing}, which a training run does not return; "
+            f"choose among: {', '.join(sorted(metrics))}"
+        )
+    values = [float(metrics[name]) for name in names]
+    return values[0] if isinstance(cfg.optimized_metric, str) else values
+
+
+class TrialReporter:
+    """Reports a training's per-epoch validation accuracy to its trial and asks the pruner.
+
+    Only the chief worker makes one: it reports, the pruner decides, and the workers learn the decision
+    from it (:mod:`bigimage.train.pruning`), so they all stop after the same epoch.
+    """
+
+    def __init__(self, study_name: str, storage_url: str, trial_number: int):
+        import optuna
+
+        from bigimage.search.study import load_for_trial
+
+        self.study, storage = load_for_trial(study_name, storage_url)
+        study_id = storage.get_study_id_from_name(study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial_number)
+        self.trial: optuna.Trial = optuna.trial.Trial(self.study, trial_id)
+        self.number = trial_number
+
+    def report(self, epoch: int, value: float) -> bool:
+        """Report ``value`` at ``epoch``; whether the pruner stops this trial now."""
+        self.trial.report(float(value), step=int(epoch))
+        prune = bool(self.trial.should_prune())
+        if prune:
+            self.trial.set_user_attr(ATTR_PRUNED_EPOCH, int(epoch))
+            log.info("trial %d pruned after epoch %d (val_accuracy %.4f)", self.number, epoch, value)
+        return prune
