@@ -32,16 +32,16 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pandas as pd
 import yaml
 
-from bigimage.analysis_lib import common, overfitting, registry
+from bigimage.analysis_lib import common, overfitting, registry, training_cost
 from bigimage.tracking import names, query
 
 TAG_BEST = "best_config"
-CONFIG_PARAMS = ("strategy.name", "batch_size", "cluster.name")
+CONFIG_PARAMS = training_cost.BASE_PARAMS
 PREPROCESS_METRICS = ("images_per_second", "seconds", "images")
 DEFAULT_PRICES = query.PROJECT_ROOT / "analysis" / "prices.yaml"
 PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its speed decides the winner
@@ -250,48 +250,55 @@ def _status_ok(row: pd.Series, excluded: list) -> bool:
     return True
 
 
-class TrainingKey(NamedTuple):
-    """What tells training configurations apart in the ranking."""
-
-    strategy: str
-    batch_size: int
-    cluster: str
-
-
 def rank_training(
     of: overfitting.OverfittingResult, confidence: float = 0.95
 ) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
-    """Training configurations ranked by validation accuracy at the last good epoch (mean over runs)."""
+    """Training configurations ranked by validation accuracy at the last good epoch (mean over runs).
+
+    A configuration is :data:`CONFIG_PARAMS` plus the searched hyperparameters that differ between the
+    runs (:func:`training_cost.config_params`): a search's trials are configurations of their own."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
-    groups: dict[TrainingKey, dict[str, float]] = {}  # key -> run id -> val accuracy at the last good epoch
+    keys = training_cost.config_params(by_id.loc[[v.run_id for v in of.verdicts]]) if of.verdicts else []
+    groups: dict[tuple, dict[str, float]] = {}  # key -> run id -> val accuracy at the last good epoch
     for verdict in of.verdicts:
         row = by_id.loc[verdict.run_id]
-        values = {key: query.param(row, key) for key in CONFIG_PARAMS}
-        missing = [key for key, value in values.items() if value is None]
+        values = {key: query.param(row, key) for key in keys}
+        missing = [key for key in CONFIG_PARAMS if values[key] is None]
         if missing:
             _exclude(excluded, row, f"params of another schema: missing {', '.join(missing)}")
             continue
         try:
-            batch_size = int(float(values["batch_size"]))
+            values["batch_size"] = int(float(values["batch_size"]))
         except ValueError:
             _exclude(excluded, row, f"params of another schema: batch_size={values['batch_size']!r} is not a number")
             continue
         if verdict.val_accuracy_at_last_good is None:
             _exclude(excluded, row, f"no val_accuracy at its last good epoch ({verdict.last_good_epoch})")
             continue
-        key = TrainingKey(str(values["strategy.name"]), batch_size, str(values["cluster.name"]))
+        key = tuple(values[name] if name == "batch_size" else str(values[name]) for name in keys)
         groups.setdefault(key, {})[verdict.run_id] = verdict.val_accuracy_at_last_good
     ranking = [
-        Ranked(
-            {"strategy.name": key.strategy, "batch_size": key.batch_size, "cluster.name": key.cluster},
-            common.mean_interval(list(members.values()), confidence),
-            list(members),
-        )
+        Ranked(dict(zip(keys, key)), common.mean_interval(list(members.values()), confidence), list(members))
         for key, members in groups.items()
     ]
     ranking.sort(key=lambda ranked: (-ranked.score.mean, -ranked.score.n, str(ranked.key)))
     return ranking, excluded
+
+
+def rank_training_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[Ranked]:
+    """Training configurations by seconds per epoch (cheapest first), each with its best validation
+    accuracy and whether it is on the accuracy/cost Pareto front (:mod:`.training_cost`)."""
+    ranked, _ = training_cost.rank_by_cost(runs, confidence)
+    return [
+        Ranked(
+            item.key,
+            item.cost,
+            item.run_ids,
+            {"best_val_accuracy": item.accuracy.mean, "pareto_optimal": item.pareto_optimal},
+        )
+        for item in ranked
+    ]
 
 
 def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
@@ -440,6 +447,7 @@ class BestConfigResult:
     rank_by: str = "speed"
     tags_written: bool = False
     champion: dict | None = None  # the registered model the alias points at (registry.Champion.as_dict)
+    training_by_cost: list[Ranked] = field(default_factory=list)  # seconds per epoch, Pareto front marked
 
     def statements(self) -> dict:
         out = {"training": _distinguishable(self.training, "training configuration")}
@@ -463,6 +471,7 @@ class BestConfigResult:
             "selection": self.selection.as_dict(),
             "rank_by": self.rank_by,
             "training": [r.as_dict() for r in self.training],
+            "training_by_cost": [r.as_dict() for r in self.training_by_cost],
             "preprocess": {k: [r.as_dict() for r in v] for k, v in self.preprocess.items()},
             "speedtest": {k: [r.as_dict() for r in v] for k, v in self.speedtest.items()},
             "conclusions": self.statements(),
@@ -526,7 +535,7 @@ def analyse(
         for r in section["by_speed"]:
             if r.extra.get("hourly_cost") is None:
                 notes.append(f"{r.key}: no cost ({r.extra.get('cost_note')})")
-    return BestConfigResult(
+    result = BestConfigResult(
         selection,
         training,
         pre,
@@ -540,6 +549,8 @@ def analyse(
         speed_rows,
         rank_by,
     )
+    result.training_by_cost = rank_training_by_cost(runs, confidence)
+    return result
 
 
 def write_tags(result: BestConfigResult) -> None:
@@ -593,10 +604,21 @@ def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list
     return rows
 
 
+def _key_columns(ranking: list[Ranked]) -> list[str]:
+    return list(ranking[0].key) if ranking else list(CONFIG_PARAMS)
+
+
 def tables(result: BestConfigResult) -> dict[str, list[dict]]:
     """The rankings as plain rows (for the terminal and the Markdown report)."""
     return {
-        "training": _ranking_rows(result.training, list(CONFIG_PARAMS), "val_accuracy"),
+        "training": _ranking_rows(result.training, _key_columns(result.training), "val_accuracy"),
+        "training_by_cost": [
+            {**row, "best_val_accuracy": ranked.extra["best_val_accuracy"], "pareto": ranked.extra["pareto_optimal"]}
+            for row, ranked in zip(
+                _ranking_rows(result.training_by_cost, _key_columns(result.training_by_cost), "seconds_per_epoch"),
+                result.training_by_cost,
+            )
+        ],
         "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], ["cluster.name"], "images_per_second"),
         "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], ["cluster.name"], "cost_per_1000_images"),
         "speedtest_by_speed": _ranking_rows(
@@ -613,6 +635,8 @@ def render_text(result: BestConfigResult) -> str:
     statements = result.statements()
     titles = {
         "training": "Training configurations by validation accuracy at the last good epoch",
+        "training_by_cost": "Training configurations by seconds per epoch on this machine (pareto: no other is both "
+        "more accurate, by best_val_accuracy, and cheaper; the cost-aware search's front)",
         "preprocess_by_speed": "Preprocessing: cluster shapes by images/s",
         "preprocess_by_cost": f"Preprocessing: cluster shapes by cost per 1,000 images ({result.prices.currency}; {PRICED_RUNS})",
         "speedtest_by_speed": "Speed test: cluster shapes by images/s, per source",

@@ -344,6 +344,9 @@ def analyse(
             excluded.append(
                 Exclusion(row["run_id"], row["run_name"], row.get("task"), f"status {row['status']}: {what}")
             )
+        elif str(row.get("tags.pruned", "")).lower() == "true":  # a search stopped it: short curves, no verdict
+            reason = f"pruned by its search after epoch {row.get('tags.pruned_epoch')}: stopped early, not judged"
+            excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), reason))
         else:
             ok_status.append(row)
     run_ids = [r["run_id"] for r in ok_status]

@@ -1,0 +1,94 @@
+"""Training configurations by cost, and which of them are on the accuracy/cost Pareto front.
+
+The cost of a training on this machine is its ``seconds_per_epoch`` (training seconds over the epochs
+it ran); the accuracy is its ``best_val_accuracy``: the two numbers the cost-aware search
+(``hparams_search=train_optuna_cost``) optimises, so the front here is the search's front when both
+read the same runs. A configuration is Pareto-optimal when no other is at least as accurate and at
+least as cheap, and better in one of the two (means over its runs).
+
+A configuration is ``strategy.name`` x ``batch_size`` x ``cluster.name`` plus each searched
+hyperparameter (:data:`HYPERPARAMS`) that differs between the runs read: a search's trials with
+different learning rates are different configurations, a plain grid's runs group as before.
+Runs a search pruned (tag ``pruned=true``) stopped early and are not ranked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from bigimage.analysis_lib import common
+from bigimage.tracking import query
+
+BASE_PARAMS = ("strategy.name", "batch_size", "cluster.name")
+HYPERPARAMS = ("model.name", "model.width", "model.dropout", "train.learning_rate", "epochs", "image_size")
+ACCURACY_METRIC = "best_val_accuracy"
+COST_METRIC = "seconds_per_epoch"
+TAG_PRUNED = "pruned"
+
+
+def is_pruned(row: pd.Series) -> bool:
+    return str(row.get(f"tags.{TAG_PRUNED}", "")).lower() == "true"
+
+
+def config_params(runs: pd.DataFrame) -> list[str]:
+    """The params that tell training configurations apart among ``runs`` (module doc)."""
+    varying = [
+        key
+        for key in HYPERPARAMS
+        if f"params.{key}" in runs.columns and runs[f"params.{key}"].dropna().astype(str).nunique() > 1
+    ]
+    return [*BASE_PARAMS, *varying]
+
+
+@dataclass
+class CostRanked:
+    key: dict
+    cost: common.Interval  # seconds per epoch
+    accuracy: common.Interval  # best validation accuracy
+    run_ids: list[str]
+    pareto_optimal: bool = False
+
+
+def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> tuple[list[CostRanked], list[tuple[pd.Series, str]]]:
+    """FINISHED, unpruned training runs grouped by configuration, cheapest first; and the runs left out
+    with the reason."""
+    if runs.empty:
+        return [], []
+    training = runs[runs["task"] == "train"]
+    keys = config_params(training)
+    groups: dict[tuple, dict[str, tuple[float, float]]] = {}
+    left_out: list[tuple[pd.Series, str]] = []
+    for _, row in training.iterrows():
+        accuracy, cost = query.metric(row, ACCURACY_METRIC), query.metric(row, COST_METRIC)
+        if row["status"] != "FINISHED" or is_pruned(row):
+            continue  # the accuracy ranking says why (status, or pruned)
+        if accuracy is None or cost is None:
+            left_out.append((row, f"no {ACCURACY_METRIC} or {COST_METRIC}: not ranked by cost"))
+            continue
+        key = tuple(str(query.param(row, name, "")) for name in keys)
+        groups.setdefault(key, {})[row["run_id"]] = (accuracy, cost)
+    ranked = [
+        CostRanked(
+            dict(zip(keys, key)),
+            common.mean_interval([cost for _, cost in members.values()], confidence),
+            common.mean_interval([accuracy for accuracy, _ in members.values()], confidence),
+            sorted(members),
+        )
+        for key, members in groups.items()
+    ]
+    mark_pareto(ranked)
+    ranked.sort(key=lambda r: (r.cost.mean, -r.accuracy.mean, str(r.key)))
+    return ranked, left_out
+
+
+def mark_pareto(ranked: list[CostRanked]) -> None:
+    """Set ``pareto_optimal`` on the configurations no other dominates (accuracy up, cost down)."""
+    for item in ranked:
+        item.pareto_optimal = not any(
+            other.accuracy.mean >= item.accuracy.mean
+            and other.cost.mean <= item.cost.mean
+            and (other.accuracy.mean > item.accuracy.mean or other.cost.mean < item.cost.mean)
+            for other in ranked
+        )
