@@ -115,6 +115,10 @@ class ClusterConfig:
     driver_memory: str = "2g"
     partitions_per_core: int = 2
     spark_conf: dict[str, str] = field(default_factory=dict)
+    # deploy=standalone: each worker of the loopback cluster in its own mount namespace with empty /tmp,
+    # data/, outputs/ and home (bigimage.spark.isolate), as hosts that share no file system; with
+    # cluster.master: the given cluster's hosts share none. Either way a multi-host run (train/multihost.py).
+    share_nothing: bool = False
     shape: DataprocShape = field(default_factory=DataprocShape)
     dataproc: DataprocJob = field(default_factory=DataprocJob)
 

@@ -263,6 +263,9 @@ class StandaloneCluster:
     worker_daemons: list[Daemon] = field(default_factory=list)
     start_seconds: float = 0.0
     secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    # Share-nothing mode: each worker (with its executors) runs in its own mount namespace in which these
+    # directories are empty (bigimage.spark.isolate), as on a host of its own; () shares everything.
+    isolate: tuple[str, ...] = ()
     _own_work_dir: bool = False
     _stopped: bool = False
 
@@ -287,6 +290,12 @@ class StandaloneCluster:
                 f"a standalone cluster needs >= 1 worker with >= 1 core, got {self.workers} x {self.cores_per_worker}"
             )
         parse_memory_mb(self.memory_per_worker)
+        if self.isolate:
+            from bigimage.spark.isolate import unavailable
+
+            reason = unavailable()
+            if reason:
+                raise StandaloneError(f"share-nothing workers need a private mount namespace each, and {reason}")
         begin = time.monotonic()
         if self.work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="bigimage-standalone-"))
@@ -375,9 +384,12 @@ class StandaloneCluster:
         spark_class = spark_home() / "bin" / "spark-class"
         log_path = self._dir / f"{name}.log"
         preexec = _pdeathsig_preexec() if threading.current_thread() is threading.main_thread() else None
+        argv = [str(spark_class), *args]
+        if self.isolate and name != "master":
+            argv = self._isolated(argv)
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
-                [str(spark_class), *args],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -387,6 +399,15 @@ class StandaloneCluster:
                 preexec_fn=preexec,
             )
         return Daemon(name=name, process=process, log_path=log_path)
+
+    def _isolated(self, argv: list[str]) -> list[str]:
+        """A worker's command line in its own mount namespace: ``self.isolate`` hidden, its own dirs kept."""
+        from bigimage.spark import isolate
+
+        dirs = [str(self._dir / path) for path in ("work", "local", "logs")]
+        return isolate.command(
+            argv, self.isolate, keep=[str(self._dir / "spark-daemons.conf")], mkdirs=dirs, cwd=str(self._dir)
+        )
 
     def _start_master(self) -> None:
         for path in ("work", "local", "logs"):

@@ -1,0 +1,129 @@
+"""Share-nothing hosts on one machine: run a command in its own mount namespace with private, empty
+views of the directories a real second host would not have.
+
+A Spark worker of the loopback standalone cluster (``StandaloneCluster(isolate=...)``) starts as::
+
+    unshare --mount --propagation private -- python -m bigimage.spark.isolate \\
+        --mask /tmp --mask <project>/data --mask <project>/outputs --mask $HOME \\
+        --keep <properties file> --mkdir <work dir> ... --cwd <dir> -- <spark-class ...>
+
+This process reads the files to keep (the daemon's properties, which live under a masked ``/tmp``),
+mounts an empty tmpfs over each ``--mask`` directory, recreates the directories and kept files the
+daemon needs, changes into ``--cwd`` (the old working directory would still reach the hidden files)
+and execs the command, which keeps this pid. The worker, its executors and the TensorFlow workers they
+start then see none of the driver's temporary files, data, outputs or home: a path handed over from
+the driver fails there as it would on another host. Network, processes and the rest of the file system
+(the Python environment, Java) stay shared, as they would be on identically installed hosts.
+
+Needs root (or CAP_SYS_ADMIN) and util-linux's ``unshare``; :func:`unavailable` says why not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+
+
+def unavailable() -> str | None:
+    """Why mount namespaces cannot be made here (None: they can)."""
+    unshare = shutil.which("unshare")
+    if not unshare or not shutil.which("mount"):
+        return "util-linux `unshare`/`mount` are not installed"
+    if os.geteuid() != 0:
+        return "a private mount namespace with tmpfs mounts needs root"
+    probe = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "--", "mount", "-t", "tmpfs", "probe", "/mnt"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        return f"`unshare --mount` failed here: {(probe.stderr or probe.stdout).strip() or probe.returncode}"
+    return None
+
+
+def _inside(path: str, directories: Sequence[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == os.path.realpath(d) or real.startswith(os.path.realpath(d) + os.sep) for d in directories)
+
+
+def command(
+    argv: Sequence[str], masks: Sequence[str], keep: Sequence[str] = (), mkdirs: Sequence[str] = (), cwd: str = "/"
+) -> list[str]:
+    """``argv`` run with ``masks`` hidden behind empty tmpfs mounts, ``keep`` files and ``mkdirs`` recreated.
+
+    The Python installation stays visible when it lies in a masked directory (a pyenv interpreter under
+    ``$HOME``): a second host would have the same software, just not the driver's files.
+    """
+    unshare = shutil.which("unshare") or "unshare"
+    line = [unshare, "--mount", "--propagation", "private", "--", sys.executable, "-m", "bigimage.spark.isolate"]
+    for path in masks:
+        line += ["--mask", str(path)]
+    for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}:
+        if _inside(path, masks):
+            line += ["--expose", path]
+    for path in keep:
+        line += ["--keep", str(path)]
+    for path in mkdirs:
+        line += ["--mkdir", str(path)]
+    return [*line, "--cwd", str(cwd), "--", *argv]
+
+
+def _mask(path: str) -> None:
+    """An empty tmpfs over ``path`` (missing directories are created first, then hidden too)."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "bigimage-isolated", path], check=True)
+
+
+def _bind(source: str, target: str) -> None:
+    """``mount --bind`` through the system call: the mount tool would resolve ``/proc/self/fd/N`` to its
+    path name, which by now names the empty directory in the mask, not the hidden one the handle holds."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ms_bind = 4096
+    if libc.mount(source.encode(), target.encode(), None, ms_bind, None) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"bind mount onto {target}: {os.strerror(code)}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bigimage.spark.isolate", description=__doc__.split("\n")[0])
+    parser.add_argument("--mask", action="append", default=[], help="directory to hide behind an empty tmpfs")
+    parser.add_argument("--keep", action="append", default=[], help="file to carry over (same path and mode)")
+    parser.add_argument("--mkdir", action="append", default=[], help="directory to recreate after masking")
+    parser.add_argument("--expose", action="append", default=[], help="directory to keep visible in a mask")
+    parser.add_argument("--cwd", default="/")
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command to run")
+    kept = {}
+    for path in args.keep:
+        with open(path, "rb") as handle:
+            kept[path] = (handle.read(), os.stat(path).st_mode & 0o7777)
+    exposed = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in args.expose}
+    for path in args.mask:
+        _mask(path)
+    for path, descriptor in exposed.items():  # bound back from the handle opened before the mask hid it
+        os.makedirs(path, exist_ok=True)
+        _bind(f"/proc/self/fd/{descriptor}", path)
+        os.close(descriptor)
+    for path in args.mkdir:
+        os.makedirs(path, exist_ok=True)
+    for path, (content, mode) in kept.items():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+    os.makedirs(args.cwd, exist_ok=True)
+    os.chdir(args.cwd)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main()
