@@ -1,20 +1,29 @@
-"""Task 1 throughput against its own limit, and driver memory against data size, in one run.
+"""Task 1 throughput against its own limit at two data sizes, its fixed cost and where it goes, in one run.
 
-    python benchmarks/preprocess.py [--images 20000] [--small 2000] [--cores 2]
+    python benchmarks/preprocess.py [--small 2000] [--images 20000] [--cores 2] [--spark-conf KEY=VALUE ...]
 
-1. The limit: the same transform (read, decode, resize, crop, encode) and serialisation in a plain
-   loop on one core, over a sample of the same images, times the cores Spark is given.
-2. The Spark job on all ``--images`` images (``local[cores]``): images/s from the first task's start
-   to the last shard committed; session start-up is reported apart.
-3. Driver peak memory (Python driver and the JVM) for ``--small`` and ``--images`` images, each in a
-   fresh process, so the peaks do not mix.
+1. The limit: the same transform (read, decode, resize, crop, encode), serialisation and record framing
+   in a plain loop on one core, over a sample of the images, times the cores Spark is given.
+2. The Spark job (``write_tfrecords`` on ``local[cores]``, as ``task=preprocess`` runs it: a fresh
+   process, the job the first of its session) at ``--small`` and at ``--images`` images: images/s from
+   the first task's start to the set committed (the metric ``seconds``); session start-up apart.
+3. The fixed cost: ``seconds`` minus the time the limit needs for the same images, split by where it
+   goes: the tasks running slower than the plain loop (their own per-task work, other processes on
+   the cores), task slots idle before, between and after the tasks (Spark's scheduling, the hand-over
+   to a Python worker, the last tasks' tail), and the driver's commit after the last task. Beside it the
+   CPU seconds each process group used during the job (JVM: JIT compiler, GC, the rest; the Python
+   workers; the Python driver), read from /proc (Linux).
+4. Driver peak memory (Python driver and JVM) at both sizes, each in a fresh process: flat in N.
 
-Prints the ratios; goal: Spark >= 0.8 x limit, and driver memory that does not grow with N.
+``--spark-conf`` adds Spark settings to the job (e.g. the settings before issue 13:
+``--spark-conf spark.python.daemon.module=pyspark.daemon --spark-conf spark.driver.extraJavaOptions=``).
+Goals: >= 0.8 of the limit at 2,000 images, >= 0.9 at 20,000; driver memory ratio ~1.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import resource
@@ -27,9 +36,12 @@ from bigimage.config import PROJECT_ROOT
 from bigimage.data import schema, storage
 from bigimage.data.listing import list_labelled_images
 from bigimage.data.synthetic import DEFAULT_CLASSES, ensure_synthetic_dataset
+from bigimage.data.tfrecord import TFRecordWriter
 from bigimage.data.transform import transform_jpeg
 
 IMAGE_SIZE, QUALITY = 192, 90
+GOALS = {"small": 0.8, "large": 0.9}
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def dataset(num_images: int) -> str:
@@ -38,16 +50,20 @@ def dataset(num_images: int) -> str:
     return str(root)
 
 
-def single_core_rate(root: str, sample: int) -> float:
-    """Images/s of the plain loop on one core (this process is pinned to one CPU)."""
+def single_core_rate(root: str, sample: int) -> dict[str, float]:
+    """Images/s of the plain loop on one core (this process is pinned to one CPU), per wall-clock second
+    and per CPU-second."""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     listing = list_labelled_images(root)
     items = listing.items[:: max(1, len(listing.items) // sample)][:sample]
-    started = time.perf_counter()
+    writer = TFRecordWriter(io.BytesIO())
+    started, cpu_started = time.perf_counter(), time.process_time()
     for path, class_index in items:
         jpeg = transform_jpeg(storage.read_bytes(path), IMAGE_SIZE, QUALITY)
-        schema.serialize_example(jpeg, class_index, listing.classes[class_index], IMAGE_SIZE, IMAGE_SIZE, 5)
-    return len(items) / (time.perf_counter() - started)
+        label = listing.classes[class_index]
+        writer.write(schema.serialize_example(jpeg, class_index, label, IMAGE_SIZE, IMAGE_SIZE, len(listing.classes)))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"images_per_second": len(items) / wall, "images_per_cpu_second": len(items) / cpu}
 
 
 def _peak_kib(pid: int | str) -> int:
@@ -55,30 +71,109 @@ def _peak_kib(pid: int | str) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
-def spark_job(root: str, cores: int, shards: int) -> dict:
-    """Run the job once in this process; returns timings and the driver's peak memory."""
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                    children.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except OSError:
+                continue
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _cpu_seconds(stat_path: str) -> float:
+    with open(stat_path, encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_snapshot(jvm: int) -> dict[str, float]:
+    """CPU seconds so far of this process tree, by process (the JVM also by thread: ``jvm/<tid>/<name>``)."""
+    snapshot: dict[str, float] = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            snapshot[f"{pid}"] = _cpu_seconds(f"/proc/{pid}/stat")
+            if pid == jvm:
+                for thread in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{thread}/comm", encoding="utf-8") as handle:
+                        name = handle.read().strip()
+                    snapshot[f"jvm/{thread}/{name}"] = _cpu_seconds(f"/proc/{pid}/task/{thread}/stat")
+        except OSError:
+            continue
+    return snapshot
+
+
+def cpu_by_group(before: dict[str, float], after: dict[str, float], jvm: int) -> dict[str, float]:
+    """CPU seconds used between two snapshots: the JVM's JIT compiler and GC threads (those alive at the
+    end; a compiler thread that ended meanwhile counts in jvm_other) and the rest of the JVM, the Python
+    workers (the daemon and its forks), this Python driver."""
+    groups = {"jvm_jit": 0.0, "jvm_gc": 0.0, "jvm_other": 0.0, "python_workers": 0.0, "python_driver": 0.0}
+    for key, seconds in after.items():
+        used = seconds - before.get(key, 0.0)
+        if key.startswith("jvm/"):
+            name = key.split("/", 2)[2]
+            group = "jvm_jit" if "Compiler" in name else "jvm_gc" if name.startswith(("GC ", "G1 ")) else None
+            if group:
+                groups[group] += used
+        elif int(key) == jvm:
+            groups["jvm_other"] += used
+        else:
+            groups["python_driver" if int(key) == os.getpid() else "python_workers"] += used
+    groups["jvm_other"] -= groups["jvm_jit"] + groups["jvm_gc"]
+    return groups
+
+
+def _breakdown(results: list, seconds: float, cores: int) -> dict[str, float]:
+    """Where ``seconds`` goes (see the module docstring); the parts add up to ``seconds``."""
+    first = min(result.started for result in results)
+    last = max(result.finished for result in results)
+    busy = sum(result.finished - result.started for result in results)
+    return {
+        "task_seconds_per_core": busy / cores,
+        "idle_slots_seconds": (cores * (last - first) - busy) / cores,
+        "commit_seconds": seconds - (last - first),
+    }
+
+
+def spark_job(root: str, cores: int, shards: int, extra_conf: dict[str, str]) -> dict:
+    """Run the job once in this process; returns timings, where they go and the driver's peak memory."""
     from omegaconf import OmegaConf
 
     from bigimage.config import ClusterConfig
     from bigimage.spark.preprocess import write_tfrecords
     from bigimage.spark.session import spark_session
 
-    cluster = OmegaConf.structured(ClusterConfig(name="bench", executors=1, executor_cores=cores))
+    conf = {"spark.ui.showConsoleProgress": "false", **extra_conf}
+    cluster = OmegaConf.structured(ClusterConfig(name="bench", executors=1, executor_cores=cores, spark_conf=conf))
     listing = list_labelled_images(root)
     with tempfile.TemporaryDirectory() as destination:
         started = time.perf_counter()
         with spark_session(cluster, "bigimage-benchmark") as spark:
             startup = time.perf_counter() - started
             jvm_pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
-            manifest, _, seconds = write_tfrecords(spark, listing, destination, IMAGE_SIZE, QUALITY, shards, "b", 0)
+            before = cpu_snapshot(jvm_pid)
+            manifest, results, seconds = write_tfrecords(
+                spark, listing, destination, IMAGE_SIZE, QUALITY, shards, "b", 0
+            )
+            after = cpu_snapshot(jvm_pid)
             jvm_peak = _peak_kib(jvm_pid)
     return {
         "images": manifest.num_records,
         "seconds": seconds,
         "startup_seconds": startup,
         "images_per_second": manifest.num_records / seconds,
+        **_breakdown(results, seconds, cores),
+        "cpu_seconds": cpu_by_group(before, after, jvm_pid),
         "python_driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "jvm_driver_peak_mib": jvm_peak / 1024,
+        "load_average": os.getloadavg()[0],
     }
 
 
@@ -87,42 +182,66 @@ def in_subprocess(*args: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
+def report(label: str, run: dict, limit: float, per_cpu_second: float) -> float:
+    """Print one size's figures; returns its ratio to the limit."""
+    images, seconds = run["images"], run["seconds"]
+    ratio = run["images_per_second"] / limit
+    at_limit = images / limit
+    cpu = ", ".join(f"{key} {value:.2f}" for key, value in sorted(run["cpu_seconds"].items()))
+    print(
+        f"{images} images ({label}): {run['images_per_second']:.1f} images/s over {seconds:.2f} s "
+        f"(start-up {run['startup_seconds']:.1f} s apart): {ratio:.2f} of the limit (goal >= {GOALS[label]}); "
+        f"load {run['load_average']:.1f}"
+    )
+    print(
+        f"  fixed cost {seconds - at_limit:.2f} s beyond the {at_limit:.2f} s the limit needs: tasks slower than the "
+        f"loop {run['task_seconds_per_core'] - at_limit:.2f} s, task slots idle {run['idle_slots_seconds']:.2f} s, "
+        f"commit after the last task {run['commit_seconds']:.2f} s"
+    )
+    print(f"  CPU seconds during the job: {cpu} (the transform alone: {images / per_cpu_second:.2f})")
+    return ratio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=20000, help="the large set (N x 10)")
-    parser.add_argument("--small", type=int, default=2000, help="the small set, for the memory comparison")
+    parser.add_argument("--images", type=int, default=20000, help="the large set")
+    parser.add_argument("--small", type=int, default=2000, help="the small set")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="Spark local[cores]")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--sample", type=int, default=600, help="images in the single-core loop")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark settings")
     parser.add_argument("--_job", nargs=2, metavar=("ROOT", "WHAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    extra = dict(setting.split("=", 1) for setting in args.spark_conf)
     if args._job:
         root, what = args._job
-        result = single_core_rate(root, args.sample) if what == "loop" else spark_job(root, args.cores, args.shards)
-        print(json.dumps(result))
+        if what == "loop":
+            print(json.dumps(single_core_rate(root, args.sample)))
+        else:
+            print(json.dumps(spark_job(root, args.cores, args.shards, extra)))
         return
 
     small, large = dataset(args.small), dataset(args.images)
-    per_core = in_subprocess("--sample", str(args.sample), "--_job", large, "loop")
+    conf_args = [f"--spark-conf={setting}" for setting in args.spark_conf]
+    loop = in_subprocess("--sample", str(args.sample), "--_job", large, "loop")
+    per_core = loop["images_per_second"]
     limit = per_core * args.cores
-    runs = {
-        n: in_subprocess("--cores", str(args.cores), "--shards", str(args.shards), "--_job", root, "spark")
-        for n, root in ((args.small, small), (args.images, large))
-    }
-    big = runs[args.images]
-    print(f"single-core loop: {per_core:.1f} images/s; limit x {args.cores} cores = {limit:.1f} images/s")
-    for n, run in runs.items():
-        print(
-            f"spark local[{args.cores}], {n} images: {run['images_per_second']:.1f} images/s over {run['seconds']:.1f} s "
-            f"(start-up {run['startup_seconds']:.1f} s apart); driver peak: Python {run['python_driver_peak_mib']:.0f} MiB, "
-            f"JVM {run['jvm_driver_peak_mib']:.0f} MiB"
+    print(
+        f"single-core loop: {per_core:.1f} images/s ({loop['images_per_cpu_second']:.1f} per CPU-second); "
+        f"limit x {args.cores} cores = {limit:.1f} images/s "
+        f"(load {os.getloadavg()[0]:.1f}); extra Spark settings: {extra or 'none'}"
+    )
+    runs = {}
+    for label, root in (("small", small), ("large", large)):
+        runs[label] = in_subprocess(
+            "--cores", str(args.cores), "--shards", str(args.shards), *conf_args, "--_job", root, "spark"
         )
-    ratio = big["images_per_second"] / limit
-    small_run = runs[args.small]
-    print(f"ratio spark / (per-core limit x cores) at {args.images} images: {ratio:.2f} (goal >= 0.8)")
+        report(label, runs[label], limit, loop["images_per_cpu_second"])
     for key in ("python_driver_peak_mib", "jvm_driver_peak_mib"):
+        ratio = runs["large"][key] / runs["small"][key]
         print(
-            f"driver memory {key.split('_')[0]} at {args.images} / at {args.small}: {big[key] / small_run[key]:.2f} (goal: ~1)"
+            f"driver memory {key.split('_')[0]}: {runs['small'][key]:.0f} MiB at {args.small}, "
+            f"{runs['large'][key]:.0f} MiB at {args.images}: {ratio:.2f} (goal: ~1)"
         )
 
 

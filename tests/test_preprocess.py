@@ -94,6 +94,33 @@ def test_every_valid_image_once_with_its_label(spark, make_image_tree: Callable[
     assert seconds > 0
 
 
+SAME_RECORDS_DIGEST = "0407d6250a760dd065e2a8487d15a2b464d956a7f42f1f30f933b5ee35f1d56b"  # before issue 13
+
+
+def test_same_input_and_settings_give_the_same_records_byte_for_byte(
+    spark, make_image_tree: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 13: what task 1 computes does not change with how its Spark job runs (the worker daemon,
+    the JIT settings): the job's shards are, byte for byte, what write_shard writes in this process for
+    the same assignment, and the set is the one the same input and settings gave before."""
+    import hashlib
+
+    from bigimage.data import shards
+
+    listing = list_labelled_images(str(make_image_tree(per_class=4)))
+    destination = tmp_path / "tfrec"
+    manifest, _, _ = write_tfrecords(spark, listing, str(destination), 64, 85, 3, "same", seed=7)
+    written = [(destination / name).read_bytes() for name in sorted(manifest.shards)]
+    here = tmp_path / "here"
+    here.mkdir()
+    expected = [
+        Path(shards.write_shard(index, items, listing.classes, 64, 85, str(here)).staged or "").read_bytes()
+        for index, items in enumerate(assign_shards(listing.items, 3, seed=7))
+    ]
+    assert written == expected
+    assert hashlib.sha256(b"".join(written)).hexdigest() == SAME_RECORDS_DIGEST
+
+
 def test_rerun_replaces_the_previous_set(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
     listing = list_labelled_images(str(make_image_tree(per_class=3)))
     destination = str(tmp_path / "tfrec")

@@ -71,6 +71,21 @@ def check_java() -> int:
     return major
 
 
+# Task 1's fixed costs where the executors run this interpreter (local mode, a standalone cluster on
+# loopback), measured on 2 cores (benchmarks/preprocess.py, no-op tasks): per shard task the Python
+# worker spent 15 ms of CPU (13 of them in the full gc.collect() PySpark runs after every task) and the
+# JVM about 25 ms, most of it in the C2 JIT compiler of a young JVM. The worker daemon of
+# bigimage.spark.worker_daemon brings the worker's share to 2 ms; C1 alone (TieredStopAtLevel=1) the
+# JVM's to 10-16 ms. The JVM's own work here is small (the Python workers do the transform), so its
+# code does not need C2. A cluster's spark_conf overrides any of these.
+JIT_C1_ONLY = "-XX:TieredStopAtLevel=1"
+SAME_MACHINE_CONF = {
+    "spark.python.daemon.module": "bigimage.spark.worker_daemon",
+    "spark.driver.extraJavaOptions": JIT_C1_ONLY,
+    "spark.executor.extraJavaOptions": JIT_C1_ONLY,
+}
+
+
 def total_slots(cluster: ClusterConfig) -> int:
     """Task slots a shape asks for: executors x cores (0 cores: every core of this machine)."""
     cores = cluster.executor_cores or os.cpu_count() or 1
@@ -102,6 +117,7 @@ def spark_conf(cluster: ClusterConfig, master: str, app_name: str) -> dict[str, 
     if loopback_master(master):
         # Nothing to reach from elsewhere; a loopback cluster's executors call the driver back there too.
         conf.update({"spark.driver.host": LOOPBACK, "spark.driver.bindAddress": LOOPBACK})
+        conf.update(SAME_MACHINE_CONF)
     if not master.startswith("local"):
         conf.update(
             {
