@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bigimage.spark.barrier import build_tf_config
@@ -62,11 +62,13 @@ class WorkerFailedError(RuntimeError):
         task_index: int | None = None,
         exit_code: int | None = None,
         pids: list[int] | None = None,
+        log_text: str = "",
     ):
         super().__init__(message)
         self.task_index = task_index
         self.exit_code = exit_code
         self.pids = list(pids or [])  # every worker process of the training, all dead by now
+        self.log_text = log_text  # the failed worker's log, when it came from another host
 
 
 class WorkerTimeoutError(WorkerFailedError):
@@ -258,6 +260,15 @@ _FAILED_END = "bigimage-worker-failed>>"
 _FAILED_HEAD = re.compile(
     re.escape(_FAILED_BEGIN) + r" rank=(\d+) exit=(-?\d+) pid=(\d+)>>\n(.*?)\n" + re.escape(_FAILED_END), re.S
 )
+# Then the failed worker's log (its last _FAILED_LOG_BYTES), which the driver keeps with the run.
+_LOG_BEGIN = "<<bigimage-worker-log>>"
+_LOG_END = "<<bigimage-worker-log-end>>"
+_FAILED_LOG = re.compile(re.escape(_LOG_BEGIN) + r"\n(.*?)\n" + re.escape(_LOG_END), re.S)
+# A worker that exits with an error after a peer died (its collective broke) waits this long before it
+# fails the stage, so that the stage's error names the peer killed by a signal, the cause.
+PEER_GRACE_SECONDS = 5.0
+_LOG_BYTES = 1 << 20  # a worker's log and progress lines back through Spark: their last MiB
+_FAILED_LOG_BYTES = 1 << 18  # inside an error message: its last 256 KiB
 
 
 class BarrierWorker:
@@ -269,51 +280,82 @@ class BarrierWorker:
     a crash (segfault, OOM kill) stays in the child and arrives as an exit code with its log lines.
     The child watches this process (``--parent-pid``): when Spark kills the task, the child exits too.
 
-    Paths (config, ``tfrecord_dir``, checkpoints, ``work_dir``) are the driver's: the executors must see
-    them (same machine as here, or a shared file system). The chief's final metrics come back through
-    Spark, not through a shared file. ``prefix`` (a :class:`~bigimage.train.netns.PrivateNetwork`'s, for
-    executors on the driver's machine) runs every worker in that network namespace.
+    Nothing on the driver's disk is used here, so the executor may be on another host: the resolved
+    config travels inside the task (``config_text``), the worker runs in a scratch directory of this host
+    with its gs:// data staged there (:mod:`bigimage.train.staging`), and its log and progress lines go
+    back through Spark (in the result; a failed worker's in the stage's error) for the driver to keep as
+    run artifacts. Checkpoints and tracking are URLs in the config (a shared ``train.checkpoint_dir``, the
+    tracking server). ``prefix`` (a :class:`~bigimage.train.netns.PrivateNetwork`'s, for executors on
+    the driver's machine) runs every worker in that network namespace.
     """
 
-    def __init__(self, job: WorkerJob, prefix: Sequence[str] = ()) -> None:
+    def __init__(self, job: WorkerJob, config_text: str, prefix: Sequence[str] = ()) -> None:
         self.job = job
+        self.config_text = config_text
         self.prefix = list(prefix)
 
     def __call__(self, tf_config_dict: dict) -> dict:
+        from bigimage.train.staging import stage_worker_config
+
         rank = int(tf_config_dict["task"]["index"])
-        log_path = self.job.log_path(rank)
-        result_dir = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
-        result_file = os.path.join(result_dir, "result.json")
+        scratch = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
+        try:
+            config_path = stage_worker_config(self.config_text, scratch)
+            job = replace(self.job, config_path=config_path, work_dir=os.path.join(scratch, "work"))
+            return self._run(job, rank, tf_config_dict, os.path.join(scratch, "result.json"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run(self, job: WorkerJob, rank: int, tf_config_dict: dict, result_file: str) -> dict:
+        log_path = job.log_path(rank)
         env = worker_env({"TF_CONFIG": json.dumps(tf_config_dict)})
         host = socket.gethostname()
-        process = _spawn([*self.prefix, *self.job.argv(rank, result_file)], env, log_path)
+        process = _spawn([*self.prefix, *job.argv(rank, result_file)], env, log_path)
         worker = _Worker(rank, process, log_path)
         try:
             try:
-                code = process.wait(timeout=self.job.timeout_seconds)
+                code = process.wait(timeout=job.timeout_seconds)
             except subprocess.TimeoutExpired:
                 code = None
             if code != 0:
-                if code is None:
-                    what = f"still running after strategy.worker_timeout_seconds={self.job.timeout_seconds:g} and was killed"
-                    code = -signal.SIGKILL
-                else:
-                    what = f"exited with code {code}{_signal_name(code)}"
                 _kill([worker])
-                raise RuntimeError(
-                    f"{_FAILED_BEGIN} rank={rank} exit={code} pid={process.pid}>>\n"
-                    f"training worker {rank} of {self.job.num_workers} (pid {process.pid} on {host}, Spark barrier task "
-                    f"{rank}) {what}; Spark fails the barrier stage and stops the other workers. "
-                    f"Last lines of {log_path}:\n{tail(log_path)}\n{_FAILED_END}"
-                )
+                if code is not None and code > 0:  # often the peer's death; a killed peer (the cause) reports first
+                    time.sleep(PEER_GRACE_SECONDS)
+                raise RuntimeError(_failure_report(job, rank, code, process.pid, host, log_path))
             result = None
             if rank == 0:
                 with open(result_file, encoding="utf-8") as handle:
                     result = json.load(handle)
-            return {"rank": rank, "pid": process.pid, "host": host, "log": log_path, "result": result}
+            progress = os.path.join(job.work_dir, "progress", f"worker-{rank}.jsonl")
+            return {"rank": rank, "pid": process.pid, "host": host, "log": _text(log_path, _LOG_BYTES),
+                    "progress": _text(progress, _LOG_BYTES), "result": result}  # fmt: skip
         finally:
             _kill([worker])  # never leave a worker behind this task (killed, cancelled or failed)
-            shutil.rmtree(result_dir, ignore_errors=True)
+
+
+def _text(path: str, limit: int) -> str:
+    """The last ``limit`` bytes of a file as text ('' when there is none)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(os.path.getsize(path) - limit, 0))
+            return handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _failure_report(job: WorkerJob, rank: int, code: int | None, pid: int, host: str, log_path: str) -> str:
+    """The failed worker, its last log lines and (for the driver's artifacts) its log, between markers."""
+    if code is None:
+        what = f"still running after strategy.worker_timeout_seconds={job.timeout_seconds:g} and was killed"
+        code = -signal.SIGKILL
+    else:
+        what = f"exited with code {code}{_signal_name(code)}"
+    return (
+        f"{_FAILED_BEGIN} rank={rank} exit={code} pid={pid}>>\n"
+        f"training worker {rank} of {job.num_workers} (pid {pid} on {host}, Spark barrier task {rank}) {what}; "
+        f"Spark fails the barrier stage and stops the other workers. Last lines of its log:\n{tail(log_path)}\n"
+        f"{_FAILED_END}\n{_LOG_BEGIN}\n{_text(log_path, _FAILED_LOG_BYTES)}\n{_LOG_END}"
+    )
 
 
 def _worker_failure(error: BaseException) -> WorkerFailedError | None:
@@ -327,7 +369,21 @@ def _worker_failure(error: BaseException) -> WorkerFailedError | None:
     if match is None:
         return None
     rank, code, pid, message = int(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
-    return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid])
+    logged = _FAILED_LOG.search(text, match.end())
+    log_text = logged.group(1) if logged else ""
+    return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid], log_text=log_text)
+
+
+def _keep(work_dir: str, rank: int, log_text: str, progress: str = "") -> None:
+    """A worker's log and progress lines, sent back through Spark, where the process launcher keeps them."""
+    for folder, name, text in (
+        ("logs", f"worker-{rank}.log", log_text),
+        ("progress", f"worker-{rank}.jsonl", progress),
+    ):
+        if text:
+            os.makedirs(os.path.join(work_dir, folder), exist_ok=True)
+            with open(os.path.join(work_dir, folder, name), "w", encoding="utf-8") as handle:
+                handle.write(text)
 
 
 def run_spark_barrier_workers(
@@ -344,6 +400,8 @@ def run_spark_barrier_workers(
     On a Spark whose executors all run on this machine on loopback (local mode, the standalone cluster
     that ``spark_for`` starts) the workers share one private network namespace, as with the process
     launcher (same ``worker_uris`` rule); on other hosts TensorFlow's servers listen where it puts them.
+    The workers' logs and progress lines come back through Spark into ``job.work_dir`` (``logs/``,
+    ``progress/``); of a failed stage, the failed worker's log (the others were killed with their tasks).
     """
     from bigimage.spark.cluster import spark_for
     from bigimage.spark.session import loopback_master
@@ -355,13 +413,16 @@ def run_spark_barrier_workers(
             network = stack.enter_context(private_network(job.worker_uris, what="the barrier training workers"))
         else:
             log.warning("the TensorFlow workers on the executors of %s: %s", master, EXPOSED)
-        worker_fn = BarrierWorker(job, prefix=network.prefix if network else ())
+        with open(job.config_path, encoding="utf-8") as handle:  # the config travels inside the tasks
+            worker_fn = BarrierWorker(job, handle.read(), prefix=network.prefix if network else ())
         if job.run_id:
             _log_spark(spark)
         log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", job.num_workers, master)
         reports = _run_barrier_stage(spark, worker_fn)
     for report in reports:
         log.info("worker %d ran as pid %d on %s", report["rank"], report["pid"], report["host"])
+        _keep(job.work_dir, report["rank"], report.pop("log"), report.pop("progress"))
+        report["log"] = job.log_path(report["rank"])
     if job.result_file:
         tmp = f"{job.result_file}.tmp"
         with open(tmp, "w", encoding="utf-8") as handle:
@@ -378,17 +439,17 @@ def _run_barrier_stage(spark: Any, worker_fn: BarrierWorker) -> list[dict]:
     try:
         return run_barrier_workers(spark, job.num_workers, worker_fn, timeout_seconds=job.timeout_seconds)
     except BarrierTimeoutError as error:
-        logs = os.path.join(job.work_dir, "logs")
         raise WorkerTimeoutError(
             f"training workers (Spark barrier stage) still running after strategy.worker_timeout_seconds="
-            f"{job.timeout_seconds:g}; the stage was cancelled and its workers killed. Logs in {logs}; last lines "
-            f"of worker 0:\n{tail(os.path.join(logs, 'worker-0.log'))}"
+            f"{job.timeout_seconds:g}; the stage was cancelled and its workers killed with their tasks (their "
+            "logs stayed on the executors' hosts)"
         ) from error
     except Exception as error:
         failure = _worker_failure(error)
         if failure is None:
             raise
         log.debug("the Spark error behind the worker failure: %s", error)
+        _keep(job.work_dir, int(failure.task_index or 0), failure.log_text)
         raise failure from None
 
 

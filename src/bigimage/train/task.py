@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigimage.data import readers
 from bigimage.search.trial import search_tags
-from bigimage.train import launch, strategies
+from bigimage.train import launch, multihost, strategies
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
@@ -131,13 +131,16 @@ def run_train(cfg: Config) -> dict[str, float]:
     active MLflow run when there is one (through the chief worker), else logs nothing. Raises
     ConfigError or TFRecordDirError before any process starts, WorkerFailedError when a worker fails.
     """
+    run_id, tracking_uri = _active_run()
+    # A multi-host run gets nothing from this machine's disk: refused here, before any worker starts.
+    multihost.check_shared(cfg, tracking_uri, _artifact_uri(), checkpoint_dir(cfg))
     # Fail on missing shards or the wrong image size before any process starts.
     source_manifest = readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
-    data_dir = local_tfrecord_dir(cfg)
+    # Barrier tasks stage a gs:// set on their own hosts (bigimage.train.staging); local workers share this copy.
+    data_dir = str(cfg.tfrecord_dir) if cfg.strategy.launcher == "spark_barrier" else local_tfrecord_dir(cfg)
     manifest = readers.read_manifest(data_dir, int(cfg.image_size))
     readers.shard_paths(data_dir, manifest)
 
-    run_id, tracking_uri = _active_run()
     if run_id:
         log_datasets(cfg, source_manifest)
     resolved = worker_config(cfg, data_dir)

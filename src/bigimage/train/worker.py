@@ -32,6 +32,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from bigimage.train.shared_checkpoint import SharedCheckpoint
+
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
 
@@ -95,27 +97,28 @@ def train_worker(
     with strategy.scope():
         model = compile_model(build_model(cfg, plan.num_classes), cfg)
 
-    checkpoint_dir = str(cfg.train.checkpoint_dir)
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    shared = SharedCheckpoint(str(cfg.train.checkpoint_dir), is_chief)  # a gs:// one is staged locally
     run_logger = RunLogger(tracking_uri, run_id) if is_chief else RunLogger(None, None)
     shape = {"replicas": replicas, "global_batch_size": global_batch, "per_replica_batch_size": per_replica}
-    _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, checkpoint_dir, cache.tags())
+    _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, shared.url, cache.tags())
     progress = _progress_path(work_dir, task_index)
     observer = TrainingObserver(
         task_index=task_index, is_chief=is_chief, global_batch_size=global_batch, steps_per_epoch=steps_per_epoch,
-        progress_path=progress, run_logger=run_logger, checkpoint_dir=checkpoint_dir,
+        progress_path=progress, run_logger=run_logger, checkpoint_dir=shared.local_dir,
     )  # fmt: skip
     log.info("worker %d/%d: strategy=%s, %s, %s", task_index, num_workers, cfg.strategy.name, shape, plan.description)
     # BackupAndRestore first: an epoch is reported once its checkpoint exists.
-    backup = keras.callbacks.BackupAndRestore(backup_dir=checkpoint_dir, delete_checkpoint=True)
+    backup = keras.callbacks.BackupAndRestore(backup_dir=shared.local_dir, delete_checkpoint=True)
     # A search trial's pruning (bigimage.train.pruning) last: it sees an epoch once checkpointed and logged.
-    callbacks = [backup, observer, *pruning_callbacks(cfg, strategy, is_chief, run_logger, num_workers)]
+    upload = shared.callback()  # a gs:// checkpoint, uploaded once the epoch is checkpointed and logged
+    callbacks = [backup, observer, upload, *pruning_callbacks(cfg, strategy, is_chief, run_logger, num_workers)]
     seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, callbacks)
     summary = {**shape, "training_seconds": seconds}
     try:
-        return _finish(model, observer, run_logger, is_chief, task_index, checkpoint_dir, summary, card)
+        return _finish(model, observer, run_logger, is_chief, task_index, shared, summary, card)
     finally:
         cache.cleanup()
+        shared.cleanup()
 
 
 def _fit(
@@ -209,7 +212,7 @@ def _finish(
     run_logger: Any,
     is_chief: bool,
     task_index: int,
-    checkpoint_dir: str,
+    checkpoint: SharedCheckpoint,
     summary: dict[str, float],
     card: ModelCard,
 ) -> dict[str, float]:
@@ -252,7 +255,8 @@ def _finish(
                 export.log_model(model_path, card, run_logger.tracking_uri, run_logger.run_id, step=last_epoch)
             # The run finished: its running history goes with the checkpoint BackupAndRestore deleted.
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(checkpoint_dir, HISTORY_NAME))
+                os.remove(os.path.join(checkpoint.local_dir, HISTORY_NAME))
+            checkpoint.finish()  # and its shared copy
         return result
     finally:
         shutil.rmtree(save_root, ignore_errors=True)

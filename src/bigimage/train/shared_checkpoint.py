@@ -1,0 +1,96 @@
+"""``BackupAndRestore`` on a ``gs://`` checkpoint directory, staged through a local copy.
+
+TensorFlow 2.21 registers the ``gs`` scheme in ``tf.io.gfile``, but its Cloud Storage file system
+(``tsl/platform/cloud/gcs_file_system.cc``) has the endpoints ``https://www.googleapis.com/storage/v1/``
+and ``.../upload/storage/v1/`` compiled in: its environment settings (``GCS_*``, ``CURL_CA_BUNDLE``,
+``GCE_METADATA_HOST``, ``GOOGLE_AUTH_TOKEN_FOR_TESTING``) tune timeouts, caches and credentials, none
+the host, so it cannot be pointed at a storage emulator (checked in the shipped library's strings).
+The checkpoint therefore goes through ``google-cloud-storage`` (:mod:`bigimage.data.storage`, which
+honours ``STORAGE_EMULATOR_HOST``), the same way on Cloud Storage and on the emulator:
+
+- every worker downloads the shared checkpoint into a local directory before training (with
+  MultiWorkerMirroredStrategy every worker restores from the chief's checkpoint);
+- the chief uploads its directory after each epoch, once ``BackupAndRestore`` and the training's
+  observer (its running history) have written it: data files first, then the ``checkpoint`` index and
+  the history, then removes the objects of older checkpoints; a worker killed mid-upload leaves the
+  previous index pointing at files that are still there;
+- a finished training removes the shared copy, as ``BackupAndRestore(delete_checkpoint=True)`` does
+  locally, so the next run of the same config starts from epoch 0.
+
+Local paths (and schemes that ``tf.io.gfile`` reaches itself, such as ``hdfs://``) are used as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from bigimage.data import storage
+
+log = logging.getLogger(__name__)
+
+_LAST = ("checkpoint", "history.json")  # written after the files they point to
+
+
+class SharedCheckpoint:
+    """The local directory ``BackupAndRestore`` uses for the checkpoint at ``url``, kept in step with it."""
+
+    def __init__(self, url: str, is_chief: bool) -> None:
+        self.url = str(url)
+        self.is_chief = is_chief
+        self.staged = storage.is_gcs(self.url)
+        if not self.staged:
+            if "://" not in self.url:
+                os.makedirs(self.url, exist_ok=True)
+            self.local_dir = self.url
+            return
+        self.local_dir = tempfile.mkdtemp(prefix="bigimage-checkpoint-")
+        remote = storage.list_files(self.url)
+        prefix = self.url.rstrip("/") + "/"
+        for info in remote:
+            storage.download_file(info.path, os.path.join(self.local_dir, *info.path[len(prefix) :].split("/")))
+        if remote:
+            log.info("checkpoint: %d files from %s staged in %s", len(remote), self.url, self.local_dir)
+
+    def upload(self) -> None:
+        """The chief's local checkpoint to ``url`` (files the index names before the index), older ones removed."""
+        if not (self.staged and self.is_chief):
+            return
+        local = {
+            os.path.relpath(info.path, self.local_dir).replace(os.sep, "/"): info.path
+            for info in storage.list_files(self.local_dir)
+            if not os.path.relpath(info.path, self.local_dir).startswith("workertemp")
+        }
+        order = sorted(local, key=lambda rel: (os.path.basename(rel) in _LAST, rel))
+        for rel in order:
+            storage.upload_file(local[rel], storage.join(self.url, rel))
+        stale = [
+            info.path
+            for info in storage.list_files(self.url)
+            if info.path[len(self.url.rstrip("/")) + 1 :] not in local
+        ]
+        storage.delete_files(stale)
+
+    def callback(self) -> Any:
+        """A Keras callback that uploads after each epoch; put it after ``BackupAndRestore`` and the observer."""
+        import tf_keras as keras
+
+        shared = self
+
+        class UploadCheckpoint(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+                shared.upload()
+
+        return UploadCheckpoint()
+
+    def finish(self) -> None:
+        """The training finished: the chief removes the shared copy (local files are BackupAndRestore's)."""
+        if self.staged and self.is_chief:
+            storage.remove_tree(self.url)
+
+    def cleanup(self) -> None:
+        if self.staged:
+            shutil.rmtree(self.local_dir, ignore_errors=True)

@@ -1,0 +1,40 @@
+"""A barrier task's own copy of what its training worker reads, made on the executor's host.
+
+The driver's files do not cross to another host: the resolved config arrives as text inside the Spark
+task, and this writes it into the task's scratch directory with every local-disk path pointing there
+(``paths.data_dir``, ``paths.output_dir``: the decoded-image file cache and any other scratch space), and
+a ``gs://`` ``tfrecord_dir`` copied to that directory first. Copying the shards once (parallel
+downloads, :func:`bigimage.data.storage.local_cache_copy`) and reading them from local disk every epoch
+is faster than streaming them from Cloud Storage on each pass, and TensorFlow's own ``gs`` file system
+cannot reach a storage emulator (:mod:`bigimage.train.shared_checkpoint`). Other URLs (``hdfs://``)
+and paths are left as given: a path must then exist on every host (a shared file system).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigimage.data import storage
+
+log = logging.getLogger(__name__)
+
+
+def stage_worker_config(config_text: str, scratch: str) -> str:
+    """The config file a worker in ``scratch`` runs with, its gs:// data staged there; returns its path."""
+    cfg = OmegaConf.create(config_text)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError("the training config must be a mapping")
+    url = str(cfg.tfrecord_dir)
+    if storage.is_gcs(url):
+        began = time.monotonic()
+        cfg.tfrecord_dir = storage.local_cache_copy(url, os.path.join(scratch, "tfrecords"))
+        log.info("staged %s in %s in %.1f s", url, cfg.tfrecord_dir, time.monotonic() - began)
+    cfg.paths.data_dir = os.path.join(scratch, "data")
+    cfg.paths.output_dir = os.path.join(scratch, "outputs")
+    path = os.path.join(scratch, "config.yaml")
+    OmegaConf.save(cfg, path)
+    return path
