@@ -51,7 +51,7 @@ def test_single_request_is_one_n1_standard_8_with_500gb_ssd_and_no_workers() -> 
     assert "worker_config" not in cluster.config or cluster.config.worker_config.num_instances == 0
     software = cluster.config.software_config
     assert software.properties[SINGLE_NODE_PROPERTY] == "true"
-    assert software.image_version == "2.2-debian12"
+    assert software.image_version == "3.0-debian13"
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_multi_node_requests_match_the_seed_shapes(shape: str, workers: int, mac
     # The seed's 4096 GB of standard disk shared over the workers.
     assert config.worker_config.disk_config.boot_disk_size_gb == GB_TOTAL_WORKER_DISK // workers
     assert SINGLE_NODE_PROPERTY not in config.software_config.properties
-    assert config.software_config.image_version == "2.2-debian12"
+    assert config.software_config.image_version == "3.0-debian13"
     assert list(config.software_config.optional_components) == []
 
 
@@ -243,7 +243,7 @@ def test_dry_run_prints_gcloud_commands_in_documented_syntax(shape: str, tmp_pat
     assert positionals == [f"bigimage-{shape}"] and job_args == []
     _check_flags(flags, CREATE_FLAGS)
     assert flags["--region"] == "europe-west2" and flags["--project"] == "my-project"
-    assert flags["--image-version"] == "2.2-debian12"
+    assert flags["--image-version"] == "3.0-debian13"
     shape_cfg = cfg.cluster.shape
     assert flags["--master-machine-type"] == shape_cfg.master_machine_type
     assert flags["--master-boot-disk-type"] == "pd-ssd" and flags["--master-boot-disk-size"] == "500GB"

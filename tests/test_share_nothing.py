@@ -267,3 +267,30 @@ def test_a_killed_worker_fails_the_run_and_a_rerun_resumes_from_the_shared_check
     assert logged.info.status == "FINISHED" and logged.data.tags["resumed_from_epoch"] == str(resumed)
     assert history(client, rerun.info.run_id, "loss") == list(range(30))  # earlier epochs taken over
     assert storage.list_files(checkpoints) == []
+
+
+def test_dataproc_training_needs_the_barrier_launcher_and_a_shared_checkpoint(tmp_path) -> None:
+    from bigimage.cloud.dataproc import check_paths, dry_run
+
+    shared = ["tfrecord_dir=gs://b/tfrecords/x", "tracking.uri=http://mlflow-host:5000"]
+    cfg = compose_config(["task=train", "cluster=four", "cluster.deploy=dataproc", *shared, *MULTI_WORKER[:2]])
+    problems = " ".join(check_paths(cfg))
+    assert "strategy.launcher=processes would start all 2 workers on the master node" in problems
+    assert "train.checkpoint_dir=None is not a gs:// URL" in problems and "dataset.root" not in problems
+    cfg = compose_config(
+        [
+            "task=train",
+            "cluster=four",
+            "cluster.deploy=dataproc",
+            *shared,
+            *MULTI_WORKER,
+            "train.checkpoint_dir=gs://b/c",
+        ]
+    )
+    assert check_paths(cfg) == []
+    lines: list[str] = []
+    create, submit = dry_run(cfg, tmp_path, echo=lines.append)
+    assert (
+        create.startswith("gcloud dataproc clusters create bigimage-four") and "--image-version=3.0-debian13" in create
+    )
+    assert submit.startswith("gcloud dataproc jobs submit pyspark") and "task=train" in submit

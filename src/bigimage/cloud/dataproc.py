@@ -378,8 +378,11 @@ def check_credentials() -> Any:
 
 def check_paths(cfg: Config) -> list[str]:
     """Inputs and outputs the cluster must reach: they have to be gs:// URLs. Returns the problems."""
-    problems = []
-    for key, value in (("dataset.root", cfg.dataset.root), ("tfrecord_dir", cfg.tfrecord_dir)):
+    problems = _train_problems(cfg) if str(cfg.task.name) == "train" else []
+    reads = [("tfrecord_dir", cfg.tfrecord_dir)]
+    if str(cfg.task.name) != "train":  # training reads only the TFRecords
+        reads.insert(0, ("dataset.root", cfg.dataset.root))
+    for key, value in reads:
         if not str(value).startswith("gs://"):
             problems.append(f"{key}={value} is not a gs:// URL, so the Dataproc cluster cannot reach it")
     uri = cfg.tracking.uri
@@ -387,6 +390,27 @@ def check_paths(cfg: Config) -> list[str]:
         problems.append(
             f"tracking.uri={uri} is local: the run's MLflow records would stay on the cluster; "
             "give an MLflow server the cluster can reach (tracking.uri=http://HOST:5000)"
+        )
+    return problems
+
+
+def _train_problems(cfg: Config) -> list[str]:
+    """A multi-worker training runs one worker per Spark barrier task on the cluster's workers, and its
+    checkpoint must be where a rerun on other hosts finds it (README: "Across hosts that share no file system")."""
+    from bigimage.config import Strategy
+
+    if not Strategy(cfg.strategy.name).multi_worker:
+        return []
+    problems = []
+    if str(cfg.strategy.launcher) != "spark_barrier":
+        problems.append(
+            f"strategy.launcher={cfg.strategy.launcher} would start all {cfg.strategy.num_workers} workers on the "
+            "master node; give strategy.launcher=spark_barrier to run one per Spark executor on the cluster's workers"
+        )
+    if not str(cfg.train.checkpoint_dir or "").startswith("gs://"):
+        problems.append(
+            f"train.checkpoint_dir={cfg.train.checkpoint_dir} is not a gs:// URL, so a rerun on other hosts could "
+            "not resume; give train.checkpoint_dir=gs://BUCKET/checkpoints/NAME"
         )
     return problems
 
