@@ -159,6 +159,7 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         env.pop(key, None)
     env["TF_USE_LEGACY_KERAS"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    env.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # oneDNN's kernels, also where TF's default is off (threads.py)
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env

@@ -1,0 +1,138 @@
+"""TensorFlow's CPU settings in a training process: oneDNN on, op thread pools sized to a share of the cores.
+
+Measured on the 2-core development machine (AMD EPYC, AVX2, no AVX-512; ``benchmarks/train_compute.py``,
+per CPU-second of the training process, which the other load on that shared machine disturbed least):
+
+- **oneDNN.** TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI or newer;
+  here they were off, and the small CNN's convolutions and their gradients ran on Eigen's kernels at
+  about 105 training images per CPU-second. With ``TF_ENABLE_ONEDNN_OPTS=1`` the same step runs at
+  about 240: the first layer's filter gradient (3 input channels, 5x5, stride 2) went from 53 to 31 ms
+  per batch of 32, the other convolutions gained as much. The results differ only by floating-point
+  round-off (another summation order). It must be set before TensorFlow is imported: the worker
+  module sets it at its top (``os.environ.setdefault``, so ``TF_ENABLE_ONEDNN_OPTS=0`` still turns it off).
+- **XLA** (``jit_compile``) made the step slower here (about 110 images per CPU-second against 240
+  with oneDNN), so it stays off.
+- **Threads.** TensorFlow sizes both of its op pools (intra-op: the threads one op's work is split
+  over; inter-op: the threads that run independent ops) to all the cores it sees, in every process.
+  ``N`` workers on one machine of ``C`` cores then run ``N x C`` op threads on ``C`` cores, and the
+  ``D`` replicas of ``mirrored`` on logical CPU devices each split their ops over all ``C`` cores at
+  once. :func:`op_threads` gives each worker ``C // N`` cores (at least one) and, inside it, each
+  replica ``1 / D`` of those for its ops, while the inter-op pool holds one thread per replica so the
+  replicas really run side by side: the workers of one machine together never use more than ``C``
+  intra-op threads (nor inter-op threads) as long as ``N <= C``.
+
+The workers of a machine are the TF_CONFIG entries with this worker's host (``launcher=processes``:
+all of them; Spark barrier tasks: those on the same executor host). ``TF_NUM_INTRAOP_THREADS`` and
+``TF_NUM_INTEROP_THREADS``, when set, win over the computed values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ONEDNN_VARIABLE = "TF_ENABLE_ONEDNN_OPTS"
+INTRA_VARIABLE = "TF_NUM_INTRAOP_THREADS"
+INTER_VARIABLE = "TF_NUM_INTEROP_THREADS"
+
+
+@dataclass(frozen=True)
+class OpThreads:
+    """One process's op pools and what they were sized from."""
+
+    intra_op: int
+    inter_op: int
+    cores: int
+    workers_here: int
+    replicas: int
+
+    def describe(self) -> str:
+        return (
+            f"intra_op={self.intra_op} inter_op={self.inter_op} (cores={self.cores}, "
+            f"workers on this machine={self.workers_here}, replicas in this process={self.replicas})"
+        )
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which taskset and containers restrict)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def op_threads(cores: int, workers_here: int, replicas: int = 1) -> OpThreads:
+    """Pool sizes for one of ``workers_here`` processes sharing ``cores`` cores, running ``replicas``
+    replicas side by side (``mirrored`` on logical CPU devices; 1 otherwise)."""
+    budget = max(1, cores // max(1, workers_here))
+    replicas = max(1, replicas)
+    return OpThreads(
+        intra_op=max(1, budget // replicas),
+        inter_op=budget if replicas == 1 else max(replicas, budget),
+        cores=cores,
+        workers_here=max(1, workers_here),
+        replicas=replicas,
+    )
+
+
+def workers_on_this_machine(tf_config: str | None = None) -> int:
+    """How many workers of the training run on this worker's host, from TF_CONFIG (1 without one)."""
+    text = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not text:
+        return 1
+    config = json.loads(text)
+    task = config.get("task", {})
+    cluster = config.get("cluster", {})
+    addresses = [address for kind in ("chief", "worker") for address in cluster.get(kind, [])]
+    try:
+        offset = len(cluster.get("chief", [])) if task.get("type") == "worker" else 0
+        own_host = addresses[offset + int(task.get("index", 0))].rsplit(":", 1)[0]
+    except (IndexError, ValueError):
+        return max(1, len(addresses))
+    return max(1, sum(1 for address in addresses if address.rsplit(":", 1)[0] == own_host))
+
+
+def replicas_in_process(cfg: Any) -> int:
+    """Replicas this process runs side by side: the logical CPU devices of ``mirrored``, else 1."""
+    if str(cfg.strategy.name) == "mirrored" and int(cfg.strategy.logical_cpu_devices or 0) > 1:
+        return int(cfg.strategy.logical_cpu_devices)
+    return 1
+
+
+def configure(cfg: Any) -> OpThreads:
+    """Size TensorFlow's op pools for this worker (before TensorFlow initialises); returns what was set.
+
+    The environment variables ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` win when set.
+    """
+    import tensorflow as tf
+
+    wanted = op_threads(available_cores(), workers_on_this_machine(), replicas_in_process(cfg))
+    intra = int(os.environ.get(INTRA_VARIABLE) or wanted.intra_op)
+    inter = int(os.environ.get(INTER_VARIABLE) or wanted.inter_op)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as error:  # TensorFlow already initialised in this process: keep its pools
+        log.warning("could not size TensorFlow's op thread pools (%s); they stay as they are", error)
+    current = OpThreads(
+        intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
+        inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
+        cores=wanted.cores,
+        workers_here=wanted.workers_here,
+        replicas=wanted.replicas,
+    )
+    log.info("TensorFlow op threads: %s; oneDNN %s", current.describe(), onednn_state())
+    return current
+
+
+def onednn_state() -> str:
+    """``on`` or ``off``, as TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` (unset: TensorFlow's own default)."""
+    value = os.environ.get(ONEDNN_VARIABLE)
+    if value is None:
+        return "default"
+    return "on" if value.strip().lower() in ("1", "true", "yes", "on") else "off"
