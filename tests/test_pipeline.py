@@ -54,6 +54,10 @@ def test_main_job_runs_every_step_and_ends_with_the_report(pipeline_store) -> No
     steps = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == pipeline.info.run_id]
     assert sorted(run.data.tags["task"] for run in steps) == ["analysis", "preprocess", "speedtest", "train", "train"]
     assert all(run.info.status == "FINISHED" for run in [pipeline, *steps])
+    # One Spark start for the pipeline (issue 13): both Spark steps ran in one application, each logging it
+    spark_steps = [run for run in steps if run.data.tags["task"] in ("preprocess", "speedtest")]
+    assert len({run.data.tags["spark.app_id"] for run in spark_steps}) == 1
+    assert all("spark.total_cores" in run.data.metrics for run in spark_steps)
     assert sorted(run.data.params["strategy.name"] for run in steps if run.data.tags["task"] == "train") == [
         "default",
         "mirrored",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,8 +19,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from bigimage.config import PROJECT_ROOT, validate
-from bigimage.tasks import param_keys, run_name, task_function
-from bigimage.tracking.runs import tracked_run
+from bigimage.spark.cluster import one_session
+from bigimage.tasks import tracked_task
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,17 @@ def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str 
 
 
 def run_step(step: DictConfig, parent_run_id: str, experiment_id: str) -> dict[str, Any]:
-    with tracked_run(
-        step,
-        task=step.task.name,
-        run_name=run_name(step),
-        parent_run_id=parent_run_id,
-        experiment_id=experiment_id,
-        param_keys=param_keys(step),
-    ) as run:
-        return {**task_function(step.task.name)(step), "run_id": run.info.run_id}
+    metrics, run_id = tracked_task(step, experiment_id, parent_run_id=parent_run_id)
+    return {**metrics, "run_id": run_id}
+
+
+def trainings_use_spark(cfg: DictConfig) -> bool:
+    """Whether a training step runs its workers as Spark barrier tasks (``strategy.launcher``)."""
+    overrides = list(cfg.pipeline.train_overrides)
+    return any(
+        step_config(cfg, "train", overrides, strategy=strategy).strategy.launcher == "spark_barrier"
+        for strategy in cfg.pipeline.strategies
+    )
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
@@ -63,22 +66,29 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         raise RuntimeError("run_pipeline needs an active MLflow run to hang its steps under")
     parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
     summary: dict[str, Any] = {}
+    # One Spark start for the pipeline (spark_for hands every step the session the first one opened, and
+    # a standalone cluster is started once); it stops before training unless a training runs on it.
+    with ExitStack() as spark:
+        spark.enter_context(one_session(f"bigimage-pipeline-{cfg.cluster.name}"))
+        log.info("1/4 preprocess")
+        metrics = run_step(step_config(cfg, "preprocess", []), parent_id, experiment_id)
+        summary["preprocess.images_per_second"] = metrics["images_per_second"]
 
-    log.info("1/4 preprocess")
-    metrics = run_step(step_config(cfg, "preprocess", []), parent_id, experiment_id)
-    summary["preprocess.images_per_second"] = metrics["images_per_second"]
+        log.info("2/4 speed test")
+        speedtest = step_config(cfg, "speedtest", list(cfg.pipeline.speedtest_overrides))
+        metrics = run_step(speedtest, parent_id, experiment_id)
+        if "tfrecord_speedup" in metrics:
+            summary["speedtest.tfrecord_speedup"] = metrics["tfrecord_speedup"]
 
-    log.info("2/4 speed test")
-    metrics = run_step(step_config(cfg, "speedtest", list(cfg.pipeline.speedtest_overrides)), parent_id, experiment_id)
-    if "tfrecord_speedup" in metrics:
-        summary["speedtest.tfrecord_speedup"] = metrics["tfrecord_speedup"]
-
-    summary.update(train_steps(cfg, parent_id, experiment_id))
+        if not trainings_use_spark(cfg):
+            spark.close()
+        summary.update(train_steps(cfg, parent_id, experiment_id))
     mlflow.log_metrics({key: float(value) for key, value in summary.items()})
 
     if cfg.pipeline.report:
         log.info("4/4 report")
         summary.update(report_step(cfg, parent_id))
+    print_step_times(parent_id)
     return summary  # bigimage.tasks.run_task prints the command that opens the UI, as the last line
 
 
@@ -123,3 +133,12 @@ def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
         print(f"[pipeline] model: {champion['uri']} (version {champion['version']}, run {champion['run_id']})")
         out["registered_model"] = champion["uri"]
     return out
+
+
+def print_step_times(parent_id: str) -> None:
+    """Each step's wall-clock seconds, from its MLflow run, and the time around them (issue 13)."""
+    from mlflow.tracking import MlflowClient
+
+    from bigimage.tracking.steps import describe_step_times, step_times
+
+    print(f"[pipeline] {describe_step_times(*step_times(MlflowClient(), parent_id))}")

@@ -85,28 +85,39 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
         from bigimage.spark.session import check_java
 
         check_java()  # before any data is generated: a missing Java must fail at once
-    function = task_function(cfg.task.name)
     uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started = time.perf_counter()
     # the config's own (tracking.tags) first; a search trial's study and trial number (bigimage.search)
     tags = {**dict(cfg.tracking.tags), **search_tags(cfg), **(extra_tags or {})}
-    with tracked_run(
-        cfg,
-        task=cfg.task.name,
-        run_name=run_name(cfg),
-        experiment_id=experiment_id,
-        extra_tags=tags,
-        param_keys=param_keys(cfg),
-    ) as run:
-        metrics = function(cfg)
-    log.info(
-        "%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run.info.run_id, uri
-    )
+    metrics, run_id = tracked_task(cfg, experiment_id, extra_tags=tags)
+    log.info("%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run_id, uri)
     if cfg.task.name == "pipeline":  # the main job's last line: where to look at what it did
         from bigimage.analysis_lib.ui import command
 
         print(f"[pipeline] MLflow UI on this experiment's runs: {command(uri, cfg.tracking.experiment)}", flush=True)
     return metrics
+
+
+def tracked_task(
+    cfg: DictConfig,
+    experiment_id: str,
+    *,
+    parent_run_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> tuple[dict[str, Any], str]:
+    """Run ``cfg.task.name`` inside an MLflow run of its own (a child of ``parent_run_id`` when given: the
+    pipeline's steps), named by :func:`run_name`, with the params the task reads; returns the task's
+    metrics and the run's id."""
+    with tracked_run(
+        cfg,
+        task=cfg.task.name,
+        run_name=run_name(cfg),
+        parent_run_id=parent_run_id,
+        experiment_id=experiment_id,
+        extra_tags=extra_tags,
+        param_keys=param_keys(cfg),
+    ) as run:
+        return task_function(cfg.task.name)(cfg), run.info.run_id
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -312,6 +312,7 @@ def log_spark_resources(spark: Any) -> dict[str, Any]:
     deploy = deploy_from_context(spark)
     mlflow.set_tag("spark.master", resources["master"])
     mlflow.set_tag("spark.deploy", deploy)
+    mlflow.set_tag("spark.app_id", str(spark.sparkContext.applicationId))  # tasks that shared a session share it
     requested = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
     if requested and requested != deploy:
         logging.getLogger(__name__).warning(
