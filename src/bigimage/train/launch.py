@@ -35,13 +35,14 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bigimage.spark.barrier import build_tf_config
 from bigimage.train.netns import EXPOSED, private_network
+from bigimage.train.progress import EpochLines
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import ClusterConfig
@@ -207,12 +208,15 @@ def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
             process = _spawn(network.command(argv) if network is not None else argv, env, log_path)
             workers.append(_Worker(index, process, log_path))
             log.info("started worker %d/%d pid %d, log %s", index, count, process.pid, log_path)
-        _watch(workers, job.timeout_seconds, poll_seconds)
+        _watch(workers, job.timeout_seconds, poll_seconds, EpochLines.for_config(job.work_dir, job.config_path).poll)
 
 
-def _watch(workers: list[_Worker], timeout_seconds: float, poll_seconds: float) -> None:
+def _watch(
+    workers: list[_Worker], timeout_seconds: float, poll_seconds: float, on_poll: Callable[[], None] = lambda: None
+) -> None:
     deadline = time.monotonic() + timeout_seconds
     while True:
+        on_poll()  # e.g. a line per finished epoch (bigimage.train.progress)
         running = []
         for worker in workers:
             if worker.exit_code is None:
