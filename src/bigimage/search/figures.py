@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -29,6 +30,7 @@ def optimization_history(trials: pd.DataFrame, metric: str, maximize: bool) -> F
     best = complete["value"].cummax() if maximize else complete["value"].cummin()
     ax.step(complete["number"], best, where="post", color="black", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric + (" (pruned: last reported)" if (shown["state"] == "PRUNED").any() else ""))
     ax.set_title(f"Optimisation history ({'higher' if maximize else 'lower'} is better)")
     ax.legend(loc="best", fontsize=8)

@@ -101,15 +101,14 @@ def importances(study: optuna.Study, objectives: Sequence[str]) -> dict[str, dic
     import optuna
 
     out: dict[str, dict[str, float]] = {}
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)  # fANOVA: the same figure every time
     for index, name in enumerate(objectives):
-        # Optuna's evaluator explains what makes a target low: a maximised objective is negated.
-        sign = -1.0 if study.directions[index].name == "MAXIMIZE" else 1.0
 
-        def target(trial: optuna.trial.FrozenTrial, i: int = index, sign: float = sign) -> float:
-            return sign * trial.values[i]
+        def target(trial: optuna.trial.FrozenTrial, i: int = index) -> float:
+            return trial.values[i]
 
         try:
-            out[name] = optuna.importance.get_param_importances(study, target=target)
+            out[name] = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
         except (RuntimeError, ValueError) as error:
             log.info("no parameter importance for %s: %s", name, error)
     return {name: values for name, values in out.items() if values}
