@@ -67,12 +67,16 @@ def _with_spark_conf(cluster: ClusterConfig, extra: dict[str, str]) -> Any:
     return OmegaConf.create(node)
 
 
-def share_nothing_dirs() -> tuple[str, ...]:
+def share_nothing_dirs(cluster: Any = None) -> tuple[str, ...]:
     """What a worker of a share-nothing cluster (``cluster.share_nothing``) sees empty: temporary files,
-    this project's ``data/`` and ``outputs/`` and the home directory, as on a host of its own."""
+    this project's ``data/`` and ``outputs/`` and the home directory, as on a host of its own (nothing
+    for a ``cluster`` config without ``share_nothing``)."""
     from pathlib import Path
 
     from bigimage.config import PROJECT_ROOT
+
+    if cluster is not None and not cluster.get("share_nothing"):
+        return ()
 
     dirs = ("/tmp", tempfile.gettempdir(), PROJECT_ROOT / "data", PROJECT_ROOT / "outputs", Path.home())
     return tuple(dict.fromkeys(os.path.realpath(directory) for directory in dirs))
@@ -129,8 +133,7 @@ def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
             cores,
             os.cpu_count() or 1,
         )
-    isolate = share_nothing_dirs() if cluster.get("share_nothing") else ()
-    with StandaloneCluster(workers, cores, memory, isolate=isolate) as standalone:
+    with StandaloneCluster(workers, cores, memory, isolate=share_nothing_dirs(cluster)) as standalone:
         began = time.monotonic()
         cluster = _with_spark_conf(cluster, {"spark.bigimage.standalone.workDir": str(standalone.work_dir)})
         with spark_session(cluster, app_name, master=standalone.master_url) as spark:
