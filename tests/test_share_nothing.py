@@ -64,6 +64,15 @@ def test_which_trainings_are_multi_host() -> None:
     assert is_multi_host(cluster(deploy="dataproc"), "spark_barrier")
 
 
+def test_only_a_share_nothing_cluster_hides_the_driver_directories() -> None:
+    from bigimage.spark.cluster import share_nothing_dirs
+
+    assert share_nothing_dirs(OmegaConf.create({"share_nothing": False})) == ()
+    hidden = share_nothing_dirs(OmegaConf.create({"share_nothing": True}))
+    assert hidden == share_nothing_dirs() and "/tmp" in hidden and os.path.realpath(Path.home()) in hidden
+    assert {os.path.basename(path) for path in hidden} >= {"data", "outputs"}
+
+
 def test_sqlite_tracking_is_refused_for_a_multi_host_training_before_any_worker_starts(tmp_path, mlflow_experiment):
     cfg = shared_train_config(tmp_path, "gs://no-bucket/tfrecords", "train.checkpoint_dir=gs://no-bucket/checkpoints/x")
     daemons = set(spark_daemon_pids())
