@@ -1,0 +1,45 @@
+"""Where a parent run's time went: the wall-clock seconds of each of its child runs (its steps), in order.
+
+Read from MLflow (each child run's start and end), so it covers every step however it ran, and the gap
+between the parent's start and the sum of its steps (Spark and Python start-up, data generation,
+anything between steps) shows apart.
+"""
+
+from __future__ import annotations
+
+import time
+
+from mlflow.tracking import MlflowClient
+
+from bigimage.tracking.query import search_all
+
+
+def step_label(tags: dict[str, str], params: dict[str, str]) -> str:
+    """``preprocess``, ``speedtest``, ``train default``, ``analysis``, ..."""
+    task = tags.get("task", "?")
+    if task == "train" and "strategy.name" in params:
+        return f"train {params['strategy.name']}"
+    return task
+
+
+def step_times(client: MlflowClient, parent_run_id: str) -> tuple[list[tuple[str, float]], float]:
+    """The seconds of each finished child run of ``parent_run_id`` by start time, and the seconds from
+    the parent's start to now."""
+    parent = client.get_run(parent_run_id)
+    children = search_all(client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    steps = [
+        (
+            run.info.start_time,
+            step_label(run.data.tags, run.data.params),
+            (run.info.end_time - run.info.start_time) / 1000,
+        )
+        for run in children
+        if run.info.end_time
+    ]
+    return [(label, seconds) for _, label, seconds in sorted(steps)], time.time() - parent.info.start_time / 1000
+
+
+def describe_step_times(steps: list[tuple[str, float]], total: float) -> str:
+    parts = ", ".join(f"{label} {seconds:.1f} s" for label, seconds in steps)
+    other = total - sum(seconds for _, seconds in steps)
+    return f"step times: {parts}; between and around the steps {other:.1f} s; total {total:.1f} s"
