@@ -37,9 +37,9 @@ import optuna
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from bigimage.analysis_lib import common
+from bigimage.analysis_lib.common import mean_interval
 from bigimage.config import PROJECT_ROOT, register_configs
-from bigimage.tracking import query
+from bigimage.tracking.query import load_runs, metric, param
 
 log = logging.getLogger("search_vs_grid")
 
@@ -93,17 +93,17 @@ def common_args(uri: str, image_size: int, epochs: int, out: str) -> list[str]:
 
 
 def point_of(row: Any) -> tuple:
-    return tuple(float(query.param(row, key)) for key in SPACE)
+    return tuple(float(param(row, key)) for key in SPACE)
 
 
 def grid_table(uri: str) -> dict[tuple, list[float]]:
     """Point -> best_val_accuracy of each of its runs, from the store, the grid's own run (seed 42) first."""
-    _, runs = query.load_runs(uri, EXPERIMENT, None)
+    _, runs = load_runs(uri, EXPERIMENT, None)
     table: dict[tuple, list[tuple[bool, float]]] = {}
     for _, row in runs[(runs["task"] == "train") & (runs["status"] == "FINISHED")].iterrows():
         if str(row.get("tags.search.study", "nan")) in ("None", "nan"):  # the grid's runs, not a live search's
-            repeat = str(query.param(row, "seed")) != "42"
-            value = float(query.metric(row, "best_val_accuracy") or 0.0)
+            repeat = str(param(row, "seed")) != "42"
+            value = float(metric(row, "best_val_accuracy") or 0.0)
             table.setdefault(point_of(row), []).append((repeat, value))
     return {point: [value for _, value in sorted(entries, key=lambda e: e[0])] for point, entries in table.items()}
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         run_grid(base, args.repeats, uri)
     table = grid_table(uri)
     best = max(table, key=lambda point: table[point][0])
-    interval = common.mean_interval(table[best], 0.95)
+    interval = mean_interval(table[best], 0.95)
     threshold = interval.low if interval.low is not None else interval.mean
     values = {point: runs[0] for point, runs in table.items()}  # each point as the grid measured it
     grid_runs = len(list(itertools.product(*SPACE.values())))
