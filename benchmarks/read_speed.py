@@ -10,8 +10,8 @@ interleaved over ``--rounds`` rounds, each after a warm-up pass:
 * ``decode_only``: the limit: the same stored JPEGs (already in memory) only decoded to uint8, in a
   parallel tf.data map, batched and prefetched; no file reads, no record parsing;
 * ``tfrecord``: the speed test's ``tfrecord`` pipeline (:mod:`bigimage.speedtest.timing`), exactly as
-  ``task=speedtest`` runs it (parallel interleave of shards, parse, decode to uint8 as training does,
-  batch, prefetch);
+  ``task=speedtest`` runs it (parallel interleave of shards, parse a batch of records at a time, decode
+  to uint8 in parallel as training does, batch, prefetch);
 * ``image_dataset_from_directory``: ``tf.keras.utils.image_dataset_from_directory`` over the original
   files at the same image size and batch size, prefetched;
 * ``image_dataset_from_directory_stored``: the same reader over the stored ``--image-size`` px JPEGs as
@@ -19,7 +19,7 @@ interleaved over ``--rounds`` rounds, each after a warm-up pass:
 * ``files``: the speed test's ``files`` pipeline over the original files (for reference).
 
 It prints images/s (median over rounds) and the ratios the goals are stated in: tfrecord over
-decode_only (goal >= 0.8) and tfrecord over image_dataset_from_directory (goal >= 3). That last ratio
+decode_only (goal >= 0.9, issue 13) and tfrecord over image_dataset_from_directory (goal >= 3). That last ratio
 mixes two gains, so it is also split into its two factors, each like for like: the format's (tfrecord
 over image_dataset_from_directory_stored: the same JPEGs, in records or as files) and preprocessing's
 (image_dataset_from_directory_stored over image_dataset_from_directory: the same reader, on the
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         **{name: median[a] / median[b] for name, (a, b) in ratios.items()},
         "images_per_cpu_second": cpu_median,
         **{f"cpu_{name}": cpu_median[a] / cpu_median[b] for name, (a, b) in ratios.items()},
-        "goals": {"tfrecord_over_decode_only": 0.8, "tfrecord_over_image_dataset_from_directory": 3.0},
+        "goals": {"tfrecord_over_decode_only": 0.9, "tfrecord_over_image_dataset_from_directory": 3.0},
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:36s} {value:9.1f}   {cpu_median[name]:9.1f}   ({spread})")
     print(
         f"TFRecord / decode-only limit:            {result['tfrecord_over_decode_only']:.2f} wall-clock, "
-        f"{result['cpu_tfrecord_over_decode_only']:.2f} per CPU-second  (goal >= 0.8)"
+        f"{result['cpu_tfrecord_over_decode_only']:.2f} per CPU-second  (goal >= 0.9)"
     )
     print(
         f"TFRecord / image_dataset_from_directory: {result['tfrecord_over_image_dataset_from_directory']:.2f} wall-clock, "

@@ -113,6 +113,13 @@ def parse_example(serialized: Any) -> dict[str, Any]:
     return tf.io.parse_single_example(serialized, feature_spec())
 
 
+def parse_examples(serialized: Any) -> dict[str, Any]:
+    """Parse a batch of serialised records (a string vector) with the course's spec, in one op."""
+    import tensorflow as tf
+
+    return tf.io.parse_example(serialized, feature_spec())
+
+
 @dataclass
 class Manifest:
     """What a TFRecord directory holds; written last, so its presence means the shards are complete."""
@@ -130,5 +137,5 @@ class Manifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))

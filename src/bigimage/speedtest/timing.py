@@ -4,8 +4,9 @@ Two sources, each read the way training reads (parallel reads and decode, prefet
 
 * ``files``: the original images of the labelled tree (``dataset.root``), each read whole, decoded,
   centre-cropped to a square and resized (bilinear) to ``image_size`` x ``image_size``.
-* ``tfrecord``: task 1's shards, records read in parallel (``readers.record_dataset``) and decoded by
-  ``readers.decode_record``, the same functions and the same settings training uses.
+* ``tfrecord``: task 1's shards, records read interleaved (``readers.record_dataset``), parsed a batch
+  at a time and decoded in parallel (``readers.decoded_records``), the same functions and the same
+  settings training uses.
 
 Both deliver uint8 pixels (0..255), as training's input pipeline does (``train/inputs.py`` decodes with
 ``as_uint8=True`` and the model rescales): a float32 conversion here would time work that training
@@ -224,15 +225,10 @@ def tfrecord_elements(plan: SourcePlan, repeat: bool, ram: _RamShards | None = N
             deterministic=False,
         )
     else:
-        records = readers.record_dataset(plan.paths, deterministic=False)
+        records = readers.record_dataset(plan.paths)
     if repeat:
         records = records.repeat()
-
-    def decode(record: Any) -> tuple[Any, Any, Any]:
-        image, label = readers.decode_record(record, size, as_uint8=True)
-        return image, label, tf.strings.length(record, unit="BYTE")
-
-    return records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return readers.decoded_records(records, size, as_uint8=True, deterministic=False, lengths=True)
 
 
 def batched(elements: Any, batch_size: int) -> Any:

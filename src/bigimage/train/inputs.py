@@ -14,7 +14,8 @@ workers, tensorflow#36846) is never used: the datasets go through
 ``strategy.distribute_datasets_from_function`` with ``auto_shard_policy=OFF`` set explicitly, and the
 choice is logged as the ``input_sharding`` param.
 
-Pipeline: parallel interleaved reads -> split filter -> shard -> parallel decode (uint8) -> cache
+Pipeline: interleaved reads -> split filter -> shard -> parse a batch of records at a time,
+then parallel decode (uint8; ``readers.decoded_records``) -> cache
 (``train.cache``: in memory, in a file on local disk or none, as :mod:`bigimage.train.cache` chose for
 the machine) -> shuffle (training) -> repeat -> augment (``train.augment``, off by default) ->
 batch (per-replica size, i.e. the global batch divided by the replicas) -> prefetch. Both datasets
@@ -162,10 +163,7 @@ def build_inputs(
         batch = input_context.get_per_replica_batch_size(int(cfg.batch_size))
     else:
         batch = int(batch_size or cfg.batch_size)
-    dataset = records.map(
-        lambda record: readers.decode_record(record, int(cfg.image_size), as_uint8=True),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+    dataset = readers.decoded_records(records, int(cfg.image_size), as_uint8=True)
     if cache is not None:
         pipeline = input_context.input_pipeline_id if input_context is not None else 0
         dataset = cache.apply(dataset, f"{'train' if training else 'val'}-{pipeline}")

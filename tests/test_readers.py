@@ -1,0 +1,41 @@
+"""The TFRecord readers that the speed test and training share: what they deliver, record for record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from bigimage.data import readers
+from tests.tfrecord_fixtures import write_tfrecord_dir
+
+
+def test_batched_parsing_delivers_what_per_record_parsing_did(tmp_path: Path) -> None:
+    """Issue 13: records are parsed a batch at a time (tf.io.parse_example) for speed; the elements, and
+    their order, are those of decoding each record on its own, for training's uint8 and float32 alike,
+    over a record count that is not a multiple of the parse batch."""
+    import tensorflow as tf
+
+    manifest = write_tfrecord_dir(tmp_path / "tfrec", num_images=readers.PARSE_BATCH + 9, image_size=24)
+    paths = readers.shard_paths(str(tmp_path / "tfrec"), manifest)
+    for as_uint8 in (True, False):
+        records = readers.record_dataset(paths)
+        expected = [(*readers.decode_record(record, 24, as_uint8=as_uint8), len(record.numpy())) for record in records]
+        got = list(readers.decoded_records(records, 24, as_uint8=as_uint8, lengths=True))
+        assert len(got) == len(expected) == manifest.num_records
+        for (image, label, length), (want_image, want_label, want_length) in zip(got, expected, strict=True):
+            assert image.dtype == want_image.dtype == (tf.uint8 if as_uint8 else tf.float32)
+            np.testing.assert_array_equal(image.numpy(), want_image.numpy())
+            assert int(label) == int(want_label) and label.dtype == tf.int32
+            assert int(length) == want_length
+
+
+def test_a_record_that_does_not_parse_fails_the_batched_reader(tmp_path: Path) -> None:
+    import pytest
+    import tensorflow as tf
+
+    path = tmp_path / "junk-00-1.tfrec"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(b"not an Example")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(readers.decoded_records(readers.record_dataset([str(path)]), 24))
