@@ -24,19 +24,19 @@ def step_label(tags: dict[str, str], params: dict[str, str]) -> str:
 
 def step_times(client: MlflowClient, parent_run_id: str) -> tuple[list[tuple[str, float]], float]:
     """The seconds of each finished child run of ``parent_run_id`` by start time, and the seconds from
-    the parent's start to now."""
+    the parent's start to now. An analysis run is opened once its analysis is done, so its step is
+    timed from the end of the step before it."""
     parent = client.get_run(parent_run_id)
     children = search_all(client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    steps = [
-        (
-            run.info.start_time,
-            step_label(run.data.tags, run.data.params),
-            (run.info.end_time - run.info.start_time) / 1000,
-        )
-        for run in children
-        if run.info.end_time
-    ]
-    return [(label, seconds) for _, label, seconds in sorted(steps)], time.time() - parent.info.start_time / 1000
+    steps: list[tuple[str, float]] = []
+    previous_end = None
+    for run in sorted((run for run in children if run.info.end_time), key=lambda run: run.info.start_time):
+        start = run.info.start_time
+        if run.data.tags.get("task") == "analysis" and previous_end is not None:
+            start = min(start, previous_end)
+        steps.append((step_label(run.data.tags, run.data.params), (run.info.end_time - start) / 1000))
+        previous_end = run.info.end_time
+    return steps, time.time() - parent.info.start_time / 1000
 
 
 def describe_step_times(steps: list[tuple[str, float]], total: float) -> str:
