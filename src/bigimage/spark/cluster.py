@@ -111,9 +111,6 @@ def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
             wait_for_executors(spark, int(cluster.executors), timeout_seconds=EXECUTOR_WAIT_SECONDS)
             yield spark
         return
-    if deploy != "standalone":
-        raise ClusterError(f"cluster.deploy={deploy!r} is not valid; choose one of: local, standalone, dataproc")
-
     if master:
         # An existing cluster: fail in seconds on a wrong URL rather than waiting on it.
         check_master_reachable(str(master), timeout_seconds=MASTER_CONNECT_SECONDS)
@@ -122,6 +119,13 @@ def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
             yield spark
         return
 
+    with _started_standalone(cluster, app_name) as spark:
+        yield spark
+
+
+@contextmanager
+def _started_standalone(cluster: Any, app_name: str) -> Iterator[Any]:
+    """A standalone cluster of ``cluster``'s shape started on loopback, and a session on it."""
     check_java()
     workers, cores, memory = standalone_shape(cluster)
     check_memory(workers, memory, str(cluster.driver_memory))
