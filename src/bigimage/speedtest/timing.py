@@ -4,9 +4,10 @@ Two sources, each read the way training reads (parallel reads and decode, prefet
 
 * ``files``: the original images of the labelled tree (``dataset.root``), each read whole, decoded,
   centre-cropped to a square and resized (bilinear) to ``image_size`` x ``image_size``.
-* ``tfrecord``: task 1's shards, records read interleaved (``readers.record_dataset``), parsed a batch
-  at a time and decoded in parallel (``readers.decoded_records``), the same functions and the same
-  settings training uses.
+* ``tfrecord``: task 1's shards, records read interleaved (``readers.record_dataset``), each batch
+  parsed in one op and its images decoded in parallel (``readers.decoded_batches``); training reads
+  the same records with the same parse and decode (``readers.decoded_records``), a record at a time
+  after the parse, since it caches and shuffles records.
 
 Both deliver uint8 pixels (0..255), as training's input pipeline does (``train/inputs.py`` decodes with
 ``as_uint8=True`` and the model rescales): a float32 conversion here would time work that training
@@ -210,12 +211,14 @@ def files_elements(plan: SourcePlan, repeat: bool) -> Any:
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
 
 
-def tfrecord_elements(plan: SourcePlan, repeat: bool, ram: _RamShards | None = None) -> Any:
-    """(image, class, record bytes) per record of the shards of ``plan``."""
+def tfrecord_batches(
+    plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None, threads: int = 0
+) -> Any:
+    """Full batches of (images, classes, record bytes in the batch) of the shards of ``plan``, parsed and
+    decoded a batch at a time (``readers.decoded_batches``, two batches per thread at once), prefetched."""
     from bigimage.data import readers
 
     tf = import_tensorflow()
-    size = plan.image_size
     if ram is not None:
         files = tf.data.Dataset.from_tensor_slices(list(plan.paths))
         records = files.interleave(
@@ -228,7 +231,12 @@ def tfrecord_elements(plan: SourcePlan, repeat: bool, ram: _RamShards | None = N
         records = readers.record_dataset(plan.paths)
     if repeat:
         records = records.repeat()
-    return readers.decoded_records(records, size, as_uint8=True, deterministic=False, lengths=True)
+    parallel = 2 * (threads or os.cpu_count() or 1)
+    batches = readers.decoded_batches(
+        records, batch_size, plan.image_size, as_uint8=True, drop_remainder=True, parallel=parallel, deterministic=False
+    )
+    batches = batches.map(lambda images, labels, nbytes: (images, labels, tf.reduce_sum(nbytes)))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def batched(elements: Any, batch_size: int) -> Any:
@@ -245,7 +253,7 @@ def source_dataset(
     if plan.source == FILES:
         dataset = batched(files_elements(plan, repeat), batch_size)
     elif plan.source == TFRECORD:
-        dataset = batched(tfrecord_elements(plan, repeat, ram), batch_size)
+        dataset = tfrecord_batches(plan, batch_size, repeat, ram, threads)
     else:
         raise ValueError(f"unknown speedtest source {plan.source!r}; choose files or tfrecord")
     return with_threads(dataset, threads)
