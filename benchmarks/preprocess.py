@@ -182,7 +182,7 @@ def in_subprocess(*args: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def report(label: str, run: dict, limit: float, per_cpu_second: float) -> float:
+def report(label: str, run: dict, limit: float, per_cpu_second: float, cores: int) -> float:
     """Print one size's figures; returns its ratio to the limit."""
     images, seconds = run["images"], run["seconds"]
     ratio = run["images_per_second"] / limit
@@ -199,6 +199,11 @@ def report(label: str, run: dict, limit: float, per_cpu_second: float) -> float:
         f"commit after the last task {run['commit_seconds']:.2f} s"
     )
     print(f"  CPU seconds during the job: {cpu} (the transform alone: {images / per_cpu_second:.2f})")
+    print(
+        f"  against the loop's images per CPU-second x cores ({per_cpu_second * cores:.1f} images/s: the limit with "
+        f"the cores all its own, a lower bound of the ratio on a loaded machine): "
+        f"{run['images_per_second'] / (per_cpu_second * cores):.2f}"
+    )
     return ratio
 
 
@@ -236,7 +241,7 @@ def main() -> None:
         runs[label] = in_subprocess(
             "--cores", str(args.cores), "--shards", str(args.shards), *conf_args, "--_job", root, "spark"
         )
-        report(label, runs[label], limit, loop["images_per_cpu_second"])
+        report(label, runs[label], limit, loop["images_per_cpu_second"], args.cores)
     for key in ("python_driver_peak_mib", "jvm_driver_peak_mib"):
         ratio = runs["large"][key] / runs["small"][key]
         print(
