@@ -132,13 +132,14 @@ def _matmul_gflops(repeats: int = 5, products: int = 10) -> tuple[float, float]:
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = _compose(spec["overrides"])
-    from bigimage.train import strategies, worker
+    from bigimage.train.strategies import configure_devices
+    from bigimage.train.worker import configure_process
 
     if spec["threads"] == "worker":
-        op = worker.configure_process(cfg)
+        op = configure_process(cfg)
         pools = (op.intra_op, op.inter_op)
     else:  # TensorFlow's own pools, as before issue 13
-        strategies.configure_devices(cfg)
+        configure_devices(cfg)
         pools = (0, 0)
     import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port
@@ -159,10 +160,10 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 def _train(cfg: Any, spec: dict[str, Any], tf: Any) -> dict[str, Any]:
     import tf_keras as keras
 
-    from bigimage.train import strategies
     from bigimage.train.model import build_model, compile_model
+    from bigimage.train.strategies import make_strategy
 
-    strategy = strategies.make_strategy(cfg)
+    strategy = make_strategy(cfg)
     size, batch = int(cfg.image_size), int(cfg.batch_size)
     keras.utils.set_random_seed(int(cfg.seed))
     images = tf.cast(tf.random.stateless_uniform((batch * 4, size, size, 3), (5, 6), 0, 256, tf.int32), tf.uint8)
