@@ -19,8 +19,7 @@ import random
 import time
 from typing import Any
 
-from omegaconf import DictConfig
-
+from bigimage.config import Config
 from bigimage.data import schema, shards
 from bigimage.data.datasets import dataset_root
 from bigimage.data.listing import LabelledImages, list_labelled_images
@@ -113,7 +112,7 @@ def write_tfrecords(
     return manifest, results, seconds
 
 
-def run_preprocess(cfg: DictConfig) -> dict[str, float]:
+def run_preprocess(cfg: Config) -> dict[str, float]:
     """List, transform and shard ``dataset.root`` into ``tfrecord_dir``; logs the task 1 metrics."""
     import mlflow  # here, not at the top: write_tfrecords' other callers (tests, benchmarks) need no MLflow
 

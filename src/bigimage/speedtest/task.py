@@ -15,8 +15,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from omegaconf import DictConfig
-
+from bigimage.config import Config
 from bigimage.speedtest.grid import expected_rows, grid_points, run_grid
 from bigimage.speedtest.timing import (
     FILES,
@@ -41,7 +40,7 @@ def _spread(items: list[Any], count: int) -> list[Any]:
     return [items[int(index * step)] for index in range(count)]
 
 
-def files_plan(cfg: DictConfig, max_needed: int) -> SourcePlan:
+def files_plan(cfg: Config, max_needed: int) -> SourcePlan:
     """The ``files`` source: image files under ``dataset.root`` (generated first for dataset=synthetic)."""
     from bigimage.data.datasets import dataset_root
     from bigimage.data.listing import list_labelled_images
@@ -75,7 +74,7 @@ def files_plan(cfg: DictConfig, max_needed: int) -> SourcePlan:
     )
 
 
-def tfrecord_plan(cfg: DictConfig) -> SourcePlan:
+def tfrecord_plan(cfg: Config) -> SourcePlan:
     """The ``tfrecord`` source: task 1's shards in ``tfrecord_dir``, as its manifest lists them."""
     from bigimage.data import readers, storage
 
@@ -98,7 +97,7 @@ def tfrecord_plan(cfg: DictConfig) -> SourcePlan:
     )
 
 
-def plan_sources(cfg: DictConfig, points: list[GridPoint]) -> dict[str, SourcePlan]:
+def plan_sources(cfg: Config, points: list[GridPoint]) -> dict[str, SourcePlan]:
     """Check every configured source and every point against it; raises before any timing."""
     speed = cfg.speedtest
     settings = timing_settings(cfg)
@@ -111,7 +110,7 @@ def plan_sources(cfg: DictConfig, points: list[GridPoint]) -> dict[str, SourcePl
     return plans
 
 
-def log_dataset(cfg: DictConfig) -> None:
+def log_dataset(cfg: Config) -> None:
     """The TFRecord set timed, as the active run's ``benchmark`` dataset input (:mod:`bigimage.tracking.datasets`)."""
     from bigimage.data import readers
     from bigimage.tracking import datasets
@@ -120,7 +119,7 @@ def log_dataset(cfg: DictConfig) -> None:
     datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.BENCHMARK)
 
 
-def timing_settings(cfg: DictConfig) -> TimingSettings:
+def timing_settings(cfg: Config) -> TimingSettings:
     speed = cfg.speedtest
     return TimingSettings(
         repetitions=int(speed.repetitions),
@@ -130,7 +129,7 @@ def timing_settings(cfg: DictConfig) -> TimingSettings:
     )
 
 
-def run_speedtest(cfg: DictConfig, spark: Any | None = None) -> dict[str, float]:
+def run_speedtest(cfg: Config, spark: Any | None = None) -> dict[str, float]:
     """Time the grid on ``cfg.cluster`` and log it to the active MLflow run; returns the summary metrics.
 
     ``spark``: an existing session to use (tests share one); by default one is started for
