@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from bigimage.config import ConfigError
 from bigimage.data import storage
+from bigimage.spark import isolate
 from bigimage.spark.isolate import unavailable
 from bigimage.spark.standalone import StandaloneCluster
 from bigimage.train.launch import WorkerFailedError
@@ -71,6 +72,20 @@ def test_only_a_share_nothing_cluster_hides_the_driver_directories() -> None:
     hidden = share_nothing_dirs(OmegaConf.create({"share_nothing": True}))
     assert hidden == share_nothing_dirs() and "/tmp" in hidden and os.path.realpath(Path.home()) in hidden
     assert {os.path.basename(path) for path in hidden} >= {"data", "outputs"}
+
+
+def test_the_software_stays_visible_when_a_mask_covers_the_checkout() -> None:
+    """A clean clone under /tmp (as CI makes) holds the virtualenv and, for an editable install, the package
+    source: a host of its own would have the same software, so neither may disappear with /tmp."""
+    import sys
+
+    import bigimage
+
+    source = os.path.dirname(os.path.dirname(os.path.realpath(bigimage.__file__)))
+    checkout = os.path.dirname(source)
+    argv = isolate.command(["true"], masks=[checkout])
+    exposed = {argv[i + 1] for i, word in enumerate(argv) if word == "--expose"}
+    assert source in exposed and os.path.realpath(sys.prefix) in exposed
 
 
 def test_sqlite_tracking_is_refused_for_a_multi_host_training_before_any_worker_starts(tmp_path, mlflow_experiment):

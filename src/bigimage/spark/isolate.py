@@ -57,14 +57,16 @@ def command(
 ) -> list[str]:
     """``argv`` run with ``masks`` hidden behind empty tmpfs mounts, ``keep`` files and ``mkdirs`` recreated.
 
-    The Python installation stays visible when it lies in a masked directory (a pyenv interpreter under
-    ``$HOME``): a second host would have the same software, just not the driver's files.
+    The software stays visible when it lies in a masked directory: the Python installation (a pyenv
+    interpreter under ``$HOME``, a virtualenv in a checkout under ``/tmp``) and this package's source (an
+    editable install imports it from the checkout). A second host would have the same software, just
+    not the driver's files.
     """
     unshare = shutil.which("unshare") or "unshare"
     line = [unshare, "--mount", "--propagation", "private", "--", sys.executable, "-m", "bigimage.spark.isolate"]
     for path in masks:
         line += ["--mask", str(path)]
-    for path in {os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix)}:
+    for path in sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, _package_root())}):
         if _inside(path, masks):
             line += ["--expose", path]
     for path in keep:
@@ -72,6 +74,11 @@ def command(
     for path in mkdirs:
         line += ["--mkdir", str(path)]
     return [*line, "--cwd", str(cwd), "--", *argv]
+
+
+def _package_root() -> str:
+    """The directory that holds the ``bigimage`` package (``src/`` of a checkout, or site-packages)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _mask(path: str) -> None:
