@@ -36,12 +36,9 @@ from bigimage.train.shared_checkpoint import SharedCheckpoint
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
-
-
-if TYPE_CHECKING:
     from bigimage.train.export import ModelCard
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow (keras-team/keras#20585)
+# TF_USE_LEGACY_KERAS is set by the package (bigimage/train/__init__.py), which loads before this module.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 # oneDNN's kernels: TensorFlow leaves them off on CPUs without AVX-512 VNNI; with them this model trains
 # at 2.3x the images per CPU-second here (bigimage.train.threads). Read once, when TensorFlow is imported.
