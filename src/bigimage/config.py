@@ -134,9 +134,17 @@ class DatasetConfig:
 
 
 @dataclass
-class StrategyConfig:
-    # The function that makes the tf.distribute strategy (``bigimage.train.strategies.mirrored``).
+class BuiltGroup:
+    """A group whose option is built by calling the function its ``_target_`` names (``strategy``:
+    ``bigimage.train.strategies.mirrored``, ``model``: ``bigimage.train.model.small_cnn``) with the
+    group's config: a new option is one YAML file naming its function, and that function."""
+
     _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class StrategyConfig(BuiltGroup):
     name: Strategy = MISSING
     num_workers: int = 1
     # mirrored on a CPU-only machine: split the CPU into this many logical devices (0: use devices as found).
@@ -147,11 +155,7 @@ class StrategyConfig:
 
 
 @dataclass
-class ModelConfig:
-    # The function that builds the network (``bigimage.train.model.small_cnn``): a new model is one YAML
-    # file naming its function, and that function.
-    _target_: str = MISSING
-    name: str = MISSING
+class ModelConfig(BuiltGroup):
     weights: str | None = None  # never downloaded by default
     dropout: float = 0.2
     width: int = 32
