@@ -40,6 +40,11 @@ import yaml
 from bigimage.analysis_lib import common, overfitting, registry, training_cost
 from bigimage.tracking import names, query
 
+SCRIPT_HELP = (
+    "Rank training configurations, and cluster shapes for preprocessing and the speed test, "
+    "with confidence intervals over repeated runs; tag the winners best_config=true and register the winning "
+    f"training run's model with the alias {registry.ALIAS} (models:/<name>@{registry.ALIAS})."
+)
 TAG_BEST = "best_config"
 CONFIG_PARAMS = training_cost.BASE_PARAMS
 PREPROCESS_METRICS = ("images_per_second", "seconds", "images")
@@ -676,13 +681,9 @@ def add_ranking_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@common.exits_without_runs
 def main(argv: list[str] | None = None) -> int:
-    parser = common.source_parser(
-        "best_config.py",
-        "Rank training configurations, and cluster shapes for preprocessing and the speed test, "
-        "with confidence intervals over repeated runs; tag the winners best_config=true and register the winning "
-        f"training run's model with the alias {registry.ALIAS} (models:/<name>@{registry.ALIAS}).",
-    )
+    parser = common.source_parser("best_config.py", SCRIPT_HELP)
     overfitting.add_threshold_args(parser)
     add_ranking_args(parser)
     parser.add_argument(
@@ -695,9 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--confidence must be between 0 and 1")
     try:
         prices = load_prices(args.prices)
-        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
-    except query.NoRunsError as exc:
-        return common.fail_no_runs(str(exc))
+        selection, runs = common.load_runs(args)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from bigimage.tracking import liveness, query
 
 EXIT_NO_RUNS = 3
+P = ParamSpec("P")
 
 
 def source_parser(script: str, description: str) -> argparse.ArgumentParser:
@@ -62,6 +64,25 @@ def save_figure(figure: Any, path: str | os.PathLike, title: str | None = None, 
 def fail_no_runs(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return EXIT_NO_RUNS
+
+
+def exits_without_runs(main: Callable[P, int]) -> Callable[P, int]:
+    """A script's ``main`` that says why and exits :data:`EXIT_NO_RUNS` when there is nothing to read
+    (:class:`query.NoRunsError`: no such experiment or parent run, or no runs in it)."""
+
+    @functools.wraps(main)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except query.NoRunsError as exc:
+            return fail_no_runs(str(exc))
+
+    return guarded
+
+
+def load_runs(args: argparse.Namespace) -> tuple[query.RunSelection, pd.DataFrame]:
+    """The runs a script's ``--tracking-uri`` and ``--experiment`` / ``--parent-run`` select."""
+    return query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
 
 
 def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, write_tags, render_text) -> int:

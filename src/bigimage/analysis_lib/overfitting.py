@@ -37,6 +37,10 @@ TAG_ONSET = "overfitting_onset_epoch"
 TAG_REASON = "overfitting_reason"
 TAG_VAL_ABOVE = "val_above_train"
 
+SCRIPT_HELP = (
+    "Flag overfitting (with its onset epoch) and 'validation above training' per training run, "
+    "and write the verdicts back to each run as MLflow tags."
+)
 VAL_ABOVE_TRAIN_EXPLANATION = (
     "not overfitting; usual causes: regularisation active only in training (dropout, augmentation), "
     "training accuracy averaged over an epoch while the model was still improving, an easier "
@@ -416,21 +420,14 @@ def render_text(result: OverfittingResult) -> str:
     return "\n".join(out) + "\n"
 
 
+@common.exits_without_runs
 def main(argv: list[str] | None = None) -> int:
-    parser = common.source_parser(
-        "overfitting.py",
-        "Flag overfitting (with its onset epoch) and 'validation above training' per training run, "
-        "and write the verdicts back to each run as MLflow tags.",
-    )
+    parser = common.source_parser("overfitting.py", SCRIPT_HELP)
     add_threshold_args(parser)
     parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
     args = parser.parse_args(argv)
-    thresholds = thresholds_from_args(args)
-    try:
-        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
-    except query.NoRunsError as exc:
-        return common.fail_no_runs(str(exc))
-    result = analyse(selection, runs, thresholds)
+    selection, runs = common.load_runs(args)
+    result = analyse(selection, runs, thresholds_from_args(args))
     return common.finish(
         args,
         result,

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 from bigimage.analysis_lib import best_config, common, forecast, scaling
-from bigimage.tracking import query
 
 EXIT_CANNOT_FIT = 4
 MODEL_ARTIFACT = "forecast/model.json"
@@ -344,6 +343,7 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--core-speed-ratio must be > 0 and --confidence between 0 and 1")
 
 
+@common.exits_without_runs
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 a forecast, 2 bad input, 3 no runs, 4 the runs cannot fit any task (stderr says what to add)."""
     parser = common.source_parser(
@@ -361,10 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_plan(args)
     _check(parser, args)
     try:
-        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
+        selection, runs = common.load_runs(args)
         result = forecast.build(selection, runs, options_from_args(args))
-    except query.NoRunsError as exc:
-        return common.fail_no_runs(str(exc))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

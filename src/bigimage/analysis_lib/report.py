@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -31,6 +31,10 @@ from bigimage.analysis_lib import (
 )
 from bigimage.tracking import query
 
+SCRIPT_HELP = (
+    "Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
+    "preprocessing time), logged as the artifacts of a new MLflow run tagged task=analysis."
+)
 REPORT_FILE = "report.md"
 JSON_FILE = "analysis.json"
 FIG_CURVES = "learning_curves.png"
@@ -85,28 +89,48 @@ def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | No
         id_vars=["run_id", "panel", "step"], value_vars=cols, var_name="metric", value_name="value"
     ).dropna(subset=["value"])
     long["epoch"] = long["step"].astype(int)
-    grid = sns.relplot(
-        data=long,
-        x="epoch",
-        y="value",
-        hue="metric",
+    grid = _panels(
+        sns.relplot,
+        long,
+        _CURVES,
+        kind="line",
         units="run_id",
         estimator=None,
-        kind="line",
-        col="panel",
+        alpha=0.8,
         col_order=order,
         col_wrap=min(3, len(order)),
-        height=2.6,
-        aspect=1.3,
         facet_kws={"sharey": False},
-        alpha=0.8,
     )
     grid.set_titles("{col_name}")
     _mark_onsets(grid, meta, verdict)
-    grid.set_axis_labels("epoch (0-based)", "loss")
     title = "Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)"
     common.save_figure(grid.figure, path, title, title_y=1.02)
     return None
+
+
+class _Facets(NamedTuple):
+    """A figure-level seaborn plot's encoding: ``y`` against ``x``, a colour per ``hue``, a panel per ``col``."""
+
+    x: str
+    y: str
+    hue: str
+    col: str
+    xlabel: str
+    ylabel: str
+    height: float  # of a panel, inches
+    aspect: float
+
+
+_CURVES = _Facets("epoch", "value", "metric", "panel", "epoch (0-based)", "loss", 2.6, 1.3)
+_THROUGHPUT = _Facets("batch_size", "images_per_second", "source", "cluster.name", "batch size", "images / s", 3, 1.1)
+
+
+def _panels(plot: Any, data: pd.DataFrame, facets: _Facets, **marks: Any) -> Any:
+    """``plot`` (``sns.relplot``, ``sns.catplot``) of ``data`` as ``facets`` say, its axes labelled."""
+    x, y, hue, col, xlabel, ylabel, height, aspect = facets
+    grid = plot(data=data, x=x, y=y, hue=hue, col=col, height=height, aspect=aspect, **marks)
+    grid.set_axis_labels(xlabel, ylabel)
+    return grid
 
 
 def _as_int(text: str) -> int:
@@ -127,19 +151,7 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
     if data.empty:
         return "no usable speed-test table: no throughput figure"
     data = data.assign(batch_size=data["batch_size"].astype(int))
-    grid = sns.catplot(
-        data=data,
-        x="batch_size",
-        y="images_per_second",
-        hue="source",
-        col="cluster.name",
-        kind="point",
-        errorbar=("ci", 95),
-        dodge=0.2,
-        height=3,
-        aspect=1.1,
-    )
-    grid.set_axis_labels("batch size", "images / s")
+    grid = _panels(sns.catplot, data, _THROUGHPUT, kind="point", errorbar=("ci", 95), dodge=0.2)
     title = "Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)"
     common.save_figure(grid.figure, path, title, title_y=1.03)
     return None
@@ -515,12 +527,9 @@ def build_report(
     return make_report(tracking_uri, experiment, parent_run_id, output_dir, **options).path
 
 
+@common.exits_without_runs
 def main(argv: list[str] | None = None) -> int:
-    parser = common.source_parser(
-        "report.py",
-        "Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
-        "preprocessing time), logged as the artifacts of a new MLflow run tagged task=analysis.",
-    )
+    parser = common.source_parser("report.py", SCRIPT_HELP)
     overfitting.add_threshold_args(parser)
     best_config.add_ranking_args(parser)
     predict.add_forecast_args(parser)
@@ -533,23 +542,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-log-run", action="store_true", help="do not log the report as an MLflow analysis run")
     registry.add_registry_args(parser)
     args = parser.parse_args(argv)
-    thresholds = overfitting.thresholds_from_args(args)
-    try:
-        report = make_report(
-            args.tracking_uri,
-            args.experiment,
-            args.parent_run,
-            args.output_dir,
-            thresholds=thresholds,
-            prices_path=args.prices,
-            rank_by=args.rank_by,
-            write_tags=not args.no_write_tags,
-            log_run=not args.no_log_run,
-            forecast_options=predict.options_from_args(args),
-            registered_model=registry.model_name(args),
-        )
-    except query.NoRunsError as exc:
-        return common.fail_no_runs(str(exc))
+    report = make_report(
+        args.tracking_uri,
+        args.experiment,
+        args.parent_run,
+        args.output_dir,
+        thresholds=overfitting.thresholds_from_args(args),
+        prices_path=args.prices,
+        rank_by=args.rank_by,
+        write_tags=not args.no_write_tags,
+        log_run=not args.no_log_run,
+        forecast_options=predict.options_from_args(args),
+        registered_model=registry.model_name(args),
+    )
     if args.json:
         common.print_json(report.as_dict())
     else:
