@@ -13,13 +13,10 @@ under a pipeline or sweep) or ``analysis experiment bigimage: ...``.
 
 from __future__ import annotations
 
-import time
-
-from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from bigimage.analysis_lib import best_config
-from bigimage.tracking.store import retry_busy
+from bigimage.tracking.store import log_batch, retry_busy
 
 
 def metrics(result: best_config.BestConfigResult) -> dict[str, float]:
@@ -65,8 +62,5 @@ def run_name(result: best_config.BestConfigResult) -> str:
 
 def log(client: MlflowClient, run_id: str, result: best_config.BestConfigResult) -> None:
     """Log the headline metrics and tags on the analysis run ``run_id`` and name it."""
-    stamp = int(time.time() * 1000)
-    batch_metrics = [Metric(key, value, stamp, 0) for key, value in metrics(result).items()]
-    batch_tags = [RunTag(key, value) for key, value in tags(result).items()]
-    retry_busy(lambda: client.log_batch(run_id, metrics=batch_metrics, tags=batch_tags))
+    log_batch(client, run_id, metrics=metrics(result), tags=tags(result))
     retry_busy(lambda: client.update_run(run_id, name=run_name(result)))

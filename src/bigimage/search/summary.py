@@ -27,7 +27,8 @@ import pandas as pd
 from bigimage.search import figures
 from bigimage.search.study import ATTR_EXPERIMENT, ATTR_PARENT_RUN
 from bigimage.search.trial import TAG_STUDY, TAG_TRIAL
-from bigimage.tracking.store import retry_busy
+from bigimage.tracking.query import PARENT_TAG
+from bigimage.tracking.store import log_batch, retry_busy
 
 if TYPE_CHECKING:
     import optuna
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARENT_TAG = "mlflow.parentRunId"
 PARETO_TABLE = "search/pareto_front.json"
 
 
@@ -72,18 +72,13 @@ def prepare_parent(
         moved = trial_runs(client, experiment_id, study.study_name)
         moved = moved[moved["parent"] == previous]
         for run_id in moved["run_id"]:
-            _set_tag(client, str(run_id), PARENT_TAG, parent_run_id)
-        retry_busy(lambda: client.set_tag(previous, "search.continued_in", parent_run_id))
+            log_batch(client, str(run_id), tags={PARENT_TAG: parent_run_id})
+        log_batch(client, previous, tags={"search.continued_in": parent_run_id})
         tags = {**tags, "search.resumed_from": previous}
         log.info("study %s continues: %d earlier trial run(s) moved from %s", study.study_name, len(moved), previous)
-    for key, value in tags.items():
-        _set_tag(client, parent_run_id, key, value)
+    log_batch(client, parent_run_id, tags=tags)
     study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
     study.set_user_attr(ATTR_EXPERIMENT, experiment_id)
-
-
-def _set_tag(client: MlflowClient, run_id: str, key: str, value: str) -> None:
-    retry_busy(lambda: client.set_tag(run_id, key, value))
 
 
 def trials_table(study: optuna.Study, objectives: Sequence[str], runs: pd.DataFrame) -> pd.DataFrame:
@@ -135,7 +130,7 @@ def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[st
     """Write the study's outcome on its parent run (module doc)."""
     experiment_id = retry_busy(lambda: client.get_run(parent_run_id)).info.experiment_id
     table = trials_table(study, objectives, trial_runs(client, experiment_id, study.study_name))
-    retry_busy(lambda: client.log_batch(parent_run_id, metrics=_metrics(counts(study))))
+    log_batch(client, parent_run_id, metrics=counts(study))
     finished = table[table["state"] == "COMPLETE"]
     with tempfile.TemporaryDirectory(prefix="bigimage-search-") as folder:
         table.to_csv(os.path.join(folder, "trials.csv"), index=False)
@@ -148,7 +143,7 @@ def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[st
             retry_busy(lambda: client.log_table(parent_run_id, _json_ready(front), PARETO_TABLE))
             fig = figures.pareto_front(finished, objectives[1], objectives[0], front)
             _save(fig, folder, "pareto_front.png")
-            retry_busy(lambda: client.set_tag(parent_run_id, "search.pareto_trials", _numbers(front)))
+            log_batch(client, parent_run_id, tags={"search.pareto_trials": _numbers(front)})
         found = importances(study, objectives)
         if found:
             _save(figures.param_importances(found), folder, "param_importances.png")
@@ -158,26 +153,15 @@ def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[st
 
 
 def _log_best(client: MlflowClient, study: optuna.Study, metric: str, parent_run_id: str, table: pd.DataFrame) -> None:
-    from mlflow.entities import Param, RunTag
-
     best = study.best_trial
     run_id = table.loc[table["number"] == best.number, "run_id"]
-    params = [Param(f"search.best.{key}", str(value)) for key, value in best.params.items()]
-    tags = [RunTag("search.best_trial", str(best.number))]
+    tags: dict[str, Any] = {"search.best_trial": best.number}
     if not run_id.empty and isinstance(run_id.iloc[0], str):
-        tags.append(RunTag("search.best_run_id", run_id.iloc[0]))
+        tags["search.best_run_id"] = run_id.iloc[0]
     value = float(best.values[0])
-    metrics = _metrics({"search.best_value": value, f"best_{metric}".replace("best_best_", "best_"): value})
-    retry_busy(lambda: client.log_batch(parent_run_id, metrics=metrics, params=params, tags=tags))
-
-
-def _metrics(values: dict[str, float]) -> list[Any]:
-    import time
-
-    from mlflow.entities import Metric
-
-    stamp = int(time.time() * 1000)
-    return [Metric(key, value, stamp, 0) for key, value in values.items()]
+    metrics = {"search.best_value": value, f"best_{metric}".replace("best_best_", "best_"): value}
+    params = {f"search.best.{key}": param for key, param in best.params.items()}
+    log_batch(client, parent_run_id, metrics=metrics, params=params, tags=tags)
 
 
 def _numbers(front: pd.DataFrame) -> str:

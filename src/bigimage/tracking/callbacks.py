@@ -23,9 +23,9 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
 from bigimage import termination
-from bigimage.tracking import liveness
+from bigimage.tracking import liveness, query
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, run_tags
-from bigimage.tracking.store import connect, retry_busy
+from bigimage.tracking.store import connect, log_batch, retry_busy
 
 log = logging.getLogger(__name__)
 
@@ -67,21 +67,14 @@ class MlflowSweepCallback(Callback):
         client = mlflow.MlflowClient()
         experiment_id = client.get_run(parent_run_id).info.experiment_id
 
-        def find_children() -> list[mlflow.entities.Run]:
-            return retry_busy(
-                lambda: client.search_runs(
-                    [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
-                )
-            )
-
         # A job whose process died unable to end its run (joblib kills its workers when the sweep is
         # stopped) is ended KILLED here, as analysis/stale_runs.py would end it.
-        for child in find_children():
+        for child in query.children(client, [experiment_id], parent_run_id):
             if child.info.status == "RUNNING":
                 verdict = liveness.judge(child, older_than_seconds=float("inf"))
                 if verdict.stale:
                     liveness.mark_killed(client, verdict, marked_by="the sweep's end")
-        children = find_children()
+        children = query.children(client, [experiment_id], parent_run_id)
         failed = [run for run in children if run.info.status != "FINISHED"]
         killed = termination.last_signal() is not None or any(run.info.status == "KILLED" for run in children)
         if killed:  # stopped (SIGTERM, SIGHUP, Ctrl-C in a job): the sweep did not fail, it was cut short
@@ -90,12 +83,11 @@ class MlflowSweepCallback(Callback):
             status = RunStatus.FAILED if failed or not children else RunStatus.FINISHED
         if self.heartbeat is not None:
             self.heartbeat.stop()
-        retry_busy(lambda: client.set_tag(parent_run_id, "children", str(len(children))))
-        retry_busy(lambda: client.set_tag(parent_run_id, "children_failed", str(len(failed))))
+        tags: dict[str, Any] = {"children": len(children), "children_failed": len(failed)}
         if killed:
             signum = termination.last_signal()
-            reason = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
-            retry_busy(lambda: client.set_tag(parent_run_id, "error", reason))
+            tags["error"] = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
+        log_batch(client, parent_run_id, tags=tags)
         retry_busy(lambda: client.set_terminated(parent_run_id, RunStatus.to_string(status)))
         if self.signals_held:
             termination.uninstall()

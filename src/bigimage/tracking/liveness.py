@@ -28,7 +28,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from bigimage.tracking.query import search_all
-from bigimage.tracking.store import retry_busy
+from bigimage.tracking.store import log_batch, retry_busy
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,8 @@ def mark_killed(client: MlflowClient, verdict: Verdict, marked_by: str) -> bool:
     info = retry_busy(lambda: client.get_run(verdict.run_id)).info
     if info.status != RunStatus.to_string(RunStatus.RUNNING):
         return False
-    retry_busy(lambda: client.set_tag(verdict.run_id, TAG_ERROR, f"stale: {verdict.reason}"))
-    retry_busy(lambda: client.set_tag(verdict.run_id, TAG_MARKED_BY, f"{marked_by} at {utc_iso(time.time())}"))
+    tags = {TAG_ERROR: f"stale: {verdict.reason}", TAG_MARKED_BY: f"{marked_by} at {utc_iso(time.time())}"}
+    log_batch(client, verdict.run_id, tags=tags)
     end_ms = max(int(verdict.last_seen * 1000), info.start_time)  # the heartbeat has whole seconds
     retry_busy(lambda: client.set_terminated(verdict.run_id, RunStatus.to_string(RunStatus.KILLED), end_time=end_ms))
     return True

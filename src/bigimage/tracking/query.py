@@ -31,14 +31,15 @@ import pandas as pd
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from bigimage.config import PROJECT_ROOT, TrackingConfig  # noqa: F401 - PROJECT_ROOT: for analysis modules
 from bigimage.tracking.names import EPOCH_METRICS
-from bigimage.tracking.store import resolve_tracking_uri, retry_busy
+from bigimage.tracking.store import log_batch, resolve_tracking_uri, retry_busy
 
 DEFAULT_EXPERIMENT = TrackingConfig.experiment
 
-PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAG = MLFLOW_PARENT_RUN_ID  # "mlflow.parentRunId"
 RUN_COLUMNS = (
     "run_id",
     "run_name",
@@ -110,17 +111,20 @@ def search_all(client: MlflowClient, experiment_ids: Sequence[str], filter_strin
             return runs
 
 
-def _descendants(client: MlflowClient, experiment_ids: Sequence[str], parent_run_id: str) -> list[Run]:
-    """Children, grandchildren, ... of ``parent_run_id`` (a pipeline's child may itself be a sweep parent).
+def children(client: MlflowClient, experiment_ids: Sequence[str], parent_run_id: str) -> list[Run]:
+    """The runs whose tag ``mlflow.parentRunId`` is ``parent_run_id`` (all pages)."""
+    return search_all(client, experiment_ids, f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
 
-    One ``search_runs`` per generation, filtered on ``tags.mlflow.parentRunId``.
-    """
+
+def _descendants(client: MlflowClient, experiment_ids: Sequence[str], parent_run_id: str) -> list[Run]:
+    """Children, grandchildren, ... of ``parent_run_id`` (a pipeline's child may itself be a sweep parent):
+    one :func:`children` search per generation."""
     found: dict[str, Run] = {}
     frontier = [parent_run_id]
     while frontier:
         next_frontier: list[str] = []
         for pid in frontier:
-            for run in search_all(client, experiment_ids, f"tags.`{PARENT_TAG}` = '{pid}'"):
+            for run in children(client, experiment_ids, pid):
                 if run.info.run_id not in found and run.info.run_id != parent_run_id:
                     found[run.info.run_id] = run
                     next_frontier.append(run.info.run_id)
@@ -296,11 +300,7 @@ def _global_tracking_uri(uri: str):
 
 def set_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str]) -> None:
     """Set tags on a run (never metrics) in one batch, retrying while a sqlite store is busy."""
-    from mlflow.entities import RunTag
-
-    client = client_for(tracking_uri)
-    batch = [RunTag(key, str(value)) for key, value in tags.items()]
-    retry_busy(lambda: client.log_batch(run_id, tags=batch))
+    log_batch(client_for(tracking_uri), run_id, tags=tags)
 
 
 def param(row: pd.Series, key: str, default=None):

@@ -11,7 +11,7 @@ import time
 
 from mlflow.tracking import MlflowClient
 
-from bigimage.tracking.query import search_all
+from bigimage.tracking.query import children
 
 
 def step_label(tags: dict[str, str], params: dict[str, str]) -> str:
@@ -27,10 +27,10 @@ def step_times(client: MlflowClient, parent_run_id: str) -> tuple[list[tuple[str
     the parent's start to now. An analysis run is opened once its analysis is done, so its step is
     timed from the end of the step before it."""
     parent = client.get_run(parent_run_id)
-    children = search_all(client, [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    runs = children(client, [parent.info.experiment_id], parent_run_id)
     steps: list[tuple[str, float]] = []
     previous_end = None
-    for run in sorted((run for run in children if run.info.end_time), key=lambda run: run.info.start_time):
+    for run in sorted((run for run in runs if run.info.end_time), key=lambda run: run.info.start_time):
         start = run.info.start_time
         if run.data.tags.get("task") == "analysis" and previous_end is not None:
             start = min(start, previous_end)

@@ -11,11 +11,12 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from bigimage.config import PROJECT_ROOT
@@ -63,6 +64,21 @@ def retry_busy(action: Callable[[], T], attempts: int = 8) -> T:
             log.warning("MLflow store busy (%s); retrying", error)
         time.sleep(0.2 * 2**attempt * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+def log_batch(
+    client: mlflow.MlflowClient,
+    run_id: str,
+    metrics: Mapping[str, float] | None = None,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> None:
+    """Metrics (now, at step 0), params and tags on ``run_id`` in one ``log_batch``, retried while busy."""
+    stamp = int(time.time() * 1000)
+    metric_batch = [Metric(key, float(value), stamp, 0) for key, value in (metrics or {}).items()]
+    param_batch = [Param(key, str(value)) for key, value in (params or {}).items()]
+    tag_batch = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
+    retry_busy(lambda: client.log_batch(run_id, metrics=metric_batch, params=param_batch, tags=tag_batch))
 
 
 def ensure_experiment(name: str, artifact_location: str | None) -> str:
