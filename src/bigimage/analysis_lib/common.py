@@ -24,9 +24,8 @@ EXIT_NO_RUNS = 3
 P = ParamSpec("P")
 
 
-def source_parser(script: str, description: str) -> argparse.ArgumentParser:
-    """A script's parser with ``--tracking-uri``, ``--experiment`` / ``--parent-run`` and ``--json``: the same in
-    every script that reads runs."""
+def script_parser(script: str, description: str) -> argparse.ArgumentParser:
+    """A script's parser with ``--tracking-uri`` and ``--json``."""
     parser = argparse.ArgumentParser(prog=f"analysis/{script}", description=description)
     # MLflow draws download progress bars on stderr for every table it loads: noise in a script's output
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -35,6 +34,13 @@ def source_parser(script: str, description: str) -> argparse.ArgumentParser:
         default=None,
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db)",
     )
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+    return parser
+
+
+def source_parser(script: str, description: str) -> argparse.ArgumentParser:
+    """:func:`script_parser` with ``--experiment`` / ``--parent-run``: the same in every script that analyses runs."""
+    parser = script_parser(script, description)
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--experiment",
@@ -46,7 +52,6 @@ def source_parser(script: str, description: str) -> argparse.ArgumentParser:
         default=None,
         help="id of a parent run (a sweep or a pipeline): analyse all its descendants instead of an experiment",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
     return parser
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bigimage.analysis_lib import common
+from bigimage.analysis_lib import common, training_cost
 from bigimage.tracking import query
 
 TAG_OVERFITTING = "overfitting"
@@ -348,7 +348,7 @@ def analyse(
             excluded.append(
                 Exclusion(row["run_id"], row["run_name"], row.get("task"), f"status {row['status']}: {what}")
             )
-        elif str(row.get("tags.pruned", "")).lower() == "true":  # a search stopped it: short curves, no verdict
+        elif training_cost.is_pruned(row):  # a search stopped it: short curves, no verdict
             reason = f"pruned by its search after epoch {row.get('tags.pruned_epoch')}: stopped early, not judged"
             excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), reason))
         else:

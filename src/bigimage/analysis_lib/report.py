@@ -1,6 +1,6 @@
 """The analysis report: seaborn figures + a Markdown report, logged to a new MLflow run (task=analysis).
 
-:func:`build_report` is what the project's main job calls in-process; ``analysis/report.py`` is
+:func:`make_report` is what the project's main job calls in-process; ``analysis/report.py`` is
 the command-line wrapper.
 """
 
@@ -514,17 +514,6 @@ def _write_markdown(markdown: str, out: Path) -> None:
     """``report.md``, and ``report.html`` with the figures inside (what MLflow's artifact viewer shows)."""
     (out / REPORT_FILE).write_text(markdown)
     html_report.write_html(markdown, out)
-
-
-def build_report(
-    tracking_uri: str | None = None,
-    experiment: str | None = None,
-    parent_run_id: str | None = None,
-    output_dir: str | Path | None = None,
-    **options,
-) -> Path:
-    """The report for the main job: :func:`make_report` (same arguments), returning the path of ``report.md``."""
-    return make_report(tracking_uri, experiment, parent_run_id, output_dir, **options).path
 
 
 @common.exits_without_runs

@@ -14,7 +14,6 @@ were marked; 3 (as the other scripts when there is nothing to read) when the exp
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from bigimage.analysis_lib import common
@@ -24,16 +23,10 @@ MARKED_BY = "analysis/stale_runs.py"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    parser = argparse.ArgumentParser(
-        prog="analysis/stale_runs.py",
-        description="End RUNNING runs whose process is gone (this host) or silent (any host) as KILLED, "
+    parser = common.script_parser(
+        "stale_runs.py",
+        "End RUNNING runs whose process is gone (this host) or silent (any host) as KILLED, "
         "with the reason in the tag 'error'; print what was changed.",
-    )
-    parser.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<project root>/mlruns/mlflow.db)",
     )
     parser.add_argument("--experiment", default=None, help="experiment name (default: every experiment in the store)")
     parser.add_argument(
@@ -46,7 +39,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"{liveness.HEARTBEAT_SECONDS:g} s); a run of this host whose process is gone is stale at once",
     )
     parser.add_argument("--dry-run", action="store_true", help="only list; change nothing")
-    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
     args = parser.parse_args(argv)
     if args.older_than < 0:
         parser.error("--older-than must be >= 0")

@@ -27,10 +27,14 @@ DEFAULT_PORT = 5000
 SCRIPT = query.PROJECT_ROOT / "analysis" / "mlflow_ui.py"
 
 
+def _reachable(host: str) -> str:
+    """Where this machine reaches a server listening on ``host`` (loopback for every interface)."""
+    return LOOPBACK if host in ("0.0.0.0", "::") else host
+
+
 def runs_url(host: str, port: int, experiment_id: str) -> str:
     """The experiment's runs in the machine-learning view of the MLflow 3 UI."""
-    shown = LOOPBACK if host in ("0.0.0.0", "::") else host
-    return f"http://{shown}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return f"http://{_reachable(host)}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def _shown(path: str | Path) -> str:
@@ -53,7 +57,7 @@ def _wait_until_listening(host: str, port: int, server: subprocess.Popen, timeou
         if server.poll() is not None:
             raise RuntimeError(f"mlflow ui exited with code {server.returncode} before it listened on {host}:{port}")
         try:
-            with socket.create_connection((host if host not in ("0.0.0.0", "::") else LOOPBACK, port), timeout=1):
+            with socket.create_connection((_reachable(host), port), timeout=1):
                 return
         except OSError:
             time.sleep(0.5)
