@@ -19,6 +19,7 @@ name are written locally so the commands can be pasted as they are.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -37,7 +38,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import bigimage
-from bigimage.config import PROJECT_ROOT, Config
+from bigimage.config import PROJECT_ROOT, Config, DataprocShape, Strategy
 
 SINGLE_NODE_PROPERTY = "dataproc:dataproc.allow.zero.workers"
 PIP_PACKAGES_PROPERTY = "dataproc:pip.packages"
@@ -166,15 +167,16 @@ def build_cluster(cfg: Config, project: str) -> Any:
 
     _check_shape(cfg)
     shape = cfg.cluster.shape
-    master = dataproc_v1.InstanceGroupConfig(
-        num_instances=1,
-        machine_type_uri=str(shape.master_machine_type),
-        disk_config=dataproc_v1.DiskConfig(
-            boot_disk_type=str(shape.master_boot_disk_type), boot_disk_size_gb=int(shape.master_boot_disk_size_gb)
-        ),
-    )
+    groups = {
+        f"{role}_config": dataproc_v1.InstanceGroupConfig(
+            num_instances=count,
+            machine_type_uri=machine,
+            disk_config=dataproc_v1.DiskConfig(boot_disk_type=disk, boot_disk_size_gb=disk_gb),
+        )
+        for role, count, machine, disk, disk_gb in _machines(shape)
+    }
     config = dataproc_v1.ClusterConfig(
-        master_config=master,
+        **groups,
         software_config=dataproc_v1.SoftwareConfig(
             image_version=str(shape.image_version),
             properties=cluster_properties(cfg),
@@ -183,20 +185,21 @@ def build_cluster(cfg: Config, project: str) -> Any:
     )
     if cfg.cluster.dataproc.staging_bucket:
         config.config_bucket = _bucket_name(str(cfg.cluster.dataproc.staging_bucket))
-    if not shape.single_node:
-        config.worker_config = dataproc_v1.InstanceGroupConfig(
-            num_instances=int(shape.worker_count),
-            machine_type_uri=str(shape.worker_machine_type),
-            disk_config=dataproc_v1.DiskConfig(
-                boot_disk_type=str(shape.worker_boot_disk_type), boot_disk_size_gb=int(shape.worker_boot_disk_size_gb)
-            ),
-        )
     return dataproc_v1.Cluster(
         project_id=project,
         cluster_name=cluster_name(cfg),
         config=config,
         labels={"app": "bigimage", "shape": str(cfg.cluster.name)},
     )
+
+
+def _machines(shape: DataprocShape) -> list[tuple[str, int, str, str, int]]:
+    """(role, count, machine type, boot disk type, boot disk GB) of the master and, unless single node, the workers."""
+    machines = [("master", 1, shape.master_machine_type, shape.master_boot_disk_type, shape.master_boot_disk_size_gb)]
+    if not shape.single_node:
+        worker = (shape.worker_machine_type, shape.worker_boot_disk_type, shape.worker_boot_disk_size_gb)
+        machines.append(("worker", shape.worker_count, *worker))
+    return [(role, int(count), str(machine), str(disk), int(gb)) for role, count, machine, disk, gb in machines]
 
 
 def build_pyspark_job(cfg: Config, main_uri: str, package_uri: str, config_uri: str, job_id: str | None = None) -> Any:
@@ -232,29 +235,22 @@ def _properties_flag(properties: dict[str, str]) -> str:
     return "--properties=" + ",".join(items)
 
 
+def _gcloud(cfg: Config, project: str | None, *words: str) -> list[str]:
+    """``gcloud dataproc <words>`` in the config's region (and ``project``, when given)."""
+    where = [f"--region={cfg.cluster.dataproc.region}", *([f"--project={project}"] if project else [])]
+    return ["gcloud", "dataproc", *words, *where]
+
+
 def gcloud_create_command(cfg: Config, project: str | None = None) -> list[str]:
     """``gcloud dataproc clusters create`` with the same shape as :func:`build_cluster`."""
     _check_shape(cfg)
     shape = cfg.cluster.shape
-    command = ["gcloud", "dataproc", "clusters", "create", cluster_name(cfg), f"--region={cfg.cluster.dataproc.region}"]
-    if project:
-        command.append(f"--project={project}")
+    command = _gcloud(cfg, project, "clusters", "create", cluster_name(cfg))
     command.append(f"--image-version={shape.image_version}")
-    if shape.single_node:
-        command.append("--single-node")
-    else:
-        command.append(f"--num-workers={int(shape.worker_count)}")
-    command += [
-        f"--master-machine-type={shape.master_machine_type}",
-        f"--master-boot-disk-type={shape.master_boot_disk_type}",
-        f"--master-boot-disk-size={int(shape.master_boot_disk_size_gb)}GB",
-    ]
-    if not shape.single_node:
-        command += [
-            f"--worker-machine-type={shape.worker_machine_type}",
-            f"--worker-boot-disk-type={shape.worker_boot_disk_type}",
-            f"--worker-boot-disk-size={int(shape.worker_boot_disk_size_gb)}GB",
-        ]
+    command.append("--single-node" if shape.single_node else f"--num-workers={int(shape.worker_count)}")
+    for role, _, machine, disk, disk_gb in _machines(shape):
+        command += [f"--{role}-machine-type={machine}", f"--{role}-boot-disk-type={disk}"]
+        command.append(f"--{role}-boot-disk-size={disk_gb}GB")
     if shape.optional_components:
         command.append("--optional-components=" + ",".join(str(c).upper() for c in shape.optional_components))
     if cfg.cluster.dataproc.staging_bucket:
@@ -263,29 +259,16 @@ def gcloud_create_command(cfg: Config, project: str | None = None) -> list[str]:
     properties.pop(SINGLE_NODE_PROPERTY, None)  # --single-node sets it
     if properties:
         command.append(_properties_flag(properties))
-    command.append(
-        "--labels=" + ",".join(f"{k}={v}" for k, v in {"app": "bigimage", "shape": cfg.cluster.name}.items())
-    )
+    command.append(f"--labels=app=bigimage,shape={cfg.cluster.name}")
     return command
 
 
 def gcloud_submit_command(cfg: Config, driver: str, package: str, config: str, project: str | None = None) -> list[str]:
     """``gcloud dataproc jobs submit pyspark`` equivalent to :func:`build_pyspark_job` (local files are
     uploaded by gcloud itself)."""
-    command = [
-        "gcloud",
-        "dataproc",
-        "jobs",
-        "submit",
-        "pyspark",
-        driver,
-        f"--cluster={cluster_name(cfg)}",
-        f"--region={cfg.cluster.dataproc.region}",
-    ]
-    if project:
-        command.append(f"--project={project}")
+    command = _gcloud(cfg, project, "jobs", "submit", "pyspark", driver, f"--cluster={cluster_name(cfg)}")
     command += [f"--py-files={package}", f"--files={config}", _properties_flag(job_properties(cfg))]
-    command.append("--labels=" + ",".join(f"{k}={v}" for k, v in {"app": "bigimage", "task": cfg.task.name}.items()))
+    command.append(f"--labels=app=bigimage,task={cfg.task.name}")
     return [*command, "--", *job_args()]
 
 
@@ -338,8 +321,6 @@ def write_job_files(cfg: Config, directory: Path) -> JobFiles:
 # ---------------------------------------------------------------------------------- environment
 def resolve_project(cfg: Config, required: bool = True) -> str | None:
     """``cluster.dataproc.project``, else $GOOGLE_CLOUD_PROJECT/$CLOUDSDK_CORE_PROJECT, else the ADC project."""
-    import os
-
     project = (
         cfg.cluster.dataproc.project
         or os.environ.get("GOOGLE_CLOUD_PROJECT")
@@ -397,8 +378,6 @@ def check_paths(cfg: Config) -> list[str]:
 def _train_problems(cfg: Config) -> list[str]:
     """A multi-worker training runs one worker per Spark barrier task on the cluster's workers, and its
     checkpoint must be where a rerun on other hosts finds it (README: "Across hosts that share no file system")."""
-    from bigimage.config import Strategy
-
     if not Strategy(cfg.strategy.name).multi_worker:
         return []
     problems = []
@@ -416,7 +395,7 @@ def _train_problems(cfg: Config) -> list[str]:
 
 
 def _bucket_name(bucket: str) -> str:
-    return bucket[len("gs://") :].split("/", 1)[0] if bucket.startswith("gs://") else bucket.split("/", 1)[0]
+    return bucket.removeprefix("gs://").split("/", 1)[0]
 
 
 # ------------------------------------------------------------------------------------------ running
@@ -568,20 +547,7 @@ def dry_run(cfg: Config, directory: Path | None = None, echo: Callable[[str], No
     echo(submit)
     if cfg.cluster.dataproc.delete_cluster:
         echo("")
-        echo(
-            format_command(
-                [
-                    "gcloud",
-                    "dataproc",
-                    "clusters",
-                    "delete",
-                    cluster_name(cfg),
-                    f"--region={cfg.cluster.dataproc.region}",
-                    *([f"--project={project}"] if project else []),
-                    "--quiet",
-                ]
-            )
-        )
+        echo(format_command([*_gcloud(cfg, project, "clusters", "delete", cluster_name(cfg)), "--quiet"]))
     return create, submit
 
 
@@ -620,9 +586,7 @@ def run_on_dataproc(
     if problems:
         raise DataprocError("cannot run on Dataproc as configured:\n  - " + "\n  - ".join(problems))
     _check_shape(cfg)
-    attempted = False
     try:
-        attempted = True
         cluster = ensure_cluster(cfg, project, cluster_client, echo)
         bucket = _bucket_name(str(cfg.cluster.dataproc.staging_bucket or cluster.config.config_bucket))
         if not bucket:
@@ -634,7 +598,7 @@ def run_on_dataproc(
         job = build_pyspark_job(cfg, uris["driver"], uris["package"], uris["config"], job_id=job_id)
         run_job(cfg, project, job, job_client, storage_client, echo)
     finally:
-        if cfg.cluster.dataproc.delete_cluster and attempted:
+        if cfg.cluster.dataproc.delete_cluster:
             delete_cluster(cfg, project, cluster_client, echo)
 
 
