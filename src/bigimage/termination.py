@@ -19,6 +19,7 @@ else installed, or ``SIG_IGN`` (``nohup``), is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -57,10 +58,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     # call to Spark, the cancel and the stop in the ``finally`` blocks included, fails.
     on_interrupt = signal.getsignal(signal.SIGINT)
     if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
-        try:
+        with contextlib.suppress(BaseException):
             on_interrupt(signal.SIGINT, frame)
-        except BaseException:
-            pass
     raise Terminated(signum)
 
 

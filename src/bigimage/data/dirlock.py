@@ -164,7 +164,7 @@ class DestinationLock:
             finally:
                 os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(self.holder).encode("utf-8"), 0)
+        os.pwrite(fd, self._record(), 0)
         self._fd = fd
         return None
 

@@ -28,6 +28,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections import Counter
 from dataclasses import dataclass, field
 
 from bigimage.data import storage
@@ -59,10 +60,8 @@ class LabelledImages:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
-        counts = {name: 0 for name in self.classes}
-        for _, index in self.items:
-            counts[self.classes[index]] += 1
-        return counts
+        counts = Counter(index for _, index in self.items)
+        return {name: counts[index] for index, name in enumerate(self.classes)}
 
     def fingerprint(self) -> str:
         """A hash of the class list and every item's relative path, class and size.
@@ -89,15 +88,23 @@ def _split_relative(root: str, path: str) -> list[str]:
     return rel.split(sep)
 
 
-def _unusable(path: str, error: OSError) -> str | None:
-    """Why ``path`` (whose stat failed) is no item; None if it was removed while listing."""
-    if error.errno == errno.ELOOP:
-        return "symbolic link loop (too many levels of symbolic links)"
-    if os.path.islink(path):
-        return f"broken symbolic link to {os.readlink(path)!r}"
-    if error.errno == errno.ENOENT:
+def _stat(path: str, failed: list[tuple[str, str]]) -> os.stat_result | None:
+    """``path``'s status, links followed; None, with why in ``failed``, when it has none (nothing when it
+    was removed while listing)."""
+    try:
+        return os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            failed.append((path, "symbolic link loop (too many levels of symbolic links)"))
+        elif os.path.islink(path):
+            failed.append((path, f"broken symbolic link to {os.readlink(path)!r}"))
+        elif error.errno != errno.ENOENT:
+            failed.append((path, f"cannot read its status: {error.strerror or error}"))
         return None
-    return f"cannot read its status: {error.strerror or error}"
+
+
+def _loop(path: str) -> tuple[str, str]:
+    return path, f"symbolic link loop: leads back to {os.path.realpath(path)}"
 
 
 def _walk_class(root: str, folder: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
@@ -118,17 +125,13 @@ def _walk_class(root: str, folder: str) -> tuple[list[tuple[str, int]], list[tup
             failed.append((path, f"unreadable folder ({error.strerror or error}); the files in it are not counted"))
             continue
         for entry in entries:
-            try:
-                info = os.stat(entry.path)  # follows links
-            except OSError as error:
-                reason = _unusable(entry.path, error)
-                if reason:
-                    failed.append((entry.path, reason))
+            info = _stat(entry.path, failed)
+            if info is None:
                 continue
             if stat.S_ISDIR(info.st_mode):
                 identity = (info.st_dev, info.st_ino)
                 if identity in ancestors:
-                    failed.append((entry.path, f"symbolic link loop: leads back to {os.path.realpath(entry.path)}"))
+                    failed.append(_loop(entry.path))
                 else:
                     stack.append((entry.path, (*ancestors, identity)))
             elif stat.S_ISREG(info.st_mode):
@@ -156,17 +159,11 @@ def _local_class_folders(root: str) -> tuple[list[str], list[tuple[str, str]]]:
     for entry in entries:
         if _hidden(entry.name) or entry.name.startswith("_"):
             continue
-        try:
-            info = os.stat(entry.path)
-        except OSError as error:
-            reason = _unusable(entry.path, error)
-            if reason:
-                failed.append((entry.path, reason))
-            continue
-        if not stat.S_ISDIR(info.st_mode):
+        info = _stat(entry.path, failed)
+        if info is None or not stat.S_ISDIR(info.st_mode):
             continue  # a file beside the class folders
         if (info.st_dev, info.st_ino) == root_identity:
-            failed.append((entry.path, f"symbolic link loop: leads back to {os.path.realpath(entry.path)}"))
+            failed.append(_loop(entry.path))
         else:
             folders.append(entry.name)
     return folders, failed

@@ -279,10 +279,8 @@ def _atomic_local_write(path: str, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
 
 
@@ -374,10 +372,8 @@ def delete(url: str, *, if_generation_match: int | None = None) -> None:
     if not is_gcs(url):
         if if_generation_match is not None:
             raise ValueError("if_generation_match is for gs:// objects only")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(url)
-        except FileNotFoundError:
-            pass
         return
     try:
         _blob(url).delete(if_generation_match=if_generation_match)
