@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,9 +30,8 @@ TRAINING_COLUMNS = ("best_val_accuracy", "best_epoch", "images_per_second", "tra
 
 def strategy_node(name: str) -> DictConfig:
     """The ``strategy`` group's option ``name``, composed by Hydra (inside or outside a Hydra app)."""
-    if GlobalHydra.instance().is_initialized():
-        return compose(config_name="config", overrides=[f"strategy={name}"]).strategy
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    outside = not GlobalHydra.instance().is_initialized()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3") if outside else nullcontext():
         return compose(config_name="config", overrides=[f"strategy={name}"]).strategy
 
 

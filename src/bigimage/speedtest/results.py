@@ -42,14 +42,22 @@ def _medians(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame.groupby(["source", "batch_size"])[column].median()
 
 
+def _speedup(frame: pd.DataFrame) -> float | None:
+    """Median images/s of all tfrecord rows over that of all files rows; None unless both sources ran."""
+    if not {"files", "tfrecord"} <= set(frame["source"]):
+        return None
+    overall = frame.groupby("source")["images_per_second"].median()
+    return float(overall["tfrecord"] / overall["files"])
+
+
 def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
     """The summary metrics named in the module docstring."""
     metrics: dict[str, float] = {}
     for (source, batch_size), value in _medians(frame, "images_per_second").items():
         metrics[f"images_per_second.{source}.bs{int(batch_size)}"] = float(value)
-    if {"files", "tfrecord"} <= set(frame["source"]):
-        overall = frame.groupby("source")["images_per_second"].median()
-        metrics["tfrecord_speedup"] = float(overall["tfrecord"] / overall["files"])
+    speedup = _speedup(frame)
+    if speedup is not None:
+        metrics["tfrecord_speedup"] = speedup
     metrics["speedtest.rows"] = float(len(frame))
     if "repeated" in frame.columns:
         metrics["speedtest.repeated_rows"] = float(frame["repeated"].astype(bool).sum())
@@ -75,10 +83,9 @@ def format_table(frame: pd.DataFrame) -> str:
     table.index.name = "batch size"
     table.columns.name = None
     lines = ["Speed test: median images/s over batch numbers and repetitions", table.round(2).to_string()]
-    sources = set(frame["source"])
-    if {"files", "tfrecord"} <= sources:
-        overall = frame.groupby("source")["images_per_second"].median()
-        lines.append(f"TFRecord over files speed-up: {overall['tfrecord'] / overall['files']:.2f}x")
+    speedup = _speedup(frame)
+    if speedup is not None:
+        lines.append(f"TFRecord over files speed-up: {speedup:.2f}x")
     if "repeated" in frame.columns and frame["repeated"].any():
         repeated = frame[frame["repeated"].astype(bool)]
         lines.append(
@@ -101,29 +108,9 @@ def figure(frame: pd.DataFrame) -> Any:
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    sns.lineplot(
-        data=frame,
-        x="batch_size",
-        y="images_per_second",
-        hue="source",
-        estimator="median",
-        errorbar=("pi", 100),
-        marker="o",
-        ax=ax,
-    )
-    sns.stripplot(
-        data=frame,
-        x="batch_size",
-        y="images_per_second",
-        hue="source",
-        native_scale=True,
-        dodge=False,
-        jitter=0.08,
-        alpha=0.45,
-        size=3.5,
-        legend=False,
-        ax=ax,
-    )
+    encoding = {"data": frame, "x": "batch_size", "y": "images_per_second", "hue": "source", "ax": ax}
+    sns.lineplot(**encoding, estimator="median", errorbar=("pi", 100), marker="o")
+    sns.stripplot(**encoding, native_scale=True, dodge=False, jitter=0.08, alpha=0.45, size=3.5, legend=False)
     sizes = sorted(frame["batch_size"].unique())
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(int(size)) for size in sizes])
