@@ -34,25 +34,14 @@ TASK_FUNCTIONS = {
 # batch_size back from these params. Training reads cluster.name only as the analysis's key for where it
 # ran, unless its workers run on the cluster's executors (strategy.launcher=spark_barrier: all of it).
 _DATA = ("dataset", "tfrecord_dir", "image_size")
+_PREPROCESS = ("cluster", *_DATA, "num_shards", "seed", "preprocess")
 _TRAINING = ("model", "strategy", "batch_size", "epochs", "seed", "train")
 TASK_PARAMS: dict[str, tuple[str, ...]] = {
-    "preprocess": ("cluster", *_DATA, "num_shards", "seed", "preprocess"),
+    "preprocess": _PREPROCESS,
     "speedtest": ("cluster", *_DATA, "speedtest"),
     "train": ("cluster.name", "dataset.name", "tfrecord_dir", "image_size", *_TRAINING),
     # the steps' keys; strategy comes from pipeline.strategies, one training per entry
-    "pipeline": (
-        "cluster",
-        *_DATA,
-        "num_shards",
-        "seed",
-        "preprocess",
-        "speedtest",
-        "model",
-        "batch_size",
-        "epochs",
-        "train",
-        "pipeline",
-    ),
+    "pipeline": (*_PREPROCESS, "speedtest", "model", "batch_size", "epochs", "train", "pipeline"),
 }
 
 

@@ -412,10 +412,7 @@ def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Pr
     rows, excluded, notes, by_id = speedtest_rows(selection, runs)
     if rows.empty:
         return {"by_speed": [], "by_cost": []}, excluded, notes, rows
-    per_rep = rows.groupby(["run_id", "cluster.name", "source", "repetition"], as_index=False)[
-        ["images", "seconds"]
-    ].sum()
-    per_rep["images_per_second"] = per_rep["images"] / per_rep["seconds"]
+    per_rep = _images_per_second(rows, ["run_id", "cluster.name", "source", "repetition"])
     hourly = {rid: hourly_cost(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
     per_rep["hourly_cost"] = per_rep["run_id"].map(lambda r: hourly[r][0])
     per_rep["cost_note"] = per_rep["run_id"].map(lambda r: hourly[r][1])
@@ -429,11 +426,13 @@ def speedtest_by_batch(rows: pd.DataFrame) -> pd.DataFrame:
     """Images/s per (run, cluster, source, batch_size, repetition): the data of the throughput figure."""
     if rows.empty:
         return rows
-    g = rows.groupby(["run_id", "cluster.name", "source", "batch_size", "repetition"], as_index=False)[
-        ["images", "seconds"]
-    ].sum()
-    g["images_per_second"] = g["images"] / g["seconds"]
-    return g
+    return _images_per_second(rows, ["run_id", "cluster.name", "source", "batch_size", "repetition"])
+
+
+def _images_per_second(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """The grid rows' images and seconds summed per ``keys``, and their ratio."""
+    sums = rows.groupby(keys, as_index=False)[["images", "seconds"]].sum()
+    return sums.assign(images_per_second=sums["images"] / sums["seconds"])
 
 
 @dataclass
