@@ -68,15 +68,15 @@ def open_study(
     """The study ``name`` in ``storage``, created or loaded (same name: the same study, continued)."""
     import optuna
 
+    wanted = directions(direction)
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        directions=directions(direction),  # type: ignore[arg-type]  # checked: maximize or minimize
+        directions=wanted,  # type: ignore[arg-type]  # checked: maximize or minimize
         sampler=sampler,
         pruner=pruner if pruner is not None else optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
-    wanted = directions(direction)
     found = [d.name.lower() for d in study.directions]
     if found != wanted:
         from bigimage.search.space import SearchSpaceError

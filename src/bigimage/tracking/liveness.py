@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import psutil
 from mlflow.entities import Run, RunStatus
@@ -137,21 +138,10 @@ def judge(run: Run, older_than_seconds: float, now: float | None = None, this_ho
     heartbeat = parse_utc_iso(tags.get(TAG_HEARTBEAT, ""))
     last_seen = heartbeat if heartbeat is not None else run.info.start_time / 1000.0
     age = max(now - last_seen, 0.0)
-
-    def verdict(stale: bool, reason: str) -> Verdict:
-        return Verdict(
-            run.info.run_id,
-            run.info.run_name,
-            run.info.experiment_id,
-            tags.get("task"),
-            host,
-            pid,
-            last_seen,
-            age,
-            stale,
-            reason,
-        )
-
+    info = run.info
+    verdict = partial(
+        Verdict, info.run_id, info.run_name, info.experiment_id, tags.get("task"), host, pid, last_seen, age
+    )
     if host == this_host and pid is not None:
         if _process_alive(pid, started):
             return verdict(False, f"process {pid} on {host} is running")
