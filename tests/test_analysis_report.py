@@ -70,9 +70,9 @@ def test_report_of_a_pipeline_is_written_and_logged_as_a_child_analysis_run(scen
 
 def test_build_report_for_an_experiment_without_throughput_data(scenario, tmp_path):
     # the sweep holds training runs only: the speed and preprocessing figures are left out, with a note
-    path = rp.build_report(
+    path = rp.make_report(
         scenario.uri, parent_run_id=scenario.ids["_sweep"], output_dir=tmp_path / "r", write_tags=False, log_run=False
-    )
+    ).path
     assert path == tmp_path / "r" / "report.md" and path.stat().st_size > 0
     assert (tmp_path / "r" / rp.FIG_CURVES).stat().st_size > 0
     assert not (tmp_path / "r" / rp.FIG_THROUGHPUT).exists()

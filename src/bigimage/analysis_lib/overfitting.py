@@ -426,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     add_threshold_args(parser)
     parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
     args = parser.parse_args(argv)
+    thresholds = thresholds_from_args(args)
     selection, runs = common.load_runs(args)
-    result = analyse(selection, runs, thresholds_from_args(args))
+    result = analyse(selection, runs, thresholds)
     return common.finish(
         args,
         result,
