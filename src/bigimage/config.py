@@ -306,6 +306,11 @@ def _check_positive(key: str, value: int) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; it must be a whole number >= 1")
 
 
+def _check_not_negative(key: str, value: int, zero_means: str = "") -> None:
+    if value < 0:
+        raise ConfigError(f"{key}={value} must be >= 0" + (f" (0: {zero_means})" if zero_means else ""))
+
+
 def validate(cfg: DictConfig) -> None:
     """Every rule that spans fields, checked once per run before Spark or TensorFlow start.
 
@@ -316,8 +321,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("image_size", "num_shards", "batch_size", "epochs"):
         _check_positive(key, cfg[key])
     _check_positive("cluster.executors", cfg.cluster.executors)
-    if cfg.cluster.executor_cores < 0:
-        raise ConfigError(f"cluster.executor_cores={cfg.cluster.executor_cores} must be >= 0 (0: all local cores)")
+    _check_not_negative("cluster.executor_cores", cfg.cluster.executor_cores, "all local cores")
     if OmegaConf.is_missing(cfg.dataset, "root") or not str(cfg.dataset.root).strip():
         raise ConfigError(
             f"dataset.root is not set for dataset={cfg.dataset.name}; "
@@ -349,10 +353,7 @@ def _validate_strategy(strategy: DictConfig) -> None:
             f"strategy uses; strategy={strategy.name} runs in one process: use strategy.launcher=processes, "
             "or strategy=multi_worker_mirrored (or experimental_multi_worker_mirrored) with strategy.launcher=spark_barrier"
         )
-    if strategy.logical_cpu_devices < 0:
-        raise ConfigError(
-            f"strategy.logical_cpu_devices={strategy.logical_cpu_devices} must be >= 0 (0: devices as found)"
-        )
+    _check_not_negative("strategy.logical_cpu_devices", strategy.logical_cpu_devices, "devices as found")
     if strategy.worker_timeout_seconds <= 0:
         raise ConfigError(f"strategy.worker_timeout_seconds={strategy.worker_timeout_seconds} must be > 0")
 
@@ -413,7 +414,5 @@ def _validate_speedtest(speed: DictConfig) -> None:
             _check_positive(f"speedtest.{key}", value)
     for key in ("repetitions", "parallelism"):
         _check_positive(f"speedtest.{key}", speed[key])
-    if speed.warmup_batches < 0:
-        raise ConfigError(f"speedtest.warmup_batches={speed.warmup_batches} must be >= 0")
-    if speed.pipeline_threads < 0:
-        raise ConfigError(f"speedtest.pipeline_threads={speed.pipeline_threads} must be >= 0 (0: the executor's cores)")
+    _check_not_negative("speedtest.warmup_batches", speed.warmup_batches)
+    _check_not_negative("speedtest.pipeline_threads", speed.pipeline_threads, "the executor's cores")
