@@ -3,9 +3,8 @@
 * **Training** (task ``train``): a configuration is (``strategy.name``, ``batch_size``, ``cluster.name``).
   Each run scores its validation accuracy at its last good epoch (the overfitting onset if it
   overfits, else its best epoch, see :mod:`.overfitting`); repeated runs of a configuration give a
-  mean and a confidence interval (Student t with scipy; a normal approximation without it; n=1
-  gives no interval). The top configuration is called distinguishable from the next only if their
-  intervals do not overlap (a conservative test).
+  mean and a Student-t confidence interval (n=1 gives no interval). The top configuration is called
+  distinguishable from the next only if their intervals do not overlap (a conservative test).
 * **Preprocessing** (task ``preprocess``): cluster shapes (``cluster.name``) ranked by the runs'
   ``images_per_second`` and by the cost per 1,000 images, ``hourly cost * seconds / images * 1000``
   (priced runs only, see below).

@@ -155,19 +155,13 @@ def print_json(document: dict) -> None:
 
 # --- statistics -------------------------------------------------------------------------------
 
-try:  # scipy gives the exact t quantile; without it a normal approximation is used (documented)
-    from scipy import stats as _scipy_stats
-except ImportError:  # pragma: no cover - scipy is installed in the project's venv
-    _scipy_stats = None
-
 
 @dataclass(frozen=True)
 class Interval:
     """Mean of repeated measurements with a two-sided confidence interval.
 
     ``low``/``high`` are ``None`` when ``n == 1``: one measurement gives no interval.
-    ``method`` says how the interval was computed: ``t`` (Student t, scipy), ``normal``
-    (mean +- z * sd / sqrt(n), used only when scipy is missing; too narrow for small n) or ``none``.
+    ``method`` says how the interval was computed: ``t`` (Student t) or ``none``.
     """
 
     mean: float
@@ -205,6 +199,8 @@ class Interval:
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    from scipy import stats
+
     data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
     n = int(data.size)
     if n == 0:
@@ -213,15 +209,8 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     if n == 1:
         return Interval(mean, None, None, 1, None, "none", confidence)
     sd = float(data.std(ddof=1))
-    half_alpha = (1.0 + confidence) / 2.0
-    if _scipy_stats is not None:
-        q, method = float(_scipy_stats.t.ppf(half_alpha, df=n - 1)), "t"
-    else:  # pragma: no cover
-        from statistics import NormalDist
-
-        q, method = NormalDist().inv_cdf(half_alpha), "normal"
-    half = q * sd / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, sd, method, confidence)
+    half = float(stats.t.ppf((1.0 + confidence) / 2.0, df=n - 1)) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd, "t", confidence)
 
 
 # --- Markdown ---------------------------------------------------------------------------------
