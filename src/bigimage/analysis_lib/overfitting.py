@@ -198,23 +198,16 @@ def _accuracy_gap(
     if accuracy is None or val_accuracy is None:
         notes.append("no accuracy/val_accuracy history: accuracy-gap check and validation-above-training check skipped")
         return _AccuracyGap(None, None, "")
-    both = [
-        step
-        for step in steps
-        if step in accuracy.index
-        and step in val_accuracy.index
-        and math.isfinite(float(accuracy[step]))
-        and math.isfinite(float(val_accuracy[step]))
-    ]
-    if not both:
+    gaps = (accuracy - val_accuracy).reindex(steps)  # NaN where either is missing
+    gaps = gaps[np.isfinite(gaps)]
+    if gaps.empty:
         return _AccuracyGap(None, None, "")
-    gaps = pd.Series([float(accuracy[step]) - float(val_accuracy[step]) for step in both], index=both)
-    final = float(gaps.iloc[-1])
+    final, last = float(gaps.iloc[-1]), gaps.index[-1]
     note = ""
     if -final > thresholds.val_above_margin:
         note = (
-            f"validation accuracy {float(val_accuracy[both[-1]]):.4g} is above training accuracy "
-            f"{float(accuracy[both[-1]]):.4g} at the last epoch (by {-final:.4g}): {VAL_ABOVE_TRAIN_EXPLANATION}"
+            f"validation accuracy {float(val_accuracy[last]):.4g} is above training accuracy "
+            f"{float(accuracy[last]):.4g} at the last epoch (by {-final:.4g}): {VAL_ABOVE_TRAIN_EXPLANATION}"
         )
     return _AccuracyGap(gaps, final, note)
 
