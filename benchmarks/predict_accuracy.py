@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -80,11 +81,41 @@ def sample_tree(root: psutil.Process, seen: dict[int, float]) -> None:
         seen[process.pid] = max(seen.get(process.pid, 0.0), times.user + times.system)
 
 
+@dataclass
+class Accounted:
+    """A command's run: exit code, its stderr's tail, wall seconds, its process tree's CPU seconds and
+    the CPU seconds the machine's other processes used meanwhile."""
+
+    returncode: int
+    stderr: str
+    wall_seconds: float
+    job_cpu_seconds: float
+    foreign_cpu_seconds: float
+
+
+def accounted(command: list[str], cwd: str | Path, env: dict[str, str]) -> Accounted:
+    """Run ``command`` and account for the machine's CPU meanwhile: the job's tree is sampled every
+    :data:`POLL_SECONDS` (a process that ends between samples loses at most that much of its CPU to
+    the other processes' share); the other processes' share is the machine's busy CPU time (/proc/stat)
+    less the job's tree and this process's own."""
+    me, seen = psutil.Process(), dict[int, float]()
+    mine_before, busy_before, started = sum(me.cpu_times()[:2]), busy_cpu_seconds(), time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=err, text=True, env=env)
+        tree = psutil.Process(child.pid)
+        while child.poll() is None:
+            sample_tree(tree, seen)
+            time.sleep(POLL_SECONDS)
+        wall, busy = time.perf_counter() - started, busy_cpu_seconds() - busy_before
+        err.seek(0)
+        tail = err.read()[-3000:]
+    own = sum(seen.values()) + sum(me.cpu_times()[:2]) - mine_before
+    return Accounted(child.returncode, tail, wall, own, max(0.0, busy - own))
+
+
 def run_job(store: str, overrides: list[str], log: list[dict]) -> None:
     """One ``run.py`` job in its own process (a failure stops the benchmark with its output); logs its
-    wall seconds, the 1-minute load at its start, and the CPU seconds its processes and the machine's
-    other processes used meanwhile (the job's tree is sampled every :data:`POLL_SECONDS`, so the few
-    tenths of a second of processes that end between samples count as other processes' CPU)."""
+    wall seconds, the 1-minute load at its start, and its and the other processes' CPU seconds."""
     load = os.getloadavg()[0]
     command = [
         sys.executable,
@@ -94,38 +125,21 @@ def run_job(store: str, overrides: list[str], log: list[dict]) -> None:
         f"tracking.experiment={EXPERIMENT}",
         f"hydra.run.dir={tempfile.gettempdir()}/predict-accuracy-hydra/{time.time_ns()}",
     ]
-    me, seen = psutil.Process(), dict[int, float]()
-    mine_before, busy_before, started = sum(me.cpu_times()[:2]), busy_cpu_seconds(), time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        child = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            stdout=out,
-            stderr=err,
-            text=True,
-            env={**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"},
-        )
-        tree = psutil.Process(child.pid)
-        while child.poll() is None:
-            sample_tree(tree, seen)
-            time.sleep(POLL_SECONDS)
-        wall, busy = time.perf_counter() - started, busy_cpu_seconds() - busy_before
-        if child.returncode:
-            err.seek(0)
-            sys.exit(f"failed: {' '.join(overrides)}\n{err.read()[-3000:]}")
-    own = sum(seen.values()) + sum(me.cpu_times()[:2]) - mine_before
-    foreign = max(0.0, busy - own)
+    done = accounted(command, PROJECT_ROOT, {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    if done.returncode:
+        sys.exit(f"failed: {' '.join(overrides)}\n{done.stderr}")
     log.append(
         {
             "job": " ".join(overrides),
             "load_1min": load,
-            "wall_seconds": wall,
-            "job_cpu_seconds": own,
-            "foreign_cpu_seconds": foreign,
+            "wall_seconds": done.wall_seconds,
+            "job_cpu_seconds": done.job_cpu_seconds,
+            "foreign_cpu_seconds": done.foreign_cpu_seconds,
         }
     )
     print(
-        f"  load {load:5.2f}  {wall:6.1f} s  job CPU {own:5.1f} s  other CPU {foreign:5.1f} s  {' '.join(overrides)}",
+        f"  load {load:5.2f}  {done.wall_seconds:6.1f} s  job CPU {done.job_cpu_seconds:5.1f} s  "
+        f"other CPU {done.foreign_cpu_seconds:5.1f} s  {' '.join(overrides)}",
         file=sys.stderr,
     )
 
