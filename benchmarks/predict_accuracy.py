@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,8 +224,18 @@ def compare(round_: int, task: str, p: scaling.Prediction, images: float, second
     }
 
 
+def per_core_rates(points: list[scaling.Point]) -> dict[str, float]:
+    """The median images per second per core of the points at each core count: the model's 1 / cores
+    takes them as equal."""
+    rates: dict[str, list[float]] = {}
+    for point in points:
+        rates.setdefault(f"{point.cores:g}", []).append(point.images / point.seconds / point.cores)
+    return {cores: statistics.median(values) for cores, values in sorted(rates.items())}
+
+
 def noise_floor(store: str, rows: list[dict]) -> dict[str, dict]:
-    """Spread (max / min - 1) of the same job repeated: each point over the rounds, and the validations."""
+    """Spread (max / min - 1) of the same job repeated: each point over the rounds, and the validations;
+    the points' images/s per core at each core count and the validations'."""
     selection, runs = query.load_runs(store, EXPERIMENT)
     options = forecast.Options(local_cores=2, scaling_only=True)
     points = {
@@ -242,6 +253,10 @@ def noise_floor(store: str, rows: list[dict]) -> dict[str, dict]:
             "points_median_spread": spreads[len(spreads) // 2] if spreads else None,
             "points_max_spread": spreads[-1] if spreads else None,
             "validation_spread": max(validations) / min(validations) - 1.0 if len(validations) > 1 else None,
+            "points_per_core_rate": per_core_rates(mine),
+            "validation_per_core_rate": [
+                r["measured_images_per_second"] / BIG["executors"] for r in rows if r["task"] == task
+            ],
         }
     return out
 
@@ -296,6 +311,13 @@ def render(rows: list[dict], fits: dict, noise: dict, log: list[dict]) -> str:
         out.append(
             f"noise floor {task}: identical points differ by {_pct(n['points_median_spread'])} (median), "
             f"{_pct(n['points_max_spread'])} (max); the validation runs by {_pct(n['validation_spread'])}"
+        )
+        rates = n["points_per_core_rate"]
+        out.append(
+            f"images/s per core {task}: points (median) "
+            + ", ".join(f"{rate:.0f} on {cores} core(s)" for cores, rate in rates.items())
+            + "; validation runs "
+            + ", ".join(f"{rate:.0f}" for rate in n["validation_per_core_rate"])
         )
     loads, foreign = [j["load_1min"] for j in log], sorted(j["foreign_cpu_seconds"] for j in log)
     out.append(
