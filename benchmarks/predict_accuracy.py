@@ -30,7 +30,10 @@ has a floor that no model removes: its own moment's speed against the average of
 moments. The noise floor is reported beside the errors: the spread (max / min - 1) of the repeated
 runs of the same job, and per job the 1-minute load and the CPU seconds other processes of this
 machine used while it ran (``foreign_cpu_seconds``: the machine's busy CPU time from /proc/stat less
-the job's process tree, sampled every 0.2 s). The synthetic sets of 250 ... 20,000 images are generated
+the job's process tree, sampled every 0.2 s: a job with more than a second or two of it shared the
+machine), and the points' median images/s per core at each core count beside the validation runs'
+(the model's ``1 / cores`` takes them as equal; a 2-thread read here gets about 0.9 of a 1-thread
+read's rate per core). The synthetic sets of 250 ... 20,000 images are generated
 once under data/synthetic (minutes for 20,000).
 """
 
