@@ -3,8 +3,11 @@ the forecast of every shape from runs in a real sqlite MLflow store, the report'
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -470,3 +473,52 @@ def test_the_speed_test_pipeline_runs_on_the_threads_it_is_given() -> None:
     dataset = tf.data.Dataset.range(4)
     assert with_threads(dataset, 0) is dataset
     assert with_threads(dataset, 3).options().threading.private_threadpool_size == 3
+
+
+# --- benchmarks/predict_accuracy.py -------------------------------------------------------------
+
+
+def _benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "benchmarks" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_accuracy_benchmark_counts_a_jobs_whole_process_tree_as_the_jobs_cpu(tmp_path) -> None:
+    accuracy = _benchmark("predict_accuracy")
+    burn = "import time\nwhile time.process_time() < {seconds}: pass\ntime.sleep(0.6)\n"
+    script = (
+        "import subprocess, sys\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {burn.format(seconds=1.0)!r}])\n"
+        + burn.format(seconds=0.5)
+        + "child.wait()\n"
+    )
+    done = accuracy.accounted([sys.executable, "-c", script], tmp_path, dict(os.environ))
+    assert done.returncode == 0
+    # 1.5 CPU-s burnt by a process and its child, plus two interpreter start-ups and the sampling
+    assert 1.45 <= done.job_cpu_seconds <= 2.5, done
+    assert done.foreign_cpu_seconds >= 0.0 and done.wall_seconds >= 1.1
+    failed = accuracy.accounted(
+        [sys.executable, "-c", "import sys; sys.exit('no such point')"], tmp_path, dict(os.environ)
+    )
+    assert failed.returncode == 1 and "no such point" in failed.stderr
+
+
+def test_the_accuracy_benchmark_spreads_every_size_and_core_count_over_a_round() -> None:
+    accuracy = _benchmark("predict_accuracy")
+    points = accuracy.POINTS
+    middle = (len(points) - 1) / 2
+    for axis in (0, 1):
+        for value in {point[axis] for point in points}:
+            positions = [index for index, point in enumerate(points) if point[axis] == value]
+            assert abs(sum(positions) / len(positions) - middle) <= 0.5, (axis, value, positions)
+    assert len({n for n, _ in points}) >= 3 and max(n for n, _ in points) <= 2000
+    assert {e for _, e in points} == {1, 2} and points.count((2000, 1)) == points.count((2000, 2)) == 2
+    # task 2's validation reads its set once per repetition, as the points do, with the experiment's repetitions
+    big = accuracy.BIG
+    assert (big["batches"] + forecast.PLAN_WARMUP) * forecast.PLAN_BATCH_SIZE == big["num_images"]
+    doc = yaml.safe_load((PROJECT_ROOT / "experiments" / "scaling_points.yaml").read_text())
+    assert accuracy.REPETITIONS == doc["speedtest"]["repetitions"] == 5
