@@ -1,7 +1,7 @@
 """TensorFlow imported once per process, without its C++ start-up lines on the console.
 
-The pip wheel writes "Could not find cuda drivers", "failed call to cuInit" and the CPU-instructions note
-straight to file descriptor 2 while it loads and looks for devices, before its own logging (and so
+The pip wheel writes "Could not find cuda drivers", "failed call to cuInit", the CPU-instructions note and,
+on CPUs where oneDNN is its default, "oneDNN custom operations are on" straight to file descriptor 2 while it loads and looks for devices, before its own logging (and so
 ``TF_CPP_MIN_LOG_LEVEL``) is set up: on a CPU machine every Spark task of the speed test would print
 them. The import and the device search therefore run with descriptor 2 captured; afterwards every captured
 line that is not one of those known start-up notes is written back, so a warning that matters still shows.
@@ -22,6 +22,7 @@ START_UP_NOISE = (
     "cuda_executor.cc",
     "cuda_diagnostics.cc",
     "cpu_feature_guard.cc",
+    "oneDNN custom operations are on",  # on CPUs where oneDNN is TensorFlow's default (AVX-512 VNNI and newer)
     "To enable the following instructions",
     "Unable to register cu",
     "TF-TRT Warning",
