@@ -25,6 +25,7 @@ output is byte-identical for the same seed whatever the number of worker process
 from __future__ import annotations
 
 import fcntl
+import functools
 import io
 import json
 import colorsys
@@ -90,11 +91,19 @@ _PALETTES = {
 # ------------------------------------------------------------------------------------------ shapes
 
 
+@functools.lru_cache(maxsize=None)
+def _petal_profile(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(1 - cos t) / 2 and sin t at n points of t in [0, pi]: the same for every petal of n points, so computed
+    once (the same values as computing them per petal: halving is exact in binary floating point)."""
+    t = np.linspace(0.0, math.pi, n)
+    return (1 - np.cos(t)) / 2, np.sin(t)
+
+
 def _petal(cx: float, cy: float, angle: float, inner: float, length: float, width: float, n: int = 10) -> list[tuple[float, float]]:
     """Polygon of an elongated petal from radius ``inner`` to ``inner + length`` along ``angle``."""
-    t = np.linspace(0.0, math.pi, n)
-    along = inner + length * (1 - np.cos(t)) / 2  # out along one side...
-    across = width / 2 * np.sin(t)
+    half_rise, rise = _petal_profile(n)
+    along = inner + length * half_rise  # out along one side...
+    across = width / 2 * rise
     along = np.concatenate([along, along[::-1]])
     across = np.concatenate([across, -across[::-1]])
     ca, sa = math.cos(angle), math.sin(angle)
@@ -274,10 +283,14 @@ def render_image(label: str, classes: Sequence[str], seed: int, index: int) -> b
 
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5)))
-    pixels = np.asarray(img, dtype=np.float32)
+    pixels = np.asarray(img, dtype=np.float32)  # a new array: changed in place below, without temporaries
     gain = rng.normal(1.0, 0.08, 3).astype(np.float32) * rng.uniform(0.75, 1.2)  # white balance, exposure
-    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * rng.uniform(2, 10)
-    pixels = np.clip(pixels * gain + rng.uniform(-20, 20) + noise, 0, 255).astype(np.uint8)
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32)
+    noise *= rng.uniform(2, 10)
+    pixels *= gain
+    pixels += rng.uniform(-20, 20)
+    pixels += noise
+    pixels = np.clip(pixels, 0, 255, out=pixels).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(pixels, "RGB").save(out, format="JPEG", quality=int(rng.integers(75, 96)))
     return out.getvalue()
@@ -359,8 +372,11 @@ def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...]
                 _write_one(job)
                 progress.update()
         else:
-            # spawn, not fork: the caller may hold threads (MLflow, a Spark gateway) that fork would copy.
-            ctx = multiprocessing.get_context("spawn")
+            # Not fork: the caller may hold threads (MLflow, a Spark gateway) that fork would copy. Not spawn
+            # either: its workers import the caller's __main__ (run.py imports MLflow: 2 s in each worker).
+            # A fork server that preloads only this module forks clean, light workers.
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload([__name__])
             with ctx.Pool(workers) as pool:
                 for _ in pool.imap_unordered(_write_one, jobs, chunksize=8):
                     progress.update()
