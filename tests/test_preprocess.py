@@ -144,6 +144,36 @@ def test_failed_job_leaves_previous_set_and_no_staging(
     assert len(read_back(destination)) == 9
 
 
+def test_sigterm_mid_write_returns_only_when_its_tasks_have_ended(spark, tmp_path: Path) -> None:
+    """SIGTERM mid-job: the write cancels its tasks and waits for them before the staging goes, so no
+    task stages into a removed folder (Spark would print that task's traceback on the console).
+    Without the wait, tasks still ran when the write returned (in 12 of 12 tries by a script, about
+    one run in three of this test)."""
+    import signal
+    import threading
+    import time
+
+    from bigimage import termination
+
+    listing = list_labelled_images(str(write_large_image_tree(tmp_path / "big", per_class=40)))
+    destination = tmp_path / "tfrec"
+
+    def terminate_once_a_shard_is_staged() -> None:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob(".tfrec.swap-*/part-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+
+    with termination.signals_raise(), pytest.raises(termination.Terminated):
+        threading.Thread(target=terminate_once_a_shard_is_staged, daemon=True).start()
+        write_tfrecords(spark, listing, str(destination), 320, 80, 40, "cut", seed=0)  # tasks start all the time
+
+    executors = spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()
+    assert sum(executor.numRunningTasks() for executor in executors) == 0
+    assert not list(tmp_path.glob(".tfrec.swap-*")) and not destination.exists()
+    assert spark.sparkContext.getLocalProperty("spark.jobGroup.id") is None
+
+
 def test_nothing_usable_fails_and_writes_nothing(spark, tmp_path: Path) -> None:
     root = tmp_path / "junk"
     (root / "a").mkdir(parents=True)

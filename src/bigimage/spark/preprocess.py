@@ -29,6 +29,8 @@ from bigimage.spark.session import log_spark_resources
 
 log = logging.getLogger(__name__)
 
+CANCEL_WAIT_SECONDS = 15.0  # longer than Spark's spark.python.task.killTimeout (2 s) by far
+
 
 class NoUsableImagesError(UserError, RuntimeError):
     """Nothing usable was left to write; the message says why (the input is the user's to fix)."""
@@ -96,7 +98,8 @@ def write_tfrecords(
     per_shard = [chunk for chunk in assign_shards(listing.items, num_shards, seed) if chunk]
     staging_dir = publication.staging_dir
     context = spark.sparkContext
-    context.setInterruptOnCancel(True)  # a cancelled job kills its Python workers, so none writes on
+    group = f"bigimage-shards-{publication.generation}"
+    context.setJobGroup(group, f"write {len(per_shard)} shards to {destination}", interruptOnCancel=True)
     job = context.parallelize(list(enumerate(per_shard)), len(per_shard))
     try:
         submitted = time.time()
@@ -105,11 +108,36 @@ def write_tfrecords(
         ).collect()
         manifest = publication.publish(results, prefix, _manifest(listing, results, image_size, quality, destination))
     except BaseException:
-        context.cancelAllJobs()  # before the staging goes: no task may stage into it afterwards
+        _cancel_and_wait(context, group)  # before the staging goes: no task may stage into it afterwards
         raise
+    finally:
+        for key in ("spark.jobGroup.id", "spark.job.description"):  # later jobs (the speed test's) are not in it
+            context.setLocalProperty(key, None)
     first_task = max(min(result.started for result in results), submitted)
     seconds = float(publication.committed_at or time.time()) - first_task
     return manifest, results, seconds
+
+
+def _cancel_and_wait(context: Any, group: str, seconds: float = CANCEL_WAIT_SECONDS) -> None:
+    """Cancel the group's jobs and wait until none of their tasks still runs.
+
+    Cancelling only asks: a task being interrupted can still open a file in the staging folder after
+    the publication removed it, and Spark then logs that task's Python traceback. The wait is bounded,
+    so a wedged executor cannot hold up the exit; its late writes fail harmlessly in a removed folder.
+    """
+    context.cancelJobGroup(group)
+    tracker = context.statusTracker()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        jobs = [tracker.getJobInfo(job_id) for job_id in tracker.getJobIdsForGroup(group)]
+        stages = [tracker.getStageInfo(stage_id) for job in jobs if job for stage_id in job.stageIds]
+        # Ended jobs first: their stages' task counts only fall after that (an aborted stage starts none).
+        if all(job and job.status != "RUNNING" for job in jobs) and not any(
+            stage and stage.numActiveTasks for stage in stages
+        ):
+            return
+        time.sleep(0.1)
+    log.warning("Spark tasks of %s still ran %.0f s after their job was cancelled", group, seconds)
 
 
 def run_preprocess(cfg: Config) -> dict[str, float]:
