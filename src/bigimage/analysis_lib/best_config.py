@@ -205,31 +205,22 @@ def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> d
         return {"distinguishable": None, "statement": f"no {what} to rank"}
     top = ranking[0]
     if len(ranking) == 1:
-        return {
-            "distinguishable": None,
-            "statement": f"only one {what}: {top.score.text(fmt)}; nothing to compare with",
-        }
+        statement = f"only one {what}: {top.score.text(fmt)}; nothing to compare with"
+        return {"distinguishable": None, "statement": statement}
     runner_up = ranking[1]
     overlap = top.score.overlaps(runner_up.score)
     if overlap is None:
-        single_runs = [ranked for ranked in (top, runner_up) if ranked.score.n == 1]
-        return {
-            "distinguishable": None,
-            "statement": f"cannot tell whether the top {what} beats the next: "
-            + ("it has" if single_runs == [top] else "they have" if len(single_runs) == 2 else "the next has")
-            + " a single run (n=1 gives no interval); repeat the runs to get an interval",
-        }
-    if overlap:
-        return {
-            "distinguishable": False,
-            "statement": f"the top {what} ({top.score.text(fmt)}) is NOT distinguishable from the next "
-            f"({runner_up.score.text(fmt)}): their intervals overlap",
-        }
-    return {
-        "distinguishable": True,
-        "statement": f"the top {what} ({top.score.text(fmt)}) is distinguishable from the next "
-        f"({runner_up.score.text(fmt)}): their intervals do not overlap",
-    }
+        if top.score.n == 1:
+            who = "they have" if runner_up.score.n == 1 else "it has"
+        else:
+            who = "the next has"
+        statement = f"cannot tell whether the top {what} beats the next: {who} a single run (n=1 gives no interval)"
+        return {"distinguishable": None, "statement": statement + "; repeat the runs to get an interval"}
+    statement = (
+        f"the top {what} ({top.score.text(fmt)}) is {'NOT ' if overlap else ''}distinguishable from the next "
+        f"({runner_up.score.text(fmt)}): their intervals {'overlap' if overlap else 'do not overlap'}"
+    )
+    return {"distinguishable": not overlap, "statement": statement}
 
 
 def _exclude(excluded: list, row: pd.Series, reason: str) -> None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import pandas as pd
 
 from bigimage.analysis_lib import common
+from bigimage.search.trial import TAG_PRUNED
 from bigimage.tracking import query
 
 BASE_PARAMS = ("strategy.name", "batch_size", "cluster.name")
 HYPERPARAMS = ("model.name", "model.width", "model.dropout", "train.learning_rate", "epochs", "image_size")
 ACCURACY_METRIC = "best_val_accuracy"
 COST_METRIC = "seconds_per_epoch"
-TAG_PRUNED = "pruned"
 
 
 def is_pruned(row: pd.Series) -> bool:
