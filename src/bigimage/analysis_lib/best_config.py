@@ -224,7 +224,7 @@ def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> d
 
 
 def _exclude(excluded: list, row: pd.Series, reason: str) -> None:
-    excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), row.get("task"), reason))
+    excluded.append(overfitting.Exclusion.of(row, reason))
 
 
 def _finished(runs: pd.DataFrame, task: str, excluded: list) -> list[pd.Series]:
