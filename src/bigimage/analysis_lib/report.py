@@ -350,7 +350,6 @@ class Report:
     run_id: str | None  # the analysis run, if logged
     result: best_config.BestConfigResult
     figures: dict[str, str | None]  # file name -> None if written, else why not
-    forecast: forecast.Forecast | None = None  # the "Forecast" section (None: no task 1 or 2 run)
 
     def as_dict(self) -> dict:
         return {
@@ -396,8 +395,16 @@ def make_report(
         best_config.register_winner(result, registered_model)
     out = Path(output_dir) if output_dir else default_output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    forecast_result = _forecast(selection, result, forecast_options or forecast.Options(prices_path=prices_path))
-    figures = _write_figures(result, out)
+    forecast_result = None  # the "Forecast" section, when a task 1 or task 2 run was loaded
+    if result.overfitting.runs["task"].isin(forecast.TASKS).any():
+        options = forecast_options or forecast.Options(prices_path=prices_path)
+        forecast_result = forecast.build(selection, result.overfitting.runs, options)
+    sns.set_theme(style="whitegrid", context="paper")
+    figures = {  # file name -> None when written, else why not
+        FIG_CURVES: _curves_figure(result, out / FIG_CURVES),
+        FIG_THROUGHPUT: _throughput_figure(result, out / FIG_THROUGHPUT),
+        FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
+    }
     if forecast_result:
         figures[FIG_FORECAST] = predict.figure(forecast_result, out / FIG_FORECAST)
     document = {
@@ -413,17 +420,7 @@ def make_report(
         run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result)
     else:
         _write_markdown(render_markdown(result, figures, None, forecast_result), out)
-    return Report(out / REPORT_FILE, out, run_id, result, figures, forecast_result)
-
-
-def _forecast(
-    selection: query.RunSelection, result: best_config.BestConfigResult, options: forecast.Options
-) -> forecast.Forecast | None:
-    """The "Forecast" section's data (:mod:`.forecast`); None when no task 1 or task 2 run was loaded."""
-    runs = result.overfitting.runs
-    if "task" not in runs or not runs["task"].isin(forecast.TASKS).any():
-        return None
-    return forecast.build(selection, runs, options)
+    return Report(out / REPORT_FILE, out, run_id, result, figures)
 
 
 def _analyse(
@@ -443,16 +440,6 @@ def _analyse(
         reasons = "; ".join(f"{e.run_name or e.run_id}: {e.reason}" for e in result.excluded) or "no task runs"
         raise query.NoRunsError(f"no run that can be analysed in {selection.describe()} ({reasons})")
     return selection, result
-
-
-def _write_figures(result: best_config.BestConfigResult, out: Path) -> dict[str, str | None]:
-    """Each figure's file name -> None when written, else why not."""
-    sns.set_theme(style="whitegrid", context="paper")
-    return {
-        FIG_CURVES: _curves_figure(result, out / FIG_CURVES),
-        FIG_THROUGHPUT: _throughput_figure(result, out / FIG_THROUGHPUT),
-        FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
-    }
 
 
 def _log_report_run(
