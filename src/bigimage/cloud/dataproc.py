@@ -1,20 +1,11 @@
 """Run a task on a Dataproc cluster of the config's shape (``cluster.deploy=dataproc``).
 
-``run_on_dataproc(cfg)``:
-
-1. checks the project and the Application Default Credentials first (fails at once with what to set);
-2. builds the shape's cluster request (:func:`build_cluster`: machine types, worker count, boot disk
-   type and size, image version, optional components; a single node through the
-   ``dataproc:dataproc.allow.zero.workers`` property) and creates the cluster, or reuses it when one
-   of that name is running;
-3. stages the package (``bigimage.zip``), the resolved config and the driver script in the staging
-   bucket and submits a PySpark job (:func:`build_pyspark_job`), printing the driver's output as it
-   comes;
-4. deletes the cluster afterwards when ``cluster.dataproc.delete_cluster=true`` (also on failure).
-
-``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud dataproc clusters create`` and
-``gcloud dataproc jobs submit pyspark`` commands instead (no credentials needed); the files they
-name are written locally so the commands can be pasted as they are.
+:func:`run_on_dataproc` checks the project and credentials first (failing at once with what to set),
+creates the shape's cluster (or reuses a running one of that name), stages the package, the resolved
+config and the driver script in the staging bucket, submits a PySpark job and prints the driver's output
+as it comes, and deletes the cluster afterwards when ``cluster.dataproc.delete_cluster=true`` (also on
+failure). ``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud`` commands instead, with the
+files they name written locally so that they can be pasted as they are (no credentials needed).
 """
 
 from __future__ import annotations
