@@ -81,12 +81,6 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _split_relative(root: str, path: str) -> list[str]:
-    sep = "/" if storage.is_gcs(root) else os.sep
-    rel = path[len(root.rstrip(sep)) + 1 :]
-    return rel.split(sep)
-
-
 def _stat(path: str, failed: list[tuple[str, str]]) -> os.stat_result | None:
     """``path``'s status, links followed; None, with why in ``failed``, when it has none (nothing when it
     was removed while listing)."""
@@ -194,7 +188,7 @@ def _gcs_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
         raise DatasetNotFoundError(f"dataset.root={root} holds no objects; expected {EXPECTED_LAYOUT}")
     by_folder: dict[str, list[tuple[str, int]]] = {}
     for info in files:
-        parts = _split_relative(root, info.path)
+        parts = info.path[len(root.rstrip("/")) + 1 :].split("/")
         if len(parts) < 2:  # a file directly in root
             continue
         folder = parts[0]
