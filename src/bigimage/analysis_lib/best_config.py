@@ -1,27 +1,19 @@
-"""Rank configurations with uncertainty: training configs by accuracy, cluster shapes by speed and cost.
+"""Rank configurations with uncertainty: training configurations by accuracy, cluster shapes by speed and cost.
 
-* **Training** (task ``train``): a configuration is (``strategy.name``, ``batch_size``, ``cluster.name``).
-  Each run scores its validation accuracy at its last good epoch (the overfitting onset if it
-  overfits, else its best epoch, see :mod:`.overfitting`); repeated runs of a configuration give a
-  mean and a Student-t confidence interval (n=1 gives no interval). The top configuration is called
-  distinguishable from the next only if their intervals do not overlap (a conservative test).
-* **Preprocessing** (task ``preprocess``): cluster shapes (``cluster.name``) ranked by the runs'
-  ``images_per_second`` and by the cost per 1,000 images, ``hourly cost * seconds / images * 1000``
-  (priced runs only, see below).
-* **Speed test** (task ``speedtest``): the ``speedtest.json`` table of each run; per repetition,
-  images/s = images / seconds summed over the grid rows of that repetition; cluster shapes ranked
-  per source by images/s and cost per 1,000 images, with intervals over the repetitions.
+* **Training**: each run scores its validation accuracy at its last good epoch (:mod:`.overfitting`); a
+  configuration (:func:`.training_cost.config_params`) has the mean of its runs and a Student-t interval
+  (none for n=1). The top one is distinguishable from the next only if their intervals do not overlap
+  (a conservative test).
+* **Preprocessing** and **speed test**: cluster shapes by images/s (the speed test's per source and
+  repetition: images / seconds over that repetition's grid rows) and by cost per 1,000 images,
+  ``hourly cost * seconds / images * 1000``.
 
-Costs are given only to runs that ran on what is priced: Dataproc, as read back from the running
-Spark (tag ``spark.deploy=dataproc``, not the ``cluster.deploy`` the config asked for). A local run
-on this machine's cores priced as the Dataproc shape of the same name would be a made-up number, so
-every other run has no cost, and the notes say why. A priced run's hourly cost is its own shape
-(``cluster.shape.*`` params: machines of master + workers + the Dataproc per-vCPU fee + boot disks,
-GB-month prices / hours per month) at the list prices of its own region (``cluster.dataproc.region``)
-in the price table (``analysis/prices.yaml``, keyed by region, with its source and date); a region
-missing from the table gives no cost and a note naming it.
-The winners get the tag ``best_config=true`` (other analysed runs of the same task ``false``), and the
-winning training configuration's model is registered with the alias ``champion`` (:mod:`.registry`).
+Only runs that ran on Dataproc (tag ``spark.deploy=dataproc``, read back from Spark, not the
+``cluster.deploy`` asked for) have a cost: a local run priced as the Dataproc shape of the same name would
+be a made-up number. Their hourly cost is their own shape (``cluster.shape.*``: machines, the Dataproc
+per-vCPU fee, boot disks) at the list prices of their own region in ``analysis/prices.yaml``; the notes
+say why any other run has none. The winners get the tag ``best_config=true`` (the other ranked runs of
+their task ``false``) and the winning training configuration's model the alias ``champion`` (:mod:`.registry`).
 """
 
 from __future__ import annotations

@@ -1,25 +1,17 @@
 """File operations on local paths and ``gs://bucket/key`` URLs, with one vocabulary for both.
 
-Cloud Storage goes through the ``google-cloud-storage`` client (not TensorFlow's filesystem), so
-the data layer needs neither TensorFlow nor Hadoop connectors. The client is created lazily, once
-per process (and again after a fork), so every function here is safe to call inside Spark Python
-workers: nothing unpicklable is captured, and no connection pool crosses a fork.
+Cloud Storage goes through the ``google-cloud-storage`` client (not TensorFlow's filesystem), so the data
+layer needs neither TensorFlow nor Hadoop connectors. The client is made lazily, once per process and
+again after a fork, so every function is safe in Spark's Python workers (no connection pool crosses a
+fork). ``STORAGE_EMULATOR_HOST`` selects an emulator (anonymous, no project); otherwise Application
+Default Credentials are used.
 
-Credentials: with ``STORAGE_EMULATOR_HOST`` set (tests, local development) the client talks to that
-emulator with anonymous credentials and no project; otherwise Application Default Credentials are
-used (``GOOGLE_APPLICATION_CREDENTIALS`` or ``gcloud auth application-default login``; on Dataproc
-the VM's service account).
-
-Paths returned for ``gs://`` are full URLs; local paths are returned as given (not made absolute).
-Missing objects raise :class:`FileNotFoundError` for local and ``gs://`` alike.
-
-Local files are created with the mode a plain ``open()`` gives (0666 less the umask, or the folder's
-default ACL), never ``tempfile``'s owner-only 0600: a TFRecord set on a shared file system must be
-readable by the other users and services that the umask lets in.
-
-Conditional writes (``if_generation_match``) are Cloud Storage's compare-and-swap on one object, the
-only atomic primitive it has: 0 means "create only if absent". The local file system has the other
-one a TFRecord swap needs, :func:`swap_in_dir` (one atomic directory exchange).
+``gs://`` paths are returned as full URLs, local ones as given; a missing file or object raises
+:class:`FileNotFoundError` for both. Local files get the mode a plain ``open()`` gives (0666 less the
+umask), never ``tempfile``'s 0600: a TFRecord set on a shared file system must be readable by the users
+the umask lets in. Conditional writes (``if_generation_match``; 0: create only if absent) are Cloud
+Storage's one atomic primitive, a compare-and-swap on one object; locally a TFRecord swap has
+:func:`swap_in_dir` (one atomic directory exchange).
 """
 
 from __future__ import annotations
