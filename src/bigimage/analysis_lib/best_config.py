@@ -519,7 +519,12 @@ def register_winner(result: BestConfigResult, model_name: str | None) -> None:
         result.champion = champion.as_dict()
 
 
-def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list[dict]:
+def _ranking_rows(
+    ranking: list[Ranked], unit: str, key_cols: list[str] | None = None, extra: dict[str, str] | None = None
+) -> list[dict]:
+    """A row per ranked item: its rank, key (``key_cols``; default: a training configuration's), score, and
+    ``extra`` columns (column -> key in :attr:`Ranked.extra`)."""
+    key_cols = key_cols or (list(ranking[0].key) if ranking else list(CONFIG_PARAMS))
     return [
         {
             "rank": i,
@@ -528,34 +533,23 @@ def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list
             "ci_low": r.score.low,
             "ci_high": r.score.high,
             "n": r.score.n,
+            **{column: r.extra[key] for column, key in (extra or {}).items()},
         }
         for i, r in enumerate(ranking, 1)
     ]
 
 
-def _key_columns(ranking: list[Ranked]) -> list[str]:
-    return list(ranking[0].key) if ranking else list(CONFIG_PARAMS)
-
-
 def tables(result: BestConfigResult) -> dict[str, list[dict]]:
     """The rankings as plain rows (for the terminal and the Markdown report)."""
+    shape, read = ["cluster.name"], ["source", "cluster.name"]
+    pareto = {"best_val_accuracy": "best_val_accuracy", "pareto": "pareto_optimal"}
     return {
-        "training": _ranking_rows(result.training, _key_columns(result.training), "val_accuracy"),
-        "training_by_cost": [
-            {**row, "best_val_accuracy": ranked.extra["best_val_accuracy"], "pareto": ranked.extra["pareto_optimal"]}
-            for row, ranked in zip(
-                _ranking_rows(result.training_by_cost, _key_columns(result.training_by_cost), "seconds_per_epoch"),
-                result.training_by_cost,
-            )
-        ],
-        "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], ["cluster.name"], "images_per_second"),
-        "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], ["cluster.name"], "cost_per_1000_images"),
-        "speedtest_by_speed": _ranking_rows(
-            result.speedtest["by_speed"], ["source", "cluster.name"], "images_per_second"
-        ),
-        "speedtest_by_cost": _ranking_rows(
-            result.speedtest["by_cost"], ["source", "cluster.name"], "cost_per_1000_images"
-        ),
+        "training": _ranking_rows(result.training, "val_accuracy"),
+        "training_by_cost": _ranking_rows(result.training_by_cost, "seconds_per_epoch", extra=pareto),
+        "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], "images_per_second", shape),
+        "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], "cost_per_1000_images", shape),
+        "speedtest_by_speed": _ranking_rows(result.speedtest["by_speed"], "images_per_second", read),
+        "speedtest_by_cost": _ranking_rows(result.speedtest["by_cost"], "cost_per_1000_images", read),
     }
 
 

@@ -174,15 +174,8 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
     of = result.overfitting
     n_over = [v for v in of.verdicts if v.overfitting]
     if of.verdicts:
-        out.append(
-            f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit"
-            + (
-                ": " + ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over)
-                if n_over
-                else ""
-            )
-            + "."
-        )
+        onsets = ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over)
+        out.append(f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit{': ' if onsets else ''}{onsets}.")
     above = [v for v in of.verdicts if v.val_above_train]
     if above:
         out.append(
