@@ -179,8 +179,8 @@ def test_summary_on_the_parent_and_the_pareto_front(mlflow_store: str, mlflow_ex
     assert client.get_run(parent).data.metrics["search.trials_finished"] == 4
     # best_config's cost ranking finds the same front in the same runs
     _, table = query.load_runs(mlflow_store, None, parent)
-    ranked, _ = training_cost.rank_by_cost(table)
-    assert {r.run_ids[0] for r in ranked if r.pareto_optimal} == set(front["run_id"])
+    ranked = training_cost.rank_by_cost(table)
+    assert {r.run_ids[0] for r in ranked if r.extra["pareto_optimal"]} == set(front["run_id"])
 
 
 def test_a_pruned_run_is_not_judged_for_overfitting(mlflow_store: str, mlflow_experiment: str) -> None:

@@ -218,7 +218,7 @@ def test_missing_bucket(gcs_emulator, tmp_path):
 def test_missing_credentials_message(monkeypatch, tmp_path):
     monkeypatch.delenv(storage.EMULATOR_ENV, raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
-    monkeypatch.setattr(storage, "_client_cache", {})
+    storage._client.cache_clear()  # no client cached from another environment
     with pytest.raises(storage.GCSCredentialsError, match="GOOGLE_APPLICATION_CREDENTIALS.*application-default login"):
         storage.gcs_client()
 

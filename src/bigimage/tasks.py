@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any, cast
 
+from hydra.utils import get_method
 from omegaconf import DictConfig
 
 from bigimage import termination
@@ -19,12 +18,12 @@ from bigimage.tracking.store import connect
 
 log = logging.getLogger(__name__)
 
-# task name -> "module:function"; imported on use so a task never pays for another's imports.
+# task name -> its function; imported on use (hydra.utils.get_method) so a task never pays for another's imports.
 TASK_FUNCTIONS = {
-    "preprocess": "bigimage.spark.preprocess:run_preprocess",
-    "speedtest": "bigimage.speedtest.task:run_speedtest",
-    "train": "bigimage.train.task:run_train",
-    "pipeline": "bigimage.pipeline:run_pipeline",
+    "preprocess": "bigimage.spark.preprocess.run_preprocess",
+    "speedtest": "bigimage.speedtest.task.run_speedtest",
+    "train": "bigimage.train.task.run_train",
+    "pipeline": "bigimage.pipeline.run_pipeline",
 }
 
 
@@ -51,11 +50,6 @@ def param_keys(cfg: DictConfig) -> tuple[str, ...]:
     if cfg.task.name == "train" and cfg.strategy.launcher == "spark_barrier":
         keys += ("cluster",)
     return keys
-
-
-def task_function(name: str) -> Callable[[DictConfig], dict[str, Any]]:
-    module, function = TASK_FUNCTIONS[name].split(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
@@ -106,7 +100,7 @@ def tracked_task(
         extra_tags=extra_tags,
         param_keys=param_keys(cfg),
     ) as run:
-        return task_function(cfg.task.name)(cfg), run.info.run_id
+        return get_method(TASK_FUNCTIONS[cfg.task.name])(cfg), run.info.run_id
 
 
 def run_name(cfg: DictConfig) -> str:

@@ -1,27 +1,19 @@
-"""Rank configurations with uncertainty: training configs by accuracy, cluster shapes by speed and cost.
+"""Rank configurations with uncertainty: training configurations by accuracy, cluster shapes by speed and cost.
 
-* **Training** (task ``train``): a configuration is (``strategy.name``, ``batch_size``, ``cluster.name``).
-  Each run scores its validation accuracy at its last good epoch (the overfitting onset if it
-  overfits, else its best epoch, see :mod:`.overfitting`); repeated runs of a configuration give a
-  mean and a Student-t confidence interval (n=1 gives no interval). The top configuration is called
-  distinguishable from the next only if their intervals do not overlap (a conservative test).
-* **Preprocessing** (task ``preprocess``): cluster shapes (``cluster.name``) ranked by the runs'
-  ``images_per_second`` and by the cost per 1,000 images, ``hourly cost * seconds / images * 1000``
-  (priced runs only, see below).
-* **Speed test** (task ``speedtest``): the ``speedtest.json`` table of each run; per repetition,
-  images/s = images / seconds summed over the grid rows of that repetition; cluster shapes ranked
-  per source by images/s and cost per 1,000 images, with intervals over the repetitions.
+* **Training**: each run scores its validation accuracy at its last good epoch (:mod:`.overfitting`); a
+  configuration (:func:`.training_cost.config_params`) has the mean of its runs and a Student-t interval
+  (none for n=1). The top one is distinguishable from the next only if their intervals do not overlap
+  (a conservative test).
+* **Preprocessing** and **speed test**: cluster shapes by images/s (the speed test's per source and
+  repetition: images / seconds over that repetition's grid rows) and by cost per 1,000 images,
+  ``hourly cost * seconds / images * 1000``.
 
-Costs are given only to runs that ran on what is priced: Dataproc, as read back from the running
-Spark (tag ``spark.deploy=dataproc``, not the ``cluster.deploy`` the config asked for). A local run
-on this machine's cores priced as the Dataproc shape of the same name would be a made-up number, so
-every other run has no cost, and the notes say why. A priced run's hourly cost is its own shape
-(``cluster.shape.*`` params: machines of master + workers + the Dataproc per-vCPU fee + boot disks,
-GB-month prices / hours per month) at the list prices of its own region (``cluster.dataproc.region``)
-in the price table (``analysis/prices.yaml``, keyed by region, with its source and date); a region
-missing from the table gives no cost and a note naming it.
-The winners get the tag ``best_config=true`` (other analysed runs of the same task ``false``), and the
-winning training configuration's model is registered with the alias ``champion`` (:mod:`.registry`).
+Only runs that ran on Dataproc (tag ``spark.deploy=dataproc``, read back from Spark, not the
+``cluster.deploy`` asked for) have a cost: a local run priced as the Dataproc shape of the same name would
+be a made-up number. Their hourly cost is their own shape (``cluster.shape.*``: machines, the Dataproc
+per-vCPU fee, boot disks) at the list prices of their own region in ``analysis/prices.yaml``; the notes
+say why any other run has none. The winners get the tag ``best_config=true`` (the other ranked runs of
+their task ``false``) and the winning training configuration's model the alias ``champion`` (:mod:`.registry`).
 """
 
 from __future__ import annotations
@@ -29,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +29,7 @@ import pandas as pd
 import yaml
 
 from bigimage.analysis_lib import common, overfitting, registry, training_cost
+from bigimage.analysis_lib.common import Ranked
 from bigimage.tracking import names, query
 
 SCRIPT_HELP = (
@@ -57,6 +50,10 @@ PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its sp
 PRICED_DEPLOY = "dataproc"  # the only place the price table's machines are what a run really ran on
 DEPLOY_TAG = "spark.deploy"  # read back from the running SparkContext (bigimage.spark.session)
 REGION_PARAM = "cluster.dataproc.region"
+PRICED_RUNS = (
+    f"only runs with tag {DEPLOY_TAG}={PRICED_DEPLOY}, by their own cluster.shape in their {REGION_PARAM}; "
+    "other runs have no cost"
+)
 
 
 @dataclass(frozen=True)
@@ -195,63 +192,44 @@ def cost_per_1000(hourly: float | None, seconds: float, images: float) -> float 
 # --- results ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Ranked:
-    key: dict  # the configuration or cluster shape
-    score: common.Interval  # what it is ranked by (higher is better unless stated)
-    run_ids: list[str]
-    extra: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {
-            **self.key,
-            **{f"score_{k}": v for k, v in self.score.as_dict().items()},
-            "run_ids": self.run_ids,
-            **self.extra,
-        }
-
-
 def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> dict:
     if not ranking:
         return {"distinguishable": None, "statement": f"no {what} to rank"}
     top = ranking[0]
     if len(ranking) == 1:
-        return {
-            "distinguishable": None,
-            "statement": f"only one {what}: {top.score.text(fmt)}; nothing to compare with",
-        }
+        statement = f"only one {what}: {top.score.text(fmt)}; nothing to compare with"
+        return {"distinguishable": None, "statement": statement}
     runner_up = ranking[1]
     overlap = top.score.overlaps(runner_up.score)
     if overlap is None:
-        single_runs = [ranked for ranked in (top, runner_up) if ranked.score.n == 1]
-        return {
-            "distinguishable": None,
-            "statement": f"cannot tell whether the top {what} beats the next: "
-            + ("it has" if single_runs == [top] else "they have" if len(single_runs) == 2 else "the next has")
-            + " a single run (n=1 gives no interval); repeat the runs to get an interval",
-        }
-    if overlap:
-        return {
-            "distinguishable": False,
-            "statement": f"the top {what} ({top.score.text(fmt)}) is NOT distinguishable from the next "
-            f"({runner_up.score.text(fmt)}): their intervals overlap",
-        }
-    return {
-        "distinguishable": True,
-        "statement": f"the top {what} ({top.score.text(fmt)}) is distinguishable from the next "
-        f"({runner_up.score.text(fmt)}): their intervals do not overlap",
-    }
+        if top.score.n == 1:
+            who = "they have" if runner_up.score.n == 1 else "it has"
+        else:
+            who = "the next has"
+        statement = f"cannot tell whether the top {what} beats the next: {who} a single run (n=1 gives no interval)"
+        return {"distinguishable": None, "statement": statement + "; repeat the runs to get an interval"}
+    statement = (
+        f"the top {what} ({top.score.text(fmt)}) is {'NOT ' if overlap else ''}distinguishable from the next "
+        f"({runner_up.score.text(fmt)}): their intervals {'overlap' if overlap else 'do not overlap'}"
+    )
+    return {"distinguishable": not overlap, "statement": statement}
 
 
 def _exclude(excluded: list, row: pd.Series, reason: str) -> None:
-    excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), row.get("task"), reason))
+    excluded.append(overfitting.Exclusion.of(row, reason))
 
 
-def _status_ok(row: pd.Series, excluded: list) -> bool:
-    if row["status"] != "FINISHED":
-        _exclude(excluded, row, f"status {row['status']}: only FINISHED runs are ranked")
-        return False
-    return True
+def _finished(runs: pd.DataFrame, task: str, excluded: list) -> list[pd.Series]:
+    """The FINISHED runs of ``task`` that name their ``cluster.name``; the others go to ``excluded``, with why."""
+    ok = []
+    for _, row in runs[runs["task"] == task].iterrows():
+        if row["status"] != "FINISHED":
+            _exclude(excluded, row, f"status {row['status']}: only FINISHED runs are ranked")
+        elif query.param(row, "cluster.name") is None:
+            _exclude(excluded, row, "params of another schema: missing cluster.name")
+        else:
+            ok.append(row)
+    return ok
 
 
 def rank_training(
@@ -290,49 +268,28 @@ def rank_training(
     return ranking, excluded
 
 
-def rank_training_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[Ranked]:
-    """Training configurations by seconds per epoch (cheapest first), each with its best validation
-    accuracy and whether it is on the accuracy/cost Pareto front (:mod:`.training_cost`)."""
-    ranked, _ = training_cost.rank_by_cost(runs, confidence)
-    return [
-        Ranked(
-            item.key,
-            item.cost,
-            item.run_ids,
-            {"best_val_accuracy": item.accuracy.mean, "pareto_optimal": item.pareto_optimal},
-        )
-        for item in ranked
-    ]
-
-
 def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
     """Cluster shapes of the preprocess runs, by images/s (desc) and by cost per 1,000 images (asc)."""
     excluded: list[overfitting.Exclusion] = []
     rows = []
-    for _, row in runs[runs["task"] == "preprocess"].iterrows() if "task" in runs else []:
-        if not _status_ok(row, excluded):
-            continue
+    for row in _finished(runs, "preprocess", excluded):
         measured = {key: query.metric(row, key) for key in PREPROCESS_METRICS}
-        bad = [key for key, value in measured.items() if value is None or not math.isfinite(value) or value <= 0]
-        if bad:
+        values = {
+            key: value for key, value in measured.items() if value is not None and math.isfinite(value) and value > 0
+        }
+        if len(values) < len(measured):
+            bad = [key for key in measured if key not in values]
             _exclude(excluded, row, f"missing or non-positive metric(s): {', '.join(bad)}")
-            continue
-        vals = {key: float(value or 0.0) for key, value in measured.items()}
-        cluster = query.param(row, "cluster.name")
-        if cluster is None:
-            _exclude(excluded, row, "params of another schema: missing cluster.name")
             continue
         hourly, how = hourly_cost(row, prices)
         rows.append(
             {
                 "run_id": row["run_id"],
-                "cluster.name": cluster,
-                "images_per_second": vals["images_per_second"],
-                "seconds": vals["seconds"],
-                "images": vals["images"],
+                "cluster.name": query.param(row, "cluster.name"),
+                **values,
                 "hourly_cost": hourly,
                 "cost_note": how,
-                "cost_per_1000_images": cost_per_1000(hourly, vals["seconds"], vals["images"]),
+                "cost_per_1000_images": cost_per_1000(hourly, values["seconds"], values["images"]),
             }
         )
     table = pd.DataFrame(rows)
@@ -369,29 +326,18 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
 def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
     """The speed-test grid rows of all usable speedtest runs, with ``cluster.name`` and run ids."""
     excluded: list[overfitting.Exclusion] = []
-    ok = []
-    for _, row in runs[runs["task"] == "speedtest"].iterrows() if "task" in runs else []:
-        if not _status_ok(row, excluded):
-            continue
-        if query.param(row, "cluster.name") is None:
-            _exclude(excluded, row, "params of another schema: missing cluster.name")
-            continue
-        ok.append(row)
+    by_id = {row["run_id"]: row for row in _finished(runs, "speedtest", excluded)}
     table, problems = query.load_run_table(
-        selection.tracking_uri, selection.experiment_id, names.SPEEDTEST_TABLE, [r["run_id"] for r in ok]
+        selection.tracking_uri, selection.experiment_id, names.SPEEDTEST_TABLE, list(by_id)
     )
-    by_id = {r["run_id"]: r for r in ok}
     for run_id, why in problems.items():
         _exclude(excluded, by_id[run_id], why)
-    frames = []
-    for run_id, group in table.groupby("run_id", sort=False) if not table.empty else []:
+    frames, notes = [], []
+    for run_id, group in table.groupby("run_id", sort=False):
         missing = [c for c in names.SPEEDTEST_COLUMNS if c not in group.columns]
         if missing:
-            _exclude(
-                excluded,
-                by_id[run_id],
-                f"{names.SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}",
-            )
+            why = f"{names.SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}"
+            _exclude(excluded, by_id[run_id], why)
             continue
         group = group.copy()
         for column in names.SPEEDTEST_COLUMNS[1:]:  # all but "source" are numbers
@@ -400,10 +346,10 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
         if usable.empty:
             _exclude(excluded, by_id[run_id], f"{names.SPEEDTEST_TABLE} has no row with positive images and seconds")
             continue
-        usable = usable.assign(**{"cluster.name": query.param(by_id[run_id], "cluster.name")})
-        frames.append((run_id, usable, len(group) - len(usable)))
-    rows = pd.concat([f for _, f, _ in frames], ignore_index=True) if frames else pd.DataFrame()
-    notes = [f"{run_id}: {n} grid row(s) without positive images/seconds dropped" for run_id, _, n in frames if n]
+        frames.append(usable.assign(**{"cluster.name": query.param(by_id[run_id], "cluster.name")}))
+        if len(usable) < len(group):
+            notes.append(f"{run_id}: {len(group) - len(usable)} grid row(s) without positive images/seconds dropped")
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return rows, excluded, notes, by_id
 
 
@@ -438,11 +384,11 @@ def _images_per_second(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 class BestConfigResult:
     selection: query.RunSelection
     training: list[Ranked]
-    preprocess: dict
+    training_by_cost: list[Ranked]  # seconds per epoch, Pareto front marked (:mod:`.training_cost`)
+    preprocess: dict  # "by_speed" / "by_cost" -> ranking
     speedtest: dict
     excluded: list[overfitting.Exclusion]
     notes: list[str]
-    winners: dict  # section -> {"key": ..., "run_ids": [...], "by": ...}
     prices: Prices
     overfitting: overfitting.OverfittingResult
     preprocess_table: pd.DataFrame
@@ -450,24 +396,37 @@ class BestConfigResult:
     rank_by: str = "speed"
     tags_written: bool = False
     champion: dict | None = None  # the registered model the alias points at (registry.Champion.as_dict)
-    training_by_cost: list[Ranked] = field(default_factory=list)  # seconds per epoch, Pareto front marked
+
+    def _contests(self) -> dict[str, tuple[list[Ranked], str, str]]:
+        """Per section: the ranking its winner tops, what it ranks and by what. The speed test's winner
+        is the fastest (or cheapest) shape reading :data:`PREFERRED_SPEEDTEST_SOURCE` if it was timed."""
+        which = "by_speed" if self.rank_by == "speed" else "by_cost"
+        sources = [r.key["source"] for r in self.speedtest[which]]
+        src = PREFERRED_SPEEDTEST_SOURCE if PREFERRED_SPEEDTEST_SOURCE in sources else next(iter(sources), None)
+        return {
+            "train": (self.training, "training configuration", "val_accuracy at last good epoch"),
+            "preprocess": (self.preprocess[which], f"cluster shape for preprocessing ({self.rank_by})", self.rank_by),
+            "speedtest": (
+                [r for r in self.speedtest[which] if r.key["source"] == src],
+                f"cluster shape for reading {src} ({self.rank_by})" if src else "speed-test cluster shape",
+                f"{self.rank_by} reading {src}",
+            ),
+        }
 
     def statements(self) -> dict:
-        out = {"training": _distinguishable(self.training, "training configuration")}
-        which = "by_speed" if self.rank_by == "speed" else "by_cost"
-        out["preprocess"] = _distinguishable(
-            self.preprocess[which], f"cluster shape for preprocessing ({self.rank_by})"
-        )
-        src = _preferred_source(self.speedtest[which])
-        out["speedtest"] = (
-            _distinguishable(
-                [r for r in self.speedtest[which] if r.key["source"] == src],
-                f"cluster shape for reading {src} ({self.rank_by})",
-            )
-            if src
-            else _distinguishable([], "speed-test cluster shape")
-        )
-        return out
+        return {
+            "training" if section == "train" else section: _distinguishable(ranking, what)
+            for section, (ranking, what, _) in self._contests().items()
+        }
+
+    @property
+    def winners(self) -> dict:
+        """section -> {"key": ..., "run_ids": [...], "by": ...} of each section's top."""
+        return {
+            section: {"key": ranking[0].key, "run_ids": ranking[0].run_ids, "by": by}
+            for section, (ranking, _, by) in self._contests().items()
+            if ranking
+        }
 
     def as_dict(self) -> dict:
         return {
@@ -493,19 +452,6 @@ class BestConfigResult:
         }
 
 
-PRICED_RUNS = (
-    f"only runs with tag {DEPLOY_TAG}={PRICED_DEPLOY}, by their own cluster.shape in their {REGION_PARAM}; "
-    "other runs have no cost"
-)
-
-
-def _preferred_source(ranking: list[Ranked]) -> str | None:
-    sources = [r.key["source"] for r in ranking]
-    if not sources:
-        return None
-    return PREFERRED_SPEEDTEST_SOURCE if PREFERRED_SPEEDTEST_SOURCE in sources else sources[0]
-
-
 def analyse(
     selection: query.RunSelection,
     runs: pd.DataFrame,
@@ -513,47 +459,30 @@ def analyse(
     prices: Prices | None = None,
     rank_by: str = "speed",
     confidence: float = 0.95,
-    of_result: overfitting.OverfittingResult | None = None,
 ) -> BestConfigResult:
     prices = prices or load_prices()
-    of = of_result or overfitting.analyse(selection, runs, thresholds)
+    of = overfitting.analyse(selection, runs, thresholds)
     training, ex_train = rank_training(of, confidence)
     pre, ex_pre, pre_table = rank_preprocess(runs, prices, confidence)
     speed, ex_speed, notes, speed_rows = rank_speedtest(selection, runs, prices, confidence)
-    which = "by_speed" if rank_by == "speed" else "by_cost"
-    winners = {}
-    if training:
-        winners["train"] = {
-            "key": training[0].key,
-            "run_ids": training[0].run_ids,
-            "by": "val_accuracy at last good epoch",
-        }
-    if pre[which]:
-        winners["preprocess"] = {"key": pre[which][0].key, "run_ids": pre[which][0].run_ids, "by": rank_by}
-    src = _preferred_source(speed[which])
-    if src:
-        top = next(r for r in speed[which] if r.key["source"] == src)
-        winners["speedtest"] = {"key": top.key, "run_ids": top.run_ids, "by": f"{rank_by} reading {src}"}
     for section in (pre, speed):
         for r in section["by_speed"]:
             if r.extra.get("hourly_cost") is None:
                 notes.append(f"{r.key}: no cost ({r.extra.get('cost_note')})")
-    result = BestConfigResult(
+    return BestConfigResult(
         selection,
         training,
+        training_cost.rank_by_cost(runs, confidence),
         pre,
         speed,
         ex_train + ex_pre + ex_speed,
         notes,
-        winners,
         prices,
         of,
         pre_table,
         speed_rows,
         rank_by,
     )
-    result.training_by_cost = rank_training_by_cost(runs, confidence)
-    return result
 
 
 def write_tags(result: BestConfigResult) -> None:
@@ -590,46 +519,37 @@ def register_winner(result: BestConfigResult, model_name: str | None) -> None:
         result.champion = champion.as_dict()
 
 
-def _ranking_rows(ranking: list[Ranked], key_cols: list[str], unit: str) -> list[dict]:
-    rows = []
-    for i, r in enumerate(ranking, 1):
-        s = r.score
-        rows.append(
-            {
-                "rank": i,
-                **{c: r.key[c] for c in key_cols},
-                unit: s.mean,
-                "ci_low": s.low,
-                "ci_high": s.high,
-                "n": s.n,
-            }
-        )
-    return rows
-
-
-def _key_columns(ranking: list[Ranked]) -> list[str]:
-    return list(ranking[0].key) if ranking else list(CONFIG_PARAMS)
+def _ranking_rows(
+    ranking: list[Ranked], unit: str, key_cols: list[str] | None = None, extra: dict[str, str] | None = None
+) -> list[dict]:
+    """A row per ranked item: its rank, key (``key_cols``; default: a training configuration's), score, and
+    ``extra`` columns (column -> key in :attr:`Ranked.extra`)."""
+    key_cols = key_cols or (list(ranking[0].key) if ranking else list(CONFIG_PARAMS))
+    return [
+        {
+            "rank": i,
+            **{c: r.key[c] for c in key_cols},
+            unit: r.score.mean,
+            "ci_low": r.score.low,
+            "ci_high": r.score.high,
+            "n": r.score.n,
+            **{column: r.extra[key] for column, key in (extra or {}).items()},
+        }
+        for i, r in enumerate(ranking, 1)
+    ]
 
 
 def tables(result: BestConfigResult) -> dict[str, list[dict]]:
     """The rankings as plain rows (for the terminal and the Markdown report)."""
+    shape, read = ["cluster.name"], ["source", "cluster.name"]
+    pareto = {"best_val_accuracy": "best_val_accuracy", "pareto": "pareto_optimal"}
     return {
-        "training": _ranking_rows(result.training, _key_columns(result.training), "val_accuracy"),
-        "training_by_cost": [
-            {**row, "best_val_accuracy": ranked.extra["best_val_accuracy"], "pareto": ranked.extra["pareto_optimal"]}
-            for row, ranked in zip(
-                _ranking_rows(result.training_by_cost, _key_columns(result.training_by_cost), "seconds_per_epoch"),
-                result.training_by_cost,
-            )
-        ],
-        "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], ["cluster.name"], "images_per_second"),
-        "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], ["cluster.name"], "cost_per_1000_images"),
-        "speedtest_by_speed": _ranking_rows(
-            result.speedtest["by_speed"], ["source", "cluster.name"], "images_per_second"
-        ),
-        "speedtest_by_cost": _ranking_rows(
-            result.speedtest["by_cost"], ["source", "cluster.name"], "cost_per_1000_images"
-        ),
+        "training": _ranking_rows(result.training, "val_accuracy"),
+        "training_by_cost": _ranking_rows(result.training_by_cost, "seconds_per_epoch", extra=pareto),
+        "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], "images_per_second", shape),
+        "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], "cost_per_1000_images", shape),
+        "speedtest_by_speed": _ranking_rows(result.speedtest["by_speed"], "images_per_second", read),
+        "speedtest_by_cost": _ranking_rows(result.speedtest["by_cost"], "cost_per_1000_images", read),
     }
 
 

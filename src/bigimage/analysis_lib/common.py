@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
 import numpy as np
@@ -196,6 +196,20 @@ class Interval:
             "ci_method": self.method,
             "confidence": self.confidence,
         }
+
+
+@dataclass
+class Ranked:
+    """A configuration or cluster shape (``key``) in a ranking, with the score it is ranked by."""
+
+    key: dict
+    score: Interval
+    run_ids: list[str]
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        score = {f"score_{k}": v for k, v in self.score.as_dict().items()}
+        return {**self.key, **score, "run_ids": self.run_ids, **self.extra}
 
 
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:

@@ -22,6 +22,7 @@ excluded with the reason, never guessed at.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -105,6 +106,11 @@ class Exclusion:
     run_name: str | None
     task: str | None
     reason: str
+
+    @classmethod
+    def of(cls, row: pd.Series, reason: str) -> Exclusion:
+        """The exclusion of a :func:`query.load_runs` row."""
+        return cls(row["run_id"], row.get("run_name"), row.get("task"), reason)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -338,12 +344,10 @@ def analyse(
                 "KILLED": "the run was killed",
                 "SCHEDULED": "not started",
             }.get(row["status"], "not finished")
-            excluded.append(
-                Exclusion(row["run_id"], row["run_name"], row.get("task"), f"status {row['status']}: {what}")
-            )
+            excluded.append(Exclusion.of(row, f"status {row['status']}: {what}"))
         elif training_cost.is_pruned(row):  # a search stopped it: short curves, no verdict
             reason = f"pruned by its search after epoch {row.get('tags.pruned_epoch')}: stopped early, not judged"
-            excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), reason))
+            excluded.append(Exclusion.of(row, reason))
         else:
             ok_status.append(row)
     run_ids = [r["run_id"] for r in ok_status]
@@ -356,7 +360,7 @@ def analyse(
         try:
             verdicts.append(judge(row["run_id"], row["run_name"], hist, thresholds))
         except NotJudgeable as exc:
-            excluded.append(Exclusion(row["run_id"], row["run_name"], row.get("task"), str(exc)))
+            excluded.append(Exclusion.of(row, str(exc)))
     return OverfittingResult(selection, thresholds, verdicts, excluded, runs, wide)
 
 
@@ -366,10 +370,8 @@ def write_tags(result: OverfittingResult) -> None:
     for v in result.verdicts:
         query.set_tags(result.selection.tracking_uri, v.run_id, v.tags())
         if v.onset_epoch is None:  # drop an onset left by an earlier analysis of the same run
-            try:
+            with contextlib.suppress(Exception):  # there was none, or the store is busy: the tag stays
                 client.delete_tag(v.run_id, TAG_ONSET)
-            except Exception:
-                pass
     result.tags_written = True
 
 

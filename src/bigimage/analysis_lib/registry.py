@@ -49,10 +49,6 @@ class Champion:
     def as_dict(self) -> dict:
         return {**asdict(self), "alias": ALIAS, "uri": self.uri}
 
-    def text(self) -> str:
-        change = "alias moved here" if self.moved else "alias unchanged"
-        return f"{self.uri} (version {self.version}, run {self.run_id}; {change})"
-
 
 def logged_model(client: MlflowClient, experiment_id: str, run_id: str) -> LoggedModel | None:
     """The newest MLflow Model named ``model`` that ``run_id`` logged, or None."""
@@ -117,7 +113,8 @@ def register_champion(
     if moved:
         retry_busy(lambda: client.set_registered_model_alias(name, ALIAS, version.version))
     champion = Champion(name, str(version.version), run_id, model.model_id, created, moved)
-    log.info("champion: %s", champion.text())
+    change = "alias moved here" if moved else "alias unchanged"
+    log.info("champion: %s (version %s, run %s; %s)", champion.uri, champion.version, run_id, change)
     return champion
 
 

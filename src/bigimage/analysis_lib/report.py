@@ -9,14 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display, ever: runs unattended
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import seaborn as sns
 
 from bigimage.analysis_lib import (
@@ -51,86 +49,50 @@ def default_output_dir() -> Path:
 # --- figures ----------------------------------------------------------------------------------
 
 
-def _mark_onsets(grid: Any, meta: pd.DataFrame, verdicts: dict[str, Any]) -> None:
-    """A dashed line at each overfitting run's onset epoch, in its panel."""
-    for panel, ax in grid.axes_dict.items():
-        for _, member in meta[meta["panel"] == panel].iterrows():
-            verdict = verdicts[member["run_id"]]
-            if verdict.overfitting and verdict.onset_epoch is not None:
-                ax.axvline(verdict.onset_epoch, color="crimson", linestyle="--", linewidth=1)
-                onset = (verdict.onset_epoch, ax.get_ylim()[1])
-                ax.annotate(f"onset {verdict.onset_epoch}", onset, fontsize=7, color="crimson", ha="left", va="top")
-
-
 def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     of = result.overfitting
-    wide = of.histories
-    if not of.verdicts or wide.empty:
+    if not of.verdicts or of.histories.empty:
         return "no judged training run: no learning curves"
-    by_id = of.runs.set_index("run_id")
-    verdict = {v.run_id: v for v in of.verdicts}
-    meta = []
-    for run_id in verdict:
-        row = by_id.loc[run_id]
-        meta.append(
-            {
-                "run_id": run_id,
-                "run": row.get("run_name") or run_id[:8],
-                "strategy": query.param(row, "strategy.name", "?"),
-                "batch_size": str(query.param(row, "batch_size", "?")),
-            }
-        )
-    meta = pd.DataFrame(meta)
-    meta["panel"] = meta["strategy"] + " / batch " + meta["batch_size"]
-    order = sorted(meta["panel"].unique(), key=lambda p: (p.split(" / ")[0], _as_int(p.rsplit(" ", 1)[-1])))
-    cols = [c for c in ("loss", "val_loss") if c in wide.columns]
-    data = wide[wide["run_id"].isin(verdict)].merge(meta, on="run_id")
-    long = data.melt(
-        id_vars=["run_id", "panel", "step"], value_vars=cols, var_name="metric", value_name="value"
-    ).dropna(subset=["value"])
-    long["epoch"] = long["step"].astype(int)
-    grid = _panels(
-        sns.relplot,
-        long,
-        _CURVES,
+    rows = of.runs.set_index("run_id").loc[[v.run_id for v in of.verdicts]]
+    panel = {  # run id -> its panel, one per strategy and batch size
+        run_id: f"{query.param(row, 'strategy.name', '?')} / batch {query.param(row, 'batch_size', '?')}"
+        for run_id, row in rows.iterrows()
+    }
+    order = sorted(set(panel.values()), key=lambda p: (p.split(" / ")[0], _as_int(p.rsplit(" ", 1)[-1])))
+    cols = [c for c in ("loss", "val_loss") if c in of.histories.columns]
+    data = of.histories[of.histories["run_id"].isin(panel)]
+    long = (
+        data.assign(panel=data["run_id"].map(panel), epoch=data["step"].astype(int))
+        .melt(id_vars=["run_id", "panel", "epoch"], value_vars=cols, var_name="metric", value_name="value")
+        .dropna(subset=["value"])
+    )
+    grid = sns.relplot(
+        data=long,
+        x="epoch",
+        y="value",
+        hue="metric",
+        col="panel",
         kind="line",
         units="run_id",
         estimator=None,
         alpha=0.8,
+        height=2.6,
+        aspect=1.3,
         col_order=order,
         col_wrap=min(3, len(order)),
         facet_kws={"sharey": False},
     )
+    grid.set_axis_labels("epoch (0-based)", "loss")
     grid.set_titles("{col_name}")
-    _mark_onsets(grid, meta, verdict)
+    for v in of.verdicts:  # a dashed line at each overfitting run's onset epoch, in its panel
+        if v.overfitting and v.onset_epoch is not None:
+            ax = grid.axes_dict[panel[v.run_id]]
+            ax.axvline(v.onset_epoch, color="crimson", linestyle="--", linewidth=1)
+            onset = (v.onset_epoch, ax.get_ylim()[1])
+            ax.annotate(f"onset {v.onset_epoch}", onset, fontsize=7, color="crimson", ha="left", va="top")
     title = "Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)"
     common.save_figure(grid.figure, path, title, title_y=1.02)
     return None
-
-
-class _Facets(NamedTuple):
-    """A figure-level seaborn plot's encoding: ``y`` against ``x``, a colour per ``hue``, a panel per ``col``."""
-
-    x: str
-    y: str
-    hue: str
-    col: str
-    xlabel: str
-    ylabel: str
-    height: float  # of a panel, inches
-    aspect: float
-
-
-_CURVES = _Facets("epoch", "value", "metric", "panel", "epoch (0-based)", "loss", 2.6, 1.3)
-_THROUGHPUT = _Facets("batch_size", "images_per_second", "source", "cluster.name", "batch size", "images / s", 3, 1.1)
-
-
-def _panels(plot: Any, data: pd.DataFrame, facets: _Facets, **marks: Any) -> Any:
-    """``plot`` (``sns.relplot``, ``sns.catplot``) of ``data`` as ``facets`` say, its axes labelled."""
-    x, y, hue, col, xlabel, ylabel, height, aspect = facets
-    grid = plot(data=data, x=x, y=y, hue=hue, col=col, height=height, aspect=aspect, **marks)
-    grid.set_axis_labels(xlabel, ylabel)
-    return grid
 
 
 def _as_int(text: str) -> int:
@@ -150,8 +112,19 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
     data = best_config.speedtest_by_batch(result.speedtest_rows)
     if data.empty:
         return "no usable speed-test table: no throughput figure"
-    data = data.assign(batch_size=data["batch_size"].astype(int))
-    grid = _panels(sns.catplot, data, _THROUGHPUT, kind="point", errorbar=("ci", 95), dodge=0.2)
+    grid = sns.catplot(
+        data=data.assign(batch_size=data["batch_size"].astype(int)),
+        x="batch_size",
+        y="images_per_second",
+        hue="source",
+        col="cluster.name",
+        kind="point",
+        errorbar=("ci", 95),
+        dodge=0.2,
+        height=3,
+        aspect=1.1,
+    )
+    grid.set_axis_labels("batch size", "images / s")
     title = "Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)"
     common.save_figure(grid.figure, path, title, title_y=1.03)
     return None
@@ -201,15 +174,8 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
     of = result.overfitting
     n_over = [v for v in of.verdicts if v.overfitting]
     if of.verdicts:
-        out.append(
-            f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit"
-            + (
-                ": " + ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over)
-                if n_over
-                else ""
-            )
-            + "."
-        )
+        onsets = ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over)
+        out.append(f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit{': ' if onsets else ''}{onsets}.")
     above = [v for v in of.verdicts if v.val_above_train]
     if above:
         out.append(
@@ -263,29 +229,7 @@ def render_markdown(
         _header_md(result, run_id),
         _overfitting_md(result, figures),
         _training_md(result, tables),
-        _shapes_md(
-            result,
-            tables,
-            figures,
-            "preprocess",
-            "Preprocessing: cluster shapes",
-            FIG_PREPROCESS,
-            "Preprocessing time by cluster",
-            "",
-            "machines + Dataproc fee + disks; ",
-        ),
-        _shapes_md(
-            result,
-            tables,
-            figures,
-            "speedtest",
-            "Speed test: cluster shapes",
-            FIG_THROUGHPUT,
-            "Throughput by batch size and source",
-            "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
-            "over repetitions of all runs of a shape.",
-            "",
-        ),
+        *(_shapes_md(result, tables, figures, section) for section in _SHAPE_SECTIONS),
         predict.markdown(forecast_result, FIG_FORECAST, figures.get(FIG_FORECAST)) if forecast_result else [],
         [
             "## Runs left out",
@@ -345,18 +289,31 @@ def _training_md(result: best_config.BestConfigResult, tables: dict) -> list[str
     ]
 
 
+# section -> title, figure, its title, the explanation under the title, what the cost is made of
+_SHAPE_SECTIONS = {
+    "preprocess": (
+        "Preprocessing: cluster shapes",
+        FIG_PREPROCESS,
+        "Preprocessing time by cluster",
+        "",
+        "machines + Dataproc fee + disks; ",
+    ),
+    "speedtest": (
+        "Speed test: cluster shapes",
+        FIG_THROUGHPUT,
+        "Throughput by batch size and source",
+        "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
+        "over repetitions of all runs of a shape.",
+        "",
+    ),
+}
+
+
 def _shapes_md(
-    result: best_config.BestConfigResult,
-    tables: dict,
-    figures: dict[str, str | None],
-    section: str,
-    title: str,
-    figure: str,
-    figure_title: str,
-    explanation: str,
-    cost_parts: str,
+    result: best_config.BestConfigResult, tables: dict, figures: dict[str, str | None], section: str
 ) -> list[str]:
     """One task's ranking of cluster shapes: by speed, then by cost for the runs that are priced."""
+    title, figure, figure_title, explanation, cost_parts = _SHAPE_SECTIONS[section]
     return [
         f"## {title}",
         "",
@@ -386,7 +343,6 @@ class Report:
     run_id: str | None  # the analysis run, if logged
     result: best_config.BestConfigResult
     figures: dict[str, str | None]  # file name -> None if written, else why not
-    forecast: forecast.Forecast | None = None  # the "Forecast" section (None: no task 1 or 2 run)
 
     def as_dict(self) -> dict:
         return {
@@ -432,8 +388,16 @@ def make_report(
         best_config.register_winner(result, registered_model)
     out = Path(output_dir) if output_dir else default_output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    forecast_result = _forecast(selection, result, forecast_options or forecast.Options(prices_path=prices_path))
-    figures = _write_figures(result, out)
+    forecast_result = None  # the "Forecast" section, when a task 1 or task 2 run was loaded
+    if result.overfitting.runs["task"].isin(forecast.TASKS).any():
+        options = forecast_options or forecast.Options(prices_path=prices_path)
+        forecast_result = forecast.build(selection, result.overfitting.runs, options)
+    sns.set_theme(style="whitegrid", context="paper")
+    figures = {  # file name -> None when written, else why not
+        FIG_CURVES: _curves_figure(result, out / FIG_CURVES),
+        FIG_THROUGHPUT: _throughput_figure(result, out / FIG_THROUGHPUT),
+        FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
+    }
     if forecast_result:
         figures[FIG_FORECAST] = predict.figure(forecast_result, out / FIG_FORECAST)
     document = {
@@ -449,17 +413,7 @@ def make_report(
         run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result)
     else:
         _write_markdown(render_markdown(result, figures, None, forecast_result), out)
-    return Report(out / REPORT_FILE, out, run_id, result, figures, forecast_result)
-
-
-def _forecast(
-    selection: query.RunSelection, result: best_config.BestConfigResult, options: forecast.Options
-) -> forecast.Forecast | None:
-    """The "Forecast" section's data (:mod:`.forecast`); None when no task 1 or task 2 run was loaded."""
-    runs = result.overfitting.runs
-    if "task" not in runs or not runs["task"].isin(forecast.TASKS).any():
-        return None
-    return forecast.build(selection, runs, options)
+    return Report(out / REPORT_FILE, out, run_id, result, figures)
 
 
 def _analyse(
@@ -479,16 +433,6 @@ def _analyse(
         reasons = "; ".join(f"{e.run_name or e.run_id}: {e.reason}" for e in result.excluded) or "no task runs"
         raise query.NoRunsError(f"no run that can be analysed in {selection.describe()} ({reasons})")
     return selection, result
-
-
-def _write_figures(result: best_config.BestConfigResult, out: Path) -> dict[str, str | None]:
-    """Each figure's file name -> None when written, else why not."""
-    sns.set_theme(style="whitegrid", context="paper")
-    return {
-        FIG_CURVES: _curves_figure(result, out / FIG_CURVES),
-        FIG_THROUGHPUT: _throughput_figure(result, out / FIG_THROUGHPUT),
-        FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
-    }
 
 
 def _log_report_run(

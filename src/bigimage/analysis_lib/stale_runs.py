@@ -45,18 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+@common.exits_without_runs
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     uri = args.tracking_uri or query.default_tracking_uri()
     client = query.client_for(uri)
     if args.experiment:
-        experiment = client.get_experiment_by_name(args.experiment)
-        if experiment is None:
-            known = sorted(e.name for e in client.search_experiments())
-            return common.fail_no_runs(
-                f"no experiment named '{args.experiment}' at {uri}; experiments there: {known or 'none'}"
-            )
-        experiment_ids = [experiment.experiment_id]
+        experiment_ids = [query.select(uri, args.experiment).experiment_id]  # NoRunsError names the known ones
     else:
         experiment_ids = [e.experiment_id for e in client.search_experiments()]
     verdicts = liveness.find_stale_runs(client, experiment_ids, args.older_than) if experiment_ids else []

@@ -14,18 +14,16 @@ Runs a search pruned (tag ``pruned=true``) stopped early and are not ranked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
 from bigimage.analysis_lib import common
+from bigimage.search.trial import TAG_PRUNED
 from bigimage.tracking import query
 
 BASE_PARAMS = ("strategy.name", "batch_size", "cluster.name")
 HYPERPARAMS = ("model.name", "model.width", "model.dropout", "train.learning_rate", "epochs", "image_size")
 ACCURACY_METRIC = "best_val_accuracy"
 COST_METRIC = "seconds_per_epoch"
-TAG_PRUNED = "pruned"
 
 
 def is_pruned(row: pd.Series) -> bool:
@@ -42,53 +40,36 @@ def config_params(runs: pd.DataFrame) -> list[str]:
     return [*BASE_PARAMS, *varying]
 
 
-@dataclass
-class CostRanked:
-    key: dict
-    cost: common.Interval  # seconds per epoch
-    accuracy: common.Interval  # best validation accuracy
-    run_ids: list[str]
-    pareto_optimal: bool = False
-
-
-def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> tuple[list[CostRanked], list[tuple[pd.Series, str]]]:
-    """FINISHED, unpruned training runs grouped by configuration, cheapest first; and the runs left out
-    with the reason."""
+def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[common.Ranked]:
+    """FINISHED, unpruned training runs grouped by configuration, scored by seconds per epoch, cheapest
+    first; ``extra`` holds the mean ``best_val_accuracy`` and ``pareto_optimal``."""
     if runs.empty:
-        return [], []
+        return []
     training = runs[runs["task"] == "train"]
     keys = config_params(training)
     groups: dict[tuple, dict[str, tuple[float, float]]] = {}
-    left_out: list[tuple[pd.Series, str]] = []
     for _, row in training.iterrows():
         accuracy, cost = query.metric(row, ACCURACY_METRIC), query.metric(row, COST_METRIC)
-        if row["status"] != "FINISHED" or is_pruned(row):
-            continue  # the accuracy ranking says why (status, or pruned)
-        if accuracy is None or cost is None:
-            left_out.append((row, f"no {ACCURACY_METRIC} or {COST_METRIC}: not ranked by cost"))
-            continue
-        key = tuple(str(query.param(row, name, "")) for name in keys)
-        groups.setdefault(key, {})[row["run_id"]] = (accuracy, cost)
+        # the accuracy ranking says why a run is left out (status, pruned, no metric)
+        if row["status"] == "FINISHED" and not is_pruned(row) and accuracy is not None and cost is not None:
+            key = tuple(str(query.param(row, name, "")) for name in keys)
+            groups.setdefault(key, {})[row["run_id"]] = (accuracy, cost)
     ranked = [
-        CostRanked(
+        common.Ranked(
             dict(zip(keys, key)),
             common.mean_interval([cost for _, cost in members.values()], confidence),
-            common.mean_interval([accuracy for accuracy, _ in members.values()], confidence),
             sorted(members),
+            {ACCURACY_METRIC: common.mean_interval([accuracy for accuracy, _ in members.values()]).mean},
         )
         for key, members in groups.items()
     ]
-    mark_pareto(ranked)
-    ranked.sort(key=lambda r: (r.cost.mean, -r.accuracy.mean, str(r.key)))
-    return ranked, left_out
-
-
-def mark_pareto(ranked: list[CostRanked]) -> None:
-    """Set ``pareto_optimal`` on the configurations no other dominates (accuracy up, cost down)."""
-    for item in ranked:
-        item.pareto_optimal = not any(
-            other.accuracy.mean >= item.accuracy.mean
-            and other.cost.mean <= item.cost.mean
-            and (other.accuracy.mean > item.accuracy.mean or other.cost.mean < item.cost.mean)
+    for item in ranked:  # Pareto-optimal: module doc
+        accuracy, cost = item.extra[ACCURACY_METRIC], item.score.mean
+        item.extra["pareto_optimal"] = not any(
+            other.extra[ACCURACY_METRIC] >= accuracy
+            and other.score.mean <= cost
+            and (other.extra[ACCURACY_METRIC] > accuracy or other.score.mean < cost)
             for other in ranked
         )
+    ranked.sort(key=lambda r: (r.score.mean, -r.extra[ACCURACY_METRIC], str(r.key)))
+    return ranked

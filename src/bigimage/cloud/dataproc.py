@@ -1,20 +1,11 @@
 """Run a task on a Dataproc cluster of the config's shape (``cluster.deploy=dataproc``).
 
-``run_on_dataproc(cfg)``:
-
-1. checks the project and the Application Default Credentials first (fails at once with what to set);
-2. builds the shape's cluster request (:func:`build_cluster`: machine types, worker count, boot disk
-   type and size, image version, optional components; a single node through the
-   ``dataproc:dataproc.allow.zero.workers`` property) and creates the cluster, or reuses it when one
-   of that name is running;
-3. stages the package (``bigimage.zip``), the resolved config and the driver script in the staging
-   bucket and submits a PySpark job (:func:`build_pyspark_job`), printing the driver's output as it
-   comes;
-4. deletes the cluster afterwards when ``cluster.dataproc.delete_cluster=true`` (also on failure).
-
-``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud dataproc clusters create`` and
-``gcloud dataproc jobs submit pyspark`` commands instead (no credentials needed); the files they
-name are written locally so the commands can be pasted as they are.
+:func:`run_on_dataproc` checks the project and credentials first (failing at once with what to set),
+creates the shape's cluster (or reuses a running one of that name), stages the package, the resolved
+config and the driver script in the staging bucket, submits a PySpark job and prints the driver's output
+as it comes, and deletes the cluster afterwards when ``cluster.dataproc.delete_cluster=true`` (also on
+failure). ``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud`` commands instead, with the
+files they name written locally so that they can be pasted as they are (no credentials needed).
 """
 
 from __future__ import annotations
@@ -26,12 +17,13 @@ import shutil
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from omegaconf import OmegaConf
 from packaging.requirements import Requirement
@@ -46,6 +38,7 @@ BOOT_DISK_TYPES = ("pd-standard", "pd-ssd", "pd-balanced")
 CONFIG_NAME = "bigimage-config.yaml"
 PACKAGE_ZIP = "bigimage.zip"
 DRIVER_NAME = "bigimage_driver.py"
+JOB_ARGS = ["--config", CONFIG_NAME]  # the driver script's arguments
 # Not installed on the cluster: Spark is the image's own; the rest is local tooling.
 NOT_ON_CLUSTER = {"pyspark", "hydra-joblib-launcher", "seaborn"}
 _CLUSTER_NAME = re.compile(r"^[a-z](?:[-a-z0-9]{0,49}[a-z0-9])?$")
@@ -71,34 +64,22 @@ def cluster_name(cfg: Config) -> str:
 
 
 def cluster_pip_packages(root: Path = PROJECT_ROOT) -> list[str]:
-    """The package's run-time dependencies for the cluster, pinned from requirements.lock.
+    """The package's run-time dependencies for the cluster, pinned as requirements.lock pins them.
 
     Comma-free ``name==version`` pins, since ``dataproc:pip.packages`` is a comma-separated list.
     """
-    try:
-        import tomllib
-
-        dependencies = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
-    except (OSError, KeyError, ValueError):
-        dependencies = ["hydra-core", "mlflow", "tensorflow", "tf-keras", "google-cloud-storage", "pillow", "tqdm"]
     pins: dict[str, str] = {}
-    lock = root / "requirements.lock"
-    if lock.exists():
-        for line in lock.read_text().splitlines():
-            if "==" in line and not line.lstrip().startswith("#"):
-                name, version = line.split("==", 1)
-                pins[canonicalize_name(name.strip())] = version.split(";")[0].strip()
+    for line in (root / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("==", 1)
+            pins[canonicalize_name(name.strip())] = version.split(";")[0].strip()
     packages = []
-    for spec in dependencies:
+    for spec in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]:
         name = canonicalize_name(Requirement(spec).name)
-        if name in NOT_ON_CLUSTER:
-            continue
-        if name in pins:
+        if name not in NOT_ON_CLUSTER:
+            if name not in pins:
+                raise DataprocError(f"{name} is not pinned in {root / 'requirements.lock'}: regenerate the lock")
             packages.append(f"{name}=={pins[name]}")
-        elif "," not in spec and not any(char.isspace() for char in spec.strip()):
-            packages.append(spec.strip())
-        else:
-            packages.append(name)
     return packages
 
 
@@ -212,7 +193,7 @@ def build_pyspark_job(cfg: Config, main_uri: str, package_uri: str, config_uri: 
             main_python_file_uri=main_uri,
             python_file_uris=[package_uri],
             file_uris=[config_uri],
-            args=job_args(),
+            args=JOB_ARGS,
             properties=job_properties(cfg),
         ),
         labels={"app": "bigimage", "task": str(cfg.task.name), "shape": str(cfg.cluster.name)},
@@ -220,10 +201,6 @@ def build_pyspark_job(cfg: Config, main_uri: str, package_uri: str, config_uri: 
     if job_id:
         job.reference = dataproc_v1.JobReference(job_id=job_id)
     return job
-
-
-def job_args() -> list[str]:
-    return ["--config", CONFIG_NAME]
 
 
 # ------------------------------------------------------------------------------ gcloud equivalents
@@ -269,7 +246,7 @@ def gcloud_submit_command(cfg: Config, driver: str, package: str, config: str, p
     command = _gcloud(cfg, project, "jobs", "submit", "pyspark", driver, f"--cluster={cluster_name(cfg)}")
     command += [f"--py-files={package}", f"--files={config}", _properties_flag(job_properties(cfg))]
     command.append(f"--labels=app=bigimage,task={cfg.task.name}")
-    return [*command, "--", *job_args()]
+    return [*command, "--", *JOB_ARGS]
 
 
 def format_command(command: list[str]) -> str:
@@ -312,33 +289,37 @@ def write_job_files(cfg: Config, directory: Path) -> JobFiles:
     shutil.copyfile(PROJECT_ROOT / "dataproc_driver.py", driver)
     package = package_zip(directory / PACKAGE_ZIP)
     config = directory / CONFIG_NAME
-    resolved = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
-    resolved.pop("hydra", None)
-    config.write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+    config.write_text(OmegaConf.to_yaml(cfg, resolve=True))  # Hydra hands tasks their config without hydra.*
     return JobFiles(driver=driver, package=package, config=config)
 
 
 # ---------------------------------------------------------------------------------- environment
-def resolve_project(cfg: Config, required: bool = True) -> str | None:
-    """``cluster.dataproc.project``, else $GOOGLE_CLOUD_PROJECT/$CLOUDSDK_CORE_PROJECT, else the ADC project."""
+def configured_project(cfg: Config) -> str | None:
+    """``cluster.dataproc.project``, else $GOOGLE_CLOUD_PROJECT, else $CLOUDSDK_CORE_PROJECT."""
     project = (
         cfg.cluster.dataproc.project
         or os.environ.get("GOOGLE_CLOUD_PROJECT")
         or os.environ.get("CLOUDSDK_CORE_PROJECT")
     )
-    if not project and required:
+    return str(project) if project else None
+
+
+def resolve_project(cfg: Config) -> str:
+    """:func:`configured_project`, else the Application Default Credentials' project; else DataprocError."""
+    project = configured_project(cfg)
+    if not project:
         try:
             import google.auth
 
             _, project = google.auth.default()
         except Exception:
             project = None
-    if not project and required:
+    if not project:
         raise DataprocError(
             "no Google Cloud project for Dataproc: set cluster.dataproc.project=YOUR_PROJECT "
             "(or GOOGLE_CLOUD_PROJECT=YOUR_PROJECT in the environment)"
         )
-    return str(project) if project else None
+    return str(project)
 
 
 def check_credentials() -> Any:
@@ -469,9 +450,7 @@ class DriverOutput:
         self.offset = 0
 
     def poll(self, driver_output_uri: str) -> None:
-        if not driver_output_uri:
-            return
-        match = re.match(r"gs://([^/]+)/(.*)", driver_output_uri)
+        match = re.match(r"gs://([^/]+)/(.*)", driver_output_uri or "")
         if match is None:
             return
         bucket = self.storage.bucket(match.group(1))
@@ -532,7 +511,7 @@ def run_job(
 
 def dry_run(cfg: Config, directory: Path | None = None, echo: Callable[[str], None] = print) -> tuple[str, str]:
     """Print the gcloud commands that do what run_on_dataproc would do; return them."""
-    project = resolve_project(cfg, required=False)
+    project = configured_project(cfg)
     directory = directory or Path(cfg.paths.output_dir) / "dataproc" / cluster_name(cfg)
     files = write_job_files(cfg, Path(directory))
     create = format_command(gcloud_create_command(cfg, project))
@@ -568,8 +547,6 @@ def run_on_dataproc(
         dry_run(cfg, echo=echo)
         return
     project = resolve_project(cfg)
-    if project is None:  # resolve_project(required=True) raises instead; this tells the type checker
-        raise DataprocError("no Google Cloud project: set cluster.dataproc.project or GOOGLE_CLOUD_PROJECT")
     region = str(cfg.cluster.dataproc.region)
     if cluster_client is None or job_client is None or storage_client is None:
         credentials = check_credentials()

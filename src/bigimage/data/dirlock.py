@@ -110,13 +110,10 @@ def holder_is_dead(holder: dict[str, Any]) -> bool:
 class DestinationLock:
     """The write lock of one TFRecord directory; a context manager. See the module docstring."""
 
-    def __init__(self, destination: str, *, wait_seconds: float = 0.0, stale_seconds: float = STALE_SECONDS,
-                 refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(self, destination: str, *, wait_seconds: float = 0.0) -> None:
         self.destination = destination
         self.url = lock_url(destination)
         self.wait_seconds = wait_seconds
-        self.stale_seconds = stale_seconds
-        self.refresh_seconds = refresh_seconds
         self.holder: dict[str, Any] = {}
         self.broke: dict[str, Any] | None = None  # the stale holder this lock replaced, if any
         self._fd: int | None = None
@@ -148,7 +145,7 @@ class DestinationLock:
                     f"(lock {self.url}); "
                     f"a second job to the same tfrecord_dir would break it: wait for that job or stop it"
                     + ("" if not storage.is_gcs(self.url) else
-                       f" (a gs:// lock not refreshed for {self.stale_seconds:.0f} s is taken over)")
+                       f" (a gs:// lock not refreshed for {STALE_SECONDS:.0f} s is taken over)")
                 )
             time.sleep(_POLL_SECONDS)
 
@@ -177,7 +174,7 @@ class DestinationLock:
             other, generation = None, 0  # 0: create only if still absent
         if other is not None:
             age = time.time() - float(other.get("refreshed", 0))
-            if not (holder_is_dead(other) or age > self.stale_seconds):
+            if not (holder_is_dead(other) or age > STALE_SECONDS):
                 return other
         try:
             self._generation = int(storage.write_bytes(self.url, self._record(), if_generation_match=generation) or 0)
@@ -196,7 +193,7 @@ class DestinationLock:
     # ------------------------------------------------------------------------------------ refresh
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.refresh_seconds):
+        while not self._stop.wait(REFRESH_SECONDS):
             try:
                 self.refresh()
             except LockLostError:
@@ -222,7 +219,7 @@ class DestinationLock:
                 raise LockLostError(f"the lock {self.url} of this job was taken over by another writer") from None
 
     def check(self) -> None:
-        """Just before a commit: still ours, and fresh for another ``stale_seconds`` (gs://)."""
+        """Just before a commit: still ours, and fresh for another :data:`STALE_SECONDS` (gs://)."""
         self.refresh()
 
     # ------------------------------------------------------------------------------------ release

@@ -29,7 +29,7 @@ import hashlib
 import os
 import stat
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bigimage.data import storage
 from bigimage.errors import UserError
@@ -53,11 +53,11 @@ class LabelledImages:
     classes: list[str]
     items: list[tuple[str, int]]
     empty_classes: list[str]
-    sizes: list[int] = field(default_factory=list)  # bytes, parallel to items
-    unlisted_folders: list[str] = field(default_factory=list)  # folders not among the given classes
+    sizes: list[int]  # bytes, parallel to items
+    unlisted_folders: list[str]  # folders not among the given classes
     # (path, reason) of what is under a class folder but could not be listed: unreadable folders, link
     # loops, broken links, special files. Task 1 counts them in failed_images.
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]]
 
     def class_counts(self) -> dict[str, int]:
         counts = Counter(index for _, index in self.items)
@@ -71,21 +71,14 @@ class LabelledImages:
         """
         digest = hashlib.sha256()
         digest.update("\x1f".join(self.classes).encode("utf-8"))
-        sizes = self.sizes or [-1] * len(self.items)
         prefix = len(self.root.rstrip("/" if storage.is_gcs(self.root) else os.sep)) + 1
-        for (path, index), size in zip(self.items, sizes):
+        for (path, index), size in zip(self.items, self.sizes):
             digest.update(f"\x1e{path[prefix:]}\x1f{index}\x1f{size}".encode("utf-8"))
         return digest.hexdigest()
 
 
 def _hidden(name: str) -> bool:
     return name.startswith(".")
-
-
-def _split_relative(root: str, path: str) -> list[str]:
-    sep = "/" if storage.is_gcs(root) else os.sep
-    rel = path[len(root.rstrip(sep)) + 1 :]
-    return rel.split(sep)
 
 
 def _stat(path: str, failed: list[tuple[str, str]]) -> os.stat_result | None:
@@ -195,7 +188,7 @@ def _gcs_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
         raise DatasetNotFoundError(f"dataset.root={root} holds no objects; expected {EXPECTED_LAYOUT}")
     by_folder: dict[str, list[tuple[str, int]]] = {}
     for info in files:
-        parts = _split_relative(root, info.path)
+        parts = info.path[len(root.rstrip("/")) + 1 :].split("/")
         if len(parts) < 2:  # a file directly in root
             continue
         folder = parts[0]

@@ -1,25 +1,17 @@
 """File operations on local paths and ``gs://bucket/key`` URLs, with one vocabulary for both.
 
-Cloud Storage goes through the ``google-cloud-storage`` client (not TensorFlow's filesystem), so
-the data layer needs neither TensorFlow nor Hadoop connectors. The client is created lazily, once
-per process (and again after a fork), so every function here is safe to call inside Spark Python
-workers: nothing unpicklable is captured, and no connection pool crosses a fork.
+Cloud Storage goes through the ``google-cloud-storage`` client (not TensorFlow's filesystem), so the data
+layer needs neither TensorFlow nor Hadoop connectors. The client is made lazily, once per process and
+again after a fork, so every function is safe in Spark's Python workers (no connection pool crosses a
+fork). ``STORAGE_EMULATOR_HOST`` selects an emulator (anonymous, no project); otherwise Application
+Default Credentials are used.
 
-Credentials: with ``STORAGE_EMULATOR_HOST`` set (tests, local development) the client talks to that
-emulator with anonymous credentials and no project; otherwise Application Default Credentials are
-used (``GOOGLE_APPLICATION_CREDENTIALS`` or ``gcloud auth application-default login``; on Dataproc
-the VM's service account).
-
-Paths returned for ``gs://`` are full URLs; local paths are returned as given (not made absolute).
-Missing objects raise :class:`FileNotFoundError` for local and ``gs://`` alike.
-
-Local files are created with the mode a plain ``open()`` gives (0666 less the umask, or the folder's
-default ACL), never ``tempfile``'s owner-only 0600: a TFRecord set on a shared file system must be
-readable by the other users and services that the umask lets in.
-
-Conditional writes (``if_generation_match``) are Cloud Storage's compare-and-swap on one object, the
-only atomic primitive it has: 0 means "create only if absent". The local file system has the other
-one a TFRecord swap needs, :func:`swap_in_dir` (one atomic directory exchange).
+``gs://`` paths are returned as full URLs, local ones as given; a missing file or object raises
+:class:`FileNotFoundError` for both. Local files get the mode a plain ``open()`` gives (0666 less the
+umask), never ``tempfile``'s 0600: a TFRecord set on a shared file system must be readable by the users
+the umask lets in. Conditional writes (``if_generation_match``; 0: create only if absent) are Cloud
+Storage's one atomic primitive, a compare-and-swap on one object; locally a TFRecord swap has
+:func:`swap_in_dir` (one atomic directory exchange).
 """
 
 from __future__ import annotations
@@ -27,9 +19,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import shutil
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -107,10 +99,6 @@ def basename(url: str) -> str:
 
 # ------------------------------------------------------------------------------------------- client
 
-_client_lock = threading.Lock()
-_client_cache: dict[tuple[int, str | None], "Client"] = {}
-
-
 def gcs_client() -> "Client":
     """This process's Cloud Storage client, created on first use (and anew after a fork).
 
@@ -118,22 +106,11 @@ def gcs_client() -> "Client":
     credentials and no project. Otherwise Application Default Credentials; if there are none,
     :class:`GCSCredentialsError` says what to set.
     """
-    emulator = os.environ.get(EMULATOR_ENV) or None
-    key = (os.getpid(), emulator)
-    client = _client_cache.get(key)
-    if client is not None:
-        return client
-    with _client_lock:
-        client = _client_cache.get(key)
-        if client is None:
-            client = _make_client(emulator)
-            # Drop clients of a parent process (after fork) or of another emulator setting.
-            _client_cache.clear()
-            _client_cache[key] = client
-    return client
+    return _client(os.getpid(), os.environ.get(EMULATOR_ENV) or None)
 
 
-def _make_client(emulator: str | None) -> "Client":
+@functools.lru_cache(maxsize=1)  # a new pid (a fork) or emulator setting replaces the client
+def _client(pid: int, emulator: str | None) -> "Client":
     from google.auth.credentials import AnonymousCredentials
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
@@ -173,10 +150,11 @@ def _not_found(url: str) -> FileNotFoundError:
     return FileNotFoundError(f"no such file or object: {url}")
 
 
-def _gcs_not_found_type():
-    from google.api_core.exceptions import NotFound
+def _gcs_errors():
+    """``google.api_core.exceptions``, imported on first use: it costs 0.2-0.3 s (grpc) that local runs skip."""
+    from google.api_core import exceptions
 
-    return NotFound
+    return exceptions
 
 
 # ---------------------------------------------------------------------------------------- listings
@@ -200,7 +178,7 @@ def list_files(url: str) -> list[FileInfo]:
                 for blob in gcs_client().list_blobs(bucket, prefix=prefix)
                 if not blob.name.endswith("/")
             ]
-        except _gcs_not_found_type():  # no such bucket: nothing under the URL either
+        except _gcs_errors().NotFound:  # no such bucket: nothing under the URL either
             return []
         return sorted(files)
     if not os.path.isdir(url):
@@ -232,7 +210,7 @@ def exists(url: str) -> bool:
     prefix = key.rstrip("/") + "/"
     try:
         return any(True for _ in client.list_blobs(bucket, prefix=prefix, max_results=1))
-    except _gcs_not_found_type():  # no such bucket
+    except _gcs_errors().NotFound:  # no such bucket
         return False
 
 
@@ -247,7 +225,7 @@ def read_bytes(url: str) -> bytes:
             return f.read()
     try:
         return _blob(url).download_as_bytes()
-    except _gcs_not_found_type():
+    except _gcs_errors().NotFound:
         raise _not_found(url) from None
 
 
@@ -257,14 +235,8 @@ def create_new_file(directory: str, prefix: str, suffix: str) -> tuple[int, str]
     Like ``tempfile.mkstemp`` but with the mode ``open()`` gives (0666 less the umask): mkstemp's
     0600 would follow the file when it is renamed into place and lock out every other reader.
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        path = os.path.join(directory, f"{prefix}{uuid.uuid4().hex[:12]}{suffix}")
-        try:
-            return os.open(path, flags, 0o666), path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"could not create a new file in {directory}")
+    path = os.path.join(directory, f"{prefix}{uuid.uuid4().hex}{suffix}")  # 122 random bits: no retry
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
 
 
 def _atomic_local_write(path: str, write) -> None:
@@ -284,12 +256,6 @@ def _atomic_local_write(path: str, write) -> None:
         raise
 
 
-def _precondition_failed_type():
-    from google.api_core.exceptions import PreconditionFailed
-
-    return PreconditionFailed
-
-
 def write_bytes(url: str, data: bytes, *, if_generation_match: int | None = None) -> int | None:
     """Write ``data`` to ``url`` atomically: readers see the old content or the new, never half.
 
@@ -303,9 +269,9 @@ def write_bytes(url: str, data: bytes, *, if_generation_match: int | None = None
         blob = _blob(url)
         try:
             blob.upload_from_string(data, content_type="application/octet-stream", if_generation_match=if_generation_match)
-        except _gcs_not_found_type():
+        except _gcs_errors().NotFound:
             raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
-        except _precondition_failed_type():
+        except _gcs_errors().PreconditionFailed:
             raise PreconditionFailedError(f"{url} is not at generation {if_generation_match}") from None
         return int(blob.generation or 0)
     if if_generation_match is not None:
@@ -323,7 +289,7 @@ def read_with_generation(url: str) -> tuple[bytes, int]:
         if blob is None:
             raise _not_found(url)
         return blob.download_as_bytes(), int(blob.generation or 0)
-    except _gcs_not_found_type():
+    except _gcs_errors().NotFound:
         raise _not_found(url) from None
 
 
@@ -336,7 +302,7 @@ def upload_file(local_path: str | Path, url: str) -> None:
     if is_gcs(url):
         try:
             _blob(url).upload_from_filename(local_path, content_type="application/octet-stream")
-        except _gcs_not_found_type():
+        except _gcs_errors().NotFound:
             raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
     else:
         _atomic_local_write(url, lambda f: _copy_into(local_path, f))
@@ -358,7 +324,7 @@ def download_file(url: str, local_path: str | Path) -> None:
     blob = _blob(url)
     try:
         _atomic_local_write(local_path, lambda f: blob.download_to_file(f))
-    except _gcs_not_found_type():
+    except _gcs_errors().NotFound:
         raise _not_found(url) from None
 
 
@@ -377,9 +343,9 @@ def delete(url: str, *, if_generation_match: int | None = None) -> None:
         return
     try:
         _blob(url).delete(if_generation_match=if_generation_match)
-    except _gcs_not_found_type():
+    except _gcs_errors().NotFound:
         pass
-    except _precondition_failed_type():
+    except _gcs_errors().PreconditionFailed:
         raise PreconditionFailedError(f"{url} is not at generation {if_generation_match}") from None
 
 
@@ -414,7 +380,7 @@ def copy(src: str, dst: str) -> None:
             token, _, _ = dst_blob.rewrite(src_blob)
             while token is not None:  # large objects across locations take several calls
                 token, _, _ = dst_blob.rewrite(src_blob, token=token)
-        except _gcs_not_found_type():
+        except _gcs_errors().NotFound:
             raise _not_found(src) from None
     elif is_gcs(dst):
         upload_file(src, dst)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bigimage.search.space import SearchSpaceError
 from bigimage.tracking.store import DEFAULT_STORE, resolve_tracking_uri
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ def directions(direction: str | Sequence[str]) -> list[str]:
     values = [direction] if isinstance(direction, str) else [str(item) for item in direction]
     bad = [value for value in values if value not in ("maximize", "minimize")]
     if not values or bad:
-        from bigimage.search.space import SearchSpaceError
-
         raise SearchSpaceError(f"hydra.sweeper.direction={values} must be maximize or minimize, or a list of them")
     return values
 
@@ -79,8 +78,6 @@ def open_study(
     )
     found = [d.name.lower() for d in study.directions]
     if found != wanted:
-        from bigimage.search.space import SearchSpaceError
-
         raise SearchSpaceError(
             f"study {name!r} in {storage.url} optimises {found}, not {wanted}: give another hydra.sweeper.study_name"
         )

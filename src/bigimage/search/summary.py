@@ -27,7 +27,7 @@ import pandas as pd
 from bigimage.search import figures
 from bigimage.search.study import ATTR_EXPERIMENT, ATTR_PARENT_RUN
 from bigimage.search.trial import TAG_STUDY, TAG_TRIAL
-from bigimage.tracking.query import PARENT_TAG
+from bigimage.tracking.query import PARENT_TAG, search_all
 from bigimage.tracking.store import log_batch, retry_busy
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def redacted(url: str) -> str:
 
 def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:
     """The study's trial runs in the experiment: ``run_id``, ``number``, ``parent``, ``status``."""
-    runs = retry_busy(lambda: client.search_runs([experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{study_name}'"))
+    runs = search_all(client, [experiment_id], f"tags.`{TAG_STUDY}` = '{study_name}'")  # every page
     rows = [
         {
             "run_id": run.info.run_id,

@@ -54,8 +54,8 @@ class Settings:
     n_jobs: int
     sampler: Any
     pruner: Any
-    pruner_spec: dict[str, Any] | None  # the pruner's config, for the workers to rebuild it
     params: Mapping[str, str]
+    pruner_spec: dict[str, Any] | None = None  # the pruner's config, for the workers to rebuild it (setup)
 
 
 @dataclass

@@ -27,10 +27,8 @@ REPORTED_METRIC = "val_accuracy"  # what the pruner sees per epoch (step = epoch
 
 
 def in_search(cfg: Any) -> bool:
-    search = cfg.get("search") if hasattr(cfg, "get") else None
-    if not search:
-        return False
-    return search.get("trial") is not None and bool(search.get("study_name"))
+    search = cfg.get("search")
+    return bool(search) and search.get("trial") is not None and bool(search.get("study_name"))
 
 
 def search_tags(cfg: Any) -> dict[str, str]:

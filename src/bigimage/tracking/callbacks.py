@@ -76,7 +76,8 @@ class MlflowSweepCallback(Callback):
                     liveness.mark_killed(client, verdict, marked_by="the sweep's end")
         children = query.children(client, [experiment_id], parent_run_id)
         failed = [run for run in children if run.info.status != "FINISHED"]
-        killed = termination.last_signal() is not None or any(run.info.status == "KILLED" for run in children)
+        signum = termination.last_signal()
+        killed = signum is not None or any(run.info.status == "KILLED" for run in children)
         if killed:  # stopped (SIGTERM, SIGHUP, Ctrl-C in a job): the sweep did not fail, it was cut short
             status = RunStatus.KILLED
         else:
@@ -85,7 +86,6 @@ class MlflowSweepCallback(Callback):
             self.heartbeat.stop()
         tags: dict[str, Any] = {"children": len(children), "children_failed": len(failed)}
         if killed:
-            signum = termination.last_signal()
             tags["error"] = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
         log_batch(client, parent_run_id, tags=tags)
         retry_busy(lambda: client.set_terminated(parent_run_id, RunStatus.to_string(status)))

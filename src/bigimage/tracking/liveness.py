@@ -153,17 +153,13 @@ def judge(run: Run, older_than_seconds: float, now: float | None = None, this_ho
     return verdict(False, f"last {what}{where} {age:.0f} s ago, within {older_than_seconds:g} s")
 
 
-def running_runs(client: MlflowClient, experiment_ids: list[str]) -> list[Run]:
-    """Every RUNNING run of the experiments (all pages)."""
-    return search_all(client, experiment_ids, "attributes.status = 'RUNNING'")
-
-
 def find_stale_runs(
     client: MlflowClient, experiment_ids: list[str], older_than_seconds: float = DEFAULT_OLDER_THAN_SECONDS
 ) -> list[Verdict]:
     """A verdict for every RUNNING run of the experiments, oldest sign of life first."""
     now, host = time.time(), socket.gethostname()
-    verdicts = [judge(run, older_than_seconds, now, host) for run in running_runs(client, experiment_ids)]
+    running = search_all(client, experiment_ids, "attributes.status = 'RUNNING'")
+    verdicts = [judge(run, older_than_seconds, now, host) for run in running]
     return sorted(verdicts, key=lambda verdict: (verdict.last_seen, verdict.run_id))
 
 

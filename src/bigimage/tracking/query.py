@@ -2,20 +2,8 @@
 
 The analysis scripts (``analysis/*.py``) go through this module only; it uses the public MLflow
 client API (``search_runs``, ``get_metric_history``, ``load_table``, ``set_tag``), never the store's
-files, so it works the same on a sqlite file, a file store or a remote tracking server.
-
-Tables returned:
-
-* :func:`load_runs` -> one row per run: ``run_id``, ``run_name``, ``experiment_id``, ``status``,
-  ``start_time``, ``end_time``, ``parent_run_id``, ``task``, ``metric_keys`` (the names of the
-  metrics it logged, even NaN ones), then ``params.<key>``,
-  ``metrics.<key>`` (the last logged value, as ``search_runs`` gives it) and ``tags.<key>``.
-* :func:`load_histories` -> long format, one row per logged point: ``run_id``, ``key``, ``step``,
-  ``value``, ``timestamp``; :func:`histories_wide` pivots it to one row per (run, step).
-* :func:`load_run_table` -> an MLflow table artifact (``mlflow.log_table``) of several runs, with
-  a ``run_id`` column.
-
-Nothing here imports Spark or TensorFlow, and nothing here starts or ends an MLflow run.
+files, so it works the same on a sqlite file, a file store or a remote tracking server. Nothing here
+imports Spark or TensorFlow, and nothing here starts or ends an MLflow run.
 """
 
 from __future__ import annotations
@@ -187,9 +175,10 @@ def load_runs(
 ) -> tuple[RunSelection, pd.DataFrame]:
     """Runs of an experiment (by name), or all descendants of a parent run, as a tidy table.
 
-    Returns the resolved :class:`RunSelection` and the runs table (see module doc), sorted by start
-    time. Deleted runs are left out; runs of every status (RUNNING, FAILED, ...) are kept, the
-    analysis decides what to do with them. Raises :class:`NoRunsError` if nothing matches.
+    One row per run, sorted by start time: :data:`RUN_COLUMNS` (``metric_keys``: the names of the metrics
+    it logged, even NaN ones), then ``params.<key>``, ``metrics.<key>`` (the last value, as ``search_runs``
+    gives it) and ``tags.<key>``. Deleted runs are left out; runs of every status are kept, the analysis
+    decides what to do with them. Raises :class:`NoRunsError` if nothing matches.
     """
     selection = select(tracking_uri, experiment, parent_run_id)
     client = client_for(selection.tracking_uri)
@@ -250,9 +239,7 @@ def load_run_table(
 
     Loaded run by run with MLflow's own table reader (``MlflowClient.load_table``, what
     ``mlflow.load_table`` calls) so that one run missing the artifact is reported (second return
-    value: run id -> problem) instead of failing the whole load. MLflow 3.17's reader looks the runs
-    up through the *global* tracking URI even when called on a client, so the URI is set for the
-    duration of the call and restored afterwards.
+    value: run id -> problem) instead of failing the whole load.
     """
     uri = tracking_uri or default_tracking_uri()
     client = client_for(uri)
@@ -277,9 +264,9 @@ def load_run_table(
 
 @contextmanager
 def _global_tracking_uri(uri: str):
-    """Point MLflow's global tracking URI at ``uri`` for a call, then restore exactly what was there
-    (the unset state and the ``MLFLOW_TRACKING_URI`` variable included, which ``set_tracking_uri``
-    also writes)."""
+    """Point MLflow's global tracking URI at ``uri`` for a call (MLflow 3.17's table reader looks runs up
+    there even when called on a client), then restore exactly what was there (the unset state and the
+    ``MLFLOW_TRACKING_URI`` variable included, which ``set_tracking_uri`` also writes)."""
     from mlflow.tracking._tracking_service import utils as _tracking_utils  # private: restore the unset state
 
     saved_uri = getattr(_tracking_utils, "_tracking_uri", None)

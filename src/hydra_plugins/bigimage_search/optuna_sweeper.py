@@ -40,33 +40,15 @@ ConfigStore.instance().store(group="hydra/sweeper", name="bigimage_optuna", node
 
 
 class OptunaSearchSweeper(Sweeper):
-    def __init__(
-        self,
-        study_name: str,
-        storage: str | None,
-        direction: Any,
-        n_trials: int,
-        n_jobs: int,
-        sampler: Any,
-        pruner: Any,
-        params: Any,
-    ) -> None:
+    def __init__(self, **settings: Any) -> None:
+        """Made by Hydra from ``hydra.sweeper.*`` (:class:`OptunaSearchConf` less ``_target_``)."""
         from bigimage.search.sweep import Settings
 
-        direction = OmegaConf.to_container(direction) if OmegaConf.is_config(direction) else direction
-        params = OmegaConf.to_container(params) if OmegaConf.is_config(params) else params or {}
-        assert isinstance(params, dict), "hydra.sweeper.params is a mapping of key -> sweep"
-        self.settings = Settings(
-            study_name,
-            storage,
-            direction,
-            n_trials,
-            n_jobs,
-            sampler,
-            pruner,
-            None,
-            {str(k): str(v) for k, v in params.items()},
-        )
+        plain: dict[str, Any] = {
+            k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in settings.items()
+        }
+        plain["params"] = {str(key): str(value) for key, value in (plain["params"] or {}).items()}
+        self.settings = Settings(**plain)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
 
