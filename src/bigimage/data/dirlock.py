@@ -36,8 +36,8 @@ from typing import Any
 
 import psutil
 
-from bigimage.errors import UserError
 from bigimage.data import storage
+from bigimage.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,11 @@ class DestinationLock:
                     f"{self.destination} is being written by {describe(other, refreshed=storage.is_gcs(self.url))} "
                     f"(lock {self.url}); "
                     f"a second job to the same tfrecord_dir would break it: wait for that job or stop it"
-                    + ("" if not storage.is_gcs(self.url) else
-                       f" (a gs:// lock not refreshed for {STALE_SECONDS:.0f} s is taken over)")
+                    + (
+                        ""
+                        if not storage.is_gcs(self.url)
+                        else f" (a gs:// lock not refreshed for {STALE_SECONDS:.0f} s is taken over)"
+                    )
                 )
             time.sleep(_POLL_SECONDS)
 
@@ -213,7 +216,9 @@ class DestinationLock:
                 if (_parse(current) or {}).get("token") != self.holder["token"]:
                     raise storage.PreconditionFailedError(self.url)
                 self.holder["refreshed"] = time.time()
-                self._generation = int(storage.write_bytes(self.url, self._record(), if_generation_match=self._generation) or 0)
+                self._generation = int(
+                    storage.write_bytes(self.url, self._record(), if_generation_match=self._generation) or 0
+                )
             except (storage.PreconditionFailedError, FileNotFoundError):
                 self._lost = True
                 raise LockLostError(f"the lock {self.url} of this job was taken over by another writer") from None

@@ -73,7 +73,7 @@ class LabelledImages:
         digest.update("\x1f".join(self.classes).encode("utf-8"))
         prefix = len(self.root.rstrip("/" if storage.is_gcs(self.root) else os.sep)) + 1
         for (path, index), size in zip(self.items, self.sizes):
-            digest.update(f"\x1e{path[prefix:]}\x1f{index}\x1f{size}".encode("utf-8"))
+            digest.update(f"\x1e{path[prefix:]}\x1f{index}\x1f{size}".encode())
         return digest.hexdigest()
 
 
@@ -242,6 +242,11 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
             sizes.append(size)
     unlisted = sorted(set(by_folder) - set(names))
     return LabelledImages(
-        root=root, classes=names, items=items, empty_classes=empty, sizes=sizes, unlisted_folders=unlisted,
+        root=root,
+        classes=names,
+        items=items,
+        empty_classes=empty,
+        sizes=sizes,
+        unlisted_folders=unlisted,
         failed=sorted(failed),
     )

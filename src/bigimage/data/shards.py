@@ -129,7 +129,9 @@ def _direct_children(destination: str) -> list[storage.FileInfo]:
 
 def _read_manifest(destination: str) -> schema.Manifest | None:
     try:
-        return schema.Manifest.from_json(storage.read_bytes(storage.join(destination, schema.MANIFEST_NAME)).decode("utf-8"))
+        return schema.Manifest.from_json(
+            storage.read_bytes(storage.join(destination, schema.MANIFEST_NAME)).decode("utf-8")
+        )
     except FileNotFoundError:
         return None
     except (ValueError, TypeError):  # not ours to judge here: the readers say what is wrong with it
@@ -325,7 +327,9 @@ class Publication:
         try:
             storage.write_bytes(url, data, if_generation_match=self._manifest_generation)
         except storage.PreconditionFailedError:
-            raise PublishError(f"{url} was replaced by another writer during this job; this set was not published") from None
+            raise PublishError(
+                f"{url} was replaced by another writer during this job; this set was not published"
+            ) from None
         except BaseException:
             if not self._landed(url, data):
                 raise
@@ -363,8 +367,11 @@ class Publication:
                 try:
                     _twice(lambda: storage.delete_files(self._placed))
                 except Exception as error:
-                    _note(exc, f"could not remove the new shards already copied in ({error}); the next job to "
-                               f"{self.destination} removes them")
+                    _note(
+                        exc,
+                        f"could not remove the new shards already copied in ({error}); the next job to "
+                        f"{self.destination} removes them",
+                    )
             try:
                 _twice(lambda: storage.remove_tree(self.staging_dir))
             except Exception as error:  # invisible to readers; the next job removes it

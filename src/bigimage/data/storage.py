@@ -23,10 +23,11 @@ import functools
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from bigimage.errors import UserError
 
@@ -99,7 +100,8 @@ def basename(url: str) -> str:
 
 # ------------------------------------------------------------------------------------------- client
 
-def gcs_client() -> "Client":
+
+def gcs_client() -> Client:
     """This process's Cloud Storage client, created on first use (and anew after a fork).
 
     ``STORAGE_EMULATOR_HOST`` (e.g. ``http://127.0.0.1:9023``) selects an emulator, anonymous
@@ -110,7 +112,7 @@ def gcs_client() -> "Client":
 
 
 @functools.lru_cache(maxsize=1)  # a new pid (a fork) or emulator setting replaces the client
-def _client(pid: int, emulator: str | None) -> "Client":
+def _client(pid: int, emulator: str | None) -> Client:
     from google.auth.credentials import AnonymousCredentials
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
@@ -139,7 +141,7 @@ def _client(pid: int, emulator: str | None) -> "Client":
         ) from exc
 
 
-def _blob(url: str) -> "Blob":
+def _blob(url: str) -> Blob:
     bucket, key = split_gcs(url)
     if not key:
         raise ValueError(f"{url!r} names a bucket, not an object")
@@ -268,7 +270,9 @@ def write_bytes(url: str, data: bytes, *, if_generation_match: int | None = None
     if is_gcs(url):
         blob = _blob(url)
         try:
-            blob.upload_from_string(data, content_type="application/octet-stream", if_generation_match=if_generation_match)
+            blob.upload_from_string(
+                data, content_type="application/octet-stream", if_generation_match=if_generation_match
+            )
         except _gcs_errors().NotFound:
             raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
         except _gcs_errors().PreconditionFailed:

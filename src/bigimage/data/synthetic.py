@@ -24,18 +24,18 @@ output is byte-identical for the same seed whatever the number of worker process
 
 from __future__ import annotations
 
+import colorsys
 import fcntl
 import functools
 import io
 import json
-import colorsys
 import math
 import multiprocessing
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -62,7 +62,9 @@ def _shade(color: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     return tuple(int(max(0, min(255, c * factor))) for c in color)  # type: ignore[return-value]
 
 
-def _petal_color(rng: np.random.Generator, palette: Sequence[tuple[float, float, float, float, float]]) -> tuple[int, int, int]:
+def _petal_color(
+    rng: np.random.Generator, palette: Sequence[tuple[float, float, float, float, float]]
+) -> tuple[int, int, int]:
     """Pick from a palette of (weight, hue, hue spread, saturation, value) entries, with jitter."""
     weights = np.array([p[0] for p in palette], dtype=float)
     w, hue, spread, sat, val = palette[int(rng.choice(len(palette), p=weights / weights.sum()))]
@@ -76,7 +78,12 @@ def _petal_color(rng: np.random.Generator, palette: Sequence[tuple[float, float,
 _PALETTES = {
     "daisy": [(0.75, 50, 20, 0.05, 0.97), (0.15, 320, 15, 0.35, 0.95), (0.10, 270, 15, 0.35, 0.9)],
     "dandelion": [(1.0, 50, 5, 0.9, 0.95)],
-    "roses": [(0.45, 355, 8, 0.85, 0.75), (0.25, 335, 10, 0.45, 0.95), (0.15, 45, 10, 0.1, 0.97), (0.15, 50, 6, 0.75, 0.95)],
+    "roses": [
+        (0.45, 355, 8, 0.85, 0.75),
+        (0.25, 335, 10, 0.45, 0.95),
+        (0.15, 45, 10, 0.1, 0.97),
+        (0.15, 50, 6, 0.75, 0.95),
+    ],
     "sunflowers": [(1.0, 42, 6, 0.9, 0.95)],
     "tulips": [
         (0.3, 355, 8, 0.85, 0.85),
@@ -91,7 +98,7 @@ _PALETTES = {
 # ------------------------------------------------------------------------------------------ shapes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _petal_profile(n: int) -> tuple[np.ndarray, np.ndarray]:
     """(1 - cos t) / 2 and sin t at n points of t in [0, pi]: the same for every petal of n points, so computed
     once (the same values as computing them per petal: halving is exact in binary floating point)."""
@@ -99,7 +106,9 @@ def _petal_profile(n: int) -> tuple[np.ndarray, np.ndarray]:
     return (1 - np.cos(t)) / 2, np.sin(t)
 
 
-def _petal(cx: float, cy: float, angle: float, inner: float, length: float, width: float, n: int = 10) -> list[tuple[float, float]]:
+def _petal(
+    cx: float, cy: float, angle: float, inner: float, length: float, width: float, n: int = 10
+) -> list[tuple[float, float]]:
     """Polygon of an elongated petal from radius ``inner`` to ``inner + length`` along ``angle``."""
     half_rise, rise = _petal_profile(n)
     along = inner + length * half_rise  # out along one side...
@@ -158,7 +167,18 @@ def _draw_dandelion(draw, rng, cx, cy, radius):
         _disc(draw, cx, cy, radius * 0.1, _hsv(40, 0.3, 0.6))
         return
     color = _petal_color(rng, _PALETTES["dandelion"])
-    _radial_flower(draw, rng, cx, cy, radius, int(rng.integers(26, 47)), rng.uniform(0.07, 0.13), color, int(rng.integers(2, 4)), 0.12)
+    _radial_flower(
+        draw,
+        rng,
+        cx,
+        cy,
+        radius,
+        int(rng.integers(26, 47)),
+        rng.uniform(0.07, 0.13),
+        color,
+        int(rng.integers(2, 4)),
+        0.12,
+    )
     _disc(draw, cx, cy, radius * rng.uniform(0.08, 0.16), _shade(color, 0.85))
 
 
@@ -172,7 +192,9 @@ def _draw_rose(draw, rng, cx, cy, radius):
         shade = _shade(color, 1 - 0.12 * ring)
         for k in range(n):
             angle = start + 2 * math.pi * k / n + ring * 0.7
-            draw.polygon(_petal(cx, cy, angle, 0, r, r * rng.uniform(0.55, 0.8)), fill=shade, outline=_shade(shade, 0.6))
+            draw.polygon(
+                _petal(cx, cy, angle, 0, r, r * rng.uniform(0.55, 0.8)), fill=shade, outline=_shade(shade, 0.6)
+            )
     _disc(draw, cx, cy, radius * 0.12, _shade(color, 0.45))
 
 
@@ -184,7 +206,9 @@ def _draw_sunflower(draw, rng, cx, cy, radius):
     _disc(draw, cx, cy, rc, _hsv(rng.uniform(20, 35), 0.8, rng.uniform(0.2, 0.35)))
     for _ in range(int(rc * 1.5)):  # seeds
         a, r = rng.uniform(0, 2 * math.pi), rc * math.sqrt(rng.random()) * 0.95
-        _disc(draw, cx + r * math.cos(a), cy + r * math.sin(a), max(1.0, rc * 0.05), _hsv(30, 0.7, rng.uniform(0.1, 0.45)))
+        _disc(
+            draw, cx + r * math.cos(a), cy + r * math.sin(a), max(1.0, rc * 0.05), _hsv(30, 0.7, rng.uniform(0.1, 0.45))
+        )
 
 
 def _draw_tulip(draw, rng, cx, cy, radius):
@@ -237,7 +261,9 @@ def _background(rng: np.random.Generator, width: int, height: int) -> Image.Imag
     hue = base_hue + rng.normal(0, 15, (cells, cells))
     sat = np.clip(rng.normal(0.45, 0.15, (cells, cells)), 0.05, 0.9)
     val = np.clip(rng.normal(0.45, 0.15, (cells, cells)), 0.1, 0.9)
-    small = np.array([[_hsv(hue[i, j], sat[i, j], val[i, j]) for j in range(cells)] for i in range(cells)], dtype=np.uint8)
+    small = np.array(
+        [[_hsv(hue[i, j], sat[i, j], val[i, j]) for j in range(cells)] for i in range(cells)], dtype=np.uint8
+    )
     img = Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(5, 25))):  # leaves
@@ -275,7 +301,10 @@ def render_image(label: str, classes: Sequence[str], seed: int, index: int) -> b
     flowers = [(label, rng.uniform(0.12, 0.32) * m) for _ in range(int(rng.choice([1, 1, 2, 2, 3, 4])))]
     others = [c for c in classes if c != label]
     if others and rng.random() < 0.25:
-        flowers.insert(int(rng.integers(0, len(flowers) + 1)), (others[int(rng.integers(len(others)))], rng.uniform(0.08, 0.16) * m))
+        flowers.insert(
+            int(rng.integers(0, len(flowers) + 1)),
+            (others[int(rng.integers(len(others)))], rng.uniform(0.08, 0.16) * m),
+        )
     for name, radius in flowers:
         cx = rng.uniform(radius * 0.5, width - radius * 0.5)
         cy = rng.uniform(radius * 0.5, height - radius * 0.5)
@@ -364,8 +393,12 @@ def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...]
     for label in classes:
         (target / label).mkdir(parents=True, exist_ok=True)
     labels = _labels(num_images, seed, classes)
-    jobs = [(str(target / label / _file_name(i, num_images)), label, classes, seed, i) for i, label in enumerate(labels)]
-    progress = tqdm(total=num_images, desc=f"generating synthetic images ({workers} processes)", unit="img", mininterval=1.0)
+    jobs = [
+        (str(target / label / _file_name(i, num_images)), label, classes, seed, i) for i, label in enumerate(labels)
+    ]
+    progress = tqdm(
+        total=num_images, desc=f"generating synthetic images ({workers} processes)", unit="img", mininterval=1.0
+    )
     try:
         if workers <= 1:
             for job in jobs:
@@ -425,7 +458,9 @@ def ensure_synthetic_dataset(
     return root
 
 
-def _generate_and_swap(root: Path, wanted: dict, num_images: int, seed: int, classes: tuple[str, ...], workers: int | None) -> None:
+def _generate_and_swap(
+    root: Path, wanted: dict, num_images: int, seed: int, classes: tuple[str, ...], workers: int | None
+) -> None:
     if root.exists() and (not root.is_dir() or (any(root.iterdir()) and _read_fingerprint(root) is None)):
         raise FileExistsError(
             f"{root} exists and is not a generated synthetic set (no {FINGERPRINT_NAME}); "

@@ -50,7 +50,7 @@ def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
     return (left, top, left + side, top + side)
 
 
-def resize_and_crop(img: "PILImage", image_size: int) -> "PILImage":
+def resize_and_crop(img: PILImage, image_size: int) -> PILImage:
     """Scale ``img`` so its short side is ``image_size`` (up or down), then centre-crop a square.
 
     ``img`` must already be in the output mode (RGB for the pipeline); it is not modified.
@@ -60,7 +60,7 @@ def resize_and_crop(img: "PILImage", image_size: int) -> "PILImage":
     return img.resize((image_size, image_size), RESAMPLE, box=crop_box(*img.size))
 
 
-def _to_rgb(img: "PILImage") -> "PILImage":
+def _to_rgb(img: PILImage) -> PILImage:
     """RGB version of a decoded image; transparent areas become white rather than whatever RGB they hide."""
     if img.mode == "RGB":
         return img
@@ -78,7 +78,7 @@ def _to_rgb(img: "PILImage") -> "PILImage":
     return img.convert("RGB")
 
 
-def _apply_exif_orientation(img: "PILImage") -> "PILImage":
+def _apply_exif_orientation(img: PILImage) -> PILImage:
     """Rotate/flip as the EXIF orientation tag says (camera photos), so a portrait stays a portrait."""
     try:
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
