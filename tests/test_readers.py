@@ -43,18 +43,16 @@ def test_a_record_that_does_not_parse_fails_the_batched_reader(tmp_path: Path) -
 
 def test_batches_decoded_in_the_batch_hold_what_per_record_decoding_gives(tmp_path: Path) -> None:
     """The speed test's batches (parsed and decoded a batch at a time): the same images, classes and
-    record lengths as decoding each record, in order when deterministic, the last batch short or dropped."""
+    record lengths as decoding each record, in order when deterministic, the short last batch dropped."""
     import tensorflow as tf
 
     manifest = write_tfrecord_dir(tmp_path / "tfrec", num_images=21, image_size=24)
     records = readers.record_dataset(readers.shard_paths(str(tmp_path / "tfrec"), manifest))
-    expected = [(*readers.decode_record(record, 24, as_uint8=True), len(record.numpy())) for record in records]
+    expected = [(*readers.decode_record(record, 24, as_uint8=True), len(record.numpy())) for record in records][:16]
     batches = list(readers.decoded_batches(records, 8, 24, as_uint8=True, parallel=3))
-    assert [int(images.shape[0]) for images, _, _ in batches] == [8, 8, 5]
+    assert [int(images.shape[0]) for images, _, _ in batches] == [8, 8]
     images, labels, lengths = (tf.concat(parts, 0).numpy() for parts in zip(*batches, strict=True))
     np.testing.assert_array_equal(images, np.stack([image.numpy() for image, _, _ in expected]))
     assert labels.tolist() == [int(label) for _, label, _ in expected] and labels.dtype == np.int32
     assert lengths.tolist() == [length for _, _, length in expected]
-    dropped = readers.decoded_batches(records, 8, 24, drop_remainder=True)
-    assert [int(images.shape[0]) for images, _, _ in dropped] == [8, 8]
-    assert next(iter(dropped))[0].dtype == tf.float32
+    assert next(iter(readers.decoded_batches(records, 8, 24)))[0].dtype == tf.float32

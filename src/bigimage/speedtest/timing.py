@@ -233,7 +233,7 @@ def tfrecord_batches(
         records = records.repeat()
     parallel = 2 * (threads or os.cpu_count() or 1)
     batches = readers.decoded_batches(
-        records, batch_size, plan.image_size, as_uint8=True, drop_remainder=True, parallel=parallel, deterministic=False
+        records, batch_size, plan.image_size, as_uint8=True, parallel=parallel, deterministic=False
     )
     batches = batches.map(lambda images, labels, nbytes: (images, labels, tf.reduce_sum(nbytes)))
     return batches.prefetch(tf.data.AUTOTUNE)
