@@ -1,9 +1,13 @@
 """Task 1 throughput against its own limit at two data sizes, its fixed cost and where it goes, in one run.
 
-    python benchmarks/preprocess.py [--small 2000] [--images 20000] [--cores 2] [--spark-conf KEY=VALUE ...]
+    python benchmarks/preprocess.py [--small 2000] [--repeats 3] [--images 20000] [--cores 2] [--spark-conf KEY=VALUE ...]
 
 1. The limit: the same transform (read, decode, resize, crop, encode), serialisation and record framing
-   in a plain loop on one core, over a sample of the images, times the cores Spark is given.
+   in a plain loop on one core, over a sample of the images, times the cores Spark is given. The
+   machine's speed drifts by 10-20% over minutes, so the loop runs before and after every job and each
+   job is held against the mean of those two; the small job is repeated (``--repeats``, the median
+   its headline). Beside it the same loop in one process per core at once: what the cores give when
+   all of them run the transform.
 2. The Spark job (``write_tfrecords`` on ``local[cores]``, as ``task=preprocess`` runs it: a fresh
    process, the job the first of its session) at ``--small`` and at ``--images`` images: images/s from
    the first task's start to the set committed (the metric ``seconds``); session start-up apart.
@@ -27,6 +31,7 @@ import io
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,20 +55,23 @@ def dataset(num_images: int) -> str:
     return str(root)
 
 
-def single_core_rate(root: str, sample: int) -> dict[str, float]:
-    """Images/s of the plain loop on one core (this process is pinned to one CPU), per wall-clock second
-    and per CPU-second."""
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+def single_core_rate(root: str, sample: int, cpu: int, start_at: float = 0.0) -> dict[str, float]:
+    """Images/s of the plain loop on one core (this process pinned to ``cpu``), per wall-clock second and
+    per CPU-second; the loop starts at ``start_at`` (time.time()) so loops in several processes overlap."""
+    os.sched_setaffinity(0, {cpu})
     listing = list_labelled_images(root)
     items = listing.items[:: max(1, len(listing.items) // sample)][:sample]
     writer = TFRecordWriter(io.BytesIO())
+    for path, _ in items:  # into the page cache first: the loop times the transform, not a cold disk
+        storage.read_bytes(path)
+    time.sleep(max(0.0, start_at - time.time()))
     started, cpu_started = time.perf_counter(), time.process_time()
     for path, class_index in items:
         jpeg = transform_jpeg(storage.read_bytes(path), IMAGE_SIZE, QUALITY)
         label = listing.classes[class_index]
         writer.write(schema.serialize_example(jpeg, class_index, label, IMAGE_SIZE, IMAGE_SIZE, len(listing.classes)))
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return {"images_per_second": len(items) / wall, "images_per_cpu_second": len(items) / cpu}
+    wall, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"images_per_second": len(items) / wall, "images_per_cpu_second": len(items) / cpu_seconds}
 
 
 def _peak_kib(pid: int | str) -> int:
@@ -182,16 +190,32 @@ def in_subprocess(*args: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def report(label: str, run: dict, limit: float, per_cpu_second: float, cores: int) -> float:
-    """Print one size's figures; returns its ratio to the limit."""
+def loops_at_once(root: str, sample: int, cores: int) -> list[dict[str, float]]:
+    """The plain loop in ``cores`` processes at once, one per CPU: what the machine's cores give the
+    transform when all of them run it (cores that share a physical core or its caches give less than
+    ``cores`` x one core alone; Spark can reach at most this)."""
+    start_at = time.time() + 3.0  # after every process has imported and listed
+    args = ["--sample", str(sample), "--start-at", str(start_at), "--_job", root]
+    jobs = [
+        subprocess.Popen([sys.executable, __file__, *args, f"loop:{cpu}"], stdout=subprocess.PIPE, text=True)
+        for cpu in sorted(os.sched_getaffinity(0))[:cores]
+    ]
+    return [json.loads(job.communicate()[0].strip().splitlines()[-1]) for job in jobs]
+
+
+def report(label: str, run: dict, cores: int) -> float:
+    """Print one job's figures against the limit from the loops just before and after it; returns the ratio."""
+    per_core = statistics.mean(loop["images_per_second"] for loop in run["loops"])
+    per_cpu_second = statistics.mean(loop["images_per_cpu_second"] for loop in run["loops"])
+    limit = per_core * cores
     images, seconds = run["images"], run["seconds"]
     ratio = run["images_per_second"] / limit
     at_limit = images / limit
     cpu = ", ".join(f"{key} {value:.2f}" for key, value in sorted(run["cpu_seconds"].items()))
     print(
         f"{images} images ({label}): {run['images_per_second']:.1f} images/s over {seconds:.2f} s "
-        f"(start-up {run['startup_seconds']:.1f} s apart): {ratio:.2f} of the limit (goal >= {GOALS[label]}); "
-        f"load {run['load_average']:.1f}"
+        f"(start-up {run['startup_seconds']:.1f} s apart): {ratio:.2f} of the limit {limit:.1f} images/s "
+        f"({cores} x the loop's {per_core:.1f} around it; goal >= {GOALS[label]}); load {run['load_average']:.1f}"
     )
     print(
         f"  fixed cost {seconds - at_limit:.2f} s beyond the {at_limit:.2f} s the limit needs: tasks slower than the "
@@ -199,11 +223,6 @@ def report(label: str, run: dict, limit: float, per_cpu_second: float, cores: in
         f"commit after the last task {run['commit_seconds']:.2f} s"
     )
     print(f"  CPU seconds during the job: {cpu} (the transform alone: {images / per_cpu_second:.2f})")
-    print(
-        f"  against the loop's images per CPU-second x cores ({per_cpu_second * cores:.1f} images/s: the limit with "
-        f"the cores all its own, a lower bound of the ratio on a loaded machine): "
-        f"{run['images_per_second'] / (per_cpu_second * cores):.2f}"
-    )
     return ratio
 
 
@@ -213,40 +232,66 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=2000, help="the small set")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="Spark local[cores]")
     parser.add_argument("--shards", type=int, default=16)
-    parser.add_argument("--sample", type=int, default=600, help="images in the single-core loop")
+    parser.add_argument("--sample", type=int, default=1500, help="images in the single-core loop")
+    parser.add_argument("--repeats", type=int, default=3, help="jobs at the small size")
+    parser.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark settings")
     parser.add_argument("--_job", nargs=2, metavar=("ROOT", "WHAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     extra = dict(setting.split("=", 1) for setting in args.spark_conf)
     if args._job:
         root, what = args._job
-        if what == "loop":
-            print(json.dumps(single_core_rate(root, args.sample)))
+        if what.startswith("loop:"):
+            print(json.dumps(single_core_rate(root, args.sample, int(what.split(":")[1]), args.start_at)))
         else:
             print(json.dumps(spark_job(root, args.cores, args.shards, extra)))
         return
 
     small, large = dataset(args.small), dataset(args.images)
     conf_args = [f"--spark-conf={setting}" for setting in args.spark_conf]
-    loop = in_subprocess("--sample", str(args.sample), "--_job", large, "loop")
-    per_core = loop["images_per_second"]
-    limit = per_core * args.cores
+    first_cpu = min(os.sched_getaffinity(0))
+
+    def loop() -> dict[str, float]:
+        return in_subprocess("--sample", str(args.sample), "--_job", large, f"loop:{first_cpu}")
+
+    # The machine's speed drifts by 10-20% over minutes: each job is compared with the loop run just
+    # before and just after it, and the small job, a few seconds long, is repeated.
+    alone = [loop()]
+    together = loops_at_once(large, args.sample, args.cores)
+    runs: dict[str, list[dict]] = {"small": [], "large": []}
+    for label, root, repeats in (("small", small, args.repeats), ("large", large, 1)):
+        for _ in range(repeats):
+            run = in_subprocess(
+                "--cores", str(args.cores), "--shards", str(args.shards), *conf_args, "--_job", root, "spark"
+            )
+            alone.append(loop())
+            run["loops"] = alone[-2:]
+            runs[label].append(run)
+    rates, shares = (", ".join(f"{loop['images_per_second']:.1f}" for loop in loops) for loops in (alone, together))
     print(
-        f"single-core loop: {per_core:.1f} images/s ({loop['images_per_cpu_second']:.1f} per CPU-second); "
-        f"limit x {args.cores} cores = {limit:.1f} images/s "
-        f"(load {os.getloadavg()[0]:.1f}); extra Spark settings: {extra or 'none'}"
+        f"single-core loop, before and after each job: {rates} images/s (load {os.getloadavg()[0]:.1f}); "
+        f"extra Spark settings: {extra or 'none'}"
     )
-    runs = {}
-    for label, root in (("small", small), ("large", large)):
-        runs[label] = in_subprocess(
-            "--cores", str(args.cores), "--shards", str(args.shards), *conf_args, "--_job", root, "spark"
-        )
-        report(label, runs[label], limit, loop["images_per_cpu_second"], args.cores)
+    all_cores = sum(loop["images_per_second"] for loop in together)
+    neighbours = statistics.mean(loop["images_per_second"] for loop in alone[:2])
+    print(
+        f"the loop on all {args.cores} cores at once: {all_cores:.1f} images/s = "
+        f"{all_cores / (neighbours * args.cores):.2f} of {args.cores} x the loop alone around it "
+        f"(per process {shares}): what the cores "
+        f"give when all run the transform"
+    )
+    for label in ("small", "large"):
+        ratios = [report(label, run, args.cores) for run in runs[label]]
+        if len(ratios) > 1:
+            print(
+                f"{label}: median {statistics.median(ratios):.2f} of the limit over {len(ratios)} jobs (goal >= {GOALS[label]})"
+            )
+    runs_by_size = {label: runs[label][-1] for label in runs}
     for key in ("python_driver_peak_mib", "jvm_driver_peak_mib"):
-        ratio = runs["large"][key] / runs["small"][key]
+        ratio = runs_by_size["large"][key] / runs_by_size["small"][key]
         print(
-            f"driver memory {key.split('_')[0]}: {runs['small'][key]:.0f} MiB at {args.small}, "
-            f"{runs['large'][key]:.0f} MiB at {args.images}: {ratio:.2f} (goal: ~1)"
+            f"driver memory {key.split('_')[0]}: {runs_by_size['small'][key]:.0f} MiB at {args.small}, "
+            f"{runs_by_size['large'][key]:.0f} MiB at {args.images}: {ratio:.2f} (goal: ~1)"
         )
 
 
