@@ -124,19 +124,24 @@ def _cancel_and_wait(context: Any, group: str, seconds: float = CANCEL_WAIT_SECO
     Cancelling only asks: a task being interrupted can still open a file in the staging folder after
     the publication removed it, and Spark then logs that task's Python traceback. The wait is bounded,
     so a wedged executor cannot hold up the exit; its late writes fail harmlessly in a removed folder.
+    Errors of Spark's own are not raised here: they would hide the one that ended the job.
     """
-    context.cancelJobGroup(group)
-    tracker = context.statusTracker()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        jobs = [tracker.getJobInfo(job_id) for job_id in tracker.getJobIdsForGroup(group)]
-        stages = [tracker.getStageInfo(stage_id) for job in jobs if job for stage_id in job.stageIds]
-        # Ended jobs first: their stages' task counts only fall after that (an aborted stage starts none).
-        if all(job and job.status != "RUNNING" for job in jobs) and not any(
-            stage and stage.numActiveTasks for stage in stages
-        ):
-            return
-        time.sleep(0.1)
+    try:
+        context.cancelJobGroup(group)
+        tracker = context.statusTracker()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            jobs = [tracker.getJobInfo(job_id) for job_id in tracker.getJobIdsForGroup(group)]
+            stages = [tracker.getStageInfo(stage_id) for job in jobs if job for stage_id in job.stageIds]
+            # Ended jobs first: their stages' task counts only fall after that (an aborted stage starts none).
+            if all(job and job.status != "RUNNING" for job in jobs) and not any(
+                stage and stage.numActiveTasks for stage in stages
+            ):
+                return
+            time.sleep(0.1)
+    except Exception as error:  # Spark itself is gone (the error being raised says why): nothing runs
+        log.debug("could not cancel %s: %s", group, error)
+        return
     log.warning("Spark tasks of %s still ran %.0f s after their job was cancelled", group, seconds)
 
 
