@@ -383,3 +383,14 @@ def test_the_ui_script_serves_the_experiment_on_loopback_until_stopped(
     else:
         pytest.fail(f"something still listens on {port}")
     assert re.match(r"^MLflow UI: ", line)
+
+
+def test_the_ui_script_refuses_an_experiment_that_is_not_there_like_the_other_scripts(
+    mlflow_store: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bigimage.analysis_lib.common import EXIT_NO_RUNS
+
+    code = ui.main(["--tracking-uri", mlflow_store, "--experiment", "no-such-experiment", "--no-browser"])
+    error = capsys.readouterr().err
+    assert code == EXIT_NO_RUNS
+    assert error.startswith("error: ") and "no-such-experiment" in error

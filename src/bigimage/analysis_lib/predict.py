@@ -52,10 +52,6 @@ def log_forecast(client, run_id: str, result: forecast.Forecast) -> None:
 # --- text -------------------------------------------------------------------------------------
 
 
-def _money(value: float | None, currency: str) -> str:
-    return "" if value is None else f"{value:.4g} {currency}"
-
-
 def coefficient_rows(fit: scaling.Fit) -> list[dict]:
     pct = int(round(fit.confidence * 100))
     return [

@@ -20,6 +20,7 @@ import webbrowser
 from pathlib import Path
 
 from bigimage import termination
+from bigimage.analysis_lib import common
 from bigimage.tracking import query
 
 LOOPBACK = "127.0.0.1"
@@ -85,6 +86,7 @@ def serve(tracking_uri: str, experiment_id: str, host: str, port: int, browser: 
             server.wait(timeout=30)
 
 
+@common.exits_without_runs
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="analysis/mlflow_ui.py",
@@ -99,9 +101,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default: {DEFAULT_PORT}")
     parser.add_argument("--no-browser", action="store_true", help="only print the address")
     args = parser.parse_args(argv)
-    try:
-        selection = query.select(args.tracking_uri, args.experiment)
-    except query.NoRunsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    selection = query.select(args.tracking_uri, args.experiment)
     return serve(selection.tracking_uri, selection.experiment_id, args.host, args.port, not args.no_browser)
