@@ -277,8 +277,7 @@ def main() -> None:
     print(
         f"the loop on all {args.cores} cores at once: {all_cores:.1f} images/s = "
         f"{all_cores / (neighbours * args.cores):.2f} of {args.cores} x the loop alone around it "
-        f"(per process {shares}): what the cores "
-        f"give when all run the transform"
+        f"(per process {shares}): what the cores give when all run the transform"
     )
     for label in ("small", "large"):
         ratios = [report(label, run, args.cores) for run in runs[label]]
