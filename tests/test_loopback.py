@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -184,13 +185,21 @@ def test_private_network_is_shared_unreachable_and_torn_down() -> None:
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root to become nobody")
 def test_private_network_without_root_uses_a_user_namespace() -> None:
     probe = "import bigimage.train.netns as n, subprocess, sys; p = n.PrivateNetwork(); print(p.user_namespace, subprocess.run(p.command(['cat', '/proc/self/net/dev'])).returncode); p.close()"
-    for python in (sys.executable, "/usr/bin/python3"):  # an interpreter nobody may run
-        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", probe]
-        done = subprocess.run(
-            nobody, check=False, capture_output=True, text=True, env={"PYTHONPATH": str(PROJECT_ROOT / "src")}, cwd="/"
-        )
-        if "Permission denied" not in done.stderr:
-            break
+    # nobody imports a copy of the package: the checkout may sit in a folder only root can enter
+    # (a clone under `mktemp -d`, mode 0700), which is no property of the code under test.
+    readable = Path(tempfile.mkdtemp(prefix="bigimage-nobody-"))
+    try:
+        readable.chmod(0o755)
+        shutil.copytree(PROJECT_ROOT / "src" / "bigimage", readable / "bigimage")
+        for python in (sys.executable, "/usr/bin/python3"):  # an interpreter nobody may run
+            nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", probe]
+            done = subprocess.run(
+                nobody, check=False, capture_output=True, text=True, env={"PYTHONPATH": str(readable)}, cwd="/"
+            )
+            if "Permission denied" not in done.stderr:
+                break
+    finally:
+        shutil.rmtree(readable, ignore_errors=True)
     if "not permitted" in done.stderr or "Permission denied" in done.stderr:
         pytest.skip(f"nobody cannot make a user namespace or run Python here: {done.stderr.strip()[-200:]}")
     assert done.returncode == 0, done.stderr
