@@ -14,6 +14,8 @@ Each round, on this machine, in this order (prospective: a prediction is made be
    both on 2 executors of one core.
 3. Run both (not tagged ``scaling_point``) and compare: the error of the seconds (task 1) and of the
    read throughput, images / timed seconds (task 2), relative to the measured value. Goal: <= 15%.
+   Beside it, the error of Ernest's model alone (no ``t4``, :mod:`bigimage.analysis_lib.scaling`)
+   fitted on the same points: what the per-machine term buys, in the same run.
 
 The design of the points. The 20,000-image prediction is, but for a fixed part of about 1.5%, the data
 term's slope, which the largest points pin down: replicating the 2,000-image points (in place of 500)
@@ -32,8 +34,8 @@ runs of the same job, and per job the 1-minute load and the CPU seconds other pr
 machine used while it ran (``foreign_cpu_seconds``: the machine's busy CPU time from /proc/stat less
 the job's process tree, sampled every 0.2 s: a job with more than a second or two of it shared the
 machine), and the points' median images/s per core at each core count beside the validation runs'
-(the model's ``1 / cores`` takes them as equal; a 2-thread read here gets about 0.9 of a 1-thread
-read's rate per core). The synthetic sets of 250 ... 20,000 images are generated
+(a 2-thread read here gets about 0.9 of a 1-thread read's rate per core: Ernest's ``1 / cores``
+takes them as equal, ``t4`` is the difference). The synthetic sets of 250 ... 20,000 images are generated
 once under data/synthetic (minutes for 20,000).
 """
 
@@ -129,7 +131,7 @@ def run_job(store: str, overrides: list[str], log: list[dict]) -> None:
         f"tracking.experiment={EXPERIMENT}",
         f"hydra.run.dir={tempfile.gettempdir()}/predict-accuracy-hydra/{time.time_ns()}",
     ]
-    done = accounted(command, PROJECT_ROOT, {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+    done = accounted(command, PROJECT_ROOT, dict(os.environ))
     if done.returncode:
         sys.exit(f"failed: {' '.join(overrides)}\n{done.stderr}")
     log.append(
@@ -178,17 +180,20 @@ def validation_overrides(task: str) -> list[str]:
     ]
 
 
-def predicted(store: str, images: dict[str, float]) -> tuple[dict[str, scaling.Prediction], dict[str, dict]]:
-    """Each task's prediction on 2 cores of one executor from the local-mode fit, and the fits."""
+def predicted(store: str, images: dict[str, float]) -> tuple[dict[str, scaling.Prediction], dict[str, dict], dict]:
+    """Each task's prediction on 2 cores of one executor from the local-mode fit, the fits, and the
+    prediction of Ernest's model alone (no ``t4``) fitted on the same points, to show what ``t4`` buys."""
     selection, runs = query.load_runs(store, EXPERIMENT)
-    result = forecast.build(selection, runs, forecast.Options(shapes=("local",), local_cores=2, scaling_only=True))
-    out, fits = {}, {}
+    options = forecast.Options(shapes=("local",), local_cores=2, scaling_only=True)
+    result = forecast.build(selection, runs, options)
+    out, fits, ernest = {}, {}, {}
     for task, n in images.items():
         fit = result.tasks[task].fits.get("local")
         if fit is None:
             sys.exit(f"no {task} fit: {result.tasks[task].refusals}")
         out[task], fits[task] = fit.predict(n, 2, 1), fit.as_dict()
-    return out, fits
+        ernest[task] = scaling.fit(fit.points, scaling.ERNEST_TERMS, bootstrap=50).predict(n, 2, 1).seconds
+    return out, fits, ernest
 
 
 def latest_validations(store: str) -> dict[str, tuple[float, float]]:
@@ -206,10 +211,17 @@ def latest_validations(store: str) -> dict[str, tuple[float, float]]:
     }
 
 
-def compare(round_: int, task: str, p: scaling.Prediction, images: float, seconds: float) -> dict:
+def relative_error(task: str, predicted_seconds: float, seconds: float) -> float:
     """Task 1: error of the seconds; task 2: of the throughput (predicted / measured - 1 = measured
     seconds / predicted seconds - 1)."""
-    error = abs(p.seconds - seconds) / seconds if task == "preprocess" else abs(seconds / p.seconds - 1.0)
+    if task == "preprocess":
+        return abs(predicted_seconds - seconds) / seconds
+    return abs(seconds / predicted_seconds - 1.0)
+
+
+def compare(round_: int, task: str, p: scaling.Prediction, images: float, seconds: float, ernest: float) -> dict:
+    """The prediction against the measured run, and Ernest's model alone against it."""
+    error = relative_error(task, p.seconds, seconds)
     return {
         "round": round_,
         "task": task,
@@ -224,11 +236,13 @@ def compare(round_: int, task: str, p: scaling.Prediction, images: float, second
         "predicted_images_per_second": images / p.seconds,
         "error": error,
         "goal_met": error <= GOAL,
+        "ernest_predicted_seconds": ernest,
+        "ernest_error": relative_error(task, ernest, seconds),
     }
 
 
 def per_core_rates(points: list[scaling.Point]) -> dict[str, float]:
-    """The median images per second per core of the points at each core count: the model's 1 / cores
+    """The median images per second per core of the points at each core count: Ernest's 1 / cores
     takes them as equal."""
     rates: dict[str, list[float]] = {}
     for point in points:
@@ -271,7 +285,7 @@ def run_rounds(store: str, rounds: int, log: list[dict]) -> tuple[list[dict], di
     fits: dict[str, dict] = {}
     for round_ in range(rounds):
         collect_points(store, round_, log)
-        predictions, fits = predicted(store, {"preprocess": BIG["num_images"], "speedtest": reads})
+        predictions, fits, ernest = predicted(store, {"preprocess": BIG["num_images"], "speedtest": reads})
         for task, p in predictions.items():
             print(f"round {round_}: predicted {task}: {p.seconds:.2f} s [{p.low:.2f}, {p.high:.2f}]", file=sys.stderr)
         jobs = {}
@@ -279,7 +293,7 @@ def run_rounds(store: str, rounds: int, log: list[dict]) -> tuple[list[dict], di
             run_job(store, validation_overrides(task), log)
             jobs[task] = log[-1]
         for task, (images, seconds) in latest_validations(store).items():
-            row = compare(round_, task, predictions[task], images, seconds)
+            row = compare(round_, task, predictions[task], images, seconds, ernest[task])
             rows.append(
                 {**row, "load_1min": jobs[task]["load_1min"], "foreign_cpu_seconds": jobs[task]["foreign_cpu_seconds"]}
             )
@@ -300,15 +314,17 @@ def render(rows: list[dict], fits: dict, noise: dict, log: list[dict]) -> str:
             f"round {r['round']} {r['task']:10s} {r['images']:>6.0f} images: measured {r['measured_seconds']:6.2f} s "
             f"({r['measured_images_per_second']:6.1f} images/s), predicted {r['predicted_seconds']:6.2f} s "
             f"[{r['predicted_low']:.2f}, {r['predicted_high']:.2f}]: error of {r['compared']} {r['error']:.1%}"
-            f" ({'goal met' if r['goal_met'] else 'goal missed'}; load {r['load_1min']:.2f}, "
-            f"other CPU {r['foreign_cpu_seconds']:.1f} s)"
+            f" ({'goal met' if r['goal_met'] else 'goal missed'}; Ernest's model alone {r['ernest_error']:.1%}; "
+            f"load {r['load_1min']:.2f}, other CPU {r['foreign_cpu_seconds']:.1f} s)"
         )
     for task in sorted({r["task"] for r in rows}):
         errors = [r["error"] for r in rows if r["task"] == task]
+        ernest = [r["ernest_error"] for r in rows if r["task"] == task]
         met = sum(error <= GOAL for error in errors)
         out.append(
-            f"overall {task}: error mean {sum(errors) / len(errors):.1%}, max {max(errors):.1%}; "
-            f"goal met in {met} of {len(errors)} rounds"
+            f"overall {task}: error mean {statistics.mean(errors):.1%}, max {max(errors):.1%}; "
+            f"goal met in {met} of {len(errors)} rounds (Ernest's model alone: mean {statistics.mean(ernest):.1%}, "
+            f"max {max(ernest):.1%})"
         )
     for task, n in noise.items():
         out.append(
@@ -341,6 +357,8 @@ def main() -> int:
     parser.add_argument("--store", default=None, help="directory of the MLflow store (default: a new temporary one)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
+    # MLflow's download bars, one per table loaded here and in each job, would bury the figures
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     root = Path(args.store or tempfile.mkdtemp(prefix="predict-accuracy-"))
     root.mkdir(parents=True, exist_ok=True)
     store, log = f"sqlite:///{root / 'mlflow.db'}", list[dict]()

@@ -1,27 +1,33 @@
-"""Ernest's scaling model: job time from data size, cores and machines, fitted on a few small runs.
+"""Ernest's scaling model, with a per-machine data term: job time from data size, cores and machines,
+fitted on a few small runs.
 
 Venkataraman et al., "Ernest: Efficient Performance Prediction for Large-Scale Advanced Analytics"
 (NSDI'16) model a job on ``m`` machines with ``c`` cores in all over ``N`` items as
-
-    time = t0 + t1 * N / c + t2 * log(m) + t3 * m
+``t0 + t1 * N / c + t2 * log(m) + t3 * m``. This module adds one term, ``t4 * N / m``:
 
 * ``t0`` (``intercept``): fixed cost of a run (job submission, the first task, the commit);
 * ``t1`` (``data_per_core``): seconds per item per core: the parallel work, assumed to split evenly;
+* ``t4`` (``data_per_machine``): seconds per item per machine: work the cores of one machine cannot
+  share (its memory bandwidth and caches, its disk, anything one thread per executor does). Ernest
+  has no such term, and on this machine it is not zero: two reads side by side get about 0.9 of one
+  read's rate per core, so a fit of ``t1`` alone over 1- and 2-core runs overstates what 2 cores do.
+  With ``m = 1`` (local mode) it is Amdahl's serial part;
 * ``t2`` (``log_machines``): tree-shaped coordination (aggregations, broadcasts);
 * ``t3`` (``machines``): per-machine cost paid serially (one task or one result per executor).
 
-All four are non-negative (``scipy.optimize.nnls``): a term cannot make a job faster, so a fit can
-never predict that more data takes less time. Because ``c`` and ``m`` are fixed for a cluster
-shape, each shape's time is linear in ``N``: ``a + b * N``, which makes crossovers between shapes
-exact (:func:`line`).
+All are non-negative (``scipy.optimize.nnls``): a term cannot make a job faster, so a fit can never
+predict that more data takes less time, nor that more cores or machines make the data's part slower.
+Because ``c`` and ``m`` are fixed for a cluster shape, each shape's time is linear in ``N``:
+``a + b * N``, which makes crossovers between shapes exact (:func:`line`).
 
 What the runs can pin down is checked before fitting (:func:`identifiable_terms`): the data term needs
 at least two data sizes and two core counts (with one core count the ``1 / c`` scaling that every
-prediction for another shape relies on is never tested); one machine count identifies no machine
-term (a constant ``m`` is absorbed by ``t0``), two identify one (``machines``: the linear one, which
-does not understate the cost of more machines), three or more both. Too few runs for the terms, or a
-design that is numerically singular, is refused with :class:`DegenerateDesign`, whose message says
-which runs to add.
+prediction for another shape relies on is never tested); ``t4`` needs two numbers of cores per machine
+(where every machine has the same cores, ``N / m`` is ``N / c`` over a constant); one machine count
+identifies no machine term (a constant ``m`` is absorbed by ``t0``), two identify one (``machines``:
+the linear one, which does not understate the cost of more machines), three or more both. Too few runs
+for the terms, or a design that is numerically singular, is refused with :class:`DegenerateDesign`,
+whose message says which runs to add.
 
 Uncertainty: a residual bootstrap with the design kept fixed (the runs were chosen, not sampled).
 Residuals are taken relative to the fitted time (run time noise on a shared machine is proportional
@@ -45,11 +51,14 @@ from scipy import stats
 from scipy.optimize import nnls
 
 INTERCEPT, DATA, LOG_MACHINES, MACHINES = "intercept", "data_per_core", "log_machines", "machines"
-TERMS = (INTERCEPT, DATA, LOG_MACHINES, MACHINES)
+DATA_PER_MACHINE = "data_per_machine"
+ERNEST_TERMS = (INTERCEPT, DATA, LOG_MACHINES, MACHINES)
+TERMS = (INTERCEPT, DATA, DATA_PER_MACHINE, LOG_MACHINES, MACHINES)
 MACHINE_TERMS = (LOG_MACHINES, MACHINES)
 TERM_FORMULA = {
     INTERCEPT: "t0 (s)",
     DATA: "t1 * images / cores (s per image per core)",
+    DATA_PER_MACHINE: "t4 * images / machines (s per image per machine)",
     LOG_MACHINES: "t2 * log(machines) (s)",
     MACHINES: "t3 * machines (s per machine)",
 }
@@ -72,11 +81,12 @@ class Point:
 
 
 def design_matrix(images, cores, machines, terms: Sequence[str], speed_ratio: float = 1.0) -> np.ndarray:
-    """Rows of the model's features; ``speed_ratio`` divides the per-core work (faster cores: less time)."""
+    """Rows of the model's features; ``speed_ratio`` divides the per-image work (faster cores: less time)."""
     images, cores, machines = (np.atleast_1d(np.asarray(v, dtype=float)) for v in (images, cores, machines))
     columns = {
         INTERCEPT: np.ones_like(images),
         DATA: images / (cores * speed_ratio),
+        DATA_PER_MACHINE: images / (machines * speed_ratio),
         LOG_MACHINES: np.log(machines),
         MACHINES: machines,
     }
@@ -103,6 +113,14 @@ def identifiable_terms(points: Sequence[Point], allowed: Sequence[str] = TERMS) 
             "add runs at another core count (e.g. cluster.executors=1,2 cluster.executor_cores=1)"
         )
     terms, notes = [t for t in (INTERCEPT, DATA) if t in allowed], []
+    per_machine = sorted({p.cores / p.machines for p in points})
+    if DATA_PER_MACHINE in allowed and len(per_machine) > 1:
+        terms.append(DATA_PER_MACHINE)
+    elif DATA_PER_MACHINE in allowed:
+        notes.append(
+            f"no per-machine data term: every run had {_counts(per_machine)} core(s) per executor, so whether "
+            "the cores of one machine slow each other is unknown (assumed: not at all)"
+        )
     wanted = [t for t in MACHINE_TERMS if t in allowed]
     if wanted and len(machines) == 1:
         notes.append(f"no machine term: every run had {_counts(machines)} executor(s) (absorbed by t0)")
@@ -203,7 +221,8 @@ class Fit:
         """``(a, b)`` with predicted time ``a + b * images`` for a fixed shape."""
         a = self.coefficient(INTERCEPT) + self.coefficient(MACHINES) * machines
         a += self.coefficient(LOG_MACHINES) * math.log(machines)
-        return a, self.coefficient(DATA) / (cores * speed_ratio)
+        b = self.coefficient(DATA) / cores + self.coefficient(DATA_PER_MACHINE) / machines
+        return a, b / speed_ratio
 
     def predict(self, images: float, cores: float, machines: int, speed_ratio: float = 1.0) -> Prediction:
         """Point prediction and the prediction interval at ``confidence``."""
