@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -91,6 +94,42 @@ def gone(pids: set[int], seconds: float = 10.0) -> bool:
         if not alive or time.monotonic() > deadline:
             return not alive
         time.sleep(0.2)
+
+
+# a training worker armed with --parent-pid, then inside one C call that holds the GIL for hours
+_ARMED_WORKER = """
+import sys
+from bigimage.train.worker import _watch_parent
+_watch_parent(int(sys.argv[1]))
+print("armed", flush=True)
+sum(range(10**13))
+"""
+# its launcher, as a barrier task's Python worker: prints the worker's pid once it is armed
+_LAUNCHER = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())], stdout=subprocess.PIPE,
+                         start_new_session=True)
+child.stdout.readline()
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_worker_dies_with_its_launcher_even_inside_a_call_that_holds_the_gil() -> None:
+    """A cancelled barrier task's Python worker is SIGKILLed by Spark (its ``finally`` never runs), so
+    the training worker it launched must go by itself. A thread polling for the launcher cannot run
+    while a TensorFlow call holds the GIL; the kernel's parent-death signal does not need it."""
+    launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER, _ARMED_WORKER], stdout=subprocess.PIPE, text=True)
+    worker = int(launcher.stdout.readline())
+    try:
+        time.sleep(1.0)  # well inside sum() by now
+        assert _running(worker)
+        launcher.kill()
+        launcher.wait()
+        assert gone({worker}, seconds=3.0), "the worker outlived its launcher"
+    finally:
+        if _running(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def history(run_id, key):
