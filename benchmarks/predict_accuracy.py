@@ -184,8 +184,7 @@ def predicted(store: str, images: dict[str, float]) -> tuple[dict[str, scaling.P
     """Each task's prediction on 2 cores of one executor from the local-mode fit, the fits, and the
     prediction of Ernest's model alone (no ``t4``) fitted on the same points, to show what ``t4`` buys."""
     selection, runs = query.load_runs(store, EXPERIMENT)
-    options = forecast.Options(shapes=("local",), local_cores=2, scaling_only=True)
-    result = forecast.build(selection, runs, options)
+    result = forecast.build(selection, runs, forecast.Options(shapes=("local",), local_cores=2, scaling_only=True))
     out, fits, ernest = {}, {}, {}
     for task, n in images.items():
         fit = result.tasks[task].fits.get("local")
