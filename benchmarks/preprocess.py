@@ -57,6 +57,11 @@ def dataset(num_images: int) -> str:
     return str(root)
 
 
+def read_into_page_cache(items: list[tuple[str, int]]) -> int:
+    """Read every listed file once (the next reads come from the page cache); returns the bytes read."""
+    return sum(len(storage.read_bytes(path)) for path, _ in items)
+
+
 def single_core_rate(root: str, sample: int, cpu: int, start_at: float = 0.0) -> dict[str, float]:
     """Images/s of the plain loop on one core (this process pinned to ``cpu``), per wall-clock second and
     per CPU-second; the loop starts at ``start_at`` (time.time()) so loops in several processes overlap."""
@@ -64,8 +69,7 @@ def single_core_rate(root: str, sample: int, cpu: int, start_at: float = 0.0) ->
     listing = list_labelled_images(root)
     items = listing.items[:: max(1, len(listing.items) // sample)][:sample]
     writer = TFRecordWriter(io.BytesIO())
-    for path, _ in items:  # into the page cache first: the loop times the transform, not a cold disk
-        storage.read_bytes(path)
+    read_into_page_cache(items)  # the loop times the transform, not a cold disk
     time.sleep(max(0.0, start_at - time.time()))
     started, cpu_started = time.perf_counter(), time.process_time()
     for path, class_index in items:
@@ -167,7 +171,7 @@ def spark_job(root: str, cores: int, shards: int, extra_conf: dict[str, str]) ->
     # files. This VM drops its page cache within minutes; a cold read of the 20,000 images (784 MB)
     # took 2.3 s here, a tenth of the job. The read's time says which it was.
     read_started = time.perf_counter()
-    input_bytes = sum(len(storage.read_bytes(path)) for path, _ in listing.items)
+    input_bytes = read_into_page_cache(listing.items)
     input_read_seconds = time.perf_counter() - read_started
     with tempfile.TemporaryDirectory() as destination:
         started = time.perf_counter()

@@ -15,7 +15,7 @@ logical CPU devices of ``mirrored``), then:
 - the machine's fp32 matrix-multiply rate, measured by TensorFlow in ``default``'s process (all the
   cores: its pools): a 2048 x 2048 ``tf.linalg.matmul`` in a ``tf.function``, 2 n^3 FLOPs per product,
   one timing of 10 products before every epoch and after the last, outside the epochs' timings. This
-  VM's speed drifts by 10 to 20% within a minute: a matmul timed in a process of its own put the same
+  VM's speed drifts by 10 to 40% within a minute: a matmul timed in a process of its own put the same
   step at 0.49 of it in one run and 0.65 in the next. So each timed epoch of ``default`` is held
   against the mean of the samples just before and just after it (the headline: the median of those
   ratios), and the variants in other processes against the median sample of the same round's
@@ -148,7 +148,7 @@ class MatmulProbe:
         self._product(self._a, self._b).numpy()  # tracing
         self.samples: list[tuple[float, float]] = []
 
-    def sample(self, products: int = 10) -> tuple[float, float]:
+    def sample(self, products: int = 10) -> None:
         """GFLOP/s of ``products`` separate products (one call each, so none is merged with another), per
         wall-clock second and per CPU-second of this process; kept in :attr:`samples`."""
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -156,7 +156,6 @@ class MatmulProbe:
             self._product(self._a, self._b).numpy()
         flops = 2 * MATMUL_N**3 * products / 1e9
         self.samples.append((flops / (time.perf_counter() - started), flops / (time.process_time() - cpu_started)))
-        return self.samples[-1]
 
     def between(self, first: int) -> tuple[float, float]:
         """The mean of samples ``first`` and ``first + 1``: the rate around what was timed between them."""
@@ -390,24 +389,26 @@ def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         if name == "kernels":
             continue
         ips = median(name, "images_per_second")
-        rounds = list(zip(results[name], round_matmul, strict=True))
+        if name == "default":
+            ratio = statistics.median(rate * flops / 1e9 / m for rate, _, m, _ in epochs)
+            cpu_ratio = statistics.median(rate * flops / 1e9 / m for _, rate, _, m in epochs)
+        else:
+            rounds = list(zip(results[name], round_matmul, strict=True))
+            ratio = statistics.median(r["images_per_second"] * flops / 1e9 / m for r, (m, _) in rounds)
+            cpu_ratio = statistics.median(r["images_per_cpu_second"] * flops / 1e9 / m for r, (_, m) in rounds)
         summary["variants"][name] = {
             "images_per_second": ips,
             "images_per_cpu_second": median(name, "images_per_cpu_second"),
             "gflops": ips * flops / 1e9,
-            "ratio_to_matmul": statistics.median(r["images_per_second"] * flops / 1e9 / m for r, (m, _) in rounds),
+            "ratio_to_matmul": ratio,
             # Work per CPU-second against the matmul's: what other load on a shared machine disturbs least.
-            "cpu_ratio_to_matmul": statistics.median(
-                r["images_per_cpu_second"] * flops / 1e9 / m for r, (_, m) in rounds
-            ),
+            "cpu_ratio_to_matmul": cpu_ratio,
             "onednn": results[name][0]["onednn"],
             "op_threads": results[name][0]["threads"],
             "replicas": results[name][0]["replicas"],
             "load": [round(r["load_before"], 2) for r in results[name]],
         }
     variants = summary["variants"]
-    variants["default"]["ratio_to_matmul"] = statistics.median(ips * flops / 1e9 / m for ips, _, m, _ in epochs)
-    variants["default"]["cpu_ratio_to_matmul"] = statistics.median(ips * flops / 1e9 / m for _, ips, _, m in epochs)
     summary["ratio_default_to_matmul"] = variants["default"]["ratio_to_matmul"]
     summary["cpu_ratio_default_to_matmul"] = variants["default"]["cpu_ratio_to_matmul"]
     summary["cpu_ratio_mirrored_to_default"] = (
