@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
     median = {name: statistics.median(values) for name, values in rates.items()}
     cpu_median = {name: statistics.median(values) for name, values in cpu_rates.items()}
-    # (numerator, denominator): the mixed ratio of the goal, then its two like-for-like factors.
+    # (numerator, denominator): the goals' ratios, the tighter limit's, and the mixed ratio's two like-for-like factors.
     ratios = {
         "tfrecord_over_decode_only": ("tfrecord", "decode_only"),
         "tfrecord_over_decode_batches": ("tfrecord", "decode_batches"),
