@@ -158,7 +158,9 @@ def pipelines(
         .repeat()
         .batch(batch_size, drop_remainder=True)
         .map(
-            lambda batch: tf.stack([tf.io.decode_jpeg(batch[index], channels=3) for index in range(batch_size)]),
+            lambda batch: tf.stack(
+                [readers.decode_image(batch[index], image_size, as_uint8=True) for index in range(batch_size)]
+            ),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=False,
         )
