@@ -317,7 +317,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def run_script(name: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python analysis/<name>.py args...`` from the repository root, as a user runs it."""
-    full_env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(env or {})}
+    full_env = {**os.environ, **(env or {})}
     full_env.pop("MLFLOW_RUN_ID", None)
     return subprocess.run(
         [sys.executable, f"analysis/{name}.py", *args],

@@ -91,6 +91,15 @@ def test_load_run_table_reports_missing_tables_and_restores_global_uri(store):
     assert list(problems) == [store.ids["speed-no-table"]]
 
 
+def test_load_run_table_draws_no_progress_bar(store, monkeypatch, capfd):
+    # the pipeline's report step and every script load tables through here; MLflow's default draws a bar
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")  # unset now, restored after the test
+    table, _ = query.load_run_table(store.uri, store.experiment_id, "speedtest.json", [store.ids["speed"]])
+    assert not table.empty
+    assert "Downloading artifacts" not in capfd.readouterr().err
+
+
 def test_set_tags_writes_tags_not_metrics(store):
     run_id = store.ids["outsider"]
     metrics_before = store.client.get_run(run_id).data.metrics

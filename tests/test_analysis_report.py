@@ -94,6 +94,7 @@ def test_script_json_and_analysis_run_in_the_experiment(scenario, tmp_path):
         "--no-write-tags",
     )
     assert proc.returncode == 0, proc.stderr
+    assert "Downloading artifacts" not in proc.stderr  # MLflow's progress bar, one per table loaded
     doc = json.loads(proc.stdout)
     assert doc["report"] == str(out / "report.md")
     assert sorted(doc["figures"]) == sorted([rp.FIG_CURVES, rp.FIG_PREPROCESS, rp.FIG_THROUGHPUT])

@@ -27,8 +27,6 @@ P = ParamSpec("P")
 def script_parser(script: str, description: str) -> argparse.ArgumentParser:
     """A script's parser with ``--tracking-uri`` and ``--json``."""
     parser = argparse.ArgumentParser(prog=f"analysis/{script}", description=description)
-    # MLflow draws download progress bars on stderr for every table it loads: noise in a script's output
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser.add_argument(
         "--tracking-uri",
         default=None,

@@ -241,6 +241,9 @@ def load_run_table(
     ``mlflow.load_table`` calls) so that one run missing the artifact is reported (second return
     value: run id -> problem) instead of failing the whole load.
     """
+    # MLflow draws a download progress bar on stderr for every table it loads: noise in a script's and
+    # the pipeline's report output, one bar per run. An explicit setting of the variable still wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
     client = client_for(uri)
     frames, problems = [], {}
