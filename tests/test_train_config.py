@@ -168,6 +168,28 @@ def test_inputs_batch_by_global_then_per_replica_size_without_overlap(tfrecords)
     assert seen[0].isdisjoint(seen[1])
 
 
+def test_no_autotuning_in_the_pipelines_nor_in_the_datasets_made_per_device(tfrecords):
+    # Freeing an iterator with tf.data's autotuning on waits for its thread to wake: up to a minute
+    # after model.fit's last epoch. tf.distribute hands each device its elements through a dataset of its own.
+    import numpy as np
+    from tensorflow.python.data.ops import multi_device_iterator_ops
+
+    from bigimage.data.readers import read_manifest
+    from bigimage.train.inputs import build_inputs, device_datasets_without_autotuning, plan_split
+
+    cfg = compose(f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=8", "train.shuffle_buffer=0")
+    plan = plan_split(cfg, tfrecords, read_manifest(tfrecords, 32))
+    dataset = build_inputs(cfg, plan, training=True)
+    assert dataset.options().autotune.enabled is False
+
+    assert device_datasets_without_autotuning() and device_datasets_without_autotuning()  # once per process
+    iterator = multi_device_iterator_ops.OwnedMultiDeviceIterator(dataset, ["/cpu:0"])
+    assert iterator._device_iterators[0]._dataset.options().autotune.enabled is False
+    (images, classes), *_ = iterator.get_next()  # the same elements, in the same order
+    expected_images, expected_classes = next(iter(dataset))
+    assert np.array_equal(images, expected_images) and np.array_equal(classes, expected_classes)
+
+
 def test_models_build_for_the_configured_size():
     from bigimage.train.model import build_model
 
