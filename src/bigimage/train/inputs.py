@@ -195,12 +195,12 @@ def device_datasets_without_autotuning() -> bool:
     MultiWorkerMirroredStrategy the distributed iterator (a ``MultiDeviceIterator``) hands each device its
     elements through a dataset of its own (``multi_device_iterator_ops._create_device_dataset``: the
     elements and a prefetch of one), with TensorFlow's default options: each started an autotuning
-    thread, with nothing to tune, and freeing them at the end of ``model.fit`` waited for that thread
-    again. ``task=train strategy=mirrored`` from its last epoch to the model logged: 14, 17, 17, 21 and
-    59 s in 5 of 6 trainings here, 2.2 to 2.6 s in all 7 with this. TensorFlow has no option for
-    those datasets (``tf.distribute.InputOptions`` has none), so this wraps the function that builds them,
-    once per process; the elements and their order are unchanged. Should a TensorFlow release move that
-    function, a warning says so and training runs as before.
+    thread, with nothing to tune, and freeing them at the end of ``model.fit`` waited for it to wake, as
+    :func:`build_inputs` describes. ``task=train strategy=mirrored`` from its last epoch to the model
+    logged: 14, 17, 17, 21 and 59 s in 5 of 6 trainings here, 2.2 to 2.6 s in all 7 with this.
+    TensorFlow has no option for those datasets (``tf.distribute.InputOptions`` has none), so this wraps
+    the function that builds them, once per process; the elements and their order are unchanged. Should
+    a TensorFlow release move that function, a warning says so and training runs as before.
     """
     import tensorflow as tf
     from tensorflow.python.data.ops import multi_device_iterator_ops
