@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -180,6 +181,45 @@ def test_the_digest_follows_the_source_and_settings_not_the_shard_names() -> Non
         assert datasets.manifest_digest(
             readers.schema.Manifest(**{**base.__dict__, **change})
         ) != datasets.manifest_digest(base)
+
+
+def test_a_set_a_parallel_job_logs_first_is_shared_not_a_failure(tfrecords: str, mlflow_experiment: str) -> None:
+    """Two jobs of a joblib sweep log the same set: MLflow looks for it, finds none, and before it inserts
+    the set the other job has (the joblib sweep over clusters failed so in CI on 2026-12-02). Here the
+    other job's insert is made to land at exactly that moment, from a thread, on a real sqlite store."""
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    with mlflow.start_run(experiment_id=mlflow_experiment) as other:
+        pass
+    inserted_first: list[bool] = []
+
+    def other_job_inserts_first(session: Session, *_: object) -> None:
+        if inserted_first or not any(isinstance(row, SqlDataset) for row in session.new):
+            return
+        inserted_first.append(True)
+
+        def other_job() -> None:
+            with mlflow.start_run(run_id=other.info.run_id):
+                datasets.log_tfrecord_set(manifest(tfrecords), tfrecords, "synthetic", datasets.OUTPUT)
+
+        thread = threading.Thread(target=other_job)
+        thread.start()
+        thread.join(timeout=60)
+
+    event.listen(Session, "before_flush", other_job_inserts_first)
+    try:
+        with mlflow.start_run(experiment_id=mlflow_experiment) as run:
+            datasets.log_tfrecord_set(manifest(tfrecords), tfrecords, "synthetic", datasets.OUTPUT)
+    finally:
+        event.remove(Session, "before_flush", other_job_inserts_first)
+    assert inserted_first, "the other job's insert came between this one's lookup and its insert"
+    client = MlflowClient()
+    logged = [client.get_run(r.info.run_id).inputs.dataset_inputs for r in (other, run)]
+    assert [[(i.dataset.name, i.tags[0].value) for i in inputs] for inputs in logged] == [[("synthetic", "output")]] * 2
+    assert logged[0][0].dataset.digest == logged[1][0].dataset.digest == datasets.manifest_digest(manifest(tfrecords))
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
 # ----------------------------------------------------------------------- training: model, data, system

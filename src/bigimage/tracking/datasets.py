@@ -26,7 +26,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
 
 from bigimage.data import schema
-from bigimage.tracking.store import retry_busy
+from bigimage.tracking.store import BUSY, DATASET_RACE, retry_busy
 
 OUTPUT, BENCHMARK, TRAINING, VALIDATION = "output", "benchmark", "training", "validation"
 SPLIT_SUFFIX = {TRAINING: ".train", VALIDATION: ".validation"}
@@ -87,7 +87,8 @@ def log_tfrecord_set(
     manifest: schema.Manifest, tfrecord_dir: str, name: str, context: str, tags: dict[str, str] | None = None
 ) -> TFRecordSet:
     """Log the set as a dataset input of the active run; for ``training``/``validation`` the name gets
-    the split's suffix. Returns what was logged."""
+    the split's suffix. Returns what was logged. Parallel jobs on one set (a joblib sweep) may both find
+    it missing and both insert it; the loser retries and links to the winner's row."""
     dataset = TFRecordSet(manifest, tfrecord_dir, name + SPLIT_SUFFIX.get(context, ""))
-    retry_busy(lambda: mlflow.log_input(dataset, context=context, tags=tags))
+    retry_busy(lambda: mlflow.log_input(dataset, context=context, tags=tags), transient=BUSY + DATASET_RACE)
     return dataset

@@ -49,19 +49,29 @@ def default_artifact_location(uri: str, artifact_root: str | None = None) -> str
     return None
 
 
-def retry_busy(action: Callable[[], T], attempts: int = 8) -> T:
-    """Run ``action``, retrying while parallel jobs find the sqlite store locked (mlflow #10334).
+# What MLflow says when the sqlite store is locked by a parallel job (mlflow #10334).
+BUSY = ("database is locked",)
+# What it says when a parallel job logged the same dataset (experiment, name, digest) between this job's
+# lookup and its insert (``SqlAlchemyStore._log_inputs_impl``), in sqlite's, PostgreSQL's and MySQL's
+# words: a second try finds the row and links to it.
+DATASET_RACE = ("unique constraint failed: datasets.", '"dataset_pk"', "for key 'datasets.primary'")
 
-    The one retry loop for every MLflow call of the project: MLflow raises "database is locked" as an
-    ``MlflowException`` or as the SQLAlchemy error it wraps, so the message is what tells it apart.
+
+def retry_busy(action: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = BUSY) -> T:
+    """Run ``action``, retrying while it fails on what a parallel job did (``transient``, default: the
+    store is locked).
+
+    The one retry loop for every MLflow call of the project: MLflow raises these as an
+    ``MlflowException`` or as the SQLAlchemy error it wraps, so the message is what tells them apart.
     """
     for attempt in range(attempts):
         try:
             return action()
         except Exception as error:
-            if "database is locked" not in str(error).lower() or attempt == attempts - 1:
+            message = str(error).lower()
+            if not any(words in message for words in transient) or attempt == attempts - 1:
                 raise
-            log.warning("MLflow store busy (%s); retrying", error)
+            log.warning("MLflow call failed on what a parallel job did (%s); retrying", error)
         time.sleep(0.2 * 2**attempt * (0.5 + random.random()))
     raise AssertionError("unreachable")
 
