@@ -236,9 +236,9 @@ def build_scenario(root: Path, experiment: str = "analysis-test") -> Store:
         parent=kw.pop("parent", sweep),
         **kw,
     )
-    # Expected training ranking (val_accuracy at the last good epoch): mirrored/32 0.815 (n=3, interval),
-    # multi_worker_mirrored/32 0.74 (n=2, identical repeats: zero-width interval, onset 4), default/64 0.73 (n=1),
-    # default/16 0.72 (n=1, gap-only onset 5). Top vs next: distinguishable (intervals apart).
+    # Expected training ranking (val_accuracy at the judged epoch): mirrored/32 0.815 (n=3, interval),
+    # default/16 0.75 (n=1, gap-only onset 5, best at 9), multi_worker_mirrored/32 0.74 (n=2, identical repeats:
+    # zero-width interval, best = onset 4), default/64 0.73 (n=1). Top vs next: cannot tell (n=1).
     mk("mirrored-32-a", healthy_shifted(0.0), "mirrored", 32)
     mk("mirrored-32-b", healthy_shifted(0.005), "mirrored", 32)
     mk("mirrored-32-c", healthy_shifted(-0.005), "mirrored", 32)

@@ -172,20 +172,21 @@ def result(scenario):
     return bc.analyse(selection, runs)
 
 
-def test_training_ranking_uses_last_good_epoch_with_intervals(result, scenario):
+def test_training_ranking_uses_the_judged_epoch_with_intervals(result, scenario):
     ranked = [(r.key["strategy.name"], r.key["batch_size"], r.key["cluster.name"], r.score.n) for r in result.training]
     assert ranked == [
         ("mirrored", 32, "local", 3),
+        ("default", 16, "local", 1),
         ("multi_worker_mirrored", 32, "local", 2),
         ("default", 64, "local", 1),
-        ("default", 16, "local", 1),
     ]
-    top, mwms, _, gap_only = result.training
+    top, gap_only, mwms, _ = result.training
     assert top.score.mean == pytest.approx(0.815) and top.score.low < 0.815 < top.score.high
-    assert mwms.score.mean == pytest.approx(0.74)  # val_accuracy at the onset epoch 4, not the last (0.69)
-    assert gap_only.score.mean == pytest.approx(0.72)  # at its onset epoch 5
-    assert result.training[2].score.low is None  # n=1: no interval
-    assert result.statements()["training"]["distinguishable"] is True
+    assert mwms.score.mean == pytest.approx(0.74)  # val_accuracy at its best epoch 4, not the last (0.69)
+    assert gap_only.score.mean == pytest.approx(0.75)  # at its best epoch 9, not its overfitting onset 5 (0.72)
+    assert gap_only.score.low is None  # n=1: no interval, so the top cannot be told from it
+    assert result.statements()["training"]["distinguishable"] is None
+    assert "a single run" in result.statements()["training"]["statement"]
     assert set(result.winners["train"]["run_ids"]) == {
         scenario.ids["mirrored-32-a"],
         scenario.ids["mirrored-32-b"],
@@ -268,8 +269,8 @@ def test_script_json_parses(scenario):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["training"][0]["strategy.name"] == "mirrored" and doc["training"][0]["score_n"] == 3
-    assert doc["training"][2]["score_ci_low"] is None
-    assert doc["conclusions"]["training"]["distinguishable"] is True
+    assert doc["training"][1]["score_ci_low"] is None
+    assert doc["conclusions"]["training"]["distinguishable"] is None
     assert doc["preprocess"]["by_speed"][0]["cluster.name"] == "single"
     assert doc["winners"]["speedtest"]["key"]["source"] == "tfrecord"
     assert doc["prices"]["date"] and len(doc["excluded"]) == 9

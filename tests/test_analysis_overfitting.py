@@ -34,11 +34,12 @@ def _long(h: dict) -> pd.DataFrame:
 
 def test_clear_overfitting_has_its_onset_and_both_reasons():
     v = of.judge("r", "x", _long(OVERFIT))
-    assert v.overfitting and v.onset_epoch == OVERFIT_ONSET == v.last_good_epoch == v.min_val_loss_epoch
+    assert v.overfitting and v.onset_epoch == OVERFIT_ONSET == v.min_val_loss_epoch
     assert "validation loss rose for 5 epoch(s) after its minimum at epoch 4" in v.reason
     assert "accuracy gap 0.29 exceeds 0.1" in v.reason
     assert v.gap == pytest.approx(0.29)
-    assert v.val_accuracy_at_last_good == pytest.approx(OVERFIT["val_accuracy"][4])
+    # judged at its best val_accuracy (epoch 4 here), the one rule for every run
+    assert v.judged_epoch == 4 and v.judged_val_accuracy == pytest.approx(max(OVERFIT["val_accuracy"]))
     assert not v.val_above_train
     assert v.tags() == {
         "overfitting": "true",
@@ -51,7 +52,7 @@ def test_clear_overfitting_has_its_onset_and_both_reasons():
 def test_healthy_run_is_not_overfitting():
     v = of.judge("r", "x", _long(HEALTHY))
     assert not v.overfitting and v.onset_epoch is None
-    assert v.best_epoch == v.last_good_epoch == HEALTHY_BEST
+    assert v.judged_epoch == HEALTHY_BEST
     assert v.reason.startswith("no overfitting") and "last epoch" in v.reason
     assert "overfitting_onset_epoch" not in v.tags() and v.tags()["overfitting"] == "false"
 
@@ -59,6 +60,8 @@ def test_healthy_run_is_not_overfitting():
 def test_gap_alone_gives_the_last_epoch_within_the_threshold():
     v = of.judge("r", "x", _long(GAP_ONLY))
     assert v.overfitting and v.onset_epoch == GAP_ONLY_ONSET
+    # the onset is reported, not used to score: the run is judged at its best val_accuracy, the last epoch here
+    assert v.judged_epoch == 9 and v.judged_val_accuracy == pytest.approx(0.75)
     assert "gap 0.24 exceeds 0.1" in v.reason and "validation loss rose" not in v.reason
     # a looser threshold makes it healthy
     assert not of.judge("r", "x", _long(GAP_ONLY), of.Thresholds(gap_threshold=0.3)).overfitting

@@ -1,6 +1,6 @@
 """Rank configurations with uncertainty: training configurations by accuracy, cluster shapes by speed and cost.
 
-* **Training**: each run scores its validation accuracy at its last good epoch (:mod:`.overfitting`); a
+* **Training**: each run scores its validation accuracy at its judged epoch (:mod:`bigimage.tracking.judged`); a
   configuration (:func:`.training_cost.config_params`) has the mean of its runs and a Student-t interval
   (none for n=1). The top one is distinguishable from the next only if their intervals do not overlap
   (a conservative test).
@@ -235,14 +235,14 @@ def _finished(runs: pd.DataFrame, task: str, excluded: list) -> list[pd.Series]:
 def rank_training(
     of: overfitting.OverfittingResult, confidence: float = 0.95
 ) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
-    """Training configurations ranked by validation accuracy at the last good epoch (mean over runs).
+    """Training configurations ranked by validation accuracy at the judged epoch (mean over runs).
 
     A configuration is :data:`CONFIG_PARAMS` plus the searched hyperparameters that differ between the
     runs (:func:`training_cost.config_params`): a search's trials are configurations of their own."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
     keys = training_cost.config_params(by_id.loc[[v.run_id for v in of.verdicts]]) if of.verdicts else []
-    groups: dict[tuple, dict[str, float]] = {}  # key -> run id -> val accuracy at the last good epoch
+    groups: dict[tuple, dict[str, float]] = {}  # key -> run id -> val accuracy at the judged epoch
     for verdict in of.verdicts:
         row = by_id.loc[verdict.run_id]
         values = {key: query.param(row, key) for key in keys}
@@ -255,11 +255,11 @@ def rank_training(
         except ValueError:
             _exclude(excluded, row, f"params of another schema: batch_size={values['batch_size']!r} is not a number")
             continue
-        if verdict.val_accuracy_at_last_good is None:
-            _exclude(excluded, row, f"no val_accuracy at its last good epoch ({verdict.last_good_epoch})")
+        if verdict.judged_val_accuracy is None:
+            _exclude(excluded, row, "no val_accuracy history: no judged epoch")
             continue
         key = tuple(values[name] if name == "batch_size" else str(values[name]) for name in keys)
-        groups.setdefault(key, {})[verdict.run_id] = verdict.val_accuracy_at_last_good
+        groups.setdefault(key, {})[verdict.run_id] = verdict.judged_val_accuracy
     ranking = [
         Ranked(dict(zip(keys, key)), common.mean_interval(list(members.values()), confidence), list(members))
         for key, members in groups.items()
@@ -404,7 +404,7 @@ class BestConfigResult:
         sources = [r.key["source"] for r in self.speedtest[which]]
         src = PREFERRED_SPEEDTEST_SOURCE if PREFERRED_SPEEDTEST_SOURCE in sources else next(iter(sources), None)
         return {
-            "train": (self.training, "training configuration", "val_accuracy at last good epoch"),
+            "train": (self.training, "training configuration", "val_accuracy at the judged epoch"),
             "preprocess": (self.preprocess[which], f"cluster shape for preprocessing ({self.rank_by})", self.rank_by),
             "speedtest": (
                 [r for r in self.speedtest[which] if r.key["source"] == src],
@@ -505,7 +505,7 @@ def register_winner(result: BestConfigResult, model_name: str | None) -> None:
     if not model_name or not result.training:
         return
     top = result.training[0]
-    scores = {verdict.run_id: verdict.val_accuracy_at_last_good for verdict in result.overfitting.verdicts}
+    scores = {verdict.run_id: verdict.judged_val_accuracy for verdict in result.overfitting.verdicts}
     candidates = sorted(top.run_ids, key=lambda run_id: (-(scores.get(run_id) or 0.0), run_id))
     tags = {**{key: str(value) for key, value in top.key.items()}, "mean_val_accuracy": f"{top.score.mean:.4f}"}
     client = query.client_for(result.selection.tracking_uri)
@@ -557,7 +557,7 @@ def render_text(result: BestConfigResult) -> str:
     out = [f"Runs: {result.selection.describe()}", ""]
     statements = result.statements()
     titles = {
-        "training": "Training configurations by validation accuracy at the last good epoch",
+        "training": "Training configurations by validation accuracy at the judged epoch (best val_accuracy, earliest on ties)",
         "training_by_cost": "Training configurations by seconds per epoch on this machine (pareto: no other is both "
         "more accurate, by best_val_accuracy, and cheaper; the cost-aware search's front)",
         "preprocess_by_speed": "Preprocessing: cluster shapes by images/s",

@@ -1,9 +1,10 @@
 """An analysis run's headline results as its own metrics, tags and name, so analysis runs sort, filter
 and tell themselves apart in the MLflow UI's runs table without opening the report.
 
-Metrics: ``best_val_accuracy`` (the winning training configuration's mean validation accuracy at the
-last good epoch; the same name as the training runs' own best, so one sort ranks both),
-``runs_judged``, ``runs_overfitting``, ``runs_excluded``. Tags: ``best.strategy.name``,
+Metrics, with names of their own (a training run's ``best_val_accuracy`` is another quantity):
+``top_config.mean_val_accuracy`` (the winning training configuration's mean validation accuracy at the
+judged epoch), ``champion.val_accuracy`` and ``champion.test_accuracy`` (with ``_low``/``_high``, the
+Wilson interval) when a model was registered and tested, ``runs_judged``, ``runs_overfitting``, ``runs_excluded``. Tags: ``best.strategy.name``,
 ``best.batch_size``, ``best.cluster.name`` (the winning configuration), ``best.run_ids``,
 ``best.preprocess.cluster.name`` and ``best.speedtest.cluster.name`` (the winning shapes), and when a
 model was registered ``registered_model`` (``models:/<name>@champion``) and ``registered_model.version``.
@@ -27,7 +28,7 @@ def metrics(result: best_config.BestConfigResult) -> dict[str, float]:
         "runs_excluded": float(len(result.excluded)),
     }
     if result.training:
-        values["best_val_accuracy"] = float(result.training[0].score.mean)
+        values["top_config.mean_val_accuracy"] = float(result.training[0].score.mean)
     return values
 
 

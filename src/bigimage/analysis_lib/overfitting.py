@@ -15,6 +15,10 @@ Definitions (the seed called validation accuracy above training accuracy "overfi
   only in training (dropout, augmentation), training accuracy averaged over an epoch during which
   the model improved, an easier validation split, or leakage of training images into validation.
 
+The verdict also names the run's **judged epoch** (:mod:`bigimage.tracking.judged`: best
+``val_accuracy``, earliest on ties), the one rule by which a run is scored everywhere; an overfitting
+run's onset is reported beside it, not used to score it.
+
 Runs that cannot be judged (not FINISHED, a missing history, a single epoch, NaN/inf losses) are
 excluded with the reason, never guessed at.
 """
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bigimage.analysis_lib import common, training_cost
-from bigimage.tracking import query
+from bigimage.tracking import judged, query
 
 TAG_OVERFITTING = "overfitting"
 TAG_ONSET = "overfitting_onset_epoch"
@@ -81,9 +85,8 @@ class Verdict:
     val_above_train: bool
     val_above_train_note: str
     min_val_loss_epoch: int
-    best_epoch: int  # epoch of the best validation accuracy (of minimum validation loss if no accuracy)
-    last_good_epoch: int  # onset if overfitting, else best epoch
-    val_accuracy_at_last_good: float | None
+    judged_epoch: int | None  # bigimage.tracking.judged; None without a val_accuracy history
+    judged_val_accuracy: float | None  # val_accuracy at the judged epoch
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -218,13 +221,13 @@ def _accuracy_gap(
     return _AccuracyGap(gaps, final, note)
 
 
-def _best_epoch(steps: list[int], val_accuracy: pd.Series | None, fallback: int) -> int:
-    """The epoch of best validation accuracy; ``fallback`` (minimum validation loss) without one."""
+def _judged(steps: list[int], val_accuracy: pd.Series | None) -> tuple[float | None, int | None]:
+    """(val_accuracy, epoch) at the judged epoch of the judged steps (:mod:`bigimage.tracking.judged`)."""
     if val_accuracy is None:
-        return fallback
-    judged = val_accuracy.loc[[step for step in steps if step in val_accuracy.index]]
-    judged = judged[np.isfinite(judged)]
-    return int(judged.idxmax()) if not judged.empty else fallback
+        return None, None
+    history = [{"epoch": step, judged.MONITOR: val_accuracy[step]} for step in steps if step in val_accuracy.index]
+    value, epoch = judged.judged_epoch(history)
+    return (value, epoch) if epoch >= 0 else (None, None)
 
 
 def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> Verdict:
@@ -240,7 +243,7 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: 
     val_accuracy = _series(history, "val_accuracy")
     gap = _accuracy_gap(steps, _series(history, "accuracy"), val_accuracy, thresholds, notes)
     by_gap = gap.final is not None and gap.final > thresholds.gap_threshold
-    best_epoch = _best_epoch(steps, val_accuracy, rise.min_epoch)
+    judged_value, judged_epoch = _judged(steps, val_accuracy)
 
     parts = []
     onset = None
@@ -262,10 +265,6 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: 
                 parts.append("the gap was above the threshold from the first epoch")
     overfitting = rise.overfitting or by_gap
     reason = "; ".join(parts) if overfitting else _no_overfitting_reason(steps, rise, gap, thresholds)
-    last_good = onset if onset is not None else best_epoch
-    val_accuracy_at_last_good = None
-    if val_accuracy is not None and last_good in val_accuracy.index and math.isfinite(float(val_accuracy[last_good])):
-        val_accuracy_at_last_good = float(val_accuracy[last_good])
     return Verdict(
         run_id=run_id,
         run_name=run_name,
@@ -277,9 +276,8 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: 
         val_above_train=bool(gap.val_above_note),
         val_above_train_note=gap.val_above_note,
         min_val_loss_epoch=rise.min_epoch,
-        best_epoch=best_epoch,
-        last_good_epoch=int(last_good),
-        val_accuracy_at_last_good=val_accuracy_at_last_good,
+        judged_epoch=judged_epoch,
+        judged_val_accuracy=judged_value,
         notes=notes,
     )
 
@@ -398,6 +396,7 @@ def render_text(result: OverfittingResult) -> str:
             "epochs": v.epochs,
             "overfitting": v.overfitting,
             "onset": v.onset_epoch,
+            "judged epoch": v.judged_epoch,
             "gap": v.gap,
             "val>train": v.val_above_train,
             "reason": v.reason,

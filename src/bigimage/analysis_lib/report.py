@@ -90,7 +90,7 @@ def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | No
             ax.axvline(v.onset_epoch, color="crimson", linestyle="--", linewidth=1)
             onset = (v.onset_epoch, ax.get_ylim()[1])
             ax.annotate(f"onset {v.onset_epoch}", onset, fontsize=7, color="crimson", ha="left", va="top")
-    title = "Learning curves by strategy and batch size (dashed: overfitting onset = last good epoch)"
+    title = "Learning curves by strategy and batch size (dashed: overfitting onset)"
     common.save_figure(grid.figure, path, title, title_y=1.02)
     return None
 
@@ -161,6 +161,7 @@ def _overfitting_rows(result: best_config.BestConfigResult) -> list[dict]:
                 "epochs": v.epochs,
                 "overfitting": "yes" if v.overfitting else "no",
                 "onset epoch": v.onset_epoch,
+                "judged epoch": v.judged_epoch,
                 "final gap": v.gap,
                 "val above train": "yes" if v.val_above_train else "no",
                 "reason": v.reason,
@@ -189,7 +190,7 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
         top = result.training[0]
         out.append(
             f"Best training configuration: strategy {top.key['strategy.name']}, batch size {top.key['batch_size']}, "
-            f"cluster {top.key['cluster.name']}, validation accuracy at its last good epoch {top.score.text()}; "
+            f"cluster {top.key['cluster.name']}, validation accuracy at the judged epoch {top.score.text()}; "
             f"{st['training']['statement']}."
         )
     if result.champion:
@@ -267,7 +268,8 @@ def _overfitting_md(result: best_config.BestConfigResult, figures: dict[str, str
         f"A run overfits when, after the epoch of minimum validation loss, validation loss stays above that minimum "
         f"(by more than {thresholds.min_delta:g}) for at least {thresholds.patience} epochs while training loss keeps "
         f"falling, or when the final training-minus-validation accuracy gap exceeds {thresholds.gap_threshold:g}. The "
-        f"onset epoch is the last good epoch (0-based, the metric step). Validation accuracy above training accuracy "
+        f"onset epoch is the last good epoch (0-based, the metric step); it is reported, not used to score the run. "
+        f"Validation accuracy above training accuracy "
         f"(by more than {thresholds.val_above_margin:g}) is flagged separately: it is not overfitting.",
         "",
         common.markdown_table(_overfitting_rows(result)),
@@ -280,7 +282,8 @@ def _training_md(result: best_config.BestConfigResult, tables: dict) -> list[str
     return [
         "## Best training configuration",
         "",
-        "Validation accuracy at each run's last good epoch (the onset epoch if it overfits, else its best epoch), "
+        "Validation accuracy at each run's judged epoch (its best val_accuracy, the earliest on ties: the epoch whose "
+        "weights the run logged as its model), "
         f"mean over repeated runs with a {int(round(100 * confidence))}% Student-t interval (n=1: no interval).",
         "",
         common.markdown_table(tables["training"]),

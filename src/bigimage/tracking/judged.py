@@ -1,0 +1,38 @@
+"""Which epoch a training run is judged at: one rule for every choice made from a run.
+
+A run is judged at its **judged epoch**: the epoch of its highest ``val_accuracy``, the earliest one on
+ties. The training's model checkpoint keeps that epoch's weights (Keras' ``ModelCheckpoint`` with
+:data:`MONITOR`, :data:`MODE` and ``save_best_only``, which replaces the kept weights only on a strict
+improvement, so ties keep the earliest), the run logs that epoch and value as :data:`EPOCH_METRIC` and
+:data:`VALUE_METRIC`, the search optimises that value, and the analysis ranks and reports it. Choices
+read validation only; the test split (``train.test_fraction``) is read once, after the choice.
+
+Kept apart from both sides, as :mod:`bigimage.tracking.names` is: the analysis never loads TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+#: The per-epoch metric that picks the epoch, and the direction that counts as better.
+MONITOR = "val_accuracy"
+MODE = "max"
+
+#: The training run's metrics that hold the judged epoch and the value of :data:`MONITOR` there.
+EPOCH_METRIC = "best_epoch"
+VALUE_METRIC = "best_val_accuracy"
+
+
+def judged_epoch(history: Iterable[Mapping[str, float]]) -> tuple[float, int]:
+    """``(value, epoch)`` of the judged epoch of a history (entries with ``epoch`` and :data:`MONITOR`);
+    ``(nan, -1)`` when no epoch has a finite value."""
+    scored = [
+        (float(entry[MONITOR]), int(entry["epoch"]))
+        for entry in history
+        if MONITOR in entry and math.isfinite(float(entry[MONITOR]))
+    ]
+    if not scored:
+        return float("nan"), -1
+    best = max(value for value, _ in scored)
+    return best, min(epoch for value, epoch in scored if value == best)
