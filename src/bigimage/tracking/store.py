@@ -3,15 +3,23 @@
 Paths are resolved against the project root, never Hydra's per-run output folder (hydra #830), and
 the experiment gets an explicit artifact location: with a sqlite URI MLflow would otherwise put
 artifacts in ``./mlruns`` relative to whatever the current directory is.
+
+A sqlite store is created and migrated once, under an exclusive lock on ``<database>.lock`` beside
+the database (:func:`prepare_store`), before any run opens it: MLflow creates the tables and runs its
+schema migration in every process that finds them missing, and processes started together on a fresh
+store race each other there (``table _alembic_tmp_... already exists``, ``duplicate column name``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,18 +34,28 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 DEFAULT_ARTIFACTS = PROJECT_ROOT / "mlruns" / "artifacts"
+LOCK_SUFFIX = ".lock"  # <database>.lock: held while the store is created and migrated
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+SQLITE_PREFIX = "sqlite:///"
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The configured URI, else ``$MLFLOW_TRACKING_URI``, else the project's sqlite store."""
-    uri = (uri or os.environ.get(ENV_TRACKING_URI, "").strip()) or f"sqlite:///{DEFAULT_STORE}"
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        uri = f"sqlite:///{path if path.is_absolute() else PROJECT_ROOT / path}"
+    uri = (uri or os.environ.get(ENV_TRACKING_URI, "").strip()) or f"{SQLITE_PREFIX}{DEFAULT_STORE}"
+    if uri.startswith(SQLITE_PREFIX):
+        path = Path(uri.removeprefix(SQLITE_PREFIX))
+        uri = f"{SQLITE_PREFIX}{path if path.is_absolute() else PROJECT_ROOT / path}"
     elif "://" not in uri:  # a bare folder is MLflow's file store
         uri = str((PROJECT_ROOT / uri).resolve())
     return uri
+
+
+def sqlite_database(uri: str) -> Path | None:
+    """The database file of a resolved ``sqlite:///`` URI (:func:`resolve_tracking_uri`); None for any
+    other store."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    return Path(uri.removeprefix(SQLITE_PREFIX).split("?", 1)[0])
 
 
 def default_artifact_location(uri: str, artifact_root: str | None = None) -> str | None:
@@ -112,11 +130,49 @@ def ensure_experiment(name: str, artifact_location: str | None) -> str:
     return retry_busy(get_or_create)
 
 
+@contextmanager
+def store_lock(database: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<database>.lock`` (made if missing, kept afterwards: removing a
+    lock file another process is waiting on would let a third one lock a new file beside it)."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + LOCK_SUFFIX), "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # the kernel drops it if this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_prepared: set[str] = set()
+_prepared_lock = threading.Lock()
+
+
+def prepare_store(uri: str) -> None:
+    """Create and migrate the sqlite store of ``uri`` once, under :func:`store_lock`, before this
+    process opens it otherwise; nothing for other stores, and nothing again in this process.
+
+    MLflow's own opening creates the tables and migrates the schema in each process that finds them
+    missing, with nothing between processes doing it at once. Here the first process to hold the lock
+    does it (``SqlAlchemyStore``, its default experiment's artifacts where :func:`default_artifact_location`
+    says); the others wait, then find every table and migrate nothing.
+    """
+    database = sqlite_database(uri)
+    if database is None or uri in _prepared:
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    artifacts = default_artifact_location(uri)
+    with _prepared_lock, store_lock(database):
+        if uri not in _prepared:
+            retry_busy(lambda: SqlAlchemyStore(uri, artifacts))
+            _prepared.add(uri)
+
+
 def connect(uri: str | None, experiment: str, artifact_root: str | None = None) -> tuple[str, str]:
-    """Point this process (and its child processes) at the store; returns (uri, experiment id)."""
+    """Point this process (and its child processes) at the store, created and migrated once under
+    its lock (:func:`prepare_store`); returns (uri, experiment id)."""
     uri = resolve_tracking_uri(uri)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    prepare_store(uri)
     mlflow.set_tracking_uri(uri)
     os.environ[ENV_TRACKING_URI] = uri
     return uri, ensure_experiment(experiment, default_artifact_location(uri, artifact_root))
