@@ -1,8 +1,9 @@
 """Where runs go: the tracking URI, the experiment, and retries around a busy sqlite store.
 
 Paths are resolved against the project root, never Hydra's per-run output folder (hydra #830), and
-the experiment gets an explicit artifact location: with a sqlite URI MLflow would otherwise put
-artifacts in ``./mlruns`` relative to whatever the current directory is.
+the experiment gets an explicit artifact location beside a sqlite store's database file: with a
+sqlite URI MLflow would otherwise put artifacts in ``./mlruns`` relative to whatever the current
+directory is.
 
 A sqlite store is created and migrated once, under an exclusive lock on ``<database>.lock`` beside
 the database (:func:`prepare_store`), before any run opens it: MLflow creates the tables and runs its
@@ -33,7 +34,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
-DEFAULT_ARTIFACTS = PROJECT_ROOT / "mlruns" / "artifacts"
+ARTIFACTS_FOLDER = "artifacts"  # beside a sqlite store's database file
+DEFAULT_ARTIFACTS = DEFAULT_STORE.parent / ARTIFACTS_FOLDER
 LOCK_SUFFIX = ".lock"  # <database>.lock: held while the store is created and migrated
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 SQLITE_PREFIX = "sqlite:///"
@@ -59,11 +61,14 @@ def sqlite_database(uri: str) -> Path | None:
 
 
 def default_artifact_location(uri: str, artifact_root: str | None = None) -> str | None:
-    """Artifacts of a local store live under the project's ``mlruns/``; a server picks its own."""
+    """``artifact_root`` if given; else a sqlite store's artifacts sit beside its database file
+    (``<folder of the .db>/artifacts``: the project's ``mlruns/artifacts`` for its own store), so a
+    store elsewhere keeps its runs' files with it; a server picks its own (None)."""
     if artifact_root:
         return artifact_root if "://" in artifact_root else Path(artifact_root).resolve().as_uri()
-    if uri.startswith("sqlite:"):
-        return DEFAULT_ARTIFACTS.as_uri()
+    database = sqlite_database(uri)
+    if database is not None:
+        return (database.resolve().parent / ARTIFACTS_FOLDER).as_uri()
     return None
 
 
@@ -153,8 +158,8 @@ def prepare_store(uri: str) -> None:
 
     MLflow's own opening creates the tables and migrates the schema in each process that finds them
     missing, with nothing between processes doing it at once. Here the first process to hold the lock
-    does it (``SqlAlchemyStore``, its default experiment's artifacts where :func:`default_artifact_location`
-    says); the others wait, then find every table and migrate nothing.
+    does it (``SqlAlchemyStore``, whose default experiment gets its artifacts beside the database too);
+    the others wait, then find every table and migrate nothing.
     """
     database = sqlite_database(uri)
     if database is None or uri in _prepared:
