@@ -137,8 +137,11 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
 
     selection, runs = query.load_runs(store.uri, store.experiment_name)
     result = bc.analyse(selection, runs, prices=prices)
-    assert [r.key["cluster.name"] for r in result.preprocess["by_speed"]] == ["local", "four", "maximal"]
+    # local and Dataproc runs are ranked apart; the winner's group is the Dataproc one (two shapes)
+    assert [r.key["cluster.name"] for r in result.preprocess["by_speed"]] == ["four", "maximal"]
     assert [r.key["cluster.name"] for r in result.preprocess["by_cost"]] == ["four"]  # the only priced run
+    local = next(g for g in result.groups["preprocess"] if not g.chosen)
+    assert [r.key["cluster.name"] for r in local.rankings["by_speed"]] == ["local"]
     four = result.preprocess["by_cost"][0]
     assert four.run_ids == [store.ids["pre-four-eu"]]
     assert four.score.mean == pytest.approx(
@@ -150,7 +153,7 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
     assert pd.isna(table.loc[store.ids["pre-asked-dataproc"], "cost_per_1000_images"])
     assert "not priced: ran on local" in table.loc[store.ids["pre-asked-dataproc"], "cost_note"]
     notes = "\n".join(result.notes)
-    assert "'local'}: no cost (not priced: ran on local (spark.master local[2])" in notes
+    assert "local: no cost (not priced: ran on local (spark.master local[2])" in notes
     assert "no prices for region asia-northeast1 in the price table (it has us-central1, europe-west2" in notes
     doc = result.as_dict()
     assert (
@@ -231,11 +234,16 @@ def test_preprocess_ranking_by_speed_and_cost(result, scenario):
 def test_speedtest_ranking_from_the_tables(result, scenario):
     tf = [r for r in result.speedtest["by_speed"] if r.key["source"] == "tfrecord"]
     assert [r.key["cluster.name"] for r in tf] == ["single", "four", "maximal"]
-    assert all(r.score.n == 9 for r in tf)  # 3 runs x 3 repetitions
+    assert all(r.score.n == 3 for r in tf)  # 3 runs (of 3 repetitions each): one value per run
     files = {r.key["cluster.name"]: r.score.mean for r in result.speedtest["by_speed"] if r.key["source"] == "files"}
     assert set(files) == {"single", "four", "maximal"}
     assert tf[0].score.mean == pytest.approx(2 * files["single"], rel=1e-6)
-    assert result.winners["speedtest"]["key"] == {"source": "tfrecord", "cluster.name": "single"}
+    assert result.winners["speedtest"]["key"] == {
+        "source": "tfrecord",
+        "cluster.name": "single",
+        "cores": None,  # the scenario's runs did not read back what Spark granted
+        "executors": None,
+    }
     assert set(result.winners["speedtest"]["run_ids"]) == {scenario.ids[f"speed-single-{i}"] for i in range(3)}
     assert len(result.speedtest["by_cost"]) == 6
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from bigimage.analysis_lib import common, overfitting, registry, training_cost
+from bigimage.analysis_lib import common, comparable, overfitting, registry, training_cost
 from bigimage.analysis_lib.common import Ranked
 from bigimage.tracking import names, query
 
@@ -232,46 +232,77 @@ def _finished(runs: pd.DataFrame, task: str, excluded: list) -> list[pd.Series]:
     return ok
 
 
+TRAINING_RANKING = "val_accuracy"  # the name of a training group's ranking (comparable.Group.rankings)
+
+
 def rank_training(
     of: overfitting.OverfittingResult, confidence: float = 0.95
-) -> tuple[list[Ranked], list[overfitting.Exclusion]]:
-    """Training configurations ranked by validation accuracy at the judged epoch (mean over runs).
+) -> tuple[list[comparable.Group], list[overfitting.Exclusion]]:
+    """Training configurations ranked by validation accuracy at the judged epoch (mean over runs), within
+    each comparable group of runs (:data:`comparable.TRAINING`: same data, image size, splits, augmentation).
 
-    A configuration is :data:`CONFIG_PARAMS` plus the searched hyperparameters that differ between the
-    runs (:func:`training_cost.config_params`): a search's trials are configurations of their own."""
+    A configuration is :data:`CONFIG_PARAMS` plus the settings that differ between the runs
+    (:func:`training_cost.config_params`): a search's trials are configurations of their own."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
     keys = training_cost.config_params(by_id.loc[[v.run_id for v in of.verdicts]]) if of.verdicts else []
-    groups: dict[tuple, dict[str, float]] = {}  # key -> run id -> val accuracy at the judged epoch
+    split = comparable.split([], comparable.TRAINING)
+    scores: dict[str, tuple[tuple, float]] = {}  # run id -> its configuration, val accuracy at the judged epoch
     for verdict in of.verdicts:
         row = by_id.loc[verdict.run_id]
-        values = {key: query.param(row, key) for key in keys}
-        missing = [key for key in CONFIG_PARAMS if values[key] is None]
-        if missing:
-            _exclude(excluded, row, f"params of another schema: missing {', '.join(missing)}")
-            continue
-        try:
-            values["batch_size"] = int(float(values["batch_size"]))
-        except ValueError:
-            _exclude(excluded, row, f"params of another schema: batch_size={values['batch_size']!r} is not a number")
+        key = _configuration(row, keys, excluded)
+        if key is None:
             continue
         if verdict.judged_val_accuracy is None:
             _exclude(excluded, row, "no val_accuracy history: no judged epoch")
             continue
-        key = tuple(values[name] if name == "batch_size" else str(values[name]) for name in keys)
-        groups.setdefault(key, {})[verdict.run_id] = verdict.judged_val_accuracy
+        split.add(row)
+        scores[verdict.run_id] = (key, verdict.judged_val_accuracy)
+    groups = [split.group(context, {}) for context in split.members]
+    for group in groups:
+        group.rankings[TRAINING_RANKING] = _rank_configurations(group.run_ids, scores, keys, confidence)
+    comparable.label_groups(groups)
+    return groups, excluded
+
+
+def _configuration(row: pd.Series, keys: list[str], excluded: list) -> tuple | None:
+    """The run's configuration (its values of ``keys``), or None with why in ``excluded``."""
+    values = {key: query.param(row, key) for key in keys}
+    missing = [key for key in CONFIG_PARAMS if values[key] is None]
+    if missing:
+        _exclude(excluded, row, f"params of another schema: missing {', '.join(missing)}")
+        return None
+    try:
+        values["batch_size"] = int(float(values["batch_size"]))
+    except ValueError:
+        _exclude(excluded, row, f"params of another schema: batch_size={values['batch_size']!r} is not a number")
+        return None
+    return tuple(values[name] if name == "batch_size" else str(values[name]) for name in keys)
+
+
+def _rank_configurations(
+    run_ids: list[str], scores: dict[str, tuple[tuple, float]], keys: list[str], confidence: float
+) -> list[Ranked]:
+    """The configurations of ``run_ids`` by their mean score, best first (more runs first on ties)."""
+    members: dict[tuple, dict[str, float]] = {}
+    for run_id in run_ids:
+        key, score = scores[run_id]
+        members.setdefault(key, {})[run_id] = score
     ranking = [
-        Ranked(dict(zip(keys, key)), common.mean_interval(list(members.values()), confidence), list(members))
-        for key, members in groups.items()
+        Ranked(dict(zip(keys, key)), common.mean_interval(list(runs.values()), confidence), list(runs))
+        for key, runs in members.items()
     ]
     ranking.sort(key=lambda ranked: (-ranked.score.mean, -ranked.score.n, str(ranked.key)))
-    return ranking, excluded
+    return ranking
 
 
-def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
-    """Cluster shapes of the preprocess runs, by images/s (desc) and by cost per 1,000 images (asc)."""
+def rank_preprocess(
+    runs: pd.DataFrame, prices: Prices, confidence: float = 0.95
+) -> tuple[list[comparable.Group], list[overfitting.Exclusion], pd.DataFrame]:
+    """Cluster shapes of the preprocess runs, by images/s (desc) and by cost per 1,000 images (asc),
+    within each comparable group of runs (:data:`comparable.PREPROCESS`); and the table of runs."""
     excluded: list[overfitting.Exclusion] = []
-    rows = []
+    rows, usable = [], []
     for row in _finished(runs, "preprocess", excluded):
         measured = {key: query.metric(row, key) for key in PREPROCESS_METRICS}
         values = {
@@ -282,10 +313,11 @@ def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95
             _exclude(excluded, row, f"missing or non-positive metric(s): {', '.join(bad)}")
             continue
         hourly, how = hourly_cost(row, prices)
+        usable.append(row)
         rows.append(
             {
                 "run_id": row["run_id"],
-                "cluster.name": query.param(row, "cluster.name"),
+                **comparable.shape(row),
                 **values,
                 "hourly_cost": hourly,
                 "cost_note": how,
@@ -293,16 +325,34 @@ def rank_preprocess(runs: pd.DataFrame, prices: Prices, confidence: float = 0.95
             }
         )
     table = pd.DataFrame(rows)
-    return _rank_shapes(table, ["cluster.name"], confidence), excluded, table
+    return _shape_groups(table, usable, comparable.PREPROCESS, list(comparable.SHAPE_KEYS), confidence), excluded, table
 
 
-def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dict:
+def _shape_groups(
+    table: pd.DataFrame,
+    runs: list[pd.Series],
+    settings: tuple[comparable.Setting, ...],
+    keys: list[str],
+    confidence: float,
+) -> list[comparable.Group]:
+    """``table`` (one row per run, or per run and source) ranked by ``keys`` within each comparable group
+    of ``runs`` by ``settings``."""
+    split = comparable.split(runs, settings)
+    groups = []
+    for context in split.members:
+        group = split.group(context, {})
+        group.rankings = _rank_shapes(table[table["run_id"].isin(group.run_ids)], keys, confidence)
+        groups.append(group)
+    comparable.label_groups(groups)
+    return groups
+
+
+def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dict[str, list[Ranked]]:
+    """Items of ``keys`` by images/s (desc) and, for the priced runs, by cost (asc): one value per row of
+    ``table`` (a run's, or a run's mean over its repetitions: repetitions in one process are not
+    independent, so the intervals have n = runs)."""
     speed, cost = [], []
-    if table.empty:
-        return {"by_speed": [], "by_cost": []}
-    for key, group in table.groupby(keys, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        key_values = dict(zip(keys, key))
+    for key_values, group in _by_key(table, keys):
         run_ids = sorted(set(group["run_id"]))
         priced = group[group["cost_per_1000_images"].notna()]  # Dataproc runs only (hourly_cost says why)
         extra = {
@@ -323,8 +373,19 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
     return {"by_speed": speed, "by_cost": cost}
 
 
+def _by_key(table: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
+    """The rows of ``table`` per value of ``keys``, sorted; a missing value (a shape's cores that Spark
+    did not report) is None and a value of its own, never dropped."""
+    if table.empty:
+        return []
+    values = [tuple(comparable.plain(row[key]) for key in keys) for _, row in table.iterrows()]
+    order = sorted(set(values), key=lambda value: tuple((v is None, str(v)) for v in value))
+    return [(dict(zip(keys, value)), table[[v == value for v in values]]) for value in order]
+
+
 def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
-    """The speed-test grid rows of all usable speedtest runs, with ``cluster.name`` and run ids."""
+    """The speed-test grid rows of all usable speedtest runs, with their shape (:data:`comparable.SHAPE_KEYS`)
+    and run ids."""
     excluded: list[overfitting.Exclusion] = []
     by_id = {row["run_id"]: row for row in _finished(runs, "speedtest", excluded)}
     table, problems = query.load_run_table(
@@ -346,7 +407,8 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
         if usable.empty:
             _exclude(excluded, by_id[run_id], f"{names.SPEEDTEST_TABLE} has no row with positive images and seconds")
             continue
-        frames.append(usable.assign(**{"cluster.name": query.param(by_id[run_id], "cluster.name")}))
+        shape = comparable.shape(by_id[run_id])
+        frames.append(usable.assign(**{key: [shape[key]] * len(usable) for key in comparable.SHAPE_KEYS}))
         if len(usable) < len(group):
             notes.append(f"{run_id}: {len(group) - len(usable)} grid row(s) without positive images/seconds dropped")
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -354,24 +416,51 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
 
 
 def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
+    """(Source, shape) pairs by images/s and cost within each comparable group of speed-test runs
+    (:data:`comparable.SPEEDTEST`); each run counts once: the mean of its repetitions."""
     rows, excluded, notes, by_id = speedtest_rows(selection, runs)
     if rows.empty:
-        return {"by_speed": [], "by_cost": []}, excluded, notes, rows
-    per_rep = _images_per_second(rows, ["run_id", "cluster.name", "source", "repetition"])
+        return [], excluded, notes, rows
+    per_rep = _images_per_second(rows, ["run_id", "source", "repetition"])
     hourly = {rid: hourly_cost(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
-    per_rep["hourly_cost"] = per_rep["run_id"].map(lambda r: hourly[r][0])
-    per_rep["cost_note"] = per_rep["run_id"].map(lambda r: hourly[r][1])
-    per_rep["cost_per_1000_images"] = [
-        cost_per_1000(h, s, i) for h, s, i in zip(per_rep["hourly_cost"], per_rep["seconds"], per_rep["images"])
-    ]
-    return _rank_shapes(per_rep, ["source", "cluster.name"], confidence), excluded, notes, rows
+    per_rep["cost_per_1000_images"] = pd.Series(
+        [
+            cost_per_1000(hourly[r][0], s, i)
+            for r, s, i in zip(per_rep["run_id"], per_rep["seconds"], per_rep["images"])
+        ],
+        index=per_rep.index,
+        dtype=float,
+    )
+    per_run = _run_means(
+        per_rep, ["run_id", "source"], ["images_per_second", "seconds", "images", "cost_per_1000_images"]
+    )
+    per_run["hourly_cost"] = per_run["run_id"].map(lambda r: hourly[r][0])
+    per_run["cost_note"] = per_run["run_id"].map(lambda r: hourly[r][1])
+    for key in comparable.SHAPE_KEYS:
+        per_run[key] = per_run["run_id"].map(lambda r, key=key: comparable.shape(by_id[r])[key])
+    keys = ["source", *comparable.SHAPE_KEYS]
+    usable = [by_id[run_id] for run_id in per_run["run_id"].unique()]
+    return _shape_groups(per_run, usable, comparable.SPEEDTEST, keys, confidence), excluded, notes, rows
+
+
+def _run_means(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """The mean of ``columns`` per ``keys`` (one row per run: its repetitions' mean); a column that is
+    missing in every row of a group stays missing."""
+    return table.groupby(keys, as_index=False, sort=False)[columns].mean()
 
 
 def speedtest_by_batch(rows: pd.DataFrame) -> pd.DataFrame:
-    """Images/s per (run, cluster, source, batch_size, repetition): the data of the throughput figure."""
+    """Images/s per (run, shape, source, batch_size): each run's mean over its repetitions, the data of the
+    throughput figure (its intervals are then over runs)."""
     if rows.empty:
         return rows
-    return _images_per_second(rows, ["run_id", "cluster.name", "source", "batch_size", "repetition"])
+    keys = ["run_id", "source", "batch_size", "repetition"]
+    per_rep = _images_per_second(rows, keys)
+    per_run = _run_means(per_rep, keys[:-1], ["images_per_second"])
+    shapes = rows.drop_duplicates("run_id").set_index("run_id")
+    for key in comparable.SHAPE_KEYS:
+        per_run[key] = per_run["run_id"].map(shapes[key])
+    return per_run
 
 
 def _images_per_second(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -396,6 +485,10 @@ class BestConfigResult:
     rank_by: str = "speed"
     tags_written: bool = False
     champion: dict | None = None  # the registered model the alias points at (registry.Champion.as_dict)
+    # section ("train", "preprocess", "speedtest") -> its comparable groups (:mod:`.comparable`), each ranked
+    # apart; training, preprocess and speedtest above are the rankings of the group marked chosen
+    groups: dict[str, list[comparable.Group]] = field(default_factory=dict)
+    group_choice: dict[str, str] = field(default_factory=dict)  # section -> which group the winner is from, why
 
     def _contests(self) -> dict[str, tuple[list[Ranked], str, str]]:
         """Per section: the ranking its winner tops, what it ranks and by what. The speed test's winner
@@ -449,6 +542,10 @@ class BestConfigResult:
             },
             "tags_written": self.tags_written,
             "champion": self.champion,
+            "comparable_groups": {
+                section: {"statement": self.group_choice.get(section, ""), "groups": [g.as_dict() for g in groups]}
+                for section, groups in self.groups.items()
+            },
         }
 
 
@@ -465,16 +562,23 @@ def analyse(
     training, ex_train = rank_training(of, confidence)
     pre, ex_pre, pre_table = rank_preprocess(runs, prices, confidence)
     speed, ex_speed, notes, speed_rows = rank_speedtest(selection, runs, prices, confidence)
-    for section in (pre, speed):
-        for r in section["by_speed"]:
+    for group in pre + speed:
+        for r in group.rankings["by_speed"]:
             if r.extra.get("hourly_cost") is None:
-                notes.append(f"{r.key}: no cost ({r.extra.get('cost_note')})")
+                notes.append(f"{comparable.item_text(r.key)}: no cost ({r.extra.get('cost_note')})")
+    which = "by_speed" if rank_by == "speed" else "by_cost"
+    groups = {"train": training, "preprocess": pre, "speedtest": speed}
+    choice = {
+        "train": comparable.choose(training, TRAINING_RANKING, "configurations"),
+        "preprocess": comparable.choose(pre, which, "shapes"),
+        "speedtest": comparable.choose(speed, which, "shapes"),
+    }
     return BestConfigResult(
         selection,
-        training,
+        _chosen(training).get(TRAINING_RANKING, []),
         training_cost.rank_by_cost(runs, confidence),
-        pre,
-        speed,
+        _chosen(pre) or {"by_speed": [], "by_cost": []},
+        _chosen(speed) or {"by_speed": [], "by_cost": []},
         ex_train + ex_pre + ex_speed,
         notes,
         prices,
@@ -482,17 +586,22 @@ def analyse(
         pre_table,
         speed_rows,
         rank_by,
+        groups=groups,
+        group_choice={section: why for section, why in choice.items() if why},
     )
 
 
+def _chosen(groups: list[comparable.Group]) -> dict[str, list[Ranked]]:
+    """The rankings of the group :func:`comparable.choose` marked, or none."""
+    return next((group.rankings for group in groups if group.chosen), {})
+
+
 def write_tags(result: BestConfigResult) -> None:
-    """``best_config=true`` on the winners' runs, ``false`` on the other ranked runs of the same task."""
-    ranked = {
-        "train": {r for x in result.training for r in x.run_ids},
-        "preprocess": {r for x in result.preprocess["by_speed"] for r in x.run_ids},
-        "speedtest": {r for x in result.speedtest["by_speed"] for r in x.run_ids},
-    }
-    for task, run_ids in ranked.items():
+    """``best_config=true`` on the winners' runs, ``false`` on the other ranked runs of the same task (of
+    every comparable group: a run of another group did not win)."""
+    ranking = {"train": TRAINING_RANKING, "preprocess": "by_speed", "speedtest": "by_speed"}
+    for task, name in ranking.items():
+        run_ids = {r for g in result.groups.get(task, []) for x in g.rankings.get(name, []) for r in x.run_ids}
         won = set(result.winners.get(task, {}).get("run_ids", []))
         for run_id in sorted(run_ids):
             query.set_tags(result.selection.tracking_uri, run_id, {TAG_BEST: "true" if run_id in won else "false"})
@@ -540,17 +649,43 @@ def _ranking_rows(
 
 
 def tables(result: BestConfigResult) -> dict[str, list[dict]]:
-    """The rankings as plain rows (for the terminal and the Markdown report)."""
-    shape, read = ["cluster.name"], ["source", "cluster.name"]
+    """The rankings of every comparable group as plain rows (for the terminal and the Markdown report)."""
+    shape = list(comparable.SHAPE_KEYS)
+    read = ["source", *shape]
     pareto = {"best_val_accuracy": "best_val_accuracy", "pareto": "pareto_optimal"}
+    groups = result.groups
+    by_cost = _ranking_rows(result.training_by_cost, "seconds_per_epoch", extra=pareto)
+    if len({r.extra.get(training_cost.GROUP) for r in result.training_by_cost}) > 1:
+        by_cost = [{"group": r.extra[training_cost.GROUP], **row} for r, row in zip(result.training_by_cost, by_cost)]
     return {
-        "training": _ranking_rows(result.training, "val_accuracy"),
-        "training_by_cost": _ranking_rows(result.training_by_cost, "seconds_per_epoch", extra=pareto),
-        "preprocess_by_speed": _ranking_rows(result.preprocess["by_speed"], "images_per_second", shape),
-        "preprocess_by_cost": _ranking_rows(result.preprocess["by_cost"], "cost_per_1000_images", shape),
-        "speedtest_by_speed": _ranking_rows(result.speedtest["by_speed"], "images_per_second", read),
-        "speedtest_by_cost": _ranking_rows(result.speedtest["by_cost"], "cost_per_1000_images", read),
+        "training": _group_rows(groups.get("train", []), TRAINING_RANKING, "val_accuracy"),
+        "training_by_cost": by_cost,
+        "preprocess_by_speed": _group_rows(groups.get("preprocess", []), "by_speed", "images_per_second", shape),
+        "preprocess_by_cost": _group_rows(groups.get("preprocess", []), "by_cost", "cost_per_1000_images", shape),
+        "speedtest_by_speed": _group_rows(groups.get("speedtest", []), "by_speed", "images_per_second", read),
+        "speedtest_by_cost": _group_rows(groups.get("speedtest", []), "by_cost", "cost_per_1000_images", read),
     }
+
+
+WINNERS_GROUP = " (the winner's)"
+
+
+def _group_rows(
+    groups: list[comparable.Group],
+    ranking: str,
+    unit: str,
+    key_cols: list[str] | None = None,
+    extra: dict[str, str] | None = None,
+) -> list[dict]:
+    """The rows (:func:`_ranking_rows`) of every group's ``ranking``, the winner's group first, each
+    ranked apart; a first column ``group`` names the group when there are several."""
+    ordered = sorted(groups, key=lambda group: not group.chosen)
+    rows = []
+    for group in ordered:
+        for row in _ranking_rows(group.rankings.get(ranking, []), unit, key_cols, extra):
+            label = group.label + (WINNERS_GROUP if group.chosen else "")
+            rows.append({"group": label, **row} if len(groups) > 1 else row)
+    return rows
 
 
 def render_text(result: BestConfigResult) -> str:
@@ -568,6 +703,7 @@ def render_text(result: BestConfigResult) -> str:
     for name, rows in tables(result).items():
         out += [titles[name], common.text_table(rows)]
     out.append("Conclusions:")
+    out += [f"  comparable runs ({k}): {why}" for k, why in result.group_choice.items()]
     out += [f"  {k}: {v['statement']}" for k, v in statements.items()]
     out += [f"  winner ({k}): {w['key']} by {w['by']}" for k, w in result.winners.items()]
     if result.excluded:

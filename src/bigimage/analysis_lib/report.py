@@ -15,11 +15,13 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: runs unattended
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import seaborn as sns
 
 from bigimage.analysis_lib import (
     best_config,
     common,
+    comparable,
     forecast,
     headline,
     html_report,
@@ -103,21 +105,34 @@ def _as_int(text: str) -> int:
 
 
 def _key_text(key: dict) -> str:
-    if set(key) == {"source", "cluster.name"}:
-        return f"{key['cluster.name']} (reading {key['source']})"
-    return ", ".join(str(v) for v in key.values())
+    return comparable.item_text(key)
+
+
+def _winners_runs(result: best_config.BestConfigResult, section: str) -> set[str]:
+    """The runs of the comparable group the section's winner comes from: what its figure shows."""
+    return {run_id for group in result.groups.get(section, []) if group.chosen for run_id in group.run_ids}
+
+
+def _group_title(result: best_config.BestConfigResult, section: str) -> str:
+    """`` (runs with images=2000)`` when the section has several comparable groups: the winner's, which
+    its figure shows."""
+    groups = result.groups.get(section, [])
+    chosen = next((group for group in groups if group.chosen), None)
+    return f" (runs with {chosen.label})" if chosen and len(groups) > 1 else ""
 
 
 def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     data = best_config.speedtest_by_batch(result.speedtest_rows)
     if data.empty:
         return "no usable speed-test table: no throughput figure"
+    data = data[data["run_id"].isin(_winners_runs(result, "speedtest"))]
+    shapes = [comparable.shape_text(dict(zip(comparable.SHAPE_KEYS, values))) for values in _shape_values(data)]
     grid = sns.catplot(
-        data=data.assign(batch_size=data["batch_size"].astype(int)),
+        data=data.assign(batch_size=data["batch_size"].astype(int), shape=shapes),
         x="batch_size",
         y="images_per_second",
         hue="source",
-        col="cluster.name",
+        col="shape",
         kind="point",
         errorbar=("ci", 95),
         dodge=0.2,
@@ -125,22 +140,35 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
         aspect=1.1,
     )
     grid.set_axis_labels("batch size", "images / s")
-    title = "Read throughput by batch size and source (mean over repetitions, 95% bootstrap CI)"
+    title = (
+        "Read throughput by batch size and source (each run: the mean of its repetitions; mean over runs, "
+        f"95% bootstrap CI over runs){_group_title(result, 'speedtest')}"
+    )
     common.save_figure(grid.figure, path, title, title_y=1.03)
     return None
+
+
+def _shape_values(data: pd.DataFrame) -> list[tuple]:
+    """Each row's shape (:data:`comparable.SHAPE_KEYS`), a missing grant as None and whole numbers as ints."""
+    return [tuple(comparable.plain(row[key]) for key in comparable.SHAPE_KEYS) for _, row in data.iterrows()]
 
 
 def _preprocess_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     data = result.preprocess_table
     if data.empty:
         return "no usable preprocess run: no preprocessing figure"
-    order = [r.key["cluster.name"] for r in result.preprocess["by_speed"]]
+    data = data[data["run_id"].isin(_winners_runs(result, "preprocess"))]
+    data = data.assign(shape=[comparable.shape_text(dict(zip(comparable.SHAPE_KEYS, v))) for v in _shape_values(data)])
+    order = [comparable.shape_text(r.key) for r in result.preprocess["by_speed"]]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    sns.barplot(data=data, x="cluster.name", y="seconds", order=order, errorbar=("ci", 95), ax=ax, color="steelblue")
-    sns.stripplot(data=data, x="cluster.name", y="seconds", order=order, ax=ax, color="black", size=4)
+    sns.barplot(data=data, x="shape", y="seconds", order=order, errorbar=("ci", 95), ax=ax, color="steelblue")
+    sns.stripplot(data=data, x="shape", y="seconds", order=order, ax=ax, color="black", size=4)
     ax.set_xlabel("cluster shape")
     ax.set_ylabel("preprocessing time (s)")
-    ax.set_title("Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs)", fontsize=9)
+    title = (
+        f"Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs){_group_title(result, 'preprocess')}"
+    )
+    ax.set_title(title, fontsize=9)
     common.save_figure(fig, path)
     return None
 
@@ -214,9 +242,15 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
                 text + f". Winner by {result.rank_by}: {_key_text(winner) if winner else 'none'}; "
                 f"{st[section]['statement']}."
             )
+    out += [f"Compared like with like ({section}): {why}." for section, why in _several_groups(result).items()]
     if result.excluded:
         out.append(f"{len(result.excluded)} run(s) were left out; the table below says why.")
     return out
+
+
+def _several_groups(result: best_config.BestConfigResult) -> dict[str, str]:
+    """section -> why its winner comes from the group it does, for the sections with several groups."""
+    return {section: why for section, why in result.group_choice.items() if len(result.groups.get(section, [])) > 1}
 
 
 def render_markdown(
@@ -286,10 +320,17 @@ def _training_md(result: best_config.BestConfigResult, tables: dict) -> list[str
         "weights the run logged as its model), "
         f"mean over repeated runs with a {int(round(100 * confidence))}% Student-t interval (n=1: no interval).",
         "",
+        *_groups_md(result, "train"),
         common.markdown_table(tables["training"]),
         f"_{result.statements()['training']['statement']}._",
         "",
     ]
+
+
+def _groups_md(result: best_config.BestConfigResult, section: str) -> list[str]:
+    """Which runs are compared (:mod:`.comparable`) and which group the winner comes from, under a title."""
+    why = result.group_choice.get(section)
+    return [f"Compared like with like: {why}.", ""] if why else []
 
 
 # section -> title, figure, its title, the explanation under the title, what the cost is made of
@@ -305,8 +346,9 @@ _SHAPE_SECTIONS = {
         "Speed test: cluster shapes",
         FIG_THROUGHPUT,
         "Throughput by batch size and source",
-        "Images/s per repetition = images / seconds over all grid rows of that repetition; intervals "
-        "over repetitions of all runs of a shape.",
+        "Images/s per repetition = images / seconds over all grid rows of that repetition; each run counts "
+        "once, with the mean of its repetitions (repetitions in one process are not independent), so n is "
+        "the number of runs and the intervals are over runs.",
         "",
     ),
 }
@@ -321,6 +363,7 @@ def _shapes_md(
         f"## {title}",
         "",
         *([explanation, ""] if explanation else []),
+        *_groups_md(result, section),
         common.markdown_table(tables[f"{section}_by_speed"]),
         f"By cost per 1,000 images ({result.prices.currency}; {cost_parts}{best_config.PRICED_RUNS}):",
         "",

@@ -1,29 +1,32 @@
 """Training configurations by cost, and which of them are on the accuracy/cost Pareto front.
 
-The cost of a training on this machine is its ``seconds_per_epoch`` (training seconds over the epochs
-it ran); the accuracy is its ``best_val_accuracy``: the two numbers the cost-aware search
+The cost of a training on this machine is its ``seconds_per_epoch``: the seconds of ``model.fit``
+over the epochs it ran (not the process's start, imports or the data's planning; not money); the
+accuracy is its ``best_val_accuracy``: the two numbers the cost-aware search
 (``hparams_search=train_optuna_cost``) optimises, so the front here is the search's front when both
-read the same runs. A configuration is Pareto-optimal when no other is at least as accurate and at
-least as cheap, and better in one of the two (means over its runs).
+read the same runs. A configuration is Pareto-optimal when no other of its comparable group
+(:mod:`.comparable`: same data, image size, splits, augmentation) is at least as accurate and at least
+as cheap, and better in one of the two (means over its runs).
 
-A configuration is ``strategy.name`` x ``batch_size`` x ``cluster.name`` plus each searched
-hyperparameter (:data:`HYPERPARAMS`) that differs between the runs read: a search's trials with
-different learning rates are different configurations, a plain grid's runs group as before.
-Runs a search pruned (tag ``pruned=true``) stopped early and are not ranked.
+A configuration is ``strategy.name`` x ``batch_size`` x ``cluster.name`` plus each setting of
+:data:`HYPERPARAMS` that differs between the runs read (the strategy's workers, a searched
+hyperparameter): a search's trials with different learning rates are different configurations, a plain
+grid's runs group as before. Runs a search pruned (tag ``pruned=true``) stopped early and are not ranked.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from bigimage.analysis_lib import common
+from bigimage.analysis_lib import common, comparable
 from bigimage.search.trial import TAG_PRUNED
 from bigimage.tracking import query
 
 BASE_PARAMS = ("strategy.name", "batch_size", "cluster.name")
-HYPERPARAMS = ("model.name", "model.width", "model.dropout", "train.learning_rate", "epochs", "image_size")
+HYPERPARAMS = ("strategy.num_workers", "model.name", "model.width", "model.dropout", "train.learning_rate", "epochs")
 ACCURACY_METRIC = "best_val_accuracy"
 COST_METRIC = "seconds_per_epoch"
+GROUP = "group"  # Ranked.extra: the comparable group's label
 
 
 def is_pruned(row: pd.Series) -> bool:
@@ -41,29 +44,44 @@ def config_params(runs: pd.DataFrame) -> list[str]:
 
 
 def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[common.Ranked]:
-    """FINISHED, unpruned training runs grouped by configuration, scored by seconds per epoch, cheapest
-    first; ``extra`` holds the mean ``best_val_accuracy`` and ``pareto_optimal``."""
+    """FINISHED, unpruned training runs grouped by configuration within their comparable group, scored
+    by seconds per epoch, cheapest first per group; ``extra`` holds the mean ``best_val_accuracy``,
+    ``pareto_optimal`` (within the group) and the group's label."""
     if runs.empty:
         return []
     training = runs[runs["task"] == "train"]
     keys = config_params(training)
-    groups: dict[tuple, dict[str, tuple[float, float]]] = {}
+    split = comparable.split([], comparable.TRAINING)
+    scores: dict[str, tuple[tuple, float, float]] = {}  # run id -> configuration, accuracy, cost
     for _, row in training.iterrows():
         accuracy, cost = query.metric(row, ACCURACY_METRIC), query.metric(row, COST_METRIC)
         # the accuracy ranking says why a run is left out (status, pruned, no metric)
         if row["status"] == "FINISHED" and not is_pruned(row) and accuracy is not None and cost is not None:
-            key = tuple(str(query.param(row, name, "")) for name in keys)
-            groups.setdefault(key, {})[row["run_id"]] = (accuracy, cost)
+            split.add(row)
+            scores[row["run_id"]] = (tuple(str(query.param(row, name, "")) for name in keys), accuracy, cost)
+    groups = [split.group(key, {}) for key in split.members]
+    comparable.label_groups(groups)
+    return [item for group in groups for item in _rank_group(group, keys, scores, confidence)]
+
+
+def _rank_group(
+    group: comparable.Group, keys: list[str], scores: dict[str, tuple[tuple, float, float]], confidence: float
+) -> list[common.Ranked]:
+    """One comparable group's configurations by seconds per epoch, its Pareto front marked (module doc)."""
+    members: dict[tuple, dict[str, tuple[float, float]]] = {}
+    for run_id in group.run_ids:
+        key, accuracy, cost = scores[run_id]
+        members.setdefault(key, {})[run_id] = (accuracy, cost)
     ranked = [
         common.Ranked(
             dict(zip(keys, key)),
-            common.mean_interval([cost for _, cost in members.values()], confidence),
-            sorted(members),
-            {ACCURACY_METRIC: common.mean_interval([accuracy for accuracy, _ in members.values()]).mean},
+            common.mean_interval([cost for _, cost in runs.values()], confidence),
+            sorted(runs),
+            {ACCURACY_METRIC: common.mean_interval([accuracy for accuracy, _ in runs.values()]).mean},
         )
-        for key, members in groups.items()
+        for key, runs in members.items()
     ]
-    for item in ranked:  # Pareto-optimal: module doc
+    for item in ranked:
         accuracy, cost = item.extra[ACCURACY_METRIC], item.score.mean
         item.extra["pareto_optimal"] = not any(
             other.extra[ACCURACY_METRIC] >= accuracy
@@ -71,5 +89,6 @@ def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[common.Ra
             and (other.extra[ACCURACY_METRIC] > accuracy or other.score.mean < cost)
             for other in ranked
         )
+        item.extra[GROUP] = group.label
     ranked.sort(key=lambda r: (r.score.mean, -r.extra[ACCURACY_METRIC], str(r.key)))
     return ranked

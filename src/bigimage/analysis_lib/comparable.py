@@ -1,0 +1,269 @@
+"""Like with like: which runs a ranking may compare, defined once for every ranking.
+
+A ranking compares items (training configurations, cluster shapes) on runs that agree on every other
+setting that changes the result: their *context*. :func:`split` puts runs into comparable groups by
+their context, each group is ranked apart, and the winner (the ``best_config`` tags, the registered
+model) comes from one group, :func:`choose`'s: the one that compares the most items, then the one with
+the most data, the most runs, the newest run. The widest comparison on the most data is the result a
+user acting on the winner can rely on most; the other groups stay in the output, named by the settings
+that tell them apart (:attr:`Group.label`).
+
+Contexts (a setting a run did not log is :data:`ABSENT`, one value like any other, except where a
+default says what its absence means):
+
+* training (:data:`TRAINING`): ``dataset.name``, ``images`` (the records it trained, validated and
+  tested on: params ``train_records`` + ``val_records`` + ``test_records``), ``image_size``,
+  ``train.validation_fraction``, ``train.test_fraction`` (absent: 0, no test split), ``train.split``,
+  ``train.split_seed``, ``train.augment``. Compared: the configuration (strategy, its workers, batch size,
+  cluster, searched hyperparameters: :func:`.training_cost.config_params`).
+* preprocessing (:data:`PREPROCESS`): the deploy kind Spark read back (tag ``spark.deploy``),
+  ``dataset.name``, ``images`` (metric: the records written), ``image_size``, ``num_shards``,
+  ``preprocess.jpeg_quality``. Compared: the shape, :data:`SHAPE_KEYS`.
+* speed test (:data:`SPEEDTEST`): the deploy kind, ``dataset.name``, ``dataset.num_images``,
+  ``image_size``, the grid (``speedtest.batch_sizes``, ``speedtest.batch_numbers``,
+  ``speedtest.warmup_batches``, ``speedtest.pipeline_threads``) and the grid points timed side by side
+  (tag ``speedtest.effective_parallelism``). Compared: the source read and the shape.
+
+A shape is its ``cluster.name`` with the cores and executors Spark granted it (metrics
+``spark.total_cores``, ``spark.executors``): ``local`` run as ``local[1]`` and as ``local[3]`` are two
+shapes, never one average.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from bigimage.analysis_lib.common import Ranked
+from bigimage.tracking import query
+
+ABSENT = "-"
+SHAPE_KEYS = ("cluster.name", "cores", "executors")
+SHAPE_METRICS = {"cores": "spark.total_cores", "executors": "spark.executors"}
+Context = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a context: its name and how a :func:`query.load_runs` row gives its value."""
+
+    name: str
+    read: Callable[[pd.Series], str | None]
+    absent: str = ABSENT  # the value of a run that did not log it
+    size: bool = False  # the data size: groups with more of it are preferred (:func:`choose`)
+
+    def value(self, row: pd.Series) -> str:
+        found = self.read(row)
+        return self.absent if found is None else found
+
+
+def number_text(value: float) -> str:
+    """A metric as a context value: ``2000``, ``0.5``."""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def param(key: str, absent: str = ABSENT, size: bool = False) -> Setting:
+    return Setting(key, lambda row: _text(query.param(row, key)), absent, size)
+
+
+def tag(key: str) -> Setting:
+    return Setting(key, lambda row: _text(row.get(f"tags.{key}")))
+
+
+def metric(key: str, name: str, size: bool = False) -> Setting:
+    def read(row: pd.Series) -> str | None:
+        value = query.metric(row, key)
+        return None if value is None or not math.isfinite(value) else number_text(value)
+
+    return Setting(name, read, size=size)
+
+
+def records(keys: Sequence[str]) -> Setting:
+    """``images``: the sum of the params ``keys`` a run logged (absent when it logged none of them)."""
+
+    def read(row: pd.Series) -> str | None:
+        counts = [query.param(row, key) for key in keys]
+        present = [float(count) for count in counts if count is not None]
+        return number_text(sum(present)) if present else None
+
+    return Setting("images", read, size=True)
+
+
+def _text(value: object) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+DEPLOY = tag("spark.deploy")
+TRAINING = (
+    param("dataset.name"),
+    records(("train_records", "val_records", "test_records")),
+    param("image_size"),
+    param("train.validation_fraction"),
+    param("train.test_fraction", absent="0"),  # a run from before the test split held none out
+    param("train.split"),
+    param("train.split_seed"),
+    param("train.augment"),
+)
+PREPROCESS = (
+    DEPLOY,
+    param("dataset.name"),
+    metric("images", "images", size=True),
+    param("image_size"),
+    param("num_shards"),
+    param("preprocess.jpeg_quality"),
+)
+SPEEDTEST = (
+    DEPLOY,
+    param("dataset.name"),
+    param("dataset.num_images", size=True),
+    param("image_size"),
+    param("speedtest.batch_sizes"),
+    param("speedtest.batch_numbers"),
+    param("speedtest.warmup_batches"),
+    param("speedtest.pipeline_threads"),
+    tag("speedtest.effective_parallelism"),
+)
+
+
+def context(row: pd.Series, settings: Sequence[Setting]) -> Context:
+    """The run's value of every setting of ``settings``."""
+    return tuple((setting.name, setting.value(row)) for setting in settings)
+
+
+def plain(value: object) -> object:
+    """A table cell as a key's value: None for a missing one, a Python int for a whole number."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
+        return int(float(value))
+    return value
+
+
+def shape(row: pd.Series) -> dict[str, str | int | None]:
+    """The shape a run ran on (:data:`SHAPE_KEYS`): its cluster name and what Spark granted it."""
+    granted = {name: query.metric(row, key) for name, key in SHAPE_METRICS.items()}
+    return {
+        "cluster.name": query.param(row, "cluster.name"),
+        **{name: None if value is None else int(value) for name, value in granted.items()},
+    }
+
+
+def shape_text(key: dict) -> str:
+    """``four (8 cores, 4 executors)``; the name alone when Spark's grant was not read back."""
+    granted = [f"{key[name]} {name}" for name in ("cores", "executors") if key.get(name) is not None]
+    return f"{key['cluster.name']} ({', '.join(granted)})" if granted else str(key["cluster.name"])
+
+
+def item_text(key: dict) -> str:
+    """A ranked item in a sentence: a shape with what Spark granted it (and the source it read), or a
+    training configuration's values."""
+    if "cluster.name" in key and set(key) <= {"source", *SHAPE_KEYS}:
+        text = shape_text(key)
+        return f"{text}, reading {key['source']}" if "source" in key else text
+    return ", ".join(str(value) for value in key.values())
+
+
+@dataclass
+class Group:
+    """One comparable group: the context its runs share and the rankings made within it."""
+
+    context: dict[str, str]
+    rankings: dict[str, list[Ranked]]
+    run_ids: list[str]
+    size: float  # the data size setting's value (0 when absent)
+    newest: float  # the start time of its newest run (ms since the epoch; 0 when unknown)
+    label: str = ""  # the settings that tell it from the other groups (:func:`label_groups`)
+    chosen: bool = False
+
+    def as_dict(self) -> dict:
+        return {
+            "group": self.label,
+            "context": self.context,
+            "chosen": self.chosen,
+            "run_ids": self.run_ids,
+            **{name: [r.as_dict() for r in ranking] for name, ranking in self.rankings.items()},
+        }
+
+
+@dataclass
+class Split:
+    """Rows of runs by context, in the order their first run came."""
+
+    settings: Sequence[Setting]
+    members: dict[Context, list[pd.Series]] = field(default_factory=dict)
+
+    def add(self, row: pd.Series) -> None:
+        self.members.setdefault(context(row, self.settings), []).append(row)
+
+    def group(self, key: Context, rankings: dict[str, list[Ranked]]) -> Group:
+        """The :class:`Group` of context ``key`` with its ``rankings``."""
+        rows = self.members[key]
+        values = dict(key)
+        sizes = [values[s.name] for s in self.settings if s.size and values[s.name] != s.absent]
+        starts = [float(r["start_time"]) for r in rows if pd.notna(r.get("start_time"))]
+        return Group(
+            values,
+            rankings,
+            sorted({str(r["run_id"]) for r in rows}),
+            _as_float(sizes[0]) if sizes else 0.0,
+            max(starts, default=0.0),
+        )
+
+
+def split(rows: Iterable[pd.Series], settings: Sequence[Setting]) -> Split:
+    """``rows`` in comparable groups: runs with equal values of every setting of ``settings``."""
+    result = Split(settings)
+    for row in rows:
+        result.add(row)
+    return result
+
+
+def _as_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def differing(groups: Sequence[Group]) -> list[str]:
+    """The context settings whose values differ between ``groups``."""
+    if not groups:
+        return []
+    names = list(groups[0].context)
+    return [name for name in names if len({g.context.get(name) for g in groups}) > 1]
+
+
+def label_groups(groups: Sequence[Group]) -> list[str]:
+    """Label each group by the settings that differ between them (``images=250, spark.deploy=local``);
+    returns those settings. One group is labelled ``all runs``."""
+    keys = differing(groups)
+    for group in groups:
+        group.label = ", ".join(f"{key}={group.context[key]}" for key in keys) or "all runs"
+    return keys
+
+
+def choose(groups: Sequence[Group], ranking: str, what: str) -> str:
+    """Mark the group the winner of ``ranking`` comes from (module doc) and say which and why; ``what``
+    names the ranked items (``configurations``). Empty when no group ranks anything. The groups are
+    labelled already (:func:`label_groups`)."""
+    for group in groups:
+        group.chosen = False
+    candidates = [g for g in groups if g.rankings.get(ranking)]
+    if not candidates:
+        return ""
+    best = max(candidates, key=lambda g: (len(g.rankings[ranking]), g.size, len(g.run_ids), g.newest))
+    best.chosen = True
+    keys = differing(groups)
+    if len(groups) == 1:
+        return f"every ranked run agrees on {', '.join(best.context)}: one comparable group"
+    return (
+        f"the runs form {len(groups)} comparable groups, which differ in {', '.join(keys)} and are ranked apart; "
+        f"the winner comes from the group {best.label}: it compares the most {what} "
+        f"({len(best.rankings[ranking])}), then has the most data, the most runs, the newest run"
+    )
