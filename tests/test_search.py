@@ -28,6 +28,7 @@ from bigimage.config import PROJECT_ROOT, register_configs, validate
 from bigimage.errors import UserError
 from bigimage.search import space, study, summary, sweep, trial
 from bigimage.tracking import query
+from bigimage.tracking.store import connect
 from tests.mlflow_fixtures import run_script
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
@@ -101,7 +102,6 @@ def test_objective_is_the_optimized_metric() -> None:
 
 def test_study_storage_sits_beside_the_mlflow_store(tmp_path: Path) -> None:
     assert study.default_storage(f"sqlite:///{tmp_path}/m/mlflow.db") == f"sqlite:///{tmp_path}/m/optuna.db"
-    assert study.default_storage("http://server:5000") == f"sqlite:///{PROJECT_ROOT}/mlruns/optuna.db"
     assert summary.redacted("postgresql://me:secret@db/optuna") == "postgresql://me:***@db/optuna"
 
 
@@ -123,10 +123,11 @@ class TableLauncher:
         return results
 
 
-def _table_search(tmp_path: Path, name: str, seed: int) -> tuple[list[dict], TableLauncher]:
-    settings = sweep.Settings(
+def table_settings(name: str, storage: str | None, seed: int) -> sweep.Settings:
+    """A search of six trials over ``x`` and ``n`` (what :class:`TableLauncher` jobs read)."""
+    return sweep.Settings(
         name,
-        f"sqlite:///{tmp_path}/optuna.db",
+        storage,
         "maximize",
         n_trials=6,
         n_jobs=1,
@@ -135,6 +136,10 @@ def _table_search(tmp_path: Path, name: str, seed: int) -> tuple[list[dict], Tab
         pruner_spec=None,
         params={"x": "interval(0.0, 1.0)", "n": "choice(1, 2, 3)"},
     )
+
+
+def _table_search(tmp_path: Path, name: str, seed: int) -> tuple[list[dict], TableLauncher]:
+    settings = table_settings(name, f"sqlite:///{tmp_path}/optuna.db", seed)
     config = OmegaConf.create({"tracking": {"uri": None}})
     search = sweep.open_search(settings, [], config, None)
     launcher = TableLauncher()
@@ -149,6 +154,41 @@ def test_seeded_search_repeats_its_sequence(tmp_path: Path) -> None:
     assert len(first) == 6 and first == again  # TPE's own trials (after 2 random ones) repeat too
     assert other != first
     assert "search.trial=5" in launcher.batches[-1] and "search.prune=false" in launcher.batches[-1]
+
+
+def test_study_storages_of_two_stores_never_meet(tmp_path: Path) -> None:
+    assert study.default_storage(f"sqlite:///{tmp_path}/m/mlflow.db") == f"sqlite:///{tmp_path}/m/optuna.db"
+    assert study.default_storage(f"sqlite:///{tmp_path}/m/x.db") == f"sqlite:///{tmp_path}/m/optuna-x.db"
+    server = study.default_storage("http://me:secret@server:5000")
+    assert server.startswith(f"sqlite:///{PROJECT_ROOT}/mlruns/optuna-http-server-5000-") and "secret" not in server
+    assert server == study.default_storage("http://server:5000")  # the same store, logged in or not
+    assert server not in (study.default_storage("http://server:5001"), study.default_storage("http://server:5000/b"))
+
+
+def test_two_stores_in_one_folder_keep_their_studies_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same search on two sqlite stores of one folder: each store's study starts afresh and holds its own
+    trials; a storage given to both is refused on the second, in one line."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    folder = tmp_path / "stores"
+    storages = []
+    for name in ("mlflow.db", "other.db", "third.db"):
+        uri = f"sqlite:///{folder / name}"
+        _, experiment_id = connect(uri, EXPERIMENT)
+        client = mlflow.MlflowClient(uri)
+        parent = client.create_run(experiment_id).info.run_id
+        shared = storages[0] if name == "third.db" else None
+        search = sweep.open_search(
+            table_settings("same", shared, seed=1), [], OmegaConf.create({"tracking": {"uri": uri}}), None
+        )
+        if shared is not None:
+            with pytest.raises(summary.ForeignStudyError, match="this MLflow store does not hold"):
+                summary.prepare_parent(client, search.study, parent, experiment_id, {})
+            continue
+        assert not search.study.get_trials()  # nothing of the other store's search
+        summary.prepare_parent(client, search.study, parent, experiment_id, {})
+        sweep.run(search, 2, 1, TableLauncher())  # type: ignore[arg-type]
+        storages.append(search.storage_url)
+    assert storages == [f"sqlite:///{folder}/optuna.db", f"sqlite:///{folder}/optuna-other.db"]
 
 
 def test_summary_on_the_parent_and_the_pareto_front(mlflow_store: str, mlflow_experiment: str) -> None:

@@ -1,10 +1,12 @@
-"""Where a study lives and how it is opened: one sqlite file beside the MLflow store, resumable by name.
+"""Where a study lives and how it is opened: one sqlite file per MLflow store, resumable by name.
 
-The default storage is ``sqlite:///<folder of the MLflow sqlite store>/optuna.db`` (the project's
-``mlruns/optuna.db``, git-ignored with the rest of ``mlruns/``; a test's temporary store gets its own),
-and for a tracking server the project's ``mlruns/optuna.db``. ``hydra.sweeper.storage`` names any
-other Optuna RDB URL. Opening a study that exists loads it (``load_if_exists``): rerunning the same
-search continues it.
+The default storage is keyed by the MLflow store, so two stores never share one (a study remembers its
+parent run, which only its own store holds): beside a sqlite store's database file, ``optuna.db`` for
+``mlflow.db`` (the project's ``mlruns/optuna.db``, git-ignored with the rest of ``mlruns/``) and
+``optuna-<file name>`` for any other (``x.db``: ``optuna-x.db``); for a tracking server or another
+store, ``mlruns/optuna-<scheme>-<host>-<port><path>-<hash>.db`` in the project, without the URI's
+user and password. ``hydra.sweeper.storage`` names any other Optuna RDB URL. Opening a study that
+exists loads it (``load_if_exists``): rerunning the same search continues it.
 
 Several processes write to one study at once (parallel trials, the training chief reporting epochs, the
 sweeper telling results), so sqlite connections wait up to :data:`SQLITE_TIMEOUT_SECONDS` for a lock
@@ -13,17 +15,21 @@ instead of failing at once.
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from bigimage.search.space import SearchSpaceError
-from bigimage.tracking.store import DEFAULT_STORE, resolve_tracking_uri
+from bigimage.tracking.store import DEFAULT_STORE, resolve_tracking_uri, sqlite_database
 
 if TYPE_CHECKING:
     import optuna
 
-STUDY_FILE = "optuna.db"
+STUDY_FILE = "optuna.db"  # beside the usual mlflow.db; optuna-<name> beside any other store file
+STUDY_PREFIX = "optuna-"
 SQLITE_TIMEOUT_SECONDS = 60
 # Study user attributes: the MLflow parent run of the search, and the pruner the workers rebuild.
 ATTR_PARENT_RUN = "mlflow_parent_run_id"
@@ -32,10 +38,24 @@ ATTR_PRUNER = "pruner"
 
 
 def default_storage(tracking_uri: str | None) -> str:
-    """The study storage beside the MLflow store that ``tracking_uri`` resolves to."""
+    """The study storage of the MLflow store that ``tracking_uri`` resolves to, one per store (module doc)."""
     uri = resolve_tracking_uri(tracking_uri)
-    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else DEFAULT_STORE.parent
-    return f"sqlite:///{folder / STUDY_FILE}"
+    database = sqlite_database(uri)
+    if database is None:
+        return f"sqlite:///{DEFAULT_STORE.parent / f'{STUDY_PREFIX}{store_key(uri)}.db'}"
+    name = STUDY_FILE if database.name == DEFAULT_STORE.name else f"{STUDY_PREFIX}{database.name}"
+    return f"sqlite:///{database.parent / name}"
+
+
+def store_key(uri: str) -> str:
+    """A file-name part naming a store that is not a sqlite file: its scheme, host, port and path
+    (readable), and a hash of them (``http://a/b-c`` and ``http://a/b/c`` differ); never the user or
+    password of the URI."""
+    parts = urlsplit(uri)
+    location = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    plain = urlunsplit((parts.scheme, location, parts.path, parts.query, ""))
+    readable = re.sub(r"[^A-Za-z0-9.]+", "-", f"{parts.scheme}-{location}{parts.path}").strip("-")[:80]
+    return f"{readable}-{hashlib.sha256(plain.encode()).hexdigest()[:8]}"
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:

@@ -2,7 +2,8 @@
 
 At the start (:func:`prepare_parent`) the parent is tagged with the study and, when the study had a
 parent before (a search that was stopped and is now continued), the earlier trials' runs are moved
-under it. At the end (:func:`summarise`) it gets:
+under it. A study whose parent the MLflow store does not hold (a storage shared by two stores) is
+refused. At the end (:func:`summarise`) it gets:
 
 * metrics ``search.trials_finished``, ``search.trials_pruned``, ``search.trials_failed``, and for one
   objective ``search.best_value`` and ``best_<optimized_metric>``; params ``search.best.<key>``; tags
@@ -23,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
+from bigimage.errors import UserError
 from bigimage.search import figures
 from bigimage.search.study import ATTR_EXPERIMENT, ATTR_PARENT_RUN
 from bigimage.search.trial import TAG_STUDY, TAG_TRIAL
@@ -37,6 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARETO_TABLE = "search/pareto_front.json"
+
+
+class ForeignStudyError(UserError):
+    """The study's parent run is not in this MLflow store: the study belongs to another store."""
 
 
 def redacted(url: str) -> str:
@@ -69,6 +76,7 @@ def prepare_parent(
     """Tag the parent and make it the study's: earlier trials' runs (a continued search) move under it."""
     previous = study.user_attrs.get(ATTR_PARENT_RUN)
     if previous and previous != parent_run_id:
+        check_same_store(client, study.study_name, previous)
         moved = trial_runs(client, experiment_id, study.study_name)
         moved = moved[moved["parent"] == previous]
         for run_id in moved["run_id"]:
@@ -79,6 +87,21 @@ def prepare_parent(
     log_batch(client, parent_run_id, tags=tags)
     study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
     study.set_user_attr(ATTR_EXPERIMENT, experiment_id)
+
+
+def check_same_store(client: MlflowClient, study_name: str, previous_parent: str) -> None:
+    """Refuse a study whose earlier parent run this store does not hold: its trials' runs, and the
+    trials it counts, are in another store (two stores given one ``hydra.sweeper.storage``)."""
+    try:
+        retry_busy(lambda: client.get_run(previous_parent))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ForeignStudyError(
+            f"study {study_name!r} belongs to MLflow run {previous_parent}, which this MLflow store does not "
+            "hold (one study storage for two stores?): give another hydra.sweeper.study_name, or leave "
+            "hydra.sweeper.storage unset for a storage of this store's own"
+        ) from None
 
 
 def trials_table(study: optuna.Study, objectives: Sequence[str], runs: pd.DataFrame) -> pd.DataFrame:
