@@ -19,7 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -28,6 +28,8 @@ from bigimage.config import PROJECT_ROOT, register_configs, validate
 from bigimage.errors import UserError
 from bigimage.search import space, study, summary, sweep, trial
 from bigimage.tracking import query
+from bigimage.tracking.callbacks import MlflowSweepCallback
+from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, tracked_run
 from bigimage.tracking.store import connect
 from tests.mlflow_fixtures import run_script
 from tests.tfrecord_fixtures import write_tfrecord_dir
@@ -189,6 +191,76 @@ def test_two_stores_in_one_folder_keep_their_studies_apart(tmp_path: Path, monke
         sweep.run(search, 2, 1, TableLauncher())  # type: ignore[arg-type]
         storages.append(search.storage_url)
     assert storages == [f"sqlite:///{folder}/optuna.db", f"sqlite:///{folder}/optuna-other.db"]
+
+
+def sweep_config(tmp_path: Path, uri: str) -> DictConfig:
+    """What the sweep callback and a trial's run read of a search's config."""
+    return OmegaConf.create(
+        {
+            "task": {"name": "train"},
+            "tracking": {"uri": uri, "experiment": EXPERIMENT, "artifact_root": None, "system_metrics": False},
+            "hydra": {"overrides": {"task": ["hparams_search=train_optuna"]}, "sweep": {"dir": str(tmp_path / "m")}},
+        }
+    )
+
+
+def trial_job(config: DictConfig, number: int, stopped: bool = False) -> str:
+    """A trial's job as run.py runs it in a sweep (its run joins the sweep's parent through the environment);
+    ``stopped``: interrupted, as SIGTERM or Ctrl-C interrupts it. Returns its run id."""
+    started: list[str] = []
+    try:
+        with tracked_run(config, "train", extra_tags={trial.TAG_STUDY: "resume", trial.TAG_TRIAL: str(number)}) as run:
+            started.append(run.info.run_id)
+            mlflow.log_metric("best_val_accuracy", 0.5)
+            if stopped:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        if not stopped:
+            raise
+    return started[0]
+
+
+def search_part(config: DictConfig, searched: optuna.Study, experiment_id: str, stop_last: bool) -> tuple[str, str]:
+    """One sweep of a search: its parent, one trial that finishes, maybe one stopped; (parent, last trial's run)."""
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    parent = callback.parent_run_id
+    assert parent is not None
+    summary.prepare_parent(mlflow.MlflowClient(), searched, parent, experiment_id, {})
+    asked = searched.ask()
+    last = trial_job(config, asked.number)
+    searched.tell(asked, 0.5)
+    if stop_last:
+        asked = searched.ask()
+        last = trial_job(config, asked.number, stopped=True)
+        searched.tell(asked, state=TrialState.FAIL)
+    callback.on_multirun_end(config)
+    return parent, last
+
+
+def test_a_resumed_search_ends_finished_and_its_killed_trial_stays_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A search stopped in its second trial, then rerun: the new parent ends FINISHED with its own trial; the
+    stopped trial's run, moved under it, stays KILLED and names the parent it was started under."""
+    for key in ("MLFLOW_TRACKING_URI", ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_ID):
+        monkeypatch.delenv(key, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    config = sweep_config(tmp_path, uri)
+    _, experiment_id = connect(uri, EXPERIMENT)
+    searched = study.open_study("resume", study.open_storage(study.default_storage(uri)), "maximize")
+    first, killed = search_part(config, searched, experiment_id, stop_last=True)
+    second, _ = search_part(config, searched, experiment_id, stop_last=False)
+    client = mlflow.MlflowClient(uri)
+    assert client.get_run(first).info.status == "KILLED"
+    assert client.get_run(first).data.tags["search.continued_in"] == second
+    resumed = client.get_run(second)
+    assert resumed.info.status == "FINISHED" and "error" not in resumed.data.tags
+    assert resumed.data.tags["children"] == "1" and resumed.data.tags["children_moved_in"] == "2"
+    stopped = client.get_run(killed)
+    assert stopped.info.status == "KILLED"
+    assert stopped.data.tags["mlflow.parentRunId"] == second
+    assert stopped.data.tags[summary.TAG_MOVED_FROM] == first
 
 
 def test_summary_on_the_parent_and_the_pareto_front(mlflow_store: str, mlflow_experiment: str) -> None:
@@ -406,6 +478,9 @@ def test_interrupted_search_resumes_to_the_requested_trials(tmp_path: Path, tfre
     assert second.data.tags["search.resumed_from"] == first.info.run_id
     assert {run.data.tags["mlflow.parentRunId"] for run in trial_runs} == {second.info.run_id}
     assert not [run for run in runs if run.info.status == "RUNNING"]
+    assert (first.info.status, second.info.status) == ("KILLED", "FINISHED")  # the rerun finished its trials
+    (stopped,) = [run for run in trial_runs if run.info.status == "KILLED"]  # the trial the stop cut short
+    assert stopped.data.tags[summary.TAG_MOVED_FROM] == first.info.run_id
     assert second.data.metrics["search.trials_finished"] == 2 and len(trial_runs) == 3
 
 

@@ -2,8 +2,10 @@
 
 At the start (:func:`prepare_parent`) the parent is tagged with the study and, when the study had a
 parent before (a search that was stopped and is now continued), the earlier trials' runs are moved
-under it. A study whose parent the MLflow store does not hold (a storage shared by two stores) is
-refused. At the end (:func:`summarise`) it gets:
+under it, each keeping its own status (a trial the stop killed stays KILLED) and the tag
+``search.moved_from`` naming the parent it was started under; the new parent's own status follows only
+the trials it ran (:mod:`bigimage.tracking.callbacks`). A study whose parent the MLflow store does not
+hold (a storage shared by two stores) is refused. At the end (:func:`summarise`) it gets:
 
 * metrics ``search.trials_finished``, ``search.trials_pruned``, ``search.trials_failed``, and for one
   objective ``search.best_value`` and ``best_<optimized_metric>``; params ``search.best.<key>``; tags
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PARETO_TABLE = "search/pareto_front.json"
+TAG_MOVED_FROM = "search.moved_from"  # on an earlier trial's run: the parent it was started under
 
 
 class ForeignStudyError(UserError):
@@ -79,8 +82,8 @@ def prepare_parent(
         check_same_store(client, study.study_name, previous)
         moved = trial_runs(client, experiment_id, study.study_name)
         moved = moved[moved["parent"] == previous]
-        for run_id in moved["run_id"]:
-            log_batch(client, str(run_id), tags={PARENT_TAG: parent_run_id})
+        for run_id in moved["run_id"]:  # the status stays the run's own
+            log_batch(client, str(run_id), tags={PARENT_TAG: parent_run_id, TAG_MOVED_FROM: previous})
         log_batch(client, previous, tags={"search.continued_in": parent_run_id})
         tags = {**tags, "search.resumed_from": previous}
         log.info("study %s continues: %d earlier trial run(s) moved from %s", study.study_name, len(moved), previous)

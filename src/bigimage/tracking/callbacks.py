@@ -6,7 +6,9 @@ three). Jobs, in this process or in joblib's worker processes, find the ids in t
 
 The parent carries the process tags and a heartbeat like every run (:mod:`bigimage.tracking.liveness`),
 and SIGTERM/SIGHUP raise :class:`bigimage.termination.Terminated` from the first job to the last, so a
-sweep that is stopped ends its parent KILLED, as one that is interrupted with Ctrl-C does.
+sweep that is stopped ends its parent KILLED, as one that is interrupted with Ctrl-C does. Its status
+follows the jobs it launched only: a resumed search moves the runs of earlier sweeps under it
+(:mod:`bigimage.search.summary`), and those keep their own outcome without deciding this one's.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import mlflow
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from omegaconf import DictConfig
 
 from bigimage import termination
@@ -28,6 +30,13 @@ from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWE
 from bigimage.tracking.store import connect, log_batch, retry_busy
 
 log = logging.getLogger(__name__)
+
+TAG_SWEEP_ID = "sweep_id"  # the sweep that launched a job's run (bigimage.tracking.runs.run_tags)
+
+
+def launched_by(run: Run, parent_run_id: str) -> bool:
+    """Whether the sweep of ``parent_run_id`` launched ``run`` (a run without the tag counts as its)."""
+    return run.data.tags.get(TAG_SWEEP_ID, parent_run_id) == parent_run_id
 
 
 class MlflowSweepCallback(Callback):
@@ -74,7 +83,8 @@ class MlflowSweepCallback(Callback):
                 verdict = liveness.judge(child, older_than_seconds=float("inf"))
                 if verdict.stale:
                     liveness.mark_killed(client, verdict, marked_by="the sweep's end")
-        children = query.children(client, [experiment_id], parent_run_id)
+        found = query.children(client, [experiment_id], parent_run_id)
+        children = [run for run in found if launched_by(run, parent_run_id)]
         failed = [run for run in children if run.info.status != "FINISHED"]
         signum = termination.last_signal()
         killed = signum is not None or any(run.info.status == "KILLED" for run in children)
@@ -85,6 +95,8 @@ class MlflowSweepCallback(Callback):
         if self.heartbeat is not None:
             self.heartbeat.stop()
         tags: dict[str, Any] = {"children": len(children), "children_failed": len(failed)}
+        if len(found) > len(children):
+            tags["children_moved_in"] = len(found) - len(children)  # earlier sweeps' runs, kept as they ended
         if killed:
             tags["error"] = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
         log_batch(client, parent_run_id, tags=tags)
