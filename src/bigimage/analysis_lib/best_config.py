@@ -1,12 +1,20 @@
 """Rank configurations with uncertainty: training configurations by accuracy, cluster shapes by speed and cost.
 
+Runs are compared like with like (:mod:`.comparable`): they are split into groups that agree on every
+setting that changes the result and is not compared (data, image size, splits, deploy kind, ...), each
+group is ranked apart, and each section's winner comes from one group, which the output names with why.
+
 * **Training**: each run scores its validation accuracy at its judged epoch (:mod:`bigimage.tracking.judged`); a
   configuration (:func:`.training_cost.config_params`) has the mean of its runs and a Student-t interval
   (none for n=1). The top one is distinguishable from the next only if their intervals do not overlap
   (a conservative test).
-* **Preprocessing** and **speed test**: cluster shapes by images/s (the speed test's per source and
-  repetition: images / seconds over that repetition's grid rows) and by cost per 1,000 images,
-  ``hourly cost * seconds / images * 1000``.
+* **Preprocessing** and **speed test**: cluster shapes (the name with the cores and executors Spark
+  granted) by images/s and by cost per 1,000 images, ``hourly cost * seconds / images * 1000``. A
+  speed-test run counts once, with the mean over its repetitions of images / seconds over each
+  repetition's grid rows: repetitions in one process are not independent, so n = runs. Each cost is
+  shown twice (:mod:`.billing`): the job's alone (``cost_per_1000_images_job``, which ranks) and over the
+  cluster's life (``cost_per_1000_images_cluster_life``: start-up, the rest of the run and, on Dataproc,
+  creating and deleting the cluster), what the bill charges.
 
 Only runs that ran on Dataproc (tag ``spark.deploy=dataproc``, read back from Spark, not the
 ``cluster.deploy`` asked for) have a cost: a local run priced as the Dataproc shape of the same name would
@@ -28,7 +36,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bigimage.analysis_lib import common, comparable, overfitting, registry, training_cost
+from bigimage.analysis_lib import billing, common, comparable, overfitting, registry, training_cost
 from bigimage.analysis_lib.common import Ranked
 from bigimage.tracking import names, query
 
@@ -71,6 +79,9 @@ class Prices:
     source: str
     date: str
     currency: str
+    # seconds to create and delete a Dataproc cluster, which Dataproc bills and no run records: an estimate
+    # the cluster-life costs add (:mod:`.billing`); 0 when the table gives none
+    dataproc_create_delete_seconds: float = 0.0
 
     @property
     def region(self) -> str:
@@ -99,6 +110,7 @@ def load_prices(path: str | Path | None = None) -> Prices:
             source=str(data.get("source", "")),
             date=str(data.get("date", "")),
             currency=str(data.get("currency", "USD")),
+            dataproc_create_delete_seconds=float(data.get("dataproc_create_delete_seconds", 0.0)),
         )
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(
@@ -321,11 +333,23 @@ def rank_preprocess(
                 **values,
                 "hourly_cost": hourly,
                 "cost_note": how,
-                "cost_per_1000_images": cost_per_1000(hourly, values["seconds"], values["images"]),
+                billing.JOB: cost_per_1000(hourly, values["seconds"], values["images"]),
+                **_life_costs(row, hourly, values["seconds"], values["images"], prices),
             }
         )
     table = pd.DataFrame(rows)
     return _shape_groups(table, usable, comparable.PREPROCESS, list(comparable.SHAPE_KEYS), confidence), excluded, table
+
+
+def _life_costs(row: pd.Series, hourly: float | None, job_seconds: float, images: float, prices: Prices) -> dict:
+    """The run's cluster life (:func:`billing.life`: the seconds, the parts as ``life``) and its cost per
+    1,000 of ``images``."""
+    life = billing.life(row, job_seconds, prices.dataproc_create_delete_seconds)
+    return {
+        billing.LIFE_SECONDS: life.seconds,
+        "life": life,
+        billing.CLUSTER_LIFE: cost_per_1000(hourly, life.seconds, images),
+    }
 
 
 def _shape_groups(
@@ -354,23 +378,38 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
     speed, cost = [], []
     for key_values, group in _by_key(table, keys):
         run_ids = sorted(set(group["run_id"]))
-        priced = group[group["cost_per_1000_images"].notna()]  # Dataproc runs only (hourly_cost says why)
+        priced = group[group[billing.JOB].notna()]  # Dataproc runs only (hourly_cost says why)
         extra = {
             "hourly_cost": priced["hourly_cost"].iloc[0] if not priced.empty else None,
             "cost_note": (priced if not priced.empty else group)["cost_note"].iloc[0],
             "seconds": common.mean_interval(group["seconds"].tolist(), confidence).as_dict(),
+            **_life_extra(priced),
         }
         speed.append(
             Ranked(key_values, common.mean_interval(group["images_per_second"].tolist(), confidence), run_ids, extra)
         )
         if not priced.empty:
-            costs = priced["cost_per_1000_images"].tolist()
+            costs = priced[billing.JOB].tolist()
+            scored = {**extra, "scored_by": billing.JOB}
             cost.append(
-                Ranked(key_values, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), extra)
+                Ranked(key_values, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), scored)
             )
     speed.sort(key=lambda r: (-r.score.mean, str(r.key)))
     cost.sort(key=lambda r: (r.score.mean, str(r.key)))
     return {"by_speed": speed, "by_cost": cost}
+
+
+def _life_extra(priced: pd.DataFrame) -> dict:
+    """The cluster-life figures of an item's priced runs (means over the runs; one value per run):
+    :data:`billing.CLUSTER_LIFE`, its seconds and what they add to the job."""
+    if priced.empty:
+        return {billing.CLUSTER_LIFE: None, billing.LIFE_SECONDS: None, billing.LIFE_INCLUDES: ""}
+    runs = priced.drop_duplicates("run_id")
+    return {
+        billing.CLUSTER_LIFE: float(runs[billing.CLUSTER_LIFE].mean()),
+        billing.LIFE_SECONDS: float(runs[billing.LIFE_SECONDS].mean()),
+        billing.LIFE_INCLUDES: billing.includes(list(runs["life"])),
+    }
 
 
 def _by_key(table: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
@@ -423,7 +462,7 @@ def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Pr
         return [], excluded, notes, rows
     per_rep = _images_per_second(rows, ["run_id", "source", "repetition"])
     hourly = {rid: hourly_cost(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
-    per_rep["cost_per_1000_images"] = pd.Series(
+    per_rep[billing.JOB] = pd.Series(
         [
             cost_per_1000(hourly[r][0], s, i)
             for r, s, i in zip(per_rep["run_id"], per_rep["seconds"], per_rep["images"])
@@ -431,16 +470,25 @@ def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Pr
         index=per_rep.index,
         dtype=float,
     )
-    per_run = _run_means(
-        per_rep, ["run_id", "source"], ["images_per_second", "seconds", "images", "cost_per_1000_images"]
-    )
+    per_run = _run_means(per_rep, ["run_id", "source"], ["images_per_second", "seconds", "images", billing.JOB])
     per_run["hourly_cost"] = per_run["run_id"].map(lambda r: hourly[r][0])
     per_run["cost_note"] = per_run["run_id"].map(lambda r: hourly[r][1])
+    lives = {r: _speedtest_life(by_id[r], rows[rows["run_id"] == r], hourly[r][0], prices) for r in hourly}
+    for column in (billing.LIFE_SECONDS, "life", billing.CLUSTER_LIFE):
+        per_run[column] = per_run["run_id"].map(lambda r, column=column: lives[r][column])
     for key in comparable.SHAPE_KEYS:
         per_run[key] = per_run["run_id"].map(lambda r, key=key: comparable.shape(by_id[r])[key])
     keys = ["source", *comparable.SHAPE_KEYS]
     usable = [by_id[run_id] for run_id in per_run["run_id"].unique()]
     return _shape_groups(per_run, usable, comparable.SPEEDTEST, keys, confidence), excluded, notes, rows
+
+
+def _speedtest_life(row: pd.Series, rows: pd.DataFrame, hourly: float | None, prices: Prices) -> dict:
+    """A speed-test run's cluster life (:func:`_life_costs`) per 1,000 of every image it read, both
+    sources and all repetitions: the life is the run's, whichever source was read in it. Its job is
+    the grid's seconds (metric ``seconds``), else the timed reads' sum."""
+    job = query.metric(row, "seconds") or float(rows["seconds"].sum())
+    return _life_costs(row, hourly, job, float(rows["images"].sum()), prices)
 
 
 def _run_means(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
@@ -539,6 +587,9 @@ class BestConfigResult:
                 "regions": list(self.prices.regions),
                 "currency": self.prices.currency,
                 "priced": PRICED_RUNS,
+                "covers": {billing.JOB: billing.JOB_COVERS, billing.CLUSTER_LIFE: billing.LIFE_COVERS},
+                "dataproc_create_delete_seconds": self.prices.dataproc_create_delete_seconds,
+                "dataproc_create_delete": "an estimate from the price table: no run records these operations",
             },
             "tags_written": self.tags_written,
             "champion": self.champion,
@@ -653,6 +704,7 @@ def tables(result: BestConfigResult) -> dict[str, list[dict]]:
     shape = list(comparable.SHAPE_KEYS)
     read = ["source", *shape]
     pareto = {"best_val_accuracy": "best_val_accuracy", "pareto": "pareto_optimal"}
+    life = {billing.CLUSTER_LIFE: billing.CLUSTER_LIFE, billing.LIFE_INCLUDES: billing.LIFE_INCLUDES}
     groups = result.groups
     by_cost = _ranking_rows(result.training_by_cost, "seconds_per_epoch", extra=pareto)
     if len({r.extra.get(training_cost.GROUP) for r in result.training_by_cost}) > 1:
@@ -661,9 +713,9 @@ def tables(result: BestConfigResult) -> dict[str, list[dict]]:
         "training": _group_rows(groups.get("train", []), TRAINING_RANKING, "val_accuracy"),
         "training_by_cost": by_cost,
         "preprocess_by_speed": _group_rows(groups.get("preprocess", []), "by_speed", "images_per_second", shape),
-        "preprocess_by_cost": _group_rows(groups.get("preprocess", []), "by_cost", "cost_per_1000_images", shape),
+        "preprocess_by_cost": _group_rows(groups.get("preprocess", []), "by_cost", billing.JOB, shape, life),
         "speedtest_by_speed": _group_rows(groups.get("speedtest", []), "by_speed", "images_per_second", read),
-        "speedtest_by_cost": _group_rows(groups.get("speedtest", []), "by_cost", "cost_per_1000_images", read),
+        "speedtest_by_cost": _group_rows(groups.get("speedtest", []), "by_cost", billing.JOB, read, life),
     }
 
 
@@ -688,24 +740,35 @@ def _group_rows(
     return rows
 
 
+def cost_title(prices: Prices) -> str:
+    """How the shapes' cost tables rank, in their titles (what each cost covers: :func:`billing.covers`)."""
+    return (
+        f"by the job's cost per 1,000 images ({billing.JOB}; {billing.CLUSTER_LIFE} beside it is the bill's; "
+        f"{prices.currency}; {PRICED_RUNS})"
+    )
+
+
 def render_text(result: BestConfigResult) -> str:
     out = [f"Runs: {result.selection.describe()}", ""]
     statements = result.statements()
     titles = {
         "training": "Training configurations by validation accuracy at the judged epoch (best val_accuracy, earliest on ties)",
-        "training_by_cost": "Training configurations by seconds per epoch on this machine (pareto: no other is both "
-        "more accurate, by best_val_accuracy, and cheaper; the cost-aware search's front)",
+        "training_by_cost": "Training configurations by seconds per epoch on this machine (model.fit's seconds over "
+        "the epochs run, not money; pareto: no other is both more accurate, by best_val_accuracy, and cheaper; the "
+        "cost-aware search's front)",
         "preprocess_by_speed": "Preprocessing: cluster shapes by images/s",
-        "preprocess_by_cost": f"Preprocessing: cluster shapes by cost per 1,000 images ({result.prices.currency}; {PRICED_RUNS})",
+        "preprocess_by_cost": f"Preprocessing: cluster shapes {cost_title(result.prices)}",
         "speedtest_by_speed": "Speed test: cluster shapes by images/s, per source",
-        "speedtest_by_cost": f"Speed test: cluster shapes by cost per 1,000 images ({result.prices.currency}; {PRICED_RUNS})",
+        "speedtest_by_cost": f"Speed test: cluster shapes {cost_title(result.prices)}",
     }
     for name, rows in tables(result).items():
         out += [titles[name], common.text_table(rows)]
+        if name.endswith("_by_cost") and name != "training_by_cost":
+            out += [billing.covers(result.prices.dataproc_create_delete_seconds), ""]
     out.append("Conclusions:")
     out += [f"  comparable runs ({k}): {why}" for k, why in result.group_choice.items()]
     out += [f"  {k}: {v['statement']}" for k, v in statements.items()]
-    out += [f"  winner ({k}): {w['key']} by {w['by']}" for k, w in result.winners.items()]
+    out += [f"  winner ({k}): {comparable.item_text(w['key'])} by {w['by']}" for k, w in result.winners.items()]
     if result.excluded:
         out += ["", "Excluded:"] + [
             f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded
@@ -727,8 +790,9 @@ def add_ranking_args(parser: argparse.ArgumentParser) -> None:
         "--rank-by",
         choices=("speed", "cost"),
         default="speed",
-        help="what picks the winning cluster shape for preprocessing and the speed test: images/s or cost per "
-        "1,000 images (default: speed); both rankings are always shown",
+        help="what picks the winning cluster shape for preprocessing and the speed test: images/s or the job's "
+        f"cost per 1,000 images ({billing.JOB}; default: speed); both rankings are always shown, and the cost "
+        f"over the cluster's life ({billing.CLUSTER_LIFE}) beside the job's",
     )
     parser.add_argument(
         "--confidence", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)"

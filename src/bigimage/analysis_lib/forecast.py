@@ -24,9 +24,13 @@ from runs on this machine assumes a per-core speed ratio (Dataproc vCPU / local 
 data terms ``t1`` and ``t4``): calibrated from the store's own Dataproc runs when there are some, else
 the configured value (default 1.0); either way it is labelled as an assumption in the output.
 
-Costs (per 1,000 images) are explicit forecasts: the predicted seconds times the shape's own hourly
-price in the chosen region (:func:`.best_config.hourly_cost`, the same table and rules as the ranking
-of measured runs). The shape ``local`` (this machine) is never priced.
+Costs (per 1,000 images) are explicit forecasts at the shape's own hourly price in the chosen region
+(:func:`.best_config.hourly_cost`, the same table and rules as the ranking of measured runs), each saying
+what it covers (:mod:`.billing`): the job alone (the predicted seconds) and the cluster's life (the
+predicted seconds plus the median of what the fitted runs' lives added to their jobs: Spark's start-up,
+the first Python worker, the logging; plus, for a Dataproc shape, creating and deleting the cluster, an
+estimate from the price table). The cheapest shape at a size is the cheapest over the cluster's life:
+what the bill for a job of that size would be. The shape ``local`` (this machine) is never priced.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from bigimage.analysis_lib import best_config, overfitting, scaling
+from bigimage.analysis_lib import best_config, billing, overfitting, scaling
 from bigimage.config import ClusterConfig, DataprocJob
 from bigimage.tracking import query
 
@@ -59,7 +63,7 @@ FIT_ORDER = {"dataproc": ("dataproc", "standalone", "local"), "local": ("local",
 CLUSTER_DIR = query.PROJECT_ROOT / "conf" / "cluster"
 LABEL = (
     "forecast: predicted by the scaling model fitted on the runs listed, not measured; "
-    "costs are the predicted seconds at list prices"
+    "costs are at list prices, for the job alone and over the cluster's life (what the bill charges)"
 )
 
 
@@ -269,6 +273,43 @@ def calibrate_ratio(fit: scaling.Fit, dataproc: Sequence[scaling.Point], configu
     return SpeedRatio(configured, f"assumed: --core-speed-ratio{why}")
 
 
+@dataclass(frozen=True)
+class Overhead:
+    """What the fitted runs' lives added to their jobs (:attr:`billing.Life.overhead`: start-up and the
+    rest of the run), the median over the runs that recorded a job time."""
+
+    seconds: float
+    runs: int
+    recorded_startup: int  # of them, the runs that recorded Spark's start-up
+
+    def text(self) -> str:
+        if not self.runs:
+            return "start-up and the rest of a run: 0 s (no fitted run recorded its job's seconds)"
+        startup = "" if self.recorded_startup else "; none recorded its start-up"
+        return f"start-up and the rest of a run {self.seconds:.3g} s (median of {self.runs} fitted run(s){startup})"
+
+
+def run_overheads(runs: pd.DataFrame) -> dict[str, billing.Life]:
+    """run id -> its life (:func:`billing.life`, without creation and deletion) for every run that
+    recorded its job's ``seconds`` (task 1's job; task 2's whole grid)."""
+    lives = {}
+    for _, row in runs.iterrows():
+        job = query.metric(row, "seconds")
+        if job is not None and math.isfinite(job):
+            lives[str(row["run_id"])] = billing.life(row, job, 0.0)
+    return lives
+
+
+def overhead(fit: scaling.Fit, lives: dict[str, billing.Life]) -> Overhead:
+    """The median overhead of ``fit``'s runs (:class:`Overhead`)."""
+    mine = [lives[p.run_id] for p in fit.points if p.run_id in lives]
+    if not mine:
+        return Overhead(0.0, 0, 0)
+    return Overhead(
+        statistics.median(life.overhead for life in mine), len(mine), sum(life.startup_recorded for life in mine)
+    )
+
+
 @dataclass
 class ShapeForecast:
     task: str
@@ -282,9 +323,22 @@ class ShapeForecast:
     cost_note: str = ""
     refused: str | None = None
     notes: list[str] = field(default_factory=list)
+    overhead: Overhead | None = None  # what a run's life adds to its job, from the fitted runs
+    create_delete: float = 0.0  # creating and deleting the cluster (a Dataproc shape; an estimate)
 
     def cost(self, seconds: float, images: int) -> float | None:
         return best_config.cost_per_1000(self.hourly, seconds, images)
+
+    def life(self, seconds: float) -> float:
+        """The cluster's life for a job of ``seconds`` (module doc)."""
+        return seconds + (self.overhead.seconds if self.overhead else 0.0) + self.create_delete
+
+    def includes(self) -> str:
+        """What the cluster-life figure adds to the job's seconds, and where each part comes from."""
+        parts = [self.overhead.text() if self.overhead else "start-up: no fitted run"]
+        if self.create_delete:
+            parts.append(f"creation and deletion {self.create_delete:g} s (estimate, price table)")
+        return " + ".join(parts)
 
     def as_dict(self, images: int) -> dict:
         if self.prediction is None:
@@ -296,9 +350,14 @@ class ShapeForecast:
             "predicted_seconds_low": p.low,
             "predicted_seconds_high": p.high,
             "predicted_images_per_second": images / p.seconds if p.seconds > 0 else None,
-            "cost_per_1000_images": self.cost(p.seconds, images),
-            "cost_per_1000_images_low": self.cost(p.low, images),
-            "cost_per_1000_images_high": self.cost(p.high, images),
+            billing.JOB: self.cost(p.seconds, images),
+            f"{billing.JOB}_low": self.cost(p.low, images),
+            f"{billing.JOB}_high": self.cost(p.high, images),
+            billing.CLUSTER_LIFE: self.cost(self.life(p.seconds), images),
+            f"{billing.CLUSTER_LIFE}_low": self.cost(self.life(p.low), images),
+            f"{billing.CLUSTER_LIFE}_high": self.cost(self.life(p.high), images),
+            billing.LIFE_SECONDS: self.life(p.seconds),
+            billing.LIFE_INCLUDES: self.includes(),
             "hourly_cost": self.hourly,
             "cost_note": self.cost_note,
             "fitted_on": self.fit_deploy,
@@ -330,16 +389,22 @@ def forecast_shape(
     ratio: SpeedRatio,
     images: int,
     hourly: tuple[float | None, str],
+    lives: dict[str, billing.Life] | None = None,
+    create_delete: float = 0.0,
 ) -> ShapeForecast:
-    """One shape's prediction from the first fit that covers it (:data:`FIT_ORDER`), or why there is none."""
+    """One shape's prediction from the first fit that covers it (:data:`FIT_ORDER`), or why there is none;
+    its cluster's life adds the fitted runs' overhead (``lives``: :func:`run_overheads`) and, for a
+    Dataproc shape, ``create_delete`` seconds."""
     cores, machines = shape.model_inputs(task)
     result = ShapeForecast(task, shape, hourly=hourly[0], cost_note=hourly[1])
+    result.create_delete = create_delete if shape.deploy == "dataproc" else 0.0
     deploy = next((d for d in FIT_ORDER[shape.deploy] if d in fits and fits[d].covers_machines(machines)), None)
     if deploy is None:
         result.refused = _refusal(task, machines, fits, refusals)
         return result
     fit = fits[deploy]
     result.fit_deploy, result.fit = deploy, fit
+    result.overhead = overhead(fit, lives or {})
     result.ratio = ratio if shape.deploy == "dataproc" and deploy != "dataproc" else None
     factor = result.ratio.value if result.ratio else 1.0
     result.prediction = fit.predict(images, cores, machines, factor)
@@ -401,9 +466,10 @@ class TaskForecast:
         return ranked[0][1] if ranked else None
 
     def cheapest(self) -> str | None:
-        """At one size the cost per image orders as hourly price x seconds does."""
+        """Over the cluster's life (what the bill charges); at one size the cost per image orders as hourly
+        price x the cluster's life does."""
         ranked = sorted(
-            (s.hourly * s.prediction.seconds, s.shape.name)
+            (s.hourly * s.life(s.prediction.seconds), s.shape.name)
             for s in self.shapes
             if s.prediction and s.hourly is not None
         )
@@ -413,10 +479,11 @@ class TaskForecast:
         return ranking_segments({s.shape.name: s.line for s in self.shapes if s.line})
 
     def cost_segments(self) -> list[dict]:
-        """Cost per image is h * (a + b N) / N: at one N it orders as the line (h a, h b) does."""
+        """Cost per image over the cluster's life is h * (L(0) + b N) / N, with L the life of a job of
+        a + b N seconds: at one N it orders as the line (h L(a), h b) does."""
         return ranking_segments(
             {
-                s.shape.name: (s.hourly * s.line[0], s.hourly * s.line[1])
+                s.shape.name: (s.hourly * s.life(s.line[0]), s.hourly * s.line[1])
                 for s in self.shapes
                 if s.line and s.hourly is not None
             }
@@ -443,8 +510,10 @@ def forecast_task(
     shapes: Sequence[Shape],
     prices: best_config.Prices,
     options: Options,
+    lives: dict[str, billing.Life] | None = None,
 ) -> TaskForecast:
-    """Fit ``task`` per deploy kind, then predict every shape at ``options.images``."""
+    """Fit ``task`` per deploy kind, then predict every shape at ``options.images`` (``lives``: the runs'
+    overheads for the cluster's life, :func:`run_overheads`)."""
     fits, refusals = {}, {}
     for deploy, mine in sorted(points.items()):
         try:
@@ -458,7 +527,17 @@ def forecast_task(
         else SpeedRatio(options.core_speed_ratio, "assumed: --core-speed-ratio")
     )
     rows = [
-        forecast_shape(task, shape, fits, refusals, ratio, options.images, shape_hourly(shape, prices, options.region))
+        forecast_shape(
+            task,
+            shape,
+            fits,
+            refusals,
+            ratio,
+            options.images,
+            shape_hourly(shape, prices, options.region),
+            lives,
+            prices.dataproc_create_delete_seconds,
+        )
         for shape in shapes
     ]
     return TaskForecast(task, options.images, fits, refusals, rows, ratio)
@@ -485,6 +564,8 @@ class Forecast:
             "speedtest_source": self.options.source,
             "local_cores": self.options.local_cores,
             "prices": {"source": self.prices.source, "date": self.prices.date, "currency": self.prices.currency},
+            "covers": {billing.JOB: billing.JOB_COVERS, billing.CLUSTER_LIFE: billing.LIFE_COVERS},
+            "dataproc_create_delete_seconds": self.prices.dataproc_create_delete_seconds,
             "tasks": {name: t.as_dict() for name, t in self.tasks.items()},
             "excluded": [e.as_dict() for e in self.excluded],
         }
@@ -497,9 +578,10 @@ def build(selection: query.RunSelection, runs: pd.DataFrame, options: Options = 
     runs = runs[runs["task"].isin(TASKS)] if "task" in runs else runs.iloc[0:0]
     pre, ex_pre = preprocess_points(runs, options)
     speed, ex_speed = speedtest_points(selection, runs, options)
+    lives = run_overheads(runs)
     tasks = {
-        "preprocess": forecast_task("preprocess", pre, shapes, prices, options),
-        "speedtest": forecast_task("speedtest", speed, shapes, prices, options),
+        "preprocess": forecast_task("preprocess", pre, shapes, prices, options, lives),
+        "speedtest": forecast_task("speedtest", speed, shapes, prices, options, lives),
     }
     return Forecast(selection, options, tasks, ex_pre + ex_speed, prices)
 

@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bigimage.analysis_lib import best_config, common, forecast, scaling
+from bigimage.analysis_lib import best_config, billing, common, forecast, scaling
 
 EXIT_CANNOT_FIT = 4
 MODEL_ARTIFACT = "forecast/model.json"
-METRIC_KEYS = ("predicted_seconds", "predicted_seconds_low", "predicted_seconds_high", "cost_per_1000_images")
+METRIC_KEYS = (
+    "predicted_seconds",
+    "predicted_seconds_low",
+    "predicted_seconds_high",
+    billing.JOB,
+    billing.CLUSTER_LIFE,
+)
 
 
 # --- MLflow -----------------------------------------------------------------------------------
@@ -66,6 +72,16 @@ def coefficient_rows(fit: scaling.Fit) -> list[dict]:
     ]
 
 
+def covers(result: forecast.Forecast) -> str:
+    """What the forecast's two costs cover (:func:`billing.covers`); in the cluster-life one, the
+    start-up and the rest of a run come from the fitted runs."""
+    return (
+        billing.covers(result.prices.dataproc_create_delete_seconds)
+        + " Forecast: the start-up and the rest of a run are the fitted runs' median (the table's "
+        f"{billing.LIFE_INCLUDES} says which)."
+    )
+
+
 def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
     """One row per shape: the prediction, its interval and cost, and the assumption it carries (or why none)."""
     rows = []
@@ -85,7 +101,9 @@ def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
                 "low": d["predicted_seconds_low"],
                 "high": d["predicted_seconds_high"],
                 "images/s": d["predicted_images_per_second"],
-                f"{currency} / 1,000 images": d["cost_per_1000_images"] or shape.cost_note,
+                f"{currency} / 1,000 images, job": d[billing.JOB] or shape.cost_note,
+                f"{currency} / 1,000 images, cluster life": d[billing.CLUSTER_LIFE] or "",
+                "cluster life adds": d[billing.LIFE_INCLUDES],
                 "core speed ratio": f"{ratio['value']:.3g} ({ratio['source']})" if ratio else "",
                 "notes": "; ".join(d["notes"]),
             }
@@ -114,9 +132,9 @@ def conclusions(task: forecast.TaskForecast) -> list[str]:
     fastest, cheapest = task.fastest(), task.cheapest()
     return [
         f"at {task.images:,} images the fastest shape is {fastest or 'none (no prediction)'} and the cheapest "
-        f"{cheapest or 'none (no priced prediction)'}",
+        f"over the cluster's life (the bill) {cheapest or 'none (no priced prediction)'}",
         _segments_text(task.time_segments(), "fastest"),
-        _segments_text(task.cost_segments(), "cheapest"),
+        _segments_text(task.cost_segments(), "cheapest over the cluster's life"),
     ]
 
 
@@ -134,7 +152,7 @@ def fit_lines(task: forecast.TaskForecast) -> list[str]:
 
 def render_text(result: forecast.Forecast) -> str:
     currency = result.prices.currency
-    out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", ""]
+    out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", covers(result), ""]
     for name, task in result.tasks.items():
         out += [f"== {name} ==", "Fits (per deployment kind):", *[f"  {line}" for line in fit_lines(task)]]
         for deploy, fit in task.fits.items():
@@ -229,6 +247,7 @@ def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | 
         "left out and said so; validation: leave-one-out error of each fit.",
         "",
     ]
+    out += [covers(result), ""]
     for name, task in result.tasks.items():
         out += [f"### {name}", "", *[f"- {line}" for line in fit_lines(task)], ""]
         for deploy, fit in task.fits.items():

@@ -20,6 +20,7 @@ import seaborn as sns
 
 from bigimage.analysis_lib import (
     best_config,
+    billing,
     common,
     comparable,
     forecast,
@@ -233,10 +234,7 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
             text = f"Fastest cluster shape for {label}: {_key_text(fastest.key)} at {fastest.score.text()} images/s"
             if ranking["by_cost"]:
                 cheapest = ranking["by_cost"][0]
-                text += (
-                    f"; cheapest: {_key_text(cheapest.key)} at {cheapest.score.text('{:.3g}')} "
-                    f"{result.prices.currency} per 1,000 images"
-                )
+                text += f"; cheapest: {_key_text(cheapest.key)} at {_cost_text(cheapest, result.prices.currency)}"
             winner = result.winners.get(section, {}).get("key")
             out.append(
                 text + f". Winner by {result.rank_by}: {_key_text(winner) if winner else 'none'}; "
@@ -246,6 +244,15 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
     if result.excluded:
         out.append(f"{len(result.excluded)} run(s) were left out; the table below says why.")
     return out
+
+
+def _cost_text(item: common.Ranked, currency: str) -> str:
+    """An item's costs per 1,000 images in a sentence, each saying what it covers (:mod:`.billing`)."""
+    life = item.extra.get(billing.CLUSTER_LIFE)
+    text = f"{item.score.text('{:.3g}')} {currency} per 1,000 images for the job alone"
+    if life is None:
+        return text
+    return f"{text} ({life:.3g} over the cluster's life, what the bill charges: {item.extra[billing.LIFE_INCLUDES]})"
 
 
 def _several_groups(result: best_config.BestConfigResult) -> dict[str, str]:
@@ -365,9 +372,12 @@ def _shapes_md(
         *([explanation, ""] if explanation else []),
         *_groups_md(result, section),
         common.markdown_table(tables[f"{section}_by_speed"]),
-        f"By cost per 1,000 images ({result.prices.currency}; {cost_parts}{best_config.PRICED_RUNS}):",
+        f"By the job's cost per 1,000 images, `{billing.JOB}` ({result.prices.currency}; {cost_parts}"
+        f"{best_config.PRICED_RUNS}), with the cost over the cluster's life, `{billing.CLUSTER_LIFE}`, beside it:",
         "",
         common.markdown_table(tables[f"{section}_by_cost"]),
+        f"_{billing.covers(result.prices.dataproc_create_delete_seconds)}_",
+        "",
         *_figure_md(figures, figure, figure_title),
     ]
 
