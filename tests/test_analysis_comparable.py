@@ -189,3 +189,11 @@ def run_mean(table: pd.DataFrame, source: str) -> float:
     """A run's images/s reading ``source``: the mean over its repetitions of images / seconds."""
     mine = table[table["source"] == source].groupby("repetition")[["images", "seconds"]].sum()
     return float((mine["images"] / mine["seconds"]).mean())
+
+
+def test_ranking_by_cost_without_priced_runs_still_shows_the_speeds(tmp_path):
+    store = make_store(tmp_path / "store")
+    preprocess(store, "local", "local", 100.0, "local")
+    result = analyse(store, rank_by="cost")
+    assert [r.key["cluster.name"] for r in result.preprocess["by_speed"]] == ["local"]
+    assert "preprocess" not in result.winners  # no cost to pick a winner by

@@ -621,8 +621,8 @@ def analyse(
     groups = {"train": training, "preprocess": pre, "speedtest": speed}
     choice = {
         "train": comparable.choose(training, TRAINING_RANKING, "configurations"),
-        "preprocess": comparable.choose(pre, which, "shapes"),
-        "speedtest": comparable.choose(speed, which, "shapes"),
+        "preprocess": _choose_shapes(pre, which),
+        "speedtest": _choose_shapes(speed, which),
     }
     return BestConfigResult(
         selection,
@@ -640,6 +640,12 @@ def analyse(
         groups=groups,
         group_choice={section: why for section, why in choice.items() if why},
     )
+
+
+def _choose_shapes(groups: list[comparable.Group], which: str) -> str:
+    """:func:`comparable.choose` by ``which``; by speed when no group ranks by it (no priced run for
+    ``--rank-by cost``: the speed rankings are still shown, and there is no winner)."""
+    return comparable.choose(groups, which, "shapes") or comparable.choose(groups, "by_speed", "shapes")
 
 
 def _chosen(groups: list[comparable.Group]) -> dict[str, list[Ranked]]:
