@@ -258,7 +258,7 @@ def rank_training(
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
     keys = training_cost.config_params(by_id.loc[[v.run_id for v in of.verdicts]]) if of.verdicts else []
-    split = comparable.split([], comparable.TRAINING)
+    split = comparable.Split(comparable.TRAINING)
     scores: dict[str, tuple[tuple, float]] = {}  # run id -> its configuration, val accuracy at the judged epoch
     for verdict in of.verdicts:
         row = by_id.loc[verdict.run_id]

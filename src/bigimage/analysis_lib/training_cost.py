@@ -51,7 +51,7 @@ def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[common.Ra
         return []
     training = runs[runs["task"] == "train"]
     keys = config_params(training)
-    split = comparable.split([], comparable.TRAINING)
+    split = comparable.Split(comparable.TRAINING)
     scores: dict[str, tuple[tuple, float, float]] = {}  # run id -> configuration, accuracy, cost
     for _, row in training.iterrows():
         accuracy, cost = query.metric(row, ACCURACY_METRIC), query.metric(row, COST_METRIC)
