@@ -119,7 +119,9 @@ def test_main_job_ends_with_a_champion_and_mlflow_native_runs(pipeline_store) ->
     ]
     assert analysis.data.tags["registered_model"] == "models:/bigimage-classifier@champion"
     assert analysis.info.run_name.startswith(f"analysis parent {pipeline.info.run_id[:8]}: ")
-    assert {"best_val_accuracy", "runs_judged", "runs_overfitting", "runs_excluded"} <= set(analysis.data.metrics)
+    assert {"top_config.mean_val_accuracy", "runs_judged", "runs_overfitting", "runs_excluded"} <= set(
+        analysis.data.metrics
+    )
 
 
 @pytest.mark.parametrize("script", ["overfitting", "best_config", "report"])

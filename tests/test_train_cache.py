@@ -56,7 +56,7 @@ def dead_pid() -> int:
 def test_decoded_set_that_fits_stays_in_memory(tfrecords, tmp_path, monkeypatch) -> None:
     cfg, plan = setup(tfrecords, tmp_path)
     size = cache_mod.decoded_bytes(plan, 32)
-    assert size == 80 * 32 * 32 * 3
+    assert size == (80 - plan.test_records) * 32 * 32 * 3 and plan.test_records == 10  # never cached
     monkeypatch.setattr(cache_mod, "available_memory", lambda: 2 * size)  # fraction 0.5 -> exactly fits
     choice = cache_mod.choose_cache(cfg, plan)
     assert (choice.mode, choice.directory) == ("memory", None)

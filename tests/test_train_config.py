@@ -130,9 +130,9 @@ def test_hash_split_is_deterministic_and_complete(tfrecords):
     first = plan_split(cfg, tfrecords, manifest)
     second = plan_split(cfg, tfrecords, manifest)
     assert first == second
-    assert first.train_records + first.val_records == 60
-    assert 0 < first.val_records < 30
-    assert first.description.startswith("hash:") and f"{first.val_records} val records" in first.description
+    assert first.train_records + first.val_records + first.test_records == 60
+    assert 0 < first.val_records < 30 and first.test_records == 5  # 10% of each class of 12
+    assert first.description.startswith("hash:") and f"{first.val_records} val / 5 test records" in first.description
 
 
 def test_shard_split_uses_whole_shards(tfrecords):
@@ -143,7 +143,73 @@ def test_shard_split_uses_whole_shards(tfrecords):
     plan = plan_split(cfg, tfrecords, read_manifest(tfrecords, 32))
     assert len(plan.val_paths) == 1 and len(plan.train_paths) == 3
     assert set(plan.val_paths).isdisjoint(plan.train_paths)
-    assert plan.train_records + plan.val_records == 60
+    assert plan.train_records + plan.val_records + plan.test_records == 60
+
+
+def subset_records(cfg, tfrecords) -> dict[str, list[bytes]]:
+    from bigimage.data.readers import read_manifest
+    from bigimage.train import inputs
+
+    plan = inputs.plan_split(cfg, tfrecords, read_manifest(tfrecords, 32))
+    records = {subset: list(inputs.subset_records(plan, subset).as_numpy_iterator()) for subset in inputs.SUBSETS}
+    assert {subset: len(found) for subset, found in records.items()} == {
+        "train": plan.train_records,
+        "validation": plan.val_records,
+        "test": plan.test_records,
+    }
+    return records
+
+
+def record_class(record: bytes) -> int:
+    import tensorflow as tf
+
+    return int(tf.train.Example.FromString(record).features.feature["class"].int64_list.value[0])
+
+
+@pytest.mark.parametrize("split", ["hash", "shard"])
+def test_the_test_split_is_stratified_disjoint_and_reproducible_from_its_seed(tfrecords, split):
+    import collections
+
+    cfg = compose(f"tfrecord_dir={tfrecords}", "image_size=32", f"train.split={split}", "train.test_fraction=0.25")
+    records = subset_records(cfg, tfrecords)
+    train, validation, test = (set(records[subset]) for subset in ("train", "validation", "test"))
+    assert not (train & validation or train & test or validation & test)
+    assert len(train | validation | test) == 60  # every record in exactly one subset
+    # Stratified: a quarter of each class of 12, exactly.
+    assert collections.Counter(record_class(record) for record in test) == {index: 3 for index in range(5)}
+    # The same split_seed gives the same test records whatever the training seed; another gives others.
+    assert set(subset_records(compose(*cfg_overrides(cfg, split), "seed=7"), tfrecords)["test"]) == test
+    other = set(subset_records(compose(*cfg_overrides(cfg, split), "train.split_seed=1"), tfrecords)["test"])
+    assert len(other) == 15 and other != test
+
+
+def cfg_overrides(cfg, split: str) -> list[str]:
+    return [f"tfrecord_dir={cfg.tfrecord_dir}", "image_size=32", f"train.split={split}", "train.test_fraction=0.25"]
+
+
+def test_no_test_record_reaches_a_fit(tfrecords):
+    from bigimage.data.readers import read_manifest
+    from bigimage.train.inputs import build_inputs, plan_split
+
+    cfg = compose(f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=1", "train.shuffle_buffer=0")
+    plan = plan_split(cfg, tfrecords, read_manifest(tfrecords, 32))
+    test_images = {image.tobytes() for image in _test_images(cfg, plan)}
+    for training, count in ((True, plan.train_records), (False, plan.val_records)):
+        seen = {batch[0][0].numpy().tobytes() for batch in build_inputs(cfg, plan, training=training).take(count)}
+        assert len(seen) == count and seen.isdisjoint(test_images)
+
+
+def _test_images(cfg, plan) -> list:
+    from bigimage.data import readers
+    from bigimage.train import inputs
+
+    decoded = readers.decoded_records(inputs.subset_records(plan, inputs.TEST), 32, as_uint8=True)
+    return [image for image, _ in decoded.as_numpy_iterator()]
+
+
+def test_a_test_fraction_that_leaves_nothing_to_train_on_is_refused():
+    with pytest.raises(ConfigError, match="train.test_fraction=0.8 must be at least 0 and leave records"):
+        validate(compose("train.test_fraction=0.8"))
 
 
 def test_inputs_batch_by_global_then_per_replica_size_without_overlap(tfrecords):

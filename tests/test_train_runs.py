@@ -78,8 +78,13 @@ def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, 
     assert "resumed_from_epoch" not in run.data.tags
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
     assert {"history.json", "history.csv", "model", "worker_logs"} <= artifacts
-    # The raw file, and the MLflow Model "model" (bigimage.train.export) that the listing merges in.
-    assert {"model/model.keras", "model/MLmodel"} <= {a.path for a in MlflowClient().list_artifacts(run_id, "model")}
+    # The raw file, and the MLflow Model named after the configuration (bigimage.train.export) that the
+    # listing merges in, both of the judged epoch.
+    assert "model/model.keras" in {a.path for a in MlflowClient().list_artifacts(run_id, "model")}
+    assert "small_cnn-default-bs16/MLmodel" in {
+        a.path for a in MlflowClient().list_artifacts(run_id, "small_cnn-default-bs16")
+    }
+    assert run.data.tags["model_epoch"] == str(int(run.data.metrics["best_epoch"]))
     import numpy as np
     import tf_keras
 
@@ -144,6 +149,9 @@ def test_multi_worker_runs_two_processes_that_both_step_and_only_the_chief_logs(
     params = MlflowClient().get_run(run_id).data.params
     assert params["replicas"] == "2" and params["workers"] == "2" and params["per_replica_batch_size"] == "8"
     assert metrics["replicas"] == 2
+    # The chief's ModelCheckpoint kept the judged epoch's weights under this strategy too.
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["model_epoch"] == str(int(run.data.metrics["best_epoch"]))
     logs = {a.path for a in MlflowClient().list_artifacts(run_id, "worker_logs")}
     assert logs == {"worker_logs/worker-0.log", "worker_logs/worker-1.log"}
 

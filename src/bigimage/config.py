@@ -202,6 +202,10 @@ class SpeedtestConfig:
 class TrainConfig:
     learning_rate: float = 0.001
     validation_fraction: float = 0.2
+    # Held out from every choice (bigimage.train.inputs): stratified per class by a hash keyed with
+    # split_seed, so runs with other training seeds share it; read only to test the champion.
+    test_fraction: float = 0.1
+    split_seed: int = 0
     augment: bool = False
     shuffle_buffer: int = 1000
     split: Split = Split.hash
@@ -385,6 +389,11 @@ def _validate_train(cfg: DictConfig) -> None:
         check_batch_size(cfg.batch_size, replicas, cfg.strategy.name)
     if not 0.0 < cfg.train.validation_fraction < 1.0:
         raise ConfigError(f"train.validation_fraction={cfg.train.validation_fraction} must be between 0 and 1")
+    if not 0.0 <= cfg.train.test_fraction < 1.0 - cfg.train.validation_fraction:
+        raise ConfigError(
+            f"train.test_fraction={cfg.train.test_fraction} must be at least 0 and leave records to train on "
+            f"beside train.validation_fraction={cfg.train.validation_fraction}"
+        )
     if not 0.0 < cfg.train.cache_max_memory_fraction <= 1.0:
         raise ConfigError(f"train.cache_max_memory_fraction={cfg.train.cache_max_memory_fraction} must be in (0, 1]")
     if cfg.model.name == "mobilenet_v2" and cfg.image_size < 32:

@@ -667,22 +667,40 @@ def write_tags(result: BestConfigResult) -> None:
 
 def register_winner(result: BestConfigResult, model_name: str | None) -> None:
     """Register the model of the winning training configuration's best run that logged one as
-    ``model_name``, with the alias ``champion`` (:mod:`.registry`); ``result.champion`` says which."""
+    ``model_name``, with the alias ``champion``, and test it (:mod:`.registry`); ``result.champion`` says
+    which, with its validation and test scores."""
     if not model_name or not result.training:
         return
     top = result.training[0]
-    scores = {verdict.run_id: verdict.judged_val_accuracy for verdict in result.overfitting.verdicts}
-    candidates = sorted(top.run_ids, key=lambda run_id: (-(scores.get(run_id) or 0.0), run_id))
-    tags = {**{key: str(value) for key, value in top.key.items()}, "mean_val_accuracy": f"{top.score.mean:.4f}"}
-    client = query.client_for(result.selection.tracking_uri)
-    champion = registry.register_champion(client, result.selection.experiment_id, candidates, model_name, tags)
+    verdicts = {verdict.run_id: verdict for verdict in result.overfitting.verdicts}
+    candidates = sorted(top.run_ids, key=lambda run_id: (-(verdicts[run_id].judged_val_accuracy or 0.0), run_id))
+    tags = {
+        **{key: str(value) for key, value in top.key.items()},
+        "config.mean_val_accuracy": f"{top.score.mean:.4f}",
+        "config.runs": str(top.score.n),
+    }
+    champion = registry.register_champion(
+        result.selection.tracking_uri,
+        result.selection.experiment_id,
+        candidates,
+        model_name,
+        tags,
+        {run_id: _run_tags(verdicts[run_id]) for run_id in candidates},
+    )
     if champion is None:
         result.notes.append(
-            f"no model registered: no run of the winning training configuration {top.key} "
-            f"logged an MLflow Model '{registry.MODEL_NAME}'"
+            f"no model registered: no run of the winning training configuration {top.key} logged an MLflow Model"
         )
     else:
         result.champion = champion.as_dict()
+
+
+def _run_tags(verdict: overfitting.Verdict) -> dict[str, str]:
+    """What the registered version says of its own run: the epoch it was judged at and its score there."""
+    return {
+        "run.judged_epoch": str(verdict.judged_epoch),
+        "run.judged_val_accuracy": f"{verdict.judged_val_accuracy:.4f}",
+    }
 
 
 def _ranking_rows(
@@ -780,11 +798,7 @@ def render_text(result: BestConfigResult) -> str:
             f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded
         ]
     if result.champion:
-        out += [
-            "",
-            f"Registered model: {result.champion['uri']} (version {result.champion['version']}, "
-            f"run {result.champion['run_id']})",
-        ]
+        out += ["", registry.champion_sentence(result.champion)]
     if result.notes:
         out += ["", "Notes:"] + [f"  {n}" for n in result.notes]
     return "\n".join(out) + "\n"

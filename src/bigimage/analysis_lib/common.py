@@ -225,6 +225,20 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
     return Interval(mean, mean - half, mean + half, n, sd, "t", confidence)
 
 
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's score interval of a binomial proportion (an accuracy over ``trials`` records): unlike the
+    normal approximation it stays within [0, 1] and is not empty at 0 or ``trials`` successes."""
+    from scipy import stats
+
+    if trials <= 0:
+        raise ValueError("no trials")
+    z = float(stats.norm.ppf((1.0 + confidence) / 2.0))
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 # --- Markdown ---------------------------------------------------------------------------------
 
 

@@ -29,6 +29,10 @@ def metrics(result: best_config.BestConfigResult) -> dict[str, float]:
     }
     if result.training:
         values["top_config.mean_val_accuracy"] = float(result.training[0].score.mean)
+    scores = (result.champion or {}).get("scores", {})
+    names = {"val_accuracy": "champion.val_accuracy", "test_accuracy": "champion.test_accuracy"}
+    names |= {f"test_accuracy_{side}": f"champion.test_accuracy_{side}" for side in ("low", "high")}
+    values |= {metric: float(scores[key]) for key, metric in names.items() if key in scores}
     return values
 
 

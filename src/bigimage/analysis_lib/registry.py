@@ -1,28 +1,45 @@
 """The best training configuration's model in the MLflow Model Registry, under the alias ``champion``.
 
 The winning configuration (:mod:`.best_config`) may have several runs; its best-scoring run that logged
-the MLflow Model ``model`` (task 3 does, :mod:`bigimage.train.export`) is registered under a name
-(``bigimage-classifier`` by default), and the alias ``champion`` points at that version, so
-``mlflow.pyfunc.load_model("models:/bigimage-classifier@champion")`` loads the current best.
+an MLflow Model (task 3 logs the weights of its judged epoch, :mod:`bigimage.train.export`) is
+registered under a name (``bigimage-classifier`` by default), recorded as MLflow's ``register_model``
+records a version (the logged model tagged with its versions, as the UI's model page reads), and the
+alias ``champion`` points at that version, so ``mlflow.pyfunc.load_model("models:/bigimage-classifier@champion")`` loads
+the current best.
+
+Selected on validation, tested on test: once registered, the version is evaluated by
+:mod:`bigimage.train.evaluate` (a process of its own: the analysis never loads TensorFlow) on its run's
+validation subset (every record once) and on the test subset, which nothing before read. The version's
+tags hold both, the test accuracy with its Wilson interval. A version that has them is not evaluated
+again.
 
 Idempotent: a run is registered once (its existing version is reused, looked up by run id), and the
 alias moves only when another run wins. The alias follows the winner of the runs analysed: analysing
-a single pipeline (``--parent-run``) crowns that pipeline's best.
+a single pipeline (``--parent-run``) crowns that pipeline's best. Any store works, given by
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI``: every call goes through a client of that store, never
+MLflow's global URIs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
-from dataclasses import asdict, dataclass
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from mlflow.entities import LoggedModel
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
+from bigimage.analysis_lib.common import wilson_interval
 from bigimage.config import TrackingConfig
-from bigimage.tracking.names import MODEL_NAME
 from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
@@ -41,6 +58,7 @@ class Champion:
     model_id: str
     created: bool  # a new version was made for this run (False: its existing one was reused)
     moved: bool  # the alias was set or moved to this version (False: it already pointed there)
+    scores: dict[str, Any] = field(default_factory=dict)  # the version's tags: TESTED_TAGS, or test_note
 
     @property
     def uri(self) -> str:
@@ -50,12 +68,21 @@ class Champion:
         return {**asdict(self), "alias": ALIAS, "uri": self.uri}
 
 
+TESTED_TAGS = (
+    "val_accuracy",
+    "val_records",
+    "test_accuracy",
+    "test_accuracy_low",
+    "test_accuracy_high",
+    "test_records",
+)
+SELECTED_ON = "validation: the run's judged epoch and the configuration's mean over its runs; test read once, after"
+
+
 def logged_model(client: MlflowClient, experiment_id: str, run_id: str) -> LoggedModel | None:
-    """The newest MLflow Model named ``model`` that ``run_id`` logged, or None."""
+    """The newest MLflow Model that ``run_id`` logged, or None."""
     found = retry_busy(
-        lambda: client.search_logged_models(
-            [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'"
-        )
+        lambda: client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
     )
     return max(found, key=lambda model: model.creation_timestamp) if found else None
 
@@ -85,10 +112,17 @@ def _alias_version(client: MlflowClient, name: str) -> str | None:
 
 
 def register_champion(
-    client: MlflowClient, experiment_id: str, candidates: list[str], name: str, tags: dict[str, str] | None = None
+    tracking_uri: str,
+    experiment_id: str,
+    candidates: list[str],
+    name: str,
+    tags: dict[str, str] | None = None,
+    run_tags: dict[str, dict[str, str]] | None = None,
 ) -> Champion | None:
-    """Register the first of ``candidates`` (run ids, best first) that logged a model, as ``name``, and
-    point ``champion`` at it; None when none of them logged one."""
+    """Register the first of ``candidates`` (run ids, best first) that logged a model, as ``name``, with
+    ``tags`` and its own ``run_tags[run id]``, test it once (module doc) and point ``champion`` at it;
+    None when none of them logged a model."""
+    client = MlflowClient(tracking_uri)
     chosen = next(
         (
             (run_id, model)
@@ -104,18 +138,88 @@ def register_champion(
     version = _version_of_run(client, name, run_id)
     created = version is None
     if version is None:
-        version = retry_busy(
-            lambda: client.create_model_version(
-                name, source=f"models:/{model.model_id}", run_id=run_id, model_id=model.model_id, tags=tags or {}
-            )
-        )
+        version = _register(client, name, run_id, model, {**(tags or {}), **(run_tags or {}).get(run_id, {})})
+    scores = _tested(client, tracking_uri, name, version, run_id)
     moved = _alias_version(client, name) != version.version
     if moved:
         retry_busy(lambda: client.set_registered_model_alias(name, ALIAS, version.version))
-    champion = Champion(name, str(version.version), run_id, model.model_id, created, moved)
+    champion = Champion(name, str(version.version), run_id, model.model_id, created, moved, scores)
     change = "alias moved here" if moved else "alias unchanged"
     log.info("champion: %s (version %s, run %s; %s)", champion.uri, champion.version, run_id, change)
     return champion
+
+
+def _register(client: MlflowClient, name: str, run_id: str, model: LoggedModel, tags: dict[str, str]) -> ModelVersion:
+    """A new version of ``name`` from the logged model, recorded as ``mlflow.register_model`` records
+    one (run, model id, and the logged model's ``mlflow.modelVersions`` tag, which the UI's model page
+    reads) but through this client's store: its source is the model's artifact location, which
+    ``models:/<id>`` would resolve through MLflow's global tracking URI instead."""
+    version = retry_busy(
+        lambda: client.create_model_version(
+            name, source=model.artifact_location, run_id=run_id, tags=tags, model_id=model.model_id
+        )
+    )
+    current = retry_busy(lambda: client.get_logged_model(model.model_id)).tags.get(MLFLOW_MODEL_VERSIONS)
+    listed = [*json.loads(current or "[]"), {"name": name, "version": int(version.version)}]
+    retry_busy(lambda: client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)}))
+    return version
+
+
+def _tested(client: MlflowClient, tracking_uri: str, name: str, version: ModelVersion, run_id: str) -> dict[str, Any]:
+    """The version's validation and test scores: from its tags when it was tested before, else measured
+    now (:mod:`bigimage.train.evaluate`) and written to its tags; ``test_note`` says why there are none."""
+    current = retry_busy(lambda: client.get_model_version(name, version.version)).tags
+    if "test_accuracy" in current or "test_note" in current:
+        return {key: current[key] for key in (*TESTED_TAGS, "test_note") if key in current}
+    scores = _evaluate(tracking_uri, f"models:/{name}/{version.version}", run_id)
+    tags = {key: str(value) for key, value in scores.items()} | {"selected_on": SELECTED_ON}
+    for key, value in tags.items():
+        retry_busy(functools.partial(client.set_model_version_tag, name, version.version, key, value))
+    return {key: tags[key] for key in scores}
+
+
+def _evaluate(tracking_uri: str, model_uri: str, run_id: str, confidence: float = 0.95) -> dict[str, Any]:
+    """Run :mod:`bigimage.train.evaluate` on the model; its scores as tag values (module doc)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
+    command = [sys.executable, "-m", "bigimage.train.evaluate", "--model-uri", model_uri, "--run-id", run_id]
+    log.info("testing %s on run %s's validation and test subsets", model_uri, run_id)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = next((line for line in reversed(lines) if line.startswith("error:")), lines[-1] if lines else "")
+        return {"test_note": f"not tested: {why.removeprefix('error: ')[:4000]}"}
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    validation, test = measured["validation"], measured["test"]
+    scores: dict[str, Any] = {"val_accuracy": validation["accuracy"], "val_records": validation["records"]}
+    if not test["records"]:
+        return scores | {"test_note": "not tested: the run's split has no test records (train.test_fraction=0)"}
+    low, high = wilson_interval(test["correct"], test["records"], confidence)
+    return scores | {
+        "test_accuracy": test["accuracy"],
+        "test_accuracy_low": low,
+        "test_accuracy_high": high,
+        "test_records": test["records"],
+    }
+
+
+def champion_sentence(champion: dict) -> str:
+    """The registered model, what it was selected on and what it scored on data no choice saw."""
+    scores = champion.get("scores", {})
+    text = (
+        f"Its best run's model, the weights of its judged epoch, is registered as `{champion['uri']}` (version "
+        f"{champion['version']}, run {champion['run_id']}). Selected on validation, tested on test:"
+    )
+    if "val_accuracy" in scores:
+        text += (
+            f" validation accuracy {float(scores['val_accuracy']):.4f} ({scores['val_records']} records, selected on),"
+        )
+    if "test_accuracy" in scores:
+        return text + (
+            f" test accuracy {float(scores['test_accuracy']):.4f} [{float(scores['test_accuracy_low']):.4f}, "
+            f"{float(scores['test_accuracy_high']):.4f}] (95% Wilson interval, {scores['test_records']} records "
+            "held out from every choice)."
+        )
+    return text + f" {scores.get('test_note', 'not tested')}."
 
 
 def add_registry_args(parser: argparse.ArgumentParser) -> None:

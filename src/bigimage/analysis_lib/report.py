@@ -141,6 +141,7 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
         aspect=1.1,
     )
     grid.set_axis_labels("batch size", "images / s")
+    grid.set_titles("{col_name}")
     title = (
         "Read throughput by batch size and source (each run: the mean of its repetitions; mean over runs, "
         f"95% bootstrap CI over runs){_group_title(result, 'speedtest')}"
@@ -223,10 +224,7 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
             f"{st['training']['statement']}."
         )
     if result.champion:
-        out.append(
-            f"Its best run's model is registered as `{result.champion['uri']}` (version "
-            f"{result.champion['version']}, run {result.champion['run_id']})."
-        )
+        out.append(registry.champion_sentence(result.champion))
     for section, label in (("preprocess", "preprocessing"), ("speedtest", "the speed test")):
         ranking = getattr(result, section)
         if ranking["by_speed"]:

@@ -1,10 +1,11 @@
 """A TFRecord set as an MLflow dataset, so runs on the same data share a digest (DESIGN, "MLflow contract").
 
 Task 1 logs the set it wrote (context ``output``: MLflow 3.17 has dataset inputs only, so the output is
-an input with that context), task 2 the set it timed (``benchmark``), task 3 the set it trained on, twice
-(``<name>.train`` with context ``training`` and ``<name>.validation`` with ``validation``: MLflow keeps
-one input per (name, digest) and run, so the two splits need two names). The UI's Dataset column and
-filter then show which data a run used, and equal digests mean the same images at the same settings.
+an input with that context), task 2 the set it timed (``benchmark``), task 3 the three subsets of it
+that it split (``<name>.train`` with context ``training``, ``<name>.validation`` with ``validation``,
+``<name>.test`` with ``testing``), each with its own digest (the set's and the split's settings) and its
+own record counts. The UI's Dataset column and filter then show which data a run used, and equal
+digests mean the same records at the same settings.
 
 The digest is read from the manifest, never from the shards: the source's fingerprint (its files'
 paths, classes and sizes, :mod:`bigimage.data.listing`) and the settings that turn it into records
@@ -15,6 +16,7 @@ fingerprint (written by hand, e.g. in tests) falls back to its shard names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import warnings
@@ -23,13 +25,18 @@ from typing import Any
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
+from mlflow.tracking import MlflowClient
 from mlflow.types.schema import Array, ColSpec, DataType, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bigimage.data import schema
 from bigimage.tracking.store import BUSY, DATASET_RACE, retry_busy
 
-OUTPUT, BENCHMARK, TRAINING, VALIDATION = "output", "benchmark", "training", "validation"
-SPLIT_SUFFIX = {TRAINING: ".train", VALIDATION: ".validation"}
+OUTPUT, BENCHMARK, TRAINING, VALIDATION, TESTING = "output", "benchmark", "training", "validation", "testing"
+#: A training run's subsets (bigimage.train.inputs: train, validation, test) -> their input context and name suffix.
+SUBSET_CONTEXT = {"train": TRAINING, "validation": VALIDATION, "test": TESTING}
+SUBSET_SUFFIX = {"train": ".train", "validation": ".validation", "test": ".test"}
 
 
 def manifest_digest(manifest: schema.Manifest) -> str:
@@ -61,19 +68,35 @@ def feature_schema() -> Schema:
 
 
 class TFRecordSet(MetaDataset):
-    """A :class:`MetaDataset` with a profile: records, shards, image size and the records per class."""
+    """A :class:`MetaDataset` with a profile: records, shards, image size and the records per class.
 
-    def __init__(self, manifest: schema.Manifest, tfrecord_dir: str, name: str):
+    With ``subset`` (a split's records: its rule in ``split``, its records per class in
+    ``class_counts``) the profile counts that subset and the digest covers the split too."""
+
+    def __init__(
+        self,
+        manifest: schema.Manifest,
+        tfrecord_dir: str,
+        name: str,
+        subset: str | None = None,
+        split: str = "",
+        class_counts: dict[str, int] | None = None,
+    ):
+        counts = dict(manifest.class_counts) if class_counts is None else class_counts
         self._profile = {
-            "num_records": manifest.num_records,
+            "num_records": sum(counts.values()),
             "num_shards": len(manifest.shards),
             "image_size": manifest.image_size,
-            "class_counts": dict(manifest.class_counts),
+            "class_counts": counts,
+            **({"subset": subset, "split": split} if subset else {}),
         }
+        digest = manifest_digest(manifest)
+        if subset:
+            digest = hashlib.sha256(f"{digest}|{subset}|{split}".encode()).hexdigest()[:10]
         with warnings.catch_warnings():  # MLflow registers its local source twice ("" and "file") and says so
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
             source = resolve_dataset_source(tfrecord_dir)
-        super().__init__(source, name, manifest_digest(manifest), feature_schema())
+        super().__init__(source, name, digest, feature_schema())
 
     @property
     def profile(self) -> dict[str, Any]:
@@ -86,9 +109,37 @@ class TFRecordSet(MetaDataset):
 def log_tfrecord_set(
     manifest: schema.Manifest, tfrecord_dir: str, name: str, context: str, tags: dict[str, str] | None = None
 ) -> TFRecordSet:
-    """Log the set as a dataset input of the active run; for ``training``/``validation`` the name gets
-    the split's suffix. Returns what was logged. Parallel jobs on one set (a joblib sweep) may both find
-    it missing and both insert it; the loser retries and links to the winner's row."""
-    dataset = TFRecordSet(manifest, tfrecord_dir, name + SPLIT_SUFFIX.get(context, ""))
+    """Log the whole set as a dataset input of the active run. Returns what was logged. Parallel jobs on
+    one set (a joblib sweep) may both find it missing and both insert it; the loser retries and links to
+    the winner's row."""
+    dataset = TFRecordSet(manifest, tfrecord_dir, name)
     retry_busy(lambda: mlflow.log_input(dataset, context=context, tags=tags), transient=BUSY + DATASET_RACE)
     return dataset
+
+
+def log_split_sets(
+    client: MlflowClient,
+    run_id: str,
+    manifest: schema.Manifest,
+    tfrecord_dir: str,
+    name: str,
+    split: str,
+    class_counts: dict[str, list[int]],
+) -> list[TFRecordSet]:
+    """Log each subset of a training run's split (``class_counts``: subset -> records per class index)
+    as a dataset input of run ``run_id``, with its context and the split in its tags."""
+    logged = []
+    for subset, counts in class_counts.items():
+        dataset = TFRecordSet(
+            manifest,
+            tfrecord_dir,
+            name + SUBSET_SUFFIX[subset],
+            subset,
+            split,
+            dict(zip(manifest.classes, counts, strict=True)),
+        )
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, SUBSET_CONTEXT[subset]), InputTag("split", split)]
+        entry = DatasetInput(dataset._to_mlflow_entity(), tags)
+        retry_busy(functools.partial(client.log_inputs, run_id, datasets=[entry]), transient=BUSY + DATASET_RACE)
+        logged.append(dataset)
+    return logged

@@ -1,8 +1,10 @@
 """The trained network as an MLflow Model: what the chief worker logs at the end of a training run.
 
-The Model is named ``model`` (so ``runs:/<run id>/model`` and the run's Logged models find it), saved
-with MLflow's ``tensorflow`` flavor, which saves a tf.keras model (tf-keras here, ``TF_USE_LEGACY_KERAS=1``)
-as ``data/model.keras``. Its signature is what the network takes and gives: uint8 RGB images
+The Model holds the weights of the run's judged epoch (:mod:`bigimage.tracking.judged`; its tag
+``judged_epoch`` names it) and is named after the run's configuration (:func:`model_name`, e.g.
+``small_cnn-mirrored-bs32``: ``runs:/<run id>/<name>`` and the run's Logged models find it). It is saved
+with MLflow's ``tensorflow`` flavor, which saves a tf.keras model (tf-keras here,
+``TF_USE_LEGACY_KERAS=1``) as ``data/model.keras``. Its signature is what the network takes and gives: uint8 RGB images
 ``[-1, S, S, 3]`` named ``image`` -> float32 logits ``[-1, classes]`` named ``logits``; the input example
 is one real image of the TFRecord set; the metadata hold the class names in class-index order, so
 ``argmax`` of a prediction indexes them. ``mlflow.pyfunc.load_model`` predicts on a uint8 numpy batch,
@@ -26,8 +28,6 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from bigimage.tracking.names import MODEL_NAME
-
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
@@ -42,6 +42,12 @@ class ModelCard:
     class_names: list[str]
     image_size: int
     shard_paths: list[str]  # where the input example is read from
+    name: str  # the logged model's name (:func:`model_name`)
+
+
+def model_name(cfg: Any) -> str:
+    """The logged model's name: what the run trained, how and in what batches (``small_cnn-mirrored-bs32``)."""
+    return f"{cfg.model.name}-{cfg.strategy.name}-bs{cfg.batch_size}"
 
 
 def signature(image_size: int, num_classes: int) -> Any:
@@ -67,8 +73,9 @@ def example_images(shard_paths: list[str], image_size: int, count: int = 1) -> A
 
 
 def log_model(keras_path: str, card: ModelCard, tracking_uri: str | None, run_id: str, step: int) -> str:
-    """Log the network saved at ``keras_path`` as the MLflow Model ``model`` of run ``run_id``; returns its
-    ``models:/<id>`` URI. ``step``: the epoch whose metrics MLflow links to the model (the last one)."""
+    """Log the network saved at ``keras_path`` as the MLflow Model ``card.name`` of run ``run_id``; returns
+    its ``models:/<id>`` URI. ``step``: the epoch whose weights it holds (MLflow links that epoch's metrics
+    to the model), also its tag ``judged_epoch``."""
     import mlflow
     import tf_keras as keras
 
@@ -79,13 +86,14 @@ def log_model(keras_path: str, card: ModelCard, tracking_uri: str | None, run_id
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     info = mlflow.tensorflow.log_model(
         model,
-        name=MODEL_NAME,
+        name=card.name,
         run_id=run_id,
         signature=signature(card.image_size, len(card.class_names)),
         input_example=example_images(card.shard_paths, card.image_size),
         metadata={"class_names": list(card.class_names), "image_size": card.image_size, "input": "uint8 RGB 0..255"},
         pip_requirements=[f"{name}=={metadata.version(name)}" for name in REQUIREMENTS],
         step=max(step, 0),
+        tags={"judged_epoch": str(step)},
     )
-    log.info("logged the model as %s (runs:/%s/%s)", info.model_uri, run_id, MODEL_NAME)
+    log.info("logged the model as %s (runs:/%s/%s)", info.model_uri, run_id, card.name)
     return info.model_uri

@@ -1,11 +1,19 @@
-"""Training and validation inputs from task 1's TFRecords.
+"""Training, validation and test inputs from task 1's TFRecords.
 
-The split (``train.split``):
+The test split (``train.test_fraction``) comes first and is held out from every choice: in each class,
+the ``round(test_fraction * records of the class)`` records with the smallest keyed hash
+(``to_hash_bucket_strong`` of the record bytes, keyed by ``train.split_seed``) are test records. It is
+stratified exactly, the same on every run with the same set and ``split_seed`` (the training ``seed``
+does not move it), and no epoch choice, ranking, search or pruning reads it: only the champion's
+evaluation after selection (:mod:`bigimage.train.evaluate`) does.
+
+The validation split (``train.split``) divides the other records:
 - ``hash`` (default): a record goes to validation when ``fingerprint64(record bytes) % 1000`` is below
   ``validation_fraction * 1000``; deterministic, independent of the shard layout, the seed and the
-  process. Counting the two sides is one pass over the records without decoding.
-- ``shard``: the last ``round(validation_fraction * shards)`` shards (sorted by name, at least one) are
-  validation; counts come from the manifest. Needs two shards or more.
+  process.
+Planning the three subsets is one pass over the records, parsing only their classes, not the images.
+- ``shard``: the records of the last ``round(validation_fraction * shards)`` shards (sorted by name, at
+  least one) are validation. Needs two shards or more.
 
 Sharding across workers: every input pipeline (one per worker) reads the shards in a fixed order and
 keeps every N-th record (``Dataset.shard(num_input_pipelines, pipeline_id)``) BEFORE decoding, so no
@@ -34,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 from bigimage.config import ConfigError
 from bigimage.data import readers, schema
 
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SUBSETS = (TRAIN, VALIDATION, TEST)
+
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
 
@@ -44,12 +55,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HASH_BUCKETS = 1000
+TEST_HASH_RANGE = 2**62  # keyed hashes of records are in [0, TEST_HASH_RANGE)
 INPUT_SHARDING = "records: Dataset.shard(input pipelines, pipeline id) before decode; auto_shard_policy=OFF"
 
 
 @dataclass
 class SplitPlan:
-    """Which records train and which validate, and how many of each."""
+    """Which records train, validate and test, and how many of each."""
 
     mode: str
     train_paths: list[str]
@@ -59,6 +71,10 @@ class SplitPlan:
     val_buckets: int  # hash mode: bucket < val_buckets -> validation
     num_classes: int
     classes: list[str]
+    test_records: int = 0
+    split_seed: int = 0
+    test_thresholds: list[int] | None = None  # per class: keyed hash < threshold -> test
+    class_counts: dict[str, list[int]] | None = None  # subset -> records per class index
 
     @property
     def description(self) -> str:
@@ -66,7 +82,12 @@ class SplitPlan:
             rule = f"hash: fingerprint64(record) % {HASH_BUCKETS} < {self.val_buckets} -> validation"
         else:
             rule = f"shard: {len(self.val_paths)} of {len(self.train_paths) + len(self.val_paths)} shards -> validation"
-        return f"{rule} ({self.train_records} train / {self.val_records} val records)"
+        test = f"; test: per class, smallest keyed hash (split_seed {self.split_seed})" if self.test_records else ""
+        counts = f"{self.train_records} train / {self.val_records} val / {self.test_records} test records"
+        return f"{rule}{test} ({counts})"
+
+    def records(self, subset: str) -> int:
+        return {TRAIN: self.train_records, VALIDATION: self.val_records, TEST: self.test_records}[subset]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,10 +99,60 @@ def _val_mask(records: Any, val_buckets: int) -> Any:
     return tf.strings.to_hash_bucket_fast(records, HASH_BUCKETS) < val_buckets
 
 
+def _keyed_hash(records: Any, split_seed: int) -> Any:
+    import tensorflow as tf
+
+    return tf.strings.to_hash_bucket_strong(records, TEST_HASH_RANGE, key=[split_seed, 0])
+
+
+def _record_classes(records: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.io.parse_example(records, {schema.CLASS: tf.io.FixedLenFeature([], tf.int64)})[schema.CLASS]
+
+
+def _scan(paths: list[str], split_seed: int, val_buckets: int) -> tuple[Any, Any, Any]:
+    """(class, keyed hash, in the validation buckets) of every record of ``paths``, as numpy arrays."""
+    import numpy as np
+
+    batches = list(
+        readers.record_dataset(paths)
+        .batch(1024)
+        .map(lambda batch: (_record_classes(batch), _keyed_hash(batch, split_seed), _val_mask(batch, val_buckets)))
+        .as_numpy_iterator()
+    )
+    if not batches:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    return tuple(np.concatenate([batch[i] for batch in batches]) for i in range(3))  # type: ignore[return-value]
+
+
+def _test_thresholds(classes: Any, hashes: Any, num_classes: int, fraction: float) -> list[int]:
+    """Per class, the keyed hash below which a record is a test record: the ``round(fraction * n)``
+    smallest of the class's ``n`` records (records with the same bytes fall on the same side)."""
+    import numpy as np
+
+    thresholds = []
+    for index in range(num_classes):
+        ordered = np.sort(hashes[classes == index])
+        take = int(math.floor(fraction * len(ordered) + 0.5))
+        thresholds.append(int(ordered[take]) if take < len(ordered) else TEST_HASH_RANGE)
+    return thresholds
+
+
+def _counts(classes: Any, mask: Any, num_classes: int) -> list[int]:
+    import numpy as np
+
+    return [int(n) for n in np.bincount(classes[mask], minlength=num_classes)[:num_classes]]
+
+
 def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> SplitPlan:
-    """Decide the train/validation split of a (local) TFRecord directory; raises ConfigError when impossible."""
+    """Decide the train/validation/test split of a (local) TFRecord directory; raises ConfigError when
+    impossible."""
+    import numpy as np
+
     mode = cfg.train.split
     fraction = float(cfg.train.validation_fraction)
+    split_seed = int(cfg.train.split_seed)
     paths = readers.shard_paths(tfrecord_dir, manifest)
     classes = list(manifest.classes)
     if mode == "shard":
@@ -90,25 +161,34 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
                 f"train.split=shard needs at least 2 shards; {tfrecord_dir} has {len(paths)}: use train.split=hash"
             )
         n_val = min(len(paths) - 1, max(1, round(fraction * len(paths))))
-        train_paths, val_paths = paths[:-n_val], paths[-n_val:]
-
-        def count(group: list[str]) -> int:
-            return sum(manifest.shards[path.rsplit("/", 1)[-1]] for path in group)
-
-        plan = SplitPlan(mode, train_paths, val_paths, count(train_paths), count(val_paths), 0, len(classes), classes)
+        train_paths, val_paths, val_buckets = paths[:-n_val], paths[-n_val:], 0
+        (train_class, train_hash, _), (val_class, val_hash, _) = (
+            _scan(group, split_seed, 0) for group in (train_paths, val_paths)
+        )
+        record_class, record_hash = np.concatenate([train_class, val_class]), np.concatenate([train_hash, val_hash])
+        in_val = np.arange(len(record_class)) >= len(train_class)
     else:
-        import tensorflow as tf
-
         val_buckets = max(1, min(HASH_BUCKETS - 1, round(fraction * HASH_BUCKETS)))
-        records = readers.record_dataset(paths).batch(1024)
-        val = records.reduce(
-            tf.constant(0, tf.int64),
-            lambda acc, batch: acc + tf.reduce_sum(tf.cast(_val_mask(batch, val_buckets), tf.int64)),
-        )
-        val_records = int(val)
-        plan = SplitPlan(
-            mode, paths, paths, manifest.num_records - val_records, val_records, val_buckets, len(classes), classes
-        )
+        train_paths = val_paths = paths
+        record_class, record_hash, in_val = _scan(paths, split_seed, val_buckets)
+    thresholds = _test_thresholds(record_class, record_hash, len(classes), float(cfg.train.test_fraction))
+    in_test = record_hash < np.asarray(thresholds, dtype=np.int64)[record_class] if len(record_class) else in_val
+    masks = {TRAIN: ~in_test & ~in_val, VALIDATION: ~in_test & in_val, TEST: in_test}
+    counts = {subset: _counts(record_class, mask, len(classes)) for subset, mask in masks.items()}
+    plan = SplitPlan(
+        mode,
+        train_paths,
+        val_paths,
+        sum(counts[TRAIN]),
+        sum(counts[VALIDATION]),
+        val_buckets,
+        len(classes),
+        classes,
+        test_records=sum(counts[TEST]),
+        split_seed=split_seed,
+        test_thresholds=thresholds,
+        class_counts=counts,
+    )
     if plan.train_records < 1 or plan.val_records < 1:
         raise ConfigError(
             f"the split leaves {plan.train_records} training and {plan.val_records} validation records "
@@ -133,6 +213,32 @@ def augment(image: Any, label: Any) -> tuple[Any, Any]:
     return tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8), label
 
 
+def subset_records(plan: SplitPlan, subset: str) -> Any:
+    """The serialised records of one subset (:data:`SUBSETS`) of the plan, in a fixed order, not decoded."""
+    import tensorflow as tf
+
+    if subset not in SUBSETS:
+        raise ValueError(f"unknown subset {subset!r}: one of {', '.join(SUBSETS)}")
+    paths = {TRAIN: plan.train_paths, VALIDATION: plan.val_paths, TEST: plan.train_paths}[subset]
+    if subset == TEST and plan.mode == "shard":  # the test records come from every shard
+        paths = plan.train_paths + plan.val_paths
+    records = readers.record_dataset(paths)
+    if subset == TEST or plan.test_records:
+        thresholds = tf.constant(plan.test_thresholds or [0] * plan.num_classes, tf.int64)
+
+        def is_test(record: Any) -> Any:
+            return _keyed_hash(record, plan.split_seed) < tf.gather(thresholds, _record_classes(record[None])[0])
+
+        if subset == TEST:
+            return records.filter(is_test)
+        records = records.filter(lambda record: tf.logical_not(is_test(record)))
+    if plan.mode == "hash":
+        if subset == TRAIN:
+            return records.filter(lambda record: tf.logical_not(_val_mask(record, plan.val_buckets)))
+        return records.filter(lambda record: _val_mask(record, plan.val_buckets))
+    return records
+
+
 def build_inputs(
     cfg: Any,
     plan: SplitPlan,
@@ -142,7 +248,8 @@ def build_inputs(
     batch_size: int | None = None,
     cache: CacheChoice | None = None,
 ) -> Any:
-    """The (images uint8, classes int32) batches of one input pipeline.
+    """The (images uint8, classes int32) batches of one input pipeline: the training subset when
+    ``training``, else the validation subset (the test subset is never a fit's input).
 
     ``cache``: where decoded images are kept after the first pass (:func:`bigimage.train.cache.choose_cache`,
     called once per process); None keeps none.
@@ -154,12 +261,7 @@ def build_inputs(
     import tensorflow as tf
 
     seed = int(cfg.seed)
-    records = readers.record_dataset(plan.train_paths if training else plan.val_paths)
-    if plan.mode == "hash":
-        if training:
-            records = records.filter(lambda record: tf.logical_not(_val_mask(record, plan.val_buckets)))
-        else:
-            records = records.filter(lambda record: _val_mask(record, plan.val_buckets))
+    records = subset_records(plan, TRAIN if training else VALIDATION)
     if input_context is not None:
         if input_context.num_input_pipelines > 1:
             records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

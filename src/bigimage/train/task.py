@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # Config parts that decide the training state a checkpoint holds.
 _KEY_PARTS = ("tfrecord_dir", "image_size", "batch_size", "epochs", "seed", "model", "train")
 _KEY_STRATEGY = ("name", "num_workers", "logical_cpu_devices")
+SOURCE_KEY = "tfrecord_source"  # in the workers' config: tfrecord_dir as the user gave it
 
 
 def checkpoint_key(cfg: Config) -> str:
@@ -92,22 +93,24 @@ def _artifact_uri() -> str | None:
     return run.info.artifact_uri if run is not None else None
 
 
-def log_datasets(cfg: Config, manifest: Any) -> None:
-    """The TFRecord set as the active run's ``training`` and ``validation`` inputs, with ``tfrecord_dir``
-    as given (a gs:// URL, not its local copy) and the split in the inputs' tags."""
-    from bigimage.tracking import datasets
-
-    split = f"{cfg.train.split}, validation_fraction={cfg.train.validation_fraction}"
-    for context in (datasets.TRAINING, datasets.VALIDATION):
-        datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), context, {"split": split})
-
-
 def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
-    """The fully resolved config the workers read: local ``tfrecord_dir``, ``train.checkpoint_dir`` set."""
+    """The fully resolved config the workers read: local ``tfrecord_dir`` (the one given, e.g. a gs:// URL,
+    in :data:`SOURCE_KEY`, which the chief names as its datasets' source), ``train.checkpoint_dir`` set."""
     resolved = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+    resolved[SOURCE_KEY] = str(cfg.tfrecord_dir)
     resolved.tfrecord_dir = tfrecord_dir
     resolved.train.checkpoint_dir = checkpoint_dir(cfg)
     return resolved
+
+
+def save_private(cfg: DictConfig, path: str) -> None:
+    """``cfg`` as YAML at ``path``, readable by this user only from its first byte: the workers' config
+    holds what they need of the config's secrets (a database password in ``search.storage``, say)."""
+    if os.path.lexists(path):
+        os.remove(path)  # a rerun's: its mode would stay
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(OmegaConf.to_yaml(cfg))
 
 
 def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[str, str, str]:
@@ -135,14 +138,12 @@ def run_train(cfg: Config) -> dict[str, float]:
     # A multi-host run gets nothing from this machine's disk: refused here, before any worker starts.
     multihost.check_shared(cfg, tracking_uri, _artifact_uri(), checkpoint_dir(cfg))
     # Fail on missing shards or the wrong image size before any process starts.
-    source_manifest = readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
+    readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
     # Barrier tasks stage a gs:// set on their own hosts (bigimage.train.staging); local workers share this copy.
     data_dir = str(cfg.tfrecord_dir) if cfg.strategy.launcher == "spark_barrier" else local_tfrecord_dir(cfg)
     manifest = readers.read_manifest(data_dir, int(cfg.image_size))
     readers.shard_paths(data_dir, manifest)
 
-    if run_id:
-        log_datasets(cfg, source_manifest)
     resolved = worker_config(cfg, data_dir)
     work_dir, config_path, result_file = _work_dir(cfg, resolved, run_id)
     workers = int(cfg.strategy.num_workers) if strategies.is_multi_worker(cfg) else 1

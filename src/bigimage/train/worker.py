@@ -8,8 +8,9 @@
 ``train.checkpoint_dir`` set: :func:`bigimage.train.task.run_train` writes it). ``TF_CONFIG`` comes from
 the environment, as TensorFlow reads it; for one worker there is none. The MLflow run is passed
 explicitly (``--run-id``, ``--tracking-uri``; never ``MLFLOW_RUN_ID``): the chief (task index 0) logs
-params, per-epoch metrics, the best epoch, the model and its history into that run without touching its
-status; other workers log nothing. Each worker appends its progress to ``<work-dir>/progress/worker-<i>.jsonl``.
+params, the split's three subsets as dataset inputs, per-epoch metrics, the judged epoch
+(:mod:`bigimage.tracking.judged`), the model with that epoch's weights and its history into that run
+without touching its status; other workers log nothing. Each worker appends its progress to ``<work-dir>/progress/worker-<i>.jsonl``.
 The chief writes its final metrics as JSON to ``--result-file``.
 
 Callers that already run Python with ``TF_CONFIG`` set (e.g. a Spark barrier task) can call
@@ -25,6 +26,7 @@ import csv
 import ctypes
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -107,7 +109,7 @@ def train_worker(
     global_batch = int(cfg.batch_size)
     per_replica = check_batch_size(global_batch, replicas, cfg.strategy.name)
     keras.utils.set_random_seed(int(cfg.seed))
-    plan, steps_per_epoch, val_steps, cache, train_data, val_data, card = _inputs(
+    plan, steps_per_epoch, val_steps, cache, train_data, val_data, card, manifest = _inputs(
         cfg, strategy, task_index, global_batch
     )
 
@@ -118,6 +120,7 @@ def train_worker(
     run_logger = RunLogger(tracking_uri, run_id) if is_chief else RunLogger(None, None)
     shape = {"replicas": replicas, "global_batch_size": global_batch, "per_replica_batch_size": per_replica}
     _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, shared.url, cache.tags())
+    _log_split(run_logger, cfg, manifest, plan)
     progress = _progress_path(work_dir, task_index)
     observer = TrainingObserver(
         task_index=task_index, is_chief=is_chief, global_batch_size=global_batch, steps_per_epoch=steps_per_epoch,
@@ -127,8 +130,16 @@ def train_worker(
     # BackupAndRestore first: an epoch is reported once its checkpoint exists.
     backup = keras.callbacks.BackupAndRestore(backup_dir=shared.local_dir, delete_checkpoint=True)
     # A search trial's pruning (bigimage.train.pruning) last: it sees an epoch once checkpointed and logged.
+    # The judged epoch's weights (bigimage.tracking.judged) beside the checkpoint, so a resumed run keeps them.
+    keep_judged = _judged_checkpoint(shared.local_dir)
     upload = shared.callback()  # a gs:// checkpoint, uploaded once the epoch is checkpointed and logged
-    callbacks = [backup, observer, upload, *pruning_callbacks(cfg, strategy, is_chief, run_logger, num_workers)]
+    callbacks = [
+        backup,
+        keep_judged,
+        observer,
+        upload,
+        *pruning_callbacks(cfg, strategy, is_chief, run_logger, num_workers),
+    ]
     seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, callbacks)
     summary = {**shape, "training_seconds": seconds}
     try:
@@ -167,11 +178,12 @@ def _fit(
 
 def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> tuple[Any, ...]:
     """This worker's split plan, steps per epoch (training, validation), input cache, distributed
-    datasets (training, validation) and the card of the model they train (:mod:`bigimage.train.export`)."""
+    datasets (training, validation), the card of the model they train (:mod:`bigimage.train.export`) and
+    the set's manifest."""
     from bigimage.data import readers
     from bigimage.train import inputs
     from bigimage.train.cache import choose_cache
-    from bigimage.train.export import ModelCard
+    from bigimage.train.export import ModelCard, model_name
 
     manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
     plan = inputs.plan_split(cfg, cfg.tfrecord_dir, manifest)
@@ -182,8 +194,10 @@ def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> t
     atexit.register(cache.cleanup)  # also when training fails; folders of killed workers go next time
     log.info("worker %d: input cache %s: %s", task_index, cache.mode, cache.reason)
     train_data, val_data = inputs.distributed_inputs(strategy, cfg, plan, cache)
-    card = ModelCard(list(manifest.classes), int(cfg.image_size), readers.shard_paths(cfg.tfrecord_dir, manifest))
-    return plan, steps_per_epoch, val_steps, cache, train_data, val_data, card
+    card = ModelCard(
+        list(manifest.classes), int(cfg.image_size), readers.shard_paths(cfg.tfrecord_dir, manifest), model_name(cfg)
+    )
+    return plan, steps_per_epoch, val_steps, cache, train_data, val_data, card, manifest
 
 
 def _log_setup(
@@ -211,6 +225,7 @@ def _log_setup(
             "split": plan.description,
             "train_records": plan.train_records,
             "val_records": plan.val_records,
+            "test_records": plan.test_records,
             "steps_per_epoch": steps_per_epoch,
             "validation_steps": val_steps,
             "input_sharding": inputs.INPUT_SHARDING,
@@ -231,6 +246,47 @@ def _log_setup(
     )
 
 
+def _log_split(run_logger: Any, cfg: Any, manifest: Any, plan: Any) -> None:
+    """The chief logs the three subsets as dataset inputs, named after ``tfrecord_dir`` as the user gave it."""
+    from bigimage.tracking import datasets
+    from bigimage.train.task import SOURCE_KEY
+
+    if not run_logger.enabled:
+        return
+    source = str(cfg.get(SOURCE_KEY) or cfg.tfrecord_dir)
+    client, run_id = run_logger.client, run_logger.run_id
+    datasets.log_split_sets(
+        client, run_id, manifest, source, str(cfg.dataset.name), plan.description, plan.class_counts
+    )
+
+
+JUDGED_WEIGHTS = "judged-epoch.weights.h5"  # in the checkpoint directory
+
+
+def _judged_checkpoint(checkpoint_dir: str) -> Any:
+    """Keras' ``ModelCheckpoint`` keeping the judged epoch's weights (:mod:`bigimage.tracking.judged`).
+
+    It replaces them only on a strict improvement (ties keep the earliest epoch, as the rule says); a
+    resumed training starts from the best value of the epochs before the interruption, whose weights
+    the file still holds."""
+    import tf_keras as keras
+
+    from bigimage.tracking import judged
+    from bigimage.train.callbacks import read_history
+
+    path = os.path.join(checkpoint_dir, JUDGED_WEIGHTS)
+    earlier = (read_history(checkpoint_dir) or {}).get("epochs", []) if os.path.exists(path) else []
+    best, _ = judged.judged_epoch(earlier)
+    return keras.callbacks.ModelCheckpoint(
+        path,
+        monitor=judged.MONITOR,
+        mode=judged.MODE,
+        save_best_only=True,
+        save_weights_only=True,
+        initial_value_threshold=best if math.isfinite(best) else None,
+    )
+
+
 def _progress_path(work_dir: str | None, task_index: int) -> str | None:
     if not work_dir:
         return None
@@ -248,50 +304,75 @@ def _finish(
     summary: dict[str, float],
     card: ModelCard,
 ) -> dict[str, float]:
-    """The final metrics; the chief logs them with the model (the raw ``model/model.keras`` and the
-    MLflow Model ``model``, :mod:`bigimage.train.export`) and the history.
+    """The final metrics; the chief logs them with the model of the judged epoch (the raw
+    ``model/model.keras`` and the MLflow Model, :mod:`bigimage.train.export`) and the history.
 
-    Every worker saves the model (collectives may be involved); only the chief keeps its copy.
+    Every worker saves the model (collectives may be involved); only the chief keeps its copy, with the
+    judged epoch's weights loaded into it.
     """
+    from bigimage.tracking import judged
     from bigimage.train import export
-    from bigimage.train.callbacks import HISTORY_NAME, best_of
+    from bigimage.train.callbacks import HISTORY_NAME
 
+    history = observer.history
+    best_value, best_epoch = judged.judged_epoch(history)
     save_root = tempfile.mkdtemp(prefix=f"bigimage-model-{task_index}-")
     try:
         model_path = os.path.join(save_root, "model.keras")
         model.save(model_path)
-        history = observer.history
-        best_value, best_epoch = best_of(history)
         final = dict(history[-1]) if history else {}
         final.pop("epoch", None)
         result = {
             **final,
             **summary,
-            "best_val_accuracy": best_value,
-            "best_epoch": best_epoch,
+            judged.VALUE_METRIC: best_value,
+            judged.EPOCH_METRIC: best_epoch,
             "epochs_run": sum(1 for entry in history if entry["epoch"] >= (observer.first_epoch or 0)),
             "resumed_from_epoch": observer.first_epoch or 0,
         }
         if is_chief:
+            model_epoch = _judged_model(model_path, checkpoint.local_dir, best_epoch, history)
             run_logger.metrics(
                 {
-                    "best_val_accuracy": best_value,
-                    "best_epoch": best_epoch,
+                    judged.VALUE_METRIC: best_value,
+                    judged.EPOCH_METRIC: best_epoch,
                     "training_seconds": summary["training_seconds"],
                 }
             )
+            run_logger.tags({"model_epoch": model_epoch})
             run_logger.artifact(_write_history(history, os.path.join(save_root, "history")))
             run_logger.artifact(model_path, "model")
             if run_logger.enabled:
-                last_epoch = int(history[-1]["epoch"]) if history else 0
-                export.log_model(model_path, card, run_logger.tracking_uri, run_logger.run_id, step=last_epoch)
-            # The run finished: its running history goes with the checkpoint BackupAndRestore deleted.
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(checkpoint.local_dir, HISTORY_NAME))
+                export.log_model(model_path, card, run_logger.tracking_uri, run_logger.run_id, step=model_epoch)
+            # The run finished: its running history and judged weights go with the checkpoint BackupAndRestore deleted.
+            for name in (HISTORY_NAME, JUDGED_WEIGHTS):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(checkpoint.local_dir, name))
             checkpoint.finish()  # and its shared copy
         return result
     finally:
         shutil.rmtree(save_root, ignore_errors=True)
+
+
+def _judged_model(model_path: str, checkpoint_dir: str, judged_epoch: int, history: list[dict]) -> int:
+    """Put the judged epoch's weights into the model saved at ``model_path``; returns the epoch whose
+    weights it now holds (the last one when no epoch had a finite validation accuracy).
+
+    Done on the saved file, outside any strategy: loading weights into a model built under
+    MultiWorkerMirroredStrategy assigns its on-read (synchronised) variables, which fails there.
+    """
+    import tf_keras as keras
+
+    path = os.path.join(checkpoint_dir, JUDGED_WEIGHTS)
+    last = int(history[-1]["epoch"]) if history else -1
+    if judged_epoch < 0 or not os.path.exists(path):
+        log.warning("no weights of a judged epoch in %s: the model holds the last epoch's (%d)", path, last)
+        return last
+    model = keras.models.load_model(model_path)
+    model.load_weights(path)
+    model.save(model_path)
+    log.info("model: the judged epoch %d's weights (of %d epochs)", judged_epoch, last + 1)
+    return judged_epoch
 
 
 def _write_history(history: list[dict[str, Any]], directory: str) -> str:
