@@ -160,7 +160,7 @@ def test_data_sizes_and_core_counts_of_the_scaling_points_are_never_averaged(tmp
         assert [(r.key["cores"], r.score.n) for r in ranking] == [(3, 1), (1, 1)]
         assert ranking[0].run_ids == [store.ids[f"n{images}-c3"]]
     assert result.winners["preprocess"]["key"] == {"cluster.name": "local", "cores": 3, "executors": 1}
-    assert comparable.shape_text(result.winners["preprocess"]["key"]) == "local (3 cores, 1 executors)"
+    assert comparable.shape_text(result.winners["preprocess"]["key"]) == "local (3 cores, 1 executor)"
 
 
 def test_speedtest_intervals_have_one_value_per_run(tmp_path):

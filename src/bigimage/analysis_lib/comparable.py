@@ -156,7 +156,11 @@ def shape(row: pd.Series) -> dict[str, str | int | None]:
 
 def shape_text(key: dict) -> str:
     """``four (8 cores, 4 executors)``; the name alone when Spark's grant was not read back."""
-    granted = [f"{key[name]} {name}" for name in ("cores", "executors") if key.get(name) is not None]
+    granted = [
+        f"{key[name]} {name if key[name] != 1 else name[:-1]}"
+        for name in ("cores", "executors")
+        if key.get(name) is not None
+    ]
     return f"{key['cluster.name']} ({', '.join(granted)})" if granted else str(key["cluster.name"])
 
 

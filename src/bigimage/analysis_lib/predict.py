@@ -77,8 +77,8 @@ def covers(result: forecast.Forecast) -> str:
     start-up and the rest of a run come from the fitted runs."""
     return (
         billing.covers(result.prices.dataproc_create_delete_seconds)
-        + " Forecast: the start-up and the rest of a run are the fitted runs' median (the table's "
-        f"{billing.LIFE_INCLUDES} says which)."
+        + " In the forecast, the start-up and the rest of a run are the fitted runs' median (each shape's "
+        "'cluster life includes' says how much)."
     )
 
 
@@ -103,7 +103,7 @@ def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
                 "images/s": d["predicted_images_per_second"],
                 f"{currency} / 1,000 images, job": d[billing.JOB] or shape.cost_note,
                 f"{currency} / 1,000 images, cluster life": d[billing.CLUSTER_LIFE] or "",
-                "cluster life adds": d[billing.LIFE_INCLUDES],
+                "cluster life includes": d[billing.LIFE_INCLUDES],
                 "core speed ratio": f"{ratio['value']:.3g} ({ratio['source']})" if ratio else "",
                 "notes": "; ".join(d["notes"]),
             }
