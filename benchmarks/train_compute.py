@@ -1,6 +1,7 @@
 """Training at the compute limit: the train step's achieved GFLOP/s against TensorFlow's fp32 matmul, in one run.
 
-    python benchmarks/train_compute.py [--steps 30] [--epochs 3] [--rounds 2] [--before] [--jit] [--kernels] [--json]
+    python benchmarks/train_compute.py [--steps 30] [--epochs 3] [--rounds 2] [--before] [--jit] [--kernels] [--precision]
+        [--json]
         [override ...]
 
 Each measurement runs in a fresh process started with the training workers' environment
@@ -28,7 +29,9 @@ such as the first layer's unused input gradient), and every ``convolution`` and 
 FLOPs per image; the goals: ``default`` >= 0.6 of the matmul rate, ``mirrored`` >= 0.8 of ``default``'s
 images/s. The variants alternate over ``--rounds`` rounds (medians reported) so a load change hits all.
 ``--before`` adds the settings before issue 13 (TensorFlow's defaults here: oneDNN off, pools of all the
-cores in every process) for what the change bought, and ``--jit`` the step compiled by XLA.
+cores in every process) for what the change bought, ``--jit`` the step compiled by XLA, and ``--precision``
+``default`` under ``train.precision=mixed_bfloat16`` (its images/s over ``default``'s: the goal is 2x
+where the CPU has bf16 units).
 
 ``--kernels`` times each convolution of the model alone, in a process set up as ``default``'s: its
 forward pass (with the bias and ReLU the layer fuses), its filter gradient and its input gradient (not
@@ -171,6 +174,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["threads"] == "worker":
         op = configure_process(cfg)
         pools = (op.intra_op, op.inter_op)
+        from bigimage.train import precision
+
+        precision.configure(cfg)  # train.precision, as a worker sets it
     else:  # TensorFlow's own pools, as before issue 13
         configure_devices(cfg)
         pools = (0, 0)
@@ -355,6 +361,9 @@ def _variants(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], dict[
         variants["kernels"] = ({"overrides": args.overrides, "threads": "worker", "kernels": True, "matmul": True}, {})
     if args.jit:
         variants["default_jit"] = ({**base, **now, "overrides": args.overrides, "jit": True}, {})
+    if args.precision:
+        bf16 = [*args.overrides, "train.precision=mixed_bfloat16"]
+        variants["default_bf16"] = ({**base, **now, "overrides": bf16}, {})
     return variants
 
 
@@ -419,6 +428,10 @@ def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     )
     if "kernels" in results:
         summary["kernels"] = _kernel_summary(results["kernels"], flops, variants["default"])
+    if "default_bf16" in variants:
+        summary["ratio_bf16_to_default"] = (
+            variants["default_bf16"]["images_per_second"] / variants["default"]["images_per_second"]
+        )
     if "mirrored_before" in variants:
         summary["ratio_mirrored_to_default_before"] = (
             variants["mirrored_before"]["images_per_second"] / variants["default_before"]["images_per_second"]
@@ -489,6 +502,11 @@ def _print(summary: dict[str, Any], args: argparse.Namespace, loads: list[str]) 
         f"  per CPU-second of each process (the work per image; other load disturbs it least): default / matmul "
         f"{summary['cpu_ratio_default_to_matmul']:.3f}, mirrored / default {summary['cpu_ratio_mirrored_to_default']:.3f}"
     )
+    if "ratio_bf16_to_default" in summary:
+        print(
+            f"ratio default_bf16 / default images/s  = {summary['ratio_bf16_to_default']:.3f}  "
+            "(goal >= 2 where the CPU has bf16 units; both with the workers' thread settings)"
+        )
     if "kernels" in summary:
         kernels = summary["kernels"]
         print(
@@ -522,6 +540,9 @@ def main() -> None:
     parser.add_argument("--before", action="store_true", help="also TensorFlow's default settings (oneDNN off)")
     parser.add_argument("--jit", action="store_true", help="also the step compiled by XLA (jit_compile)")
     parser.add_argument("--kernels", action="store_true", help="also each convolution pass timed alone")
+    parser.add_argument(
+        "--precision", action="store_true", help="also default under train.precision=mixed_bfloat16 (bf16 compute)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. image_size=128")

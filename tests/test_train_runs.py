@@ -265,3 +265,39 @@ def test_gs_tfrecords_are_staged_into_a_local_cache(tmp_path, tfrecords, mlflow_
     )
     assert metrics["replicas"] == 1
     assert [step for step, _ in history(run_id, "val_accuracy")] == [0]
+
+
+@pytest.mark.timeout(300)
+def test_mixed_bfloat16_keeps_float32_logits_and_loss_and_logs_the_policy(tmp_path, tfrecords, mlflow_experiment):
+    import numpy as np
+    import tf_keras
+
+    cfg = compose(tmp_path, tfrecords, "strategy=default", "epochs=1", "train.precision=mixed_bfloat16")
+    run_id, _ = train(mlflow_experiment, cfg)
+    run = MlflowClient().get_run(run_id)
+    assert run.data.tags["precision_policy"] == "mixed_bfloat16"
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/model.keras", dst_path=str(tmp_path))
+    model = tf_keras.models.load_model(path)
+    convolutions = [layer for layer in model.layers if isinstance(layer, tf_keras.layers.Conv2D)]
+    assert {layer.dtype_policy.name for layer in convolutions} == {"mixed_bfloat16"}  # bf16 compute
+    assert {layer.dtype for layer in convolutions} == {"float32"}  # float32 variables
+    assert model.get_layer("logits").dtype_policy.name == "float32" and model.output.dtype == "float32"
+    # The loss is computed on those float32 logits, and the logged MLflow Model predicts float32.
+    loss = model.loss(np.zeros(2, np.int32), model(np.zeros((2, 32, 32, 3), np.uint8)))
+    assert loss.dtype == "float32"
+    logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/small_cnn-default-bs16")
+    assert logged.predict(np.zeros((2, 32, 32, 3), np.uint8)).dtype == np.float32
+
+
+def test_mixed_float16_without_a_gpu_is_refused_with_what_to_use():
+    import tensorflow as tf
+
+    from bigimage.config import ConfigError
+    from bigimage.train import precision
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: mixed_float16 is allowed here")
+    with pytest.raises(ConfigError, match="needs a GPU and this machine has none: use mixed_bfloat16"):
+        precision.choose("mixed_float16")
+    expected = "mixed_bfloat16" if precision.cpu_bf16_flags() else "float32"
+    assert precision.choose("auto").policy == expected

@@ -61,6 +61,13 @@ class Split(StrEnum):
     shard = "shard"  # whole shards
 
 
+class Precision(StrEnum):
+    float32 = "float32"
+    mixed_bfloat16 = "mixed_bfloat16"  # bf16 compute, float32 variables: CPUs with AVX512_BF16 or AMX, GPUs
+    mixed_float16 = "mixed_float16"  # GPUs only, with loss scaling
+    auto = "auto"  # mixed_bfloat16 where the hardware has bf16 units, else float32
+
+
 class OnShortData(StrEnum):
     repeat = "repeat"
     error = "error"
@@ -206,6 +213,7 @@ class TrainConfig:
     # split_seed, so runs with other training seeds share it; read only to test the champion.
     test_fraction: float = 0.1
     split_seed: int = 0
+    precision: Precision = Precision.float32  # Keras' mixed-precision policy (bigimage.train.precision)
     augment: bool = False
     shuffle_buffer: int = 1000
     split: Split = Split.hash

@@ -7,7 +7,8 @@
   (random initialisation, nothing downloaded); ``model.weights=imagenet`` downloads the ImageNet weights.
 
 Build inside ``strategy.scope()``; :func:`compile_model` adds Adam, sparse cross-entropy on logits and
-``accuracy``.
+``accuracy``. The logits layer computes in float32 under every ``train.precision`` policy, so the loss
+and the model's outputs are float32 (Keras' mixed-precision guide does the same).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def small_cnn(model: Any, image_size: int, num_classes: int) -> Any:
     x = layers.Conv2D(2 * width, 3, padding="same", activation="relu")(x)
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(float(model.dropout))(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="small_cnn")
 
 
@@ -51,7 +52,7 @@ def mobilenet_v2(model: Any, image_size: int, num_classes: int) -> Any:
     )
     x = base(x)
     x = layers.Dropout(float(model.dropout))(x)
-    outputs = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Dense(num_classes, name="logits", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="mobilenet_v2")
 
 

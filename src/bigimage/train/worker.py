@@ -100,6 +100,7 @@ def train_worker(
     import tf_keras as keras
 
     from bigimage.config import check_batch_size
+    from bigimage.train import precision
     from bigimage.train.callbacks import RunLogger, TrainingObserver
     from bigimage.train.model import build_model, compile_model
     from bigimage.train.pruning import pruning_callbacks
@@ -109,6 +110,7 @@ def train_worker(
     global_batch = int(cfg.batch_size)
     per_replica = check_batch_size(global_batch, replicas, cfg.strategy.name)
     keras.utils.set_random_seed(int(cfg.seed))
+    policy = precision.configure(cfg)  # before any model is built
     plan, steps_per_epoch, val_steps, cache, train_data, val_data, card, manifest = _inputs(
         cfg, strategy, task_index, global_batch
     )
@@ -120,6 +122,7 @@ def train_worker(
     run_logger = RunLogger(tracking_uri, run_id) if is_chief else RunLogger(None, None)
     shape = {"replicas": replicas, "global_batch_size": global_batch, "per_replica_batch_size": per_replica}
     _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, shared.url, cache.tags())
+    run_logger.tags({"precision_policy": policy.policy, "precision_reason": policy.reason})
     _log_split(run_logger, cfg, manifest, plan)
     progress = _progress_path(work_dir, task_index)
     observer = TrainingObserver(
