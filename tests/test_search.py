@@ -27,7 +27,7 @@ from bigimage.analysis_lib import overfitting, training_cost
 from bigimage.config import PROJECT_ROOT, register_configs, validate
 from bigimage.errors import UserError
 from bigimage.search import space, study, summary, sweep, trial
-from bigimage.tracking import query
+from bigimage.tracking import query, redact
 from bigimage.tracking.callbacks import MlflowSweepCallback
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, tracked_run
 from bigimage.tracking.store import connect
@@ -104,7 +104,7 @@ def test_objective_is_the_optimized_metric() -> None:
 
 def test_study_storage_sits_beside_the_mlflow_store(tmp_path: Path) -> None:
     assert study.default_storage(f"sqlite:///{tmp_path}/m/mlflow.db") == f"sqlite:///{tmp_path}/m/optuna.db"
-    assert summary.redacted("postgresql://me:secret@db/optuna") == "postgresql://me:***@db/optuna"
+    assert redact.url("postgresql://me:secret@db/optuna") == "postgresql://***@db/optuna"
 
 
 class TableLauncher:

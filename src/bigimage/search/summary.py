@@ -23,7 +23,6 @@ import os
 import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
@@ -47,14 +46,6 @@ TAG_MOVED_FROM = "search.moved_from"  # on an earlier trial's run: the parent it
 
 class ForeignStudyError(UserError):
     """The study's parent run is not in this MLflow store: the study belongs to another store."""
-
-
-def redacted(url: str) -> str:
-    """A storage URL without its password (``postgresql://user:secret@host/db`` is a usual one)."""
-    parts = urlparse(url)
-    if parts.password:
-        return url.replace(f":{parts.password}@", ":***@")
-    return url
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:

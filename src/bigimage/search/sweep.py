@@ -177,13 +177,13 @@ def run(search: Search, n_trials: int, n_jobs: int, launcher: Launcher) -> list[
 
 
 def parent_tags(settings: Settings, search: Search, objectives: Sequence[str]) -> dict[str, str]:
-    from bigimage.search.summary import redacted
+    from bigimage.tracking import redact
 
     study = search.study
     space = {key: repr(value) for key, value in search.space.distributions.items()}
     return {
         "search.study": study.study_name,
-        "search.storage": redacted(search.storage_url),
+        "search.storage": redact.url(search.storage_url),
         "search.sampler": type(study.sampler).__name__,
         "search.pruner": type(settings.pruner).__name__ if search.prune else "none",
         "search.objectives": ",".join(objectives),
@@ -201,6 +201,7 @@ def sweep(
 
     from bigimage.search import summary
     from bigimage.search.trial import metric_names
+    from bigimage.tracking import redact
     from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID
 
     objectives = metric_names(config)
@@ -217,7 +218,7 @@ def sweep(
     log.info(
         "study %r in %s: %d of %d trials done; searching %s",
         search.study.study_name,
-        summary.redacted(search.storage_url),
+        redact.url(search.storage_url),
         counted(search.study),
         settings.n_trials,
         ", ".join(search.space.distributions),

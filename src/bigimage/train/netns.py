@@ -53,13 +53,6 @@ def needs_network(uri: str) -> bool:
     return uri == "databricks" or urlparse(uri).scheme not in ("", "file", "sqlite")
 
 
-def _where(uri: str) -> str:
-    """``uri`` without its user and password (``postgresql://user:secret@host/db`` is a usual MLflow URI)."""
-    parts = urlparse(uri)
-    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
-    return f"{parts.scheme}://{host}" if parts.scheme else uri
-
-
 class PrivateNetwork:
     """A network namespace with only ``lo`` (up), held open by one process until :meth:`close`."""
 
@@ -112,10 +105,12 @@ def private_network(
     """
     remote = [uri for uri in uris if uri and needs_network(uri)]
     if remote:
+        from bigimage.tracking import redact  # not in the holder process, which runs this module
+
         log.warning(
             "%s need the network for %s, so they run on the host network and %s; with a sqlite or file "
             "MLflow store and local paths they run in a private network namespace instead",
-            what, ", ".join(map(_where, remote)), EXPOSED,
+            what, ", ".join(map(redact.url, remote)), EXPOSED,
         )  # fmt: skip
         yield None
         return
