@@ -5,7 +5,8 @@
     python run.py -m hparams_search=train_optuna [hydra.sweeper.n_trials=N]
 
 A mistake the user can fix (a bad value, a missing path) ends with one line saying what to change and
-exit code 1; ``HYDRA_FULL_ERROR=1`` shows the traceback instead.
+exit code 1, secrets masked (:mod:`bigimage.tracking.redact`); ``HYDRA_FULL_ERROR=1`` shows the traceback
+instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bigimage.config import register_configs
 from bigimage.errors import UserError
 from bigimage.search.trial import objective
 from bigimage.tasks import run_task
+from bigimage.tracking import redact
 
 register_configs()
 
@@ -32,7 +34,7 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     except UserError as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        sys.exit(f"error: {error}")
+        sys.exit(f"error: {redact.text(str(error))}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ and SIGTERM/SIGHUP raise :class:`bigimage.termination.Terminated` from the first
 sweep that is stopped ends its parent KILLED, as one that is interrupted with Ctrl-C does. Its status
 follows the jobs it launched only: a resumed search moves the runs of earlier sweeps under it
 (:mod:`bigimage.search.summary`), and those keep their own outcome without deciding this one's.
+
+Every run, swept or not, passes through :meth:`MlflowSweepCallback.on_job_start`, where Hydra's own run
+files, just written, are rewritten with their secrets masked (:mod:`bigimage.tracking.redact`), and the
+process starts masking them in its log lines.
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ import atexit
 import logging
 import os
 import signal
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mlflow
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from mlflow.entities import Run, RunStatus
 from omegaconf import DictConfig
 
 from bigimage import termination
-from bigimage.tracking import liveness, query
+from bigimage.tracking import liveness, query, redact
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, run_tags
 from bigimage.tracking.store import connect, log_batch, retry_busy
 
@@ -39,6 +46,25 @@ def launched_by(run: Run, parent_run_id: str) -> bool:
     return run.data.tags.get(TAG_SWEEP_ID, parent_run_id) == parent_run_id
 
 
+HYDRA_RUN_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in <output_dir>/.hydra
+MULTIRUN_FILE = "multirun.yaml"  # what a sweeper writes in the sweep's folder
+
+
+def hydra_files(config: DictConfig) -> Iterator[Path]:
+    """Hydra's own files of the job that ``config`` (with its ``hydra`` node) describes, and of its sweep."""
+    hydra = config.hydra
+    if hydra.output_subdir is not None:
+        for name in HYDRA_RUN_FILES:
+            yield Path(str(hydra.runtime.output_dir), str(hydra.output_subdir), name)
+    if hydra.mode == RunMode.MULTIRUN:
+        yield sweep_file(config)
+
+
+def sweep_file(config: DictConfig) -> Path:
+    """The sweeper's copy of the sweep's config."""
+    return Path(str(config.hydra.sweep.dir), MULTIRUN_FILE)
+
+
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
@@ -50,13 +76,21 @@ class MlflowSweepCallback(Callback):
         # and the signal handlers belong to this process and stay here.
         return {**self.__dict__, "heartbeat": None, "signals_held": False}
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Mask the secrets of ``config`` in Hydra's files, written just before, and in the log from now on."""
+        redact.protect(config)
+        for path in hydra_files(config):
+            redact.rewrite_yaml(path)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        redact.protect(config)  # Hydra's launcher logs every job's overrides
         _, experiment_id = connect(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_root)
         overrides = list(config.hydra.overrides.task)
         sweep_dir = str(config.hydra.sweep.dir)
         tags = run_tags(f"sweep:{config.task.name}", overrides)
         tags.update({"sweep_dir": sweep_dir, "mlflow.runName": f"sweep {' '.join(overrides)}"[:250]})
         tags.update(liveness.process_tags())
+        tags = redact.mapping(tags)
         client = mlflow.MlflowClient()
         run = retry_busy(lambda: client.create_run(experiment_id, tags=tags))
         self.parent_run_id = run.info.run_id
@@ -70,6 +104,7 @@ class MlflowSweepCallback(Callback):
         log.info("sweep parent run %s in experiment %r", self.parent_run_id, config.tracking.experiment)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        redact.rewrite_yaml(sweep_file(config))  # also when no job started
         if self.parent_run_id is None:
             return
         parent_run_id: str = self.parent_run_id

@@ -19,7 +19,7 @@ import subprocess
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigimage import termination
 from bigimage.config import PROJECT_ROOT
-from bigimage.tracking import liveness
+from bigimage.tracking import liveness, redact
 from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,9 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any], keys: Sequence[str] | No
 
     ``keys``: only these keys and what lies below them (``cluster`` selects ``cluster.*``); None: all.
     Empty values (None, "", [], {}) are left out: an empty param says nothing and cannot be filtered on.
+    Secrets are masked (:mod:`bigimage.tracking.redact`).
     """
-    container = cast(
-        dict[str, Any], OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    )
+    container = redact.config(cfg)
     params: dict[str, str] = {}
 
     def selected(key: str) -> bool:
@@ -100,7 +99,9 @@ def hydra_overrides() -> list[str]:
 
 
 def run_tags(task: str, overrides: list[str] | None = None) -> dict[str, str]:
-    tags = {"task": task, "git_commit": git_commit(), "overrides": " ".join(overrides or []) or "(none)"}
+    """The tags every run gets: its task, the commit, the command-line overrides (secrets masked), its sweep."""
+    masked = [redact.text(override) for override in overrides or []]
+    tags = {"task": task, "git_commit": git_commit(), "overrides": " ".join(masked) or "(none)"}
     if os.environ.get(ENV_SWEEP_ID):
         tags["sweep_id"] = os.environ[ENV_SWEEP_ID]
     return tags
@@ -120,9 +121,10 @@ def _record_end(error: BaseException) -> None:
         _end(RunStatus.to_string(RunStatus.KILLED))
         log.warning("MLflow run %s ended KILLED: %s", run_id, reason)
         return
-    message = f"{type(error).__name__}: {error}"
+    message = redact.text(f"{type(error).__name__}: {error}")
     retry_busy(lambda: mlflow.set_tag("error", message[:5000]))
-    retry_busy(lambda: mlflow.log_text("".join(traceback.format_exception(error)), "error/traceback.txt"))
+    trace = redact.text("".join(traceback.format_exception(error)))
+    retry_busy(lambda: mlflow.log_text(trace, "error/traceback.txt"))
     _end(RunStatus.to_string(RunStatus.FAILED))
 
 
@@ -140,7 +142,9 @@ def tracked_run(
     or SIGHUP (tag ``error`` says which), FINISHED otherwise.
 
     Params: the config keys ``param_keys`` select (what the task reads; all when None), the whole
-    resolved config goes to ``config/config.yaml``. System metrics as ``cfg.tracking`` says.
+    resolved config goes to ``config/config.yaml``. System metrics as ``cfg.tracking`` says. Secrets are
+    masked in all of them, in the tags and in this process's log lines from here on
+    (:mod:`bigimage.tracking.redact`).
 
     Without explicit ids it joins the sweep named in the environment, if any: the parent run and
     the experiment were created by the launching process, so parallel jobs never race to make them.
@@ -148,9 +152,11 @@ def tracked_run(
     """
     parent_run_id = parent_run_id or os.environ.get(ENV_PARENT_RUN_ID) or None
     experiment_id = experiment_id or os.environ.get(ENV_EXPERIMENT_ID) or None
+    redact.protect(cfg)
     tags = run_tags(task, hydra_overrides())
     tags.update(liveness.process_tags())
     tags.update(extra_tags or {})
+    tags = redact.mapping(tags)
     run = retry_busy(
         lambda: mlflow.start_run(
             run_name=run_name,
@@ -165,7 +171,7 @@ def tracked_run(
     heartbeat = liveness.Heartbeat(run.info.run_id, mlflow.get_tracking_uri()).start()
     try:
         retry_busy(lambda: mlflow.log_params(flatten_config(cfg, param_keys)))
-        retry_busy(lambda: mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), CONFIG_ARTIFACT))
+        retry_busy(lambda: mlflow.log_text(OmegaConf.to_yaml(redact.config(cfg)), CONFIG_ARTIFACT))
         yield run
     except BaseException as error:
         heartbeat.stop()
