@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from bigimage.errors import UserError
+from bigimage.tracking.redact import is_secret_key
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import ClusterConfig
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
-SECRET_KEY = "spark.authenticate.secret"
 SUPPORTED_JAVA = (17, 21)
 JAVA_HINT = (
     "install Java 17 or 21 (Debian/Ubuntu: `apt-get install openjdk-17-jre-headless`) and put it on PATH "
@@ -183,9 +183,10 @@ def _start_driver_jvm(conf: dict[str, str], loopback: bool) -> None:
     """Start PySpark's driver JVM (once per process) ahead of the first session, on two terms of ours.
 
     PySpark puts the settings it starts the JVM with on its command line, which every local user can
-    read (``ps``): a secret is left out there and follows through py4j with the session. Spark's web
-    UI binds to ``SPARK_LOCAL_IP`` from the JVM's environment (else 0.0.0.0): 127.0.0.1 for a loopback
-    session.
+    read (``ps``): secrets (``spark.authenticate.secret``, ``spark.ssl.keyPassword``: every key that
+    :func:`~bigimage.tracking.redact.is_secret_key` calls secret) are left out there and follow through
+    py4j with the session. Spark's web UI binds to ``SPARK_LOCAL_IP`` from the JVM's environment (else
+    0.0.0.0): 127.0.0.1 for a loopback session.
     """
     from pyspark import SparkConf, SparkContext
 
@@ -195,7 +196,7 @@ def _start_driver_jvm(conf: dict[str, str], loopback: bool) -> None:
     if loopback:
         os.environ["SPARK_LOCAL_IP"] = LOOPBACK
     try:
-        settings = [(key, value) for key, value in conf.items() if key != SECRET_KEY]
+        settings = [(key, value) for key, value in conf.items() if not is_secret_key(key)]
         SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(settings))
     finally:
         if saved is None:

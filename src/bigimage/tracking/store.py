@@ -29,6 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from bigimage.config import PROJECT_ROOT
+from bigimage.tracking.redact import login_to_environment
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def prepare_store(uri: str) -> None:
 def connect(uri: str | None, experiment: str, artifact_root: str | None = None) -> tuple[str, str]:
     """Point this process (and its child processes) at the store, created and migrated once under
     its lock (:func:`prepare_store`); returns (uri, experiment id)."""
-    uri = resolve_tracking_uri(uri)
+    uri = login_to_environment(resolve_tracking_uri(uri))  # a server's user:password@ goes to the environment
     prepare_store(uri)
     mlflow.set_tracking_uri(uri)
     os.environ[ENV_TRACKING_URI] = uri

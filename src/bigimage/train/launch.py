@@ -11,6 +11,11 @@ exit with an error, or the deadline, kills every other worker and raises :class:
 naming the worker, its exit code and the last lines of its log. Each worker's stdout and stderr go to
 ``<work_dir>/logs/worker-<i>.log``.
 
+A worker's command line, which every local user can read (``ps``), holds no secret: the tracking URI and
+the tracking server's login reach it through its environment (:meth:`WorkerJob.environment`), the rest of
+the config through the ``--config`` file, which :func:`bigimage.train.task.run_train` makes readable by
+this user only.
+
 ``strategy.launcher=spark_barrier`` (multi-worker strategies only) runs the same worker command line
 once per Spark barrier task on the executors of ``cluster`` instead (:func:`run_spark_barrier_workers`),
 with the same TF_CONFIG, logs, progress files, MLflow logging by the chief, checkpoints and errors.
@@ -35,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -51,6 +56,10 @@ if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 25
+ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
+# A tracking server's login as MLflow reads it (bigimage.tracking.redact.login_to_environment puts a
+# tracking URI's user:password@ there).
+TRACKING_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class WorkerFailedError(RuntimeError):
@@ -91,6 +100,11 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def tracking_login() -> dict[str, str]:
+    """The tracking server's login in this process's environment (:data:`TRACKING_LOGIN`)."""
+    return {name: os.environ[name] for name in TRACKING_LOGIN if os.environ.get(name)}
+
+
 @dataclass(frozen=True)
 class WorkerJob:
     """What every worker of one training is started with; a launcher only decides where they run."""
@@ -105,9 +119,18 @@ class WorkerJob:
     # What the workers write to (tracking, artifacts, checkpoints): one over the network keeps them out
     # of a private network namespace.
     worker_uris: Sequence[str | None] = ()
+    # Taken when the job is made, so that it travels with the job to workers on other hosts.
+    login: Mapping[str, str] = field(default_factory=tracking_login, repr=False)
+
+    def environment(self) -> dict[str, str]:
+        """What every worker gets through its environment, not its command line: the tracking URI (a
+        database's may hold a password) and the tracking server's login."""
+        uri = {ENV_TRACKING_URI: self.tracking_uri} if self.tracking_uri else {}
+        return {**self.login, **uri}
 
     def argv(self, index: int, result_file: str | None = None) -> list[str]:
-        """The command line of worker ``index`` (the chief, index 0, writes ``result_file``)."""
+        """The command line of worker ``index`` (the chief, index 0, writes ``result_file``); no secret
+        on it (:meth:`environment`)."""
         argv = [
             sys.executable, "-m", "bigimage.train.worker",
             "--config", self.config_path,
@@ -117,7 +140,7 @@ class WorkerJob:
             "--parent-pid", str(os.getpid()),
         ]  # fmt: skip
         if self.run_id:
-            argv += ["--run-id", self.run_id, "--tracking-uri", self.tracking_uri or ""]
+            argv += ["--run-id", self.run_id]
         result_file = result_file or self.result_file
         if result_file and index == 0:
             argv += ["--result-file", result_file]
@@ -203,7 +226,8 @@ def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
     with network_context as network, _killing(workers):
         for index in range(count):
             argv = job.argv(index)
-            env = worker_env({"TF_CONFIG": json.dumps(build_tf_config(addresses, index))} if addresses else None)
+            tf_config = {"TF_CONFIG": json.dumps(build_tf_config(addresses, index))} if addresses else {}
+            env = worker_env({**job.environment(), **tf_config})
             log_path = job.log_path(index)
             process = _spawn(network.command(argv) if network is not None else argv, env, log_path)
             workers.append(_Worker(index, process, log_path))
@@ -313,7 +337,7 @@ class BarrierWorker:
 
     def _run(self, job: WorkerJob, rank: int, tf_config_dict: dict, result_file: str) -> dict:
         log_path = job.log_path(rank)
-        env = worker_env({"TF_CONFIG": json.dumps(tf_config_dict)})
+        env = worker_env({**job.environment(), "TF_CONFIG": json.dumps(tf_config_dict)})
         host = socket.gethostname()
         process = _spawn([*self.prefix, *job.argv(rank, result_file)], env, log_path)
         worker = _Worker(rank, process, log_path)

@@ -1,10 +1,12 @@
 """``task=train``: what run.py calls inside its open MLflow run.
 
 :func:`run_train` checks the config and the TFRecords (no process starts on bad input), stages gs://
-shards into a local cache, writes the resolved config for the workers, launches them
+shards into a local cache, writes the resolved config for the workers (readable by this user only and
+removed when they end, as it holds the config's secrets), launches them
 (:mod:`bigimage.train.launch`: local processes, or with ``strategy.launcher=spark_barrier`` one Spark
 barrier task per worker on ``cfg.cluster``), and returns the chief's final metrics. The chief worker logs into the
-launcher's MLflow run (run id and tracking URI passed on its command line); this process adds the
+launcher's MLflow run (its id on the command line, the tracking URI and login in the environment:
+:meth:`~bigimage.train.launch.WorkerJob.environment`); this process adds the
 workers' logs as artifacts (``worker_logs/``), also when training failed.
 
 Checkpoints (``tf_keras.callbacks.BackupAndRestore``) live in ``train.checkpoint_dir``, by default
@@ -120,7 +122,7 @@ def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[st
     work_dir = os.path.join(str(cfg.paths.output_dir), "train", name)
     os.makedirs(work_dir, exist_ok=True)
     config_path = os.path.join(work_dir, "config.yaml")
-    OmegaConf.save(resolved, config_path)
+    save_private(resolved, config_path)
     result_file = os.path.join(work_dir, "result.json")
     if os.path.exists(result_file):
         os.remove(result_file)
@@ -180,6 +182,7 @@ def run_train(cfg: Config) -> dict[str, float]:
                 mlflow.log_artifacts(os.path.join(work_dir, "logs"), "worker_logs")
             except Exception as error:
                 log.warning("could not log the worker logs: %s", error)
+        os.remove(config_path)  # the run's config artifact keeps it, secrets masked
     return _with_cost(result_file, run_id)
 
 

@@ -398,7 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task-index", type=int, default=0)
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--work-dir", default=None, help="progress files go under <work-dir>/progress")
-    parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="default: $MLFLOW_TRACKING_URI, where the launchers put it (a URI may hold a password, and a "
+        "command line is readable by every local user)",
+    )
     parser.add_argument("--run-id", default=None, help="MLflow run the chief logs into (never MLFLOW_RUN_ID)")
     parser.add_argument("--result-file", default=None, help="the chief writes its final metrics here (JSON)")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone")
