@@ -17,7 +17,10 @@ here):
 * Every other entry under ``root`` that cannot be listed is in ``failed`` with a reason, never dropped
   silently: a folder that cannot be read (its files cannot be counted, so the folder is named
   instead), a link loop, a broken link, anything under a class folder that is neither a regular file
-  nor a folder. Task 1 adds them to ``failed_images``.
+  nor a folder, a top-level folder whose name is not UTF-8 (a label is UTF-8 text). Task 1 adds them
+  to ``failed_images``.
+* File names need not be UTF-8: a local name that is not is kept as Python gives it (undecodable bytes
+  as surrogates, which open the same file again); :func:`printable` shows it in text.
 * ``gs://`` is listed with one recursive listing call. Cloud Storage has no real folders, so a
   class with no objects is only known if it is given in ``classes`` (it is then an empty class).
 """
@@ -73,8 +76,22 @@ class LabelledImages:
         digest.update("\x1f".join(self.classes).encode("utf-8"))
         prefix = len(self.root.rstrip("/" if storage.is_gcs(self.root) else os.sep)) + 1
         for (path, index), size in zip(self.items, self.sizes):
-            digest.update(f"\x1e{path[prefix:]}\x1f{index}\x1f{size}".encode())
+            # surrogateescape: a name that is not UTF-8 hashes as its bytes (UTF-8 names as before)
+            digest.update(f"\x1e{path[prefix:]}\x1f{index}\x1f{size}".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()
+
+
+def printable(path: str) -> str:
+    """``path`` as text that can be written anywhere: bytes of a name that are not UTF-8 as ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _hidden(name: str) -> bool:
@@ -157,6 +174,8 @@ def _local_class_folders(root: str) -> tuple[list[str], list[tuple[str, str]]]:
             continue  # a file beside the class folders
         if (info.st_dev, info.st_ino) == root_identity:
             failed.append(_loop(entry.path))
+        elif not _utf8(entry.name):
+            failed.append((entry.path, "folder name is not UTF-8, so it cannot be a label; rename it to use its files"))
         else:
             folders.append(entry.name)
     return folders, failed

@@ -22,7 +22,7 @@ from typing import Any
 from bigimage.config import Config
 from bigimage.data import schema, shards
 from bigimage.data.datasets import dataset_root
-from bigimage.data.listing import LabelledImages, list_labelled_images
+from bigimage.data.listing import LabelledImages, list_labelled_images, printable
 from bigimage.errors import UserError
 from bigimage.spark.cluster import spark_for
 from bigimage.spark.session import log_spark_resources
@@ -50,7 +50,7 @@ def _manifest(
     NoUsableImagesError when no task wrote a record."""
     if not any(result.records for result in results):
         failed = [entry for result in results for entry in result.failed]
-        examples = "; ".join(f"{path}: {reason}" for path, reason in failed[:3])
+        examples = "; ".join(f"{printable(path)}: {reason}" for path, reason in failed[:3])
         raise NoUsableImagesError(
             f"none of the {len(listing.items)} files under {listing.root} could be used as an image "
             f"(e.g. {examples}); nothing was written to {destination}"
