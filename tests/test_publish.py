@@ -188,15 +188,23 @@ def test_a_symlinked_destination_keeps_its_link_and_gets_the_set(tmp_path: Path,
 
 def test_leftovers_of_a_dead_job_are_removed_by_the_next(destination: str, images) -> None:
     """A job killed during a gs:// swap leaves unlisted shards, and any dead job its staging: the next
-    job removes them before anything else (and only then, holding the lock)."""
+    job removes them before anything else (and only then, holding the lock). They are known by the dead
+    job's record in its staging folder, which lists the shards it put in; a name alone makes nothing a
+    leftover (test_foreign_files.py)."""
     classes, items = images
     manifest = publish_set(destination, items, classes, "first")
-    stray = storage.join(destination, "first-deadbeef-00-1.tfrec")
-    storage.write_bytes(stray, b"")
-    storage.write_bytes(storage.join(destination, f"{shards.STAGING_PREFIX}deadbeef", "part-00000.tfrec"), b"x")
+    stray = "first-deadbeef-00-1.tfrec"
+    storage.write_bytes(storage.join(destination, stray), b"")
+    staging = storage.join(destination, f"{shards.STAGING_PREFIX}deadbeef")
+    storage.write_bytes(storage.join(staging, "part-00000.tfrec"), b"x")
+    record = {"writer": dirlock.WRITER, "generation": "deadbeef", "placing": [stray], "replacing": []}
+    storage.write_bytes(storage.join(staging, dirlock.LOCK_NAME), json.dumps(record).encode())
     if not storage.is_gcs(destination):
-        sibling = Path(destination).parent / ".tfrec.swap-deadbeef"
-        sibling.mkdir()
+        (Path(destination).parent / ".tfrec.swap-deadbeee").mkdir()  # killed before it wrote its record
+        swapped = Path(destination).parent / ".tfrec.swap-deadbeef"  # killed before it removed the old set
+        swapped.mkdir()
+        (swapped / "old-deadbeef-00-1.tfrec").write_bytes(b"")
+        (swapped / dirlock.LOCK_NAME).write_text(json.dumps(record))
     with shards.Publication(destination):
         assert view(destination).globbed == sorted(manifest.shards)
         assert sorted(readers.read_manifest(destination).shards) == sorted(manifest.shards)
@@ -235,7 +243,7 @@ def _foreign_holder(url: str, **changes: Any) -> None:
 def test_gcs_lock_is_taken_over_only_when_stale(gcs_bucket: str) -> None:
     destination = f"gs://{gcs_bucket}/tfrec"
     url = dirlock.lock_url(destination)
-    assert url == f"gs://{gcs_bucket}/.tfrec.lock"
+    assert url == f"gs://{gcs_bucket}/tfrec/{dirlock.LOCK_NAME}"
     _foreign_holder(url)  # live, on another machine, refreshed now
     with pytest.raises(dirlock.DestinationBusyError, match=r"pid 1 on host another-host, .*last refreshed \d+ s ago"):
         dirlock.DestinationLock(destination).acquire()

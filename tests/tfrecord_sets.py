@@ -108,20 +108,21 @@ def assert_one_complete_set(destination: str, records: int) -> schema.Manifest:
 
 
 def leftovers(destination: str) -> list[str]:
-    """Staging or swap folders, temp files and unlisted shards that a finished job must not leave."""
+    """Staging or swap folders, temp files, lock files and unlisted shards that a finished job must not
+    leave, in the destination or beside it."""
     found = [name for name in glob_names(destination) if name not in readers.read_manifest(destination).shards]
     if storage.is_gcs(destination):
         prefix = destination.rstrip("/") + "/"
         found += [
             info.path
             for info in storage.list_files(destination)
-            if info.path[len(prefix) :].startswith(shards.STAGING_PREFIX)
+            if info.path[len(prefix) :].startswith((shards.STAGING_PREFIX, "."))
         ]
         return found
     real = os.path.realpath(destination)
     parent, name = os.path.split(real)
     found += [entry for entry in os.listdir(real) if entry.startswith((shards.STAGING_PREFIX, "."))]
-    found += [entry for entry in os.listdir(parent) if entry.startswith(f".{name}.") and not entry.endswith(".lock")]
+    found += [entry for entry in os.listdir(parent) if entry.startswith(f".{name}.")]
     return found
 
 

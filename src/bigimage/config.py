@@ -188,6 +188,9 @@ class PreprocessConfig:
     jpeg_quality: int = 90
     shard_prefix: str = "flowers"
     max_failed_listed: int = 10000
+    # A tfrecord_dir holding files this project did not write is refused; true names them in the log and
+    # deletes them with the old set once the new set is committed (bigimage.data.shards.Publication).
+    replace_foreign: bool = False
 
 
 @dataclass

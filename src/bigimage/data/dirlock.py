@@ -1,12 +1,18 @@
-"""One writer at a time per TFRecord directory: a lock beside it, naming its holder.
+"""One writer at a time per TFRecord directory: a lock inside it, naming its holder.
 
 Without it two jobs to one ``tfrecord_dir`` broke each other (the second cleaned the first's staging
-away and the first failed). The lock lives beside the directory, ``<parent>/.<name>.lock``, not in it:
-locally the directory itself is swapped out when a set is published (:mod:`bigimage.data.shards`).
+away and the first failed). The lock is a file (an object on gs://) inside the directory,
+``<tfrecord_dir>/.bigimage.lock`` (:data:`LOCK_NAME`), holding the holder's job record (JSON: pid,
+host, start, the job's generation); it is removed when the job ends, so nothing of the project's is
+left in the folder or beside it. What a killed job leaves in it the next job takes over.
 
 * Local: ``fcntl.flock`` on that file. The kernel releases it when its holder exits or is killed,
-  so a local lock is never stale and is never broken. The file is never deleted (unlinking a flock
-  file lets two processes hold "the" lock on different inodes); it holds the holder's JSON.
+  so a local lock is never stale and is never broken. The holder unlinks the file before it lets go,
+  and a job that got the flock checks that the file it holds is still the one at the path (not one
+  unlinked, or swapped out with the old folder), else it tries again: two jobs never hold "the" lock
+  on two files. A set published by the local swap replaces the whole folder (:mod:`bigimage.data.shards`),
+  so the folder being swapped in gets a lock file of the holder's too (:meth:`DestinationLock.extend`):
+  the lock stays held across the swap.
 * gs://: an object created only if absent (``if_generation_match=0``, Cloud Storage's atomic
   create), holding the holder's JSON, refreshed every :data:`REFRESH_SECONDS` by a thread with a
   compare-and-swap on its generation. Another writer breaks it only when it is stale: its holder
@@ -19,7 +25,8 @@ locally the directory itself is swapped out when a set is published (:mod:`bigim
   same instant only by a real bucket's preconditions.
 
 A second writer fails at once with :class:`DestinationBusyError` naming the holder and its age, or,
-with ``wait_seconds``, retries until then.
+with ``wait_seconds``, retries until then. The job record is also the marker by which the project
+knows its staging folders (:mod:`bigimage.data.shards`): :func:`read_record`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 15.0
 STALE_SECONDS = 120.0
 _POLL_SECONDS = 0.2
+LOCK_NAME = ".bigimage.lock"  # in the destination; in each staging folder it is the job's marker
+WRITER = "bigimage"  # in every job record: written by this project
 
 
 class DestinationBusyError(UserError, RuntimeError):
@@ -55,13 +64,17 @@ class LockLostError(RuntimeError):
 
 
 def lock_url(destination: str) -> str:
-    """``<parent>/.<name>.lock`` for a local path or a gs:// URL."""
+    """``<destination>/.bigimage.lock`` for a local path (symbolic links resolved) or a gs:// URL."""
     if storage.is_gcs(destination):
-        bucket, key = storage.split_gcs(destination)
-        parent, _, name = key.rstrip("/").rpartition("/")
-        return storage.join(f"gs://{bucket}", parent, f".{name or 'tfrecords'}.lock")
-    path = os.path.realpath(destination)
-    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.lock")
+        storage.split_gcs(destination)  # validates the URL
+        return storage.join(destination, LOCK_NAME)
+    return os.path.join(os.path.realpath(destination), LOCK_NAME)
+
+
+def read_record(data: bytes) -> dict[str, Any] | None:
+    """A job record this project wrote (a JSON object marked :data:`WRITER`), or None."""
+    record = _parse(data)
+    return record if record is not None and record.get("writer") == WRITER else None
 
 
 def _boot_id() -> str:
@@ -72,10 +85,12 @@ def _boot_id() -> str:
         return ""
 
 
-def _holder() -> dict[str, Any]:
+def _holder(generation: str) -> dict[str, Any]:
     process = psutil.Process()
     now = time.time()
     return {
+        "writer": WRITER,
+        "generation": generation,
         "pid": process.pid,
         "host": socket.gethostname(),
         "boot_id": _boot_id(),
@@ -110,13 +125,15 @@ def holder_is_dead(holder: dict[str, Any]) -> bool:
 class DestinationLock:
     """The write lock of one TFRecord directory; a context manager. See the module docstring."""
 
-    def __init__(self, destination: str, *, wait_seconds: float = 0.0) -> None:
+    def __init__(self, destination: str, *, wait_seconds: float = 0.0, generation: str = "") -> None:
+        """``generation``: the job's token, written into its record (the marker of its staging folders)."""
         self.destination = destination
         self.url = lock_url(destination)
         self.wait_seconds = wait_seconds
-        self.holder: dict[str, Any] = {}
+        self.generation = generation
+        self.holder: dict[str, Any] = _holder(generation)
         self.broke: dict[str, Any] | None = None  # the stale holder this lock replaced, if any
-        self._fd: int | None = None
+        self._fds: list[int] = []  # local: the flocked lock file, then those of folders to be swapped in
         self._generation = 0
         self._lost = False
         self._stop = threading.Event()
@@ -134,7 +151,7 @@ class DestinationLock:
 
     def acquire(self) -> None:
         deadline = time.monotonic() + self.wait_seconds
-        self.holder = _holder()
+        self.holder = _holder(self.generation)
         while True:
             other = self._try_local() if not storage.is_gcs(self.url) else self._try_gcs()
             if other is None:
@@ -153,20 +170,36 @@ class DestinationLock:
             time.sleep(_POLL_SECONDS)
 
     def _try_local(self) -> dict[str, Any] | None:
-        """Take the flock, or return the holder's record."""
-        os.makedirs(os.path.dirname(self.url), exist_ok=True)
-        fd = os.open(self.url, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        """Take the flock of the lock file at :attr:`url` (made, with its folder, if missing), or return
+        the holder's record. Once the flock is held the file must still be the one at the path: a
+        holder that ended unlinked it, or its folder was swapped out; then the one there now is tried."""
+        while True:
+            os.makedirs(os.path.dirname(self.url), exist_ok=True)
+            fd = os.open(self.url, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
             try:
-                return _parse(os.pread(fd, 65536, 0)) or {}
-            finally:
-                os.close(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    return _parse(os.pread(fd, 65536, 0)) or {}
+                finally:
+                    os.close(fd)
+            if _is_at(fd, self.url):
+                break
+            os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, self._record(), 0)
-        self._fd = fd
+        self._fds.append(fd)
         return None
+
+    def extend(self, folder: str) -> None:
+        """Lock ``<folder>/.bigimage.lock`` too, a new file with this job's record: ``folder`` is about
+        to be swapped in as the destination (local), and the lock must stay held across the swap."""
+        fd = os.open(
+            os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
+        )
+        self._fds.append(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
+        os.pwrite(fd, self._record(), 0)
 
     def _try_gcs(self) -> dict[str, Any] | None:
         """Create the lock object, or replace a stale one; else return the live holder's record."""
@@ -192,6 +225,10 @@ class DestinationLock:
 
     def _record(self) -> bytes:
         return json.dumps(self.holder).encode("utf-8")
+
+    def record(self, **extra: Any) -> bytes:
+        """This job's record, with ``extra`` fields: the marker the job writes into its staging folders."""
+        return json.dumps({**self.holder, **extra}).encode("utf-8")
 
     # ------------------------------------------------------------------------------------ refresh
 
@@ -230,12 +267,15 @@ class DestinationLock:
     # ------------------------------------------------------------------------------------ release
 
     def release(self) -> None:
-        if self._fd is not None:
+        """Remove the lock file (object) at :attr:`url` if it is this job's, then let go of the lock."""
+        if self._fds:
             try:
-                os.ftruncate(self._fd, 0)
+                if any(_is_at(fd, self.url) for fd in self._fds):
+                    os.unlink(self.url)  # while the flock is held: a job that opened it finds it gone and retries
             finally:
-                os.close(self._fd)  # closing the only descriptor releases the flock
-                self._fd = None
+                for fd in self._fds:
+                    os.close(fd)  # closing the only descriptor releases the flock
+                self._fds = []
         if self._thread is not None:
             self._stop.set()
             self._thread.join()
@@ -252,6 +292,16 @@ class DestinationLock:
                     except Exception as error:  # the next writer finds its holder gone and takes over
                         if attempt == 2:
                             log.warning("could not remove %s (%s); the next job takes it over", self.url, error)
+
+
+def _is_at(fd: int, path: str) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` now (not unlinked, not moved away)."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def _parse(data: bytes) -> dict[str, Any] | None:

@@ -24,6 +24,9 @@ ONE_HOT_CLASS = "one_hot_class"
 
 SHARD_SUFFIX = ".tfrec"
 MANIFEST_NAME = "manifest.json"
+# The marker of a manifest this project wrote (its ``writer``): a job replaces a manifest.json only when
+# it carries it, never another program's file of the same name.
+MANIFEST_WRITER = "bigimage"
 # <prefix>NN-<count>.tfrec: shard number, records in that shard.
 SHARD_NAME_RE = re.compile(r"^(?P<prefix>.*?)(?P<index>\d{2,})-(?P<count>\d+)\.tfrec$")
 
@@ -132,6 +135,8 @@ class Manifest:
     source: str = ""
     source_fingerprint: str = ""
     jpeg_quality: int = 0
+    # MANIFEST_WRITER when this project published the set (the publication sets it); readers ignore it.
+    writer: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -139,3 +144,44 @@ class Manifest:
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         return cls(**json.loads(text))
+
+
+_MANIFEST_TYPES: dict[str, type] = {
+    "classes": list,
+    "image_size": int,
+    "num_records": int,
+    "shards": dict,
+    "class_counts": dict,
+    "source": str,
+    "source_fingerprint": str,
+    "jpeg_quality": int,
+    "writer": str,
+}
+
+
+def project_manifest(data: bytes) -> Manifest | None:
+    """``data`` as a manifest this project wrote, or None when it is not one.
+
+    It is one when it is a JSON object with the manifest's fields and no others, each of its type, the
+    shards a map of names to counts, and the project's marker (:data:`MANIFEST_WRITER`). A publishing
+    job replaces only such a manifest: a ``manifest.json`` of anything else is the user's.
+    """
+    try:
+        fields = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if (
+        not isinstance(fields, dict)
+        or fields.get("writer") != MANIFEST_WRITER
+        or not fields.keys() <= _MANIFEST_TYPES.keys()
+    ):
+        return None
+    if not all(isinstance(fields.get(key), kind) for key, kind in _MANIFEST_TYPES.items() if key in fields):
+        return None
+    shards = fields.get("shards")
+    if not isinstance(shards, dict) or not all(isinstance(count, int) for count in shards.values()):
+        return None
+    try:
+        return Manifest(**fields)
+    except TypeError:  # a required field missing
+        return None

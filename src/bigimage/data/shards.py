@@ -2,57 +2,72 @@
 
 The contract (README "TFRecords"): at every instant a reader that follows ``manifest.json`` sees one
 complete set, the old or the new; once a job has ended a plain ``<tfrecord_dir>/*.tfrec`` glob (the
-course's reader) sees exactly that set; one writer at a time. The old publish deleted the old manifest
-and shards before moving the new ones in: a kill or a failed move in between lost both sets.
+course's reader) sees exactly that set; one writer at a time; nothing the project did not write is
+deleted or replaced. The old publish deleted the old manifest and shards before moving the new ones
+in: a kill or a failed move in between lost both sets.
 
 * **Names of their own.** Each job draws a generation token and names its shards
   ``<prefix>-<generation>-NN-<count>.tfrec`` (still ending in the course's ``NN-<count>.tfrec``), so a
   new set never overwrites a file of the old one, even with the same prefix and counts, and a reader
   holding the old manifest finds its own shards or none, never a new file under an old name.
-* **A lock** beside the destination (:mod:`bigimage.data.dirlock`): one job at a time, and only the
-  holder removes leftovers (:func:`remove_leftovers`: staging folders, and shards that a manifest does
-  not list), so a second job never deletes a live job's staging.
+* **A lock** inside the destination (:mod:`bigimage.data.dirlock`), removed when the job ends: one
+  job at a time, and only the holder looks at what the destination holds and removes leftovers, so a
+  second job never deletes a live job's staging.
+* **Only the project's own.** A destination holds the project's set when its manifest carries the
+  project's marker (:func:`schema.project_manifest`) and lists the shards beside it. A dead job's
+  leftovers are known by the job record it wrote first into each staging folder (the lock file's
+  record: :func:`dirlock.read_record`), which also lists the shards the job put into the destination
+  and what its commit replaced: never by a name, so a user's ``_staging-photos/`` or ``x00-5.tfrec`` is
+  the user's. Anything else (:func:`survey`) is refused before anything is touched
+  (:class:`DestinationRefusedError`, one line), unless ``replace_foreign``: then it is named in the log
+  and deleted with the old set once the new set is committed. Leftovers are removed only after that.
 * **Local: one atomic directory swap.** The set is staged and completed (shards renamed, manifest
   written) in a hidden folder beside the destination, ``<parent>/.<name>.swap-<generation>``, which is
   then exchanged with the destination (``storage.swap_in_dir``: Linux ``renameat2(RENAME_EXCHANGE)``);
   the old set, now in that folder, is deleted after. The destination holds one complete set at every
-  instant, for the manifest and for a glob alike, wherever a kill -9 lands. Because the whole folder is
-  swapped, it must hold nothing but a set: a job refuses to start (and to swap) otherwise. A symlinked
-  destination has its target swapped; the old folder's mode is kept.
+  instant, for the manifest and for a glob alike, wherever a kill -9 lands. The swap takes the whole
+  folder, so it is checked again just before. A symlinked destination has its target swapped; the old
+  folder's mode is kept.
 * **gs:// (and local file systems without the exchange: NFS, some FUSE): the manifest is the commit
   point.** Cloud Storage has no multi-object atomic operation; one object write is atomic. Shards are
-  staged in ``<tfrecord_dir>/_staging-<generation>/``, copied in under their new names, then the
-  manifest is written (on gs:// conditional on the generation seen at the start: if any other writer
-  committed meanwhile, this one fails), then the shards it no longer lists are deleted (one batched
-  call, retried once). What holds: a manifest reader sees the complete old set until the manifest
-  write and the complete new set from then on. A glob sees the old and new shards side by side during
-  that swap (the copies, one write, one batched delete); a job that ends by success or error rolls
-  forward or back first, so it leaves one set; a job killed outright inside the swap leaves both until
-  the next job to that directory, which first deletes every shard the manifest does not list. A
-  manifest write that raised is read back: if it landed, the job goes on; if that cannot be told,
-  nothing is rolled back (the manifest may list the new shards) and the next job cleans up.
+  staged in ``<tfrecord_dir>/_staging-<generation>/``; the job's record there is rewritten to list the
+  new shards and the old, then the shards are copied in under their new names, the manifest is written
+  (on gs:// conditional on the generation seen at the start: if any other writer committed meanwhile,
+  this one fails), then the shards it replaced are deleted (one batched call, retried once). What
+  holds: a manifest reader sees the complete old set until the manifest write and the complete new set
+  from then on. A glob sees the old and new shards side by side during that swap (the copies, one
+  write, one batched delete); a job that ends by success or error rolls forward or back first, so it
+  leaves one set; a job killed outright inside the swap leaves both until the next job to that
+  directory, which deletes what the dead job's record lists and the manifest does not. A manifest
+  write that raised is read back: if it landed, the job goes on; if that cannot be told, nothing is
+  rolled back (the manifest may list the new shards) and the next job cleans up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import stat
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bigimage.data import dirlock, schema, storage
 from bigimage.data.tfrecord import TFRecordWriter
 from bigimage.data.transform import ImageDecodeError, transform_jpeg
+from bigimage.errors import UserError
 
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = "_staging-"  # inside the destination (gs://, or a local file system without the exchange)
 SWAP_INFIX = ".swap-"  # <parent>/.<name>.swap-<generation>: a local set being built, or the old one after the swap
 EXCHANGE, OBJECTS = "exchange", "objects"
+_GENERATION = "([0-9a-f]{8})"  # a job's generation token, in its staging folder's name
 
 
 def shard_prefix(prefix: str, generation: str) -> str:
@@ -122,83 +137,169 @@ def write_shard(
     return result
 
 
-def _direct_children(destination: str) -> list[storage.FileInfo]:
-    prefix = destination.rstrip("/") + "/"
-    return [info for info in storage.list_files(destination) if "/" not in info.path[len(prefix) :]]
+# ---------------------------------------------------------------------------- what a folder holds
 
 
-def _read_manifest(destination: str) -> schema.Manifest | None:
-    try:
-        return schema.Manifest.from_json(
-            storage.read_bytes(storage.join(destination, schema.MANIFEST_NAME)).decode("utf-8")
-        )
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError):  # not ours to judge here: the readers say what is wrong with it
-        return None
+@dataclass
+class Survey:
+    """What a destination holds, by who wrote it: names of its direct entries, folders ending in ``/``.
 
-
-def _twice(action: Callable[[], object]) -> None:
-    """Run an idempotent clean-up step, once more after a failure: a transient error must not leave
-    a glob reader two sets or a reader's directory half cleaned."""
-    try:
-        action()
-    except Exception:
-        action()
-
-
-def remove_leftovers(destination: str) -> list[str]:
-    """Delete what dead jobs left in and beside ``destination``; returns what was removed.
-
-    Staging folders (``_staging-*`` inside, ``.<name>.swap-*`` beside a local one), temp files of a
-    manifest write, and, when there is a manifest, every shard it does not list (a job killed during a
-    gs:// swap leaves old or new shards there, visible to a glob). Without a manifest the shards stay:
-    they may be a set copied in by hand, replaced only when a new set is committed. Only the holder of
-    the destination's lock may call this: it would delete a live job's staging.
+    The project's own entries (its manifest, the shards it lists, the lock) are in neither list.
     """
-    gone: list[str] = []
-    manifest = _read_manifest(destination)
+
+    manifest: schema.Manifest | None  # the project's manifest (schema and marker), if there is one
+    leftovers: list[str]  # what dead jobs of the project left: staging folders, the shards their records list
+    foreign: list[str]  # everything else: the user's
+
+
+def _entries(destination: str) -> tuple[list[str], list[str]]:
+    """The names of the files (anything but a folder: links too) and folders directly in ``destination``."""
+    files: list[str] = []
+    folders: set[str] = set()
     if storage.is_gcs(destination):
         prefix = destination.rstrip("/") + "/"
-        urls = []
         for info in storage.list_files(destination):
-            rest = info.path[len(prefix) :]
-            unlisted = "/" not in rest and manifest is not None and rest not in manifest.shards
-            if rest.startswith(STAGING_PREFIX) or (unlisted and schema.SHARD_NAME_RE.match(rest)):
-                urls.append(info.path)
-        storage.delete_files(urls)
-        return urls
-    real = os.path.realpath(destination)
-    parent, name = os.path.split(real)
-    for entry in sorted(os.listdir(real)) if os.path.isdir(real) else []:
-        path = os.path.join(real, entry)
-        temp = entry.startswith(f".{schema.MANIFEST_NAME}.") and entry.endswith(".tmp")
-        unlisted = manifest is not None and bool(schema.SHARD_NAME_RE.match(entry)) and entry not in manifest.shards
-        if entry.startswith(STAGING_PREFIX) and os.path.isdir(path):
-            storage.remove_tree(path)
-        elif temp or (unlisted and os.path.isfile(path)):
-            storage.delete(path)
-        else:
+            first, separator, _ = info.path[len(prefix) :].partition("/")
+            if separator:
+                folders.add(first)
+            else:
+                files.append(first)
+        return sorted(files), sorted(folders)
+    with os.scandir(destination) as listing:
+        for entry in listing:
+            if entry.is_dir(follow_symlinks=False):
+                folders.add(entry.name)
+            else:
+                files.append(entry.name)
+    return sorted(files), sorted(folders)
+
+
+def _folder_record(folder: str, pattern: re.Pattern[str], name: str) -> dict[str, Any] | None:
+    """The job record of a staging folder the project made, named ``name``; None when it is not one.
+
+    It is one when its name matches ``pattern`` (the generation in it) and it holds the record of the job
+    of that generation (:func:`dirlock.read_record`); an empty record is a job killed while writing it,
+    a local empty folder one killed before (removing either loses nothing).
+    """
+    match = pattern.fullmatch(name)
+    if match is None:
+        return None
+    try:
+        data = storage.read_bytes(storage.join(folder, dirlock.LOCK_NAME))
+    except FileNotFoundError:
+        return {} if not storage.is_gcs(folder) and os.path.isdir(folder) and not os.listdir(folder) else None
+    except IsADirectoryError:
+        return None
+    if not data:
+        return {}
+    record = dirlock.read_record(data)
+    return record if record is not None and record.get("generation") == match.group(1) else None
+
+
+def _staging_pattern() -> re.Pattern[str]:
+    return re.compile(re.escape(STAGING_PREFIX) + _GENERATION)
+
+
+def _swap_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(f".{name}{SWAP_INFIX}") + _GENERATION)
+
+
+def _read_project_manifest(destination: str) -> schema.Manifest | None:
+    try:
+        return schema.project_manifest(storage.read_bytes(storage.join(destination, schema.MANIFEST_NAME)))
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def survey(destination: str) -> Survey:
+    """Sort what ``destination`` holds into the project's set, dead jobs' leftovers and the user's.
+
+    Leftovers are known by what the project wrote, never by a name alone: a staging folder holds its
+    job's record, and that record lists the shards the job was putting in (``placing``) and, once its
+    set was committed (the manifest lists those), what the commit replaced (``replacing``). A missing
+    folder holds nothing.
+    """
+    if not storage.is_gcs(destination) and not os.path.isdir(destination):
+        return Survey(None, [], [])
+    files, folders = _entries(destination)
+    manifest = _read_project_manifest(destination) if schema.MANIFEST_NAME in files else None
+    listed = set(manifest.shards) if manifest else set()
+    stagings: list[str] = []
+    journal: set[str] = set()
+    for folder in folders:
+        record = _folder_record(storage.join(destination, folder), _staging_pattern(), folder)
+        if record is not None:
+            stagings.append(f"{folder}/")
+            placing = set(record.get("placing", []))
+            journal |= placing
+            if placing and placing <= listed:  # its commit landed: what it replaced is its too
+                journal |= set(record.get("replacing", []))
+    leftovers: list[str] = []
+    foreign: list[str] = []
+    for name in [*files, *(f"{folder}/" for folder in folders)]:
+        if name in stagings or name == dirlock.LOCK_NAME or name in listed:
             continue
-        gone.append(path)
-    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
-        if entry.startswith(f".{name}{SWAP_INFIX}"):
-            storage.remove_tree(os.path.join(parent, entry))
-            gone.append(os.path.join(parent, entry))
-    return gone
+        if name == schema.MANIFEST_NAME and manifest is not None:
+            continue
+        (leftovers if name in journal else foreign).append(name)
+    return Survey(manifest, [*leftovers, *stagings], sorted(foreign))
 
 
-def foreign_entries(directory: str) -> list[str]:
-    """Entries of a local TFRecord directory that are not part of a set (manifest, shards, staging)."""
-    if not os.path.isdir(directory):
-        return []
-    return sorted(
-        entry
-        for entry in os.listdir(directory)
-        if entry != schema.MANIFEST_NAME
-        and not entry.startswith(STAGING_PREFIX)
-        and not (schema.SHARD_NAME_RE.match(entry) and os.path.isfile(os.path.join(directory, entry)))
-    )
+def _remove_marked(folder: str) -> None:
+    """Delete a staging folder of the project's (local or gs://), its job record last: a kill half-way
+    leaves it marked, for the next job to finish. A missing one is fine."""
+    marker = storage.join(folder, dirlock.LOCK_NAME)
+    if storage.is_gcs(folder):
+        storage.delete_files(info.path for info in storage.list_files(folder) if info.path != marker)
+        storage.delete(marker)
+        return
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(folder, name)
+        if name == dirlock.LOCK_NAME:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            storage.remove_tree(path)
+        else:
+            storage.delete(path)
+    storage.delete(marker)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(folder)
+
+
+def _remove_entries(destination: str, names: list[str]) -> None:
+    """Delete direct entries of ``destination`` (folders end in ``/``): the files first, then the folders
+    in the order given (:func:`survey` puts staging folders last: their records list the files)."""
+    storage.delete_files(storage.join(destination, name) for name in names if not name.endswith("/"))
+    for folder in (name.rstrip("/") for name in names if name.endswith("/")):
+        path = storage.join(destination, folder)
+        if _folder_record(path, _staging_pattern(), folder) is not None:
+            _remove_marked(path)
+        else:
+            storage.remove_tree(path)
+
+
+def _remove_swaps_beside(real: str) -> None:
+    """Delete the swap folders of dead jobs beside local ``real`` (``.<name>.swap-<generation>`` holding
+    that job's record, or empty). Nothing else beside it is touched."""
+    parent, name = os.path.split(real)
+    pattern = _swap_pattern(name)
+    for entry in sorted(os.listdir(parent)):
+        path = os.path.join(parent, entry)
+        if os.path.isdir(path) and not os.path.islink(path) and _folder_record(path, pattern, entry) is not None:
+            _remove_marked(path)
+
+
+def _listed(names: list[str], limit: int) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def _entries_word(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
 class PublishError(RuntimeError):
@@ -206,42 +307,79 @@ class PublishError(RuntimeError):
     the set; the message says whether anything was replaced."""
 
 
+class DestinationRefusedError(UserError, PublishError):
+    """The destination is not one to write a set into (it holds the user's files, it is a file, or the
+    root of the file system); nothing was written. ``run.py`` says it in one line."""
+
+
 class Publication:
     """One job's write of a TFRecord set into ``destination``: a context manager.
 
-    Entering takes the destination's lock (:class:`~bigimage.data.dirlock.DestinationBusyError` if
-    another job holds it), removes dead jobs' leftovers and makes :attr:`staging_dir`, where the shard
-    tasks stage their files (:func:`write_shard`). :meth:`publish` commits the set (see the module
-    docstring for how, local and gs://). Leaving rolls back an uncommitted set, deletes the staging
-    (or, after a local swap, the old set) and releases the lock.
+    Entering refuses a destination that cannot take a set (a file, the root of the file system), takes
+    its lock (:class:`~bigimage.data.dirlock.DestinationBusyError` if another job holds it), then looks
+    at what it holds (:func:`survey`): anything the project did not write is refused
+    (:class:`DestinationRefusedError`) before anything is touched, unless ``replace_foreign``, which
+    names it in the log and deletes it with the old set once the new one is committed. Only then are
+    dead jobs' leftovers removed and :attr:`staging_dir` made, where the shard tasks stage their files
+    (:func:`write_shard`). :meth:`publish` commits the set (see the module docstring for how, local and
+    gs://). Leaving rolls back an uncommitted set, deletes the staging (or, after a local swap, the old
+    set) and releases the lock, whose file goes too.
     """
 
-    def __init__(self, destination: str, *, wait_seconds: float = 0.0) -> None:
+    def __init__(self, destination: str, *, wait_seconds: float = 0.0, replace_foreign: bool = False) -> None:
         self.destination = destination.rstrip("/") if storage.is_gcs(destination) else destination
         self.generation = uuid.uuid4().hex[:8]
-        self.lock = dirlock.DestinationLock(self.destination, wait_seconds=wait_seconds)
+        self.replace_foreign = replace_foreign
+        self.lock = dirlock.DestinationLock(self.destination, wait_seconds=wait_seconds, generation=self.generation)
         self.mode = OBJECTS
         self.staging_dir = ""
         self.committed_at: float | None = None  # time.time() when the new set became the set
         self._real = self.destination  # local: symlinks resolved, so the swap replaces the real folder
+        self._created = False  # local: the destination did not exist before this job
+        self._foreign: list[str] = []  # entries not the project's, to be replaced (replace_foreign)
+        self._replacing: list[str] = []  # objects mode: what the commit replaces (old shards, foreign entries)
         self._placed: list[str] = []  # objects mode: new shards already in the destination
+        self._pending = False  # objects mode: the destination holds shards its manifest does not list
         self._manifest_generation: int | None = None  # gs://: the manifest generation to replace
         self._commit_unknown = False
 
     # -------------------------------------------------------------------------------------- enter
 
     def __enter__(self) -> Publication:
+        if not storage.is_gcs(self.destination):
+            self._real = os.path.realpath(self.destination)
+            self._refuse_unusable()
+            self._created = not os.path.lexists(self._real)
         self.lock.acquire()
         try:
             self._prepare()
         except BaseException:
-            self.lock.release()
+            self._release()
             raise
         return self
 
+    def _refuse_unusable(self) -> None:
+        """A local destination that is the file system's root, or not a folder, is refused before the
+        lock (a file inside it) is written."""
+        if os.path.dirname(self._real) == self._real:
+            raise DestinationRefusedError(
+                f"tfrecord_dir {self.destination} is the root of the file system: a set replaces what its folder "
+                f"holds; choose a folder of its own. Nothing was written"
+            )
+        if os.path.lexists(self._real) and not os.path.isdir(self._real):
+            raise DestinationRefusedError(
+                f"tfrecord_dir {self.destination} exists and is not a directory; choose another tfrecord_dir "
+                f"or move it away. Nothing was written"
+            )
+
     def _prepare(self) -> None:
+        found = survey(self._real)
+        self._accept(found.foreign)
+        old = found.manifest.shards if found.manifest else {}
+        # the commit itself replaces a manifest.json; the rest is deleted after it (objects mode)
+        self._replacing = [*old, *(name for name in self._foreign if name != schema.MANIFEST_NAME)]
+        _remove_entries(self._real, found.leftovers)
         if storage.is_gcs(self.destination):
-            remove_leftovers(self.destination)
             try:
                 _, self._manifest_generation = storage.read_with_generation(
                     storage.join(self.destination, schema.MANIFEST_NAME)
@@ -249,31 +387,51 @@ class Publication:
             except FileNotFoundError:
                 self._manifest_generation = 0
             self.staging_dir = storage.join(self.destination, f"{STAGING_PREFIX}{self.generation}")
+            storage.write_bytes(
+                storage.join(self.staging_dir, dirlock.LOCK_NAME), self.lock.record(), if_generation_match=0
+            )
             return
-        self._real = os.path.realpath(self.destination)
         parent, name = os.path.split(self._real)
-        if os.path.exists(self._real) and not os.path.isdir(self._real):
-            raise PublishError(f"tfrecord_dir {self.destination} exists and is not a directory")
-        os.makedirs(parent, exist_ok=True)
         self.mode = EXCHANGE if storage.supports_exchange(parent) else OBJECTS
-        remove_leftovers(self.destination)
+        _remove_swaps_beside(self._real)
         if self.mode == EXCHANGE:
-            self._refuse_foreign()
             self.staging_dir = os.path.join(parent, f".{name}{SWAP_INFIX}{self.generation}")
             os.mkdir(self.staging_dir)  # 0777 less the umask; the old folder's mode is copied at the swap
+            self.lock.extend(self.staging_dir)  # the job's record: its marker, and the lock once swapped in
         else:
             self.staging_dir = os.path.join(self._real, f"{STAGING_PREFIX}{self.generation}")
-            os.makedirs(self.staging_dir)
-
-    def _refuse_foreign(self) -> None:
-        foreign = foreign_entries(self._real)
-        if foreign:
-            raise PublishError(
-                f"tfrecord_dir {self.destination} holds {len(foreign)} entr{'y' if len(foreign) == 1 else 'ies'} "
-                f"that are not part of a TFRecord set ({', '.join(foreign[:3])}): a new set replaces the whole "
-                f"directory in one atomic swap, so they would be lost; move them out or choose another tfrecord_dir. "
-                f"Nothing was replaced"
+            os.mkdir(self.staging_dir)
+            marker = os.open(
+                os.path.join(self.staging_dir, dirlock.LOCK_NAME),
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                0o666,
             )
+            try:
+                os.write(marker, self.lock.record())  # one small write: a kill leaves it whole or empty
+            finally:
+                os.close(marker)
+
+    def _accept(self, foreign: list[str]) -> None:
+        """Refuse the destination when it holds entries the project did not write, or (replace_foreign)
+        say which ones the commit will delete."""
+        if not foreign:
+            return
+        count = _entries_word(len(foreign))
+        if not self.replace_foreign:
+            raise DestinationRefusedError(
+                f"tfrecord_dir {self.destination} holds {count} that task=preprocess did not write "
+                f"({_listed(foreign, 5)}). Nothing was replaced or deleted: choose a tfrecord_dir that is new or "
+                f"empty, or set preprocess.replace_foreign=true to delete {'it' if len(foreign) == 1 else 'them'} "
+                f"with the old set"
+            )
+        log.warning(
+            "preprocess.replace_foreign=true: tfrecord_dir %s holds %s that task=preprocess did not write; "
+            "they are deleted with the old set once the new one is committed (kept if the job fails before): %s",
+            self.destination,
+            count,
+            _listed(foreign, 50),
+        )
+        self._foreign = list(foreign)
 
     # ------------------------------------------------------------------------------------ publish
 
@@ -282,7 +440,7 @@ class Publication:
 
         Checks every staged file's size against what its writer counted before anything is replaced
         (a writer that wrote nothing must not pass: spark-tfrecord #46). Fills in and returns
-        ``manifest`` (shard names and counts).
+        ``manifest`` (shard names and counts, the project's marker).
         """
         written = sorted((result for result in results if result.records), key=lambda result: result.index)
         staged = {info.path: info.size for info in storage.list_files(self.staging_dir)}
@@ -297,6 +455,7 @@ class Publication:
         names = [schema.shard_name(first, number, result.records) for number, result in enumerate(written)]
         manifest.shards = dict(zip(names, (result.records for result in written), strict=True))
         manifest.num_records = sum(manifest.shards.values())
+        manifest.writer = schema.MANIFEST_WRITER
         data = manifest.to_json().encode("utf-8")
         if self.mode == EXCHANGE:
             self._swap(written, names, data)
@@ -309,14 +468,26 @@ class Publication:
         for name, result in zip(names, written, strict=True):
             storage.move(str(result.staged), os.path.join(self.staging_dir, name))
         storage.write_bytes(os.path.join(self.staging_dir, schema.MANIFEST_NAME), data)
-        self._refuse_foreign()  # nothing may have appeared since the start that the swap would take away
+        appeared = sorted(set(survey(self._real).foreign) - set(self._foreign))
+        if appeared:  # the swap would take them away with the old set
+            raise DestinationRefusedError(
+                f"tfrecord_dir {self.destination} holds {_entries_word(len(appeared))} that appeared during the job "
+                f"({_listed(appeared, 5)}). Nothing was replaced or deleted: move them out and run the job again"
+            )
         if os.path.isdir(self._real):
             os.chmod(self.staging_dir, stat.S_IMODE(os.stat(self._real).st_mode))
         storage.swap_in_dir(self.staging_dir, self._real)  # the commit; the old set is now in staging_dir
         self.committed_at = time.time()
 
     def _copy_and_commit(self, written: list[ShardResult], names: list[str], data: bytes) -> None:
-        """gs:// (or no exchange): copy the shards in, write the manifest (the commit), delete the old."""
+        """gs:// (or no exchange): copy the shards in, write the manifest (the commit), delete the old.
+
+        Before the first shard goes in, the staging folder's job record lists what the job puts in and
+        what its commit replaces: a job killed from then on leaves the next job that list to clean up by.
+        """
+        self._pending = True
+        marker = storage.join(self.staging_dir, dirlock.LOCK_NAME)
+        storage.write_bytes(marker, self.lock.record(placing=names, replacing=self._replacing))
         place = storage.copy if storage.is_gcs(self.destination) else storage.move
         for name, result in zip(names, written, strict=True):
             target = storage.join(self.destination, name)
@@ -325,7 +496,11 @@ class Publication:
         self.lock.check()  # refreshed now: no other writer can take the lock before the commit lands
         url = storage.join(self.destination, schema.MANIFEST_NAME)
         try:
-            storage.write_bytes(url, data, if_generation_match=self._manifest_generation)
+            if storage.is_gcs(url):
+                storage.write_bytes(url, data, if_generation_match=self._manifest_generation)
+            else:  # written whole in the staging folder, then renamed in: no temp file in the destination
+                storage.write_bytes(storage.join(self.staging_dir, schema.MANIFEST_NAME), data)
+                storage.move(storage.join(self.staging_dir, schema.MANIFEST_NAME), url)
         except storage.PreconditionFailedError:
             raise PublishError(
                 f"{url} was replaced by another writer during this job; this set was not published"
@@ -334,22 +509,14 @@ class Publication:
             if not self._landed(url, data):
                 raise
         self.committed_at = time.time()
-        listed = set(names)
-
-        def remove_old() -> None:
-            storage.delete_files(
-                info.path
-                for info in _direct_children(self.destination)
-                if schema.SHARD_NAME_RE.match(storage.basename(info.path)) and storage.basename(info.path) not in listed
-            )
-
         try:
-            _twice(remove_old)
+            _twice(lambda: _remove_entries(self._real, self._replacing))
         except Exception as error:
             raise PublishError(
                 f"the new set is committed ({schema.MANIFEST_NAME} lists it) but the old shards could not be removed "
                 f"({error}); a plain *.tfrec glob sees both until the next job to {self.destination} removes them"
             ) from error
+        self._pending = False
 
     def _landed(self, url: str, data: bytes) -> bool:
         """After a manifest write that raised: did it land all the same (e.g. a timeout after the commit)?"""
@@ -366,18 +533,38 @@ class Publication:
             if self.committed_at is None and self._placed and not self._commit_unknown:
                 try:
                     _twice(lambda: storage.delete_files(self._placed))
+                    self._pending = False
                 except Exception as error:
                     _note(
                         exc,
                         f"could not remove the new shards already copied in ({error}); the next job to "
                         f"{self.destination} removes them",
                     )
-            try:
-                _twice(lambda: storage.remove_tree(self.staging_dir))
-            except Exception as error:  # invisible to readers; the next job removes it
-                log.warning("could not remove %s (%s); the next job removes it", self.staging_dir, error)
+            elif self.committed_at is None and not self._commit_unknown:
+                self._pending = False  # nothing of this job's is in the destination
+            if not self._pending:  # else its record lists what the next job removes
+                try:
+                    _twice(lambda: _remove_marked(self.staging_dir))
+                except Exception as error:  # invisible to readers; the next job removes it
+                    log.warning("could not remove %s (%s); the next job removes it", self.staging_dir, error)
         finally:
-            self.lock.release()
+            self._release()
+
+    def _release(self) -> None:
+        """Let go of the lock (its file goes too), and of a local destination this job made and left empty."""
+        self.lock.release()
+        if self._created and self.committed_at is None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._real)
+
+
+def _twice(action: Callable[[], object]) -> None:
+    """Run an idempotent clean-up step, once more after a failure: a transient error must not leave
+    a glob reader two sets or a reader's directory half cleaned."""
+    try:
+        action()
+    except Exception:
+        action()
 
 
 def _note(exc: BaseException | None, text: str) -> None:

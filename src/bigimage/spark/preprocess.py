@@ -82,15 +82,17 @@ def write_tfrecords(
     seed: int,
     *,
     publication: shards.Publication | None = None,
+    replace_foreign: bool = False,
 ) -> tuple[schema.Manifest, list[shards.ShardResult], float]:
     """Run the shard tasks and publish; returns the manifest, the shard results and the job seconds
     (first task start to the set committed).
 
     ``publication``: one already entered (its lock held, e.g. from before Spark started); by default
-    one is opened here, and a second job to the same destination fails at once naming the first.
+    one is opened here (with ``replace_foreign``), and a second job to the same destination fails at
+    once naming the first.
     """
     if publication is None:
-        with shards.Publication(destination) as own:
+        with shards.Publication(destination, replace_foreign=replace_foreign) as own:
             return write_tfrecords(
                 spark, listing, destination, image_size, quality, num_shards, prefix, seed, publication=own
             )
@@ -161,8 +163,14 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
         mlflow.set_tag("empty_classes", ",".join(listing.empty_classes))
         log.warning("empty class folders: %s", ", ".join(listing.empty_classes))
     log.info("%d files in %d classes under %s", len(listing.items), len(listing.classes), root)
-    # The lock first: a second job to the same tfrecord_dir fails before it starts Spark.
-    with shards.Publication(str(cfg.tfrecord_dir)) as publication:
+    if cfg.num_shards > len(listing.items):  # a shard holds one image at least: say what is written
+        log.warning(
+            "num_shards=%d is more than the %d files: at most one shard per file", cfg.num_shards, len(listing.items)
+        )
+        mlflow.log_param("num_shards_used", len(listing.items))
+    # The lock first: a second job to the same tfrecord_dir, or a folder holding the user's files, fails
+    # before Spark starts.
+    with shards.Publication(str(cfg.tfrecord_dir), replace_foreign=cfg.preprocess.replace_foreign) as publication:
         started = time.perf_counter()
         with spark_for(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
             startup_seconds = time.perf_counter() - started
