@@ -4,7 +4,8 @@ A destination is the project's when all it holds is a set the project wrote (a m
 project's marker, and the shards it lists), the lock of a job, or what a dead job left, known by the
 job record the project wrote into it (never by a name). Anything else is refused with one line before
 anything is touched, unless ``preprocess.replace_foreign=true``, which names what it will delete.
-The lock lives inside the destination and goes with the job.
+The lock lives inside the destination and goes with the job. ``tfrecord_dir`` and ``dataset.root``
+inside one another are refused before Spark starts.
 
 Three ways a set is published, each a param as in test_publish.py: ``exchange`` (local, the atomic
 directory swap), ``objects`` (local without the swap: the manifest as commit point) and ``gcs`` (the
@@ -30,6 +31,8 @@ from bigimage.config import PROJECT_ROOT
 from bigimage.data import dirlock, readers, schema, shards, storage
 from bigimage.data.listing import list_labelled_images
 from bigimage.errors import UserError
+from bigimage.spark.preprocess import run_preprocess
+from tests.conftest import compose_config
 from tests.tfrecord_sets import assert_one_complete_set, leftovers, publish_set, stage_set
 
 Images = tuple[list[str], list[tuple[str, int]]]
@@ -278,6 +281,39 @@ def test_what_a_job_killed_at_any_storage_call_leaves_is_cleaned_by_the_next(
         assert beside(destination) == [], (number, ops[number - 1])
 
 
+# ------------------------------------------------------------------------------- task=preprocess
+
+
+def test_a_tfrecord_dir_and_dataset_root_inside_one_another_are_refused(
+    tmp_path: Path, make_image_tree: Callable[..., Path]
+) -> None:
+    """A tfrecord_dir inside the dataset root became a class of its own in the next run (0 images, its
+    files counted as failed, class indices shifted); a root inside tfrecord_dir would be swapped away."""
+    root = make_image_tree(per_class=1)
+    before = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*"))
+    cases = [
+        (str(root), str(root / "tfrec"), "is inside dataset.root"),
+        (str(root), str(root), "is dataset.root itself"),
+        (str(root), str(tmp_path), "contains dataset.root"),
+        ("gs://bucket/flowers", "gs://bucket/flowers/tfrec", "is inside dataset.root"),
+        ("gs://bucket/flowers/", "gs://bucket", "contains dataset.root"),
+    ]
+    for dataset_root, tfrecord_dir, message in cases:
+        cfg = compose_config(
+            ["task=preprocess", "dataset=folder", f"dataset.root={dataset_root}", f"tfrecord_dir={tfrecord_dir}"]
+        )
+        with pytest.raises(UserError, match=message) as refusal:
+            run_preprocess(cfg)
+        assert "\n" not in str(refusal.value) and "choose" in str(refusal.value).lower()
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == before
+    for dataset_root, tfrecord_dir in [
+        ("gs://bucket/flowers", "gs://bucket/flowers-tfrec"),
+        (str(root), str(tmp_path / "images-tfrec")),
+        (str(root), "gs://bucket/tfrec"),
+    ]:
+        shards.check_apart(dataset_root, tfrecord_dir)  # beside one another: fine
+
+
 # --------------------------------------------------------------------------------- the command
 
 
@@ -289,7 +325,8 @@ def _mlflow_line(line: str) -> bool:
 def test_each_refusal_is_one_line_and_exit_1_from_the_command(
     tmp_path: Path, make_image_tree: Callable[..., Path]
 ) -> None:
-    """``python run.py task=preprocess ...``: every refusal ended in a traceback (PublishError)."""
+    """``python run.py task=preprocess ...``: every refusal ended in a traceback (PublishError); a
+    tfrecord_dir inside the dataset root was not refused at all."""
     root = make_image_tree(per_class=1)
     foreign = tmp_path / "foreign"
     plant(str(foreign), USER_FILES)
@@ -297,8 +334,9 @@ def test_each_refusal_is_one_line_and_exit_1_from_the_command(
     in_the_way.write_text("the user's file")
     cases = {
         "foreign": (str(foreign), r"_staging-photos/, notes\.txt.*Nothing was replaced.*replace_foreign=true"),
+        "nested": (str(root / "tfrec"), r"inside dataset\.root"),
         "file": (str(in_the_way), r"not a directory"),
-        "root": ("/", r"tfrecord_dir / is the root"),
+        "root": ("/", r"tfrecord_dir=/ contains dataset\.root"),  # so it is refused before it is looked at
     }
     for case, (tfrecord_dir, pattern) in cases.items():
         result = subprocess.run(
@@ -322,4 +360,5 @@ def test_each_refusal_is_one_line_and_exit_1_from_the_command(
         assert len(lines) == 1 and lines[0].startswith("error: tfrecord_dir"), (case, lines)
         assert re.search(pattern, lines[0]), (case, lines[0])
     assert contents(str(foreign)) == USER_FILES and in_the_way.read_text() == "the user's file"
+    assert not (root / "tfrec").exists()
     assert not os.path.lexists("/..lock") and not os.path.lexists(os.path.join("/", dirlock.LOCK_NAME))

@@ -302,14 +302,41 @@ def _entries_word(count: int) -> str:
     return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
+def _comparable(location: str) -> str:
+    """A local path with links resolved, or ``bucket/key`` of a gs:// URL, without a trailing slash."""
+    if storage.is_gcs(location):
+        bucket, key = storage.split_gcs(location)
+        return f"{bucket}/{key}".rstrip("/")
+    return os.path.realpath(location)
+
+
+def check_apart(source: str, destination: str) -> None:
+    """Refuse a ``tfrecord_dir`` inside ``dataset.root`` (the next run would list it as a class of
+    images), the same folder, or one holding the root (publishing replaces what the folder holds)."""
+    if storage.is_gcs(source) != storage.is_gcs(destination):
+        return
+    root, target = _comparable(source), _comparable(destination)
+    separator = "/" if storage.is_gcs(source) else os.sep
+    where = f"tfrecord_dir={destination}"
+    if root == target:
+        problem = f"{where} is dataset.root itself"
+    elif target.startswith(root.rstrip(separator) + separator):
+        problem = f"{where} is inside dataset.root={source}: the next run would list it as a class of images"
+    elif root.startswith(target.rstrip(separator) + separator):
+        problem = f"{where} contains dataset.root={source}: publishing a set replaces what tfrecord_dir holds"
+    else:
+        return
+    raise DestinationRefusedError(f"{problem}; choose a tfrecord_dir outside dataset.root. Nothing was written")
+
+
 class PublishError(RuntimeError):
     """A staged shard is missing or not the size its writer reported, or the destination cannot take
     the set; the message says whether anything was replaced."""
 
 
 class DestinationRefusedError(UserError, PublishError):
-    """The destination is not one to write a set into (it holds the user's files, it is a file, or the
-    root of the file system); nothing was written. ``run.py`` says it in one line."""
+    """The destination is not one to write a set into (it holds the user's files, it is a file, the
+    root of the file system, or inside the dataset); nothing was written. ``run.py`` says it in one line."""
 
 
 class Publication:

@@ -89,8 +89,9 @@ def write_tfrecords(
 
     ``publication``: one already entered (its lock held, e.g. from before Spark started); by default
     one is opened here (with ``replace_foreign``), and a second job to the same destination fails at
-    once naming the first.
+    once naming the first. A destination inside the listed root, or holding it, is refused first.
     """
+    shards.check_apart(listing.root, destination)
     if publication is None:
         with shards.Publication(destination, replace_foreign=replace_foreign) as own:
             return write_tfrecords(
@@ -153,6 +154,7 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
 
     from bigimage.tracking import datasets
 
+    shards.check_apart(str(cfg.dataset.root), str(cfg.tfrecord_dir))  # before anything is generated or listed
     root = dataset_root(cfg.dataset)
     listing = list_labelled_images(root, list(cfg.dataset.classes) or None)
     if not listing.items:
