@@ -326,6 +326,23 @@ def _check_not_negative(key: str, value: int, zero_means: str = "") -> None:
         raise ConfigError(f"{key}={value} must be >= 0" + (f" (0: {zero_means})" if zero_means else ""))
 
 
+MAX_IMAGE_SIZE = 16384  # a decoded 16384 px RGB image is 0.8 GB: beyond it no worker of these machines copes
+# The store schemes MLflow's tracking client accepts (a database URL may add a driver: postgresql+psycopg2).
+TRACKING_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
+def _validate_tracking_uri(uri: str | None) -> None:
+    if not uri:
+        return
+    scheme = str(uri).split("://", 1)[0].split("+", 1)[0].lower() if "://" in str(uri) else ""
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(
+            f"tracking.uri={uri}: MLflow has no store for the scheme {scheme!r}; use a folder, "
+            "sqlite:///path/to/mlflow.db, http(s)://host:port of an MLflow server, or a database URL "
+            f"({', '.join(s for s in TRACKING_SCHEMES if s)})"
+        )
+
+
 def validate(cfg: DictConfig) -> None:
     """Every rule that spans fields, checked once per run before Spark or TensorFlow start.
 
@@ -349,6 +366,13 @@ def validate(cfg: DictConfig) -> None:
         )
     if not 1 <= cfg.preprocess.jpeg_quality <= 100:
         raise ConfigError(f"preprocess.jpeg_quality={cfg.preprocess.jpeg_quality} must be in 1..100")
+    if cfg.image_size > MAX_IMAGE_SIZE:
+        decoded = cfg.image_size**2 * 3 / 1e9
+        raise ConfigError(
+            f"image_size={cfg.image_size} is above {MAX_IMAGE_SIZE}: one decoded image would take {decoded:.1f} GB "
+            f"(image_size^2 x 3 bytes) before a batch of them; use image_size <= {MAX_IMAGE_SIZE}"
+        )
+    _validate_tracking_uri(cfg.tracking.uri)
     _validate_strategy(cfg.strategy)
     _validate_train(cfg)
     _validate_speedtest(cfg.speedtest)

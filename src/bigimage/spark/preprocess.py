@@ -148,11 +148,10 @@ def _cancel_and_wait(context: Any, group: str, seconds: float = CANCEL_WAIT_SECO
     log.warning("Spark tasks of %s still ran %.0f s after their job was cancelled", group, seconds)
 
 
-def run_preprocess(cfg: Config) -> dict[str, float]:
-    """List, transform and shard ``dataset.root`` into ``tfrecord_dir``; logs the task 1 metrics."""
-    import mlflow  # here, not at the top: write_tfrecords' other callers (tests, benchmarks) need no MLflow
-
-    from bigimage.tracking import datasets
+def _list_images(cfg: Config) -> LabelledImages:
+    """The labelled files of ``dataset.root``, refused when there are none; empty classes and more
+    shards than files are said (and logged) before anything is written."""
+    import mlflow
 
     shards.check_apart(str(cfg.dataset.root), str(cfg.tfrecord_dir))  # before anything is generated or listed
     root = dataset_root(cfg.dataset)
@@ -170,6 +169,16 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
             "num_shards=%d is more than the %d files: at most one shard per file", cfg.num_shards, len(listing.items)
         )
         mlflow.log_param("num_shards_used", len(listing.items))
+    return listing
+
+
+def run_preprocess(cfg: Config) -> dict[str, float]:
+    """List, transform and shard ``dataset.root`` into ``tfrecord_dir``; logs the task 1 metrics."""
+    import mlflow  # here, not at the top: write_tfrecords' other callers (tests, benchmarks) need no MLflow
+
+    from bigimage.tracking import datasets
+
+    listing = _list_images(cfg)
     # The lock first: a second job to the same tfrecord_dir, or a folder holding the user's files, fails
     # before Spark starts.
     with shards.Publication(str(cfg.tfrecord_dir), replace_foreign=cfg.preprocess.replace_foreign) as publication:

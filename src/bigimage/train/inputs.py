@@ -197,6 +197,25 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
     return plan
 
 
+def expected_train_records(cfg: Config, manifest: schema.Manifest) -> int:
+    """The training records a split of the set will leave, from its manifest alone (no pass over the
+    records): the test records exactly (per class), the validation ones at their expected share."""
+    fraction = float(cfg.train.test_fraction)
+    test = sum(int(math.floor(fraction * count + 0.5)) for count in manifest.class_counts.values())
+    rest = manifest.num_records - test
+    return rest - round(float(cfg.train.validation_fraction) * rest)
+
+
+def check_batch_fits(global_batch_size: int, train_records: int, tfrecord_dir: str, *, exact: bool) -> None:
+    """Raise ConfigError when one global batch is more than the training records."""
+    if global_batch_size > train_records:
+        about = "" if exact else "about "
+        raise ConfigError(
+            f"batch_size={global_batch_size} is more than the {about}{train_records} training records of "
+            f"{tfrecord_dir} (after the validation and test splits): use batch_size <= {train_records}, or more images"
+        )
+
+
 def steps(records: int, global_batch_size: int, *, training: bool) -> int:
     """Steps per epoch: whole batches for training (at least one), all records for validation."""
     if training:

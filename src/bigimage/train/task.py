@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigimage.data import readers
 from bigimage.search.trial import search_tags
-from bigimage.train import launch, multihost, strategies
+from bigimage.train import inputs, launch, multihost, strategies
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
@@ -145,6 +145,9 @@ def run_train(cfg: Config) -> dict[str, float]:
     data_dir = str(cfg.tfrecord_dir) if cfg.strategy.launcher == "spark_barrier" else local_tfrecord_dir(cfg)
     manifest = readers.read_manifest(data_dir, int(cfg.image_size))
     readers.shard_paths(data_dir, manifest)
+    inputs.check_batch_fits(
+        int(cfg.batch_size), inputs.expected_train_records(cfg, manifest), str(cfg.tfrecord_dir), exact=False
+    )
 
     resolved = worker_config(cfg, data_dir)
     work_dir, config_path, result_file = _work_dir(cfg, resolved, run_id)

@@ -103,7 +103,6 @@ def train_worker(
     from bigimage.train import precision
     from bigimage.train.callbacks import RunLogger, TrainingObserver
     from bigimage.train.model import build_model, compile_model
-    from bigimage.train.pruning import pruning_callbacks
 
     is_chief = task_index == 0
     replicas = int(strategy.num_replicas_in_sync)
@@ -130,19 +129,7 @@ def train_worker(
         progress_path=progress, run_logger=run_logger, checkpoint_dir=shared.local_dir,
     )  # fmt: skip
     log.info("worker %d/%d: strategy=%s, %s, %s", task_index, num_workers, cfg.strategy.name, shape, plan.description)
-    # BackupAndRestore first: an epoch is reported once its checkpoint exists.
-    backup = keras.callbacks.BackupAndRestore(backup_dir=shared.local_dir, delete_checkpoint=True)
-    # A search trial's pruning (bigimage.train.pruning) last: it sees an epoch once checkpointed and logged.
-    # The judged epoch's weights (bigimage.tracking.judged) beside the checkpoint, so a resumed run keeps them.
-    keep_judged = _judged_checkpoint(shared.local_dir)
-    upload = shared.callback()  # a gs:// checkpoint, uploaded once the epoch is checkpointed and logged
-    callbacks = [
-        backup,
-        keep_judged,
-        observer,
-        upload,
-        *pruning_callbacks(cfg, strategy, is_chief, run_logger, num_workers),
-    ]
+    callbacks = _callbacks(cfg, strategy, shared, observer, run_logger, num_workers)
     seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, callbacks)
     summary = {**shape, "training_seconds": seconds}
     try:
@@ -150,6 +137,26 @@ def train_worker(
     finally:
         cache.cleanup()
         shared.cleanup()
+
+
+def _callbacks(
+    cfg: Any, strategy: Any, shared: SharedCheckpoint, observer: Any, run_logger: Any, num_workers: int
+) -> list[Any]:
+    """The fit's callbacks, in order: ``BackupAndRestore`` first (an epoch is reported once its
+    checkpoint exists); the judged epoch's weights kept beside the checkpoint (so a resumed run keeps
+    them); the observer; a gs:// checkpoint's upload, once the epoch is checkpointed and logged; a
+    search trial's pruning (:mod:`bigimage.train.pruning`) last, seeing an epoch once it is logged."""
+    import tf_keras as keras
+
+    from bigimage.train.pruning import pruning_callbacks
+
+    return [
+        keras.callbacks.BackupAndRestore(backup_dir=shared.local_dir, delete_checkpoint=True),
+        _judged_checkpoint(shared.local_dir),
+        observer,
+        shared.callback(),
+        *pruning_callbacks(cfg, strategy, observer.is_chief, run_logger, num_workers),
+    ]
 
 
 def configure_process(cfg: Any) -> Any:
@@ -190,6 +197,7 @@ def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> t
 
     manifest = readers.read_manifest(cfg.tfrecord_dir, int(cfg.image_size))
     plan = inputs.plan_split(cfg, cfg.tfrecord_dir, manifest)
+    inputs.check_batch_fits(global_batch, plan.train_records, str(cfg.tfrecord_dir), exact=True)
     steps_per_epoch = inputs.steps(plan.train_records, global_batch, training=True)
     val_steps = inputs.steps(plan.val_records, global_batch, training=False)
     # Memory, a local file or no cache, checked against this machine before any image is decoded.
