@@ -11,6 +11,7 @@ instead.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -31,10 +32,11 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     """Run the task; for a training run, return its ``optimized_metric`` (what a search optimises)."""
     try:
         return objective(cfg, run_task(cfg))
-    except UserError as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except (UserError, OSError) as error:
+        full = isinstance(error, OSError) and error.errno == errno.ENOSPC  # a disk that filled up: the user's to free
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (isinstance(error, UserError) or full):
             raise
-        sys.exit(f"error: {redact.text(str(error))}")
+        sys.exit(f"error: {redact.text(str(error))}" + ("; free space there, or write elsewhere" if full else ""))
 
 
 if __name__ == "__main__":

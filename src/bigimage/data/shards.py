@@ -46,6 +46,7 @@ in: a kill or a failed move in between lost both sets.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -93,6 +94,7 @@ class ShardResult:
     class_counts: dict[str, int] = field(default_factory=dict)
     started: float = 0.0  # time.time() at the task's start
     finished: float = 0.0
+    no_space: str = ""  # the device filled up: what failed (the task returns rather than raise, see write_shard)
 
 
 def write_shard(
@@ -106,13 +108,34 @@ def write_shard(
     """Transform ``items`` (path, class index) one at a time into one staged shard file.
 
     Memory stays flat: one image is held at a time. Unreadable or undecodable files are skipped
-    and reported with their reason.
+    and reported with their reason. A full device ends the shard with ``no_space`` set: returned, not
+    raised, so that the driver says it in one line (:func:`check_space`) instead of Spark logging a
+    traceback per task.
     """
     result = ShardResult(index=index, staged=None, started=time.time())
     staged = storage.join(staging_dir, f"part-{index:05d}{schema.SHARD_SUFFIX}")
     # The local staging folder is the driver's: not made here, so a task that outlives a killed driver
     # fails rather than re-create a folder the next job has cleaned away.
     local_dir = tempfile.gettempdir() if storage.is_gcs(staging_dir) else staging_dir
+    try:
+        return _write_staged(result, staged, local_dir, items, classes, image_size, quality)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        result.no_space, result.finished = str(error), time.time()
+        return result
+
+
+def _write_staged(
+    result: ShardResult,
+    staged: str,
+    local_dir: str,
+    items: list[tuple[str, int]],
+    classes: list[str],
+    image_size: int,
+    quality: int,
+) -> ShardResult:
+    """:func:`write_shard`'s work: a temporary file in ``local_dir``, then moved to ``staged``."""
     fd, temp = storage.create_new_file(local_dir, ".part-", ".tmp")  # 0666 less the umask
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -327,6 +350,22 @@ def check_apart(source: str, destination: str) -> None:
     else:
         return
     raise DestinationRefusedError(f"{problem}; choose a tfrecord_dir outside dataset.root. Nothing was written")
+
+
+class NoSpaceError(UserError, OSError):
+    """The destination's device (or the staging one's) filled up before the new set was complete."""
+
+
+def check_space(results: list[ShardResult], destination: str) -> None:
+    """Raise :class:`NoSpaceError` when a shard task found its device full."""
+    full = [result.no_space for result in results if result.no_space]
+    if full:
+        written = sum(result.bytes_written for result in results) / 1e6
+        raise NoSpaceError(
+            f"no space left on the device while staging the TFRecords for {destination} ({full[0]}; "
+            f"{len(full)} shard(s) could not be written, {written:.1f} MB were): free space there or choose "
+            "another tfrecord_dir; the previous set, if any, is as it was"
+        )
 
 
 class PublishError(RuntimeError):

@@ -109,9 +109,11 @@ def write_tfrecords(
         results = job.map(
             lambda pair: shards.write_shard(pair[0], pair[1], classes, image_size, quality, staging_dir)
         ).collect()
+        shards.check_space(results, destination)
         manifest = publication.publish(results, prefix, _manifest(listing, results, image_size, quality, destination))
-    except BaseException:
-        _cancel_and_wait(context, group)  # before the staging goes: no task may stage into it afterwards
+    except BaseException as error:
+        if not isinstance(error, shards.NoSpaceError):  # that one comes once every task has returned
+            _cancel_and_wait(context, group)  # before the staging goes: no task may stage into it afterwards
         raise
     finally:
         for key in ("spark.jobGroup.id", "spark.job.description"):  # later jobs (the speed test's) are not in it
