@@ -51,6 +51,15 @@ class Launcher(StrEnum):
     spark_barrier = "spark_barrier"  # one worker per Spark barrier task
 
 
+class Isolation(StrEnum):
+    """Whether the workers of a multi-worker training on this machine run in a private network namespace
+    (bigimage.train.netns), out of reach of everything else."""
+
+    required = "required"  # in one, or the run stops with one line saying why none can serve them
+    preferred = "preferred"  # in one where it can serve them, else on the host network with a warning
+    off = "off"  # on the host network
+
+
 class Source(StrEnum):
     files = "files"
     tfrecord = "tfrecord"
@@ -159,6 +168,8 @@ class StrategyConfig(BuiltGroup):
     # multi-worker: how workers are launched (processes on loopback, or Spark barrier tasks).
     launcher: Launcher = Launcher.processes
     worker_timeout_seconds: int = 1800
+    # multi-worker on this machine: workers in a private network namespace, their gRPC servers out of reach.
+    isolation: Isolation = Isolation.required
 
 
 @dataclass

@@ -23,7 +23,10 @@ with the same TF_CONFIG, logs, progress files, MLflow logging by the chief, chec
 The workers of a multi-worker training on this machine (processes, or the barrier tasks of a local or
 loopback standalone Spark) share one private network namespace holding only ``lo``
 (:mod:`bigimage.train.netns`): TensorFlow's gRPC servers listen on every interface whatever TF_CONFIG
-says, and there nothing but the other workers can reach them.
+says, and there nothing but the other workers can reach them; servers on this machine's loopback that
+they use (a tracking server, a storage emulator) are relayed into it. ``strategy.isolation`` says what
+happens where no namespace serves them. A multi-host training's workers listen on the cluster's network.
+The run's tag :data:`NETWORK_TAG` says which of these a multi-worker training got.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from bigimage.spark.barrier import build_tf_config
-from bigimage.train.netns import EXPOSED, private_network
+from bigimage.train.netns import EXPOSED, REQUIRED, PrivateNetwork, private_network
 from bigimage.train.progress import EpochLines
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
@@ -60,6 +63,11 @@ ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 # A tracking server's login as MLflow reads it (bigimage.tracking.redact.login_to_environment puts a
 # tracking URI's user:password@ there).
 TRACKING_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+# The run's tag saying where the TensorFlow workers' gRPC servers listen, and its values.
+NETWORK_TAG = "network"
+PRIVATE_NETWORK = "private (a network namespace with only lo; nothing outside reaches the workers)"
+HOST_NETWORK = "host (listens on every interface of this machine)"
+CLUSTER_NETWORK = "cluster (listens on the hosts' interfaces)"
 
 
 class WorkerFailedError(RuntimeError):
@@ -119,6 +127,8 @@ class WorkerJob:
     # What the workers write to (tracking, artifacts, checkpoints): one over the network keeps them out
     # of a private network namespace.
     worker_uris: Sequence[str | None] = ()
+    # strategy.isolation: what happens where no private network namespace serves the workers (netns).
+    isolation: str = REQUIRED
     # Taken when the job is made, so that it travels with the job to workers on other hosts.
     login: Mapping[str, str] = field(default_factory=tracking_login, repr=False)
 
@@ -215,15 +225,17 @@ def _killing(workers: list[_Worker]) -> Iterator[None]:
 def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
     """Run ``job.num_workers`` worker processes to completion; raise WorkerFailedError on any failure.
 
-    Several workers share one private network namespace (module doc), unless one of ``job.worker_uris``
-    (tracking, artifact, checkpoint locations) needs the network or no namespace can be made here:
-    then they run on the host network, with a warning.
+    Several workers share one private network namespace (module doc), relaying the loopback servers of
+    ``job.worker_uris`` (tracking, artifact, checkpoint locations); where none serves them,
+    ``job.isolation`` decides: IsolationError, or the host network with a warning.
     """
     count = job.num_workers
     addresses = [f"127.0.0.1:{port}" for port in free_ports(count)] if count > 1 else []
     workers: list[_Worker] = []
-    network_context = private_network(job.worker_uris) if count > 1 else nullcontext(None)
+    network_context = private_network(job.worker_uris, isolation=job.isolation) if count > 1 else nullcontext(None)
     with network_context as network, _killing(workers):
+        if count > 1:
+            _tag_network(job, PRIVATE_NETWORK if network is not None else HOST_NETWORK)
         for index in range(count):
             argv = job.argv(index)
             tf_config = {"TF_CONFIG": json.dumps(build_tf_config(addresses, index))} if addresses else {}
@@ -271,6 +283,18 @@ def _watch(
                 pids=[w.process.pid for w in workers],
             )
         time.sleep(poll_seconds)
+
+
+def _tag_network(job: WorkerJob, value: str) -> None:
+    """Tag the run (when there is one) with where the workers' gRPC servers listen; a failure only warns."""
+    if not job.run_id:
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_tag(job.run_id, NETWORK_TAG, value)
+    except Exception as error:
+        log.warning("could not tag the run with %s=%s: %s", NETWORK_TAG, value, error)
 
 
 def _signal_name(code: int | None) -> str:
@@ -428,20 +452,17 @@ def run_spark_barrier_workers(
 
     On a Spark whose executors all run on this machine on loopback (local mode, the standalone cluster
     that ``spark_for`` starts) the workers share one private network namespace, as with the process
-    launcher (same ``worker_uris`` rule); on other hosts TensorFlow's servers listen where it puts them.
+    launcher (same relays, same ``job.isolation``); a multi-host training
+    (:func:`bigimage.train.multihost.is_multi_host`, or a master elsewhere) listens on the cluster's
+    network, which its tag says.
     The workers' logs and progress lines come back through Spark into ``job.work_dir`` (``logs/``,
     ``progress/``); of a failed stage, the failed worker's log (the others were killed with their tasks).
     """
     from bigimage.spark.cluster import spark_for
-    from bigimage.spark.session import loopback_master
 
     with spark_for(cluster_cfg, app_name) as spark, ExitStack() as stack:
         master = spark.sparkContext.master
-        network = None
-        if loopback_master(master):
-            network = stack.enter_context(private_network(job.worker_uris, what="the barrier training workers"))
-        else:
-            log.warning("the TensorFlow workers on the executors of %s: %s", master, EXPOSED)
+        network = stack.enter_context(_barrier_network(cluster_cfg, master, job))
         with open(job.config_path, encoding="utf-8") as handle:  # the config travels inside the tasks
             worker_fn = BarrierWorker(job, handle.read(), prefix=network.prefix if network else ())
         if job.run_id:
@@ -458,6 +479,24 @@ def run_spark_barrier_workers(
             json.dump(reports[0]["result"], handle, indent=1)
         os.replace(tmp, job.result_file)
     return reports
+
+
+@contextmanager
+def _barrier_network(cluster_cfg: ClusterConfig, master: str, job: WorkerJob) -> Iterator[PrivateNetwork | None]:
+    """The private network of barrier workers on this machine's loopback; None (tagged) on a cluster's
+    hosts, whose network they must listen on, or on the host network where ``job.isolation`` allows."""
+    from bigimage.spark.session import loopback_master
+    from bigimage.train.multihost import is_multi_host
+
+    if is_multi_host(cluster_cfg, "spark_barrier") or not loopback_master(master):
+        log.warning("the TensorFlow workers on the executors of %s: %s", master, EXPOSED)
+        _tag_network(job, CLUSTER_NETWORK)
+        yield None
+        return
+    what = "the barrier training workers"
+    with private_network(job.worker_uris, what=what, isolation=job.isolation) as network:
+        _tag_network(job, PRIVATE_NETWORK if network is not None else HOST_NETWORK)
+        yield network
 
 
 def _run_barrier_stage(spark: Any, worker_fn: BarrierWorker) -> list[dict]:

@@ -171,6 +171,7 @@ def run_train(cfg: Config) -> dict[str, float]:
             run_id=run_id,
             result_file=result_file,
             worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir), cfg.search.storage),
+            isolation=str(cfg.strategy.isolation),
         )
         if cfg.strategy.launcher == "spark_barrier":
             # One worker per Spark barrier task on the executors of cfg.cluster (multi-worker only).
