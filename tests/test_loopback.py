@@ -14,7 +14,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -24,11 +26,13 @@ from mlflow.tracking import MlflowClient
 
 from bigimage.config import PROJECT_ROOT
 from bigimage.spark.cluster import spark_for
-from bigimage.train import netns
+from bigimage.train import launch, netns
+from bigimage.train.launch import free_ports
 from bigimage.train.task import run_train
 from tests.conftest import compose_config, train_config
 from tests.listening import children, interfaces, interfaces_in, listeners_of, processes_in, watch_listeners
 from tests.listening import netns as netns_of
+from tests.mlflow_server import mlflow_server
 from tests.test_train_runs import progress
 from tests.tfrecord_fixtures import write_tfrecord_dir
 
@@ -139,6 +143,81 @@ def test_multi_worker_training_listens_on_loopback_only(tmp_path, tfrecords, mlf
     assert [m.step for m in MlflowClient().get_metric_history(run.info.run_id, "val_accuracy")] == [0]
 
 
+@pytest.fixture
+def http_store(tmp_path, monkeypatch) -> Iterator[tuple[str, str]]:
+    """A real ``mlflow server`` on loopback as the process's tracking URI; yields its URL and an experiment."""
+    previous = mlflow.get_tracking_uri()
+    with mlflow_server(tmp_path / "server") as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        mlflow.set_tracking_uri(url)
+        try:
+            yield url, mlflow.create_experiment("loopback-http")
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.slow
+@needs_netns
+@pytest.mark.timeout(400)
+def test_multi_worker_training_logging_over_http_listens_on_loopback_only(tmp_path, tfrecords, http_store) -> None:
+    """The tracking server and its artifacts reached over HTTP on 127.0.0.1, relayed into the namespace."""
+    url, experiment = http_store
+    cfg = train_config(tmp_path, tfrecords, "strategy=multi_worker_mirrored", "strategy.num_workers=2", "epochs=1")
+    began = time.monotonic()
+    with watch_listeners() as watch, mlflow.start_run(experiment_id=experiment) as run:
+        metrics = run_train(cfg)
+    print(f"\n[timing] 2 workers x 1 epoch in a private network, logging over HTTP: {time.monotonic() - began:.1f} s")
+    assert metrics["replicas"] == 2
+    assert_loopback_only(watch, at_least=3)  # the tracking server, two gRPC servers, the relay
+    workers = {entries[0]["pid"] for entries in progress(cfg, run.info.run_id).values()}
+    spaces = {watch.netns_of[pid] for pid in workers}
+    assert len(workers) == 2 and len(spaces) == 1 and spaces != {netns_of()}  # one private namespace, shared
+    (space,) = spaces
+    port = int(url.rsplit(":", 1)[1])
+    inside = {(seen.address, seen.port) for seen in watch.listeners if seen.netns == space}
+    assert ("127.0.0.1", port) in inside  # the relay to the tracking server, on the namespace's loopback
+    on_host = [seen for seen in watch.listeners if seen.netns == netns_of()]
+    assert on_host and not [seen for seen in on_host if seen.exposed], watch.report()  # what `ss` shows here
+    assert processes_in(space) == []  # torn down with the training
+    logged = MlflowClient(url).get_run(run.info.run_id)
+    assert logged.info.status == "FINISHED" and logged.data.tags[launch.NETWORK_TAG] == launch.PRIVATE_NETWORK
+    assert {"loss", "val_accuracy", "images_per_second"} <= set(logged.data.metrics)  # the chief logged, relayed
+    assert [m.step for m in MlflowClient(url).get_metric_history(run.info.run_id, "val_accuracy")] == [0]
+    assert MlflowClient(url).list_artifacts(run.info.run_id, "worker_logs")
+
+
+def _path_without(tmp_path: Path, *names: str) -> str:
+    """A PATH with every command of this one but ``names`` (symbolic links in one folder)."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for directory in filter(os.path.isdir, os.environ["PATH"].split(os.pathsep)):
+        for entry in os.scandir(directory):
+            target = folder / entry.name
+            if entry.name not in names and not target.exists() and os.access(entry.path, os.X_OK):
+                target.symlink_to(entry.path)
+    return str(folder)
+
+
+@pytest.mark.timeout(300)
+def test_required_isolation_without_namespaces_ends_in_one_line(tmp_path, tfrecords) -> None:
+    """No ``unshare`` on PATH: the default ``strategy.isolation=required`` refuses before any worker starts."""
+    command = [
+        sys.executable, "run.py", "task=train", "strategy=multi_worker_mirrored", "strategy.num_workers=2",
+        f"tfrecord_dir={tfrecords}", "image_size=32", "batch_size=16", "epochs=1",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.output_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'h'}",
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLFLOW_")}
+    env["PATH"] = _path_without(tmp_path, "unshare", "nsenter")
+    done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=280)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and " INFO mlflow." not in line]
+    assert done.returncode == 1 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("error: strategy.isolation=required, but no private network namespace"), lines
+    assert "`unshare`/`nsenter` (util-linux) are not installed" in lines[0] and "install util-linux" in lines[0]
+    assert "strategy.isolation=preferred" in lines[0]
+    assert not list((tmp_path / "out").rglob("worker-*.log"))  # no worker started
+
+
 @pytest.mark.slow
 @needs_netns
 @pytest.mark.timeout(300)
@@ -205,6 +284,92 @@ def test_private_network_without_root_uses_a_user_namespace() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "True 0", done.stdout  # a user namespace; the command ran inside
     assert interfaces_in(done.stdout) == ["lo"]
+
+
+@pytest.fixture
+def host_server() -> Iterator[socket.socket]:
+    """A TCP server on the host's 127.0.0.1 that answers each connection with ``b"hello "`` and what it read."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            with client:
+                client.sendall(b"hello " + client.recv(64))
+
+    threading.Thread(target=answer, daemon=True).start()
+    with server:
+        yield server
+
+
+RELAYED_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10) as sock:
+    sock.sendall(b"from inside")
+    sock.shutdown(socket.SHUT_WR)
+    print(sock.recv(64).decode())
+"""
+
+
+@needs_netns
+def test_private_network_relays_to_servers_on_the_hosts_loopback(host_server) -> None:
+    port = host_server.getsockname()[1]
+    uris = [f"http://127.0.0.1:{port}/api", f"http://localhost:{port}", "sqlite:////tmp/mlflow.db"]
+    with netns.private_network(uris, isolation=netns.REQUIRED) as network:
+        assert network is not None
+        for host in ("127.0.0.1", "localhost"):
+            done = subprocess.run(
+                network.command([sys.executable, "-c", RELAYED_CLIENT, host, str(port)]),
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            assert done.returncode == 0 and done.stdout.strip() == "hello from inside", done.stderr
+        relay = [(seen.address, seen.port, seen.private_netns) for seen in listeners_of(network.holder.pid)]
+        assert ("127.0.0.1", port, True) in relay  # the relay listens in the namespace, on its loopback
+        other = free_ports(1)[0]  # nothing there on the host, and not relayed: unreachable from inside
+        done = subprocess.run(network.command([sys.executable, "-c", RELAYED_CLIENT, "127.0.0.1", str(other)]),
+                              capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+        assert done.returncode != 0 and "ConnectionRefusedError" in done.stderr
+        holder = network.holder.pid
+    assert not psutil.pid_exists(holder) or psutil.Process(holder).status() == psutil.STATUS_ZOMBIE
+
+
+def test_which_endpoints_a_namespace_relays(monkeypatch) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "127.0.0.1:9023")
+    relayed, beyond = netns.routes(
+        [
+            "http://user:pw@127.0.0.1:5000", "https://localhost/mlflow", "postgresql+psycopg2://me@[::1]/db",
+            "mlflow-artifacts:/1/abc/artifacts", "gs://bucket/ckpt", "/tmp/ckpt", "sqlite:////tmp/m.db", None,
+            "http://127.0.0.1:5000/again", "http://mlflow.example.com:5000", "databricks", "hdfs://localhost/x",
+        ]
+    )  # fmt: skip
+    assert [str(each) for each in relayed] == ["127.0.0.1:5000", "localhost:443", "[::1]:5432", "127.0.0.1:9023"]
+    assert beyond == ["http://mlflow.example.com:5000", "databricks", "hdfs://localhost/x"]  # hdfs: no known port
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    assert netns.routes(["gs://bucket/ckpt"]) == ([], ["gs://bucket/ckpt"])  # Cloud Storage itself
+
+
+def test_required_isolation_refuses_in_one_line_what_no_namespace_serves(monkeypatch) -> None:
+    remote = "http://me:s3cret@mlflow.example.com:5000"
+    with pytest.raises(netns.IsolationError) as refused, netns.private_network([remote], isolation="required"):
+        pass
+    message = str(refused.value)
+    assert "\n" not in message and "s3cret" not in message and "http://***@mlflow.example.com:5000" in message
+    assert "strategy.isolation=preferred" in message
+    monkeypatch.setattr(netns.shutil, "which", lambda name: None)
+    with pytest.raises(netns.IsolationError, match="util-linux"), netns.private_network(isolation="required"):
+        pass
+
+
+def test_isolation_off_uses_the_host_network_without_trying(monkeypatch) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("strategy.isolation=off made a namespace")
+
+    monkeypatch.setattr(netns, "PrivateNetwork", refuse)
+    with netns.private_network(["http://mlflow.example.com"], isolation="off") as network:
+        assert network is None
 
 
 def test_without_namespaces_the_workers_fall_back_with_a_warning(monkeypatch, caplog) -> None:

@@ -29,7 +29,7 @@ from bigimage.data import storage
 from bigimage.spark import isolate
 from bigimage.spark.isolate import unavailable
 from bigimage.spark.standalone import StandaloneCluster
-from bigimage.train.launch import WorkerFailedError
+from bigimage.train.launch import CLUSTER_NETWORK, NETWORK_TAG, WorkerFailedError
 from bigimage.train.multihost import is_multi_host
 from bigimage.train.task import run_train
 from tests.conftest import compose_config, train_config
@@ -224,6 +224,7 @@ def test_two_workers_train_on_hosts_that_share_nothing(
     worker_log = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/worker_logs/worker-1.log")
     assert f"strategy={strategy}," in worker_log and "/tmp/pytest-of" not in worker_log  # no driver path there
     assert metrics["epochs_run"] == 2 and logged.data.tags["checkpoint_dir"] == checkpoints
+    assert logged.data.tags[NETWORK_TAG] == CLUSTER_NETWORK  # multi-host: listens on the cluster's network
     # The workers' logs came back through Spark and are run artifacts; the model went through the server.
     assert {a.path for a in client.list_artifacts(run.info.run_id, "worker_logs")} == {
         "worker_logs/worker-0.log", "worker_logs/worker-1.log"
