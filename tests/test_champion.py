@@ -86,7 +86,6 @@ def test_the_champion_holds_the_judged_epochs_weights_and_is_tested_once(
     scores = champion["scores"]
 
     mlflow.set_tracking_uri(mlflow_store)
-    mlflow.set_registry_uri(mlflow_store)
     version = client.get_model_version_by_alias(MODEL, "champion")
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
     # The judged epoch's weights: on validation they score what the fit measured at that epoch.
