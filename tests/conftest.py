@@ -108,6 +108,28 @@ def make_image_tree(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+@pytest.fixture(params=["exchange", "objects", "gcs"])
+def destination(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A TFRecord destination of each kind: local with the atomic folder exchange, local without it
+    (published object by object, as on NFS), and Cloud Storage (the emulator)."""
+    from bigimage.data import storage
+
+    if request.param == "gcs":
+        return f"gs://{request.getfixturevalue('gcs_bucket')}/sets/tfrec"
+    if request.param == "objects":
+        monkeypatch.setattr(storage, "supports_exchange", lambda directory: False)
+    return str(tmp_path / "sets" / "tfrec")
+
+
+@pytest.fixture
+def images(make_image_tree: Callable[..., Path]) -> tuple[list[str], list[tuple[str, int]]]:
+    """(classes, (path, class index) items) of a small labelled image tree."""
+    from bigimage.data.listing import list_labelled_images
+
+    listing = list_labelled_images(str(make_image_tree(per_class=2)))
+    return list(listing.classes), list(listing.items)
+
+
 def write_large_image_tree(root: Path, per_class: int = 300) -> Path:
     """Two classes of distinct 1400 px images: slow enough to decode that a job can be caught mid-way."""
     gradient = Image.linear_gradient("L").resize((1400, 1400)).convert("RGB")

@@ -59,21 +59,6 @@ FOREIGN_MANIFESTS = {
 }
 
 
-@pytest.fixture(params=["exchange", "objects", "gcs"])
-def destination(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "gcs":
-        return f"gs://{request.getfixturevalue('gcs_bucket')}/sets/tfrec"
-    if request.param == "objects":
-        monkeypatch.setattr(storage, "supports_exchange", lambda directory: False)
-    return str(tmp_path / "sets" / "tfrec")
-
-
-@pytest.fixture
-def images(make_image_tree: Callable[..., Path]) -> Images:
-    listing = list_labelled_images(str(make_image_tree(per_class=2)))
-    return list(listing.classes), list(listing.items)
-
-
 def plant(destination: str, files: dict[str, bytes]) -> None:
     """Write the user's files (relative path -> bytes) into the destination."""
     for relative, data in files.items():

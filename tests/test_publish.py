@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 
 from bigimage.data import dirlock, readers, schema, shards, storage
-from bigimage.data.listing import list_labelled_images
 from tests.tfrecord_sets import STORAGE_OPS, assert_one_complete_set, leftovers, publish_set, stage_set, view
 
 
@@ -55,21 +54,6 @@ class Faults:
             return function(*args, **kwargs)
 
         return wrapper
-
-
-@pytest.fixture(params=["exchange", "objects", "gcs"])
-def destination(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "gcs":
-        return f"gs://{request.getfixturevalue('gcs_bucket')}/sets/tfrec"
-    if request.param == "objects":
-        monkeypatch.setattr(storage, "supports_exchange", lambda directory: False)
-    return str(tmp_path / "sets" / "tfrec")
-
-
-@pytest.fixture
-def images(make_image_tree: Callable[..., Path]) -> tuple[list[str], list[tuple[str, int]]]:
-    listing = list_labelled_images(str(make_image_tree(per_class=2)))
-    return list(listing.classes), list(listing.items)
 
 
 def run_job(
