@@ -183,7 +183,7 @@ class ModelConfig(BuiltGroup):
 class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
-    artifact_root: str | None = None  # None: <root>/mlruns/artifacts
+    artifact_root: str | None = None  # None: beside a sqlite store's database file (<root>/mlruns/artifacts)
     # MLflow system metrics (system/cpu_utilization_percentage, ...) of the machine that runs the task's
     # driver process, sampled every system_metrics_interval seconds; false: none.
     system_metrics: bool = True
