@@ -9,7 +9,7 @@ read the same runs. A configuration is Pareto-optimal when no other of its compa
 as cheap, and better in one of the two (means over its runs).
 
 A configuration is ``strategy.name`` x ``batch_size`` x ``cluster.name`` plus each setting of
-:data:`HYPERPARAMS` that differs between the runs read (the strategy's workers, a searched
+:data:`HYPERPARAMS` that differs between the runs read (the strategy's workers, the precision, a searched
 hyperparameter): a search's trials with different learning rates are different configurations, a plain
 grid's runs group as before. Runs a search pruned (tag ``pruned=true``) stopped early and are not ranked.
 """
@@ -23,7 +23,15 @@ from bigimage.search.trial import TAG_PRUNED
 from bigimage.tracking import query
 
 BASE_PARAMS = ("strategy.name", "batch_size", "cluster.name")
-HYPERPARAMS = ("strategy.num_workers", "model.name", "model.width", "model.dropout", "train.learning_rate", "epochs")
+HYPERPARAMS = (
+    "strategy.num_workers",
+    "model.name",
+    "model.width",
+    "model.dropout",
+    "train.learning_rate",
+    "train.precision",
+    "epochs",
+)
 ACCURACY_METRIC = "best_val_accuracy"
 COST_METRIC = "seconds_per_epoch"
 GROUP = "group"  # Ranked.extra: the comparable group's label
