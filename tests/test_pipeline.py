@@ -95,8 +95,13 @@ def test_main_job_ends_with_a_champion_and_mlflow_native_runs(pipeline_store) ->
         ("speedtest", "synthetic"),
         ("train", "synthetic.train"),
         ("train", "synthetic.validation"),
+        ("train", "synthetic.test"),
     }
-    assert len(set(inputs.values())) == 1
+    # One set: task 1 wrote it, task 2 timed it; each training split it the same way into three subsets
+    # with digests of their own.
+    whole = {digest for key, digest in inputs.items() if key[0] != "train"}
+    subsets = {(key[1], digest) for key, digest in inputs.items() if key[0] == "train"}
+    assert len(whole) == 1 and len(subsets) == 3 and whole.isdisjoint(digest for _, digest in subsets)
     for run in runs:
         task = run.data.tags["task"]
         if task != "analysis":

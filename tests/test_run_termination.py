@@ -169,7 +169,8 @@ def test_sigkill_leaves_running_then_stale_runs_marks_it_killed(tmp_path: Path) 
     output_dir = tmp_path / "out"
     job = start([
         "run.py", "task=train", "strategy=default", f"tfrecord_dir={tfrecords}", "image_size=32", "epochs=200",
-        f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'artifacts'}", f"paths.output_dir={output_dir}",
+        "batch_size=8", f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'artifacts'}",
+        f"paths.output_dir={output_dir}",
         f"paths.data_dir={tmp_path / 'data'}",
     ])  # fmt: skip
     run_id = wait_for("training run", lambda: training_run_id(output_dir), job)
