@@ -140,9 +140,8 @@ def test_runs_on_the_same_tfrecord_set_share_a_digest_and_others_do_not(
         found = manifest(str(cfg.tfrecord_dir))
         plan = plan_split(cfg, str(cfg.tfrecord_dir), found)
         client, run_id = MlflowClient(), mlflow.active_run().info.run_id
-        datasets.log_split_sets(
-            client, run_id, found, str(cfg.tfrecord_dir), "synthetic", plan.description, plan.class_counts
-        )
+        subsets = datasets.split_sets(found, str(cfg.tfrecord_dir), "synthetic", plan.description, plan.class_counts)
+        datasets.log_split_sets(client, run_id, subsets)
         counts[str(cfg.tfrecord_dir)] = {
             "synthetic" + datasets.SUBSET_SUFFIX[s]: plan.records(s) for s in plan.class_counts
         }

@@ -117,20 +117,13 @@ def log_tfrecord_set(
     return dataset
 
 
-def log_split_sets(
-    client: MlflowClient,
-    run_id: str,
-    manifest: schema.Manifest,
-    tfrecord_dir: str,
-    name: str,
-    split: str,
-    class_counts: dict[str, list[int]],
-) -> list[TFRecordSet]:
-    """Log each subset of a training run's split (``class_counts``: subset -> records per class index)
-    as a dataset input of run ``run_id``, with its context and the split in its tags."""
-    logged = []
-    for subset, counts in class_counts.items():
-        dataset = TFRecordSet(
+def split_sets(
+    manifest: schema.Manifest, tfrecord_dir: str, name: str, split: str, class_counts: dict[str, list[int]]
+) -> dict[str, TFRecordSet]:
+    """The subsets of a training run's split (``class_counts``: subset -> records per class index) as
+    datasets, by subset: what the run logs (:func:`log_split_sets`) and what a later check compares."""
+    return {
+        subset: TFRecordSet(
             manifest,
             tfrecord_dir,
             name + SUBSET_SUFFIX[subset],
@@ -138,8 +131,15 @@ def log_split_sets(
             split,
             dict(zip(manifest.classes, counts, strict=True)),
         )
+        for subset, counts in class_counts.items()
+    }
+
+
+def log_split_sets(client: MlflowClient, run_id: str, subsets: dict[str, TFRecordSet]) -> None:
+    """Log each subset (:func:`split_sets`) as a dataset input of run ``run_id``, with its context and
+    the split in its tags."""
+    for subset, dataset in subsets.items():
+        split = dataset.profile["split"]
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, SUBSET_CONTEXT[subset]), InputTag("split", split)]
         entry = DatasetInput(dataset._to_mlflow_entity(), tags)
         retry_busy(functools.partial(client.log_inputs, run_id, datasets=[entry]), transient=BUSY + DATASET_RACE)
-        logged.append(dataset)
-    return logged

@@ -69,16 +69,11 @@ def check_digests(client: Any, run_id: str, cfg: Any, manifest: Any, plan: input
     from bigimage.tracking import datasets
 
     logged = {i.dataset.name: i.dataset.digest for i in client.get_run(run_id).inputs.dataset_inputs}
+    planned = datasets.split_sets(
+        manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), plan.description, plan.class_counts or {}
+    )
     for subset in SUBSETS:
-        counts = (plan.class_counts or {}).get(subset, [])
-        expected = datasets.TFRecordSet(
-            manifest,
-            str(cfg.tfrecord_dir),
-            str(cfg.dataset.name) + datasets.SUBSET_SUFFIX[subset],
-            subset,
-            plan.description,
-            dict(zip(manifest.classes, counts, strict=True)),
-        )
+        expected = planned[subset]
         if logged.get(expected.name) != expected.digest:
             raise NotEvaluable(
                 f"run {run_id} logged {expected.name} with digest {logged.get(expected.name)}, the set at "

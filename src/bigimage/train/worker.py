@@ -266,9 +266,8 @@ def _log_split(run_logger: Any, cfg: Any, manifest: Any, plan: Any) -> None:
         return
     source = str(cfg.get(SOURCE_KEY) or cfg.tfrecord_dir)
     client, run_id = run_logger.client, run_logger.run_id
-    datasets.log_split_sets(
-        client, run_id, manifest, source, str(cfg.dataset.name), plan.description, plan.class_counts
-    )
+    subsets = datasets.split_sets(manifest, source, str(cfg.dataset.name), plan.description, plan.class_counts)
+    datasets.log_split_sets(client, run_id, subsets)
 
 
 JUDGED_WEIGHTS = "judged-epoch.weights.h5"  # in the checkpoint directory
