@@ -1,4 +1,4 @@
-"""The shape of the library, as DESIGN states it: imports flow one way, functions stay short."""
+"""The shape of the library, as docs/architecture.md states it: imports flow one way, functions stay short."""
 
 from __future__ import annotations
 

@@ -289,7 +289,7 @@ def test_a_second_writer_fails_at_once_and_never_breaks_the_first(
 
 
 def test_seconds_run_from_the_first_task_start(spark, make_image_tree: Callable[..., Path], tmp_path: Path) -> None:
-    """DESIGN: task 1's ``seconds`` runs from the first task's start to the set committed; it was taken
+    """docs/contracts.md: task 1's ``seconds`` runs from the first task's start to the set committed; it was taken
     from the job's submission, so a wait for free executor slots (or Python workers) counted too."""
     import threading
     import time

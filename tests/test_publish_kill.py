@@ -6,7 +6,7 @@ step of the publish), and at evenly spaced times over the whole run, mostly insi
 After each kill: the manifest names one complete set (every shard there, every record readable), the
 old one or the one being written; and a plain ``*.tfrec`` glob sees exactly that set. The one
 exception, and only on gs://: a kill inside the swap (after the first new shard is copied in, before
-the old shards' batched delete returns) may leave both sets to a glob, as the README says; then the
+the old shards' batched delete returns) may leave both sets to a glob, as docs/preprocess.md says; then the
 next job's start-up clean-up must leave exactly the manifest's set. A last run, not killed, must
 publish over whatever the kills left. Drivers are started ahead (Spark warm) so that only the run
 itself is timed and killed.

@@ -434,7 +434,7 @@ def test_hopeless_trial_is_pruned_under_multi_worker(tmp_path: Path, tfrecords: 
 
 def second_trial_started(tmp_path: Path) -> bool:
     """Whether the MLflow run of trial 1 is there. Not before the study exists: the search makes the MLflow
-    store first, and a client opened while it migrates the schema would race it (PITFALLS)."""
+    store first, and a client opened while it migrates the schema would race it (docs/pitfalls.md)."""
     store = tmp_path / "mlruns" / "mlflow.db"
     if not (tmp_path / "mlruns" / "optuna.db").exists():
         return False

@@ -1,4 +1,4 @@
-"""Secrets never written down (issue 26): planted through every route the README offers, found nowhere
+"""Secrets never written down (issue 26): planted through every route docs/security.md offers, found nowhere
 but where they must be.
 
 Two real runs of ``run.py`` against a real ``mlflow server`` behind a proxy that demands the planted
@@ -118,7 +118,7 @@ def holding(text: str) -> list[str]:
 
 
 def planted(uri: str, tmp_path: Path) -> list[str]:
-    """The overrides that plant the secrets (the README's routes), with data and outputs under ``tmp_path``."""
+    """The overrides that plant the secrets (docs/security.md's routes), with data and outputs under ``tmp_path``."""
     return [
         f"tracking.uri={uri}",
         f"+cluster.spark_conf={{spark.authenticate: 'true', spark.authenticate.secret: {SPARK_SECRET}}}",

@@ -103,7 +103,7 @@ class DataprocShape:
     worker_machine_type: str = "n1-standard-1"
     worker_boot_disk_type: str = "pd-standard"
     worker_boot_disk_size_gb: int = 0
-    image_version: str = "3.0-debian13"  # Spark 4.1, as PySpark 4 here (README: "Image")
+    image_version: str = "3.0-debian13"  # Spark 4.1, as PySpark 4 here (docs/clusters.md)
     optional_components: list[str] = field(default_factory=list)
 
 

@@ -358,7 +358,7 @@ def check_paths(cfg: Config) -> list[str]:
 
 def _train_problems(cfg: Config) -> list[str]:
     """A multi-worker training runs one worker per Spark barrier task on the cluster's workers, and its
-    checkpoint must be where a rerun on other hosts finds it (README: "Across hosts that share no file system")."""
+    checkpoint must be where a rerun on other hosts finds it (docs/clusters.md: "Across hosts that share no file system")."""
     if not Strategy(cfg.strategy.name).multi_worker:
         return []
     problems = []

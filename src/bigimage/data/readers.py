@@ -133,9 +133,8 @@ def decoded_batches(
 
     The speed test times batches: decoding inside the batch spares the per-image element overhead of
     unbatching and batching again. One decode op per image, rather than a ``tf.map_fn`` loop over the
-    batch, lets TensorFlow run them side by side without the loop's per-iteration cost: 0.90-1.02 of
-    the decode-only loop's images/s here against 0.85-0.93 with ``map_fn`` (interleaved rounds, one
-    process, this 2-core Xeon).
+    batch, lets TensorFlow run them side by side without the loop's per-iteration cost
+    (``benchmarks/read_speed.py``).
     """
     import tensorflow as tf
 

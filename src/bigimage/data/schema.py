@@ -48,7 +48,7 @@ def serialize_example(jpeg: bytes, class_index: int, label: str, height: int, wi
     """One record in the schema, serialised as a ``tf.train.Example`` protocol buffer.
 
     Encoded here rather than through ``tf.train.Example`` so that Spark's Python workers, which write
-    the records, never import TensorFlow (about 3 s and 700 MB per worker, measured); the tests check
+    the records, never import TensorFlow (seconds and hundreds of MB per worker); the tests check
     that TensorFlow parses the result into the same message.
     """
     one_hot = [0.0] * num_classes

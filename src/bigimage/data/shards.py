@@ -1,6 +1,6 @@
 """Writing TFRecord shards and publishing them as one set, local or gs://; no Spark, no TensorFlow.
 
-The contract (README "TFRecords"): at every instant a reader that follows ``manifest.json`` sees one
+The contract (docs/preprocess.md, "TFRecords"): at every instant a reader that follows ``manifest.json`` sees one
 complete set, the old or the new; once a job has ended a plain ``<tfrecord_dir>/*.tfrec`` glob (the
 course's reader) sees exactly that set; one writer at a time; nothing the project did not write is
 deleted or replaced. The old publish deleted the old manifest and shards before moving the new ones

@@ -399,7 +399,7 @@ def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...]
                 progress.update()
         else:
             # Not fork: the caller may hold threads (MLflow, a Spark gateway) that fork would copy. Not spawn
-            # either: its workers import the caller's __main__ (run.py imports MLflow: 2 s in each worker).
+            # either: its workers import the caller's __main__ (run.py imports MLflow, slow to import in each worker).
             # A fork server that preloads only this module forks clean, light workers.
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload([__name__])

@@ -190,7 +190,7 @@ class _SharedSession:
 def one_session(app_name: str) -> Iterator[None]:
     """One Spark start for several tasks: inside this block :func:`spark_for` opens its session (and any
     standalone cluster it starts) at the first call and hands the same session to every later call for
-    the same cluster config, instead of a start (about 6.5 s here) and a stop per task; the session
+    the same cluster config, instead of a start (seconds) and a stop per task; the session
     stops when the block ends, also on error. Each task still reads back and logs what the running
     session has (``log_spark_resources``)."""
     shared = _SharedSession(app_name)

@@ -72,12 +72,11 @@ def check_java() -> int:
 
 
 # Task 1's fixed costs where the executors run this interpreter (local mode, a standalone cluster on
-# loopback), measured on 2 cores (benchmarks/preprocess.py, no-op tasks): per shard task the Python
-# worker spent 15 ms of CPU (13 of them in the full gc.collect() PySpark runs after every task) and the
-# JVM about 25 ms, most of it in the C2 JIT compiler of a young JVM. The worker daemon of
-# bigimage.spark.worker_daemon brings the worker's share to 2 ms; C1 alone (TieredStopAtLevel=1) the
-# JVM's to 10-16 ms. The JVM's own work here is small (the Python workers do the transform), so its
-# code does not need C2. A cluster's spark_conf overrides any of these.
+# loopback; benchmarks/preprocess.py measures them): per shard task most of the Python worker's CPU went
+# to the full gc.collect() PySpark runs after every task, and most of the JVM's to the C2 JIT compiler
+# of a young JVM. The worker daemon of bigimage.spark.worker_daemon spares the first; C1 alone
+# (TieredStopAtLevel=1) the second: the JVM's own work here is small (the Python workers do the
+# transform), so its code does not need C2. A cluster's spark_conf overrides any of these.
 JIT_C1_ONLY = "-XX:TieredStopAtLevel=1"
 SAME_MACHINE_CONF = {
     "spark.python.daemon.module": "bigimage.spark.worker_daemon",
@@ -300,7 +299,7 @@ def deploy_from_context(spark: Any) -> str:
 
 
 def log_spark_resources(spark: Any) -> dict[str, Any]:
-    """Log the DESIGN contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores``.
+    """Log the contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores`` (docs/contracts.md).
 
     Also ``spark.lost_executors`` and ``spark.failed_tasks`` (call it again after the job to record a
     worker lost mid-job; Spark re-ran its tasks elsewhere), and tag ``spark.deploy``, derived from the

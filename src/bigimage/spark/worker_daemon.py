@@ -3,10 +3,9 @@
 Spark starts one daemon per executor (``python -m <spark.python.daemon.module> pyspark.worker``) and
 forks every Python worker from it. With ``pyspark.daemon`` as it comes, each worker imports what its
 first task needs when it unpickles that task (``bigimage.data.shards``: Pillow, google-crc32c, psutil;
-0.1 to 0.2 s; then Pillow's format plugins at its first image), and the daemon runs a full
-``gc.collect()`` in the worker after every task, which walks every object the worker inherited:
-measured 13 ms of CPU per task here (about 32,000 objects), more than all the rest of a task's
-overhead in Python, on every one of task 1's shard tasks.
+then Pillow's format plugins at its first image), and the daemon runs a full ``gc.collect()`` in the
+worker after every task, which walks every object the worker inherited: more than all the rest of a
+task's overhead in Python, on every one of task 1's shard tasks (``benchmarks/README.md``).
 
 This daemon imports the shard writer's modules once and ``gc.freeze()``s its heap before it forks (what
 CPython's ``gc`` documentation advises for pre-fork servers): the workers start with the modules in

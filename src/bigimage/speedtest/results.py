@@ -1,6 +1,6 @@
 """Speed-test rows as a table, summary metrics, a figure and a printed overview; logged to MLflow.
 
-MLflow names (DESIGN.md, task 2):
+MLflow names (docs/contracts.md, task 2):
 
 * table artifact ``speedtest.json`` (``mlflow.log_table``; read back with ``mlflow.load_table``): one row
   per source x batch size x batch number x repetition with :data:`ROW_COLUMNS` (plus ``repeated``,

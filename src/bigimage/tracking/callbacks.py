@@ -1,7 +1,7 @@
 """Hydra callback that makes a multirun one MLflow parent run with a child run per job.
 
 Everything shared is created here, in the launching process, before any job starts: the sqlite
-schema, the experiment and the parent run (PITFALLS: parallel jobs on a fresh store race on all
+schema, the experiment and the parent run (docs/pitfalls.md: parallel jobs on a fresh store race on all
 three). Jobs, in this process or in joblib's worker processes, find the ids in the environment.
 
 The parent carries the process tags and a heartbeat like every run (:mod:`bigimage.tracking.liveness`),

@@ -1,4 +1,4 @@
-"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (DESIGN, "MLflow contract").
+"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (docs/contracts.md, "MLflow").
 
 Task 1 logs the set it wrote (context ``output``: MLflow 3.17 has dataset inputs only, so the output is
 an input with that context), task 2 the set it timed (``benchmark``), task 3 the three subsets of it

@@ -1,4 +1,4 @@
-"""MLflow names that the tasks log and the analysis reads (DESIGN, "MLflow contract").
+"""MLflow names that the tasks log and the analysis reads (docs/contracts.md, "MLflow").
 
 Kept apart from both sides so that neither imports the other: the analysis never loads TensorFlow or Spark.
 """

@@ -18,7 +18,7 @@ workers, done by then, would never join (the chief then fails once they have exi
 The worker has no active MLflow run (the launcher holds it), so the run id and tracking URI are given
 explicitly; the experiment is set to the run's own, since MLflow files a logged model under the active
 experiment, not under its run's. The pip requirements are given rather than inferred: inferring them
-loads the model again in a subprocess (about 20 s, measured).
+loads the model again in a subprocess, which takes longer than the logging itself.
 """
 
 from __future__ import annotations

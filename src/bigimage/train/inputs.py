@@ -300,10 +300,8 @@ def build_inputs(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     # No autotuning thread: at the end of model.fit, freeing the iterator waits for that thread
-    # (tf.data's Model::OptimizeLoop) to wake up, which took 15-32 s in about 4 of 9 trainings here
-    # (py-spy and gdb caught it); without it none of 5 stalled. AUTOTUNE still sets the parallelism
-    # (to the cores) and the buffers; only the first epoch, the one that fills the cache, ran about
-    # 10% slower.
+    # (tf.data's Model::OptimizeLoop) to wake up, which can take many seconds. AUTOTUNE still sets the
+    # parallelism (to the cores) and the buffers (benchmarks/README.md has what it cost and saved).
     options.autotune.enabled = False
     return dataset.with_options(options)
 
@@ -317,8 +315,7 @@ def device_datasets_without_autotuning() -> bool:
     elements through a dataset of its own (``multi_device_iterator_ops._create_device_dataset``: the
     elements and a prefetch of one), with TensorFlow's default options: each started an autotuning
     thread, with nothing to tune, and freeing them at the end of ``model.fit`` waited for it to wake, as
-    :func:`build_inputs` describes. ``task=train strategy=mirrored`` from its last epoch to the model
-    logged: 14, 17, 17, 21 and 59 s in 5 of 6 trainings here, 2.2 to 2.6 s in all 7 with this.
+    :func:`build_inputs` describes, between the last epoch and the model logged.
     TensorFlow has no option for those datasets (``tf.distribute.InputOptions`` has none), so this wraps
     the function that builds them, once per process; the elements and their order are unchanged. Should
     a TensorFlow release move that function, a warning says so and training runs as before.

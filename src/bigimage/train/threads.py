@@ -1,17 +1,13 @@
 """TensorFlow's CPU settings in a training process: oneDNN on, op thread pools sized to a share of the cores.
 
-Measured on the 2-core development machine (AMD EPYC, AVX2, no AVX-512; ``benchmarks/train_compute.py``,
-per CPU-second of the training process, which the other load on that shared machine disturbed least):
+``benchmarks/train_compute.py`` measures each choice (figures in ``benchmarks/README.md``):
 
 - **oneDNN.** TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI or newer;
-  here they were off, and the small CNN's convolutions and their gradients ran on Eigen's kernels at
-  about 105 training images per CPU-second. With ``TF_ENABLE_ONEDNN_OPTS=1`` the same step runs at
-  about 240: the first layer's filter gradient (3 input channels, 5x5, stride 2) went from 53 to 31 ms
-  per batch of 32, the other convolutions gained as much. The results differ only by floating-point
-  round-off (another summation order). It must be set before TensorFlow is imported: the worker
-  module sets it at its top (``os.environ.setdefault``, so ``TF_ENABLE_ONEDNN_OPTS=0`` still turns it off).
-- **XLA** (``jit_compile``) made the step slower here (about 110 images per CPU-second against 240
-  with oneDNN), so it stays off.
+  elsewhere the small CNN's convolutions and their gradients run on Eigen's kernels, which train it at
+  well under half the speed. The results differ only by floating-point round-off (another summation
+  order). It must be set before TensorFlow is imported: the worker module sets it at its top
+  (``os.environ.setdefault``, so ``TF_ENABLE_ONEDNN_OPTS=0`` still turns it off).
+- **XLA** (``jit_compile``) made the step slower than oneDNN without it, so it stays off.
 - **Threads.** TensorFlow sizes both of its op pools (intra-op: the threads one op's work is split
   over; inter-op: the threads that run independent ops) to all the cores it sees, in every process.
   ``N`` workers on one machine of ``C`` cores then run ``N x C`` op threads on ``C`` cores, and the

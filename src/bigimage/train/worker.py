@@ -44,8 +44,8 @@ if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
 
 # TF_USE_LEGACY_KERAS is set by the package (bigimage/train/__init__.py), which loads before this module.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-# oneDNN's kernels: TensorFlow leaves them off on CPUs without AVX-512 VNNI; with them this model trains
-# at 2.3x the images per CPU-second here (bigimage.train.threads). Read once, when TensorFlow is imported.
+# oneDNN's kernels: TensorFlow leaves them off on CPUs without AVX-512 VNNI, where this model trains far
+# slower without them (bigimage.train.threads). Read once, when TensorFlow is imported.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 log = logging.getLogger("bigimage.train.worker")
