@@ -21,11 +21,16 @@ def test_tracking_uri_default_env_and_relative(monkeypatch: pytest.MonkeyPatch) 
     assert resolve_tracking_uri("sqlite:///mlruns/other.db") == f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'other.db'}"
 
 
-def test_flattened_params_use_dotted_keys() -> None:
+def test_flattened_params_use_dotted_keys_and_leave_out_what_no_one_reads() -> None:
     params = flatten_config(compose_config(["cluster=maximal", "batch_size=16"]))
     assert params["cluster.name"] == "maximal"
     assert params["batch_size"] == "16"
-    assert params["cluster.shape.worker_count"] == "7"
+    assert not any(
+        key.endswith("._target_") or key.startswith(("cluster.shape.", "cluster.dataproc.")) for key in params
+    )
+    assert "strategy.worker_timeout_seconds" not in params and "model.name" in params
+    on_dataproc = flatten_config(compose_config(["cluster=maximal", "cluster.deploy=dataproc"]))
+    assert on_dataproc["cluster.shape.worker_count"] == "7" and "cluster.dataproc.region" in on_dataproc
     assert params["speedtest.batch_sizes"] == "[8, 16, 32, 64]"
     assert params["tfrecord_dir"].startswith(str(PROJECT_ROOT))
     assert not any(key.startswith("hydra") for key in params)

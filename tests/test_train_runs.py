@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -15,6 +16,7 @@ import time
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.train.launch import WorkerFailedError, WorkerTimeoutError
@@ -72,12 +74,19 @@ def test_default_strategy_logs_epochs_params_and_artifacts(tmp_path, tfrecords, 
     assert run.data.metrics["best_val_accuracy"] == pytest.approx(best)
     assert metrics["best_val_accuracy"] == pytest.approx(best) and metrics["replicas"] == 1
     params = run.data.params
-    assert params["replicas"] == "1" and params["workers"] == "1"
-    assert params["global_batch_size"] == "16" and params["per_replica_batch_size"] == "16"
-    assert params["split"].startswith("hash:")
+    assert params["replicas"] == "1" and params["workers"] == "1" and params["per_replica_batch_size"] == "16"
+    assert len(params) <= 30 and not any(key.endswith("_target_") or key.startswith("cluster.shape") for key in params)
+    assert run.data.tags["split"].startswith("hash:")
     assert "resumed_from_epoch" not in run.data.tags
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id)}
-    assert {"history.json", "history.csv", "model", "worker_logs"} <= artifacts
+    assert {"history.json", "history.csv", "model", "worker_logs", "learning_curves.png"} <= artifacts
+    figure = Image.open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="learning_curves.png"))
+    assert figure.width > 400 and figure.height > 200
+    log = mlflow.artifacts.load_text(f"runs:/{run_id}/worker_logs/worker-0.log")
+    # one line per epoch, no progress bar, no CUDA probing on this CPU-only machine
+    epochs = re.findall(r"bigimage\.train\.callbacks: (epoch \d+/\d+): loss ", log)
+    assert epochs == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "\b" not in log and "\r" not in log and "cuInit" not in log and "cuda" not in log.lower()
     # The raw file, and the MLflow Model named after the configuration (bigimage.train.export) that the
     # listing merges in, both of the judged epoch.
     assert "model/model.keras" in {a.path for a in MlflowClient().list_artifacts(run_id, "model")}

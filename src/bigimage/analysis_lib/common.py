@@ -17,6 +17,7 @@ from typing import Any, ParamSpec
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE
 
 from bigimage.tracking import liveness, query
 
@@ -107,11 +108,13 @@ def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, w
 def analysis_run(
     selection: query.RunSelection, parent_run_id: str | None, name: str, tags: dict[str, str] | None = None
 ) -> Iterator[tuple[MlflowClient, str]]:
-    """A new run tagged ``task=analysis`` (a child of ``parent_run_id`` when given) for the body to log
-    into: FINISHED when the body returns, KILLED on Ctrl-C or SIGTERM (a KeyboardInterrupt too, as for
-    the pipeline's runs), FAILED on any other error. Created first, so what is written can name it."""
+    """A new run tagged ``task=analysis`` (a child of ``parent_run_id`` when given), with the script that
+    made it as its source, for the body to log into: FINISHED when the body returns, KILLED on Ctrl-C or
+    SIGTERM (a KeyboardInterrupt too, as for the pipeline's runs), FAILED on any other error. Created
+    first, so what is written can name it."""
     client = query.client_for(selection.tracking_uri)
-    all_tags = {"task": "analysis", **liveness.process_tags(), **(tags or {})}
+    source = {MLFLOW_SOURCE_NAME: os.path.basename(sys.argv[0]) or "python", MLFLOW_SOURCE_TYPE: "LOCAL"}
+    all_tags = {"task": "analysis", **source, **liveness.process_tags(), **(tags or {})}
     if parent_run_id:
         all_tags[query.PARENT_TAG] = parent_run_id
     run = client.create_run(selection.experiment_id, tags=all_tags, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")

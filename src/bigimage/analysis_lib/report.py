@@ -6,7 +6,7 @@ the command-line wrapper.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # no display, ever: runs unattended
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from mlflow.entities import Param
 
 from bigimage.analysis_lib import (
     best_config,
@@ -30,7 +31,7 @@ from bigimage.analysis_lib import (
     predict,
     registry,
 )
-from bigimage.tracking import query
+from bigimage.tracking import curves, query
 
 SCRIPT_HELP = (
     "Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
@@ -62,13 +63,9 @@ def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | No
         for run_id, row in rows.iterrows()
     }
     order = sorted(set(panel.values()), key=lambda p: (p.split(" / ")[0], _as_int(p.rsplit(" ", 1)[-1])))
-    cols = [c for c in ("loss", "val_loss") if c in of.histories.columns]
     data = of.histories[of.histories["run_id"].isin(panel)]
-    long = (
-        data.assign(panel=data["run_id"].map(panel), epoch=data["step"].astype(int))
-        .melt(id_vars=["run_id", "panel", "epoch"], value_vars=cols, var_name="metric", value_name="value")
-        .dropna(subset=["value"])
-    )
+    data = data.assign(panel=data["run_id"].map(panel), epoch=data["step"])
+    long = curves.long_frame(data, ("loss", "val_loss"), ("run_id", "panel", "epoch"))
     grid = sns.relplot(
         data=long,
         x="epoch",
@@ -464,7 +461,8 @@ def make_report(
     (out / JSON_FILE).write_text(common.dump_json(document))
     run_id = None
     if log_run:
-        run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result)
+        params = _analysed(selection, thresholds, rank_by, registered_model)
+        run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result, params)
     else:
         _write_markdown(render_markdown(result, figures, None, forecast_result), out)
     return Report(out / REPORT_FILE, out, run_id, result, figures)
@@ -496,16 +494,33 @@ def _log_report_run(
     figures: dict[str, str | None],
     out: Path,
     forecast_result: forecast.Forecast | None = None,
+    params: dict[str, str] | None = None,
 ) -> str:
-    """The analysis run: created first, since the report names it, then the files (and the forecast's
-    metrics and model, :func:`.predict.log_forecast`) are logged into it."""
+    """The analysis run: created first, since the report names it, then what it analysed (``params``),
+    the files (and the forecast's metrics and model, :func:`.predict.log_forecast`) are logged into it."""
     with common.analysis_run(selection, parent_run_id, "analysis") as (client, run_id):
+        client.log_batch(run_id, params=[Param(key, value) for key, value in (params or {}).items()])
         _write_markdown(render_markdown(result, figures, run_id, forecast_result), out)
         client.log_artifacts(run_id, str(out))
         headline.log(client, run_id, result)
         if forecast_result:
             predict.log_forecast(client, run_id, forecast_result)
     return run_id
+
+
+def _analysed(
+    selection: query.RunSelection, thresholds: overfitting.Thresholds, rank_by: str, registered_model: str | None
+) -> dict[str, str]:
+    """What the analysis run read and judged by, as its params: the experiment, the parent run whose
+    descendants it took (when one was given), the overfitting thresholds, the ranking, the registered model."""
+    params = {
+        "experiment": selection.experiment_name,
+        "parent_run_id": selection.parent_run_id,
+        **{f"overfitting.{key}": value for key, value in asdict(thresholds).items()},
+        "rank_by": rank_by,
+        "registered_model": registered_model,
+    }
+    return {key: str(value) for key, value in params.items() if value is not None}
 
 
 def _write_markdown(markdown: str, out: Path) -> None:

@@ -37,6 +37,10 @@ ENV_EXPERIMENT_ID = "BIGIMAGE_EXPERIMENT_ID"
 ENV_SWEEP_ID = "BIGIMAGE_SWEEP_ID"
 CONFIG_ARTIFACT = "config/config.yaml"
 MAX_PARAM_LENGTH = 6000
+# The Dataproc cluster a run would have had: read back (pricing) only from runs that ran there.
+_UNREAD_ON_LOCAL = ("cluster.shape.", "cluster.dataproc.")
+# Limits of how the machine ran it, not what the run did (they stay in config/config.yaml).
+_OPERATIONAL = ("strategy.worker_timeout_seconds", "strategy.isolation", "train.cache_max_memory_fraction")
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, str]:
@@ -44,12 +48,18 @@ def flatten_config(cfg: DictConfig | Mapping[str, Any], keys: Sequence[str] | No
 
     ``keys``: only these keys and what lies below them (``cluster`` selects ``cluster.*``); None: all.
     Empty values (None, "", [], {}) are left out: an empty param says nothing and cannot be filtered on.
+    So are keys no person reads as what the run did: Hydra's ``_target_`` paths, the Dataproc cluster's
+    shape and region (``cluster.shape.*``, ``cluster.dataproc.*``) unless it ran on Dataproc, and the
+    limits in :data:`_OPERATIONAL`. The whole config stays in :data:`CONFIG_ARTIFACT`.
     Secrets are masked (:mod:`bigimage.tracking.redact`).
     """
     container = redact.config(cfg)
     params: dict[str, str] = {}
+    unread = _UNREAD_ON_LOCAL if container.get("cluster", {}).get("deploy") != "dataproc" else ()
 
     def selected(key: str) -> bool:
+        if key.rsplit(".", 1)[-1] == "_target_" or key in _OPERATIONAL or key.startswith(unread):
+            return False
         return keys is None or any(key == k or key.startswith(f"{k}.") for k in keys)
 
     def walk(prefix: str, node: Any) -> None:

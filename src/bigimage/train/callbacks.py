@@ -7,7 +7,8 @@ file (pid, task index, epoch, steps done) so one can see that all workers really
 
 Per epoch (step = epoch index from 0): ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
 ``epoch_seconds`` (the whole epoch, validation included) and ``images_per_second`` (training images of
-the epoch, steps x global batch, over the training part of the epoch, validation excluded).
+the epoch, steps x global batch, over the training part of the epoch, validation excluded); every worker
+writes them as one line of its log.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ class RunLogger:
         if self.enabled:
             client, run_id = self._target()
             retry_busy(lambda: client.log_batch(run_id, **entities))
+
+    def figure(self, figure: Any, artifact_file: str) -> None:
+        if self.enabled:
+            client, run_id = self._target()
+            client.log_figure(run_id, figure, artifact_file)
 
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         if not self.enabled:
@@ -163,6 +169,7 @@ class TrainingObserver(keras.callbacks.Callback):
         entry["epoch_seconds"] = end - self._epoch_start
         entry["images_per_second"] = self.steps_per_epoch * self.global_batch_size / max(train_seconds, 1e-9)
         self.history.append(entry)
+        log.info("epoch %d/%d: %s", epoch + 1, self.params.get("epochs", 0), _epoch_line(entry))
         if self.is_chief:
             self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=epoch)
             _write_json_atomic(
@@ -195,6 +202,12 @@ class TrainingObserver(keras.callbacks.Callback):
                 )
         self.run_logger.tags(tags)
         log.info("resumed from epoch %d (checkpoint in %s)", epoch, self.checkpoint_dir)
+
+
+def _epoch_line(entry: dict[str, float]) -> str:
+    """An epoch's metrics in one log line (the fit itself prints nothing: ``verbose=0``)."""
+    values = [f"{key} {entry[key]:.4f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in entry]
+    return ", ".join([*values, f"{entry['epoch_seconds']:.1f} s", f"{entry['images_per_second']:.0f} images/s"])
 
 
 def best_of(history: list[dict[str, float]], key: str = "val_accuracy") -> tuple[float, int]:

@@ -20,7 +20,7 @@ keeps every N-th record (``Dataset.shard(num_input_pipelines, pipeline_id)``) BE
 worker decodes what another one trains on and FILE auto-sharding (which fails with fewer files than
 workers, tensorflow#36846) is never used: the datasets go through
 ``strategy.distribute_datasets_from_function`` with ``auto_shard_policy=OFF`` set explicitly, and the
-choice is logged as the ``input_sharding`` param.
+choice is logged as the ``input_sharding`` tag.
 
 Pipeline: interleaved reads -> split filter -> shard -> parse a batch of records at a time,
 then parallel decode (uint8; ``readers.decoded_records``) -> cache

@@ -9,8 +9,10 @@
 the environment, as TensorFlow reads it; for one worker there is none. The MLflow run is passed
 explicitly (``--run-id``, ``--tracking-uri``; never ``MLFLOW_RUN_ID``): the chief (task index 0) logs
 params, the split's three subsets as dataset inputs, per-epoch metrics, the judged epoch
-(:mod:`bigimage.tracking.judged`), the model with that epoch's weights and its history into that run
-without touching its status; other workers log nothing. Each worker appends its progress to ``<work-dir>/progress/worker-<i>.jsonl``.
+(:mod:`bigimage.tracking.judged`), the model with that epoch's weights, its history and its learning
+curves (:mod:`bigimage.tracking.curves`) into that run without touching its status; other workers log
+nothing. Each worker appends its progress to ``<work-dir>/progress/worker-<i>.jsonl`` and writes one log
+line per epoch.
 The chief writes its final metrics as JSON to ``--result-file``.
 
 Callers that already run Python with ``TF_CONFIG`` set (e.g. a Spark barrier task) can call
@@ -160,10 +162,17 @@ def _callbacks(
 
 
 def configure_process(cfg: Any) -> Any:
-    """TensorFlow's set-up before the process's first op: the op thread pools sized to this worker's
-    share of the cores (:mod:`bigimage.train.threads`), then the logical CPU devices of ``mirrored``."""
+    """TensorFlow's set-up before the process's first op: imported quietly (no CUDA start-up lines on a
+    CPU-only machine: :mod:`bigimage.tensorflow_runtime`), Keras' own output (a predict's progress bar)
+    sent through logging, the op thread pools sized to this worker's share of the cores
+    (:mod:`bigimage.train.threads`), then the logical CPU devices of ``mirrored``."""
+    from bigimage import tensorflow_runtime
     from bigimage.train import strategies, threads
 
+    tensorflow_runtime.load_tensorflow()
+    import tf_keras as keras
+
+    keras.utils.disable_interactive_logging()
     op_threads = threads.configure(cfg)
     strategies.configure_devices(cfg)
     return op_threads
@@ -172,13 +181,14 @@ def configure_process(cfg: Any) -> Any:
 def _fit(
     model: Any, epochs: int, train_data: Any, val_data: Any, steps: int, val_steps: int, callbacks: list[Any]
 ) -> float:
-    """``model.fit`` over the distributed inputs; returns its wall-clock seconds."""
+    """``model.fit`` over the distributed inputs; returns its wall-clock seconds. It prints nothing: the
+    observer (:mod:`bigimage.train.callbacks`) logs one line per epoch."""
     started = time.perf_counter()
     model.fit(
         train_data,
         epochs=epochs,
         steps_per_epoch=steps,
-        verbose=2,
+        verbose=0,
         validation_data=val_data,
         validation_steps=val_steps,
         callbacks=callbacks,
@@ -231,20 +241,21 @@ def _log_setup(
 
     run_logger.params(
         {
-            **shape,
+            "replicas": shape["replicas"],
+            "per_replica_batch_size": shape["per_replica_batch_size"],  # global: the batch_size param
             "workers": num_workers,
-            "split": plan.description,
             "train_records": plan.train_records,
             "val_records": plan.val_records,
             "test_records": plan.test_records,
             "steps_per_epoch": steps_per_epoch,
-            "validation_steps": val_steps,
-            "input_sharding": inputs.INPUT_SHARDING,
             "model_parameters": model.count_params(),
         }
     )
-    run_logger.tags(
+    run_logger.tags(  # how, in words and derived numbers: as tags, they keep the params few to read
         {
+            "split": plan.description,
+            "validation_steps": val_steps,
+            "input_sharding": inputs.INPUT_SHARDING,
             "checkpoint_dir": checkpoint_dir,
             "tf_version": tf.__version__,
             "keras": f"tf_keras {keras.__version__}",
@@ -320,7 +331,7 @@ def _finish(
     Every worker saves the model (collectives may be involved); only the chief keeps its copy, with the
     judged epoch's weights loaded into it.
     """
-    from bigimage.tracking import judged
+    from bigimage.tracking import curves, judged
     from bigimage.train import export
     from bigimage.train.callbacks import HISTORY_NAME
 
@@ -351,6 +362,8 @@ def _finish(
             )
             run_logger.tags({"model_epoch": model_epoch})
             run_logger.artifact(_write_history(history, os.path.join(save_root, "history")))
+            title = f"judged epoch {best_epoch}: val_accuracy {best_value:.4f}" if best_epoch >= 0 else ""
+            run_logger.figure(curves.figure(history, best_epoch, title), curves.ARTIFACT)
             run_logger.artifact(model_path, "model")
             if run_logger.enabled:
                 export.log_model(model_path, card, run_logger.tracking_uri, run_logger.run_id, step=model_epoch)
@@ -418,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s worker-{args.task_index} %(levelname)s %(name)s: %(message)s"
     )
+    for chatty in ("tensorflow", "absl"):  # INFO there: device lists and timings on every epoch
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.parent_pid:
         _watch_parent(args.parent_pid)
 
