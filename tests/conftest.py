@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -138,3 +140,33 @@ def write_large_image_tree(root: Path, per_class: int = 300) -> Path:
         for index in range(per_class):
             gradient.rotate(index + 0.5 * class_index).save(root / label / f"{index}.jpg", quality=80)
     return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, subprocess.CompletedProcess]:
+    """The main job (``python run.py``) on a tiny generated set, once per session: its store, folder and
+    outcome. The slow end-to-end tests read it (test_pipeline, test_browser)."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    store = f"sqlite:///{tmp / 'mlflow.db'}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            f"tracking.uri={store}",
+            f"tracking.artifact_root={tmp / 'artifacts'}",
+            f"paths.data_dir={tmp / 'data'}",
+            f"paths.output_dir={tmp / 'outputs'}",
+            "dataset.num_images=60",
+            "image_size=32",
+            "num_shards=4",
+            "epochs=2",
+            "batch_size=8",
+            "pipeline.speedtest_overrides=['speedtest.repetitions=1','speedtest.batch_numbers=[2]']",
+            "tracking.system_metrics_interval=1",  # short steps: a few samples each all the same
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return store, tmp, result

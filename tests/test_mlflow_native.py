@@ -89,16 +89,14 @@ def test_each_task_logs_the_keys_it_reads_and_the_analysis_reads(task: str) -> N
     params = flatten_config(cfg, param_keys(cfg))
     assert_params_read_by(task, params)
     if task in ("preprocess", "speedtest"):  # what best_config and the forecast (analysis/predict.py) read
-        for key in (
-            "cluster.name",
-            "cluster.executors",
-            "cluster.executor_cores",
-            "cluster.dataproc.region",
-            "cluster.shape.worker_count",
-            "dataset.num_images",
-            "image_size",
-        ):
+        for key in ("cluster.name", "cluster.executors", "cluster.executor_cores", "dataset.num_images", "image_size"):
             assert key in params, key
+        # the Dataproc shape and region price a run that ran there, and describe no other
+        assert not any(key.startswith(("cluster.shape.", "cluster.dataproc.")) for key in params)
+        on_dataproc = compose_config([f"task={task}", "cluster=four", "cluster.deploy=dataproc"])
+        assert {"cluster.dataproc.region", "cluster.shape.worker_count"} <= set(
+            flatten_config(on_dataproc, param_keys(on_dataproc))
+        )
     if task == "train":
         for key in (
             "strategy.name",
@@ -386,11 +384,20 @@ def test_no_model_no_registration(
 # ------------------------------------------------------------------------------------------- the UI
 
 
-def test_the_ui_command_opens_the_machine_learning_view() -> None:
+def test_the_ui_command_opens_the_machine_learning_view_on_the_saved_comparison(
+    mlflow_store: str, mlflow_experiment: str
+) -> None:
     assert (
         ui.runs_url("127.0.0.1", 5000, "7")
-        == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey=bigimage-compare"
     )
+    ui.save_view(mlflow_store, mlflow_experiment)
+    tags = mlflow.MlflowClient(mlflow_store).get_experiment(mlflow_experiment).tags
+    envelope = json.loads(tags["mlflow.sharedViewState.bigimage-compare"])  # the UI's saved-view envelope
+    assert envelope["name"] == "Compare training runs" and isinstance(envelope["createdAt"], int)
+    state = json.loads(envelope["state"])
+    assert state["searchFilter"] == "tags.task = 'train'" and state["orderByKey"] == "metrics.`best_val_accuracy`"
+    assert "params.`strategy.name`" in state["selectedColumns"]
     command = ui.command("sqlite:///x.db", "bigimage")
     assert command.endswith("analysis/mlflow_ui.py --tracking-uri sqlite:///x.db --experiment bigimage")
 
@@ -428,7 +435,7 @@ def test_the_ui_script_serves_the_experiment_on_loopback_until_stopped(
         line = ""
         while "MLflow UI:" not in line and server.poll() is None:
             line = server.stdout.readline()
-        assert f"http://127.0.0.1:{port}/#/experiments/{mlflow_experiment}/runs?workflowType=machine_learning" in line
+        assert f"http://127.0.0.1:{port}/#/experiments/{mlflow_experiment}/runs?workflowType=machine_learning&" in line
         api = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get?experiment_id={mlflow_experiment}"
         with urllib.request.urlopen(api, timeout=30) as answer:
             assert json.load(answer)["experiment"]["name"] == "tests"

@@ -15,34 +15,6 @@ from bigimage.config import PROJECT_ROOT
 pytestmark = pytest.mark.slow  # the whole pipeline, end to end, in a subprocess
 
 
-@pytest.fixture(scope="module")
-def pipeline_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, subprocess.CompletedProcess]:
-    tmp = tmp_path_factory.mktemp("pipeline")
-    store = f"sqlite:///{tmp / 'mlflow.db'}"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            f"tracking.uri={store}",
-            f"tracking.artifact_root={tmp / 'artifacts'}",
-            f"paths.data_dir={tmp / 'data'}",
-            f"paths.output_dir={tmp / 'outputs'}",
-            "dataset.num_images=60",
-            "image_size=32",
-            "num_shards=4",
-            "epochs=2",
-            "batch_size=8",
-            "pipeline.speedtest_overrides=['speedtest.repetitions=1','speedtest.batch_numbers=[2]']",
-            "tracking.system_metrics_interval=1",  # short steps: a few samples each all the same
-        ],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return store, tmp, result
-
-
 @pytest.mark.timeout(960)
 def test_main_job_runs_every_step_and_ends_with_the_report(pipeline_store) -> None:
     store, tmp, result = pipeline_store
@@ -126,6 +98,16 @@ def test_main_job_ends_with_a_champion_and_mlflow_native_runs(pipeline_store) ->
     assert analysis.info.run_name.startswith(f"analysis parent {pipeline.info.run_id[:8]}: ")
     assert {"top_config.mean_val_accuracy", "runs_judged", "runs_overfitting", "runs_excluded"} <= set(
         analysis.data.metrics
+    )
+    # what it analysed, as params; the params of every run are what it did, not how the config names code
+    assert analysis.data.params["experiment"] == "bigimage"
+    assert (
+        analysis.data.params["parent_run_id"] == pipeline.info.run_id and "overfitting.patience" in analysis.data.params
+    )
+    assert analysis.data.tags["mlflow.source.name"] == "run.py"
+    assert all(len(run.data.params) <= 31 for run in by_task["train"])
+    assert not any(
+        key.endswith("_target_") or key.startswith("cluster.shape") for run in runs for key in run.data.params
     )
 
 

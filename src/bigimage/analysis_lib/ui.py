@@ -1,16 +1,28 @@
-"""Open the MLflow UI on the runs of one experiment, on loopback, in one command (``analysis/mlflow_ui.py``).
+"""Open the MLflow UI on the comparison of an experiment's training runs, on loopback, in one command
+(``analysis/mlflow_ui.py``).
 
 ``mlflow ui`` alone opens on its home page, and an experiment there opens on the GenAI overview; the
-runs table, with the Dataset, Models and metric columns, is the experiment's ``runs`` tab in the
-machine-learning view (``#/experiments/<id>/runs?workflowType=machine_learning``). This starts
-``mlflow ui`` over the store (on 127.0.0.1 unless ``--host`` says otherwise: the UI has no login),
-waits until it answers, prints that address and opens it in the browser, then serves until Ctrl-C
-or SIGTERM, which stop the server with it.
+runs table is the experiment's ``runs`` tab in the machine-learning view
+(``#/experiments/<id>/runs?workflowType=machine_learning``). What that table shows is the UI's own
+state, and MLflow 3.17's UI reads it from two places only: the search facets in the URL (``searchFilter``,
+``orderByKey``, ``orderByAsc``, ``startTime``, ``lifecycleFilter``, ``modelVersionFilter``,
+``datasetsFilter``), and a saved view, an experiment tag ``mlflow.sharedViewState.<id>`` that the URL
+names with ``viewStateShareKey=<id>``: the facets plus the table's columns, their order and widths, and
+the charts. A saved view never sets which parent runs are expanded, pinned or hidden (the UI drops those
+keys), and the browser's own stored state wins on later visits without a view. So this saves the view
+:data:`VIEW` ("Compare training runs", also listed in the UI's *Views* menu): the training runs alone,
+best validation accuracy at the judged epoch first, with the columns that tell them apart. A filtered
+table lists runs flat, so no pipeline row hides them.
+
+It starts ``mlflow ui`` over the store (on 127.0.0.1 unless ``--host`` says otherwise: the UI has no
+login), waits until it answers, prints the address and opens it in the browser, then serves until
+Ctrl-C or SIGTERM, which stop the server with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -18,10 +30,11 @@ import sys
 import time
 import webbrowser
 from pathlib import Path
+from typing import Any
 
 from bigimage import termination
 from bigimage.analysis_lib import common
-from bigimage.tracking import query
+from bigimage.tracking import judged, query
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -33,9 +46,44 @@ def _reachable(host: str) -> str:
     return LOOPBACK if host in ("0.0.0.0", "::") else host
 
 
+VIEW_ID = "bigimage-compare"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # the UI's saved-view tag: prefix + the view's id
+VIEW_NAME = "Compare training runs"
+
+
+def _column(kind: str, key: str) -> str:
+    """A runs-table column as the UI names it (``params.`batch_size```)."""
+    return f"{kind}.`{key}`"
+
+
+PARAMS = ("strategy.name", "batch_size", "model.name", "epochs", "cluster.name")  # what tells the runs apart
+METRICS = (judged.VALUE_METRIC, judged.EPOCH_METRIC, "seconds_per_epoch")  # how good, when, how costly
+COLUMNS = [*(_column("params", key) for key in PARAMS), *(_column("metrics", key) for key in METRICS)]
+COLUMNS.append(_column("attributes", "Models"))
+RUN_NAME = _column("attributes", "Run Name")
+
+#: The saved view's state: search facets and table state, in the UI's own field names. The UI applies
+#: the widths only to the columns the order lists (the rest keep their place after them).
+VIEW: dict[str, Any] = {
+    "searchFilter": "tags.task = 'train'",
+    "orderByKey": _column("metrics", judged.VALUE_METRIC),
+    "orderByAsc": False,
+    "selectedColumns": COLUMNS,
+    "columnOrder": [RUN_NAME, *COLUMNS],
+    "columnWidths": {RUN_NAME: 320},  # the whole name: strategy, batch size, cluster, model, data
+}
+
+
+def save_view(tracking_uri: str, experiment_id: str) -> None:
+    """Store :data:`VIEW` as the experiment's saved view :data:`VIEW_ID` (replacing an earlier one)."""
+    envelope = {"name": VIEW_NAME, "createdAt": int(time.time() * 1000), "state": json.dumps(VIEW)}
+    query.client_for(tracking_uri).set_experiment_tag(experiment_id, VIEW_TAG, json.dumps(envelope))
+
+
 def runs_url(host: str, port: int, experiment_id: str) -> str:
-    """The experiment's runs in the machine-learning view of the MLflow 3 UI."""
-    return f"http://{_reachable(host)}:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    """The experiment's runs in the machine-learning view of the MLflow 3 UI, through the saved view."""
+    runs = f"http://{_reachable(host)}:{port}/#/experiments/{experiment_id}/runs"
+    return f"{runs}?workflowType=machine_learning&viewStateShareKey={VIEW_ID}"
 
 
 def _shown(path: str | Path) -> str:
@@ -102,4 +150,5 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-browser", action="store_true", help="only print the address")
     args = parser.parse_args(argv)
     selection = query.select(args.tracking_uri, args.experiment)
+    save_view(selection.tracking_uri, selection.experiment_id)
     return serve(selection.tracking_uri, selection.experiment_id, args.host, args.port, not args.no_browser)
