@@ -43,6 +43,7 @@ from typing import Any
 
 import psutil
 
+from bigimage import processes
 from bigimage.data import storage
 from bigimage.errors import UserError
 
@@ -117,8 +118,8 @@ def holder_is_dead(holder: dict[str, Any]) -> bool:
     if holder.get("host") != socket.gethostname() or holder.get("boot_id") != _boot_id():
         return False
     try:
-        return abs(psutil.Process(int(holder["pid"])).create_time() - float(holder["process_started"])) > 1.0
-    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return processes.gone(int(holder["pid"]), float(holder["process_started"]))
+    except (KeyError, ValueError):
         return True
 
 

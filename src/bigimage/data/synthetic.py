@@ -25,6 +25,7 @@ output is byte-identical for the same seed whatever the number of worker process
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import fcntl
 import functools
 import io
@@ -39,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from bigimage import processes
 
 # Bump when the pictures change, so existing generated sets are regenerated.
 GENERATOR_VERSION = 1
@@ -356,16 +359,6 @@ def _write_one(job: tuple[str, str, tuple[str, ...], int, int]) -> int:
     return index
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_siblings(root: Path) -> None:
     """Remove temp dirs of generations that died (their process is gone) and old sets left over."""
     if not root.parent.is_dir():
@@ -376,8 +369,9 @@ def _remove_stale_siblings(root: Path) -> None:
             shutil.rmtree(sibling, ignore_errors=True)
         elif name.startswith(f".{root.name}{_TMP_TAG}"):
             pid = name[len(f".{root.name}{_TMP_TAG}") :].split("-", 1)[0]
-            if not pid.isdigit() or not _pid_alive(int(pid)):
-                shutil.rmtree(sibling, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # made by its process: a pid reused later is another
+                if not pid.isdigit() or processes.gone(int(pid), recorded=sibling.stat().st_mtime):
+                    shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...], workers: int) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bigimage import processes
 from bigimage.search import space as search_space
 from bigimage.search import study as search_study
 from bigimage.search.trial import ATTR_PRUNED_EPOCH
@@ -93,12 +94,12 @@ def counted(study: optuna.Study) -> int:
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Trials left RUNNING by a sweeper of this machine that is gone (killed, crashed) are failed."""
-    import psutil
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = trial.user_attrs.get(ATTR_HOST), trial.user_attrs.get(ATTR_PID)
-        if host == socket.gethostname() and pid is not None and not psutil.pid_exists(int(pid)):
+        recorded = trial.datetime_start.timestamp() if trial.datetime_start else None  # its sweeper ran then
+        if host == socket.gethostname() and pid is not None and processes.gone(int(pid), recorded=recorded):
             study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
             log.warning("trial %d was left running by process %s, which is gone: marked FAIL", trial.number, pid)
 

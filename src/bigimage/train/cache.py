@@ -26,14 +26,14 @@ choice as the tags ``input_cache`` (``memory``, ``file`` or ``none``) and ``inpu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
+from bigimage import processes
 from bigimage.machine import available_memory
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
@@ -92,8 +92,9 @@ def _own_folder(parent: str) -> str:
     os.makedirs(parent, exist_ok=True)
     for entry in os.scandir(parent):
         pid = entry.name[3:].split("-", 1)[0] if entry.name.startswith("pid") else ""
-        if entry.is_dir() and pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(entry.path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):  # made by its process: a pid reused later is another
+            if entry.is_dir() and pid.isdigit() and processes.gone(int(pid), recorded=entry.stat().st_mtime):
+                shutil.rmtree(entry.path, ignore_errors=True)
     folder = os.path.join(parent, f"pid{os.getpid()}-{uuid.uuid4().hex[:8]}")
     os.makedirs(folder)
     return folder
