@@ -39,11 +39,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from bigimage.analysis_lib.common import Ranked
-from bigimage.tracking import query
+from bigimage.tracking import names, query
 
 ABSENT = "-"
 SHAPE_KEYS = ("cluster.name", "cores", "executors")
-SHAPE_METRICS = {"cores": "spark.total_cores", "executors": "spark.executors"}
+SHAPE_METRICS = {"cores": names.SPARK_TOTAL_CORES, "executors": names.SPARK_EXECUTORS}
 Context = tuple[tuple[str, str], ...]
 
 
@@ -99,10 +99,10 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-DEPLOY = tag("spark.deploy")
+DEPLOY = tag(names.SPARK_DEPLOY)
 TRAINING = (
     param("dataset.name"),
-    records(("train_records", "val_records", "test_records")),
+    records((names.TRAIN_RECORDS, names.VAL_RECORDS, names.TEST_RECORDS)),
     param("image_size"),
     param("train.validation_fraction"),
     param("train.test_fraction", absent="0"),  # a run from before the test split held none out
@@ -113,7 +113,7 @@ TRAINING = (
 PREPROCESS = (
     DEPLOY,
     param("dataset.name"),
-    metric("images", "images", size=True),
+    metric(names.IMAGES, "images", size=True),
     param("image_size"),
     param("num_shards"),
     param("preprocess.jpeg_quality"),
@@ -126,8 +126,8 @@ SPEEDTEST = (
     param("speedtest.batch_sizes"),
     param("speedtest.batch_numbers"),
     param("speedtest.warmup_batches"),
-    param("speedtest.pipeline_threads"),
-    tag("speedtest.effective_parallelism"),
+    param(names.PIPELINE_THREADS),
+    tag(names.EFFECTIVE_PARALLELISM),
 )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from bigimage.analysis_lib import common, training_cost
-from bigimage.tracking import judged, query
+from bigimage.tracking import judged, names, query
 
 TAG_OVERFITTING = "overfitting"
 TAG_ONSET = "overfitting_onset_epoch"
@@ -128,7 +128,7 @@ def is_training_run(row: pd.Series) -> bool:
     task = row.get("task")
     if isinstance(task, str) and task:
         return task == "train"
-    return query.metric(row, "loss") is not None and query.metric(row, "val_loss") is not None
+    return query.metric(row, names.LOSS) is not None and query.metric(row, names.VAL_LOSS) is not None
 
 
 def _series(history: pd.DataFrame, key: str) -> pd.Series | None:
@@ -142,8 +142,8 @@ def _series(history: pd.DataFrame, key: str) -> pd.Series | None:
 
 def _history_steps(history: pd.DataFrame, notes: list[str]) -> tuple[list[int], pd.Series, pd.Series]:
     """The epochs with both losses, and the two loss curves; raises NotJudgeable when unusable."""
-    loss, val_loss = _series(history, "loss"), _series(history, "val_loss")
-    missing = [key for key, series in (("loss", loss), ("val_loss", val_loss)) if series is None]
+    loss, val_loss = _series(history, names.LOSS), _series(history, names.VAL_LOSS)
+    missing = [key for key, series in ((names.LOSS, loss), (names.VAL_LOSS, val_loss)) if series is None]
     if missing or loss is None or val_loss is None:
         raise NotJudgeable(f"missing metric history: {', '.join(missing)}")
     nonfinite = sorted({int(step) for step, value in [*loss.items(), *val_loss.items()] if not math.isfinite(value)})
@@ -240,7 +240,7 @@ def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: 
     steps, loss, val_loss = _history_steps(history, notes)
     train_curve, val_curve = loss.loc[steps].to_numpy(float), val_loss.loc[steps].to_numpy(float)
     rise = _loss_rise(steps, train_curve, val_curve, thresholds, notes)
-    val_accuracy = _series(history, "val_accuracy")
+    val_accuracy = _series(history, names.VAL_ACCURACY)
     gap = _accuracy_gap(steps, _series(history, "accuracy"), val_accuracy, thresholds, notes)
     by_gap = gap.final is not None and gap.final > thresholds.gap_threshold
     judged_value, judged_epoch = _judged(steps, val_accuracy)
@@ -350,7 +350,10 @@ def analyse(
             ok_status.append(row)
     run_ids = [r["run_id"] for r in ok_status]
     long = query.load_histories(
-        selection.tracking_uri, run_ids, ("loss", "val_loss", "accuracy", "val_accuracy"), runs=candidates
+        selection.tracking_uri,
+        run_ids,
+        (names.LOSS, names.VAL_LOSS, names.ACCURACY, names.VAL_ACCURACY),
+        runs=candidates,
     )
     wide = query.histories_wide(long)
     for row in ok_status:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from bigimage.analysis_lib import common, comparable
 from bigimage.search.trial import TAG_PRUNED
-from bigimage.tracking import query
+from bigimage.tracking import judged, names, query
 
 BASE_PARAMS = ("strategy.name", "batch_size", "cluster.name")
 HYPERPARAMS = (
@@ -32,8 +32,8 @@ HYPERPARAMS = (
     "train.precision",
     "epochs",
 )
-ACCURACY_METRIC = "best_val_accuracy"
-COST_METRIC = "seconds_per_epoch"
+ACCURACY_METRIC = judged.VALUE_METRIC
+COST_METRIC = names.SECONDS_PER_EPOCH
 GROUP = "group"  # Ranked.extra: the comparable group's label
 
 

@@ -26,6 +26,7 @@ from bigimage.data.listing import LabelledImages, list_labelled_images, printabl
 from bigimage.errors import UserError
 from bigimage.spark.cluster import spark_for
 from bigimage.spark.session import log_spark_resources
+from bigimage.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,13 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
         {"path": path, "reason": reason} for path, reason in listing.failed + [f for r in results for f in r.failed]
     ]
     metrics = {
-        "images": manifest.num_records,
+        names.IMAGES: manifest.num_records,
         "failed_images": len(failed),
-        "shards": len(manifest.shards),
+        names.SHARDS: len(manifest.shards),
         "bytes_written": sum(result.bytes_written for result in results),
-        "seconds": seconds,
-        "startup_seconds": startup_seconds,
-        "images_per_second": manifest.num_records / seconds if seconds > 0 else 0.0,
+        names.SECONDS: seconds,
+        names.STARTUP_SECONDS: startup_seconds,
+        names.IMAGES_PER_SECOND: manifest.num_records / seconds if seconds > 0 else 0.0,
     }
     mlflow.log_metrics(metrics)
     mlflow.log_text(json.dumps(failed[: cfg.preprocess.max_failed_listed], indent=2), "failed_images.json")

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from bigimage.errors import UserError
+from bigimage.tracking import names
 from bigimage.tracking.redact import is_secret_key
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
@@ -310,8 +311,8 @@ def log_spark_resources(spark: Any) -> dict[str, Any]:
 
     resources = spark_resources(spark)
     deploy = deploy_from_context(spark)
-    mlflow.set_tag("spark.master", resources["master"])
-    mlflow.set_tag("spark.deploy", deploy)
+    mlflow.set_tag(names.SPARK_MASTER, resources["master"])
+    mlflow.set_tag(names.SPARK_DEPLOY, deploy)
     mlflow.set_tag("spark.app_id", str(spark.sparkContext.applicationId))  # tasks that shared a session share it
     requested = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
     if requested and requested != deploy:
@@ -324,8 +325,8 @@ def log_spark_resources(spark: Any) -> dict[str, Any]:
         )
     mlflow.log_metrics(
         {
-            "spark.executors": resources["executors"],
-            "spark.total_cores": resources["total_cores"],
+            names.SPARK_EXECUTORS: resources["executors"],
+            names.SPARK_TOTAL_CORES: resources["total_cores"],
             "spark.lost_executors": resources["lost_executors"],
             "spark.failed_tasks": resources["failed_tasks"],
         }

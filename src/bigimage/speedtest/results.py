@@ -57,7 +57,7 @@ def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
         metrics[f"images_per_second.{source}.bs{int(batch_size)}"] = float(value)
     speedup = _speedup(frame)
     if speedup is not None:
-        metrics["tfrecord_speedup"] = speedup
+        metrics[names.TFRECORD_SPEEDUP] = speedup
     metrics["speedtest.rows"] = float(len(frame))
     if "repeated" in frame.columns:
         metrics["speedtest.repeated_rows"] = float(frame["repeated"].astype(bool).sum())
@@ -70,7 +70,7 @@ def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
     summary = frame.groupby(["source", "batch_size"])[["images_per_second", "bytes_per_second"]].median().reset_index()
     if {"files", "tfrecord"} <= set(frame["source"]):
         per_size = _medians(frame, "images_per_second").unstack("source")
-        speedup = (per_size["tfrecord"] / per_size["files"]).rename("tfrecord_speedup")
+        speedup = (per_size["tfrecord"] / per_size["files"]).rename(names.TFRECORD_SPEEDUP)
         summary = summary.merge(speedup.reset_index(), on="batch_size", how="left")
     return summary
 

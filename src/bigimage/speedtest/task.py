@@ -28,6 +28,7 @@ from bigimage.speedtest.timing import (
     check_short_data,
     images_needed,
 )
+from bigimage.tracking import names
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def run_speedtest(cfg: Config, spark: Any | None = None) -> dict[str, float]:
     if len(frame) != expected_rows(speed):
         raise RuntimeError(f"speedtest returned {len(frame)} rows, expected {expected_rows(speed)}")
     metrics = results.summary_metrics(frame)
-    mlflow.set_tag("speedtest.effective_parallelism", str(effective))
+    mlflow.set_tag(names.EFFECTIVE_PARALLELISM, str(effective))
     if effective != requested:
         mlflow.set_tag(
             "speedtest.parallelism_note",
@@ -176,7 +177,7 @@ def run_speedtest(cfg: Config, spark: Any | None = None) -> dict[str, float]:
     notes = [note for plan in plans.values() for note in plan.notes]
     if notes:
         mlflow.set_tag("speedtest.notes", "; ".join(notes)[:5000])
-    metrics.update({"startup_seconds": startup_seconds, "seconds": grid_seconds})
+    metrics.update({names.STARTUP_SECONDS: startup_seconds, names.SECONDS: grid_seconds})
     results.log_results(frame, metrics)
     print(results.format_table(frame))
     if effective != requested:
@@ -195,7 +196,7 @@ def _time_grid(
     if settings.threads <= 0:  # the executor's cores, as Spark granted them (local mode: local[N] -> N)
         per_executor = int(resources["total_cores"]) // max(1, int(resources["executors"]))
         settings = replace(settings, threads=max(1, per_executor))
-    mlflow.set_tag("speedtest.pipeline_threads", str(settings.threads))
+    mlflow.set_tag(names.PIPELINE_THREADS, str(settings.threads))
     began = time.perf_counter()
     rows, effective = run_grid(spark, points, plans, settings, parallelism)
     return rows, effective, time.perf_counter() - began

@@ -32,18 +32,16 @@ from mlflow.entities import Run, RunStatus
 from omegaconf import DictConfig
 
 from bigimage import termination
-from bigimage.tracking import liveness, query, redact
+from bigimage.tracking import liveness, names, query, redact
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, run_tags
 from bigimage.tracking.store import connect, log_batch, retry_busy
 
 log = logging.getLogger(__name__)
 
-TAG_SWEEP_ID = "sweep_id"  # the sweep that launched a job's run (bigimage.tracking.runs.run_tags)
-
 
 def launched_by(run: Run, parent_run_id: str) -> bool:
     """Whether the sweep of ``parent_run_id`` launched ``run`` (a run without the tag counts as its)."""
-    return run.data.tags.get(TAG_SWEEP_ID, parent_run_id) == parent_run_id
+    return run.data.tags.get(names.TAG_SWEEP_ID, parent_run_id) == parent_run_id
 
 
 HYDRA_RUN_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in <output_dir>/.hydra
@@ -133,7 +131,9 @@ class MlflowSweepCallback(Callback):
         if len(found) > len(children):
             tags["children_moved_in"] = len(found) - len(children)  # earlier sweeps' runs, kept as they ended
         if killed:
-            tags["error"] = f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
+            tags[names.TAG_ERROR] = (
+                f"terminated by {signal.Signals(signum).name}" if signum else "a job was interrupted"
+            )
         log_batch(client, parent_run_id, tags=tags)
         retry_busy(lambda: client.set_terminated(parent_run_id, RunStatus.to_string(status)))
         if self.signals_held:

@@ -31,6 +31,7 @@ from mlflow.types.schema import Array, ColSpec, DataType, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from bigimage.data import schema
+from bigimage.tracking import names
 from bigimage.tracking.store import BUSY, DATASET_RACE, retry_busy
 
 OUTPUT, BENCHMARK, TRAINING, VALIDATION, TESTING = "output", "benchmark", "training", "validation", "testing"
@@ -88,7 +89,7 @@ class TFRecordSet(MetaDataset):
             "num_shards": len(manifest.shards),
             "image_size": manifest.image_size,
             "class_counts": counts,
-            **({"subset": subset, "split": split} if subset else {}),
+            **({"subset": subset, names.SPLIT: split} if subset else {}),
         }
         digest = manifest_digest(manifest)
         if subset:
@@ -139,7 +140,7 @@ def log_split_sets(client: MlflowClient, run_id: str, subsets: dict[str, TFRecor
     """Log each subset (:func:`split_sets`) as a dataset input of run ``run_id``, with its context and
     the split in its tags."""
     for subset, dataset in subsets.items():
-        split = dataset.profile["split"]
-        tags = [InputTag(MLFLOW_DATASET_CONTEXT, SUBSET_CONTEXT[subset]), InputTag("split", split)]
+        split = dataset.profile[names.SPLIT]
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, SUBSET_CONTEXT[subset]), InputTag(names.SPLIT, split)]
         entry = DatasetInput(dataset._to_mlflow_entity(), tags)
         retry_busy(functools.partial(client.log_inputs, run_id, datasets=[entry]), transient=BUSY + DATASET_RACE)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from bigimage.tracking import names
+
 #: The per-epoch metric that picks the epoch, and the direction that counts as better.
-MONITOR = "val_accuracy"
+MONITOR = names.VAL_ACCURACY
 MODE = "max"
 
 #: The training run's metrics that hold the judged epoch and the value of :data:`MONITOR` there.

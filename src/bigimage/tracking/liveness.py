@@ -8,8 +8,8 @@ process), and a daemon thread refreshes the tag ``heartbeat`` (UTC, ISO 8601) ev
 overwritten, not a history that grows with the run's length.
 
 :func:`judge` tells a dead run from a live one: on the host that wrote the tags a gone process is
-known dead at once; elsewhere the heartbeat must be older than a threshold (a run from before these
-tags counts from its start time). :func:`find_stale_runs` and :func:`mark_killed` are what
+known dead at once (:mod:`bigimage.processes`); elsewhere, or where the process cannot be inspected,
+the heartbeat must be older than a threshold (a run from before these tags counts from its start time). :func:`find_stale_runs` and :func:`mark_killed` are what
 ``analysis/stale_runs.py`` runs.
 """
 
@@ -24,10 +24,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
 
-import psutil
 from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
+from bigimage import processes
+from bigimage.tracking import names
 from bigimage.tracking.query import search_all
 from bigimage.tracking.store import log_batch, retry_busy
 
@@ -39,9 +40,7 @@ TAG_HOST = "process.host"
 TAG_PID = "process.pid"
 TAG_STARTED = "process.started"
 TAG_HEARTBEAT = "heartbeat"
-TAG_ERROR = "error"  # the reason a run ended FAILED or KILLED, as tracked_run writes it
 TAG_MARKED_BY = "marked_stale_by"
-_SAME_PROCESS_SECONDS = 1.0  # slack when comparing process start times
 
 
 def utc_iso(seconds: float) -> str:
@@ -60,7 +59,7 @@ def process_tags() -> dict[str, str]:
     return {
         TAG_HOST: socket.gethostname(),
         TAG_PID: str(os.getpid()),
-        TAG_STARTED: f"{psutil.Process().create_time():.2f}",
+        TAG_STARTED: f"{processes.start_time():.2f}",
         TAG_HEARTBEAT: utc_iso(time.time()),
     }
 
@@ -117,16 +116,6 @@ class Verdict:
         return row
 
 
-def _process_alive(pid: int, started: float | None) -> bool:
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < _SAME_PROCESS_SECONDS
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
-
-
 def judge(run: Run, older_than_seconds: float, now: float | None = None, this_host: str | None = None) -> Verdict:
     """Whether a RUNNING run's process is gone (this host) or silent for over ``older_than_seconds``."""
     now = time.time() if now is None else now
@@ -140,11 +129,12 @@ def judge(run: Run, older_than_seconds: float, now: float | None = None, this_ho
     age = max(now - last_seen, 0.0)
     info = run.info
     verdict = partial(
-        Verdict, info.run_id, info.run_name, info.experiment_id, tags.get("task"), host, pid, last_seen, age
+        Verdict, info.run_id, info.run_name, info.experiment_id, tags.get(names.TAG_TASK), host, pid, last_seen, age
     )
-    if host == this_host and pid is not None:
-        if _process_alive(pid, started):
-            return verdict(False, f"process {pid} on {host} is running")
+    state = processes.liveness(pid, started) if host == this_host and pid is not None else processes.UNKNOWN
+    if state is processes.ALIVE:
+        return verdict(False, f"process {pid} on {host} is running")
+    if state is processes.DEAD:
         return verdict(True, f"process {pid} on {host} is gone (last heartbeat {utc_iso(last_seen)})")
     what = "heartbeat" if heartbeat is not None else "sign of life (no heartbeat tag; start time)"
     where = f" from {host}" if host else ""
@@ -171,7 +161,7 @@ def mark_killed(client: MlflowClient, verdict: Verdict, marked_by: str) -> bool:
     info = retry_busy(lambda: client.get_run(verdict.run_id)).info
     if info.status != RunStatus.to_string(RunStatus.RUNNING):
         return False
-    tags = {TAG_ERROR: f"stale: {verdict.reason}", TAG_MARKED_BY: f"{marked_by} at {utc_iso(time.time())}"}
+    tags = {names.TAG_ERROR: f"stale: {verdict.reason}", TAG_MARKED_BY: f"{marked_by} at {utc_iso(time.time())}"}
     log_batch(client, verdict.run_id, tags=tags)
     end_ms = max(int(verdict.last_seen * 1000), info.start_time)  # the heartbeat has whole seconds
     retry_busy(lambda: client.set_terminated(verdict.run_id, RunStatus.to_string(RunStatus.KILLED), end_time=end_ms))

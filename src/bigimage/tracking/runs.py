@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigimage import termination
 from bigimage.config import PROJECT_ROOT
-from bigimage.tracking import liveness, redact
+from bigimage.tracking import liveness, names, redact
 from bigimage.tracking.store import retry_busy
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,9 @@ def hydra_overrides() -> list[str]:
 def run_tags(task: str, overrides: list[str] | None = None) -> dict[str, str]:
     """The tags every run gets: its task, the commit, the command-line overrides (secrets masked), its sweep."""
     masked = [redact.text(override) for override in overrides or []]
-    tags = {"task": task, "git_commit": git_commit(), "overrides": " ".join(masked) or "(none)"}
+    tags = {names.TAG_TASK: task, "git_commit": git_commit(), "overrides": " ".join(masked) or "(none)"}
     if os.environ.get(ENV_SWEEP_ID):
-        tags["sweep_id"] = os.environ[ENV_SWEEP_ID]
+        tags[names.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
     return tags
 
 
@@ -125,14 +125,14 @@ def _record_end(error: BaseException) -> None:
     """End the active run KILLED (Ctrl-C, SIGTERM, SIGHUP) or FAILED (anything else), saying why."""
     if isinstance(error, KeyboardInterrupt):  # Terminated is one too
         reason = str(error) if isinstance(error, termination.Terminated) else "interrupted (KeyboardInterrupt)"
-        retry_busy(lambda: mlflow.set_tag("error", reason))
+        retry_busy(lambda: mlflow.set_tag(names.TAG_ERROR, reason))
         active = mlflow.active_run()
         run_id = active.info.run_id if active else "?"
         _end(RunStatus.to_string(RunStatus.KILLED))
         log.warning("MLflow run %s ended KILLED: %s", run_id, reason)
         return
     message = redact.text(f"{type(error).__name__}: {error}")
-    retry_busy(lambda: mlflow.set_tag("error", message[:5000]))
+    retry_busy(lambda: mlflow.set_tag(names.TAG_ERROR, message[:5000]))
     trace = redact.text("".join(traceback.format_exception(error)))
     retry_busy(lambda: mlflow.log_text(trace, "error/traceback.txt"))
     _end(RunStatus.to_string(RunStatus.FAILED))

@@ -11,12 +11,13 @@ import time
 
 from mlflow.tracking import MlflowClient
 
+from bigimage.tracking import names
 from bigimage.tracking.query import children
 
 
 def step_label(tags: dict[str, str], params: dict[str, str]) -> str:
     """``preprocess``, ``speedtest``, ``train default``, ``analysis``, ..."""
-    task = tags.get("task", "?")
+    task = tags.get(names.TAG_TASK, "?")
     if task == "train" and "strategy.name" in params:
         return f"train {params['strategy.name']}"
     return task
@@ -32,7 +33,7 @@ def step_times(client: MlflowClient, parent_run_id: str) -> tuple[list[tuple[str
     previous_end = None
     for run in sorted((run for run in runs if run.info.end_time), key=lambda run: run.info.start_time):
         start = run.info.start_time
-        if run.data.tags.get("task") == "analysis" and previous_end is not None:
+        if run.data.tags.get(names.TAG_TASK) == "analysis" and previous_end is not None:
             start = min(start, previous_end)
         steps.append((step_label(run.data.tags, run.data.params), (run.info.end_time - start) / 1000))
         previous_end = run.info.end_time

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigimage.data import readers
 from bigimage.search.trial import search_tags
+from bigimage.tracking import names
 from bigimage.train import inputs, launch, multihost, strategies
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
@@ -195,9 +196,9 @@ def _with_cost(result_file: str, run_id: str | None) -> dict[str, float]:
     machine, the second objective of ``hparams_search=train_optuna_cost``."""
     with open(result_file, encoding="utf-8") as handle:
         result = {key: float(value) for key, value in json.load(handle).items()}
-    result["seconds_per_epoch"] = result["training_seconds"] / max(result.get("epochs_run", 1.0), 1.0)
+    result[names.SECONDS_PER_EPOCH] = result[names.TRAINING_SECONDS] / max(result.get("epochs_run", 1.0), 1.0)
     if run_id:
         import mlflow
 
-        mlflow.log_metric("seconds_per_epoch", result["seconds_per_epoch"])
+        mlflow.log_metric(names.SECONDS_PER_EPOCH, result[names.SECONDS_PER_EPOCH])
     return result

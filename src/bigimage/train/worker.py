@@ -38,6 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from bigimage.tracking import names
 from bigimage.train.shared_checkpoint import SharedCheckpoint
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
@@ -133,7 +134,7 @@ def train_worker(
     log.info("worker %d/%d: strategy=%s, %s, %s", task_index, num_workers, cfg.strategy.name, shape, plan.description)
     callbacks = _callbacks(cfg, strategy, shared, observer, run_logger, num_workers)
     seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, callbacks)
-    summary = {**shape, "training_seconds": seconds}
+    summary = {**shape, names.TRAINING_SECONDS: seconds}
     try:
         return _finish(model, observer, run_logger, is_chief, task_index, shared, summary, card)
     finally:
@@ -244,19 +245,19 @@ def _log_setup(
             "replicas": shape["replicas"],
             "per_replica_batch_size": shape["per_replica_batch_size"],  # global: the batch_size param
             "workers": num_workers,
-            "train_records": plan.train_records,
-            "val_records": plan.val_records,
-            "test_records": plan.test_records,
+            names.TRAIN_RECORDS: plan.train_records,
+            names.VAL_RECORDS: plan.val_records,
+            names.TEST_RECORDS: plan.test_records,
             "steps_per_epoch": steps_per_epoch,
             "model_parameters": model.count_params(),
         }
     )
     run_logger.tags(  # how, in words and derived numbers: as tags, they keep the params few to read
         {
-            "split": plan.description,
+            names.SPLIT: plan.description,
             "validation_steps": val_steps,
             "input_sharding": inputs.INPUT_SHARDING,
-            "checkpoint_dir": checkpoint_dir,
+            names.CHECKPOINT_DIR: checkpoint_dir,
             "tf_version": tf.__version__,
             "keras": f"tf_keras {keras.__version__}",
             # TensorFlow's CPU settings (bigimage.train.threads): tags, not params, as the result is the same
@@ -349,7 +350,7 @@ def _finish(
             judged.VALUE_METRIC: best_value,
             judged.EPOCH_METRIC: best_epoch,
             "epochs_run": sum(1 for entry in history if entry["epoch"] >= (observer.first_epoch or 0)),
-            "resumed_from_epoch": observer.first_epoch or 0,
+            names.RESUMED_FROM_EPOCH: observer.first_epoch or 0,
         }
         if is_chief:
             model_epoch = _judged_model(model_path, checkpoint.local_dir, best_epoch, history)
@@ -357,7 +358,7 @@ def _finish(
                 {
                     judged.VALUE_METRIC: best_value,
                     judged.EPOCH_METRIC: best_epoch,
-                    "training_seconds": summary["training_seconds"],
+                    names.TRAINING_SECONDS: summary[names.TRAINING_SECONDS],
                 }
             )
             run_logger.tags({"model_epoch": model_epoch})
