@@ -57,7 +57,7 @@ import yaml
 
 from bigimage.analysis_lib import forecast, scaling
 from bigimage.config import PROJECT_ROOT
-from bigimage.tracking import query
+from bigimage.tracking import names, query
 
 EXPERIMENT = "predict-accuracy"
 # (images, executors) of a round's points, in the order they run (the module docstring says why)
@@ -202,7 +202,7 @@ def latest_validations(store: str) -> dict[str, tuple[float, float]]:
     mine = runs[runs["tags.benchmark"] == "validation"].sort_values("start_time")
     pre = mine[mine["task"] == "preprocess"].iloc[-1]
     speed = mine[mine["task"] == "speedtest"].iloc[-1]
-    table, _ = query.load_run_table(store, selection.experiment_id, "speedtest.json", [speed["run_id"]])
+    table, _ = query.load_run_table(store, names.SPEEDTEST_TABLE, [speed["run_id"]])
     rows = table[table["source"] == "tfrecord"]
     return {
         "preprocess": (float(pre["metrics.images"]), float(pre["metrics.seconds"])),

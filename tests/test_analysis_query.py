@@ -82,7 +82,7 @@ def test_histories_long_and_wide(store):
 def test_load_run_table_reports_missing_tables_and_restores_global_uri(store):
     before = mlflow.get_tracking_uri()
     table, problems = query.load_run_table(
-        store.uri, store.experiment_id, "speedtest.json", [store.ids["speed"], store.ids["speed-no-table"]]
+        store.uri, "speedtest.json", [store.ids["speed"], store.ids["speed-no-table"]]
     )
     assert mlflow.get_tracking_uri() == before
     assert set(table["run_id"]) == {store.ids["speed"]}
@@ -95,7 +95,7 @@ def test_load_run_table_draws_no_progress_bar(store, monkeypatch, capfd):
     # the pipeline's report step and every script load tables through here; MLflow's default draws a bar
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")  # unset now, restored after the test
-    table, _ = query.load_run_table(store.uri, store.experiment_id, "speedtest.json", [store.ids["speed"]])
+    table, _ = query.load_run_table(store.uri, "speedtest.json", [store.ids["speed"]])
     assert not table.empty
     assert "Downloading artifacts" not in capfd.readouterr().err
 

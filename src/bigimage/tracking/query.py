@@ -1,7 +1,7 @@
 """Read runs back from any MLflow tracking store into tidy pandas tables.
 
 The analysis scripts (``analysis/*.py``) go through this module only; it uses the public MLflow
-client API (``search_runs``, ``get_metric_history``, ``load_table``, ``set_tag``), never the store's
+API (``search_runs``, ``get_metric_history``, ``download_artifacts``, ``set_tag``), never the store's
 files, so it works the same on a sqlite file, a file store or a remote tracking server. Nothing here
 imports Spark or TensorFlow, and nothing here starts or ends an MLflow run.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import mlflow
@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from bigimage.config import PROJECT_ROOT, TrackingConfig  # noqa: F401 - PROJECT_ROOT: for analysis modules
+from bigimage.tracking import names
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import log_batch, resolve_tracking_uri, retry_busy
 
@@ -132,7 +133,7 @@ def _runs_to_frame(runs: Iterable[Run]) -> pd.DataFrame:
             "start_time": info.start_time,
             "end_time": info.end_time,
             "parent_run_id": data.tags.get(PARENT_TAG),
-            "task": data.tags.get("task"),
+            "task": data.tags.get(names.TAG_TASK),
             "metric_keys": tuple(sorted(data.metrics)),
         }
         row.update({f"params.{k}": v for k, v in data.params.items()})
@@ -230,62 +231,38 @@ def histories_wide(histories: pd.DataFrame) -> pd.DataFrame:
 
 
 def load_run_table(
-    tracking_uri: str | None,
-    experiment_id: str,
-    artifact_file: str,
-    run_ids: Sequence[str],
+    tracking_uri: str | None, artifact_file: str, run_ids: Sequence[str]
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """An MLflow table artifact (``log_table``) of each run, concatenated with a ``run_id`` column.
 
-    Loaded run by run with MLflow's own table reader (``MlflowClient.load_table``, what
-    ``mlflow.load_table`` calls) so that one run missing the artifact is reported (second return
-    value: run id -> problem) instead of failing the whole load.
+    Read run by run with the public API (``mlflow.artifacts.download_artifacts`` from this store, then
+    ``pandas.read_json(orient="split")``, the format ``log_table`` writes), so that one run missing the
+    artifact is reported (second return value: run id -> problem) instead of failing the whole load.
     """
-    # MLflow draws a download progress bar on stderr for every table it loads: noise in a script's and
+    # MLflow draws a download progress bar on stderr for every file it fetches: noise in a script's and
     # the pipeline's report output, one bar per run. An explicit setting of the variable still wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
-    client = client_for(uri)
     frames, problems = [], {}
     for run_id in run_ids:
-        try:
-            with _global_tracking_uri(uri):
-                frame = client.load_table(experiment_id, artifact_file, run_ids=[run_id], extra_columns=["run_id"])
-        except MlflowException as exc:
-            problems[run_id] = f"no table artifact {artifact_file}: {exc.message}"
-            continue
-        except (ValueError, OSError) as exc:
-            problems[run_id] = f"table artifact {artifact_file} unreadable: {exc}"
-            continue
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=artifact_file, dst_path=folder, tracking_uri=uri
+                )
+                frame = pd.read_json(path, orient="split")
+            except (MlflowException, OSError) as exc:
+                problems[run_id] = f"no table artifact {artifact_file}: {getattr(exc, 'message', exc)}"
+                continue
+            except ValueError as exc:
+                problems[run_id] = f"table artifact {artifact_file} unreadable: {exc}"
+                continue
         if frame.empty:
             problems[run_id] = f"table artifact {artifact_file} is empty"
             continue
-        frames.append(frame)
+        frames.append(frame.assign(run_id=run_id))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run_id"])
     return table, problems
-
-
-@contextmanager
-def _global_tracking_uri(uri: str):
-    """Point MLflow's global tracking URI at ``uri`` for a call (MLflow 3.17's table reader looks runs up
-    there even when called on a client), then restore exactly what was there (the unset state and the
-    ``MLFLOW_TRACKING_URI`` variable included, which ``set_tracking_uri`` also writes)."""
-    from mlflow.tracking._tracking_service import utils as _tracking_utils  # private: restore the unset state
-
-    saved_uri = getattr(_tracking_utils, "_tracking_uri", None)
-    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        if saved_uri is not None:
-            mlflow.set_tracking_uri(saved_uri)
-        else:
-            _tracking_utils.set_tracking_uri(None)  # type: ignore[arg-type]  # back to "not set", as it was
-        if saved_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def set_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str]) -> None:
@@ -293,12 +270,23 @@ def set_tags(tracking_uri: str | None, run_id: str, tags: dict[str, str]) -> Non
     log_batch(client_for(tracking_uri), run_id, tags=tags)
 
 
-def param(row: pd.Series, key: str, default=None):
-    """A run's param from a :func:`load_runs` row (``None``/``default`` if absent)."""
-    value = row.get(f"params.{key}", default)
+def _cell(row: pd.Series, column: str, default=None):
+    value = row.get(column, default)
     return default if value is None or (isinstance(value, float) and pd.isna(value)) else value
 
 
+def param(row: pd.Series, key: str, default=None):
+    """A run's param from a :func:`load_runs` row (``None``/``default`` if absent)."""
+    return _cell(row, f"params.{key}", default)
+
+
+def tag(row: pd.Series, key: str) -> str | None:
+    """A run's tag from a :func:`load_runs` row (``None`` if absent)."""
+    value = _cell(row, f"tags.{key}")
+    return None if value is None else str(value)
+
+
 def metric(row: pd.Series, key: str) -> float | None:
-    value = row.get(f"metrics.{key}")
-    return None if value is None or pd.isna(value) else float(value)
+    """A run's metric (its last value) from a :func:`load_runs` row (``None`` if absent or NaN)."""
+    value = _cell(row, f"metrics.{key}")
+    return None if value is None else float(value)
