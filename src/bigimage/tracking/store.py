@@ -106,10 +106,12 @@ def log_batch(
     metrics: Mapping[str, float] | None = None,
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, Any] | None = None,
+    step: int = 0,
 ) -> None:
-    """Metrics (now, at step 0), params and tags on ``run_id`` in one ``log_batch``, retried while busy."""
+    """Metrics (now, at ``step``), params and tags on ``run_id`` in one ``log_batch``, retried while busy:
+    the one batch logger of the project (MLflow's client splits a batch beyond the store's limits)."""
     stamp = int(time.time() * 1000)
-    metric_batch = [Metric(key, float(value), stamp, 0) for key, value in (metrics or {}).items()]
+    metric_batch = [Metric(key, float(value), stamp, step) for key, value in (metrics or {}).items()]
     param_batch = [Param(key, str(value)) for key, value in (params or {}).items()]
     tag_batch = [RunTag(key, str(value)) for key, value in (tags or {}).items()]
     retry_busy(lambda: client.log_batch(run_id, metrics=metric_batch, params=param_batch, tags=tag_batch))

@@ -21,8 +21,9 @@ from typing import Any
 
 import tf_keras as keras
 
+from bigimage.tracking import names
 from bigimage.tracking.names import EPOCH_METRICS
-from bigimage.tracking.store import retry_busy
+from bigimage.tracking.store import log_batch
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +52,16 @@ class RunLogger:
         return self.client, self.run_id
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
-        stamp = int(time.time() * 1000)
-        self._log_batch(metrics=[Metric(key, float(value), stamp, step or 0) for key, value in values.items()])
+        if self.enabled:
+            log_batch(*self._target(), metrics=values, step=step or 0)
 
     def params(self, values: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        self._log_batch(params=[Param(key, str(value)) for key, value in values.items()])
+        if self.enabled:
+            log_batch(*self._target(), params=values)
 
     def tags(self, values: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        self._log_batch(tags=[RunTag(key, str(value)) for key, value in values.items()])
-
-    def _log_batch(self, **entities: list[Any]) -> None:
         if self.enabled:
-            client, run_id = self._target()
-            retry_busy(lambda: client.log_batch(run_id, **entities))
+            log_batch(*self._target(), tags=values)
 
     def figure(self, figure: Any, artifact_file: str) -> None:
         if self.enabled:
@@ -191,7 +183,7 @@ class TrainingObserver(keras.callbacks.Callback):
         self.history = list(prior)
         if not self.is_chief:
             return
-        tags = {"resumed_from_epoch": epoch}
+        tags = {names.RESUMED_FROM_EPOCH: epoch}
         previous_run = saved.get("run_id")
         if previous_run and previous_run != self.run_logger.run_id:
             # A new MLflow run resumed another run's checkpoint: copy the earlier epochs so its curves are whole.
