@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from bigimage.analysis_lib import best_config as bc
-from bigimage.analysis_lib import billing, common
+from bigimage.analysis_lib import billing, common, pricing
 from bigimage.tracking import query
 from tests.mlflow_fixtures import (
     ON_DATAPROC,
@@ -61,11 +61,11 @@ def test_distinguishability_statements():
 
 
 def test_hourly_cost_adds_machines_dataproc_fee_and_disks():
-    prices = bc.load_prices()
+    prices = pricing.load_prices()
     assert prices.date and prices.source
     assert {"us-central1", "europe-west2"} <= set(prices.regions)  # europe-west2: the default cluster.dataproc.region
     us = prices.regions["us-central1"]
-    hourly, how = bc.hourly_cost(dataproc_row(SHAPES["four"]), prices)
+    hourly, how = pricing.run_hourly(dataproc_row(SHAPES["four"]), prices)
     m = us.machines["n1-standard-2"]
     expected = (
         4 * m["hourly"]  # master + 3 workers
@@ -75,23 +75,23 @@ def test_hourly_cost_adds_machines_dataproc_fee_and_disks():
     assert hourly == pytest.approx(expected)
     assert "3 x n1-standard-2" in how and "us-central1" in how
     eu = prices.regions["europe-west2"]
-    assert bc.hourly_cost(dataproc_row(SHAPES["single"], "europe-west2"), prices)[0] == pytest.approx(
+    assert pricing.run_hourly(dataproc_row(SHAPES["single"], "europe-west2"), prices)[0] == pytest.approx(
         eu.machines["n1-standard-8"]["hourly"]
         + 8 * prices.dataproc_per_vcpu_hour
         + 500 * eu.disks["pd-ssd"] / prices.hours_per_month
     )
     unknown = dataproc_row({"cluster.shape.master_machine_type": "e2-micro"})
-    hourly, how = bc.hourly_cost(unknown, prices)
+    hourly, how = pricing.run_hourly(unknown, prices)
     assert hourly is None and "no price for e2-micro" in how
-    assert bc.hourly_cost(dataproc_row({"cluster.name": "x"}), prices)[0] is None
-    assert bc.cost_per_1000(3.6, 10.0, 1000.0) == pytest.approx(0.01)
+    assert pricing.run_hourly(dataproc_row({"cluster.name": "x"}), prices)[0] is None
+    assert pricing.cost_per_1000(3.6, 10.0, 1000.0) == pytest.approx(0.01)
 
 
 def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path):
     """The default cluster=local run (this machine's cores) gets no cost, whatever its shape params say;
     a Dataproc run is priced at its own region's prices; a region the table lacks is named, not guessed."""
     store = make_store(tmp_path / "store")
-    prices = bc.load_prices()
+    prices = pricing.load_prices()
     local_shape = {"cluster.name": "local", "cluster.deploy": "local", **SHAPES["single"]}
     metrics = {"images_per_second": 500.0, "seconds": 2.0, "images": 1000.0}
     log_run(
@@ -145,7 +145,7 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
     four = result.preprocess["by_cost"][0]
     assert four.run_ids == [store.ids["pre-four-eu"]]
     assert four.score.mean == pytest.approx(
-        bc.hourly_cost(runs.set_index("run_name").loc["pre-four-eu"], prices)[0] * 5.0 / 3600
+        pricing.run_hourly(runs.set_index("run_name").loc["pre-four-eu"], prices)[0] * 5.0 / 3600
     )
     assert "europe-west2" in four.extra["cost_note"]
     table = result.preprocess_table.set_index("run_id")
@@ -220,9 +220,9 @@ def test_preprocess_ranking_by_speed_and_cost(result, scenario):
     assert speed == [("single", 300, 3), ("four", 200, 3), ("maximal", 100, 3)]
     # the failed run's absurd 1e9 images/s never reaches the ranking
     assert all(r.score.high < 400 for r in result.preprocess["by_speed"])
-    prices = bc.load_prices()
+    prices = pricing.load_prices()
     costs = {r.key["cluster.name"]: r for r in result.preprocess["by_cost"]}
-    hourly_single = bc.hourly_cost(dataproc_row(SHAPES["single"]), prices)[0]
+    hourly_single = pricing.run_hourly(dataproc_row(SHAPES["single"]), prices)[0]
     seconds = [1000.0 / (300 * (1 + 0.02 * (rep - 1))) for rep in range(3)]
     assert costs["single"].score.mean == pytest.approx(sum(hourly_single * s / 3600 for s in seconds) / 3)
     assert [r.key["cluster.name"] for r in result.preprocess["by_cost"]] == ["single", "four", "maximal"]

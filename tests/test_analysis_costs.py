@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from bigimage.analysis_lib import best_config as bc
-from bigimage.analysis_lib import billing, forecast, predict
+from bigimage.analysis_lib import billing, forecast, predict, pricing
 from bigimage.analysis_lib import report as rp
 from bigimage.tracking import query
 from tests.mlflow_fixtures import ON_DATAPROC, SHAPES, log_run, make_store, speedtest_table
@@ -66,7 +66,7 @@ def result(store):
 
 def hourly(store) -> float:
     selection, runs = query.load_runs(store.uri, store.experiment_name)
-    return bc.hourly_cost(runs.set_index("run_name").loc["short"], bc.load_prices())[0]
+    return pricing.run_hourly(runs.set_index("run_name").loc["short"], pricing.load_prices())[0]
 
 
 def per_1000(store, seconds: float, images: float = IMAGES) -> float:

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bigimage.analysis_lib import best_config, billing, forecast, predict, scaling
+from bigimage.analysis_lib import billing, forecast, predict, pricing, scaling
 from bigimage.analysis_lib import report as rp
 from bigimage.config import PROJECT_ROOT, ConfigError, validate
 from tests.conftest import compose_config
@@ -237,7 +237,7 @@ def test_shapes_come_from_the_cluster_group_and_are_priced_like_their_runs() -> 
     assert (local.deploy, local.cores, local.model_inputs("preprocess")) == ("local", 5, (5, 1))
     with pytest.raises(ValueError, match="maximal"):
         forecast.load_shape("huge", 2)
-    prices = best_config.load_prices()
+    prices = pricing.load_prices()
     for name in ("single", "maximal", "four"):
         run = pd.Series(
             {
@@ -246,9 +246,9 @@ def test_shapes_come_from_the_cluster_group_and_are_priced_like_their_runs() -> 
                 "tags.spark.deploy": "dataproc",
             }
         )
-        hourly, _ = forecast.shape_hourly(forecast.load_shape(name, 2), prices, "us-central1")
-        assert hourly == pytest.approx(best_config.hourly_cost(run, prices)[0])
-    assert forecast.shape_hourly(local, prices, "us-central1")[0] is None
+        hourly, _ = forecast.load_shape(name, 2).hourly(prices, "us-central1")
+        assert hourly == pytest.approx(pricing.run_hourly(run, prices)[0])
+    assert local.hourly(prices, "us-central1")[0] is None
 
 
 # --- from an MLflow store ---------------------------------------------------------------------

@@ -323,6 +323,21 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
+def compose_option(group: str, option: str) -> DictConfig:
+    """The option ``option`` of the config group ``group`` (``cluster``, ``four``) as Hydra composes it into
+    the primary config, its schema checked; inside a Hydra app or outside one. An unknown option raises
+    Hydra's ``MissingConfigException``, which names the group's options."""
+    from contextlib import nullcontext
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    outside = not GlobalHydra.instance().is_initialized()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3") if outside else nullcontext():
+        return cast(DictConfig, compose(config_name="config", overrides=[f"{group}={option}"])[group])
+
+
 class ConfigError(UserError, ValueError):
     """A configuration value that composes but cannot work; raised before any work starts."""
 

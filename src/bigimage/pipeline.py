@@ -8,38 +8,30 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, cast
 
 import mlflow
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
-from bigimage.config import PROJECT_ROOT, validate
+from bigimage.config import compose_option, validate
 from bigimage.spark.cluster import one_session
 from bigimage.tasks import tracked_task
+from bigimage.tracking import judged, names
 
 log = logging.getLogger(__name__)
 
 TRAININGS_TABLE = "trainings.json"
-TRAINING_COLUMNS = ("best_val_accuracy", "best_epoch", "images_per_second", "training_seconds")
-
-
-def strategy_node(name: str) -> DictConfig:
-    """The ``strategy`` group's option ``name``, composed by Hydra (inside or outside a Hydra app)."""
-    outside = not GlobalHydra.instance().is_initialized()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3") if outside else nullcontext():
-        return compose(config_name="config", overrides=[f"strategy={name}"]).strategy
+TRAINING_COLUMNS = (judged.VALUE_METRIC, judged.EPOCH_METRIC, names.IMAGES_PER_SECOND, names.TRAINING_SECONDS)
 
 
 def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str | None = None) -> DictConfig:
     """``cfg`` with ``task.name`` set and a step's overrides applied, validated."""
     step = cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"task.name={task}", *overrides])))
     if strategy is not None:
-        step.strategy = strategy_node(strategy)
+        step.strategy = compose_option("strategy", strategy)
     validate(step)
     return step
 
@@ -71,13 +63,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         spark.enter_context(one_session(f"bigimage-pipeline-{cfg.cluster.name}"))
         log.info("1/4 preprocess")
         metrics = run_step(step_config(cfg, "preprocess", []), parent_id, experiment_id)
-        summary["preprocess.images_per_second"] = metrics["images_per_second"]
+        summary["preprocess.images_per_second"] = metrics[names.IMAGES_PER_SECOND]
 
         log.info("2/4 speed test")
         speedtest = step_config(cfg, "speedtest", list(cfg.pipeline.speedtest_overrides))
         metrics = run_step(speedtest, parent_id, experiment_id)
-        if "tfrecord_speedup" in metrics:
-            summary["speedtest.tfrecord_speedup"] = metrics["tfrecord_speedup"]
+        if names.TFRECORD_SPEEDUP in metrics:
+            summary["speedtest.tfrecord_speedup"] = metrics[names.TFRECORD_SPEEDUP]
 
         if not trainings_use_spark(cfg):
             spark.close()
@@ -104,12 +96,12 @@ def train_steps(cfg: DictConfig, parent_id: str, experiment_id: str) -> dict[str
         rows.append({"strategy": str(strategy), "run_id": metrics["run_id"], **values})
     if rows:
         mlflow.log_table(pd.DataFrame(rows), TRAININGS_TABLE)
-    scored = [row for row in rows if math.isfinite(row["best_val_accuracy"])]
+    scored = [row for row in rows if math.isfinite(row[judged.VALUE_METRIC])]
     if not scored:
         return {}
-    best = max(scored, key=lambda row: row["best_val_accuracy"])
+    best = max(scored, key=lambda row: row[judged.VALUE_METRIC])
     mlflow.set_tag("train.best_strategy", best["strategy"])
-    return {"train.best_val_accuracy": best["best_val_accuracy"]}
+    return {"train.best_val_accuracy": best[judged.VALUE_METRIC]}
 
 
 def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
@@ -123,14 +115,14 @@ def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
         output_dir=Path(cfg.paths.output_dir) / "reports" / parent_id,
         registered_model=cfg.tracking.registered_model,
     )
-    mlflow.set_tag("report", str(report.path))
+    mlflow.set_tag(names.TAG_REPORT, str(report.path))
     print(f"[pipeline] report: {report.path}")
-    out = {"report": str(report.path)}
+    out = {names.TAG_REPORT: str(report.path)}
     champion = report.result.champion
     if champion:
-        mlflow.set_tag("registered_model", champion["uri"])
+        mlflow.set_tag(names.TAG_REGISTERED_MODEL, champion["uri"])
         print(f"[pipeline] model: {champion['uri']} (version {champion['version']}, run {champion['run_id']})")
-        out["registered_model"] = champion["uri"]
+        out[names.TAG_REGISTERED_MODEL] = champion["uri"]
     return out
 
 

@@ -30,15 +30,12 @@ import argparse
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pandas as pd
-import yaml
 
-from bigimage.analysis_lib import billing, common, comparable, overfitting, registry, training_cost
+from bigimage.analysis_lib import billing, common, comparable, overfitting, pricing, registry, training_cost
 from bigimage.analysis_lib.common import Ranked
-from bigimage.tracking import names, query
+from bigimage.tracking import judged, names, query
 
 SCRIPT_HELP = (
     "Rank training configurations, and cluster shapes for preprocessing and the speed test, "
@@ -47,158 +44,8 @@ SCRIPT_HELP = (
 )
 TAG_BEST = "best_config"
 CONFIG_PARAMS = training_cost.BASE_PARAMS
-PREPROCESS_METRICS = ("images_per_second", "seconds", "images")
-DEFAULT_PRICES = query.PROJECT_ROOT / "analysis" / "prices.yaml"
+PREPROCESS_METRICS = (names.IMAGES_PER_SECOND, names.SECONDS, names.IMAGES)
 PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its speed decides the winner
-
-
-# --- prices -----------------------------------------------------------------------------------
-
-
-PRICED_DEPLOY = "dataproc"  # the only place the price table's machines are what a run really ran on
-DEPLOY_TAG = "spark.deploy"  # read back from the running SparkContext (bigimage.spark.session)
-REGION_PARAM = "cluster.dataproc.region"
-PRICED_RUNS = (
-    f"only runs with tag {DEPLOY_TAG}={PRICED_DEPLOY}, by their own cluster.shape in their {REGION_PARAM}; "
-    "other runs have no cost"
-)
-
-
-@dataclass(frozen=True)
-class RegionPrices:
-    machines: dict  # machine type -> {"vcpus": int, "hourly": float}
-    disks: dict  # disk type -> price per GB-month
-    date: str
-
-
-@dataclass(frozen=True)
-class Prices:
-    regions: dict  # region -> RegionPrices
-    dataproc_per_vcpu_hour: float
-    hours_per_month: float
-    source: str
-    date: str
-    currency: str
-    # seconds to create and delete a Dataproc cluster, which Dataproc bills and no run records: an estimate
-    # the cluster-life costs add (:mod:`.billing`); 0 when the table gives none
-    dataproc_create_delete_seconds: float = 0.0
-
-    @property
-    def region(self) -> str:
-        """The regions the table prices (for headers)."""
-        return ", ".join(self.regions)
-
-
-def load_prices(path: str | Path | None = None) -> Prices:
-    path = Path(path or DEFAULT_PRICES)
-    data = yaml.safe_load(path.read_text())
-    try:
-        regions = {
-            str(name): RegionPrices(
-                machines={
-                    k: {"vcpus": int(v["vcpus"]), "hourly": float(v["hourly"])} for k, v in region["machines"].items()
-                },
-                disks={k: float(v) for k, v in region["disks"].items()},
-                date=str(region.get("date", data.get("date", ""))),
-            )
-            for name, region in data["regions"].items()
-        }
-        return Prices(
-            regions=regions,
-            dataproc_per_vcpu_hour=float(data["dataproc_per_vcpu_hour"]),
-            hours_per_month=float(data.get("hours_per_month", 730)),
-            source=str(data.get("source", "")),
-            date=str(data.get("date", "")),
-            currency=str(data.get("currency", "USD")),
-            dataproc_create_delete_seconds=float(data.get("dataproc_create_delete_seconds", 0.0)),
-        )
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"price table {path} is malformed (expected regions: <region>: machines, disks): {exc}"
-        ) from None
-
-
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in ("true", "1", "yes")
-
-
-def priced_region(row: pd.Series) -> tuple[str | None, str]:
-    """The region a run is priced in, or ``(None, why it is not priced)``.
-
-    Only runs whose Spark really ran on Dataproc (tag ``spark.deploy``, read back from Spark) are priced:
-    the same ``cluster=`` name run locally or on a standalone cluster used other machines.
-    """
-    deploy = row.get(f"tags.{DEPLOY_TAG}")
-    if deploy is None or (isinstance(deploy, float) and pd.isna(deploy)):
-        return None, f"not priced: no {DEPLOY_TAG} tag, so where it ran was not read back from Spark"
-    if deploy != PRICED_DEPLOY:
-        master = row.get("tags.spark.master")
-        where = f"{deploy} (spark.master {master})" if isinstance(master, str) else str(deploy)
-        return None, f"not priced: ran on {where}, not on the Dataproc machines the price table prices"
-    region = query.param(row, REGION_PARAM)
-    if region is None:
-        return None, f"not priced: a Dataproc run without the {REGION_PARAM} param"
-    return str(region), ""
-
-
-def hourly_cost(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
-    """Hourly cost of a Dataproc run's own shape (``cluster.shape.*``) in its region, and how it was built.
-
-    Returns ``(None, why)`` for a run that did not run on Dataproc (:func:`priced_region`), a region
-    missing from the table, a missing shape, or a type with no price.
-    """
-    region, why = priced_region(row)
-    if region is None:
-        return None, why
-    table = prices.regions.get(region)
-    if table is None:
-        return None, (
-            f"no prices for region {region} in the price table (it has {prices.region}); add them from {prices.source}"
-        )
-
-    def shape(key: str) -> Any:
-        return query.param(row, f"cluster.shape.{key}")
-
-    master = shape("master_machine_type")
-    if master is None:
-        return None, "no cluster.shape params"
-    single = _truthy(shape("single_node") or "false")
-    try:
-        workers = 0 if single else int(float(shape("worker_count") or 0))
-        master_disk = float(shape("master_boot_disk_size_gb") or 0)
-        worker_disk = float(shape("worker_boot_disk_size_gb") or 0) if workers else 0.0
-    except ValueError as exc:
-        return None, f"unreadable cluster shape: {exc}"
-    worker_type = shape("worker_machine_type") if workers else None
-    missing = [name for name in (master, worker_type) if name is not None and name not in table.machines]
-    disk_types = [shape("master_boot_disk_type") or "pd-standard"] + (
-        [shape("worker_boot_disk_type") or "pd-standard"] if workers else []
-    )
-    missing += [disk for disk in disk_types if disk not in table.disks]
-    if missing:
-        return None, f"no price for {', '.join(sorted(set(missing)))} in {region}"
-    master_price = table.machines[master]
-    worker_price = table.machines.get(worker_type, {"vcpus": 0, "hourly": 0.0})
-    vcpus = master_price["vcpus"] + workers * worker_price["vcpus"]
-    machines = master_price["hourly"] + workers * worker_price["hourly"]
-    fee = vcpus * prices.dataproc_per_vcpu_hour
-    disks = (
-        master_disk * table.disks[disk_types[0]]
-        + (workers * worker_disk * table.disks[disk_types[1]] if workers else 0.0)
-    ) / prices.hours_per_month
-    how = (
-        f"Dataproc in {region} (prices of {table.date}): {master}"
-        + (f" + {workers} x {worker_type}" if workers else "")
-        + f": machines {machines:.4f} + Dataproc fee {vcpus} vCPU x {prices.dataproc_per_vcpu_hour} = {fee:.4f}"
-        f" + disks {disks:.4f} per hour"
-    )
-    return machines + fee + disks, how
-
-
-def cost_per_1000(hourly: float | None, seconds: float, images: float) -> float | None:
-    if hourly is None or images <= 0:
-        return None
-    return hourly * seconds / 3600.0 / images * 1000.0
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -244,7 +91,7 @@ def _finished(runs: pd.DataFrame, task: str, excluded: list) -> list[pd.Series]:
     return ok
 
 
-TRAINING_RANKING = "val_accuracy"  # the name of a training group's ranking (comparable.Group.rankings)
+TRAINING_RANKING = judged.MONITOR  # the name of a training group's ranking (comparable.Group.rankings)
 
 
 def rank_training(
@@ -309,7 +156,7 @@ def _rank_configurations(
 
 
 def rank_preprocess(
-    runs: pd.DataFrame, prices: Prices, confidence: float = 0.95
+    runs: pd.DataFrame, prices: pricing.Prices, confidence: float = 0.95
 ) -> tuple[list[comparable.Group], list[overfitting.Exclusion], pd.DataFrame]:
     """Cluster shapes of the preprocess runs, by images/s (desc) and by cost per 1,000 images (asc),
     within each comparable group of runs (:data:`comparable.PREPROCESS`); and the table of runs."""
@@ -324,7 +171,7 @@ def rank_preprocess(
             bad = [key for key in measured if key not in values]
             _exclude(excluded, row, f"missing or non-positive metric(s): {', '.join(bad)}")
             continue
-        hourly, how = hourly_cost(row, prices)
+        hourly, how = pricing.run_hourly(row, prices)
         usable.append(row)
         rows.append(
             {
@@ -333,7 +180,7 @@ def rank_preprocess(
                 **values,
                 "hourly_cost": hourly,
                 "cost_note": how,
-                billing.JOB: cost_per_1000(hourly, values["seconds"], values["images"]),
+                billing.JOB: pricing.cost_per_1000(hourly, values["seconds"], values["images"]),
                 **_life_costs(row, hourly, values["seconds"], values["images"], prices),
             }
         )
@@ -341,14 +188,16 @@ def rank_preprocess(
     return _shape_groups(table, usable, comparable.PREPROCESS, list(comparable.SHAPE_KEYS), confidence), excluded, table
 
 
-def _life_costs(row: pd.Series, hourly: float | None, job_seconds: float, images: float, prices: Prices) -> dict:
+def _life_costs(
+    row: pd.Series, hourly: float | None, job_seconds: float, images: float, prices: pricing.Prices
+) -> dict:
     """The run's cluster life (:func:`billing.life`: the seconds, the parts as ``life``) and its cost per
     1,000 of ``images``."""
     life = billing.life(row, job_seconds, prices.dataproc_create_delete_seconds)
     return {
         billing.LIFE_SECONDS: life.seconds,
         "life": life,
-        billing.CLUSTER_LIFE: cost_per_1000(hourly, life.seconds, images),
+        billing.CLUSTER_LIFE: pricing.cost_per_1000(hourly, life.seconds, images),
     }
 
 
@@ -386,7 +235,9 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
             **_life_extra(priced),
         }
         speed.append(
-            Ranked(key_values, common.mean_interval(group["images_per_second"].tolist(), confidence), run_ids, extra)
+            Ranked(
+                key_values, common.mean_interval(group[names.IMAGES_PER_SECOND].tolist(), confidence), run_ids, extra
+            )
         )
         if not priced.empty:
             costs = priced[billing.JOB].tolist()
@@ -427,9 +278,7 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
     and run ids."""
     excluded: list[overfitting.Exclusion] = []
     by_id = {row["run_id"]: row for row in _finished(runs, "speedtest", excluded)}
-    table, problems = query.load_run_table(
-        selection.tracking_uri, selection.experiment_id, names.SPEEDTEST_TABLE, list(by_id)
-    )
+    table, problems = query.load_run_table(selection.tracking_uri, names.SPEEDTEST_TABLE, list(by_id))
     for run_id, why in problems.items():
         _exclude(excluded, by_id[run_id], why)
     frames, notes = [], []
@@ -454,23 +303,23 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
     return rows, excluded, notes, by_id
 
 
-def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Prices, confidence: float = 0.95):
+def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: pricing.Prices, confidence: float = 0.95):
     """(Source, shape) pairs by images/s and cost within each comparable group of speed-test runs
     (:data:`comparable.SPEEDTEST`); each run counts once: the mean of its repetitions."""
     rows, excluded, notes, by_id = speedtest_rows(selection, runs)
     if rows.empty:
         return [], excluded, notes, rows
     per_rep = _images_per_second(rows, ["run_id", "source", "repetition"])
-    hourly = {rid: hourly_cost(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
+    hourly = {rid: pricing.run_hourly(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
     per_rep[billing.JOB] = pd.Series(
         [
-            cost_per_1000(hourly[r][0], s, i)
+            pricing.cost_per_1000(hourly[r][0], s, i)
             for r, s, i in zip(per_rep["run_id"], per_rep["seconds"], per_rep["images"])
         ],
         index=per_rep.index,
         dtype=float,
     )
-    per_run = _run_means(per_rep, ["run_id", "source"], ["images_per_second", "seconds", "images", billing.JOB])
+    per_run = _run_means(per_rep, ["run_id", "source"], [names.IMAGES_PER_SECOND, "seconds", "images", billing.JOB])
     per_run["hourly_cost"] = per_run["run_id"].map(lambda r: hourly[r][0])
     per_run["cost_note"] = per_run["run_id"].map(lambda r: hourly[r][1])
     lives = {r: _speedtest_life(by_id[r], rows[rows["run_id"] == r], hourly[r][0], prices) for r in hourly}
@@ -483,11 +332,11 @@ def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: Pr
     return _shape_groups(per_run, usable, comparable.SPEEDTEST, keys, confidence), excluded, notes, rows
 
 
-def _speedtest_life(row: pd.Series, rows: pd.DataFrame, hourly: float | None, prices: Prices) -> dict:
+def _speedtest_life(row: pd.Series, rows: pd.DataFrame, hourly: float | None, prices: pricing.Prices) -> dict:
     """A speed-test run's cluster life (:func:`_life_costs`) per 1,000 of every image it read, both
     sources and all repetitions: the life is the run's, whichever source was read in it. Its job is
     the grid's seconds (metric ``seconds``), else the timed reads' sum."""
-    job = query.metric(row, "seconds") or float(rows["seconds"].sum())
+    job = query.metric(row, names.SECONDS) or float(rows["seconds"].sum())
     return _life_costs(row, hourly, job, float(rows["images"].sum()), prices)
 
 
@@ -504,7 +353,7 @@ def speedtest_by_batch(rows: pd.DataFrame) -> pd.DataFrame:
         return rows
     keys = ["run_id", "source", "batch_size", "repetition"]
     per_rep = _images_per_second(rows, keys)
-    per_run = _run_means(per_rep, keys[:-1], ["images_per_second"])
+    per_run = _run_means(per_rep, keys[:-1], [names.IMAGES_PER_SECOND])
     shapes = rows.drop_duplicates("run_id").set_index("run_id")
     for key in comparable.SHAPE_KEYS:
         per_run[key] = per_run["run_id"].map(shapes[key])
@@ -526,7 +375,7 @@ class BestConfigResult:
     speedtest: dict
     excluded: list[overfitting.Exclusion]
     notes: list[str]
-    prices: Prices
+    prices: pricing.Prices
     overfitting: overfitting.OverfittingResult
     preprocess_table: pd.DataFrame
     speedtest_rows: pd.DataFrame
@@ -586,7 +435,7 @@ class BestConfigResult:
                 "date": self.prices.date,
                 "regions": list(self.prices.regions),
                 "currency": self.prices.currency,
-                "priced": PRICED_RUNS,
+                "priced": pricing.PRICED_RUNS,
                 "covers": {billing.JOB: billing.JOB_COVERS, billing.CLUSTER_LIFE: billing.LIFE_COVERS},
                 "dataproc_create_delete_seconds": self.prices.dataproc_create_delete_seconds,
                 "dataproc_create_delete": "an estimate from the price table: no run records these operations",
@@ -604,11 +453,11 @@ def analyse(
     selection: query.RunSelection,
     runs: pd.DataFrame,
     thresholds: overfitting.Thresholds = overfitting.Thresholds(),
-    prices: Prices | None = None,
+    prices: pricing.Prices | None = None,
     rank_by: str = "speed",
     confidence: float = 0.95,
 ) -> BestConfigResult:
-    prices = prices or load_prices()
+    prices = prices or pricing.load_prices()
     of = overfitting.analyse(selection, runs, thresholds)
     training, ex_train = rank_training(of, confidence)
     pre, ex_pre, pre_table = rank_preprocess(runs, prices, confidence)
@@ -727,18 +576,18 @@ def tables(result: BestConfigResult) -> dict[str, list[dict]]:
     """The rankings of every comparable group as plain rows (for the terminal and the Markdown report)."""
     shape = list(comparable.SHAPE_KEYS)
     read = ["source", *shape]
-    pareto = {"best_val_accuracy": "best_val_accuracy", "pareto": "pareto_optimal"}
+    pareto = {judged.VALUE_METRIC: judged.VALUE_METRIC, "pareto": "pareto_optimal"}
     life = {billing.CLUSTER_LIFE: billing.CLUSTER_LIFE, billing.LIFE_INCLUDES: billing.LIFE_INCLUDES}
     groups = result.groups
-    by_cost = _ranking_rows(result.training_by_cost, "seconds_per_epoch", extra=pareto)
+    by_cost = _ranking_rows(result.training_by_cost, names.SECONDS_PER_EPOCH, extra=pareto)
     if len({r.extra.get(training_cost.GROUP) for r in result.training_by_cost}) > 1:
         by_cost = [{"group": r.extra[training_cost.GROUP], **row} for r, row in zip(result.training_by_cost, by_cost)]
     return {
-        "training": _group_rows(groups.get("train", []), TRAINING_RANKING, "val_accuracy"),
+        "training": _group_rows(groups.get("train", []), TRAINING_RANKING, judged.MONITOR),
         "training_by_cost": by_cost,
-        "preprocess_by_speed": _group_rows(groups.get("preprocess", []), "by_speed", "images_per_second", shape),
+        "preprocess_by_speed": _group_rows(groups.get("preprocess", []), "by_speed", names.IMAGES_PER_SECOND, shape),
         "preprocess_by_cost": _group_rows(groups.get("preprocess", []), "by_cost", billing.JOB, shape, life),
-        "speedtest_by_speed": _group_rows(groups.get("speedtest", []), "by_speed", "images_per_second", read),
+        "speedtest_by_speed": _group_rows(groups.get("speedtest", []), "by_speed", names.IMAGES_PER_SECOND, read),
         "speedtest_by_cost": _group_rows(groups.get("speedtest", []), "by_cost", billing.JOB, read, life),
     }
 
@@ -764,11 +613,11 @@ def _group_rows(
     return rows
 
 
-def cost_title(prices: Prices) -> str:
+def cost_title(prices: pricing.Prices) -> str:
     """How the shapes' cost tables rank, in their titles (what each cost covers: :func:`billing.covers`)."""
     return (
         f"by the job's cost per 1,000 images ({billing.JOB}; {billing.CLUSTER_LIFE} beside it is the bill's; "
-        f"{prices.currency}; {PRICED_RUNS})"
+        f"{prices.currency}; {pricing.PRICED_RUNS})"
     )
 
 
@@ -805,7 +654,9 @@ def render_text(result: BestConfigResult) -> str:
 
 
 def add_ranking_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prices", default=str(DEFAULT_PRICES), help=f"price table YAML (default: {DEFAULT_PRICES})")
+    parser.add_argument(
+        "--prices", default=str(pricing.DEFAULT_PRICES), help=f"price table YAML (default: {pricing.DEFAULT_PRICES})"
+    )
     parser.add_argument(
         "--rank-by",
         choices=("speed", "cost"),
@@ -833,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.confidence < 1:
         parser.error("--confidence must be between 0 and 1")
     try:
-        prices = load_prices(args.prices)
+        prices = pricing.load_prices(args.prices)
         selection, runs = common.load_runs(args)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from bigimage.tracking import query
+from bigimage.tracking import names, query
 
 JOB = "cost_per_1000_images_job"
 CLUSTER_LIFE = "cost_per_1000_images_cluster_life"
 LIFE_SECONDS = "cluster_life_seconds"
 LIFE_INCLUDES = "cluster_life_includes"
-STARTUP_METRIC = "startup_seconds"  # Spark's start-up, recorded by tasks 1 and 2
+STARTUP_METRIC = names.STARTUP_SECONDS  # Spark's start-up, recorded by tasks 1 and 2
 DATAPROC = "dataproc"  # the deploy (tag spark.deploy) whose cluster is created and deleted for its jobs
 JOB_COVERS = (
     "the job alone: its own seconds, without Spark's start-up, the first Python worker, the run's work "
@@ -87,7 +87,7 @@ def life(row: pd.Series, job_seconds: float, create_delete_seconds: float) -> Li
     startup = max(recorded or 0.0, 0.0)
     wall = wall_seconds(row)
     other = max((wall or 0.0) - job_seconds - startup, 0.0)
-    dataproc = row.get("tags.spark.deploy") == DATAPROC
+    dataproc = row.get(f"tags.{names.SPARK_DEPLOY}") == DATAPROC
     return Life(job_seconds, startup, other, create_delete_seconds if dataproc else 0.0, recorded is not None)
 
 

@@ -25,7 +25,7 @@ data terms ``t1`` and ``t4``): calibrated from the store's own Dataproc runs whe
 the configured value (default 1.0); either way it is labelled as an assumption in the output.
 
 Costs (per 1,000 images) are explicit forecasts at the shape's own hourly price in the chosen region
-(:func:`.best_config.hourly_cost`, the same table and rules as the ranking of measured runs), each saying
+(:func:`.pricing.hourly`, the same table and rules as the ranking of measured runs), each saying
 what it covers (:mod:`.billing`): the job alone (the predicted seconds) and the cluster's life (the
 predicted seconds plus the median of what the fitted runs' lives added to their jobs: Spark's start-up,
 the first Python worker, the logging; plus, for a Dataproc shape, creating and deleting the cluster, an
@@ -41,14 +41,15 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
-import yaml
+from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from bigimage.analysis_lib import best_config, billing, overfitting, scaling
-from bigimage.config import ClusterConfig, DataprocJob
-from bigimage.tracking import query
+from bigimage.analysis_lib import best_config, billing, overfitting, pricing, scaling
+from bigimage.config import ClusterConfig, DataprocJob, DataprocShape, compose_option
+from bigimage.tracking import names, query
 
 TASKS = ("preprocess", "speedtest")
 TASK_TERMS = {"preprocess": scaling.TERMS, "speedtest": (scaling.INTERCEPT, scaling.DATA, scaling.DATA_PER_MACHINE)}
@@ -56,11 +57,8 @@ DEFAULT_SHAPES = ("single", "maximal", "four")
 DEFAULT_IMAGES = 20000
 LOCAL_SHAPE = "local"
 SCALING_TAG = "scaling_point"
-THREADS_TAG = "speedtest.pipeline_threads"
-PARALLELISM_TAG = "speedtest.effective_parallelism"
 ON_THIS_MACHINE = ("local", "standalone")
 FIT_ORDER = {"dataproc": ("dataproc", "standalone", "local"), "local": ("local", "standalone")}
-CLUSTER_DIR = query.PROJECT_ROOT / "conf" / "cluster"
 LABEL = (
     "forecast: predicted by the scaling model fitted on the runs listed, not measured; "
     "costs are at list prices, for the job alone and over the cluster's life (what the bill charges)"
@@ -91,14 +89,14 @@ class Options:
 
 @dataclass(frozen=True)
 class Shape:
-    """A cluster shape of conf/cluster: where it runs (``dataproc``, or ``local`` for this machine),
-    its executors and cores, and its Dataproc machines as the params a run would log them."""
+    """A cluster shape of the ``cluster`` config group, as Hydra composes it: where it runs (``dataproc``, or
+    ``local`` for this machine), its executors and cores, and its Dataproc machines (``cluster.shape``)."""
 
     name: str
     deploy: str
     executors: int
     executor_cores: int
-    shape_params: dict
+    machines: DataprocShape
 
     @property
     def cores(self) -> int:
@@ -108,42 +106,27 @@ class Shape:
         """(cores, machines) of a run of ``task``: task 2 times one pipeline on one executor."""
         return (self.executor_cores, 1) if task == "speedtest" else (self.cores, self.executors)
 
-
-def shape_names() -> list[str]:
-    return sorted(path.stem for path in CLUSTER_DIR.glob("*.yaml"))
+    def hourly(self, prices: pricing.Prices, region: str) -> tuple[float | None, str]:
+        """The shape's hourly price on Dataproc in ``region`` (:func:`.pricing.hourly`); this machine is not priced."""
+        if self.deploy != "dataproc":
+            return None, "not priced: this machine"
+        return pricing.hourly(self.machines, region, prices)
 
 
 def load_shape(name: str, local_cores: int) -> Shape:
-    """The shape of ``conf/cluster/<name>.yaml`` (its schema's defaults filled in); ``local`` is this machine."""
-    path = CLUSTER_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"unknown shape {name!r}; choose from the cluster group: {', '.join(shape_names())}")
-    data = {key: value for key, value in (yaml.safe_load(path.read_text()) or {}).items() if key != "defaults"}
-    node = OmegaConf.merge(OmegaConf.structured(ClusterConfig), data)
+    """The option ``name`` of the cluster group, composed by Hydra; ``local`` is this machine with ``local_cores``."""
+    try:
+        cluster = cast(ClusterConfig, OmegaConf.to_object(compose_option("cluster", name)))
+    except MissingConfigException as error:
+        raise ValueError(f"unknown shape {name!r}: {error}") from None
     local = name == LOCAL_SHAPE
-    shape: dict = vars(OmegaConf.to_object(node.shape))
-    params = {f"cluster.shape.{key}": str(value) for key, value in shape.items()}
     return Shape(
         name,
         "local" if local else "dataproc",
-        1 if local else int(node.executors),
-        local_cores if local or not node.executor_cores else int(node.executor_cores),
-        params,
+        1 if local else cluster.executors,
+        local_cores if local or not cluster.executor_cores else cluster.executor_cores,
+        cluster.shape,
     )
-
-
-def shape_hourly(shape: Shape, prices: best_config.Prices, region: str) -> tuple[float | None, str]:
-    """The shape's hourly price on Dataproc in ``region``, through the same rules as measured runs."""
-    if shape.deploy != "dataproc":
-        return None, "not priced: this machine"
-    row = pd.Series(
-        {
-            **{f"params.{key}": value for key, value in shape.shape_params.items()},
-            f"params.{best_config.REGION_PARAM}": region,
-            f"tags.{best_config.DEPLOY_TAG}": best_config.PRICED_DEPLOY,
-        }
-    )
-    return best_config.hourly_cost(row, prices)
 
 
 # --- points from runs -------------------------------------------------------------------------
@@ -151,14 +134,14 @@ def shape_hourly(shape: Shape, prices: best_config.Prices, region: str) -> tuple
 
 def _usable(row: pd.Series, excluded: list, scaling_only: bool) -> str | None:
     """The run's deploy kind if it can be a point, else None (and why in ``excluded``)."""
-    deploy = row.get(f"tags.{best_config.DEPLOY_TAG}")
+    deploy = query.tag(row, names.SPARK_DEPLOY)
     reason = None
     if row["status"] != "FINISHED":
         reason = f"status {row['status']}: only FINISHED runs are points"
     elif scaling_only and str(row.get(f"tags.{SCALING_TAG}")).lower() != "true":
         reason = f"not tagged {SCALING_TAG}=true"
     elif not isinstance(deploy, str):
-        reason = f"no {best_config.DEPLOY_TAG} tag: where it ran was not read back from Spark"
+        reason = f"no {names.SPARK_DEPLOY} tag: where it ran was not read back from Spark"
     if reason:
         excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), row.get("task"), reason))
         return None
@@ -177,7 +160,10 @@ def preprocess_points(runs: pd.DataFrame, options: Options) -> tuple[dict[str, l
         deploy = _usable(row, excluded, options.scaling_only)
         if deploy is None:
             continue
-        read = {key: query.metric(row, key) for key in ("images", "seconds", "spark.total_cores", "spark.executors")}
+        read = {
+            key: query.metric(row, key)
+            for key in (names.IMAGES, names.SECONDS, names.SPARK_TOTAL_CORES, names.SPARK_EXECUTORS)
+        }
         values = {key: value for key, value in read.items() if value is not None and math.isfinite(value) and value > 0}
         if len(values) < len(read):
             bad = ", ".join(sorted(set(read) - set(values)))
@@ -187,21 +173,23 @@ def preprocess_points(runs: pd.DataFrame, options: Options) -> tuple[dict[str, l
                 )
             )
             continue
-        cores = _cap(values["spark.total_cores"], deploy, options.local_cores)
+        cores = _cap(values[names.SPARK_TOTAL_CORES], deploy, options.local_cores)
         points.setdefault(deploy, []).append(
-            scaling.Point(values["images"], cores, int(values["spark.executors"]), values["seconds"], row["run_id"])
+            scaling.Point(
+                values[names.IMAGES], cores, int(values[names.SPARK_EXECUTORS]), values[names.SECONDS], row["run_id"]
+            )
         )
     return points, excluded
 
 
 def _read_cores(row: pd.Series, deploy: str, local_cores: int) -> float | None:
     """Cores one speed-test pipeline used: its threads when limited, else what TensorFlow saw."""
-    threads = row.get(f"tags.{THREADS_TAG}")
+    threads = row.get(f"tags.{names.PIPELINE_THREADS}")
     if isinstance(threads, str) and threads.isdigit() and int(threads) > 0:
         return _cap(float(threads), deploy, local_cores)
     if deploy in ON_THIS_MACHINE:
         return float(local_cores)
-    total, executors = query.metric(row, "spark.total_cores"), query.metric(row, "spark.executors")
+    total, executors = query.metric(row, names.SPARK_TOTAL_CORES), query.metric(row, names.SPARK_EXECUTORS)
     return total / executors if total and executors else None
 
 
@@ -213,14 +201,14 @@ def speedtest_points(
     kinds: dict[str, str] = {}
     for _, row in runs[runs["task"] == "speedtest"].iterrows():
         deploy = _usable(row, excluded, options.scaling_only)
-        parallel = str(row.get(f"tags.{PARALLELISM_TAG}", "1"))
+        parallel = str(row.get(f"tags.{names.EFFECTIVE_PARALLELISM}", "1"))
         if deploy and parallel not in ("1", "nan"):
             excluded.append(
                 overfitting.Exclusion(
                     row["run_id"],
                     row.get("run_name"),
                     "speedtest",
-                    f"{PARALLELISM_TAG}={parallel}: its timings overlap",
+                    f"{names.EFFECTIVE_PARALLELISM}={parallel}: its timings overlap",
                 )
             )
         elif deploy:
@@ -294,7 +282,7 @@ def run_overheads(runs: pd.DataFrame) -> dict[str, billing.Life]:
     recorded its job's ``seconds`` (task 1's job; task 2's whole grid)."""
     lives = {}
     for _, row in runs.iterrows():
-        job = query.metric(row, "seconds")
+        job = query.metric(row, names.SECONDS)
         if job is not None and math.isfinite(job):
             lives[str(row["run_id"])] = billing.life(row, job, 0.0)
     return lives
@@ -327,7 +315,7 @@ class ShapeForecast:
     create_delete: float = 0.0  # creating and deleting the cluster (a Dataproc shape; an estimate)
 
     def cost(self, seconds: float, images: int) -> float | None:
-        return best_config.cost_per_1000(self.hourly, seconds, images)
+        return pricing.cost_per_1000(self.hourly, seconds, images)
 
     def life(self, seconds: float) -> float:
         """The cluster's life for a job of ``seconds`` (module doc)."""
@@ -508,7 +496,7 @@ def forecast_task(
     task: str,
     points: dict[str, list[scaling.Point]],
     shapes: Sequence[Shape],
-    prices: best_config.Prices,
+    prices: pricing.Prices,
     options: Options,
     lives: dict[str, billing.Life] | None = None,
 ) -> TaskForecast:
@@ -534,7 +522,7 @@ def forecast_task(
             refusals,
             ratio,
             options.images,
-            shape_hourly(shape, prices, options.region),
+            shape.hourly(prices, options.region),
             lives,
             prices.dataproc_create_delete_seconds,
         )
@@ -549,7 +537,7 @@ class Forecast:
     options: Options
     tasks: dict[str, TaskForecast]
     excluded: list
-    prices: best_config.Prices
+    prices: pricing.Prices
 
     def usable(self) -> bool:
         return any(t.predicted() for t in self.tasks.values())
@@ -574,7 +562,7 @@ class Forecast:
 def build(selection: query.RunSelection, runs: pd.DataFrame, options: Options = Options()) -> Forecast:
     """The forecast of every task for ``options.shapes`` at ``options.images`` (ValueError: unknown shape)."""
     shapes = [load_shape(name, options.local_cores) for name in options.shapes]
-    prices = best_config.load_prices(options.prices_path)
+    prices = pricing.load_prices(options.prices_path)
     runs = runs[runs["task"].isin(TASKS)] if "task" in runs else runs.iloc[0:0]
     pre, ex_pre = preprocess_points(runs, options)
     speed, ex_speed = speedtest_points(selection, runs, options)

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bigimage.analysis_lib import best_config, billing, common, forecast, scaling
+from bigimage.analysis_lib import billing, common, forecast, pricing, scaling
+from bigimage.tracking.store import log_batch, retry_busy
 
 EXIT_CANNOT_FIT = 4
 MODEL_ARTIFACT = "forecast/model.json"
@@ -46,13 +47,8 @@ def metrics(result: forecast.Forecast) -> dict[str, float]:
 
 def log_forecast(client, run_id: str, result: forecast.Forecast) -> None:
     """Log the forecast into an open analysis run (its metrics and the model JSON)."""
-    from mlflow.entities import Metric
-
-    now = int(pd.Timestamp.now().timestamp() * 1000)
-    batch = [Metric(key, float(value), now, 0) for key, value in metrics(result).items()]
-    for start in range(0, len(batch), 900):
-        client.log_batch(run_id, metrics=batch[start : start + 900])
-    client.log_text(run_id, common.dump_json(result.as_dict()), MODEL_ARTIFACT)
+    log_batch(client, run_id, metrics=metrics(result))
+    retry_busy(lambda: client.log_text(run_id, common.dump_json(result.as_dict()), MODEL_ARTIFACT))
 
 
 # --- text -------------------------------------------------------------------------------------
@@ -367,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "of each cluster shape at a data size; log the forecast as an analysis run.",
     )
     add_forecast_args(parser)
-    parser.add_argument("--prices", default=str(best_config.DEFAULT_PRICES), help="price table YAML")
+    parser.add_argument("--prices", default=str(pricing.DEFAULT_PRICES), help="price table YAML")
     parser.add_argument("--confidence", type=float, default=0.95, help="level of the intervals (default: 0.95)")
     parser.add_argument("--no-log-run", action="store_true", help="do not log the forecast as an MLflow analysis run")
     add_plan_args(parser)

@@ -29,9 +29,10 @@ from bigimage.analysis_lib import (
     html_report,
     overfitting,
     predict,
+    pricing,
     registry,
 )
-from bigimage.tracking import curves, query
+from bigimage.tracking import curves, names, query
 
 SCRIPT_HELP = (
     "Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
@@ -65,7 +66,7 @@ def _curves_figure(result: best_config.BestConfigResult, path: Path) -> str | No
     order = sorted(set(panel.values()), key=lambda p: (p.split(" / ")[0], _as_int(p.rsplit(" ", 1)[-1])))
     data = of.histories[of.histories["run_id"].isin(panel)]
     data = data.assign(panel=data["run_id"].map(panel), epoch=data["step"])
-    long = curves.long_frame(data, ("loss", "val_loss"), ("run_id", "panel", "epoch"))
+    long = curves.long_frame(data, (names.LOSS, names.VAL_LOSS), ("run_id", "panel", "epoch"))
     grid = sns.relplot(
         data=long,
         x="epoch",
@@ -128,7 +129,7 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
     grid = sns.catplot(
         data=data.assign(batch_size=data["batch_size"].astype(int), shape=shapes),
         x="batch_size",
-        y="images_per_second",
+        y=names.IMAGES_PER_SECOND,
         hue="source",
         col="shape",
         kind="point",
@@ -368,7 +369,7 @@ def _shapes_md(
         *_groups_md(result, section),
         common.markdown_table(tables[f"{section}_by_speed"]),
         f"By the job's cost per 1,000 images, `{billing.JOB}` ({result.prices.currency}; {cost_parts}"
-        f"{best_config.PRICED_RUNS}), with the cost over the cluster's life, `{billing.CLUSTER_LIFE}`, beside it:",
+        f"{pricing.PRICED_RUNS}), with the cost over the cluster's life, `{billing.CLUSTER_LIFE}`, beside it:",
         "",
         common.markdown_table(tables[f"{section}_by_cost"]),
         f"_{billing.covers(result.prices.dataproc_create_delete_seconds)}_",
@@ -480,7 +481,7 @@ def _analyse(
     runs = runs[runs["task"] != "analysis"].reset_index(drop=True)  # earlier reports are not data
     if runs.empty:
         raise query.NoRunsError(f"no runs other than analysis runs in {selection.describe()}")
-    result = best_config.analyse(selection, runs, thresholds, best_config.load_prices(prices_path), rank_by)
+    result = best_config.analyse(selection, runs, thresholds, pricing.load_prices(prices_path), rank_by)
     if not (result.overfitting.verdicts or result.preprocess["by_speed"] or result.speedtest["by_speed"]):
         reasons = "; ".join(f"{e.run_name or e.run_id}: {e.reason}" for e in result.excluded) or "no task runs"
         raise query.NoRunsError(f"no run that can be analysed in {selection.describe()} ({reasons})")
