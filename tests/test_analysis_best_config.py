@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from bigimage.analysis_lib import best_config as bc
-from bigimage.analysis_lib import billing, common, pricing
+from bigimage.analysis_lib import common, pricing
 from bigimage.tracking import query
 from tests.mlflow_fixtures import (
     ON_DATAPROC,
@@ -149,8 +149,8 @@ def test_only_runs_that_ran_on_dataproc_are_priced_by_their_own_region(tmp_path)
     )
     assert "europe-west2" in four.extra["cost_note"]
     table = result.preprocess_table.set_index("run_id")
-    assert pd.isna(table.loc[store.ids["pre-local"], billing.JOB])
-    assert pd.isna(table.loc[store.ids["pre-asked-dataproc"], billing.JOB])
+    assert pd.isna(table.loc[store.ids["pre-local"], pricing.JOB])
+    assert pd.isna(table.loc[store.ids["pre-asked-dataproc"], pricing.JOB])
     assert "not priced: ran on local" in table.loc[store.ids["pre-asked-dataproc"], "cost_note"]
     notes = "\n".join(result.notes)
     assert "local: no cost (not priced: ran on local (spark.master local[2])" in notes

@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import Metric, Param
 
 from bigimage.analysis_lib import best_config as bc
-from bigimage.analysis_lib import billing, forecast, predict, pricing
+from bigimage.analysis_lib import forecast, predict, pricing
 from bigimage.analysis_lib import report as rp
 from bigimage.tracking import query
 from tests.mlflow_fixtures import ON_DATAPROC, SHAPES, log_run, make_store, speedtest_table
@@ -78,16 +78,16 @@ def test_the_cluster_life_adds_the_recorded_start_up_and_dataproc_creation_and_d
     assert create_delete > 0  # analysis/prices.yaml's estimate
     table = result.preprocess_table.set_index("run_id")
     short, long = table.loc[store.ids["short"]], table.loc[store.ids["long"]]
-    assert short[billing.JOB] == pytest.approx(per_1000(store, JOB_SECONDS))
-    assert short[billing.CLUSTER_LIFE] == pytest.approx(per_1000(store, JOB_SECONDS + STARTUP + create_delete))
-    assert short[billing.CLUSTER_LIFE] - short[billing.JOB] == pytest.approx(per_1000(store, STARTUP + create_delete))
-    assert long[billing.LIFE_SECONDS] == pytest.approx(40.0 + create_delete)  # the run's wall time counts whole
+    assert short[pricing.JOB] == pytest.approx(per_1000(store, JOB_SECONDS))
+    assert short[pricing.CLUSTER_LIFE] == pytest.approx(per_1000(store, JOB_SECONDS + STARTUP + create_delete))
+    assert short[pricing.CLUSTER_LIFE] - short[pricing.JOB] == pytest.approx(per_1000(store, STARTUP + create_delete))
+    assert long[pricing.LIFE_SECONDS] == pytest.approx(40.0 + create_delete)  # the run's wall time counts whole
     four = result.preprocess["by_cost"][0]
     assert four.score.n == 2 and four.score.mean == pytest.approx(per_1000(store, JOB_SECONDS))
-    assert four.extra["scored_by"] == billing.JOB
+    assert four.extra["scored_by"] == pricing.JOB
     life = per_1000(store, (JOB_SECONDS + STARTUP + 40.0) / 2 + create_delete)
-    assert four.extra[billing.CLUSTER_LIFE] == pytest.approx(life)
-    assert four.extra[billing.LIFE_INCLUDES] == (
+    assert four.extra[pricing.CLUSTER_LIFE] == pytest.approx(life)
+    assert four.extra[pricing.LIFE_INCLUDES] == (
         f"start-up 5 s + rest of the run 12.5 s + creation and deletion {create_delete:.3g} s (estimate)"
     )
 
@@ -96,32 +96,32 @@ def test_a_speed_test_run_s_life_is_spread_over_every_image_it_read(result, stor
     read = speedtest_table(100)
     create_delete = result.prices.dataproc_create_delete_seconds
     for item in result.speedtest["by_cost"]:
-        assert item.extra[billing.CLUSTER_LIFE] == pytest.approx(
+        assert item.extra[pricing.CLUSTER_LIFE] == pytest.approx(
             per_1000(store, 2.0 + STARTUP + create_delete, float(read["images"].sum()))
         )
 
 
 def test_every_best_config_output_says_what_each_cost_covers(result):
     text = bc.render_text(result)
-    assert billing.covers(result.prices.dataproc_create_delete_seconds) in text
-    assert f"by the job's cost per 1,000 images ({billing.JOB}; {billing.CLUSTER_LIFE}" in text
+    assert pricing.covers(result.prices.dataproc_create_delete_seconds) in text
+    assert f"by the job's cost per 1,000 images ({pricing.JOB}; {pricing.CLUSTER_LIFE}" in text
     rows = bc.tables(result)["preprocess_by_cost"]
-    assert {billing.JOB, billing.CLUSTER_LIFE, billing.LIFE_INCLUDES} <= set(rows[0])
+    assert {pricing.JOB, pricing.CLUSTER_LIFE, pricing.LIFE_INCLUDES} <= set(rows[0])
     doc = json.loads(json.dumps(result.as_dict(), default=str))
-    assert doc["prices"]["covers"] == {billing.JOB: billing.JOB_COVERS, billing.CLUSTER_LIFE: billing.LIFE_COVERS}
+    assert doc["prices"]["covers"] == {pricing.JOB: pricing.JOB_COVERS, pricing.CLUSTER_LIFE: pricing.LIFE_COVERS}
     item = doc["preprocess"]["by_cost"][0]
-    assert item["scored_by"] == billing.JOB and item[billing.CLUSTER_LIFE] > item["score_mean"]
+    assert item["scored_by"] == pricing.JOB and item[pricing.CLUSTER_LIFE] > item["score_mean"]
 
 
 def test_the_report_says_what_each_cost_covers(store, tmp_path):
     report = rp.make_report(store.uri, experiment=store.experiment_name, output_dir=tmp_path, write_tags=False)
     markdown = report.path.read_text()
     # under each cost table: preprocessing, the speed test, the forecast
-    assert markdown.count(billing.covers(report.result.prices.dataproc_create_delete_seconds)) == 3
+    assert markdown.count(pricing.covers(report.result.prices.dataproc_create_delete_seconds)) == 3
     cheapest = next(line for line in markdown.splitlines() if "Fastest cluster shape for preprocessing" in line)
     assert "per 1,000 images for the job alone (" in cheapest and "over the cluster's life, what the bill" in cheapest
     forecast_section = markdown[markdown.index("## Forecast") :]
-    assert billing.JOB_COVERS in forecast_section
+    assert pricing.JOB_COVERS in forecast_section
 
 
 def scaling_runs(store) -> None:
@@ -153,13 +153,13 @@ def test_the_forecast_gives_both_costs_and_the_cluster_life_adds_the_runs_start_
     result = forecast.build(selection, runs, options)
     shapes = result.as_dict()["tasks"]["preprocess"]["shapes"]
     single, create_delete = shapes["single"], result.prices.dataproc_create_delete_seconds
-    assert single[billing.LIFE_SECONDS] == pytest.approx(single["predicted_seconds"] + 4.0 + create_delete)
-    life_over_job = single[billing.LIFE_SECONDS] / single["predicted_seconds"]
-    assert single[billing.CLUSTER_LIFE] == pytest.approx(single[billing.JOB] * life_over_job)
-    assert "start-up and the rest of a run 4 s (median of 6 fitted run(s))" in single[billing.LIFE_INCLUDES]
-    assert shapes["local"][billing.JOB] is None and shapes["local"][billing.CLUSTER_LIFE] is None
+    assert single[pricing.LIFE_SECONDS] == pytest.approx(single["predicted_seconds"] + 4.0 + create_delete)
+    life_over_job = single[pricing.LIFE_SECONDS] / single["predicted_seconds"]
+    assert single[pricing.CLUSTER_LIFE] == pytest.approx(single[pricing.JOB] * life_over_job)
+    assert "start-up and the rest of a run 4 s (median of 6 fitted run(s))" in single[pricing.LIFE_INCLUDES]
+    assert shapes["local"][pricing.JOB] is None and shapes["local"][pricing.CLUSTER_LIFE] is None
     metrics = predict.metrics(result)
-    assert metrics[f"forecast.preprocess.single.{billing.CLUSTER_LIFE}"] == pytest.approx(single[billing.CLUSTER_LIFE])
+    assert metrics[f"forecast.preprocess.single.{pricing.CLUSTER_LIFE}"] == pytest.approx(single[pricing.CLUSTER_LIFE])
     assert predict.covers(result) in predict.render_text(result)
     code = predict.main(
         ["--tracking-uri", store.uri, "--experiment", store.experiment_name, "--json", "--no-log-run"]
@@ -167,12 +167,12 @@ def test_the_forecast_gives_both_costs_and_the_cluster_life_adds_the_runs_start_
     )
     assert code == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["covers"][billing.CLUSTER_LIFE] == billing.LIFE_COVERS
+    assert doc["covers"][pricing.CLUSTER_LIFE] == pricing.LIFE_COVERS
 
 
 def test_wall_time_is_read_from_the_run_and_missing_parts_are_said(tmp_path):
     row = pd.Series({"start_time": 1000, "end_time": 31000, "tags.spark.deploy": "local"})
-    life = billing.life(row, 10.0, 150.0)
+    life = pricing.life(row, 10.0, 150.0)
     assert (life.seconds, life.startup, life.other, life.create_delete) == (30.0, 0.0, 20.0, 0.0)
-    assert billing.includes([life]) == "start-up not recorded + rest of the run 20 s"
-    assert billing.wall_seconds(pd.Series({"start_time": 1000, "end_time": None})) is None
+    assert pricing.includes([life]) == "start-up not recorded + rest of the run 20 s"
+    assert pricing.wall_seconds(pd.Series({"start_time": 1000, "end_time": None})) is None

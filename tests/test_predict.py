@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bigimage.analysis_lib import billing, forecast, predict, pricing, scaling
+from bigimage.analysis_lib import forecast, predict, pricing, scaling
 from bigimage.analysis_lib import report as rp
 from bigimage.config import PROJECT_ROOT, ConfigError, validate
 from tests.conftest import compose_config
@@ -390,8 +390,8 @@ def test_forecast_of_every_shape_as_json_and_logged_as_an_analysis_run(store, ca
                 task,
                 name,
             )
-            assert (row[billing.JOB] is None) == (name == "local"), (task, name)
-            assert (row[billing.CLUSTER_LIFE] is None) == (name == "local"), (task, name)
+            assert (row[pricing.JOB] is None) == (name == "local"), (task, name)
+            assert (row[pricing.CLUSTER_LIFE] is None) == (name == "local"), (task, name)
         assert shapes["four"]["core_speed_ratio"]["source"].startswith("assumed")
         assert shapes["local"]["core_speed_ratio"] is None
         assert doc["tasks"][task]["fastest"] in shapes and doc["tasks"][task]["cheapest"] in (

@@ -1,39 +1,31 @@
 """Rank configurations with uncertainty: training configurations by accuracy, cluster shapes by speed and cost.
 
-Runs are compared like with like (:mod:`.comparable`): they are split into groups that agree on every
-setting that changes the result and is not compared (data, image size, splits, deploy kind, ...), each
-group is ranked apart, and each section's winner comes from one group, which the output names with why.
+Runs are compared like with like (:mod:`.comparable`): each comparable group is ranked apart, and each
+section's winner comes from one group, which the output names with why.
 
 * **Training**: each run scores its validation accuracy at its judged epoch (:mod:`bigimage.tracking.judged`); a
   configuration (:func:`.training_cost.config_params`) has the mean of its runs and a Student-t interval
   (none for n=1). The top one is distinguishable from the next only if their intervals do not overlap
   (a conservative test).
 * **Preprocessing** and **speed test**: cluster shapes (the name with the cores and executors Spark
-  granted) by images/s and by cost per 1,000 images, ``hourly cost * seconds / images * 1000``. A
-  speed-test run counts once, with the mean over its repetitions of images / seconds over each
-  repetition's grid rows: repetitions in one process are not independent, so n = runs. Each cost is
-  shown twice (:mod:`.billing`): the job's alone (``cost_per_1000_images_job``, which ranks) and over the
-  cluster's life (``cost_per_1000_images_cluster_life``: start-up, the rest of the run and, on Dataproc,
-  creating and deleting the cluster), what the bill charges.
+  granted) by images/s and by cost per 1,000 images (:mod:`.pricing`: only Dataproc runs are priced, by
+  their own shape and region; the job's cost ranks, the cluster life's is shown beside it). A speed-test
+  run counts once, with the mean over its repetitions of images / seconds over each repetition's grid
+  rows: repetitions in one process are not independent, so n = runs.
 
-Only runs that ran on Dataproc (tag ``spark.deploy=dataproc``, read back from Spark, not the
-``cluster.deploy`` asked for) have a cost: a local run priced as the Dataproc shape of the same name would
-be a made-up number. Their hourly cost is their own shape (``cluster.shape.*``: machines, the Dataproc
-per-vCPU fee, boot disks) at the list prices of their own region in ``analysis/prices.yaml``; the notes
-say why any other run has none. The winners get the tag ``best_config=true`` (the other ranked runs of
-their task ``false``) and the winning training configuration's model the alias ``champion`` (:mod:`.registry`).
+The winners get the tag ``best_config=true`` (the other ranked runs of their task ``false``) and the
+winning training configuration's model the alias ``champion`` (:mod:`.registry`).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from bigimage.analysis_lib import billing, common, comparable, overfitting, pricing, registry, training_cost
+from bigimage.analysis_lib import common, comparable, overfitting, pricing, registry, training_cost
 from bigimage.analysis_lib.common import Ranked
 from bigimage.tracking import judged, names, query
 
@@ -163,13 +155,9 @@ def rank_preprocess(
     excluded: list[overfitting.Exclusion] = []
     rows, usable = [], []
     for row in _finished(runs, "preprocess", excluded):
-        measured = {key: query.metric(row, key) for key in PREPROCESS_METRICS}
-        values = {
-            key: value for key, value in measured.items() if value is not None and math.isfinite(value) and value > 0
-        }
-        if len(values) < len(measured):
-            bad = [key for key in measured if key not in values]
-            _exclude(excluded, row, f"missing or non-positive metric(s): {', '.join(bad)}")
+        values, why = common.positive_metrics(row, PREPROCESS_METRICS)
+        if why:
+            _exclude(excluded, row, why)
             continue
         hourly, how = pricing.run_hourly(row, prices)
         usable.append(row)
@@ -180,7 +168,7 @@ def rank_preprocess(
                 **values,
                 "hourly_cost": hourly,
                 "cost_note": how,
-                billing.JOB: pricing.cost_per_1000(hourly, values["seconds"], values["images"]),
+                pricing.JOB: pricing.cost_per_1000(hourly, values["seconds"], values["images"]),
                 **_life_costs(row, hourly, values["seconds"], values["images"], prices),
             }
         )
@@ -191,13 +179,13 @@ def rank_preprocess(
 def _life_costs(
     row: pd.Series, hourly: float | None, job_seconds: float, images: float, prices: pricing.Prices
 ) -> dict:
-    """The run's cluster life (:func:`billing.life`: the seconds, the parts as ``life``) and its cost per
+    """The run's cluster life (:func:`pricing.life`: the seconds, the parts as ``life``) and its cost per
     1,000 of ``images``."""
-    life = billing.life(row, job_seconds, prices.dataproc_create_delete_seconds)
+    life = pricing.life(row, job_seconds, prices.dataproc_create_delete_seconds)
     return {
-        billing.LIFE_SECONDS: life.seconds,
+        pricing.LIFE_SECONDS: life.seconds,
         "life": life,
-        billing.CLUSTER_LIFE: pricing.cost_per_1000(hourly, life.seconds, images),
+        pricing.CLUSTER_LIFE: pricing.cost_per_1000(hourly, life.seconds, images),
     }
 
 
@@ -227,7 +215,7 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
     speed, cost = [], []
     for key_values, group in _by_key(table, keys):
         run_ids = sorted(set(group["run_id"]))
-        priced = group[group[billing.JOB].notna()]  # Dataproc runs only (hourly_cost says why)
+        priced = group[group[pricing.JOB].notna()]  # Dataproc runs only (hourly_cost says why)
         extra = {
             "hourly_cost": priced["hourly_cost"].iloc[0] if not priced.empty else None,
             "cost_note": (priced if not priced.empty else group)["cost_note"].iloc[0],
@@ -240,8 +228,8 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
             )
         )
         if not priced.empty:
-            costs = priced[billing.JOB].tolist()
-            scored = {**extra, "scored_by": billing.JOB}
+            costs = priced[pricing.JOB].tolist()
+            scored = {**extra, "scored_by": pricing.JOB}
             cost.append(
                 Ranked(key_values, common.mean_interval(costs, confidence), sorted(set(priced["run_id"])), scored)
             )
@@ -252,14 +240,14 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
 
 def _life_extra(priced: pd.DataFrame) -> dict:
     """The cluster-life figures of an item's priced runs (means over the runs; one value per run):
-    :data:`billing.CLUSTER_LIFE`, its seconds and what they add to the job."""
+    :data:`pricing.CLUSTER_LIFE`, its seconds and what they add to the job."""
     if priced.empty:
-        return {billing.CLUSTER_LIFE: None, billing.LIFE_SECONDS: None, billing.LIFE_INCLUDES: ""}
+        return {pricing.CLUSTER_LIFE: None, pricing.LIFE_SECONDS: None, pricing.LIFE_INCLUDES: ""}
     runs = priced.drop_duplicates("run_id")
     return {
-        billing.CLUSTER_LIFE: float(runs[billing.CLUSTER_LIFE].mean()),
-        billing.LIFE_SECONDS: float(runs[billing.LIFE_SECONDS].mean()),
-        billing.LIFE_INCLUDES: billing.includes(list(runs["life"])),
+        pricing.CLUSTER_LIFE: float(runs[pricing.CLUSTER_LIFE].mean()),
+        pricing.LIFE_SECONDS: float(runs[pricing.LIFE_SECONDS].mean()),
+        pricing.LIFE_INCLUDES: pricing.includes(list(runs["life"])),
     }
 
 
@@ -310,23 +298,16 @@ def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: pr
     if rows.empty:
         return [], excluded, notes, rows
     per_rep = _images_per_second(rows, ["run_id", "source", "repetition"])
-    hourly = {rid: pricing.run_hourly(by_id[rid], prices) for rid in per_rep["run_id"].unique()}
-    per_rep[billing.JOB] = pd.Series(
-        [
-            pricing.cost_per_1000(hourly[r][0], s, i)
-            for r, s, i in zip(per_rep["run_id"], per_rep["seconds"], per_rep["images"])
-        ],
-        index=per_rep.index,
-        dtype=float,
-    )
-    per_run = _run_means(per_rep, ["run_id", "source"], [names.IMAGES_PER_SECOND, "seconds", "images", billing.JOB])
-    per_run["hourly_cost"] = per_run["run_id"].map(lambda r: hourly[r][0])
-    per_run["cost_note"] = per_run["run_id"].map(lambda r: hourly[r][1])
-    lives = {r: _speedtest_life(by_id[r], rows[rows["run_id"] == r], hourly[r][0], prices) for r in hourly}
-    for column in (billing.LIFE_SECONDS, "life", billing.CLUSTER_LIFE):
-        per_run[column] = per_run["run_id"].map(lambda r, column=column: lives[r][column])
-    for key in comparable.SHAPE_KEYS:
-        per_run[key] = per_run["run_id"].map(lambda r, key=key: comparable.shape(by_id[r])[key])
+    hourly = {run_id: pricing.run_hourly(by_id[run_id], prices) for run_id in per_rep["run_id"].unique()}
+    rate = per_rep["run_id"].map({run_id: price for run_id, (price, _) in hourly.items()}).astype(float)
+    per_rep[pricing.JOB] = rate * per_rep["seconds"] / per_rep["images"] / 3.6  # pricing.cost_per_1000, per row
+    per_run = _run_means(per_rep, ["run_id", "source"], [names.IMAGES_PER_SECOND, "seconds", "images", pricing.JOB])
+    info = [
+        {"run_id": run_id, "hourly_cost": price, "cost_note": how, **comparable.shape(by_id[run_id])}
+        | _speedtest_life(by_id[run_id], rows[rows["run_id"] == run_id], price, prices)
+        for run_id, (price, how) in hourly.items()
+    ]
+    per_run = per_run.merge(pd.DataFrame(info), on="run_id")
     keys = ["source", *comparable.SHAPE_KEYS]
     usable = [by_id[run_id] for run_id in per_run["run_id"].unique()]
     return _shape_groups(per_run, usable, comparable.SPEEDTEST, keys, confidence), excluded, notes, rows
@@ -436,7 +417,7 @@ class BestConfigResult:
                 "regions": list(self.prices.regions),
                 "currency": self.prices.currency,
                 "priced": pricing.PRICED_RUNS,
-                "covers": {billing.JOB: billing.JOB_COVERS, billing.CLUSTER_LIFE: billing.LIFE_COVERS},
+                "covers": {pricing.JOB: pricing.JOB_COVERS, pricing.CLUSTER_LIFE: pricing.LIFE_COVERS},
                 "dataproc_create_delete_seconds": self.prices.dataproc_create_delete_seconds,
                 "dataproc_create_delete": "an estimate from the price table: no run records these operations",
             },
@@ -577,7 +558,7 @@ def tables(result: BestConfigResult) -> dict[str, list[dict]]:
     shape = list(comparable.SHAPE_KEYS)
     read = ["source", *shape]
     pareto = {judged.VALUE_METRIC: judged.VALUE_METRIC, "pareto": "pareto_optimal"}
-    life = {billing.CLUSTER_LIFE: billing.CLUSTER_LIFE, billing.LIFE_INCLUDES: billing.LIFE_INCLUDES}
+    life = {pricing.CLUSTER_LIFE: pricing.CLUSTER_LIFE, pricing.LIFE_INCLUDES: pricing.LIFE_INCLUDES}
     groups = result.groups
     by_cost = _ranking_rows(result.training_by_cost, names.SECONDS_PER_EPOCH, extra=pareto)
     if len({r.extra.get(training_cost.GROUP) for r in result.training_by_cost}) > 1:
@@ -586,9 +567,9 @@ def tables(result: BestConfigResult) -> dict[str, list[dict]]:
         "training": _group_rows(groups.get("train", []), TRAINING_RANKING, judged.MONITOR),
         "training_by_cost": by_cost,
         "preprocess_by_speed": _group_rows(groups.get("preprocess", []), "by_speed", names.IMAGES_PER_SECOND, shape),
-        "preprocess_by_cost": _group_rows(groups.get("preprocess", []), "by_cost", billing.JOB, shape, life),
+        "preprocess_by_cost": _group_rows(groups.get("preprocess", []), "by_cost", pricing.JOB, shape, life),
         "speedtest_by_speed": _group_rows(groups.get("speedtest", []), "by_speed", names.IMAGES_PER_SECOND, read),
-        "speedtest_by_cost": _group_rows(groups.get("speedtest", []), "by_cost", billing.JOB, read, life),
+        "speedtest_by_cost": _group_rows(groups.get("speedtest", []), "by_cost", pricing.JOB, read, life),
     }
 
 
@@ -614,9 +595,9 @@ def _group_rows(
 
 
 def cost_title(prices: pricing.Prices) -> str:
-    """How the shapes' cost tables rank, in their titles (what each cost covers: :func:`billing.covers`)."""
+    """How the shapes' cost tables rank, in their titles (what each cost covers: :func:`pricing.covers`)."""
     return (
-        f"by the job's cost per 1,000 images ({billing.JOB}; {billing.CLUSTER_LIFE} beside it is the bill's; "
+        f"by the job's cost per 1,000 images ({pricing.JOB}; {pricing.CLUSTER_LIFE} beside it is the bill's; "
         f"{prices.currency}; {pricing.PRICED_RUNS})"
     )
 
@@ -637,15 +618,13 @@ def render_text(result: BestConfigResult) -> str:
     for name, rows in tables(result).items():
         out += [titles[name], common.text_table(rows)]
         if name.endswith("_by_cost") and name != "training_by_cost":
-            out += [billing.covers(result.prices.dataproc_create_delete_seconds), ""]
+            out += [pricing.covers(result.prices.dataproc_create_delete_seconds), ""]
     out.append("Conclusions:")
     out += [f"  comparable runs ({k}): {why}" for k, why in result.group_choice.items()]
     out += [f"  {k}: {v['statement']}" for k, v in statements.items()]
     out += [f"  winner ({k}): {comparable.item_text(w['key'])} by {w['by']}" for k, w in result.winners.items()]
     if result.excluded:
-        out += ["", "Excluded:"] + [
-            f"  {e.run_name or e.run_id} ({e.run_id}, task {e.task}): {e.reason}" for e in result.excluded
-        ]
+        out += ["", "Excluded:"] + [f"  {e.text()}" for e in result.excluded]
     if result.champion:
         out += ["", registry.champion_sentence(result.champion)]
     if result.notes:
@@ -662,8 +641,8 @@ def add_ranking_args(parser: argparse.ArgumentParser) -> None:
         choices=("speed", "cost"),
         default="speed",
         help="what picks the winning cluster shape for preprocessing and the speed test: images/s or the job's "
-        f"cost per 1,000 images ({billing.JOB}; default: speed); both rankings are always shown, and the cost "
-        f"over the cluster's life ({billing.CLUSTER_LIFE}) beside the job's",
+        f"cost per 1,000 images ({pricing.JOB}; default: speed); both rankings are always shown, and the cost "
+        f"over the cluster's life ({pricing.CLUSTER_LIFE}) beside the job's",
     )
     parser.add_argument(
         "--confidence", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)"

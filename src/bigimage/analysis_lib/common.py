@@ -89,6 +89,14 @@ def load_runs(args: argparse.Namespace) -> tuple[query.RunSelection, pd.DataFram
     return query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
 
 
+def positive_metrics(row: pd.Series, keys: Sequence[str]) -> tuple[dict[str, float], str | None]:
+    """The run's metrics ``keys`` when each is a positive finite number, else why not."""
+    read = {key: query.metric(row, key) for key in keys}
+    values = {key: value for key, value in read.items() if value is not None and math.isfinite(value) and value > 0}
+    bad = [key for key in keys if key not in values]
+    return values, f"missing or non-positive metric(s): {', '.join(bad)}" if bad else None
+
+
 def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, write_tags, render_text) -> int:
     """The common end of a script: say why nothing was usable, else tag the runs and print the result."""
     if not usable:

@@ -8,21 +8,10 @@ the most data, the most runs, the newest run. The widest comparison on the most 
 user acting on the winner can rely on most; the other groups stay in the output, named by the settings
 that tell them apart (:attr:`Group.label`).
 
-Contexts (a setting a run did not log is :data:`ABSENT`, one value like any other, except where a
-default says what its absence means):
-
-* training (:data:`TRAINING`): ``dataset.name``, ``images`` (the records it trained, validated and
-  tested on: params ``train_records`` + ``val_records`` + ``test_records``), ``image_size``,
-  ``train.validation_fraction``, ``train.test_fraction`` (absent: 0, no test split), ``train.split``,
-  ``train.split_seed``, ``train.augment``. Compared: the configuration (strategy, its workers, batch size,
-  cluster, searched hyperparameters: :func:`.training_cost.config_params`).
-* preprocessing (:data:`PREPROCESS`): the deploy kind Spark read back (tag ``spark.deploy``),
-  ``dataset.name``, ``images`` (metric: the records written), ``image_size``, ``num_shards``,
-  ``preprocess.jpeg_quality``. Compared: the shape, :data:`SHAPE_KEYS`.
-* speed test (:data:`SPEEDTEST`): the deploy kind, ``dataset.name``, ``dataset.num_images``,
-  ``image_size``, the grid (``speedtest.batch_sizes``, ``speedtest.batch_numbers``,
-  ``speedtest.warmup_batches``, ``speedtest.pipeline_threads``) and the grid points timed side by side
-  (tag ``speedtest.effective_parallelism``). Compared: the source read and the shape.
+The contexts are :data:`TRAINING`, :data:`PREPROCESS` and :data:`SPEEDTEST` below: the settings each
+ranking holds equal (a setting a run did not log is :data:`ABSENT`, one value like any other, except where
+a default says what its absence means). Compared within them: training configurations
+(:func:`.training_cost.config_params`), and cluster shapes (:data:`SHAPE_KEYS`) with the source read.
 
 A shape is its ``cluster.name`` with the cores and executors Spark granted it (metrics
 ``spark.total_cores``, ``spark.executors``): ``local`` run as ``local[1]`` and as ``local[3]`` are two

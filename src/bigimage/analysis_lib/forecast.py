@@ -26,7 +26,7 @@ the configured value (default 1.0); either way it is labelled as an assumption i
 
 Costs (per 1,000 images) are explicit forecasts at the shape's own hourly price in the chosen region
 (:func:`.pricing.hourly`, the same table and rules as the ranking of measured runs), each saying
-what it covers (:mod:`.billing`): the job alone (the predicted seconds) and the cluster's life (the
+what it covers (:mod:`.pricing`): the job alone (the predicted seconds) and the cluster's life (the
 predicted seconds plus the median of what the fitted runs' lives added to their jobs: Spark's start-up,
 the first Python worker, the logging; plus, for a Dataproc shape, creating and deleting the cluster, an
 estimate from the price table). The cheapest shape at a size is the cheapest over the cluster's life:
@@ -47,7 +47,7 @@ import pandas as pd
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from bigimage.analysis_lib import best_config, billing, overfitting, pricing, scaling
+from bigimage.analysis_lib import best_config, common, overfitting, pricing, scaling
 from bigimage.config import ClusterConfig, DataprocJob, DataprocShape, compose_option
 from bigimage.tracking import names, query
 
@@ -143,7 +143,7 @@ def _usable(row: pd.Series, excluded: list, scaling_only: bool) -> str | None:
     elif not isinstance(deploy, str):
         reason = f"no {names.SPARK_DEPLOY} tag: where it ran was not read back from Spark"
     if reason:
-        excluded.append(overfitting.Exclusion(row["run_id"], row.get("run_name"), row.get("task"), reason))
+        excluded.append(overfitting.Exclusion.of(row, reason))
         return None
     return "dataproc" if deploy == "yarn" else deploy
 
@@ -160,18 +160,11 @@ def preprocess_points(runs: pd.DataFrame, options: Options) -> tuple[dict[str, l
         deploy = _usable(row, excluded, options.scaling_only)
         if deploy is None:
             continue
-        read = {
-            key: query.metric(row, key)
-            for key in (names.IMAGES, names.SECONDS, names.SPARK_TOTAL_CORES, names.SPARK_EXECUTORS)
-        }
-        values = {key: value for key, value in read.items() if value is not None and math.isfinite(value) and value > 0}
-        if len(values) < len(read):
-            bad = ", ".join(sorted(set(read) - set(values)))
-            excluded.append(
-                overfitting.Exclusion(
-                    row["run_id"], row.get("run_name"), "preprocess", f"missing or non-positive metric(s): {bad}"
-                )
-            )
+        values, why = common.positive_metrics(
+            row, (names.IMAGES, names.SECONDS, names.SPARK_TOTAL_CORES, names.SPARK_EXECUTORS)
+        )
+        if why:
+            excluded.append(overfitting.Exclusion.of(row, why))
             continue
         cores = _cap(values[names.SPARK_TOTAL_CORES], deploy, options.local_cores)
         points.setdefault(deploy, []).append(
@@ -204,12 +197,7 @@ def speedtest_points(
         parallel = str(row.get(f"tags.{names.EFFECTIVE_PARALLELISM}", "1"))
         if deploy and parallel not in ("1", "nan"):
             excluded.append(
-                overfitting.Exclusion(
-                    row["run_id"],
-                    row.get("run_name"),
-                    "speedtest",
-                    f"{names.EFFECTIVE_PARALLELISM}={parallel}: its timings overlap",
-                )
+                overfitting.Exclusion.of(row, f"{names.EFFECTIVE_PARALLELISM}={parallel}: its timings overlap")
             )
         elif deploy:
             kinds[row["run_id"]] = deploy
@@ -221,7 +209,7 @@ def speedtest_points(
         cores = _read_cores(by_id[run_id], kinds[run_id], options.local_cores)
         if mine.empty or cores is None:
             why = f"no {options.source} rows" if mine.empty else "no cores read back (spark.total_cores)"
-            excluded.append(overfitting.Exclusion(run_id, by_id[run_id].get("run_name"), "speedtest", why))
+            excluded.append(overfitting.Exclusion.of(by_id[run_id], why))
             continue
         point = scaling.Point(float(mine["images"].sum()), cores, 1, float(mine["seconds"].sum()), run_id)
         points.setdefault(kinds[run_id], []).append(point)
@@ -263,7 +251,7 @@ def calibrate_ratio(fit: scaling.Fit, dataproc: Sequence[scaling.Point], configu
 
 @dataclass(frozen=True)
 class Overhead:
-    """What the fitted runs' lives added to their jobs (:attr:`billing.Life.overhead`: start-up and the
+    """What the fitted runs' lives added to their jobs (:attr:`pricing.Life.overhead`: start-up and the
     rest of the run), the median over the runs that recorded a job time."""
 
     seconds: float
@@ -277,18 +265,18 @@ class Overhead:
         return f"start-up and the rest of a run {self.seconds:.3g} s (median of {self.runs} fitted run(s){startup})"
 
 
-def run_overheads(runs: pd.DataFrame) -> dict[str, billing.Life]:
-    """run id -> its life (:func:`billing.life`, without creation and deletion) for every run that
+def run_overheads(runs: pd.DataFrame) -> dict[str, pricing.Life]:
+    """run id -> its life (:func:`pricing.life`, without creation and deletion) for every run that
     recorded its job's ``seconds`` (task 1's job; task 2's whole grid)."""
     lives = {}
     for _, row in runs.iterrows():
         job = query.metric(row, names.SECONDS)
         if job is not None and math.isfinite(job):
-            lives[str(row["run_id"])] = billing.life(row, job, 0.0)
+            lives[str(row["run_id"])] = pricing.life(row, job, 0.0)
     return lives
 
 
-def overhead(fit: scaling.Fit, lives: dict[str, billing.Life]) -> Overhead:
+def overhead(fit: scaling.Fit, lives: dict[str, pricing.Life]) -> Overhead:
     """The median overhead of ``fit``'s runs (:class:`Overhead`)."""
     mine = [lives[p.run_id] for p in fit.points if p.run_id in lives]
     if not mine:
@@ -338,14 +326,14 @@ class ShapeForecast:
             "predicted_seconds_low": p.low,
             "predicted_seconds_high": p.high,
             "predicted_images_per_second": images / p.seconds if p.seconds > 0 else None,
-            billing.JOB: self.cost(p.seconds, images),
-            f"{billing.JOB}_low": self.cost(p.low, images),
-            f"{billing.JOB}_high": self.cost(p.high, images),
-            billing.CLUSTER_LIFE: self.cost(self.life(p.seconds), images),
-            f"{billing.CLUSTER_LIFE}_low": self.cost(self.life(p.low), images),
-            f"{billing.CLUSTER_LIFE}_high": self.cost(self.life(p.high), images),
-            billing.LIFE_SECONDS: self.life(p.seconds),
-            billing.LIFE_INCLUDES: self.includes(),
+            pricing.JOB: self.cost(p.seconds, images),
+            f"{pricing.JOB}_low": self.cost(p.low, images),
+            f"{pricing.JOB}_high": self.cost(p.high, images),
+            pricing.CLUSTER_LIFE: self.cost(self.life(p.seconds), images),
+            f"{pricing.CLUSTER_LIFE}_low": self.cost(self.life(p.low), images),
+            f"{pricing.CLUSTER_LIFE}_high": self.cost(self.life(p.high), images),
+            pricing.LIFE_SECONDS: self.life(p.seconds),
+            pricing.LIFE_INCLUDES: self.includes(),
             "hourly_cost": self.hourly,
             "cost_note": self.cost_note,
             "fitted_on": self.fit_deploy,
@@ -377,7 +365,7 @@ def forecast_shape(
     ratio: SpeedRatio,
     images: int,
     hourly: tuple[float | None, str],
-    lives: dict[str, billing.Life] | None = None,
+    lives: dict[str, pricing.Life] | None = None,
     create_delete: float = 0.0,
 ) -> ShapeForecast:
     """One shape's prediction from the first fit that covers it (:data:`FIT_ORDER`), or why there is none;
@@ -498,7 +486,7 @@ def forecast_task(
     shapes: Sequence[Shape],
     prices: pricing.Prices,
     options: Options,
-    lives: dict[str, billing.Life] | None = None,
+    lives: dict[str, pricing.Life] | None = None,
 ) -> TaskForecast:
     """Fit ``task`` per deploy kind, then predict every shape at ``options.images`` (``lives``: the runs'
     overheads for the cluster's life, :func:`run_overheads`)."""
@@ -552,7 +540,7 @@ class Forecast:
             "speedtest_source": self.options.source,
             "local_cores": self.options.local_cores,
             "prices": {"source": self.prices.source, "date": self.prices.date, "currency": self.prices.currency},
-            "covers": {billing.JOB: billing.JOB_COVERS, billing.CLUSTER_LIFE: billing.LIFE_COVERS},
+            "covers": {pricing.JOB: pricing.JOB_COVERS, pricing.CLUSTER_LIFE: pricing.LIFE_COVERS},
             "dataproc_create_delete_seconds": self.prices.dataproc_create_delete_seconds,
             "tasks": {name: t.as_dict() for name, t in self.tasks.items()},
             "excluded": [e.as_dict() for e in self.excluded],

@@ -92,6 +92,23 @@ class Verdict:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        return self.run_name or self.run_id[:8]
+
+    def row(self) -> dict:
+        """The verdict as a row of the tables (terminal and report)."""
+        return {
+            "run": self.label,
+            "epochs": self.epochs,
+            "overfitting": "yes" if self.overfitting else "no",
+            "onset epoch": self.onset_epoch,
+            "judged epoch": self.judged_epoch,
+            "final gap": self.gap,
+            "val above train": "yes" if self.val_above_train else "no",
+            "reason": self.reason,
+        }
+
     def tags(self) -> dict[str, str]:
         tags = {
             TAG_OVERFITTING: "true" if self.overfitting else "false",
@@ -117,6 +134,9 @@ class Exclusion:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def text(self) -> str:
+        return f"{self.run_name or self.run_id} ({self.run_id}, task {self.task}): {self.reason}"
 
 
 class NotJudgeable(ValueError):
@@ -393,25 +413,12 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
 
 
 def render_text(result: OverfittingResult) -> str:
-    rows = [
-        {
-            "run": v.run_name or v.run_id[:8],
-            "epochs": v.epochs,
-            "overfitting": v.overfitting,
-            "onset": v.onset_epoch,
-            "judged epoch": v.judged_epoch,
-            "gap": v.gap,
-            "val>train": v.val_above_train,
-            "reason": v.reason,
-        }
-        for v in result.verdicts
-    ]
-    out = [f"Runs: {result.selection.describe()}", "", common.text_table(rows)]
+    out = [f"Runs: {result.selection.describe()}", "", common.text_table([v.row() for v in result.verdicts])]
     for v in result.verdicts:
         if v.val_above_train:
             out.append(f"{v.run_name or v.run_id}: {v.val_above_train_note}")
     if result.excluded:
-        out += ["", "Excluded:"] + [f"  {e.run_name or e.run_id} ({e.run_id}): {e.reason}" for e in result.excluded]
+        out += ["", "Excluded:"] + [f"  {e.text()}" for e in result.excluded]
     out.append("")
     out.append("tags written back" if result.tags_written else "tags not written (--no-write-tags)")
     return "\n".join(out) + "\n"

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bigimage.analysis_lib import billing, common, forecast, pricing, scaling
+from bigimage.analysis_lib import common, forecast, pricing, scaling
 from bigimage.tracking.store import log_batch, retry_busy
 
 EXIT_CANNOT_FIT = 4
@@ -24,8 +26,8 @@ METRIC_KEYS = (
     "predicted_seconds",
     "predicted_seconds_low",
     "predicted_seconds_high",
-    billing.JOB,
-    billing.CLUSTER_LIFE,
+    pricing.JOB,
+    pricing.CLUSTER_LIFE,
 )
 
 
@@ -69,10 +71,10 @@ def coefficient_rows(fit: scaling.Fit) -> list[dict]:
 
 
 def covers(result: forecast.Forecast) -> str:
-    """What the forecast's two costs cover (:func:`billing.covers`); in the cluster-life one, the
+    """What the forecast's two costs cover (:func:`pricing.covers`); in the cluster-life one, the
     start-up and the rest of a run come from the fitted runs."""
     return (
-        billing.covers(result.prices.dataproc_create_delete_seconds)
+        pricing.covers(result.prices.dataproc_create_delete_seconds)
         + " In the forecast, the start-up and the rest of a run are the fitted runs' median (each shape's "
         "'cluster life includes' says how much)."
     )
@@ -97,9 +99,9 @@ def shape_rows(task: forecast.TaskForecast, currency: str) -> list[dict]:
                 "low": d["predicted_seconds_low"],
                 "high": d["predicted_seconds_high"],
                 "images/s": d["predicted_images_per_second"],
-                f"{currency} / 1,000 images, job": d[billing.JOB] or shape.cost_note,
-                f"{currency} / 1,000 images, cluster life": d[billing.CLUSTER_LIFE] or "",
-                "cluster life includes": d[billing.LIFE_INCLUDES],
+                f"{currency} / 1,000 images, job": d[pricing.JOB] or shape.cost_note,
+                f"{currency} / 1,000 images, cluster life": d[pricing.CLUSTER_LIFE] or "",
+                "cluster life includes": d[pricing.LIFE_INCLUDES],
                 "core speed ratio": f"{ratio['value']:.3g} ({ratio['source']})" if ratio else "",
                 "notes": "; ".join(d["notes"]),
             }
@@ -146,24 +148,28 @@ def fit_lines(task: forecast.TaskForecast) -> list[str]:
     return lines
 
 
-def render_text(result: forecast.Forecast) -> str:
-    currency = result.prices.currency
-    out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", covers(result), ""]
+def task_lines(result: forecast.Forecast, table: Callable[[list[dict]], str], heading: str) -> list[str]:
+    """Each task's fits, coefficients, predictions and conclusions under ``heading`` (a format of its name),
+    its tables drawn by ``table`` (text or Markdown)."""
+    out = []
     for name, task in result.tasks.items():
-        out += [f"== {name} ==", "Fits (per deployment kind):", *[f"  {line}" for line in fit_lines(task)]]
+        out += [heading.format(name), "", *[f"- {line}" for line in fit_lines(task)], ""]
         for deploy, fit in task.fits.items():
-            out += [f"Coefficients ({deploy}):", common.text_table(coefficient_rows(fit))]
+            out += [f"Coefficients fitted on {deploy} runs:", "", table(coefficient_rows(fit))]
         out += [
-            f"Predictions at {task.images:,} images (prices: {result.options.region}, {result.prices.date}):",
-            common.text_table(shape_rows(task, currency)),
+            f"At {task.images:,} images (prices: {result.options.region}, {result.prices.date}):",
+            "",
+            table(shape_rows(task, result.prices.currency)),
             *[f"- {c}" for c in conclusions(task)],
             "",
         ]
-    if result.excluded:
-        out += [
-            "Left out:",
-            *[f"  {e.run_name or e.run_id} ({e.run_id}, {e.task}): {e.reason}" for e in result.excluded],
-        ]
+    return out
+
+
+def render_text(result: forecast.Forecast) -> str:
+    out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", covers(result), ""]
+    out += task_lines(result, common.text_table, "== {} ==")
+    out += ["Left out:", *[f"  {e.text()}" for e in result.excluded]] if result.excluded else []
     return "\n".join(out) + "\n"
 
 
@@ -243,18 +249,7 @@ def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | 
         "left out and said so; validation: leave-one-out error of each fit.",
         "",
     ]
-    out += [covers(result), ""]
-    for name, task in result.tasks.items():
-        out += [f"### {name}", "", *[f"- {line}" for line in fit_lines(task)], ""]
-        for deploy, fit in task.fits.items():
-            out += [f"Coefficients fitted on {deploy} runs:", "", common.markdown_table(coefficient_rows(fit))]
-        out += [
-            f"At {task.images:,} images:",
-            "",
-            common.markdown_table(shape_rows(task, result.prices.currency)),
-            *[f"- {c}" for c in conclusions(task)],
-            "",
-        ]
+    out += [covers(result), "", *task_lines(result, common.markdown_table, "### {}")]
     out += [f"_Forecast figure: {figure_problem}._" if figure_problem else f"![Forecast]({figure_name})", ""]
     return out
 
@@ -272,6 +267,7 @@ def add_forecast_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--shapes",
+        type=lambda text: tuple(name.strip() for name in text.split(",") if name.strip()),
         default=",".join(forecast.DEFAULT_SHAPES),
         help="comma-separated names of the cluster group (default: the seed's single,maximal,four; "
         "'local' is this machine with its cores)",
@@ -296,24 +292,19 @@ def add_forecast_args(parser: argparse.ArgumentParser) -> None:
         choices=("tfrecord", "files"),
         help="speed-test source to model (default: tfrecord)",
     )
-    parser.add_argument("--scaling-points-only", action="store_true", help="use only runs tagged scaling_point=true")
+    parser.add_argument(
+        "--scaling-points-only",
+        dest="scaling_only",
+        action="store_true",
+        help="use only runs tagged scaling_point=true",
+    )
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default: 2000)")
 
 
 def options_from_args(args: argparse.Namespace) -> forecast.Options:
-    shapes = tuple(s.strip() for s in args.shapes.split(",") if s.strip())
-    return forecast.Options(
-        images=args.images,
-        shapes=shapes,
-        prices_path=args.prices,
-        region=args.region,
-        core_speed_ratio=args.core_speed_ratio,
-        local_cores=args.local_cores,
-        confidence=args.confidence,
-        bootstrap=args.bootstrap,
-        source=args.source,
-        scaling_only=args.scaling_points_only,
-    )
+    """The options :func:`add_forecast_args` (with ``--prices`` and ``--confidence``) parsed."""
+    named = {item.name: getattr(args, item.name) for item in fields(forecast.Options) if item.name != "prices_path"}
+    return forecast.Options(prices_path=args.prices, **named)
 
 
 def add_plan_args(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,6 @@ from mlflow.entities import Param
 
 from bigimage.analysis_lib import (
     best_config,
-    billing,
     common,
     comparable,
     forecast,
@@ -103,31 +102,24 @@ def _as_int(text: str) -> int:
         return 1 << 30
 
 
-def _key_text(key: dict) -> str:
-    return comparable.item_text(key)
-
-
-def _winners_runs(result: best_config.BestConfigResult, section: str) -> set[str]:
-    """The runs of the comparable group the section's winner comes from: what its figure shows."""
-    return {run_id for group in result.groups.get(section, []) if group.chosen for run_id in group.run_ids}
-
-
-def _group_title(result: best_config.BestConfigResult, section: str) -> str:
-    """`` (runs with images=2000)`` when the section has several comparable groups: the winner's, which
-    its figure shows."""
+def _winners_group(result: best_config.BestConfigResult, section: str) -> tuple[set[str], str]:
+    """The runs of the comparable group the section's winner comes from (what its figure shows), and
+    `` (runs with images=2000)`` for the figure's title when the section has several groups."""
     groups = result.groups.get(section, [])
     chosen = next((group for group in groups if group.chosen), None)
-    return f" (runs with {chosen.label})" if chosen and len(groups) > 1 else ""
+    if chosen is None:
+        return set(), ""
+    return set(chosen.run_ids), f" (runs with {chosen.label})" if len(groups) > 1 else ""
 
 
 def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     data = best_config.speedtest_by_batch(result.speedtest_rows)
     if data.empty:
         return "no usable speed-test table: no throughput figure"
-    data = data[data["run_id"].isin(_winners_runs(result, "speedtest"))]
-    shapes = [comparable.shape_text(dict(zip(comparable.SHAPE_KEYS, values))) for values in _shape_values(data)]
+    runs, group = _winners_group(result, "speedtest")
+    data = data[data["run_id"].isin(runs)]
     grid = sns.catplot(
-        data=data.assign(batch_size=data["batch_size"].astype(int), shape=shapes),
+        data=data.assign(batch_size=data["batch_size"].astype(int), shape=_shape_labels(data)),
         x="batch_size",
         y=names.IMAGES_PER_SECOND,
         hue="source",
@@ -142,33 +134,32 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
     grid.set_titles("{col_name}")
     title = (
         "Read throughput by batch size and source (each run: the mean of its repetitions; mean over runs, "
-        f"95% bootstrap CI over runs){_group_title(result, 'speedtest')}"
+        f"95% bootstrap CI over runs){group}"
     )
     common.save_figure(grid.figure, path, title, title_y=1.03)
     return None
 
 
-def _shape_values(data: pd.DataFrame) -> list[tuple]:
-    """Each row's shape (:data:`comparable.SHAPE_KEYS`), a missing grant as None and whole numbers as ints."""
-    return [tuple(comparable.plain(row[key]) for key in comparable.SHAPE_KEYS) for _, row in data.iterrows()]
+def _shape_labels(data: pd.DataFrame) -> list[str]:
+    """Each row's shape (:data:`comparable.SHAPE_KEYS`) as :func:`comparable.shape_text` says it."""
+    keys = comparable.SHAPE_KEYS
+    return [comparable.shape_text({key: comparable.plain(row[key]) for key in keys}) for _, row in data.iterrows()]
 
 
 def _preprocess_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     data = result.preprocess_table
     if data.empty:
         return "no usable preprocess run: no preprocessing figure"
-    data = data[data["run_id"].isin(_winners_runs(result, "preprocess"))]
-    data = data.assign(shape=[comparable.shape_text(dict(zip(comparable.SHAPE_KEYS, v))) for v in _shape_values(data)])
+    runs, group = _winners_group(result, "preprocess")
+    data = data[data["run_id"].isin(runs)]
+    data = data.assign(shape=_shape_labels(data))
     order = [comparable.shape_text(r.key) for r in result.preprocess["by_speed"]]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     sns.barplot(data=data, x="shape", y="seconds", order=order, errorbar=("ci", 95), ax=ax, color="steelblue")
     sns.stripplot(data=data, x="shape", y="seconds", order=order, ax=ax, color="black", size=4)
     ax.set_xlabel("cluster shape")
     ax.set_ylabel("preprocessing time (s)")
-    title = (
-        f"Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs){_group_title(result, 'preprocess')}"
-    )
-    ax.set_title(title, fontsize=9)
+    ax.set_title(f"Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs){group}", fontsize=9)
     common.save_figure(fig, path)
     return None
 
@@ -178,24 +169,15 @@ def _preprocess_figure(result: best_config.BestConfigResult, path: Path) -> str 
 
 def _overfitting_rows(result: best_config.BestConfigResult) -> list[dict]:
     by_id = result.overfitting.runs.set_index("run_id")
-    rows = []
-    for v in result.overfitting.verdicts:
-        row = by_id.loc[v.run_id]
-        rows.append(
-            {
-                "run": v.run_name or v.run_id[:8],
-                "strategy": query.param(row, "strategy.name"),
-                "batch_size": query.param(row, "batch_size"),
-                "epochs": v.epochs,
-                "overfitting": "yes" if v.overfitting else "no",
-                "onset epoch": v.onset_epoch,
-                "judged epoch": v.judged_epoch,
-                "final gap": v.gap,
-                "val above train": "yes" if v.val_above_train else "no",
-                "reason": v.reason,
-            }
-        )
-    return rows
+    return [
+        {
+            "run": v.label,
+            "strategy": query.param(by_id.loc[v.run_id], "strategy.name"),
+            "batch_size": query.param(by_id.loc[v.run_id], "batch_size"),
+            **v.row(),
+        }
+        for v in result.overfitting.verdicts
+    ]
 
 
 def _conclusions(result: best_config.BestConfigResult) -> list[str]:
@@ -203,13 +185,13 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
     of = result.overfitting
     n_over = [v for v in of.verdicts if v.overfitting]
     if of.verdicts:
-        onsets = ", ".join(f"{v.run_name or v.run_id[:8]} after epoch {v.onset_epoch}" for v in n_over)
+        onsets = ", ".join(f"{v.label} after epoch {v.onset_epoch}" for v in n_over)
         out.append(f"{len(n_over)} of {len(of.verdicts)} judged training runs overfit{': ' if onsets else ''}{onsets}.")
     above = [v for v in of.verdicts if v.val_above_train]
     if above:
         out.append(
             f"{len(above)} run(s) have validation accuracy above training accuracy "
-            f"({', '.join(v.run_name or v.run_id[:8] for v in above)}). This is not overfitting; "
+            f"({', '.join(v.label for v in above)}). This is not overfitting; "
             + overfitting.VAL_ABOVE_TRAIN_EXPLANATION.split("; ", 1)[1]
             + "."
         )
@@ -227,13 +209,13 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
         ranking = getattr(result, section)
         if ranking["by_speed"]:
             fastest = ranking["by_speed"][0]
-            text = f"Fastest cluster shape for {label}: {_key_text(fastest.key)} at {fastest.score.text()} images/s"
+            text = f"Fastest cluster shape for {label}: {comparable.item_text(fastest.key)} at {fastest.score.text()} images/s"
             if ranking["by_cost"]:
                 cheapest = ranking["by_cost"][0]
-                text += f"; cheapest: {_key_text(cheapest.key)} at {_cost_text(cheapest, result.prices.currency)}"
+                text += f"; cheapest: {comparable.item_text(cheapest.key)} at {_cost_text(cheapest, result.prices.currency)}"
             winner = result.winners.get(section, {}).get("key")
             out.append(
-                text + f". Winner by {result.rank_by}: {_key_text(winner) if winner else 'none'}; "
+                text + f". Winner by {result.rank_by}: {comparable.item_text(winner) if winner else 'none'}; "
                 f"{st[section]['statement']}."
             )
     out += [f"Compared like with like ({section}): {why}." for section, why in _several_groups(result).items()]
@@ -243,12 +225,12 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
 
 
 def _cost_text(item: common.Ranked, currency: str) -> str:
-    """An item's costs per 1,000 images in a sentence, each saying what it covers (:mod:`.billing`)."""
-    life = item.extra.get(billing.CLUSTER_LIFE)
+    """An item's costs per 1,000 images in a sentence, each saying what it covers (:mod:`.pricing`)."""
+    life = item.extra.get(pricing.CLUSTER_LIFE)
     text = f"{item.score.text('{:.3g}')} {currency} per 1,000 images for the job alone"
     if life is None:
         return text
-    return f"{text} ({life:.3g} over the cluster's life, what the bill charges: {item.extra[billing.LIFE_INCLUDES]})"
+    return f"{text} ({life:.3g} over the cluster's life, what the bill charges: {item.extra[pricing.LIFE_INCLUDES]})"
 
 
 def _several_groups(result: best_config.BestConfigResult) -> dict[str, str]:
@@ -368,11 +350,11 @@ def _shapes_md(
         *([explanation, ""] if explanation else []),
         *_groups_md(result, section),
         common.markdown_table(tables[f"{section}_by_speed"]),
-        f"By the job's cost per 1,000 images, `{billing.JOB}` ({result.prices.currency}; {cost_parts}"
-        f"{pricing.PRICED_RUNS}), with the cost over the cluster's life, `{billing.CLUSTER_LIFE}`, beside it:",
+        f"By the job's cost per 1,000 images, `{pricing.JOB}` ({result.prices.currency}; {cost_parts}"
+        f"{pricing.PRICED_RUNS}), with the cost over the cluster's life, `{pricing.CLUSTER_LIFE}`, beside it:",
         "",
         common.markdown_table(tables[f"{section}_by_cost"]),
-        f"_{billing.covers(result.prices.dataproc_create_delete_seconds)}_",
+        f"_{pricing.covers(result.prices.dataproc_create_delete_seconds)}_",
         "",
         *_figure_md(figures, figure, figure_title),
     ]
@@ -483,7 +465,7 @@ def _analyse(
         raise query.NoRunsError(f"no runs other than analysis runs in {selection.describe()}")
     result = best_config.analyse(selection, runs, thresholds, pricing.load_prices(prices_path), rank_by)
     if not (result.overfitting.verdicts or result.preprocess["by_speed"] or result.speedtest["by_speed"]):
-        reasons = "; ".join(f"{e.run_name or e.run_id}: {e.reason}" for e in result.excluded) or "no task runs"
+        reasons = "; ".join(e.text() for e in result.excluded) or "no task runs"
         raise query.NoRunsError(f"no run that can be analysed in {selection.describe()} ({reasons})")
     return selection, result
 

@@ -9,9 +9,8 @@ Venkataraman et al., "Ernest: Efficient Performance Prediction for Large-Scale A
 * ``t1`` (``data_per_core``): seconds per item per core: the parallel work, assumed to split evenly;
 * ``t4`` (``data_per_machine``): seconds per item per machine: work the cores of one machine cannot
   share (its memory bandwidth and caches, its disk, anything one thread per executor does). Ernest
-  has no such term, and on this machine it is not zero: two reads side by side get about 0.9 of one
-  read's rate per core, so a fit of ``t1`` alone over 1- and 2-core runs overstates what 2 cores do.
-  With ``m = 1`` (local mode) it is Amdahl's serial part;
+  has no such term; without it a fit of ``t1`` alone over 1- and 2-core runs overstates what 2 cores
+  do wherever reads side by side slow each other. With ``m = 1`` (local mode) it is Amdahl's serial part;
 * ``t2`` (``log_machines``): tree-shaped coordination (aggregations, broadcasts);
 * ``t3`` (``machines``): per-machine cost paid serially (one task or one result per executor).
 
