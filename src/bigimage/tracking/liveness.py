@@ -9,8 +9,8 @@ overwritten, not a history that grows with the run's length.
 
 :func:`judge` tells a dead run from a live one: on the host that wrote the tags a gone process is
 known dead at once (:mod:`bigimage.processes`); elsewhere, or where the process cannot be inspected,
-the heartbeat must be older than a threshold (a run from before these tags counts from its start time). :func:`find_stale_runs` and :func:`mark_killed` are what
-``analysis/stale_runs.py`` runs.
+the heartbeat must be older than a threshold (a run from before these tags counts from its start
+time). :func:`find_stale_runs` and :func:`mark_killed` are what ``analysis/stale_runs.py`` runs.
 """
 
 from __future__ import annotations

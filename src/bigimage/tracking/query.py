@@ -23,7 +23,6 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from bigimage.config import PROJECT_ROOT, TrackingConfig  # noqa: F401 - PROJECT_ROOT: for analysis modules
 from bigimage.tracking import names
-from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import log_batch, resolve_tracking_uri, retry_busy
 
 DEFAULT_EXPERIMENT = TrackingConfig.experiment
@@ -196,7 +195,7 @@ def load_runs(
 def load_histories(
     tracking_uri: str | None,
     run_ids: Sequence[str],
-    keys: Sequence[str] = EPOCH_METRICS,
+    keys: Sequence[str] = names.EPOCH_METRICS,
     runs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Full per-step histories of ``keys`` for ``run_ids``, in long format.
