@@ -1,21 +1,13 @@
-"""Like with like: which runs a ranking may compare, defined once for every ranking.
+"""Like with like: which runs a ranking may compare, defined once for every ranking (docs/analysis.md).
 
 A ranking compares items (training configurations, cluster shapes) on runs that agree on every other
-setting that changes the result: their *context*. :func:`split` puts runs into comparable groups by
-their context, each group is ranked apart, and the winner (the ``best_config`` tags, the registered
-model) comes from one group, :func:`choose`'s: the one that compares the most items, then the one with
-the most data, the most runs, the newest run. The widest comparison on the most data is the result a
-user acting on the winner can rely on most; the other groups stay in the output, named by the settings
-that tell them apart (:attr:`Group.label`).
-
-The contexts are :data:`TRAINING`, :data:`PREPROCESS` and :data:`SPEEDTEST` below: the settings each
-ranking holds equal (a setting a run did not log is :data:`ABSENT`, one value like any other, except where
-a default says what its absence means). Compared within them: training configurations
-(:func:`.training_cost.config_params`), and cluster shapes (:data:`SHAPE_KEYS`) with the source read.
-
-A shape is its ``cluster.name`` with the cores and executors Spark granted it (metrics
-``spark.total_cores``, ``spark.executors``): ``local`` run as ``local[1]`` and as ``local[3]`` are two
-shapes, never one average.
+setting that changes the result: their *context* (:data:`TRAINING`, :data:`PREPROCESS`, :data:`SPEEDTEST`;
+a setting a run did not log is :data:`ABSENT`, a value like any other unless a default says what its
+absence means). :func:`split` puts runs into comparable groups, each is ranked apart, and the winner comes
+from :func:`choose`'s group: the one that compares the most items, then the most data, the most runs, the
+newest run, the result a user acting on the winner can rely on most. The other groups stay in the output,
+named by the settings that tell them apart (:attr:`Group.label`). A shape is its ``cluster.name`` with the
+cores and executors Spark granted it: ``local[1]`` and ``local[3]`` are two shapes, never one average.
 """
 
 from __future__ import annotations

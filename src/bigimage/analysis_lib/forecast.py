@@ -1,36 +1,13 @@
-"""Forecast time and cost of cluster shapes at any data size from the scaling model fitted on MLflow runs.
+"""Forecast time and cost of cluster shapes at any data size from the scaling model fitted on MLflow runs
+(docs/forecast.md says what each deployment can tell and what is assumed).
 
-Points (one per usable run, :mod:`.scaling`):
-
-* task 1 (``preprocess``): ``images`` and ``seconds`` (first task start to the set committed: Spark
-  start-up is apart, in ``startup_seconds``), cores = ``spark.total_cores`` and machines =
-  ``spark.executors``, both read back from Spark (local mode: one executor), deploy = tag ``spark.deploy``.
-* task 2 (``speedtest``): the images and timed seconds of one source (default ``tfrecord``) summed over
-  the grid rows of ``speedtest.json``: the time to read that many images through one tf.data pipeline
-  on one executor. Cores = the pipeline's threads (tag ``speedtest.pipeline_threads``; older runs: the
-  executor's cores on a cluster, every core of the host locally, as TensorFlow then used them);
-  machines = 1, so task 2 is fitted with ``t0``, ``t1`` and ``t4`` (the pipeline's serial part) only.
-  Runs whose grid points ran side by side (``speedtest.effective_parallelism`` > 1) are left out: their
-  timings overlap.
-
-On this machine (local and standalone deploys) the cores a run counts are capped at the host's cores
-(``local_cores``): executors beyond them time-slice the same cores.
-
-Fits are made per task and per deployment kind (``local``, ``standalone``, ``dataproc``): local mode
-varies data size and cores for real, the standalone cluster also the executor count; neither has the
-cloud's machine types. A shape is predicted from the first fit that covers its executor count, in the
-order dataproc, standalone, local (the shape ``local``: local, standalone). A Dataproc shape predicted
-from runs on this machine assumes a per-core speed ratio (Dataproc vCPU / local core; it divides the
-data terms ``t1`` and ``t4``): calibrated from the store's own Dataproc runs when there are some, else
-the configured value (default 1.0); either way it is labelled as an assumption in the output.
-
-Costs (per 1,000 images) are explicit forecasts at the shape's own hourly price in the chosen region
-(:func:`.pricing.hourly`, the same table and rules as the ranking of measured runs), each saying
-what it covers (:mod:`.pricing`): the job alone (the predicted seconds) and the cluster's life (the
-predicted seconds plus the median of what the fitted runs' lives added to their jobs: Spark's start-up,
-the first Python worker, the logging; plus, for a Dataproc shape, creating and deleting the cluster, an
-estimate from the price table). The cheapest shape at a size is the cheapest over the cluster's life:
-what the bill for a job of that size would be. The shape ``local`` (this machine) is never priced.
+Runs become points (:mod:`.scaling`): task 1's ``images`` and ``seconds`` on ``spark.total_cores`` over
+``spark.executors``; task 2's timed reads of one source summed over ``speedtest.json``, one pipeline on one
+executor with its threads as cores (runs whose grid points ran side by side are left out). Cores on this
+machine are capped at its cores. Fits are made per task and deployment kind; a shape is predicted from the
+first fit that covers its executors (:data:`FIT_ORDER`), a Dataproc shape from runs here with a labelled
+per-core speed ratio. Costs are forecasts at the shape's own price (:mod:`.pricing`), for the job and over
+the cluster's life; the shape ``local`` (this machine) is never priced.
 """
 
 from __future__ import annotations

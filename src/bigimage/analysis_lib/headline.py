@@ -1,15 +1,7 @@
-"""An analysis run's headline results as its own metrics, tags and name, so analysis runs sort, filter
-and tell themselves apart in the MLflow UI's runs table without opening the report.
-
-Metrics, with names of their own (a training run's ``best_val_accuracy`` is another quantity):
-``top_config.mean_val_accuracy`` (the winning training configuration's mean validation accuracy at the
-judged epoch), ``champion.val_accuracy`` and ``champion.test_accuracy`` (with ``_low``/``_high``, the
-Wilson interval) when a model was registered and tested, ``runs_judged``, ``runs_overfitting``, ``runs_excluded``. Tags: ``best.strategy.name``,
-``best.batch_size``, ``best.cluster.name`` (the winning configuration), ``best.run_ids``,
-``best.preprocess.cluster.name`` and ``best.speedtest.cluster.name`` (the winning shapes), and when a
-model was registered ``registered_model`` (``models:/<name>@champion``) and ``registered_model.version``.
-Name: ``analysis <what was analysed>: <winner>``, e.g. ``analysis parent 1a2b3c4d: mirrored bs=32 local`` (the runs
-under a pipeline or sweep) or ``analysis experiment bigimage: ...``.
+"""An analysis run's headline results as its own metrics, tags and name (listed in docs/analysis.md), so
+analysis runs sort, filter and tell themselves apart in the MLflow UI's runs table without opening the
+report. The metrics have names of their own (a training run's ``best_val_accuracy`` is another quantity);
+the name reads ``analysis <what was analysed>: <winner>``, e.g. ``analysis parent 1a2b3c4d: mirrored bs=32 local``.
 """
 
 from __future__ import annotations

@@ -1,27 +1,15 @@
-"""What a run or a cluster shape costs on Dataproc, and what each cost covers.
+"""What a run or a cluster shape costs on Dataproc, and what each cost covers (docs/forecast.md, "Costs").
 
-**Hourly price**: the typed shape (:class:`~bigimage.config.DataprocShape`, ``cluster.shape``) at the list
-prices of ``analysis/prices.yaml`` (machines + Dataproc's per-vCPU fee + boot disks), one rule for both
-sides: a measured run is priced by the shape it logged (:func:`run_hourly`, its ``cluster.shape.*``
-params read back into the typed shape), a forecast prices the shape of a ``conf/cluster`` option as Hydra
-composes it (:func:`hourly`). Only runs whose Spark really ran on Dataproc (tag ``spark.deploy``, read back
-from Spark) are priced: the same ``cluster=`` name run locally or on a standalone cluster used other
-machines. Prices are data, never code.
+One rule prices both sides: :func:`hourly` is the typed shape (:class:`~bigimage.config.DataprocShape`) at
+the list prices of ``analysis/prices.yaml`` (machines + Dataproc's per-vCPU fee + boot disks). A measured
+run is priced by the shape it logged (:func:`run_hourly` reads its ``cluster.shape.*`` params back into the
+typed shape), and only when its Spark really ran on Dataproc (tag ``spark.deploy``): the same ``cluster=``
+name run here used other machines. A forecast prices the ``cluster`` option as Hydra composes it.
 
-**What a cost covers**: every cost per 1,000 images is an hourly price x seconds / images x 1,000, shown
-twice, under two names used in every output (rankings, forecast, report, JSON, MLflow metrics):
-
-* :data:`JOB` (``cost_per_1000_images_job``): the job's own seconds (task 1's ``seconds``: first task to
-  the set committed; task 2's timed reads). Without Spark's start-up, the wait for the first Python
-  worker, the run's own work around the job, or creating and deleting the cluster. What more images cost
-  on a running cluster: the figure that carries to other data sizes, so the rankings of shapes use it.
-* :data:`CLUSTER_LIFE` (``cost_per_1000_images_cluster_life``): the seconds the cluster lived for the
-  run. The run's wall time in MLflow (start to end: Spark's start-up, recorded as ``startup_seconds``,
-  the first Python worker, the job, the logging), never less than start-up + job; on Dataproc plus
-  creating and deleting the cluster, which Dataproc bills from creation to deletion. The runs do not
-  record those operations (:mod:`bigimage.cloud.dataproc` creates and deletes the cluster outside the
-  run, and keeps no timestamps of them), so they are an estimate from the price table
-  (``dataproc_create_delete_seconds``), and labelled one. What a run like these is billed.
+Every cost per 1,000 images is shown twice: :data:`JOB`, the job's own seconds (what more images cost on a
+running cluster, so shapes are ranked by it), and :data:`CLUSTER_LIFE`, the run's wall time plus, on
+Dataproc, creating and deleting the cluster (an estimate from the price table, as no run records them):
+what the bill charges.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
-"""The best training configuration's model in the MLflow Model Registry, under the alias ``champion``.
+"""The best training configuration's model in the MLflow Model Registry, under the alias ``champion``
+(docs/analysis.md, "The model and the registry").
 
-The winning configuration (:mod:`.best_config`) may have several runs; its best-scoring run that logged
-an MLflow Model (task 3 logs the weights of its judged epoch, :mod:`bigimage.train.export`) is
-registered under a name (``bigimage-classifier`` by default), recorded as MLflow's ``register_model``
-records a version (the logged model tagged with its versions, as the UI's model page reads), and the
-alias ``champion`` points at that version, so ``mlflow.pyfunc.load_model("models:/bigimage-classifier@champion")`` loads
-the current best.
-
-Selected on validation, tested on test: once registered, the version is evaluated by
-:mod:`bigimage.train.evaluate` (a process of its own: the analysis never loads TensorFlow) on its run's
-validation subset (every record once) and on the test subset, which nothing before read. The version's
-tags hold both, the test accuracy with its Wilson interval. A version that has them is not evaluated
-again.
-
-Idempotent: a run is registered once (its existing version is reused, looked up by run id), and the
-alias moves only when another run wins. The alias follows the winner of the runs analysed: analysing
-a single pipeline (``--parent-run``) crowns that pipeline's best. Any store works, given by
-``--tracking-uri`` or ``MLFLOW_TRACKING_URI``: every call goes through a client of that store, never
-MLflow's global URIs.
+The winning configuration's best-scoring run that logged an MLflow Model is registered (``bigimage-classifier``
+by default) as ``mlflow.register_model`` records a version, but through the given store's own client, never
+MLflow's global URIs; the alias ``champion`` points at it. Idempotent: a run is registered once, and the
+alias moves only when another run wins. Selected on validation, tested on test: the new version is
+evaluated once by :mod:`bigimage.train.evaluate` (a process of its own: the analysis never loads
+TensorFlow) on its run's validation subset and on the test subset, which nothing before read; its tags
+hold both, the test accuracy with its Wilson interval.
 """
 
 from __future__ import annotations

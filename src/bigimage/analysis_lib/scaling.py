@@ -1,41 +1,17 @@
-"""Ernest's scaling model, with a per-machine data term: job time from data size, cores and machines,
-fitted on a few small runs.
+"""Ernest's scaling model (Venkataraman et al., NSDI'16) with a per-machine data term: job time from data
+size ``N``, cores ``c`` and machines ``m``, fitted on a few small runs (docs/forecast.md).
 
-Venkataraman et al., "Ernest: Efficient Performance Prediction for Large-Scale Advanced Analytics"
-(NSDI'16) model a job on ``m`` machines with ``c`` cores in all over ``N`` items as
-``t0 + t1 * N / c + t2 * log(m) + t3 * m``. This module adds one term, ``t4 * N / m``:
+``t0 + t1 * N / c + t4 * N / m + t2 * log(m) + t3 * m`` (:data:`TERM_FORMULA`); ``t4``, work the cores of
+one machine cannot share, is this project's addition. All terms are non-negative (``scipy.optimize.nnls``):
+no term can make a job faster. A shape's time is linear in ``N`` (:meth:`Fit.line`), so crossovers are exact.
 
-* ``t0`` (``intercept``): fixed cost of a run (job submission, the first task, the commit);
-* ``t1`` (``data_per_core``): seconds per item per core: the parallel work, assumed to split evenly;
-* ``t4`` (``data_per_machine``): seconds per item per machine: work the cores of one machine cannot
-  share (its memory bandwidth and caches, its disk, anything one thread per executor does). Ernest
-  has no such term; without it a fit of ``t1`` alone over 1- and 2-core runs overstates what 2 cores
-  do wherever reads side by side slow each other. With ``m = 1`` (local mode) it is Amdahl's serial part;
-* ``t2`` (``log_machines``): tree-shaped coordination (aggregations, broadcasts);
-* ``t3`` (``machines``): per-machine cost paid serially (one task or one result per executor).
-
-All are non-negative (``scipy.optimize.nnls``): a term cannot make a job faster, so a fit can never
-predict that more data takes less time, nor that more cores or machines make the data's part slower.
-Because ``c`` and ``m`` are fixed for a cluster shape, each shape's time is linear in ``N``:
-``a + b * N``, which makes crossovers between shapes exact (:func:`line`).
-
-What the runs can pin down is checked before fitting (:func:`identifiable_terms`): the data term needs
-at least two data sizes and two core counts (with one core count the ``1 / c`` scaling that every
-prediction for another shape relies on is never tested); ``t4`` needs two numbers of cores per machine
-(where every machine has the same cores, ``N / m`` is ``N / c`` over a constant); one machine count
-identifies no machine term (a constant ``m`` is absorbed by ``t0``), two identify one (``machines``:
-the linear one, which does not understate the cost of more machines), three or more both. Too few runs
-for the terms, or a design that is numerically singular, is refused with :class:`DegenerateDesign`,
-whose message says which runs to add.
-
-Uncertainty: a residual bootstrap with the design kept fixed (the runs were chosen, not sampled).
-Residuals are taken relative to the fitted time (run time noise on a shared machine is proportional
-to the time), divided by ``sqrt(1 - leverage)`` and centred before they are resampled. The refits'
-spread around the fit is widened by the t / z ratio of the residual degrees of freedom (few runs only
-estimate the noise level; without it the 95% intervals held the truth too rarely). Coefficient
-intervals are the percentiles of these samples; a prediction interval adds one resampled (and
-widened) relative residual to each sample's prediction. Every bootstrap sample is non-decreasing in ``N``,
-so interval bounds are too. The leave-one-out error refits without each run and predicts it.
+Only the terms the runs pin down are fitted (:func:`identifiable_terms`, whose :class:`DegenerateDesign`
+says which runs to add). Uncertainty: a residual bootstrap with the design kept fixed (the runs were
+chosen, not sampled), on residuals relative to the fitted time (noise on a shared machine is proportional
+to the time), divided by ``sqrt(1 - leverage)`` and centred; the refits' spread is widened by the t / z
+ratio of the residual degrees of freedom, as a few runs only estimate the noise level. Intervals are
+percentiles of the samples, a prediction interval adding one resampled residual; every sample is
+non-decreasing in ``N``. The leave-one-out error refits without each run and predicts it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""List the RUNNING runs whose process is dead, and end them KILLED with the reason as tag ``error``.
+"""``analysis/stale_runs.py``: end the RUNNING runs whose process is dead KILLED, with the reason as tag
+``error`` (docs/mlflow.md, "Failures, interrupts and stale runs").
 
-A job killed with SIGKILL (or on a machine that went down) cannot end its MLflow run; without this
-the run shows RUNNING for ever and every analysis leaves it out as unfinished. How a run is judged
-dead is :func:`bigimage.tracking.liveness.judge`: on the host that recorded it, its process is gone;
-elsewhere, its ``heartbeat`` tag is older than ``--older-than`` seconds.
-
-    python analysis/stale_runs.py [--experiment NAME] [--tracking-uri URI] [--older-than SECONDS] [--dry-run] [--json]
-
-Prints every RUNNING run with its verdict and what was done to it. Exit code 0 whether or not runs
-were marked; 3 (as the other scripts when there is nothing to read) when the experiment is unknown.
+A job killed with SIGKILL cannot end its run, which would show RUNNING for ever and be left out of every
+analysis. How a run is judged dead is :func:`bigimage.tracking.liveness.judge`. Exit code 0 whether or not
+runs were marked; 3, as the other scripts', when the experiment is unknown.
 """
 
 from __future__ import annotations

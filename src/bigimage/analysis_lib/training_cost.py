@@ -1,17 +1,11 @@
 """Training configurations by cost, and which of them are on the accuracy/cost Pareto front.
 
-The cost of a training on this machine is its ``seconds_per_epoch``: the seconds of ``model.fit``
-over the epochs it ran (not the process's start, imports or the data's planning; not money); the
-accuracy is its ``best_val_accuracy``: the two numbers the cost-aware search
-(``hparams_search=train_optuna_cost``) optimises, so the front here is the search's front when both
-read the same runs. A configuration is Pareto-optimal when no other of its comparable group
-(:mod:`.comparable`: same data, image size, splits, augmentation) is at least as accurate and at least
-as cheap, and better in one of the two (means over its runs).
-
-A configuration is ``strategy.name`` x ``batch_size`` x ``cluster.name`` plus each setting of
-:data:`HYPERPARAMS` that differs between the runs read (the strategy's workers, the precision, a searched
-hyperparameter): a search's trials with different learning rates are different configurations, a plain
-grid's runs group as before. Runs a search pruned (tag ``pruned=true``) stopped early and are not ranked.
+The cost is ``seconds_per_epoch`` (``model.fit``'s seconds over the epochs run; not money), the accuracy
+``best_val_accuracy``: the two numbers the cost-aware search (``hparams_search=train_optuna_cost``)
+optimises, so the front here is the search's when both read the same runs. A configuration is
+Pareto-optimal when no other of its comparable group (:mod:`.comparable`) is at least as accurate and at
+least as cheap, and better in one (means over its runs). Configurations are :func:`config_params`; runs a
+search pruned (tag ``pruned=true``) stopped early and are not ranked.
 """
 
 from __future__ import annotations

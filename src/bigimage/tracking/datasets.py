@@ -1,17 +1,12 @@
-"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (docs/contracts.md, "MLflow").
+"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (docs/mlflow.md, "Datasets").
 
-Task 1 logs the set it wrote (context ``output``: MLflow 3.17 has dataset inputs only, so the output is
-an input with that context), task 2 the set it timed (``benchmark``), task 3 the three subsets of it
-that it split (``<name>.train`` with context ``training``, ``<name>.validation`` with ``validation``,
-``<name>.test`` with ``testing``), each with its own digest (the set's and the split's settings) and its
-own record counts. The UI's Dataset column and filter then show which data a run used, and equal
-digests mean the same records at the same settings.
-
-The digest is read from the manifest, never from the shards: the source's fingerprint (its files'
-paths, classes and sizes, :mod:`bigimage.data.listing`) and the settings that turn it into records
-(image size, JPEG quality, classes, records per shard). A rerun of task 1 on unchanged images at the
-same settings gives the same digest although its shard files have new names; a set without a source
-fingerprint (written by hand, e.g. in tests) falls back to its shard names.
+Task 1 logs the set it wrote (context ``output``: MLflow 3.17 has dataset inputs only), task 2 the set it
+timed (``benchmark``), task 3 the three subsets it split (``<name>.train``, ``.validation``, ``.test`` with
+contexts ``training``, ``validation``, ``testing``), each with its own digest and record counts. The digest
+is read from the manifest, never from the shards: the source's fingerprint (:mod:`bigimage.data.listing`)
+and the settings that turn it into records, so a rerun of task 1 on unchanged images gives the same digest
+although its shards have new names; a set without a fingerprint (written by hand) falls back to its shard
+names.
 """
 
 from __future__ import annotations
