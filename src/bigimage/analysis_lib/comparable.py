@@ -52,7 +52,7 @@ def param(key: str, absent: str = ABSENT, size: bool = False) -> Setting:
 
 
 def tag(key: str) -> Setting:
-    return Setting(key, lambda row: _text(row.get(f"tags.{key}")))
+    return Setting(key, lambda row: query.tag(row, key))
 
 
 def metric(key: str, name: str, size: bool = False) -> Setting:

@@ -216,7 +216,7 @@ def life(row: pd.Series, job_seconds: float, create_delete_seconds: float) -> Li
     startup = max(recorded or 0.0, 0.0)
     wall = wall_seconds(row)
     other = max((wall or 0.0) - job_seconds - startup, 0.0)
-    dataproc = row.get(f"tags.{names.SPARK_DEPLOY}") == PRICED_DEPLOY
+    dataproc = query.tag(row, names.SPARK_DEPLOY) == PRICED_DEPLOY
     return Life(job_seconds, startup, other, create_delete_seconds if dataproc else 0.0, recorded is not None)
 
 
