@@ -120,9 +120,9 @@ def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
     out = {names.TAG_REPORT: str(report.path)}
     champion = report.result.champion
     if champion:
-        mlflow.set_tag(names.TAG_REGISTERED_MODEL, champion["uri"])
+        mlflow.set_tag(names.REGISTERED_MODEL, champion["uri"])
         print(f"[pipeline] model: {champion['uri']} (version {champion['version']}, run {champion['run_id']})")
-        out[names.TAG_REGISTERED_MODEL] = champion["uri"]
+        out[names.REGISTERED_MODEL] = champion["uri"]
     return out
 
 

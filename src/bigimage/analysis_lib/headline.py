@@ -9,6 +9,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from bigimage.analysis_lib import best_config
+from bigimage.tracking import names
 from bigimage.tracking.store import log_batch, retry_busy
 
 
@@ -39,7 +40,7 @@ def tags(result: best_config.BestConfigResult) -> dict[str, str]:
         if "cluster.name" in winner:
             out[f"best.{section}.cluster.name"] = str(winner["cluster.name"])
     if result.champion:
-        out["registered_model"] = result.champion["uri"]
+        out[names.REGISTERED_MODEL] = result.champion["uri"]
         out["registered_model.version"] = result.champion["version"]
     return out
 

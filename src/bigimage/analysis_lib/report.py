@@ -501,7 +501,7 @@ def _analysed(
         "parent_run_id": selection.parent_run_id,
         **{f"overfitting.{key}": value for key, value in asdict(thresholds).items()},
         "rank_by": rank_by,
-        "registered_model": registered_model,
+        names.REGISTERED_MODEL: registered_model,
     }
     return {key: str(value) for key, value in params.items() if value is not None}
 

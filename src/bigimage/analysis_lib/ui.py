@@ -34,7 +34,7 @@ from typing import Any
 
 from bigimage import termination
 from bigimage.analysis_lib import common
-from bigimage.tracking import judged, query
+from bigimage.tracking import judged, names, query
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -57,7 +57,7 @@ def _column(kind: str, key: str) -> str:
 
 
 PARAMS = ("strategy.name", "batch_size", "model.name", "epochs", "cluster.name")  # what tells the runs apart
-METRICS = (judged.VALUE_METRIC, judged.EPOCH_METRIC, "seconds_per_epoch")  # how good, when, how costly
+METRICS = (judged.VALUE_METRIC, judged.EPOCH_METRIC, names.SECONDS_PER_EPOCH)  # how good, when, how costly
 COLUMNS = [*(_column("params", key) for key in PARAMS), *(_column("metrics", key) for key in METRICS)]
 COLUMNS.append(_column("attributes", "Models"))
 RUN_NAME = _column("attributes", "Run Name")

@@ -58,4 +58,4 @@ TEST_RECORDS = "test_records"
 
 # --- the pipeline's parent run (bigimage.pipeline) and the analysis run -----------------------
 TAG_REPORT = "report"  # the report's path
-TAG_REGISTERED_MODEL = "registered_model"  # models:/<name>@champion
+REGISTERED_MODEL = "registered_model"  # tag: models:/<name>@champion; the analysis run's param: the name
