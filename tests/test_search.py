@@ -368,6 +368,8 @@ def test_four_trial_search_parallel_one_parent_four_children(tmp_path: Path, tfr
         tfrecords,
         "hparams_search=train_optuna",
         "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner=null",
+        "hydra.sweeper.confirm.top=0",
         "hydra.sweeper.n_jobs=2",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
@@ -391,6 +393,7 @@ def test_four_trial_search_parallel_one_parent_four_children(tmp_path: Path, tfr
     metrics = parent.data.metrics
     assert metrics["search.trials_finished"] == 4 and metrics["search.trials_failed"] == 0
     assert metrics["search.best_value"] == pytest.approx(max(values.values()))
+    assert parent.data.tags["search.best_by"] == "single_trial" and metrics["search.compute_epochs"] == 8
     assert parent.data.params["search.best.batch_size"] in ("8", "16")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
     assert {"search/optimization_history.png", "search/param_importances.png", "search/trials.csv"} <= artifacts
@@ -403,13 +406,15 @@ def test_hopeless_trial_is_pruned_under_multi_worker(tmp_path: Path, tfrecords: 
     storage = study.open_storage(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     seeded = study.open_study("prune", storage, "maximize")
     for _ in range(2):
-        seeded.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={0: 1.0, 1: 1.0, 2: 1.0}))
+        seeded.add_trial(optuna.trial.create_trial(value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0}))
     result = run_search(
         tmp_path,
         tfrecords,
         "hparams_search=train_optuna",
         "hydra.sweeper.study_name=prune",
         "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.confirm.top=0",
+        "hydra/sweeper/pruner=median",
         "hydra.sweeper.pruner.n_startup_trials=2",
         "hydra.sweeper.pruner.n_warmup_steps=0",
         "epochs=3",
@@ -432,6 +437,64 @@ def test_hopeless_trial_is_pruned_under_multi_worker(tmp_path: Path, tfrecords: 
     assert parents[0].data.metrics["search.trials_pruned"] == 1
 
 
+@pytest.mark.slow
+def test_multi_fidelity_search_counts_pruned_epochs_and_confirms_its_winner(tmp_path: Path, tfrecords: str) -> None:
+    """Successive halving over epochs: two earlier trials (3 epochs each) reached 1.0 at every epoch, so the
+    search's own trial, which cannot learn (learning rate 1e-9), stops at the first rung, after 1 epoch; that
+    epoch counts in the search's compute. Then the best trial is trained again with two other seeds, as child
+    runs of the search's parent, whose best value is their mean, not the 1.0 of the best single trial."""
+    storage = study.open_storage(f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    halving = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    seeded = study.open_study("mf", storage, "maximize", pruner=halving)
+    for _ in range(2):
+        earlier = seeded.ask({"train.learning_rate": CategoricalDistribution([1e-9])})
+        for step in (1, 2, 3):
+            earlier.report(1.0, step)
+            assert not earlier.should_prune()  # the pruner records the rungs it reached
+        earlier.set_user_attr(sweep.ATTR_EPOCHS, 3)
+        seeded.tell(earlier, 1.0)
+    result = run_search(
+        tmp_path,
+        tfrecords,
+        "hparams_search=train_optuna",
+        "hydra/sweeper/pruner=successive_halving",
+        "hydra.sweeper.study_name=mf",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.confirm.top=1",
+        "hydra.sweeper.confirm.seeds=2",
+        "epochs=3",
+        "seed=5",
+        "strategy=default",
+        "batch_size=16",
+        "model.width=16",
+        "model.dropout=0.0",
+        "train.learning_rate=choice(1e-9)",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    (pruned,) = study_of(tmp_path, "mf").get_trials(states=(TrialState.PRUNED,))
+    assert pruned.number == 2 and pruned.user_attrs[sweep.ATTR_EPOCHS] == 1
+    client, runs = store_of(tmp_path)
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    metrics = parent.data.metrics
+    assert metrics["search.trials_pruned"] == 1 and metrics["search.compute_epochs_pruned"] == 1
+    assert metrics["search.compute_epochs_confirm"] == 2 * 3
+    assert metrics["search.compute_epochs"] == 3 + 3 + 1 + 2 * 3
+    confirming = [run for run in runs if trial.TAG_CONFIRM_OF in run.data.tags]
+    assert len(confirming) == 2 and {run.data.tags[trial.TAG_CONFIRM_OF] for run in confirming} == {"0"}
+    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in confirming)
+    assert all(run.info.status == "FINISHED" and trial.TAG_TRIAL not in run.data.tags for run in confirming)
+    assert sorted(run.data.params["seed"] for run in confirming) == ["6", "7"]  # seed + 1, seed + 2
+    values = [run.data.metrics["best_val_accuracy"] for run in confirming]
+    mean = sum(values) / 2
+    assert metrics["search.best_value"] == pytest.approx(mean) and metrics["best_val_accuracy"] == pytest.approx(mean)
+    assert metrics["search.best_value"] < 1.0  # not the best single trial's value
+    assert metrics["search.best_value_low"] <= mean <= metrics["search.best_value_high"]
+    assert metrics["search.best_value_runs"] == 2
+    assert parent.data.tags["search.best_by"] == "confirmation" and parent.data.tags["search.best_trial"] == "0"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "search")}
+    assert "search/confirmation.csv" in artifacts
+
+
 def second_trial_started(tmp_path: Path) -> bool:
     """Whether the MLflow run of trial 1 is there. Not before the study exists: the search makes the MLflow
     store first, and a client opened while it migrates the schema would race it (docs/pitfalls.md)."""
@@ -450,7 +513,8 @@ def second_trial_started(tmp_path: Path) -> bool:
 @pytest.mark.slow
 def test_interrupted_search_resumes_to_the_requested_trials(tmp_path: Path, tfrecords: str) -> None:
     """Stopped (SIGTERM) during its second trial, the search is run again and ends with the 2 trials asked."""
-    args = ["hparams_search=train_optuna", "hydra.sweeper.n_trials=2", "epochs=1", "strategy=default", "batch_size=8"]
+    args = ["hparams_search=train_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.confirm.top=0", "epochs=1",
+            "strategy=default", "batch_size=8"]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     with open(tmp_path / "first.log", "w") as log_file:
         process = subprocess.Popen(

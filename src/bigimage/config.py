@@ -282,6 +282,7 @@ class SearchConfig:
     storage: str | None = None
     trial: int | None = None
     prune: bool = False
+    confirm_of: int | None = None  # a confirmation run: the trial whose configuration it trains again
 
 
 @dataclass

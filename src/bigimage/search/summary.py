@@ -7,11 +7,18 @@ under it, each keeping its own status (a trial the stop killed stays KILLED) and
 the trials it ran (:mod:`bigimage.tracking.callbacks`). A study whose parent the MLflow store does not
 hold (a storage shared by two stores) is refused. At the end (:func:`summarise`) it gets:
 
-* metrics ``search.trials_finished``, ``search.trials_pruned``, ``search.trials_failed``, and for one
-  objective ``search.best_value`` and ``best_<optimized_metric>``; params ``search.best.<key>``; tags
-  ``search.best_trial`` and ``search.best_run_id``;
+* metrics ``search.trials_finished``, ``search.trials_pruned``, ``search.trials_failed``; the compute
+  spent in epochs trained, ``search.compute_epochs`` (trials, pruned ones up to where they stopped, and
+  confirmation runs), ``search.compute_epochs_pruned`` and ``search.compute_epochs_confirm`` (those parts);
+* for one objective, the winner: with a confirmation stage (:mod:`.confirm`) the configuration with the
+  best mean over its confirmation runs, ``search.best_value`` (also ``best_<optimized_metric>``) being
+  that mean and ``search.best_value_low``/``_high``/``_std``/``_runs`` its 95% t-interval, standard
+  deviation and runs, tag ``search.best_by=confirmation``; without one, the best single trial
+  (``search.best_by=single_trial``); params ``search.best.<key>``; tags ``search.best_trial`` and
+  ``search.best_run_id`` (the trial's run);
 * artifacts ``search/trials.csv`` (every trial, with its run id), ``search/optimization_history.png``,
-  ``search/param_importances.png`` (+ ``.json``), and for two objectives the Pareto front as the
+  ``search/param_importances.png`` (+ ``.json``), ``search/confirmation.csv`` (each confirmed
+  configuration's runs and interval), and for two objectives the Pareto front as the
   table ``search/pareto_front.json`` (``mlflow.load_table``) and ``search/pareto_front.png``.
 """
 
@@ -28,8 +35,9 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from bigimage.errors import UserError
-from bigimage.search import figures
+from bigimage.search import confirm, figures
 from bigimage.search.study import ATTR_EXPERIMENT, ATTR_PARENT_RUN
+from bigimage.search.sweep import ATTR_EPOCHS
 from bigimage.search.trial import TAG_STUDY, TAG_TRIAL
 from bigimage.tracking.query import PARENT_TAG, search_all
 from bigimage.tracking.store import log_batch, retry_busy
@@ -133,18 +141,34 @@ def pareto(study: optuna.Study, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def counts(study: optuna.Study) -> dict[str, float]:
+    """Trials by state, and the epochs trained: by every trial (a pruned one's until it stopped), by
+    the pruned ones, by the confirmation runs."""
     from optuna.trial import TrialState
 
-    states = [trial.state for trial in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
+    states = [trial.state for trial in trials]
+    epochs = [int(trial.user_attrs.get(ATTR_EPOCHS, 0)) for trial in trials]
+    pruned = sum(e for e, state in zip(epochs, states) if state == TrialState.PRUNED)
+    confirming = confirm.compute_epochs(study)
     return {
         "search.trials_finished": float(states.count(TrialState.COMPLETE)),
         "search.trials_pruned": float(states.count(TrialState.PRUNED)),
         "search.trials_failed": float(states.count(TrialState.FAIL)),
+        "search.compute_epochs": float(sum(epochs) + confirming),
+        "search.compute_epochs_pruned": float(pruned),
+        "search.compute_epochs_confirm": float(confirming),
     }
 
 
-def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[str], parent_run_id: str) -> None:
-    """Write the study's outcome on its parent run (module doc)."""
+def summarise(
+    client: MlflowClient,
+    study: optuna.Study,
+    objectives: Sequence[str],
+    parent_run_id: str,
+    confirmed: Sequence[confirm.Confirmed] = (),
+) -> None:
+    """Write the study's outcome on its parent run (module doc); ``confirmed``: the confirmation stage's
+    configurations, best mean first (none: the best single trial wins)."""
     experiment_id = retry_busy(lambda: client.get_run(parent_run_id)).info.experiment_id
     table = trials_table(study, objectives, trial_runs(client, experiment_id, study.study_name))
     log_batch(client, parent_run_id, metrics=counts(study))
@@ -152,7 +176,9 @@ def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[st
     with tempfile.TemporaryDirectory(prefix="bigimage-search-") as folder:
         table.to_csv(os.path.join(folder, "trials.csv"), index=False)
         if len(objectives) == 1 and not finished.empty:
-            _log_best(client, study, objectives[0], parent_run_id, table)
+            _log_best(client, study, objectives[0], parent_run_id, table, confirmed)
+            if confirmed:
+                confirmation_table(confirmed).to_csv(os.path.join(folder, "confirmation.csv"), index=False)
             maximize = study.direction.name == "MAXIMIZE"
             _save(figures.optimization_history(table, objectives[0], maximize), folder, "optimization_history.png")
         if len(objectives) > 1 and not finished.empty:
@@ -169,16 +195,52 @@ def summarise(client: MlflowClient, study: optuna.Study, objectives: Sequence[st
         retry_busy(lambda: client.log_artifacts(parent_run_id, folder, "search"))
 
 
-def _log_best(client: MlflowClient, study: optuna.Study, metric: str, parent_run_id: str, table: pd.DataFrame) -> None:
-    best = study.best_trial
-    run_id = table.loc[table["number"] == best.number, "run_id"]
-    tags: dict[str, Any] = {"search.best_trial": best.number}
+def confirmation_table(confirmed: Sequence[confirm.Confirmed]) -> pd.DataFrame:
+    """One row per confirmed configuration, best mean first: trial, params, mean, interval, runs' values."""
+    rows = [
+        {
+            "trial": c.trial,
+            **c.params,
+            "mean": c.interval.mean,
+            "low": c.interval.low,
+            "high": c.interval.high,
+            "std": c.interval.sd,
+            "runs": c.interval.n,
+            "values": ";".join(f"{v:.6g}" for v in c.values.values()),
+        }
+        for c in confirmed
+    ]
+    return pd.DataFrame(rows)
+
+
+def _log_best(
+    client: MlflowClient,
+    study: optuna.Study,
+    metric: str,
+    parent_run_id: str,
+    table: pd.DataFrame,
+    confirmed: Sequence[confirm.Confirmed],
+) -> None:
+    """The winner on the parent: the best confirmed mean with its interval, else the best single trial."""
+    if confirmed:
+        winner = confirmed[0]
+        number, params, value = winner.trial, winner.params, winner.interval.mean
+        spread = {"low": winner.interval.low, "high": winner.interval.high, "std": winner.interval.sd}
+        metrics = {f"search.best_value_{key}": v for key, v in spread.items() if v is not None}
+        metrics["search.best_value_runs"] = float(winner.interval.n)
+        tags: dict[str, Any] = {"search.best_by": "confirmation"}
+    else:
+        best = study.best_trial
+        number, params, value = best.number, best.params, float(best.values[0])
+        metrics, tags = {}, {"search.best_by": "single_trial"}
+    run_id = table.loc[table["number"] == number, "run_id"]
+    tags["search.best_trial"] = number
     if not run_id.empty and isinstance(run_id.iloc[0], str):
         tags["search.best_run_id"] = run_id.iloc[0]
-    value = float(best.values[0])
-    metrics = {"search.best_value": value, f"best_{metric}".replace("best_best_", "best_"): value}
-    params = {f"search.best.{key}": param for key, param in best.params.items()}
-    log_batch(client, parent_run_id, metrics=metrics, params=params, tags=tags)
+    metrics.update({"search.best_value": value, f"best_{metric}".replace("best_best_", "best_"): value})
+    log_batch(
+        client, parent_run_id, metrics=metrics, params={f"search.best.{k}": p for k, p in params.items()}, tags=tags
+    )
 
 
 def _numbers(front: pd.DataFrame) -> str:

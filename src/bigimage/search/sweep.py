@@ -9,7 +9,9 @@ overrides, plus ``search.*`` naming its study and trial (:mod:`.trial`); its ret
 search that was stopped runs only the missing trials. Trials a dead sweeper left RUNNING on this
 machine are marked FAIL first, and trials of this sweep that a Ctrl-C or a job's error cut short are
 told FAIL before the error goes on. A failed job stops the search, as in Hydra's own sweeper and
-Optuna's ``optimize``; rerunning continues it.
+Optuna's ``optimize``; rerunning continues it. Each trial records the epochs it trained (user attribute
+``epochs_run``: a pruned trial's up to its pruned epoch), the search's compute. When the trials are
+done, :mod:`.confirm` trains the best few again over seeds.
 
 MLflow: the trials are the child runs of the sweep's parent run (:mod:`bigimage.tracking.callbacks`
 makes it). The study remembers its parent; a resumed search moves the earlier trials' runs under the
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from bigimage import processes
 from bigimage.search import space as search_space
 from bigimage.search import study as search_study
+from bigimage.search.confirm import Confirm
 from bigimage.search.trial import ATTR_PRUNED_EPOCH
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 ATTR_HOST = "sweeper_host"
 ATTR_PID = "sweeper_pid"
 ATTR_FAILED = "failed_reason"
+ATTR_EPOCHS = "epochs_run"  # a trial's compute: the epochs it trained, pruned or not
 
 
 @dataclass
@@ -57,6 +61,7 @@ class Settings:
     pruner: Any
     params: Mapping[str, str]
     pruner_spec: dict[str, Any] | None = None  # the pruner's config, for the workers to rebuild it (setup)
+    confirm: Confirm = Confirm()
 
 
 @dataclass
@@ -141,7 +146,11 @@ def tell(search: Search, trial: optuna.Trial, result: JobReturn) -> BaseExceptio
     attrs = search.storage.get_trial_user_attrs(
         search.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     )
-    if attrs.get(ATTR_PRUNED_EPOCH) is not None:
+    pruned_epoch = attrs.get(ATTR_PRUNED_EPOCH)
+    if pruned_epoch is not None or result.cfg is not None:  # a Hydra job's return holds its config
+        epochs = int(pruned_epoch) + 1 if pruned_epoch is not None else int(result.cfg.epochs)  # type: ignore[union-attr]
+        trial.set_user_attr(ATTR_EPOCHS, epochs)
+    if pruned_epoch is not None:
         study.tell(trial, state=TrialState.PRUNED)
         return None
     value = result.return_value
@@ -200,7 +209,7 @@ def sweep(
     """The whole search of one ``run.py -m hparams_search=...`` (module doc)."""
     import mlflow
 
-    from bigimage.search import summary
+    from bigimage.search import confirm, summary
     from bigimage.search.trial import metric_names
     from bigimage.tracking import redact
     from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID
@@ -225,14 +234,18 @@ def sweep(
         ", ".join(search.space.distributions),
     )
     interrupted = False
+    confirmed: list[confirm.Confirmed] = []
     try:
-        return run(search, settings.n_trials, settings.n_jobs, launcher)
+        returns = run(search, settings.n_trials, settings.n_jobs, launcher)
+        first_job = sum(len(batch) for batch in returns)
+        confirmed, results = confirm.confirm(search, settings.confirm, int(config.seed), launcher, first_job)
+        return [*returns, results] if results else returns
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         if client is not None and parent and not interrupted:
             try:
-                summary.summarise(client, search.study, objectives, parent)
+                summary.summarise(client, search.study, objectives, parent, confirmed)
             except Exception as error:  # the trials are recorded; a figure must not fail the search
                 log.warning("could not write the search summary on run %s: %s", parent, error)

@@ -2,7 +2,8 @@
 
 The sweeper gives every trial's job ``search.study_name``, ``search.storage``, ``search.trial`` (the
 Optuna trial number) and ``search.prune``; the job's config, and so the resolved config the training
-workers read, carries them, so a worker process started anywhere can find its trial.
+workers read, carries them, so a worker process started anywhere can find its trial. A confirmation
+run (:mod:`.confirm`) gets ``search.confirm_of`` instead of ``search.trial``: it is no trial, never pruned.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ log = logging.getLogger(__name__)
 
 TAG_STUDY = "search.study"
 TAG_TRIAL = "search.trial"
+TAG_CONFIRM_OF = "search.confirm_of"  # on a confirmation run: the trial whose configuration it trains again
 TAG_PRUNED = "pruned"
 TAG_PRUNED_EPOCH = "pruned_epoch"
 ATTR_PRUNED_EPOCH = "pruned_epoch"  # the trial's user attribute: the sweeper tells the study PRUNED
-REPORTED_METRIC = "val_accuracy"  # what the pruner sees per epoch (step = epoch index)
+REPORTED_METRIC = "val_accuracy"  # what the pruner sees per epoch (step = epochs trained: 1, 2, ...)
 
 
 def in_search(cfg: Any) -> bool:
@@ -32,10 +34,14 @@ def in_search(cfg: Any) -> bool:
 
 
 def search_tags(cfg: Any) -> dict[str, str]:
-    """``search.study`` and ``search.trial`` for a trial's run (nothing outside a search)."""
-    if not in_search(cfg):
-        return {}
-    return {TAG_STUDY: str(cfg.search.study_name), TAG_TRIAL: str(cfg.search.trial)}
+    """``search.study`` and ``search.trial`` for a trial's run, ``search.study`` and ``search.confirm_of``
+    for a confirmation run's (nothing outside a search)."""
+    if in_search(cfg):
+        return {TAG_STUDY: str(cfg.search.study_name), TAG_TRIAL: str(cfg.search.trial)}
+    search = cfg.get("search")
+    if search and search.get("study_name") and search.get("confirm_of") is not None:
+        return {TAG_STUDY: str(search.study_name), TAG_CONFIRM_OF: str(search.confirm_of)}
+    return {}
 
 
 def metric_names(cfg: Any) -> list[str]:
@@ -80,8 +86,9 @@ class TrialReporter:
         self.number = trial_number
 
     def report(self, epoch: int, value: float) -> bool:
-        """Report ``value`` at ``epoch``; whether the pruner stops this trial now."""
-        self.trial.report(float(value), step=int(epoch))
+        """Report ``value`` after ``epoch`` (0-based; the step is the epochs trained, the resource of the
+        multi-fidelity pruners); whether the pruner stops this trial now."""
+        self.trial.report(float(value), step=int(epoch) + 1)
         prune = bool(self.trial.should_prune())
         if prune:
             self.trial.set_user_attr(ATTR_PRUNED_EPOCH, int(epoch))

@@ -22,6 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 
 @dataclass
+class ConfirmConf:
+    """``hydra.sweeper.confirm``: the best ``top`` trials trained again with ``seeds`` seeds each (0: none)."""
+
+    top: int = 0
+    seeds: int = 3
+
+
+@dataclass
 class OptunaSearchConf:
     """``hydra.sweeper.*``. ``sampler`` and ``pruner`` are ``_target_`` configs (Hydra makes them)."""
 
@@ -34,6 +42,7 @@ class OptunaSearchConf:
     sampler: Any = None  # None: Optuna's default (TPE; NSGA-II for several objectives)
     pruner: Any = None  # None: no pruning
     params: dict[str, str] = field(default_factory=dict)
+    confirm: ConfirmConf = field(default_factory=ConfirmConf)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="bigimage_optuna", node=OptunaSearchConf, provider="bigimage")
@@ -42,12 +51,14 @@ ConfigStore.instance().store(group="hydra/sweeper", name="bigimage_optuna", node
 class OptunaSearchSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
         """Made by Hydra from ``hydra.sweeper.*`` (:class:`OptunaSearchConf` less ``_target_``)."""
+        from bigimage.search.confirm import Confirm
         from bigimage.search.sweep import Settings
 
         plain: dict[str, Any] = {
             k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in settings.items()
         }
         plain["params"] = {str(key): str(value) for key, value in (plain["params"] or {}).items()}
+        plain["confirm"] = Confirm(**(plain.get("confirm") or {}))
         self.settings = Settings(**plain)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
