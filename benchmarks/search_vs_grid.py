@@ -1,239 +1,379 @@
-"""Search against grid: how many training runs does TPE need to reach what the full grid finds best?
+"""Search against grid at equal compute: regret against epochs trained, replayed from the truth table.
 
-    python benchmarks/search_vs_grid.py [--image-size 48] [--epochs 3] [--seeds 20] [--live-seeds 1] [--json]
+    python benchmarks/search_vs_grid.py [--seeds 20] [--budget 1.0] [--live] [--json]
 
-1. The grid: every point of a space of 18 (``train.learning_rate`` x ``batch_size`` x ``model.width``,
-   strategy ``default``) trained once on the default data through ``run.py -m`` (one sweep), at a small
-   ``image_size`` and few epochs to stay within minutes. Its best point is trained ``--repeats`` more
-   times with other seeds: with its grid run, they give the best point's 95% t-interval of
-   ``best_val_accuracy``. A run "reaches" the best when its value is at least that interval's low end.
-2. The search, over the same space, with the sampler of ``hparams_search=train_optuna`` (seeded TPE,
-   its startup trials random), once per seed in ``--seeds``: trials are scored by the grid's measured
-   value of their point (a tabular benchmark: each point's accuracy as the grid measured it, so many
-   seeds cost no training), until one reaches the best. Runs needed per seed, and their median.
-3. ``--live-seeds``: the same search for real, ``run.py -m hparams_search=train_optuna`` over the same
-   space with a third of the grid's runs as ``n_trials``: did its best trial reach the interval?
+The truth table (``benchmarks/data/search_truth.csv``, made by ``benchmarks/search_truth.py``) holds
+every point of a grid over the shipped space (``conf/hparams_search/space/train.yaml``) trained over
+several seeds, each epoch's validation accuracy recorded. A point's **truth** is the mean over its seeds
+of its best validation accuracy (``best_val_accuracy``, the judged epoch's); the best point's seed
+standard deviation is the noise floor.
 
-Goal: the search's median runs needed <= a third of the grid's runs. Everything goes to a fresh MLflow
-store in a temporary folder (``--tracking-uri`` to keep it elsewhere); the TFRecords of the default data
-at ``--image-size`` are made once under ``data/`` as ``python run.py task=preprocess`` makes them.
+Each method searches the shipped space, once per seed in ``--seeds``, until it has trained ``--budget``
+times the grid's epochs. A trial is answered from the table: its params snapped to the nearest grid
+point (the learning rate on a log scale; every strategy is the same point, as ``search_truth.py``
+says), one of that point's seeds drawn at random, its curve reported epoch by epoch to the pruner
+(step = epochs trained, as in a real search), the epochs it trained counted as compute, pruned or not.
+The search's choice is its best finished trial; **regret** = truth of the best point - truth of the
+chosen point. Methods:
+
+* ``tpe+hyperband``, ``tpe+successive_halving``, ``tpe+median``: ``hparams_search=train_optuna``'s
+  sampler with each pruner of ``conf/hydra/sweeper/pruner/`` (the shipped search: the one it takes),
+  ``tpe`` (no pruner), ``random`` (Optuna's RandomSampler), ``grid`` (every point once, in a seeded
+  random order: at the whole grid's compute it has tried each);
+* ``<shipped>+confirm``: the shipped search with its confirmation stage (``hydra.sweeper.confirm``:
+  the top 3 trained again over 3 seeds, the winner by mean), the confirmation's epochs counted; the
+  table's seeds stand in for the confirmation runs, so the confirmed mean is the point's truth.
+
+Printed: each method's median regret (and quartiles) at 1/9, 1/3, 2/3 and 1 of the grid's compute;
+the goal at 1/3: the shipped search's median regret <= half of random search's and <= the best point's
+seed standard deviation. Written: ``benchmarks/data/search_vs_grid.csv`` (the table) and
+``search_vs_grid.png`` (median regret against compute, quartile bands). ``--live``: one small search
+through ``run.py`` (``hparams_search=train_optuna``, strategy ``default``) on the table's data, its
+confirmed winner and that winner's regret by the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
+import csv
 import json
 import logging
+import math
 import os
-import statistics
+import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from search_truth import TABLE, shipped_space
 
-from bigimage.analysis_lib.common import mean_interval
 from bigimage.config import PROJECT_ROOT, register_configs
-from bigimage.tracking.query import load_runs, metric, param
+from bigimage.search.space import parse, trial_overrides
+from bigimage.tracking.store import connect
 
 log = logging.getLogger("search_vs_grid")
 
-SPACE: dict[str, list[Any]] = {
-    "train.learning_rate": [0.0003, 0.001, 0.003],
-    "batch_size": [16, 32, 64],
-    "model.width": [16, 32],
-}
-EXPERIMENT = "search_vs_grid"
-GOAL = 1 / 3
-TOP_K = 3
+OUT = TABLE.parent
+FRACTIONS = (1 / 9, 1 / 3, 2 / 3, 1.0)
+GOAL_FRACTION = 1 / 3
+PRUNERS = ("hyperband", "successive_halving", "median")  # conf/hydra/sweeper/pruner/
+CONFIRM_TOP, CONFIRM_SEEDS = 3, 3  # hparams_search=train_optuna's hydra.sweeper.confirm
 
 
 @dataclass
-class Figures:
-    grid_runs: int
-    best_point: dict[str, Any]
-    best_interval: dict[str, Any]
-    points_reaching: int
-    runs_needed: list[int | None]
-    median_runs_needed: float | None
-    ratio: float | None
-    live: list[dict[str, Any]]
-    load_average: list[float]
-    # stricter: a point among the grid's top TOP_K by its measured value (random order: (N+1)/(k+1) runs)
-    top_k_runs_needed: list[int | None]
-    top_k_median: float | None
-    top_k_random_expectation: float
+class Truth:
+    """The table: point -> its seeds' curves (val accuracy per epoch) and the grid's values per key."""
+
+    curves: dict[str, np.ndarray]  # point -> seeds x epochs
+    levels: dict[str, list[Any]]
+    log_keys: set[str]
+
+    @property
+    def epochs(self) -> int:
+        return int(next(iter(self.curves.values())).shape[1])
+
+    def truth(self) -> dict[str, float]:
+        return {point: float(c.max(axis=1).mean()) for point, c in self.curves.items()}
+
+    def seed_std(self, point: str) -> float:
+        return float(self.curves[point].max(axis=1).std(ddof=1))
+
+    def snap(self, params: dict[str, Any]) -> str:
+        """The grid point nearest to a trial's params (log distance for log-scaled keys)."""
+        point = {}
+        for key, values in self.levels.items():
+            value = float(params[key])
+            scale: Callable[[float], float] = math.log if key in self.log_keys else float
+            point[key] = min(values, key=lambda v: abs(scale(float(v)) - scale(value)))
+        return " ".join(trial_overrides(point))
 
 
-def run_py(*args: str) -> None:
-    """``python run.py args...`` from the project root; stops the benchmark if it fails."""
-    command = [sys.executable, "run.py", *args]
-    log.info("running %s", " ".join(command[1:]))
+def load_truth(path: Path) -> Truth:
+    """The table's rows grouped by point; only points with the most seeds any point has (a complete grid)."""
+    rows: dict[str, list[list[float]]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            rows.setdefault(row["point"], []).append([float(v) for v in row["val_accuracy"].split(";")])
+    seeds = max(len(curves) for curves in rows.values())
+    curves = {point: np.array(c[:seeds]) for point, c in rows.items() if len(c) >= seeds}
+    levels: dict[str, set[Any]] = {}
+    for point in curves:
+        for item in point.split():
+            key, value = item.split("=", 1)
+            levels.setdefault(key, set()).add(float(value) if re.fullmatch(r"[-+.\deE]+", value) else value)
+    distributions = parse(shipped_space(), []).distributions
+    log_keys = {key for key, d in distributions.items() if getattr(d, "log", False)}
+    ordered = {key: sorted(values) for key, values in levels.items()}
+    ordered = {key: [int(v) if float(v).is_integer() and key in ("batch_size", "model.width") else v
+                     for v in values] for key, values in ordered.items()}  # fmt: skip
+    if len(curves) != math.prod(len(values) for values in ordered.values()):
+        raise SystemExit(f"{path}: {len(curves)} complete points of a {math.prod(len(v) for v in ordered.values())}-point "
+                         "grid: finish it with benchmarks/search_truth.py (it resumes)")  # fmt: skip
+    return Truth(curves, ordered, log_keys)
+
+
+def shipped_config(epochs: int, pruner: str | None = None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """``hparams_search=train_optuna``'s sampler and pruner (``pruner``: that of ``hydra/sweeper/pruner=``
+    instead) as ``_target_`` dicts for trainings of ``epochs``, and the pruner's name."""
+    register_configs()
+    overrides = ["hparams_search=train_optuna", f"epochs={epochs}"]
+    overrides += [f"hydra/sweeper/pruner={pruner}"] if pruner else []
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    sampler, spec = (
+        OmegaConf.to_container(node, resolve=True) for node in (cfg.hydra.sweeper.sampler, cfg.hydra.sweeper.pruner)
+    )
+    return dict(sampler), dict(spec), str(cfg.hydra.runtime.choices["hydra/sweeper/pruner"])  # type: ignore[arg-type]
+
+
+@dataclass
+class Replay:
+    """One search's path: after each trial, the compute so far and the regret of its choice."""
+
+    compute: list[int] = field(default_factory=list)
+    regret: list[float] = field(default_factory=list)
+    confirmed_regret: list[float] = field(default_factory=list)  # choosing by the top 3's confirmation
+    trials: int = 0
+    pruned: int = 0
+
+    def at(self, budget: float, confirm: bool = False, shift: int = 0) -> float:
+        """The regret of the choice made within ``budget`` epochs (NaN: no finished trial yet)."""
+        values = self.confirmed_regret if confirm else self.regret
+        index = int(np.searchsorted(np.asarray(self.compute) + shift, budget, side="right")) - 1
+        return values[index] if index >= 0 else math.nan
+
+
+def replay(truth: Truth, method: str, seed: int, budget: int, specs: dict[str, Any]) -> Replay:
+    """One search of ``method`` with ``seed`` until ``budget`` epochs are trained (module doc)."""
+    values = truth.truth()
+    best = max(values.values())
+    distributions = parse(shipped_space(), []).distributions
+    sampler_spec, pruner_spec = specs.get(method, (None, None))
+    order: list[str] = []
+    if method == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    elif method != "grid":
+        sampler = instantiate({**sampler_spec, "seed": seed})
+    else:  # every point once, in a seeded order (Optuna's GridSampler stops the study at the end: not in ask/tell)
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+        order = [str(p) for p in np.random.default_rng(seed).permutation(list(truth.curves))]
+    pruner = instantiate(pruner_spec) if pruner_spec else optuna.pruners.NopPruner()
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    rng = np.random.default_rng(10_000 + seed)
+    out = Replay()
+    observed: dict[str, float] = {}  # point -> its best finished trial's value
+    compute = 0
+    while compute < budget and not (method == "grid" and out.trials == len(order)):
+        trial = study.ask(distributions)
+        point = order[out.trials] if method == "grid" else truth.snap(trial.params)
+        curves = truth.curves[point]
+        curve = curves[rng.integers(len(curves))]
+        pruned = False
+        for step, value in enumerate(curve, 1):
+            trial.report(float(value), step)
+            compute += 1
+            if trial.should_prune():
+                pruned = True
+                break
+        out.trials += 1
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            out.pruned += 1
+        else:
+            study.tell(trial, float(curve.max()))
+            observed[point] = max(observed.get(point, -math.inf), float(curve.max()))
+        if observed:
+            top = sorted(observed, key=lambda p: -observed[p])[:CONFIRM_TOP]
+            out.compute.append(compute)
+            out.regret.append(best - values[top[0]])
+            out.confirmed_regret.append(best - max(values[p] for p in top))
+    return out
+
+
+def summarise(runs: dict[str, list[Replay]], grid_compute: int, epochs: int, shipped: str) -> pd.DataFrame:
+    """Median and quartiles of each method's regret at each fraction of the grid's compute."""
+    shift = CONFIRM_TOP * CONFIRM_SEEDS * epochs
+    rows = []
+    for method, replays in runs.items():
+        for name, confirm in (
+            ((method, False), (f"{method}+confirm", True)) if method == shipped else ((method, False),)
+        ):
+            for fraction in FRACTIONS:
+                budget = fraction * grid_compute
+                regrets = np.array([r.at(budget, confirm, shift if confirm else 0) for r in replays])
+                regrets = np.where(np.isnan(regrets), np.inf, regrets)  # nothing chosen yet: the worst
+                q1, median, q3 = np.percentile(regrets, [25, 50, 75])
+                rows.append({"method": name, "fraction_of_grid": round(fraction, 4), "epochs": round(budget),
+                             "median_regret": median, "q1": q1, "q3": q3, "searches": len(replays)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def plot(runs: dict[str, list[Replay]], grid_compute: int, epochs: int, shipped: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shift = CONFIRM_TOP * CONFIRM_SEEDS * epochs
+    budgets = np.linspace(grid_compute / 30, max(r.compute[-1] for rs in runs.values() for r in rs), 120)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    lines = [(m, rs, False) for m, rs in runs.items()] + [(f"{shipped}+confirm", runs[shipped], True)]
+    for name, replays, confirm in lines:
+        table = np.array([[r.at(b, confirm, shift if confirm else 0) for b in budgets] for r in replays])
+        table = np.where(np.isnan(table), np.inf, table)
+        median = np.median(table, axis=0)
+        shown = np.isfinite(median)
+        ax.plot(budgets[shown], median[shown], label=name, lw=2.2 if name.startswith(shipped) else 1.4)
+        q1, q3 = np.percentile(table, [25, 75], axis=0)
+        band = shown & np.isfinite(q3)
+        ax.fill_between(budgets[band], q1[band], q3[band], alpha=0.12)
+    ax.axvline(grid_compute * GOAL_FRACTION, color="gray", ls=":", label="1/3 of the grid's compute")
+    ax.set_xlabel("compute: epochs trained (pruned trials' included)")
+    ax.set_ylabel("regret: best truth - truth of the choice")
+    ax.set_yscale("symlog", linthresh=0.005)
+    ax.set_title(f"Median regret over {len(next(iter(runs.values())))} seeds (bands: quartiles)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def live_search(truth: Truth, image_size: int, seed: int) -> dict[str, Any]:
+    """``run.py -m hparams_search=train_optuna`` (6 trials, the top 2 confirmed over 2 seeds) on the
+    table's data and epochs; its parent's confirmed winner, compute and regret by the table."""
+    import mlflow
+
+    folder = tempfile.mkdtemp(prefix="bigimage-search-live-")
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    command = [sys.executable, "run.py", "-m", "hparams_search=train_optuna", "hydra.sweeper.n_trials=6",
+               "hydra.sweeper.confirm.top=2", "hydra.sweeper.confirm.seeds=2", f"seed={seed}", "strategy=default",
+               f"image_size={image_size}", f"epochs={truth.epochs}", f"tracking.uri={uri}",
+               "tracking.experiment=search_live", "tracking.system_metrics=false", f"paths.output_dir={folder}",
+               f"hydra.sweep.dir={folder}/multirun", f"paths.data_dir={PROJECT_ROOT / 'data'}"]  # fmt: skip
+    started = time.perf_counter()
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"run.py failed ({result.returncode}):\n{result.stderr[-3000:]}")
-
-
-def common_args(uri: str, image_size: int, epochs: int, out: str) -> list[str]:
-    return [
-        f"image_size={image_size}",
-        f"epochs={epochs}",
-        f"tracking.uri={uri}",
-        f"tracking.experiment={EXPERIMENT}",
-        "tracking.system_metrics=false",
-        f"paths.output_dir={out}",
-        f"hydra.sweep.dir={out}/multirun",
-        "strategy=default",
-    ]
-
-
-def point_of(row: Any) -> tuple:
-    return tuple(float(param(row, key)) for key in SPACE)
-
-
-def grid_table(uri: str) -> dict[tuple, list[float]]:
-    """Point -> best_val_accuracy of each of its runs, from the store, the grid's own run (seed 42) first."""
-    _, runs = load_runs(uri, EXPERIMENT, None)
-    table: dict[tuple, list[tuple[bool, float]]] = {}
-    for _, row in runs[(runs["task"] == "train") & (runs["status"] == "FINISHED")].iterrows():
-        if str(row.get("tags.search.study", "nan")) in ("None", "nan"):  # the grid's runs, not a live search's
-            repeat = str(param(row, "seed")) != "42"
-            value = float(metric(row, "best_val_accuracy") or 0.0)
-            table.setdefault(point_of(row), []).append((repeat, value))
-    return {point: [value for _, value in sorted(entries, key=lambda e: e[0])] for point, entries in table.items()}
-
-
-def sampler_config() -> dict[str, Any]:
-    """The sampler ``hparams_search=train_optuna`` uses, as configured."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["hparams_search=train_optuna"], return_hydra_config=True)
-    from omegaconf import OmegaConf
-
-    return dict(OmegaConf.to_container(cfg.hydra.sweeper.sampler, resolve=True))  # type: ignore[arg-type]
-
-
-def runs_to_reach(values: dict[tuple, float], threshold: float, seed: int, cap: int) -> int | None:
-    """Trials a seeded TPE search over the grid's points needs until one scores >= ``threshold``."""
-    spec = {**sampler_config(), "seed": seed}
-    study = optuna.create_study(direction="maximize", sampler=instantiate(spec))
-    distributions: dict[str, optuna.distributions.BaseDistribution] = {
-        key: optuna.distributions.CategoricalDistribution(choices) for key, choices in SPACE.items()
+        raise SystemExit(f"the live search failed:\n{result.stderr[-3000:]}")
+    client = mlflow.MlflowClient(uri)
+    experiment_id = connect(uri, "search_live")[1]
+    (parent,) = client.search_runs([experiment_id], "tags.`search.study` = 'train_optuna' and "
+                                   "tags.`search.best_by` = 'confirmation'")  # fmt: skip
+    params = {key.removeprefix("search.best."): value for key, value in parent.data.params.items()
+              if key.startswith("search.best.")}  # fmt: skip
+    point = truth.snap({key: float(v) if re.fullmatch(r"[-+.\deE]+", v) else v for key, v in params.items()})
+    values = truth.truth()
+    m = parent.data.metrics
+    return {
+        "winner": params,
+        "confirmed_mean": m["search.best_value"],
+        "interval": [m.get("search.best_value_low"), m.get("search.best_value_high")],
+        "compute_epochs": m["search.compute_epochs"],
+        "pruned_epochs": m["search.compute_epochs_pruned"],
+        "confirm_epochs": m["search.compute_epochs_confirm"],
+        "trials_pruned": m["search.trials_pruned"],
+        "table_point": point,
+        "table_truth": values[point],
+        "regret": max(values.values()) - values[point],
+        "seconds": round(time.perf_counter() - started),
     }
-    for count in range(1, cap + 1):
-        trial = study.ask(distributions)
-        value = values[tuple(float(trial.params[key]) for key in SPACE)]
-        study.tell(trial, value)
-        if value >= threshold:
-            return count
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--image-size", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=2, help="extra runs of the grid's best point")
-    parser.add_argument("--seeds", type=int, default=20, help="tabular TPE searches")
-    parser.add_argument("--live-seeds", type=int, default=1, help="real searches through run.py")
-    parser.add_argument("--tracking-uri", default=None)
-    parser.add_argument(
-        "--reuse", action="store_true", help="the grid and repeats are in --tracking-uri already: only search"
-    )
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--budget", type=float, default=1.0, help="compute per search, a fraction of the grid's")
+    parser.add_argument("--live", action="store_true", help="also one small search through run.py")
+    parser.add_argument("--image-size", type=int, default=32, help="the table's (for --live)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder = tempfile.mkdtemp(prefix="bigimage-search-vs-grid-")
-    uri = args.tracking_uri or f"sqlite:///{folder}/mlruns/mlflow.db"
-    base = common_args(uri, args.image_size, args.epochs, folder)
-    if not args.reuse:
-        run_grid(base, args.repeats, uri)
-    table = grid_table(uri)
-    best = max(table, key=lambda point: table[point][0])
-    interval = mean_interval(table[best], 0.95)
-    threshold = interval.low if interval.low is not None else interval.mean
-    values = {point: runs[0] for point, runs in table.items()}  # each point as the grid measured it
-    grid_runs = len(list(itertools.product(*SPACE.values())))
-    needed = [runs_to_reach(values, threshold, seed, cap=3 * grid_runs) for seed in range(args.seeds)]
-    reached = [n for n in needed if n is not None]
-    median = statistics.median(reached) if len(reached) == len(needed) else None
-    top_value = sorted(values.values(), reverse=True)[TOP_K - 1]
-    top_needed = [runs_to_reach(values, top_value, seed, cap=3 * grid_runs) for seed in range(args.seeds)]
-    top_median = statistics.median(top_needed) if None not in top_needed else None  # type: ignore[type-var]
-    live = [live_search(base, seed, grid_runs, threshold, uri) for seed in range(args.live_seeds)]
-    figures = Figures(
-        grid_runs,
-        dict(zip(SPACE, best)),
-        {"mean": interval.mean, "low": interval.low, "high": interval.high, "n": interval.n},
-        sum(value >= threshold for value in values.values()),
-        needed,
-        median,
-        median / grid_runs if median is not None else None,
-        live,
-        list(os.getloadavg()),
-        top_needed,
-        top_median,
-        (grid_runs + 1) / (TOP_K + 1),
-    )
-    print(json.dumps(asdict(figures), indent=1, default=str) if args.json else render(figures))
-    return 0 if figures.ratio is not None and figures.ratio <= GOAL else 1
-
-
-def run_grid(base: list[str], repeats: int, uri: str) -> None:
-    """The data, the grid as one sweep, then ``repeats`` more runs of its best point (other seeds)."""
-    run_py("task=preprocess", *base)
-    grid = [f"{key}={','.join(str(v) for v in values)}" for key, values in SPACE.items()]
-    run_py("-m", "task=train", *base, *grid)
-    table = grid_table(uri)
-    best = max(table, key=lambda point: table[point][0])
-    best_args = [f"{key}={value:g}" for key, value in zip(SPACE, best)]
-    for seed in range(1, repeats + 1):
-        run_py("task=train", *base, *best_args, f"seed={seed + 100}")
-
-
-def live_search(base: list[str], seed: int, grid_runs: int, threshold: float, uri: str) -> dict[str, Any]:
-    """One real search over the grid's space with a third of its runs; its best and whether it reached."""
-    space = [f"{key}=choice({','.join(str(v) for v in values)})" for key, values in SPACE.items()]
-    name = f"live-{seed}"
-    budget = max(1, round(grid_runs * GOAL))
-    run_py("hparams_search=train_optuna", *base, *space, f"seed={seed}", f"hydra.sweeper.study_name={name}",
-           f"hydra.sweeper.n_trials={budget}", "hydra.sweeper.pruner=null")  # fmt: skip
-    study = optuna.load_study(study_name=name, storage=uri.replace("mlflow.db", "optuna.db"))
-    values = [t.value for t in study.trials if t.value is not None]
-    best = max(values) if values else None
-    first = next((i + 1 for i, v in enumerate(values) if v >= threshold), None)
-    return {
-        "seed": seed,
-        "trials": budget,
-        "best": best,
-        "reached": best is not None and best >= threshold,
-        "at_trial": first,
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    truth = load_truth(args.table)
+    values = truth.truth()
+    best = max(values, key=values.__getitem__)
+    grid_compute = len(truth.curves) * truth.epochs
+    budget = math.ceil(args.budget * grid_compute)
+    sampler, _, shipped = shipped_config(truth.epochs)
+    specs: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {"tpe": (sampler, None)}
+    for name in PRUNERS:
+        specs[f"tpe+{name}"] = shipped_config(truth.epochs, name)[:2]
+    shipped = f"tpe+{shipped}"
+    runs: dict[str, list[Replay]] = {}
+    for method in [*specs, "random", "grid"]:
+        started = time.perf_counter()
+        runs[method] = [replay(truth, method, seed, budget, specs) for seed in range(args.seeds)]
+        log.info("%s: %d searches in %.0f s", method, args.seeds, time.perf_counter() - started)
+    table = summarise(runs, grid_compute, truth.epochs, shipped)
+    OUT.mkdir(parents=True, exist_ok=True)
+    table.to_csv(OUT / "search_vs_grid.csv", index=False, float_format="%.5f")
+    plot(runs, grid_compute, truth.epochs, shipped, OUT / "search_vs_grid.png")
+    at = table[table["fraction_of_grid"] == round(GOAL_FRACTION, 4)].set_index("method")["median_regret"]
+    noise = truth.seed_std(best)
+    figures: dict[str, Any] = {
+        "shipped": shipped,
+        "points": len(truth.curves),
+        "seeds_per_point": int(truth.curves[best].shape[0]),
+        "epochs": truth.epochs,
+        "grid_compute_epochs": grid_compute,
+        "best_point": best,
+        "best_truth": values[best],
+        "best_seed_std": noise,
+        "median_truth": float(np.median(list(values.values()))),
+        "median_regret_at_third": at.to_dict(),
+        "shipped_over_random": at[shipped] / at["random"] if at["random"] > 0 else None,
+        "goal_half_of_random": bool(at[shipped] <= 0.5 * at["random"]),
+        "goal_within_seed_std": bool(at[shipped] <= noise),
+        "trials_per_search_at_full_budget": {m: float(np.median([r.trials for r in rs])) for m, rs in runs.items()},
+        "pruned_share": {m: float(np.mean([r.pruned / max(r.trials, 1) for r in rs])) for m, rs in runs.items()},
+        "load_average": list(os.getloadavg()),
     }
+    if args.live:
+        figures["live"] = live_search(truth, args.image_size, seed=0)
+    print(json.dumps(figures, indent=1, default=str) if args.json else render(table, figures))
+    return 0 if figures["goal_half_of_random"] and figures["goal_within_seed_std"] else 1
 
 
-def render(f: Figures) -> str:
+def render(table: pd.DataFrame, f: dict[str, Any]) -> str:
     lines = [
-        f"grid: {f.grid_runs} runs; best point {f.best_point}: best_val_accuracy {f.best_interval['mean']:.4f} "
-        f"(95% interval {f.best_interval['low']}..{f.best_interval['high']}, n={f.best_interval['n']}); "
-        f"{f.points_reaching} of {f.grid_runs} points reach its low end",
-        f"TPE (tabular, {len(f.runs_needed)} seeds): runs needed per seed {f.runs_needed}",
-        f"median {f.median_runs_needed} of {f.grid_runs} = {f.ratio if f.ratio is None else round(f.ratio, 3)} "
-        f"(goal <= {GOAL:.3f})",
+        f"truth table: {f['points']} points x {f['seeds_per_point']} seeds, {f['epochs']} epochs; the grid's compute "
+        f"{f['grid_compute_epochs']} epochs",
+        f"best point {f['best_point']}: truth {f['best_truth']:.4f}, seed std {f['best_seed_std']:.4f} "
+        f"(median point's truth {f['median_truth']:.4f})",
+        "",
+        "median regret [quartiles] by compute (fraction of the grid's epochs):",
     ]
+    pivot = table.pivot(index="method", columns="fraction_of_grid", values=["median_regret", "q1", "q3"])
+    for method in pivot.index:
+        cells = [f"{pivot.loc[method, ('median_regret', c)]:.4f} [{pivot.loc[method, ('q1', c)]:.4f}, "
+                 f"{pivot.loc[method, ('q3', c)]:.4f}]" for c in sorted(table["fraction_of_grid"].unique())]  # fmt: skip
+        lines.append(f"  {method:28s} " + "  ".join(cells))
+    lines.append(f"  (columns: {', '.join(f'{c:.3f}' for c in sorted(table['fraction_of_grid'].unique()))})")
+    lines.append("")
+    lines.append("at a third of the grid's compute, median regret: " + ", ".join(
+        f"{m} {v:.4f}" for m, v in f["median_regret_at_third"].items()))  # fmt: skip
+    ratio = f["shipped_over_random"]
     lines.append(
-        f"stricter, one of the grid's top {TOP_K} points: runs needed per seed {f.top_k_runs_needed}, median "
-        f"{f.top_k_median} (random order: {f.top_k_random_expectation:.2f} expected)"
+        f"goal: {f['shipped']} <= half of random: {'met' if f['goal_half_of_random'] else 'NOT met'} (ratio "
+        f"{'n/a' if ratio is None else f'{ratio:.3f}'}); <= the best point's seed std {f['best_seed_std']:.4f}: "
+        f"{'met' if f['goal_within_seed_std'] else 'NOT met'}"
     )
-    for live in f.live:
-        lines.append(f"live search seed {live['seed']}: {live['trials']} trials, best {live['best']}, reached: "
-                     f"{live['reached']} (first at trial {live['at_trial']})")  # fmt: skip
-    lines.append(f"load average {f.load_average}")
+    lines.append(f"trials per search at the full budget: {f['trials_per_search_at_full_budget']}")
+    lines.append(f"pruned share: {f['pruned_share']}")
+    if "live" in f:
+        lines.append(f"live search (run.py): {json.dumps(f['live'], default=str)}")
+    lines.append(f"load average {f['load_average']}")
     return "\n".join(lines)
 
 

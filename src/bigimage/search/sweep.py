@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bigimage import processes
+from bigimage.search import confirm as search_confirm
 from bigimage.search import space as search_space
 from bigimage.search import study as search_study
-from bigimage.search.confirm import Confirm
 from bigimage.search.trial import ATTR_PRUNED_EPOCH
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class Settings:
     pruner: Any
     params: Mapping[str, str]
     pruner_spec: dict[str, Any] | None = None  # the pruner's config, for the workers to rebuild it (setup)
-    confirm: Confirm = Confirm()
+    confirm: search_confirm.Confirm = search_confirm.Confirm()
 
 
 @dataclass
@@ -147,9 +147,10 @@ def tell(search: Search, trial: optuna.Trial, result: JobReturn) -> BaseExceptio
         search.storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
     )
     pruned_epoch = attrs.get(ATTR_PRUNED_EPOCH)
-    if pruned_epoch is not None or result.cfg is not None:  # a Hydra job's return holds its config
-        epochs = int(pruned_epoch) + 1 if pruned_epoch is not None else int(result.cfg.epochs)  # type: ignore[union-attr]
-        trial.set_user_attr(ATTR_EPOCHS, epochs)
+    if pruned_epoch is not None:
+        trial.set_user_attr(ATTR_EPOCHS, int(pruned_epoch) + 1)
+    elif result.cfg is not None:  # a Hydra job's return holds its config
+        trial.set_user_attr(ATTR_EPOCHS, int(result.cfg.epochs))
     if pruned_epoch is not None:
         study.tell(trial, state=TrialState.PRUNED)
         return None
@@ -209,7 +210,7 @@ def sweep(
     """The whole search of one ``run.py -m hparams_search=...`` (module doc)."""
     import mlflow
 
-    from bigimage.search import confirm, summary
+    from bigimage.search import summary
     from bigimage.search.trial import metric_names
     from bigimage.tracking import redact
     from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID
@@ -234,11 +235,11 @@ def sweep(
         ", ".join(search.space.distributions),
     )
     interrupted = False
-    confirmed: list[confirm.Confirmed] = []
+    confirmed: list[search_confirm.Confirmed] = []
     try:
         returns = run(search, settings.n_trials, settings.n_jobs, launcher)
         first_job = sum(len(batch) for batch in returns)
-        confirmed, results = confirm.confirm(search, settings.confirm, int(config.seed), launcher, first_job)
+        confirmed, results = search_confirm.confirm(search, settings.confirm, int(config.seed), launcher, first_job)
         return [*returns, results] if results else returns
     except KeyboardInterrupt:
         interrupted = True
