@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import optuna
 import pandas as pd
@@ -67,6 +68,7 @@ log = logging.getLogger("search_vs_grid")
 OUT = TABLE.parent
 FRACTIONS = (1 / 9, 1 / 3, 2 / 3, 1.0)
 GOAL_FRACTION = 1 / 3
+LIVE = "search_live"  # the live search's MLflow experiment
 PRUNERS = ("hyperband", "successive_halving", "median")  # conf/hydra/sweeper/pruner/
 CONFIRM_TOP, CONFIRM_SEEDS = 3, 3  # hparams_search=train_optuna's hydra.sweeper.confirm
 
@@ -249,39 +251,47 @@ def plot(runs: dict[str, list[Replay]], grid_compute: int, epochs: int, shipped:
     plt.close(fig)
 
 
-def live_search(truth: Truth, image_size: int, seed: int) -> dict[str, Any]:
-    """``run.py -m hparams_search=train_optuna`` (6 trials, the top 2 confirmed over 2 seeds) on the
-    table's data and epochs; its parent's confirmed winner, compute and regret by the table."""
-    import mlflow
-
-    folder = tempfile.mkdtemp(prefix="bigimage-search-live-")
+def run_live(folder: Path, image_size: int, epochs: int, seed: int) -> None:
+    """``run.py -m hparams_search=train_optuna`` (6 trials, the top 2 confirmed over 2 seeds, strategy
+    ``default``) on the table's data and epochs, into the MLflow store in ``folder``: run again on the
+    same folder, it continues the same study (nothing left to train: only a new parent and summary)."""
     uri = f"sqlite:///{folder}/mlruns/mlflow.db"
     command = [sys.executable, "run.py", "-m", "hparams_search=train_optuna", "hydra.sweeper.n_trials=6",
                "hydra.sweeper.confirm.top=2", "hydra.sweeper.confirm.seeds=2", f"seed={seed}", "strategy=default",
-               f"image_size={image_size}", f"epochs={truth.epochs}", f"tracking.uri={uri}",
-               "tracking.experiment=search_live", "tracking.system_metrics=false", f"paths.output_dir={folder}",
-               f"hydra.sweep.dir={folder}/multirun", f"paths.data_dir={PROJECT_ROOT / 'data'}"]  # fmt: skip
-    started = time.perf_counter()
+               f"image_size={image_size}", f"epochs={epochs}", f"tracking.uri={uri}", f"tracking.experiment={LIVE}",
+               "tracking.system_metrics=false", f"paths.output_dir={folder}", f"hydra.sweep.dir={folder}/multirun",
+               f"paths.data_dir={PROJECT_ROOT / 'data'}"]  # fmt: skip
     result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"the live search failed:\n{result.stderr[-3000:]}")
-    client = mlflow.MlflowClient(uri)
-    experiment_id = connect(uri, "search_live")[1]
-    (parent,) = client.search_runs([experiment_id], "tags.`search.study` = 'train_optuna' and "
-                                   "tags.`search.best_by` = 'confirmation'")  # fmt: skip
-    params = {key.removeprefix("search.best."): value for key, value in parent.data.params.items()
-              if key.startswith("search.best.")}  # fmt: skip
-    point = truth.snap({key: float(v) if re.fullmatch(r"[-+.\deE]+", v) else v for key, v in params.items()})
+
+
+def live_search(truth: Truth, folder: Path, image_size: int, seed: int) -> dict[str, Any]:
+    """The live search (:func:`run_live`): its parent's confirmed winner, compute, and regret by the table."""
+    started = time.perf_counter()
+    run_live(folder, image_size, truth.epochs, seed)
+    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    experiment_id = connect(uri, LIVE)[1]
+    parents = mlflow.MlflowClient(uri).search_runs(
+        [experiment_id], "tags.`search.best_by` = 'confirmation'", order_by=["attributes.start_time DESC"]
+    )
+    parent = parents[0]  # the newest summary of the study
+    params = {
+        key.removeprefix("search.best."): value
+        for key, value in parent.data.params.items()
+        if key.startswith("search.best.")
+    }
+    point = truth.snap(params)
     values = truth.truth()
     m = parent.data.metrics
     return {
         "winner": params,
         "confirmed_mean": m["search.best_value"],
         "interval": [m.get("search.best_value_low"), m.get("search.best_value_high")],
+        "trials_pruned": m["search.trials_pruned"],
         "compute_epochs": m["search.compute_epochs"],
         "pruned_epochs": m["search.compute_epochs_pruned"],
         "confirm_epochs": m["search.compute_epochs_confirm"],
-        "trials_pruned": m["search.trials_pruned"],
         "table_point": point,
         "table_truth": values[point],
         "regret": max(values.values()) - values[point],
@@ -295,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--budget", type=float, default=1.0, help="compute per search, a fraction of the grid's")
     parser.add_argument("--live", action="store_true", help="also one small search through run.py")
+    parser.add_argument("--live-store", type=Path, default=None, help="its MLflow store's folder (continued)")
     parser.add_argument("--image-size", type=int, default=32, help="the table's (for --live)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -340,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": list(os.getloadavg()),
     }
     if args.live:
-        figures["live"] = live_search(truth, args.image_size, seed=0)
+        store = args.live_store or Path(tempfile.mkdtemp(prefix="bigimage-search-live-"))
+        figures["live"] = live_search(truth, store, args.image_size, seed=0)
     print(json.dumps(figures, indent=1, default=str) if args.json else render(table, figures))
     return 0 if figures["goal_half_of_random"] and figures["goal_within_seed_std"] else 1
 

@@ -368,7 +368,8 @@ def test_four_trial_search_parallel_one_parent_four_children(tmp_path: Path, tfr
         tfrecords,
         "hparams_search=train_optuna",
         "hydra.sweeper.n_trials=4",
-        "hydra.sweeper.pruner=null",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=4",  # pruning on, but no trial sees 4 finished ones
         "hydra.sweeper.confirm.top=0",
         "hydra.sweeper.n_jobs=2",
         "hydra/launcher=joblib",
