@@ -2,14 +2,15 @@
 trained over several seeds, with each epoch's validation accuracy and seconds.
 
     python benchmarks/search_truth.py [--image-size 32] [--epochs 9] [--seeds 3] [--levels 4] [--linear-levels 2]
-        [--shard i/n] [--out FILE]
+        [--subset batch_size=8,32,128 model.width=16,64] [--shard i/n] [--out FILE]
 
-The space is ``conf/hparams_search/space/train.yaml`` itself (:func:`grid`): a choice gives its values,
-an interval points from end to end (``--levels`` geometric ones on a log scale, else
-``--linear-levels``), ``strategy`` aside. The
-strategies of the space compute the same update from the same global batch (the replicas' gradients
-are summed; ``small_cnn`` has no batch statistics), so they differ in seconds, not in accuracy: the
-table trains each point under ``default`` and a replay maps every strategy to it.
+The space is ``conf/hparams_search/space/train.yaml`` itself (:func:`grid`): a choice gives its values
+(``--subset``: only some of them, spanning it), an interval points from end to end (``--levels``
+geometric ones on a log scale, else ``--linear-levels``), ``strategy`` aside. The strategies of the
+space compute the same update from the same global batch (the replicas' gradients are summed;
+``small_cnn`` has no batch statistics), so they differ in seconds, not in accuracy: the table trains
+each point under ``default`` and a replay maps every strategy to it. Seeds go in order: every point's
+first seed before any second one, so a table cut short still covers the grid once.
 
 Each training goes through the project's own worker (:func:`bigimage.train.worker.train_worker`, in
 this process, no MLflow run) on the default data at ``--image-size`` (its TFRecords made first as
@@ -77,14 +78,19 @@ def levels(distribution: Any, log_count: int, linear_count: int) -> list[Any]:
     return [float(f"{v:.4g}") for v in values]
 
 
-def grid(params: dict[str, str], log_count: int, linear_count: int) -> dict[str, list[Any]]:
-    """Key -> its grid values, for every key of the space but :data:`ACCURACY_ONLY` ones."""
+def grid(params: dict[str, str], log_count: int, linear_count: int, subset: Sequence[str] = ()) -> dict[str, list[Any]]:
+    """Key -> its grid values, for every key of the space but :data:`ACCURACY_ONLY` ones; ``subset``:
+    ``key=a,b`` entries keeping only those of a choice's values."""
     from bigimage.search.space import parse
 
     space = parse(params, [])
-    return {
+    values = {
         key: levels(d, log_count, linear_count) for key, d in space.distributions.items() if key not in ACCURACY_ONLY
     }
+    for entry in subset:
+        key, kept = entry.split("=", 1)
+        values[key] = [v for v in values[key] if str(v) in kept.split(",")]
+    return values
 
 
 def point_name(point: dict[str, Any]) -> str:
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, default=4, help="grid points across an interval on a log scale")
     parser.add_argument("--linear-levels", type=int, default=2, help="grid points across any other interval")
     parser.add_argument("--out", type=Path, default=TABLE)
+    parser.add_argument("--subset", nargs="*", default=[], help="key=a,b: only these of a choice's values")
     parser.add_argument("--shard", default="0/1", help="i/n: this process trains every n-th missing row")
     parser.add_argument("--limit", type=int, default=0, help="stop after this many trainings (0: all)")
     args = parser.parse_args(argv)
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     base = base_config(args.image_size, args.epochs)
     if not Path(str(base.tfrecord_dir)).exists():
         ensure_data(args.image_size)
-    values = grid(shipped_space(), args.levels, args.linear_levels)
+    values = grid(shipped_space(), args.levels, args.linear_levels, args.subset)
     points = [point_name(dict(zip(values, combo))) for combo in itertools.product(*values.values())]
     random.Random(0).shuffle(points)  # a partial table covers the space evenly
     done = done_rows(args.out)

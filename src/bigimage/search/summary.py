@@ -1,8 +1,8 @@
 """The search's parent run: one per study, holding every trial as a child and the study's outcome.
 
 At the start (:func:`prepare_parent`) the parent is tagged with the study and, when the study had a
-parent before (a search that was stopped and is now continued), the earlier trials' runs are moved
-under it, each keeping its own status (a trial the stop killed stays KILLED) and the tag
+parent before (a search that was stopped and is now continued), the earlier trial and confirmation
+runs are moved under it, each keeping its own status (a trial the stop killed stays KILLED) and the tag
 ``search.moved_from`` naming the parent it was started under; the new parent's own status follows only
 the trials it ran (:mod:`bigimage.tracking.callbacks`). A study whose parent the MLflow store does not
 hold (a storage shared by two stores) is refused. At the end (:func:`summarise`) it gets:
@@ -56,36 +56,42 @@ class ForeignStudyError(UserError):
     """The study's parent run is not in this MLflow store: the study belongs to another store."""
 
 
-def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:
-    """The study's trial runs in the experiment: ``run_id``, ``number``, ``parent``, ``status``."""
+def study_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:
+    """The study's runs in the experiment, trials and confirmation runs: ``run_id``, ``number`` (the
+    trial; -1 for a confirmation run), ``parent``, ``status``."""
     runs = search_all(client, [experiment_id], f"tags.`{TAG_STUDY}` = '{study_name}'")  # every page
     rows = [
         {
             "run_id": run.info.run_id,
-            "number": int(run.data.tags[TAG_TRIAL]),
+            "number": int(run.data.tags.get(TAG_TRIAL, -1)),
             "parent": run.data.tags.get(PARENT_TAG),
             "status": run.info.status,
         }
         for run in runs
-        if TAG_TRIAL in run.data.tags
     ]
     return pd.DataFrame(rows, columns=["run_id", "number", "parent", "status"])
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:
+    """The study's trial runs (:func:`study_runs` without the confirmation runs)."""
+    runs = study_runs(client, experiment_id, study_name)
+    return runs[runs["number"] >= 0].reset_index(drop=True)
 
 
 def prepare_parent(
     client: MlflowClient, study: optuna.Study, parent_run_id: str, experiment_id: str, tags: dict[str, str]
 ) -> None:
-    """Tag the parent and make it the study's: earlier trials' runs (a continued search) move under it."""
+    """Tag the parent and make it the study's: the earlier runs of a continued search move under it."""
     previous = study.user_attrs.get(ATTR_PARENT_RUN)
     if previous and previous != parent_run_id:
         check_same_store(client, study.study_name, previous)
-        moved = trial_runs(client, experiment_id, study.study_name)
+        moved = study_runs(client, experiment_id, study.study_name)
         moved = moved[moved["parent"] == previous]
         for run_id in moved["run_id"]:  # the status stays the run's own
             log_batch(client, str(run_id), tags={PARENT_TAG: parent_run_id, TAG_MOVED_FROM: previous})
         log_batch(client, previous, tags={"search.continued_in": parent_run_id})
         tags = {**tags, "search.resumed_from": previous}
-        log.info("study %s continues: %d earlier trial run(s) moved from %s", study.study_name, len(moved), previous)
+        log.info("study %s continues: %d earlier run(s) moved from %s", study.study_name, len(moved), previous)
     log_batch(client, parent_run_id, tags=tags)
     study.set_user_attr(ATTR_PARENT_RUN, parent_run_id)
     study.set_user_attr(ATTR_EXPERIMENT, experiment_id)
