@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -110,16 +109,14 @@ def load_truth(path: Path) -> Truth:
             rows.setdefault(row["point"], []).append([float(v) for v in row["val_accuracy"].split(";")])
     seeds = max(len(curves) for curves in rows.values())
     curves = {point: np.array(c[:seeds]) for point, c in rows.items() if len(c) >= seeds}
-    levels: dict[str, set[Any]] = {}
+    levels: dict[str, set[float]] = {}
     for point in curves:
         for item in point.split():
             key, value = item.split("=", 1)
-            levels.setdefault(key, set()).add(float(value) if re.fullmatch(r"[-+.\deE]+", value) else value)
+            levels.setdefault(key, set()).add(int(value) if value.isdigit() else float(value))  # as the space wrote it
     distributions = parse(shipped_space(), []).distributions
     log_keys = {key for key, d in distributions.items() if getattr(d, "log", False)}
-    ordered = {key: sorted(values) for key, values in levels.items()}
-    ordered = {key: [int(v) if float(v).is_integer() and key in ("batch_size", "model.width") else v
-                     for v in values] for key, values in ordered.items()}  # fmt: skip
+    ordered: dict[str, list[Any]] = {key: sorted(values) for key, values in levels.items()}
     if len(curves) != math.prod(len(values) for values in ordered.values()):
         raise SystemExit(f"{path}: {len(curves)} complete points of a {math.prod(len(v) for v in ordered.values())}-point "
                          "grid: finish it with benchmarks/search_truth.py (it resumes)")  # fmt: skip
