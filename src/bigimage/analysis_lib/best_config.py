@@ -1,20 +1,6 @@
-"""Rank configurations with uncertainty: training configurations by accuracy, cluster shapes by speed and cost.
-
-Runs are compared like with like (:mod:`.comparable`): each comparable group is ranked apart, and each
-section's winner comes from one group, which the output names with why.
-
-* **Training**: each run scores its validation accuracy at its judged epoch (:mod:`bigimage.tracking.judged`); a
-  configuration (:func:`.training_cost.config_params`) has the mean of its runs and a Student-t interval
-  (none for n=1). The top one is distinguishable from the next only if their intervals do not overlap
-  (a conservative test).
-* **Preprocessing** and **speed test**: cluster shapes (the name with the cores and executors Spark
-  granted) by images/s and by cost per 1,000 images (:mod:`.pricing`: only Dataproc runs are priced, by
-  their own shape and region; the job's cost ranks, the cluster life's is shown beside it). A speed-test
-  run counts once, with the mean over its repetitions of images / seconds over each repetition's grid
-  rows: repetitions in one process are not independent, so n = runs.
-
-The winners get the tag ``best_config=true`` (the other ranked runs of their task ``false``) and the
-winning training configuration's model the alias ``champion`` (:mod:`.registry`).
+"""Rank training configurations by accuracy and cluster shapes by speed and cost, with intervals, within
+comparable groups (:mod:`.comparable`); tag the winners ``best_config`` and register the champion
+(docs/analysis.md, "The best configuration and the report").
 """
 
 from __future__ import annotations
@@ -89,11 +75,8 @@ TRAINING_RANKING = judged.MONITOR  # the name of a training group's ranking (com
 def rank_training(
     of: overfitting.OverfittingResult, confidence: float = 0.95
 ) -> tuple[list[comparable.Group], list[overfitting.Exclusion]]:
-    """Training configurations ranked by validation accuracy at the judged epoch (mean over runs), within
-    each comparable group of runs (:data:`comparable.TRAINING`: same data, image size, splits, augmentation).
-
-    A configuration is :data:`CONFIG_PARAMS` plus the settings that differ between the runs
-    (:func:`training_cost.config_params`): a search's trials are configurations of their own."""
+    """Training configurations (:func:`training_cost.config_params`) ranked by validation accuracy at the
+    judged epoch (mean over runs), within each comparable group (:data:`comparable.TRAINING`)."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
     keys = training_cost.config_params(by_id.loc[[v.run_id for v in of.verdicts]]) if of.verdicts else []

@@ -116,10 +116,8 @@ def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, w
 def analysis_run(
     selection: query.RunSelection, parent_run_id: str | None, name: str, tags: dict[str, str] | None = None
 ) -> Iterator[tuple[MlflowClient, str]]:
-    """A new run tagged ``task=analysis`` (a child of ``parent_run_id`` when given), with the script that
-    made it as its source, for the body to log into: FINISHED when the body returns, KILLED on Ctrl-C or
-    SIGTERM (a KeyboardInterrupt too, as for the pipeline's runs), FAILED on any other error. Created
-    first, so what is written can name it."""
+    """A new run tagged ``task=analysis`` (a child of ``parent_run_id`` when given), created first so what
+    is written can name it; FINISHED when the body returns, KILLED on Ctrl-C or SIGTERM, FAILED otherwise."""
     client = query.client_for(selection.tracking_uri)
     source = {MLFLOW_SOURCE_NAME: os.path.basename(sys.argv[0]) or "python", MLFLOW_SOURCE_TYPE: "LOCAL"}
     all_tags = {"task": "analysis", **source, **liveness.process_tags(), **(tags or {})}

@@ -1,13 +1,5 @@
-"""Like with like: which runs a ranking may compare, defined once for every ranking (docs/analysis.md).
-
-A ranking compares items (training configurations, cluster shapes) on runs that agree on every other
-setting that changes the result: their *context* (:data:`TRAINING`, :data:`PREPROCESS`, :data:`SPEEDTEST`;
-a setting a run did not log is :data:`ABSENT`, a value like any other unless a default says what its
-absence means). :func:`split` puts runs into comparable groups, each is ranked apart, and the winner comes
-from :func:`choose`'s group: the one that compares the most items, then the most data, the most runs, the
-newest run, the result a user acting on the winner can rely on most. The other groups stay in the output,
-named by the settings that tell them apart (:attr:`Group.label`). A shape is its ``cluster.name`` with the
-cores and executors Spark granted it: ``local[1]`` and ``local[3]`` are two shapes, never one average.
+"""Like with like: which runs a ranking may compare, and which group its winner comes from, defined
+once for every ranking (docs/analysis.md, "Comparing like with like").
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
-"""Forecast time and cost of cluster shapes at any data size from the scaling model fitted on MLflow runs
-(docs/forecast.md says what each deployment can tell and what is assumed).
-
-Runs become points (:mod:`.scaling`): task 1's ``images`` and ``seconds`` on ``spark.total_cores`` over
-``spark.executors``; task 2's timed reads of one source summed over ``speedtest.json``, one pipeline on one
-executor with its threads as cores (runs whose grid points ran side by side are left out). Cores on this
-machine are capped at its cores. Fits are made per task and deployment kind; a shape is predicted from the
-first fit that covers its executors (:data:`FIT_ORDER`), a Dataproc shape from runs here with a labelled
-per-core speed ratio. Costs are forecasts at the shape's own price (:mod:`.pricing`), for the job and over
-the cluster's life; the shape ``local`` (this machine) is never priced.
+"""Forecast time and cost of cluster shapes at any data size from the scaling model (:mod:`.scaling`)
+fitted on MLflow runs: runs become points, shapes predictions (docs/forecast.md says what each
+deployment can tell and what is assumed).
 """
 
 from __future__ import annotations
@@ -551,14 +544,9 @@ PLAN_WARMUP = 2
 def design_plan(
     sizes: Sequence[int] = PLAN_SIZES, executors: Sequence[int] = PLAN_EXECUTORS, runs: int = PLAN_RUNS
 ) -> dict[str, dict[str, int]]:
-    """``runs`` points of the grid sizes x executors (1 core each) that pin Ernest's four terms down best
-    (D-optimal, :func:`.scaling.d_optimal`), as ``scaling.points`` of experiments/scaling_points.yaml.
-    ``t4`` is left out of the criterion: the standalone cluster's 1-core executors cannot show it, and
-    in local mode the same points (1 and 2 slots of one executor) do.
-
-    Each point's speed test reads its data set once per repetition: ``batches`` timed batches of
-    :data:`PLAN_BATCH_SIZE` after :data:`PLAN_WARMUP` warm-up batches.
-    """
+    """``runs`` D-optimal points (:func:`.scaling.d_optimal` on Ernest's four terms) of the grid sizes x
+    executors (1 core each), as ``scaling.points`` of experiments/scaling_points.yaml, each with the
+    timed ``batches`` of its speed test (docs/forecast.md)."""
     grid = [(size, count) for size in sizes for count in executors]
     x = scaling.design_matrix([g[0] for g in grid], [g[1] for g in grid], [g[1] for g in grid], scaling.ERNEST_TERMS)
     chosen = [grid[i] for i in scaling.d_optimal(x, runs)]

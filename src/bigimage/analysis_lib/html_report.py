@@ -1,10 +1,5 @@
-"""The Markdown report as one self-contained HTML page, for MLflow's artifact viewer.
-
-MLflow's UI shows an ``.html`` artifact in a sandboxed frame that cannot fetch the files beside it, and
-renders ``.md`` without resolving relative image links, so ``report.md``'s figures show in neither. The
-HTML page carries its figures inside it (PNG as ``data:`` URIs, about 100 KB each), so it renders with
-them in the UI, in a browser, or sent as one file. The Markdown stays the source: the page is rendered
-from it with markdown-it (CommonMark plus tables), raw HTML in it escaped.
+"""The Markdown report as one self-contained HTML page with its figures inside, since MLflow's artifact
+viewer resolves no relative image link.
 """
 
 from __future__ import annotations

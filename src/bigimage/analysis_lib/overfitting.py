@@ -1,26 +1,6 @@
-"""Overfitting and "validation above training", judged from the per-epoch histories in MLflow.
-
-Definitions (the seed called validation accuracy above training accuracy "overfitting"; it is not):
-
-* **Overfitting** when either
-  (a) after the epoch of minimum validation loss, validation loss stays above that minimum (by
-      more than ``min_delta``) for at least ``patience`` consecutive epochs while training loss
-      keeps falling (training loss at the end of that stretch is below its value at the minimum);
-  or (b) the final training-minus-validation accuracy gap exceeds ``gap_threshold``.
-  The **onset epoch** is the last good epoch (0-based, the metric step): the epoch of minimum
-  validation loss for (a); for (b) alone, the last epoch whose accuracy gap was within the
-  threshold (or the minimum-validation-loss epoch if the gap was never within it).
-* **Validation above training** when the final validation accuracy exceeds the final training
-  accuracy by more than ``val_above_margin``. That is a different condition: regularisation active
-  only in training (dropout, augmentation), training accuracy averaged over an epoch during which
-  the model improved, an easier validation split, or leakage of training images into validation.
-
-The verdict also names the run's **judged epoch** (:mod:`bigimage.tracking.judged`: best
-``val_accuracy``, earliest on ties), the one rule by which a run is scored everywhere; an overfitting
-run's onset is reported beside it, not used to score it.
-
-Runs that cannot be judged (not FINISHED, a missing history, a single epoch, NaN/inf losses) are
-excluded with the reason, never guessed at.
+"""Overfitting (with its onset epoch) and "validation above training", judged from the per-epoch
+histories in MLflow (docs/analysis.md, "Overfitting"). Runs that cannot be judged are excluded with
+the reason, never guessed at.
 """
 
 from __future__ import annotations

@@ -1,15 +1,5 @@
-"""What a run or a cluster shape costs on Dataproc, and what each cost covers (docs/forecast.md, "Costs").
-
-One rule prices both sides: :func:`hourly` is the typed shape (:class:`~bigimage.config.DataprocShape`) at
-the list prices of ``analysis/prices.yaml`` (machines + Dataproc's per-vCPU fee + boot disks). A measured
-run is priced by the shape it logged (:func:`run_hourly` reads its ``cluster.shape.*`` params back into the
-typed shape), and only when its Spark really ran on Dataproc (tag ``spark.deploy``): the same ``cluster=``
-name run here used other machines. A forecast prices the ``cluster`` option as Hydra composes it.
-
-Every cost per 1,000 images is shown twice: :data:`JOB`, the job's own seconds (what more images cost on a
-running cluster, so shapes are ranked by it), and :data:`CLUSTER_LIFE`, the run's wall time plus, on
-Dataproc, creating and deleting the cluster (an estimate from the price table, as no run records them):
-what the bill charges.
+"""What a run or a cluster shape costs on Dataproc, and what each cost covers (docs/forecast.md,
+"Costs"): one rule, :func:`hourly`, prices both measured runs and forecast shapes.
 """
 
 from __future__ import annotations

@@ -1,13 +1,5 @@
-"""The best training configuration's model in the MLflow Model Registry, under the alias ``champion``
-(docs/analysis.md, "The model and the registry").
-
-The winning configuration's best-scoring run that logged an MLflow Model is registered (``bigimage-classifier``
-by default) as ``mlflow.register_model`` records a version, but through the given store's own client, never
-MLflow's global URIs; the alias ``champion`` points at it. Idempotent: a run is registered once, and the
-alias moves only when another run wins. Selected on validation, tested on test: the new version is
-evaluated once by :mod:`bigimage.train.evaluate` (a process of its own: the analysis never loads
-TensorFlow) on its run's validation subset and on the test subset, which nothing before read; its tags
-hold both, the test accuracy with its Wilson interval.
+"""The best training configuration's model in the MLflow Model Registry under the alias ``champion``,
+tested once on the test split (docs/analysis.md, "The model and the registry").
 """
 
 from __future__ import annotations
@@ -140,10 +132,8 @@ def register_champion(
 
 
 def _register(client: MlflowClient, name: str, run_id: str, model: LoggedModel, tags: dict[str, str]) -> ModelVersion:
-    """A new version of ``name`` from the logged model, recorded as ``mlflow.register_model`` records
-    one (run, model id, and the logged model's ``mlflow.modelVersions`` tag, which the UI's model page
-    reads) but through this client's store: its source is the model's artifact location, which
-    ``models:/<id>`` would resolve through MLflow's global tracking URI instead."""
+    """A new version of ``name`` from the logged model, recorded as ``mlflow.register_model`` records one,
+    but through this client's store (``models:/<id>`` would resolve through the global tracking URI)."""
     version = retry_busy(
         lambda: client.create_model_version(
             name, source=model.artifact_location, run_id=run_id, tags=tags, model_id=model.model_id

@@ -406,15 +406,9 @@ def make_report(
     forecast_options: forecast.Options | None = None,
     registered_model: str | None = registry.DEFAULT_NAME,
 ) -> Report:
-    """Analyse the runs, write figures + ``report.md`` + ``analysis.json`` to ``output_dir`` and log them.
-
-    ``output_dir`` defaults to ``reports/<timestamp>`` under the project root. Writes the analysis tags
-    back (unless ``write_tags=False``) and logs the directory as the artifacts of a new run tagged
-    ``task=analysis`` in the same experiment, a child of ``parent_run_id`` when given (unless
-    ``log_run=False``). With the tags it registers the winning training run's model as
-    ``registered_model`` (alias ``champion``; None: not). Returns a :class:`Report`. Raises
-    :class:`query.NoRunsError` when there is no run to analyse.
-    """
+    """Analyse the runs, write figures, ``report.md`` and ``analysis.json`` to ``output_dir`` (default
+    ``reports/<timestamp>``), tag the runs, register the champion and log it all as an analysis run, as
+    the flags say; raises :class:`query.NoRunsError` when there is no run to analyse."""
     selection, result = _analyse(tracking_uri, experiment, parent_run_id, thresholds, prices_path, rank_by)
     if write_tags:
         overfitting.write_tags(result.overfitting)

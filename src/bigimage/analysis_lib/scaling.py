@@ -1,17 +1,5 @@
-"""Ernest's scaling model (Venkataraman et al., NSDI'16) with a per-machine data term: job time from data
-size ``N``, cores ``c`` and machines ``m``, fitted on a few small runs (docs/forecast.md).
-
-``t0 + t1 * N / c + t4 * N / m + t2 * log(m) + t3 * m`` (:data:`TERM_FORMULA`); ``t4``, work the cores of
-one machine cannot share, is this project's addition. All terms are non-negative (``scipy.optimize.nnls``):
-no term can make a job faster. A shape's time is linear in ``N`` (:meth:`Fit.line`), so crossovers are exact.
-
-Only the terms the runs pin down are fitted (:func:`identifiable_terms`, whose :class:`DegenerateDesign`
-says which runs to add). Uncertainty: a residual bootstrap with the design kept fixed (the runs were
-chosen, not sampled), on residuals relative to the fitted time (noise on a shared machine is proportional
-to the time), divided by ``sqrt(1 - leverage)`` and centred; the refits' spread is widened by the t / z
-ratio of the residual degrees of freedom, as a few runs only estimate the noise level. Intervals are
-percentiles of the samples, a prediction interval adding one resampled residual; every sample is
-non-decreasing in ``N``. The leave-one-out error refits without each run and predicts it.
+"""Ernest's scaling model (Venkataraman et al., NSDI'16) with a per-machine data term, fitted with
+non-negative least squares and a residual bootstrap on a few small runs (docs/forecast.md).
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
 """``analysis/stale_runs.py``: end the RUNNING runs whose process is dead KILLED, with the reason as tag
 ``error`` (docs/mlflow.md, "Failures, interrupts and stale runs").
-
-A job killed with SIGKILL cannot end its run, which would show RUNNING for ever and be left out of every
-analysis. How a run is judged dead is :func:`bigimage.tracking.liveness.judge`. Exit code 0 whether or not
-runs were marked; 3, as the other scripts', when the experiment is unknown.
 """
 
 from __future__ import annotations

@@ -1,11 +1,5 @@
-"""Training configurations by cost, and which of them are on the accuracy/cost Pareto front.
-
-The cost is ``seconds_per_epoch`` (``model.fit``'s seconds over the epochs run; not money), the accuracy
-``best_val_accuracy``: the two numbers the cost-aware search (``hparams_search=train_optuna_cost``)
-optimises, so the front here is the search's when both read the same runs. A configuration is
-Pareto-optimal when no other of its comparable group (:mod:`.comparable`) is at least as accurate and at
-least as cheap, and better in one (means over its runs). Configurations are :func:`config_params`; runs a
-search pruned (tag ``pruned=true``) stopped early and are not ranked.
+"""Training configurations by cost (``seconds_per_epoch``), and which of them are on the
+accuracy/cost Pareto front within their comparable group: the cost-aware search's front.
 """
 
 from __future__ import annotations

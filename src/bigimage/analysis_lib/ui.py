@@ -1,22 +1,6 @@
 """Open the MLflow UI on the comparison of an experiment's training runs, on loopback, in one command
-(``analysis/mlflow_ui.py``).
-
-``mlflow ui`` alone opens on its home page, and an experiment there opens on the GenAI overview; the
-runs table is the experiment's ``runs`` tab in the machine-learning view
-(``#/experiments/<id>/runs?workflowType=machine_learning``). What that table shows is the UI's own
-state, and MLflow 3.17's UI reads it from two places only: the search facets in the URL (``searchFilter``,
-``orderByKey``, ``orderByAsc``, ``startTime``, ``lifecycleFilter``, ``modelVersionFilter``,
-``datasetsFilter``), and a saved view, an experiment tag ``mlflow.sharedViewState.<id>`` that the URL
-names with ``viewStateShareKey=<id>``: the facets plus the table's columns, their order and widths, and
-the charts. A saved view never sets which parent runs are expanded, pinned or hidden (the UI drops those
-keys), and the browser's own stored state wins on later visits without a view. So this saves the view
-:data:`VIEW` ("Compare training runs", also listed in the UI's *Views* menu): the training runs alone,
-best validation accuracy at the judged epoch first, with the columns that tell them apart. A filtered
-table lists runs flat, so no pipeline row hides them.
-
-It starts ``mlflow ui`` over the store (on 127.0.0.1 unless ``--host`` says otherwise: the UI has no
-login), waits until it answers, prints the address and opens it in the browser, then serves until
-Ctrl-C or SIGTERM, which stop the server with it.
+(``analysis/mlflow_ui.py``; docs/mlflow.md): it saves the view :data:`VIEW` as an experiment tag and
+opens the runs table on it.
 """
 
 from __future__ import annotations

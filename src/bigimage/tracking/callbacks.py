@@ -1,18 +1,6 @@
-"""Hydra callback that makes a multirun one MLflow parent run with a child run per job.
-
-Everything shared is created here, in the launching process, before any job starts: the sqlite
-schema, the experiment and the parent run (docs/pitfalls.md: parallel jobs on a fresh store race on all
-three). Jobs, in this process or in joblib's worker processes, find the ids in the environment.
-
-The parent carries the process tags and a heartbeat like every run (:mod:`bigimage.tracking.liveness`),
-and SIGTERM/SIGHUP raise :class:`bigimage.termination.Terminated` from the first job to the last, so a
-sweep that is stopped ends its parent KILLED, as one that is interrupted with Ctrl-C does. Its status
-follows the jobs it launched only: a resumed search moves the runs of earlier sweeps under it
-(:mod:`bigimage.search.summary`), and those keep their own outcome without deciding this one's.
-
-Every run, swept or not, passes through :meth:`MlflowSweepCallback.on_job_start`, where Hydra's own run
-files, just written, are rewritten with their secrets masked (:mod:`bigimage.tracking.redact`), and the
-process starts masking them in its log lines.
+"""Hydra callback that makes a multirun one MLflow parent run with a child run per job, creating the
+store, the experiment and the parent in the launching process (docs/pitfalls.md: parallel jobs race on
+them), and masking Hydra's run files of every job (:mod:`bigimage.tracking.redact`).
 """
 
 from __future__ import annotations

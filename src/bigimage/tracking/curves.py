@@ -1,11 +1,5 @@
-"""A training run's learning curves as one figure: loss with val_loss, accuracy with val_accuracy, per epoch.
-
-MLflow's run page draws each metric alone, so the training and validation curves that tell over- and
-underfitting apart never share an axis there. The chief worker logs this figure with the run
-(``learning_curves.png``, ``MlflowClient.log_figure``), with the judged epoch
-(:mod:`bigimage.tracking.judged`) marked, so the run's Artifacts tab shows the whole story. Built on a bare
-Agg canvas (no pyplot, no global backend switch), like the speed test's figure, so it draws headless and
-in any thread. No TensorFlow here: the analysis may import it too.
+"""A training run's learning curves as one figure (loss with val_loss, accuracy with val_accuracy, the
+judged epoch marked), drawn on a bare Agg canvas so it works headless and in any thread.
 """
 
 from __future__ import annotations

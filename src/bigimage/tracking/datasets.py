@@ -1,12 +1,5 @@
-"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (docs/mlflow.md, "Datasets").
-
-Task 1 logs the set it wrote (context ``output``: MLflow 3.17 has dataset inputs only), task 2 the set it
-timed (``benchmark``), task 3 the three subsets it split (``<name>.train``, ``.validation``, ``.test`` with
-contexts ``training``, ``validation``, ``testing``), each with its own digest and record counts. The digest
-is read from the manifest, never from the shards: the source's fingerprint (:mod:`bigimage.data.listing`)
-and the settings that turn it into records, so a rerun of task 1 on unchanged images gives the same digest
-although its shards have new names; a set without a fingerprint (written by hand) falls back to its shard
-names.
+"""A TFRecord set as an MLflow dataset, so runs on the same data share a digest (docs/mlflow.md,
+"Datasets"); the digest is read from the manifest, never from the shards.
 """
 
 from __future__ import annotations

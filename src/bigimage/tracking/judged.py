@@ -1,13 +1,6 @@
-"""Which epoch a training run is judged at: one rule for every choice made from a run.
-
-A run is judged at its **judged epoch**: the epoch of its highest ``val_accuracy``, the earliest one on
-ties. The training's model checkpoint keeps that epoch's weights (Keras' ``ModelCheckpoint`` with
-:data:`MONITOR`, :data:`MODE` and ``save_best_only``, which replaces the kept weights only on a strict
-improvement, so ties keep the earliest), the run logs that epoch and value as :data:`EPOCH_METRIC` and
-:data:`VALUE_METRIC`, the search optimises that value, and the analysis ranks and reports it. Choices
-read validation only; the test split (``train.test_fraction``) is read once, after the choice.
-
-Kept apart from both sides, as :mod:`bigimage.tracking.names` is: the analysis never loads TensorFlow.
+"""Which epoch a training run is judged at, one rule for every choice made from a run: the epoch of
+its highest ``val_accuracy``, the earliest on ties (docs/analysis.md, "The judged epoch"). Kept apart
+from both sides: the analysis never loads TensorFlow.
 """
 
 from __future__ import annotations

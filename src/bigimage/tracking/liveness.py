@@ -1,16 +1,5 @@
-"""Which RUNNING runs are still alive: process tags, a heartbeat, and marking the dead ones KILLED.
-
-A process killed with SIGKILL (or a machine that lost power) cannot end its run, so MLflow shows it
-RUNNING for ever. Every run a job opens therefore carries the tags ``process.host``, ``process.pid``
-and ``process.started`` (the process's start time, so a reused pid is not taken for the same
-process), and a daemon thread refreshes the tag ``heartbeat`` (UTC, ISO 8601) every
-:data:`HEARTBEAT_SECONDS` while the run is open. A tag rather than a metric: one value that is
-overwritten, not a history that grows with the run's length.
-
-:func:`judge` tells a dead run from a live one: on the host that wrote the tags a gone process is
-known dead at once (:mod:`bigimage.processes`); elsewhere, or where the process cannot be inspected,
-the heartbeat must be older than a threshold (a run from before these tags counts from its start
-time). :func:`find_stale_runs` and :func:`mark_killed` are what ``analysis/stale_runs.py`` runs.
+"""Which RUNNING runs are still alive: process tags, a heartbeat tag, and marking the dead ones KILLED
+(docs/mlflow.md, "Failures, interrupts and stale runs"); what ``analysis/stale_runs.py`` runs.
 """
 
 from __future__ import annotations

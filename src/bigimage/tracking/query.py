@@ -1,9 +1,5 @@
-"""Read runs back from any MLflow tracking store into tidy pandas tables.
-
-The analysis scripts (``analysis/*.py``) go through this module only; it uses the public MLflow
-API (``search_runs``, ``get_metric_history``, ``download_artifacts``, ``set_tag``), never the store's
-files, so it works the same on a sqlite file, a file store or a remote tracking server. Nothing here
-imports Spark or TensorFlow, and nothing here starts or ends an MLflow run.
+"""Read runs back from any MLflow tracking store into tidy pandas tables, through the public MLflow API
+only; nothing here imports Spark or TensorFlow, or starts or ends a run.
 """
 
 from __future__ import annotations
@@ -173,13 +169,9 @@ def load_runs(
     experiment: str | None = None,
     parent_run_id: str | None = None,
 ) -> tuple[RunSelection, pd.DataFrame]:
-    """Runs of an experiment (by name), or all descendants of a parent run, as a tidy table.
-
-    One row per run, sorted by start time: :data:`RUN_COLUMNS` (``metric_keys``: the names of the metrics
-    it logged, even NaN ones), then ``params.<key>``, ``metrics.<key>`` (the last value, as ``search_runs``
-    gives it) and ``tags.<key>``. Deleted runs are left out; runs of every status are kept, the analysis
-    decides what to do with them. Raises :class:`NoRunsError` if nothing matches.
-    """
+    """Runs of an experiment (by name), or all descendants of a parent run, as a tidy table sorted by
+    start time: :data:`RUN_COLUMNS`, then ``params.<key>``, ``metrics.<key>`` (the last value) and
+    ``tags.<key>``; deleted runs left out. Raises :class:`NoRunsError` if nothing matches."""
     selection = select(tracking_uri, experiment, parent_run_id)
     client = client_for(selection.tracking_uri)
     if parent_run_id:
@@ -198,12 +190,8 @@ def load_histories(
     keys: Sequence[str] = names.EPOCH_METRICS,
     runs: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Full per-step histories of ``keys`` for ``run_ids``, in long format.
-
-    MLflow's public client has no bulk history call, so this is one ``get_metric_history`` per
-    (run, key); when the runs table is given, keys a run never logged (not in its ``metric_keys``)
-    are skipped without a round trip. Columns: run_id, key, step, value, timestamp.
-    """
+    """Full per-step histories of ``keys`` for ``run_ids``, in long format (run_id, key, step, value,
+    timestamp): one ``get_metric_history`` per (run, key), skipping keys a run never logged when ``runs`` is given."""
     client = client_for(tracking_uri)
     logged: dict[str, set[str]] = {}
     if runs is not None and not runs.empty and "metric_keys" in runs.columns:
@@ -232,12 +220,8 @@ def histories_wide(histories: pd.DataFrame) -> pd.DataFrame:
 def load_run_table(
     tracking_uri: str | None, artifact_file: str, run_ids: Sequence[str]
 ) -> tuple[pd.DataFrame, dict[str, str]]:
-    """An MLflow table artifact (``log_table``) of each run, concatenated with a ``run_id`` column.
-
-    Read run by run with the public API (``mlflow.artifacts.download_artifacts`` from this store, then
-    ``pandas.read_json(orient="split")``, the format ``log_table`` writes), so that one run missing the
-    artifact is reported (second return value: run id -> problem) instead of failing the whole load.
-    """
+    """An MLflow table artifact (``log_table``) of each run, concatenated with a ``run_id`` column; a run
+    missing it is reported (second value: run id -> problem) instead of failing the load."""
     # MLflow draws a download progress bar on stderr for every file it fetches: noise in a script's and
     # the pipeline's report output, one bar per run. An explicit setting of the variable still wins.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

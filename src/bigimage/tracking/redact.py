@@ -1,19 +1,5 @@
-"""The one rule for secrets: what looks secret, and how it is masked wherever the project writes.
-
-A config key is secret when one of its segments (``spark.authenticate.secret`` has three) has a word
-part in :data:`SECRET_WORDS`: parts are split at ``_``, ``-`` and camelCase, so ``api_key``,
-``keyPassword`` and ``AWS_SECRET_ACCESS_KEY`` are secret and ``keras``, ``monkey`` and ``tokenizer``
-are not. The value under a secret key is :data:`MASK`, whatever it holds (a mapping under
-``credentials`` too); the user-info of a URL (``http://user:password@host``) is masked as well
-(``http://***@host``), the user name with the password, since a token often stands there alone.
-
-Free text (log lines, override strings, error messages) is masked by :func:`text`: URL user-info,
-``key=value`` and ``key: value`` pairs with a secret key, and the secret values of the configs this
-process was given (:func:`protect`), wherever they stand as a word of their own. :func:`protect` also
-makes every log record of the process go through :func:`text`, whichever handler writes it.
-
-Also here, as the other half of the rule: a tracking server's login leaves its URI for MLflow's
-environment variables (:func:`login_to_environment`), so the URI can be shown and passed on as it is.
+"""The one rule for secrets: what looks secret, and how it is masked wherever the project writes
+(docs/security.md); and a tracking server's login moved from its URI to MLflow's environment.
 """
 
 from __future__ import annotations
@@ -80,13 +66,8 @@ def _masked_pairs(value: str) -> str:
 
 def login_to_environment(uri: str) -> str:
     """An http(s) tracking ``uri`` without its ``user:password@``, which goes to ``MLFLOW_TRACKING_USERNAME``
-    and ``MLFLOW_TRACKING_PASSWORD`` of this process and its children instead.
-
-    MLflow sends those as the same basic login the user-info gave, while the URI itself is printed by
-    MLflow ("View run ... at: <uri>"), logged and handed to training workers. A database URI keeps its
-    user-info (its driver reads it there; the workers get it through their environment), as does a user
-    name without a password (MLflow sends no login without one).
-    """
+    and ``MLFLOW_TRACKING_PASSWORD`` of this process and its children instead, since MLflow prints and
+    passes the URI on; other URIs are returned as they are."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or parts.password is None:
         return uri

@@ -1,13 +1,6 @@
-"""One MLflow run per task execution: params from the config, tags, the resolved config, the outcome.
-
-The outcome is recorded however the process is stopped short of SIGKILL: FINISHED, FAILED with the
-error, or KILLED on Ctrl-C and on SIGTERM/SIGHUP (turned into an exception while the run is open:
-:mod:`bigimage.termination`). Against SIGKILL the run carries its process and a heartbeat
-(:mod:`bigimage.tracking.liveness`), so ``analysis/stale_runs.py`` can end it KILLED afterwards.
-
-A sweep's parent run is made by the Hydra callback in the launching process; each job finds it
-through the environment variables below (never ``MLFLOW_RUN_ID``, which overrides ``parent_run_id``:
-mlflow #15713) and opens its run as a child.
+"""One MLflow run per task execution: params from the config, tags, the resolved config, and the
+outcome however the process is stopped short of SIGKILL (docs/mlflow.md). A sweep's job finds its
+parent run through the environment variables below (never ``MLFLOW_RUN_ID``: mlflow #15713).
 """
 
 from __future__ import annotations
@@ -44,15 +37,9 @@ _OPERATIONAL = ("strategy.worker_timeout_seconds", "strategy.isolation", "train.
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any], keys: Sequence[str] | None = None) -> dict[str, str]:
-    """The resolved config as MLflow params with dotted keys (``cluster.name``, ``batch_size``).
-
-    ``keys``: only these keys and what lies below them (``cluster`` selects ``cluster.*``); None: all.
-    Empty values (None, "", [], {}) are left out: an empty param says nothing and cannot be filtered on.
-    So are keys no person reads as what the run did: Hydra's ``_target_`` paths, the Dataproc cluster's
-    shape and region (``cluster.shape.*``, ``cluster.dataproc.*``) unless it ran on Dataproc, and the
-    limits in :data:`_OPERATIONAL`. The whole config stays in :data:`CONFIG_ARTIFACT`.
-    Secrets are masked (:mod:`bigimage.tracking.redact`).
-    """
+    """The resolved config as MLflow params with dotted keys, secrets masked; ``keys``: only these keys
+    and what lies below them (None: all). Left out: empty values, ``_target_`` paths, the Dataproc shape
+    of a run that did not run there, and :data:`_OPERATIONAL` (all stay in :data:`CONFIG_ARTIFACT`)."""
     container = redact.config(cfg)
     params: dict[str, str] = {}
     unread = _UNREAD_ON_LOCAL if container.get("cluster", {}).get("deploy") != "dataproc" else ()
@@ -148,18 +135,10 @@ def tracked_run(
     extra_tags: Mapping[str, str] | None = None,
     param_keys: Sequence[str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open a run that logs ``cfg``; FAILED with the error if the body raises, KILLED on Ctrl-C, SIGTERM
-    or SIGHUP (tag ``error`` says which), FINISHED otherwise.
-
-    Params: the config keys ``param_keys`` select (what the task reads; all when None), the whole
-    resolved config goes to ``config/config.yaml``. System metrics as ``cfg.tracking`` says. Secrets are
-    masked in all of them, in the tags and in this process's log lines from here on
-    (:mod:`bigimage.tracking.redact`).
-
-    Without explicit ids it joins the sweep named in the environment, if any: the parent run and
-    the experiment were created by the launching process, so parallel jobs never race to make them.
-    While the run is open it carries the process tags and a heartbeat (:mod:`bigimage.tracking.liveness`).
-    """
+    """Open a run that logs ``cfg`` (params: the keys ``param_keys`` select; the whole config as
+    :data:`CONFIG_ARTIFACT`), secrets masked, with process tags and a heartbeat; it ends FAILED if the body
+    raises, KILLED on Ctrl-C, SIGTERM or SIGHUP, FINISHED otherwise. Without explicit ids it joins the
+    sweep named in the environment, if any."""
     parent_run_id = parent_run_id or os.environ.get(ENV_PARENT_RUN_ID) or None
     experiment_id = experiment_id or os.environ.get(ENV_EXPERIMENT_ID) or None
     redact.protect(cfg)

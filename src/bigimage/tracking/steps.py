@@ -1,8 +1,5 @@
-"""Where a parent run's time went: the wall-clock seconds of each of its child runs (its steps), in order.
-
-Read from MLflow (each child run's start and end), so it covers every step however it ran, and the gap
-between the parent's start and the sum of its steps (Spark and Python start-up, data generation,
-anything between steps) shows apart.
+"""Where a parent run's time went: the wall-clock seconds of each of its child runs, in order, and the
+gap the steps leave (start-up, anything between steps).
 """
 
 from __future__ import annotations

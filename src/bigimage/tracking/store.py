@@ -1,14 +1,5 @@
-"""Where runs go: the tracking URI, the experiment, and retries around a busy sqlite store.
-
-Paths are resolved against the project root, never Hydra's per-run output folder (hydra #830), and
-the experiment gets an explicit artifact location beside a sqlite store's database file: with a
-sqlite URI MLflow would otherwise put artifacts in ``./mlruns`` relative to whatever the current
-directory is.
-
-A sqlite store is created and migrated once, under an exclusive lock on ``<database>.lock`` beside
-the database (:func:`prepare_store`), before any run opens it: MLflow creates the tables and runs its
-schema migration in every process that finds them missing, and processes started together on a fresh
-store race each other there (``table _alembic_tmp_... already exists``, ``duplicate column name``).
+"""Where runs go: the tracking URI, the experiment, a sqlite store created and migrated once under a
+lock, and retries around a busy store (docs/mlflow.md, docs/pitfalls.md).
 """
 
 from __future__ import annotations
@@ -83,11 +74,7 @@ DATASET_RACE = ("unique constraint failed: datasets.", '"dataset_pk"', "for key 
 
 def retry_busy(action: Callable[[], T], attempts: int = 8, transient: tuple[str, ...] = BUSY) -> T:
     """Run ``action``, retrying while it fails on what a parallel job did (``transient``, default: the
-    store is locked).
-
-    The one retry loop for every MLflow call of the project: MLflow raises these as an
-    ``MlflowException`` or as the SQLAlchemy error it wraps, so the message is what tells them apart.
-    """
+    store is locked): the one retry loop for every MLflow call, told apart by the error's message."""
     for attempt in range(attempts):
         try:
             return action()
@@ -156,14 +143,9 @@ _prepared_lock = threading.Lock()
 
 
 def prepare_store(uri: str) -> None:
-    """Create and migrate the sqlite store of ``uri`` once, under :func:`store_lock`, before this
-    process opens it otherwise; nothing for other stores, and nothing again in this process.
-
-    MLflow's own opening creates the tables and migrates the schema in each process that finds them
-    missing, with nothing between processes doing it at once. Here the first process to hold the lock
-    does it (``SqlAlchemyStore``, whose default experiment gets its artifacts beside the database too);
-    the others wait, then find every table and migrate nothing.
-    """
+    """Create and migrate the sqlite store of ``uri`` once, under :func:`store_lock`, before this process
+    opens it otherwise (MLflow migrates in every process that finds tables missing, with nothing between
+    processes); nothing for other stores, and nothing again in this process."""
     database = sqlite_database(uri)
     if database is None or uri in _prepared:
         return
