@@ -36,7 +36,7 @@ def test_report_of_a_pipeline_is_written_and_logged_as_a_child_analysis_run(scen
         "## Preprocessing: cluster shapes",
         "## Speed test: cluster shapes",
         "## Runs left out",
-        "| mwms-32-a |",
+        "| mwms-32-a ",
         "This is not overfitting",
         "strategy mirrored, batch size 32",
         "is distinguishable from the next",

@@ -599,7 +599,7 @@ def render_text(result: BestConfigResult) -> str:
         "speedtest_by_cost": f"Speed test: cluster shapes {cost_title(result.prices)}",
     }
     for name, rows in tables(result).items():
-        out += [titles[name], common.text_table(rows)]
+        out += [titles[name], common.markdown_table(rows)]
         if name.endswith("_by_cost") and name != "training_by_cost":
             out += [pricing.covers(result.prices.dataproc_create_delete_seconds), ""]
     out.append("Conclusions:")

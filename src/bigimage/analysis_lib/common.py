@@ -165,11 +165,8 @@ def print_json(document: dict) -> None:
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of repeated measurements with a two-sided confidence interval.
-
-    ``low``/``high`` are ``None`` when ``n == 1``: one measurement gives no interval.
-    ``method`` says how the interval was computed: ``t`` (Student t) or ``none``.
-    """
+    """Mean of repeated measurements with a two-sided Student-t interval (``method`` ``t``); one
+    measurement gives none (``low``/``high`` None, ``method`` ``none``)."""
 
     mean: float
     low: float | None
@@ -260,24 +257,11 @@ def _cell(value) -> str:
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured Markdown table (no tabulate dependency)."""
+    """A GitHub-flavoured Markdown table with aligned columns: the one table of the reports and the terminal."""
     if not rows:
         return "_(none)_\n"
     columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def text_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A plain aligned table for the terminal."""
-    if not rows:
-        return "(none)\n"
-    columns = list(columns or rows[0].keys())
-    cells = [[_cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    out.append("  ".join("-" * w for w in widths))
-    out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(out) + "\n"
+    cells = [list(columns), *([_cell(row.get(c)) for c in columns] for row in rows)]
+    widths = [max(3, *(len(line[i]) for line in cells)) for i in range(len(columns))]
+    cells.insert(1, ["-" * w for w in widths])
+    return "\n".join("| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |" for line in cells) + "\n"

@@ -231,11 +231,8 @@ def _judged(steps: list[int], val_accuracy: pd.Series | None) -> tuple[float | N
 
 
 def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> Verdict:
-    """Judge one run from its long-format history (columns key, step, value, timestamp), as
-    :func:`query.load_histories` returns it, restricted to the run.
-
-    Raises :class:`NotJudgeable` with the reason if the curves cannot be judged.
-    """
+    """Judge one run from its long-format history (:func:`query.load_histories`, restricted to the run);
+    raises :class:`NotJudgeable` with the reason if the curves cannot be judged."""
     notes: list[str] = []
     steps, loss, val_loss = _history_steps(history, notes)
     train_curve, val_curve = loss.loc[steps].to_numpy(float), val_loss.loc[steps].to_numpy(float)
@@ -393,7 +390,7 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
 
 
 def render_text(result: OverfittingResult) -> str:
-    out = [f"Runs: {result.selection.describe()}", "", common.text_table([v.row() for v in result.verdicts])]
+    out = [f"Runs: {result.selection.describe()}", "", common.markdown_table([v.row() for v in result.verdicts])]
     for v in result.verdicts:
         if v.val_above_train:
             out.append(f"{v.run_name or v.run_id}: {v.val_above_train_note}")

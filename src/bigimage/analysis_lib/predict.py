@@ -168,7 +168,7 @@ def task_lines(result: forecast.Forecast, table: Callable[[list[dict]], str], he
 
 def render_text(result: forecast.Forecast) -> str:
     out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", covers(result), ""]
-    out += task_lines(result, common.text_table, "== {} ==")
+    out += task_lines(result, common.markdown_table, "== {} ==")
     out += ["Left out:", *[f"  {e.text()}" for e in result.excluded]] if result.excluded else []
     return "\n".join(out) + "\n"
 
@@ -243,10 +243,8 @@ def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | 
     out = [
         "## Forecast",
         "",
-        f"_{forecast.LABEL}._ Model (Ernest, NSDI'16), fitted with non-negative least squares "
-        "per task and deployment kind: time = t0 + t1 x images / cores + t2 x log(executors) + t3 x executors "
-        "(task 2: t0 + t1 x images / cores: one pipeline on one executor). Terms the runs cannot pin down are "
-        "left out and said so; validation: leave-one-out error of each fit.",
+        f"_{forecast.LABEL}._ Model: Ernest's (NSDI'16) with a per-executor data term, fitted per task and "
+        "deployment kind (docs/forecast.md); each fit's terms, coefficients and leave-one-out error are below.",
         "",
     ]
     out += [covers(result), "", *task_lines(result, common.markdown_table, "### {}")]

@@ -56,11 +56,8 @@ def design_matrix(images, cores, machines, terms: Sequence[str], speed_ratio: fl
 
 
 def identifiable_terms(points: Sequence[Point], allowed: Sequence[str] = TERMS) -> tuple[list[str], list[str]]:
-    """The terms of ``allowed`` that ``points`` pin down, and notes on what was left out and why.
-
-    Raises :class:`DegenerateDesign` when the core of the model (intercept and data term) is not pinned
-    down, or there are too few runs for the terms.
-    """
+    """The terms of ``allowed`` that ``points`` pin down, and notes on what was left out and why;
+    :class:`DegenerateDesign` when the intercept and data term are not pinned down or the runs are too few."""
     sizes = sorted({p.images for p in points})
     cores = sorted({p.cores for p in points})
     machines = sorted({p.machines for p in points})

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     columns = ["run_id", "run_name", "task", "host", "pid", "last_seen", "action", "reason"]
-    sys.stdout.write(common.text_table(rows, columns))
+    sys.stdout.write(common.markdown_table(rows, columns))
     where = f"experiment '{args.experiment}'" if args.experiment else "every experiment"
     verb = "would mark" if args.dry_run else "marked"
     count = sum(row["stale"] for row in rows) if args.dry_run else len(changed)

@@ -57,10 +57,8 @@ def feature_schema() -> Schema:
 
 
 class TFRecordSet(MetaDataset):
-    """A :class:`MetaDataset` with a profile: records, shards, image size and the records per class.
-
-    With ``subset`` (a split's records: its rule in ``split``, its records per class in
-    ``class_counts``) the profile counts that subset and the digest covers the split too."""
+    """A :class:`MetaDataset` with a profile (records, shards, image size, records per class); with
+    ``subset`` it counts that subset of the split ``split``, whose rule the digest covers too."""
 
     def __init__(
         self,

@@ -54,11 +54,8 @@ def process_tags() -> dict[str, str]:
 
 
 class Heartbeat:
-    """A daemon thread that sets the tag ``heartbeat`` on ``run_id`` every ``interval`` seconds.
-
-    It never fails the run: a store that is busy or gone costs a warning, and the next beat tries
-    again. ``stop()`` waits for a beat in flight, so no beat lands after the run has ended.
-    """
+    """A daemon thread that sets the tag ``heartbeat`` on ``run_id`` every ``interval`` seconds; a failed
+    beat costs a warning, never the run, and ``stop()`` waits for a beat in flight."""
 
     def __init__(self, run_id: str, tracking_uri: str, interval: float | None = None) -> None:
         self.run_id = run_id
@@ -143,10 +140,8 @@ def find_stale_runs(
 
 
 def mark_killed(client: MlflowClient, verdict: Verdict, marked_by: str) -> bool:
-    """End a stale run KILLED with the tag ``error`` saying why; False if it ended meanwhile.
-
-    The end time is the last sign of life, so the run's duration is the time it really ran.
-    """
+    """End a stale run KILLED at its last sign of life, with the tag ``error`` saying why; False if it
+    ended meanwhile."""
     info = retry_busy(lambda: client.get_run(verdict.run_id)).info
     if info.status != RunStatus.to_string(RunStatus.RUNNING):
         return False
