@@ -126,15 +126,9 @@ def _secrets(node: Any, secret: bool = False) -> Iterable[str]:
         if secret:
             yield value
         for match in _USERINFO.finditer(value):
-            yield from _userinfo_parts((match.group("scheme") + match.group("userinfo")).replace("\\", "") + "@x")
-
-
-def _userinfo_parts(value: str) -> Iterable[str]:
-    """A URL's password; its user name only when it stands alone (a token), since names are common words."""
-    parts = urlsplit(value)
-    secret = parts.password or parts.username
-    if secret:
-        yield secret
+            parts = urlsplit((match.group("scheme") + match.group("userinfo")).replace("\\", "") + "@x")
+            if found := parts.password or parts.username:  # a user name alone is a token, else a common word
+                yield found
 
 
 def _remember(found: Iterable[str]) -> None:
