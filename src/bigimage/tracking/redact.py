@@ -67,7 +67,7 @@ def _masked_pairs(value: str) -> str:
 def login_to_environment(uri: str) -> str:
     """An http(s) tracking ``uri`` without its ``user:password@``, which goes to ``MLFLOW_TRACKING_USERNAME``
     and ``MLFLOW_TRACKING_PASSWORD`` of this process and its children instead, since MLflow prints and
-    passes the URI on; other URIs are returned as they are."""
+    passes the URI on; any other URI, or one without a password, is returned as it is."""
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or parts.password is None:
         return uri
@@ -127,7 +127,7 @@ def _secrets(node: Any, secret: bool = False) -> Iterable[str]:
             yield value
         for match in _USERINFO.finditer(value):
             parts = urlsplit((match.group("scheme") + match.group("userinfo")).replace("\\", "") + "@x")
-            if found := parts.password or parts.username:  # a user name alone is a token, else a common word
+            if found := parts.password or parts.username:  # a user name only alone: a token, not a name
                 yield found
 
 
