@@ -1,5 +1,3 @@
-"""Analysis over MLflow runs (overfitting, best configuration, report).
-
-Reads MLflow through :mod:`bigimage.tracking.query` only and never imports Spark or TensorFlow.
-The thin scripts in ``analysis/`` call the ``main`` functions here.
+"""Analysis over MLflow runs, read through :mod:`bigimage.tracking.query` only (never Spark or
+TensorFlow); the thin scripts in ``analysis/`` call the ``main`` functions here.
 """

@@ -1,9 +1,5 @@
-"""The MLflow names that one module writes and another reads: params, metrics, tags and artifacts
-(docs/contracts.md, "MLflow").
-
-Kept apart from both sides so that neither imports the other (the analysis never loads TensorFlow or
-Spark). ``tests/test_mlflow_names.py`` fails on a key that one module writes as a literal and another
-spells again, so a rename on the writing side cannot silently break a reader.
+"""The MLflow names that one module writes and another reads (docs/contracts.md, "MLflow"), apart from
+both so neither imports the other; ``tests/test_mlflow_names.py`` fails on a key spelled again as a literal.
 """
 
 # --- every run (bigimage.tracking.runs) -------------------------------------------------------
