@@ -452,7 +452,7 @@ def test_multi_fidelity_search_counts_pruned_epochs_and_confirms_its_winner(tmp_
         for step in (1, 2, 3):
             earlier.report(1.0, step)
             assert not earlier.should_prune()  # the pruner records the rungs it reached
-        earlier.set_user_attr(sweep.ATTR_EPOCHS, 3)
+        earlier.set_user_attr(trial.ATTR_EPOCHS, 3)
         seeded.tell(earlier, 1.0)
     result = run_search(
         tmp_path,
@@ -473,7 +473,7 @@ def test_multi_fidelity_search_counts_pruned_epochs_and_confirms_its_winner(tmp_
     )
     assert result.returncode == 0, result.stderr[-4000:]
     (pruned,) = study_of(tmp_path, "mf").get_trials(states=(TrialState.PRUNED,))
-    assert pruned.number == 2 and pruned.user_attrs[sweep.ATTR_EPOCHS] == 1
+    assert pruned.number == 2 and pruned.user_attrs[trial.ATTR_EPOCHS] == 1
     client, runs = store_of(tmp_path)
     (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     metrics = parent.data.metrics

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from hydra.core.utils import JobReturn
     from hydra.plugins.launcher import Launcher
 
-    from bigimage.search.sweep import Search
+    from bigimage.search.study import Search
 
 log = logging.getLogger(__name__)
 

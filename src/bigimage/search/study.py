@@ -18,11 +18,12 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bigimage.search.space import SearchSpaceError
+from bigimage.search.space import SearchSpaceError, Space
 from bigimage.tracking.store import DEFAULT_STORE, resolve_tracking_uri, sqlite_database
 
 if TYPE_CHECKING:
@@ -114,3 +115,14 @@ def load_for_trial(name: str, storage_url: str) -> tuple[optuna.Study, optuna.st
     spec = optuna.load_study(study_name=name, storage=storage).user_attrs.get(ATTR_PRUNER)
     pruner = instantiate(spec) if spec else optuna.pruners.NopPruner()
     return optuna.load_study(study_name=name, storage=storage, pruner=pruner), storage
+
+
+@dataclass
+class Search:
+    """A study being searched, with what every trial's job is given."""
+
+    study: optuna.Study
+    storage: optuna.storages.RDBStorage
+    storage_url: str
+    space: Space
+    prune: bool

@@ -37,8 +37,7 @@ from mlflow.exceptions import MlflowException
 from bigimage.errors import UserError
 from bigimage.search import confirm, figures
 from bigimage.search.study import ATTR_EXPERIMENT, ATTR_PARENT_RUN
-from bigimage.search.sweep import ATTR_EPOCHS
-from bigimage.search.trial import TAG_STUDY, TAG_TRIAL
+from bigimage.search.trial import ATTR_EPOCHS, TAG_STUDY, TAG_TRIAL
 from bigimage.tracking.query import PARENT_TAG, search_all
 from bigimage.tracking.store import log_batch, retry_busy
 

@@ -33,7 +33,8 @@ from bigimage import processes
 from bigimage.search import confirm as search_confirm
 from bigimage.search import space as search_space
 from bigimage.search import study as search_study
-from bigimage.search.trial import ATTR_PRUNED_EPOCH
+from bigimage.search.study import Search
+from bigimage.search.trial import ATTR_EPOCHS, ATTR_PRUNED_EPOCH
 
 if TYPE_CHECKING:
     import optuna
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 ATTR_HOST = "sweeper_host"
 ATTR_PID = "sweeper_pid"
 ATTR_FAILED = "failed_reason"
-ATTR_EPOCHS = "epochs_run"  # a trial's compute: the epochs it trained, pruned or not
 
 
 @dataclass
@@ -62,17 +62,6 @@ class Settings:
     params: Mapping[str, str]
     pruner_spec: dict[str, Any] | None = None  # the pruner's config, for the workers to rebuild it (setup)
     confirm: search_confirm.Confirm = search_confirm.Confirm()
-
-
-@dataclass
-class Search:
-    """A study being searched, with what every trial's job is given."""
-
-    study: optuna.Study
-    storage: optuna.storages.RDBStorage
-    storage_url: str
-    space: search_space.Space
-    prune: bool
 
 
 def open_search(settings: Settings, arguments: Sequence[str], config: Any, config_loader: Any) -> Search:

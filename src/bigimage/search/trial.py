@@ -25,6 +25,7 @@ TAG_CONFIRM_OF = "search.confirm_of"  # on a confirmation run: the trial whose c
 TAG_PRUNED = "pruned"
 TAG_PRUNED_EPOCH = "pruned_epoch"
 ATTR_PRUNED_EPOCH = "pruned_epoch"  # the trial's user attribute: the sweeper tells the study PRUNED
+ATTR_EPOCHS = "epochs_run"  # a trial's compute: the epochs it trained, pruned or not
 REPORTED_METRIC = "val_accuracy"  # what the pruner sees per epoch (step = epochs trained: 1, 2, ...)
 
 
