@@ -199,7 +199,7 @@ def test_gcs_source_and_destination(
 ) -> None:
     root = make_image_tree(per_class=2)
     for path in sorted(root.rglob("*.jpg")):
-        storage.upload_file(str(path), f"gs://{gcs_bucket}/flowers/{path.parent.name}/{path.name}")
+        storage.copy(str(path), f"gs://{gcs_bucket}/flowers/{path.parent.name}/{path.name}")
     listing = list_labelled_images(f"gs://{gcs_bucket}/flowers")
     assert len(listing.items) == 6
     destination = f"gs://{gcs_bucket}/tfrecords"

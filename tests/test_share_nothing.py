@@ -160,7 +160,7 @@ def shared_tfrecords(gcs_emulator, tmp_path_factory) -> str:
     local = tmp_path_factory.mktemp("tfr")
     write_tfrecord_dir(local, num_images=64, image_size=32, num_shards=4)
     for name in sorted(os.listdir(local)):
-        storage.upload_file(str(local / name), f"gs://{bucket}/tfrecords/tiny-32/{name}")
+        storage.copy(str(local / name), f"gs://{bucket}/tfrecords/tiny-32/{name}")
     return f"gs://{bucket}/tfrecords/tiny-32"
 
 
@@ -181,7 +181,7 @@ def test_preprocessing_from_and_to_gs_on_hosts_that_share_nothing(
 
     root = make_image_tree(per_class=3)
     for path in sorted(root.rglob("*.jpg")):
-        storage.upload_file(str(path), f"gs://{gcs_bucket}/flowers/{path.parent.name}/{path.name}")
+        storage.copy(str(path), f"gs://{gcs_bucket}/flowers/{path.parent.name}/{path.name}")
     destination = f"gs://{gcs_bucket}/tfrecords/flowers-48"
     cfg = compose_config([
         "task=preprocess", "dataset=folder", f"dataset.root=gs://{gcs_bucket}/flowers", f"tfrecord_dir={destination}",

@@ -251,7 +251,7 @@ def test_parallelism_spreads_points_and_records_the_effective_value(
 def upload_tree(local: Path, url: str) -> None:
     for path in local.rglob("*"):
         if path.is_file():
-            storage.upload_file(path, f"{url}/{path.relative_to(local).as_posix()}")
+            storage.copy(path, f"{url}/{path.relative_to(local).as_posix()}")
 
 
 def test_gcs_sources_through_the_emulator(

@@ -1,38 +1,48 @@
-"""storage: every operation on a local tmp dir and on a real Cloud Storage emulator on loopback."""
+"""storage: every operation on a local tmp dir, on a real Cloud Storage emulator on loopback, and on
+fsspec's ``memory://`` file system (any fsspec URL takes the generic path)."""
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import uuid
 
 import pytest
 
-from bigimage.data import storage
+from bigimage.data import dirlock, readers, schema, storage
 from bigimage.data.storage import FileInfo
 
 
-@pytest.fixture(params=["local", "gcs"])
+def _memory_url() -> str:
+    return f"memory://store-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["local", "gcs", "memory"])
 def base(request, tmp_path) -> str:
-    """A root URL to work under: a local tmp dir, or a fresh emulator bucket."""
+    """A root URL to work under: a local tmp dir, a fresh emulator bucket, or a fresh memory:// folder."""
     if request.param == "local":
         return str(tmp_path / "store")
+    if request.param == "memory":
+        return _memory_url()
     bucket = request.getfixturevalue("gcs_bucket")
     return f"gs://{bucket}/store"
 
 
-def test_is_gcs_and_join():
-    assert storage.is_gcs("gs://b/k")
-    assert not storage.is_gcs("/tmp/x")
-    assert not storage.is_gcs("data/gs://x")
+def test_urls_and_join():
+    assert storage.is_gcs("gs://b/k") and storage.is_remote("gs://b/k")
+    assert not storage.is_gcs("/tmp/x") and not storage.is_remote("/tmp/x")
+    assert not storage.is_remote("data/gs://x")
+    assert storage.is_remote("memory://x") and not storage.is_gcs("memory://x")
+    assert [storage.protocol(url) for url in ("s3://b/k", "hdfs://h/p", "x/y")] == ["s3", "hdfs", "file"]
     assert storage.join("gs://b/", "a/", "/c.jpg") == "gs://b/a/c.jpg"
     assert storage.join("gs://b/a", "", "c") == "gs://b/a/c"
     assert storage.join("/tmp/x", "a", "b.jpg") == os.path.join("/tmp/x", "a", "b.jpg")
-    assert storage.split_gcs("gs://bucket/a/b") == ("bucket", "a/b")
-    assert storage.split_gcs("gs://bucket") == ("bucket", "")
+    assert storage.filesystem("gs://bucket/a/b/")[1] == "bucket/a/b"
     with pytest.raises(ValueError):
-        storage.split_gcs("gs:///a")
-    assert storage.basename("gs://b/a/c.jpg") == "c.jpg"
+        storage.filesystem("gs:///a")
+    assert storage.basename("gs://b/a/c.jpg") == "c.jpg" == storage.basename("/x/c.jpg")
 
 
 def test_write_read_list_exists(base):
@@ -69,21 +79,32 @@ def test_missing_reads_raise_file_not_found(base, tmp_path):
     with pytest.raises(FileNotFoundError):
         storage.read_bytes(storage.join(base, "missing"))
     with pytest.raises(FileNotFoundError):
-        storage.download_file(storage.join(base, "missing"), tmp_path / "out")
+        storage.copy(storage.join(base, "missing"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(FileNotFoundError):
         storage.move(storage.join(base, "missing"), storage.join(base, "other"))
 
 
-def test_upload_download(base, tmp_path):
+def test_copy_in_out_and_within(base, tmp_path):
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(3000))
     url = storage.join(base, "up", "src.bin")
-    storage.upload_file(src, url)
+    storage.copy(src, url)
     out = tmp_path / "deep" / "dir" / "copy.bin"
-    storage.download_file(url, out)
+    storage.copy(url, out)
     assert out.read_bytes() == src.read_bytes()
     assert storage.list_files(storage.join(base, "up")) == [FileInfo(url, 3000)]
+    storage.copy(url, storage.join(base, "other", "same.bin"))
+    assert storage.read_bytes(storage.join(base, "other", "same.bin")) == src.read_bytes()
+    with pytest.raises(FileNotFoundError):
+        storage.copy(tmp_path / "missing.bin", storage.join(base, "never.bin"))
+
+
+def test_copy_between_two_remote_file_systems(gcs_bucket):
+    memory, gcs = storage.join(_memory_url(), "a.bin"), f"gs://{gcs_bucket}/from-memory/a.bin"
+    storage.write_bytes(memory, b"across")
+    storage.move(memory, gcs)
+    assert storage.read_bytes(gcs) == b"across" and not storage.exists(memory)
 
 
 def test_delete_and_delete_files(base):
@@ -126,14 +147,23 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
 
     storage.write_bytes(str(target), b"complete")
 
-    def failing_write(f):
-        f.write(b"half")
+    with pytest.raises(Boom), storage.atomic_file(target) as handle:
+        handle.write(b"half")
         raise Boom
-
-    with pytest.raises(Boom):
-        storage._atomic_local_write(str(target), failing_write)
     assert target.read_bytes() == b"complete"
     assert os.listdir(target.parent) == ["shard.tfrec"]
+
+
+def test_local_write_keeps_a_replaced_files_mode_and_gives_a_new_one_the_umasks(tmp_path):
+    kept, new = tmp_path / "kept.yaml", tmp_path / "new.json"
+    kept.write_bytes(b"old")
+    kept.chmod(0o600)
+    storage.write_bytes(str(kept), b"masked")
+    storage.write_bytes(str(new), b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_bytes() == b"masked"
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
 
 
 def test_local_missing_dir_and_file_path_list_empty(tmp_path):
@@ -142,11 +172,13 @@ def test_local_missing_dir_and_file_path_list_empty(tmp_path):
     assert storage.list_files(str(tmp_path / "f")) == []
 
 
-def test_local_cache_copy(gcs_bucket, tmp_path):
-    prefix = f"gs://{gcs_bucket}/images"
+@pytest.mark.parametrize("kind", ["gcs", "memory"])
+def test_local_cache_copy(kind, request, tmp_path):
+    root = f"gs://{request.getfixturevalue('gcs_bucket')}" if kind == "gcs" else _memory_url()
+    prefix = f"{root}/images"
     for name, data in [("a/1.jpg", b"1"), ("a/2.jpg", b"22"), ("b/3.jpg", b"333")]:
         storage.write_bytes(f"{prefix}/{name}", data)
-    storage.write_bytes(f"gs://{gcs_bucket}/images-other/x.jpg", b"no")
+    storage.write_bytes(f"{root}/images-other/x.jpg", b"no")
     cache = tmp_path / "cache"
     assert storage.local_cache_copy(prefix, cache) == str(cache)
     assert (cache / "a" / "2.jpg").read_bytes() == b"22"
@@ -189,18 +221,22 @@ def test_emulator_env_is_inherited_by_subprocesses(gcs_bucket):
     assert storage.read_bytes(f"gs://{gcs_bucket}/child/out.bin") == b"from parent and child"
 
 
-def test_client_is_per_process_and_recreated_after_fork(gcs_emulator):
-    client = storage.gcs_client()
-    assert storage.gcs_client() is client
+def test_clients_are_per_process_and_recreated_after_fork(gcs_bucket):
+    client, fs = storage.gcs_client(), storage.filesystem("gs://b/k")[0]
+    assert storage.gcs_client() is client and storage.filesystem("gs://b/other")[0] is fs
+    url = f"gs://{gcs_bucket}/forked.bin"
     read_fd, write_fd = os.pipe()
     pid = os.fork()
-    if pid == 0:  # child: must not reuse the parent's client (and its connection pool)
+    if pid == 0:  # child: must not reuse the parent's clients (and their connection pools)
         try:
-            os.write(write_fd, b"1" if storage.gcs_client() is not client else b"0")
+            storage.write_bytes(url, b"child")
+            fresh = storage.gcs_client() is not client and storage.filesystem(url)[0] is not fs
+            os.write(write_fd, b"1" if fresh else b"0")
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read_fd, 1) == b"1"
+    assert storage.read_bytes(url) == b"child"
 
 
 def test_missing_bucket(gcs_emulator, tmp_path):
@@ -219,8 +255,26 @@ def test_missing_credentials_message(monkeypatch, tmp_path):
     monkeypatch.delenv(storage.EMULATOR_ENV, raising=False)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
     storage._client.cache_clear()  # no client cached from another environment
-    with pytest.raises(storage.GCSCredentialsError, match="GOOGLE_APPLICATION_CREDENTIALS.*application-default login"):
+    message = "GOOGLE_APPLICATION_CREDENTIALS.*application-default login"
+    with pytest.raises(storage.GCSCredentialsError, match=message):
         storage.gcs_client()
+    with pytest.raises(storage.GCSCredentialsError, match=message):
+        storage.read_bytes("gs://some-bucket/a.bin")
+
+
+def test_a_memory_url_holds_a_tfrecord_set_readers_read_but_no_lock(tmp_path):
+    """The generic path end to end: a manifest and shards on memory:// are read as from a local folder
+    (and mirrored locally for training); a set is only published where the lock has a primitive."""
+    url = _memory_url()
+    manifest = schema.Manifest(classes=["a"], image_size=32, num_records=2, shards={"s-00-2.tfrec": 2})
+    storage.write_bytes(storage.join(url, schema.MANIFEST_NAME), manifest.to_json().encode())
+    storage.write_bytes(storage.join(url, "s-00-2.tfrec"), b"records")
+    assert readers.read_manifest(url).shards == manifest.shards
+    assert readers.shard_paths(url, manifest) == [f"{url}/s-00-2.tfrec"]
+    local = storage.local_cache_copy(url, tmp_path / "cache")
+    assert readers.read_manifest(local).shards == manifest.shards
+    with pytest.raises(dirlock.UnlockableError, match="memory:// has neither"):
+        dirlock.lock_url(url)
 
 
 def test_spark_python_workers_reach_the_emulator(gcs_bucket, monkeypatch):

@@ -264,7 +264,7 @@ def test_gs_tfrecords_are_staged_into_a_local_cache(tmp_path, tfrecords, mlflow_
 
     url = f"gs://{gcs_bucket}/tfrecords/test-32"
     for name in sorted(os.listdir(tfrecords)):
-        storage.upload_file(os.path.join(tfrecords, name), f"{url}/{name}")
+        storage.copy(os.path.join(tfrecords, name), f"{url}/{name}")
     cfg = compose(tmp_path, url, "strategy=default", "epochs=1")
     run_id, metrics = train(mlflow_experiment, cfg)
 

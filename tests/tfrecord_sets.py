@@ -31,8 +31,6 @@ STORAGE_OPS = (
     "read_bytes",
     "write_bytes",
     "read_with_generation",
-    "upload_file",
-    "download_file",
     "delete",
     "delete_files",
     "copy",

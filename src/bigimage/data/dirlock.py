@@ -64,12 +64,21 @@ class LockLostError(RuntimeError):
     """This job's gs:// lock was broken by another writer (it looked stale); nothing was committed."""
 
 
+class UnlockableError(UserError, ValueError):
+    """A destination on a file system that offers neither ``flock`` nor Cloud Storage's conditional writes."""
+
+
 def lock_url(destination: str) -> str:
     """``<destination>/.bigimage.lock`` for a local path (symbolic links resolved) or a gs:// URL."""
-    if storage.is_gcs(destination):
-        storage.split_gcs(destination)  # validates the URL
-        return storage.join(destination, LOCK_NAME)
-    return os.path.join(os.path.realpath(destination), LOCK_NAME)
+    if not storage.is_remote(destination):
+        return os.path.join(os.path.realpath(destination), LOCK_NAME)
+    if not storage.is_gcs(destination):
+        raise UnlockableError(
+            f"{destination}: a TFRecord set is written to a local path or a gs:// URL, whose lock and commit "
+            f"need flock or Cloud Storage's conditional writes; {storage.protocol(destination)}:// has neither"
+        )
+    storage.filesystem(destination)  # validates the URL
+    return storage.join(destination, LOCK_NAME)
 
 
 def read_record(data: bytes) -> dict[str, Any] | None:

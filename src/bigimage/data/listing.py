@@ -1,4 +1,4 @@
-"""List a labelled image tree ``root/<label>/<file>``, local or ``gs://``, into (path, class) items.
+"""List a labelled image tree ``root/<label>/<file>``, local or at any fsspec URL (``gs://``...), into (path, class) items.
 
 Conventions (the same as Keras' ``image_dataset_from_directory``, so a tree that works there works
 here):
@@ -21,7 +21,7 @@ here):
   to ``failed_images``.
 * File names need not be UTF-8: a local name that is not is kept as Python gives it (undecodable bytes
   as surrogates, which open the same file again); :func:`printable` shows it in text.
-* ``gs://`` is listed with one recursive listing call. Cloud Storage has no real folders, so a
+* A URL (``gs://``...) is listed with one recursive listing call. Object stores have no real folders, so a
   class with no objects is only known if it is given in ``classes`` (it is then an empty class).
 """
 
@@ -74,7 +74,7 @@ class LabelledImages:
         """
         digest = hashlib.sha256()
         digest.update("\x1f".join(self.classes).encode("utf-8"))
-        prefix = len(self.root.rstrip("/" if storage.is_gcs(self.root) else os.sep)) + 1
+        prefix = len(self.root.rstrip("/" if storage.is_remote(self.root) else os.sep)) + 1
         for (path, index), size in zip(self.items, self.sizes):
             # surrogateescape: a name that is not UTF-8 hashes as its bytes (UTF-8 names as before)
             digest.update(f"\x1e{path[prefix:]}\x1f{index}\x1f{size}".encode("utf-8", "surrogateescape"))
@@ -199,9 +199,8 @@ def _check_local_root(root: str) -> None:
         raise DatasetLayoutError(f"dataset.root={root} is not a directory; expected {EXPECTED_LAYOUT}")
 
 
-def _gcs_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
+def _remote_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
     """Top-level folder -> [(URL, size)] of every visible object under it."""
-    storage.split_gcs(root)  # validates the URL
     files = storage.list_files(root)
     if not files:
         raise DatasetNotFoundError(f"dataset.root={root} holds no objects; expected {EXPECTED_LAYOUT}")
@@ -224,17 +223,17 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
     Given classes without a folder (or without files) are reported in ``empty_classes``; folders not
     among them are skipped and reported in ``unlisted_folders``.
 
-    Raises :class:`DatasetNotFoundError` (a FileNotFoundError) if ``root`` does not exist (or, for gs://,
+    Raises :class:`DatasetNotFoundError` (a FileNotFoundError) if ``root`` does not exist (or, for a URL,
     holds no objects), PermissionError if ``root`` itself cannot be listed, and
     :class:`DatasetLayoutError` (a ValueError) if it is not a folder, has no class folders, or
     ``classes`` has duplicates or empty names.
     """
     root = str(root)
     classes = _checked_classes(classes)
-    gcs = storage.is_gcs(root)
+    remote = storage.is_remote(root)
     failed: list[tuple[str, str]] = []
-    if gcs:
-        by_folder = _gcs_class_files(root)
+    if remote:
+        by_folder = _remote_class_files(root)
     else:
         _check_local_root(root)
         # Local folders can be empty, and an empty class folder is still a class.
@@ -244,7 +243,7 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
         raise DatasetLayoutError(f"dataset.root={root} has no class folders; expected {EXPECTED_LAYOUT}")
 
     names = list(classes) if classes else sorted(by_folder)
-    if not gcs:  # only the folders that are classes are walked: unlisted ones are reported as such
+    if not remote:  # only the folders that are classes are walked: unlisted ones are reported as such
         for name in names:
             if name in by_folder:
                 by_folder[name], class_failed = _walk_class(root, os.path.join(root, name))

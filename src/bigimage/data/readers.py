@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bigimage.data import schema
+from bigimage.data import schema, storage
 from bigimage.errors import UserError
 
 
@@ -17,20 +17,12 @@ class TFRecordDirError(UserError, ValueError):
     """A TFRecord directory that is missing, incomplete or not what the caller expects."""
 
 
-def _read_text(url: str) -> str:
-    if url.startswith("gs://"):
-        from bigimage.data import storage
-
-        return storage.read_bytes(url).decode("utf-8")
-    with open(url, encoding="utf-8") as handle:
-        return handle.read()
-
-
 def read_manifest(tfrecord_dir: str, image_size: int | None = None) -> schema.Manifest:
     """The manifest of a TFRecord directory; checks the image size when one is expected."""
-    url = f"{tfrecord_dir.rstrip('/')}/{schema.MANIFEST_NAME}"
     try:
-        manifest = schema.Manifest.from_json(_read_text(url))
+        manifest = schema.Manifest.from_json(
+            storage.read_bytes(storage.join(tfrecord_dir, schema.MANIFEST_NAME)).decode()
+        )
     except FileNotFoundError:
         raise TFRecordDirError(
             f"no TFRecords at {tfrecord_dir} (no {schema.MANIFEST_NAME}); "
@@ -49,8 +41,8 @@ def read_manifest(tfrecord_dir: str, image_size: int | None = None) -> schema.Ma
 
 def shard_paths(tfrecord_dir: str, manifest: schema.Manifest) -> list[str]:
     """Full paths of the manifest's shards, sorted, each checked to exist (local directories)."""
-    paths = [os.path.join(tfrecord_dir, name) for name in sorted(manifest.shards)]
-    missing = [path for path in paths if not tfrecord_dir.startswith("gs://") and not os.path.exists(path)]
+    paths = [storage.join(tfrecord_dir, name) for name in sorted(manifest.shards)]
+    missing = [path for path in paths if not storage.is_remote(path) and not os.path.exists(path)]
     if missing:
         raise TFRecordDirError(f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}")
     return paths

@@ -116,7 +116,7 @@ def write_shard(
     staged = storage.join(staging_dir, f"part-{index:05d}{schema.SHARD_SUFFIX}")
     # The local staging folder is the driver's: not made here, so a task that outlives a killed driver
     # fails rather than re-create a folder the next job has cleaned away.
-    local_dir = tempfile.gettempdir() if storage.is_gcs(staging_dir) else staging_dir
+    local_dir = tempfile.gettempdir() if storage.is_remote(staging_dir) else staging_dir
     try:
         return _write_staged(result, staged, local_dir, items, classes, image_size, quality)
     except OSError as error:
@@ -179,7 +179,7 @@ def _entries(destination: str) -> tuple[list[str], list[str]]:
     """The names of the files (anything but a folder: links too) and folders directly in ``destination``."""
     files: list[str] = []
     folders: set[str] = set()
-    if storage.is_gcs(destination):
+    if storage.is_remote(destination):
         prefix = destination.rstrip("/") + "/"
         for info in storage.list_files(destination):
             first, separator, _ = info.path[len(prefix) :].partition("/")
@@ -210,7 +210,7 @@ def _folder_record(folder: str, pattern: re.Pattern[str], name: str) -> dict[str
     try:
         data = storage.read_bytes(storage.join(folder, dirlock.LOCK_NAME))
     except FileNotFoundError:
-        return {} if not storage.is_gcs(folder) and os.path.isdir(folder) and not os.listdir(folder) else None
+        return {} if not storage.is_remote(folder) and os.path.isdir(folder) and not os.listdir(folder) else None
     except IsADirectoryError:
         return None
     if not data:
@@ -242,7 +242,7 @@ def survey(destination: str) -> Survey:
     set was committed (the manifest lists those), what the commit replaced (``replacing``). A missing
     folder holds nothing.
     """
-    if not storage.is_gcs(destination) and not os.path.isdir(destination):
+    if not storage.is_remote(destination) and not os.path.isdir(destination):
         return Survey(None, [], [])
     files, folders = _entries(destination)
     manifest = _read_project_manifest(destination) if schema.MANIFEST_NAME in files else None
@@ -272,7 +272,7 @@ def _remove_marked(folder: str) -> None:
     """Delete a staging folder of the project's (local or gs://), its job record last: a kill half-way
     leaves it marked, for the next job to finish. A missing one is fine."""
     marker = storage.join(folder, dirlock.LOCK_NAME)
-    if storage.is_gcs(folder):
+    if storage.is_remote(folder):
         storage.delete_files(info.path for info in storage.list_files(folder) if info.path != marker)
         storage.delete(marker)
         return
@@ -326,20 +326,17 @@ def _entries_word(count: int) -> str:
 
 
 def _comparable(location: str) -> str:
-    """A local path with links resolved, or ``bucket/key`` of a gs:// URL, without a trailing slash."""
-    if storage.is_gcs(location):
-        bucket, key = storage.split_gcs(location)
-        return f"{bucket}/{key}".rstrip("/")
-    return os.path.realpath(location)
+    """A local path with links resolved, or a URL without a trailing slash."""
+    return location.rstrip("/") if storage.is_remote(location) else os.path.realpath(location)
 
 
 def check_apart(source: str, destination: str) -> None:
     """Refuse a ``tfrecord_dir`` inside ``dataset.root`` (the next run would list it as a class of
     images), the same folder, or one holding the root (publishing replaces what the folder holds)."""
-    if storage.is_gcs(source) != storage.is_gcs(destination):
+    if storage.protocol(source) != storage.protocol(destination):
         return
     root, target = _comparable(source), _comparable(destination)
-    separator = "/" if storage.is_gcs(source) else os.sep
+    separator = "/" if storage.is_remote(source) else os.sep
     where = f"tfrecord_dir={destination}"
     if root == target:
         problem = f"{where} is dataset.root itself"
@@ -393,7 +390,7 @@ class Publication:
     """
 
     def __init__(self, destination: str, *, wait_seconds: float = 0.0, replace_foreign: bool = False) -> None:
-        self.destination = destination.rstrip("/") if storage.is_gcs(destination) else destination
+        self.destination = destination.rstrip("/") if storage.is_remote(destination) else destination
         self.generation = uuid.uuid4().hex[:8]
         self.replace_foreign = replace_foreign
         self.lock = dirlock.DestinationLock(self.destination, wait_seconds=wait_seconds, generation=self.generation)
@@ -412,7 +409,7 @@ class Publication:
     # -------------------------------------------------------------------------------------- enter
 
     def __enter__(self) -> Publication:
-        if not storage.is_gcs(self.destination):
+        if not storage.is_remote(self.destination):
             self._real = os.path.realpath(self.destination)
             self._refuse_unusable()
             self._created = not os.path.lexists(self._real)
@@ -554,7 +551,7 @@ class Publication:
         self._pending = True
         marker = storage.join(self.staging_dir, dirlock.LOCK_NAME)
         storage.write_bytes(marker, self.lock.record(placing=names, replacing=self._replacing))
-        place = storage.copy if storage.is_gcs(self.destination) else storage.move
+        place = storage.copy if storage.is_remote(self.destination) else storage.move
         for name, result in zip(names, written, strict=True):
             target = storage.join(self.destination, name)
             self._placed.append(target)

@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from omegaconf import DictConfig, OmegaConf
+
+from bigimage.data import storage
 
 MASK = "***"
 ENV_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"
@@ -177,8 +178,4 @@ def rewrite_yaml(path: str | os.PathLike[str]) -> None:
         return
     loaded = OmegaConf.to_container(OmegaConf.load(target), resolve=False)
     masked = OmegaConf.to_yaml(OmegaConf.create(tree(loaded)))
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        out.write(masked)
-    os.chmod(temporary, target.stat().st_mode & 0o777)
-    os.replace(temporary, target)
+    storage.write_bytes(str(target), masked.encode())  # keeps the file's mode

@@ -21,6 +21,7 @@ from typing import Any
 
 import tf_keras as keras
 
+from bigimage.data import storage
 from bigimage.tracking import names
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import log_batch
@@ -86,13 +87,6 @@ def read_history(checkpoint_dir: str) -> dict[str, Any] | None:
             return json.load(handle)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-
-
-def _write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=1)
-    os.replace(tmp, path)
 
 
 class TrainingObserver(keras.callbacks.Callback):
@@ -164,9 +158,9 @@ class TrainingObserver(keras.callbacks.Callback):
         log.info("epoch %d/%d: %s", epoch + 1, self.params.get("epochs", 0), _epoch_line(entry))
         if self.is_chief:
             self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=epoch)
-            _write_json_atomic(
+            storage.write_bytes(
                 os.path.join(self.checkpoint_dir, HISTORY_NAME),
-                {"run_id": self.run_logger.run_id, "epochs": self.history},
+                json.dumps({"run_id": self.run_logger.run_id, "epochs": self.history}, indent=1).encode(),
             )
         self._progress(
             "epoch_end", epoch=epoch, steps_done=self.steps_done, **{k: v for k, v in entry.items() if k != "epoch"}

@@ -48,6 +48,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from bigimage.data import storage
 from bigimage.spark.barrier import build_tf_config
 from bigimage.train.netns import EXPOSED, REQUIRED, PrivateNetwork, private_network
 from bigimage.train.progress import EpochLines
@@ -474,10 +475,7 @@ def run_spark_barrier_workers(
         _keep(job.work_dir, report["rank"], report.pop("log"), report.pop("progress"))
         report["log"] = job.log_path(report["rank"])
     if job.result_file:
-        tmp = f"{job.result_file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(reports[0]["result"], handle, indent=1)
-        os.replace(tmp, job.result_file)
+        storage.write_bytes(job.result_file, json.dumps(reports[0]["result"], indent=1).encode())
     return reports
 
 

@@ -51,7 +51,7 @@ class SharedCheckpoint:
         remote = storage.list_files(self.url)
         prefix = self.url.rstrip("/") + "/"
         for info in remote:
-            storage.download_file(info.path, os.path.join(self.local_dir, *info.path[len(prefix) :].split("/")))
+            storage.copy(info.path, os.path.join(self.local_dir, *info.path[len(prefix) :].split("/")))
         if remote:
             log.info("checkpoint: %d files from %s staged in %s", len(remote), self.url, self.local_dir)
 
@@ -66,7 +66,7 @@ class SharedCheckpoint:
         }
         order = sorted(local, key=lambda rel: (os.path.basename(rel) in _LAST, rel))
         for rel in order:
-            storage.upload_file(local[rel], storage.join(self.url, rel))
+            storage.copy(local[rel], storage.join(self.url, rel))
         stale = [
             info.path
             for info in storage.list_files(self.url)

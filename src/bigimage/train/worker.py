@@ -38,6 +38,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from bigimage.data import storage
 from bigimage.tracking import names
 from bigimage.train.shared_checkpoint import SharedCheckpoint
 
@@ -450,10 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         run_id=args.run_id,
     )
     if args.result_file and args.task_index == 0:
-        tmp = f"{args.result_file}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-        os.replace(tmp, args.result_file)
+        storage.write_bytes(args.result_file, json.dumps(result, indent=1).encode())
     log.info("done: %s", result)
     sys.stdout.flush()
     return 0
