@@ -101,40 +101,28 @@ def basename(url: str) -> str:
 
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """The fsspec file system holding ``url`` and the path of ``url`` in it. Raises ValueError for a
-    ``gs://`` URL without a bucket, :class:`GCSCredentialsError` when Cloud Storage has no credentials."""
+    ``gs://`` URL without a bucket, :class:`GCSCredentialsError` when Cloud Storage has no credentials.
+
+    ``gs://`` goes to gcsfs's core class: the experimental subclass gcsfs registers first asks each
+    bucket's type over gRPC, which an emulator never answers (a minute's timeout per bucket). It keeps
+    no listings cache: other processes write the same prefixes.
+    """
     url = str(url)
     if not is_remote(url):
         return fsspec.filesystem("file"), os.path.abspath(url)
     if not is_gcs(url):
         return fsspec.core.url_to_fs(url)
-    bucket, key = _split_gcs(url)
-    return _gcsfs(bool(os.environ.get(EMULATOR_ENV))), f"{bucket}/{key}".rstrip("/")
-
-
-def _gcsfs(emulated: bool) -> AbstractFileSystem:
-    """gcsfs's core class: the experimental subclass it registers for ``gs`` first asks each bucket's
-    type over gRPC, which an emulator does not answer (a minute's timeout per bucket). No listings
-    cache: other processes write the same prefixes."""
     from gcsfs.core import GCSFileSystem
     from google.auth.exceptions import DefaultCredentialsError
 
+    path = url[len("gs://") :].rstrip("/")
+    if not path.partition("/")[0]:
+        raise ValueError(f"{url!r} has no bucket name; expected gs://bucket/path")
     try:
-        return GCSFileSystem(token="anon" if emulated else "google_default", use_listings_cache=False)
+        token = "anon" if os.environ.get(EMULATOR_ENV) else "google_default"
+        return GCSFileSystem(token=token, use_listings_cache=False), path
     except DefaultCredentialsError as exc:
         raise _credentials_error(exc) from exc
-
-
-def _split_gcs(url: str) -> tuple[str, str]:
-    """``gs://bucket/a/b`` -> ``("bucket", "a/b")``; the key may be empty."""
-    bucket, _, key = url[len("gs://") :].partition("/")
-    if not bucket:
-        raise ValueError(f"{url!r} has no bucket name; expected gs://bucket/path")
-    return bucket, key
-
-
-def _under(url: str, fs_path: str, name: str) -> str:
-    """``name``, a path inside ``fs_path`` as the file system spells it, as a path inside ``url``."""
-    return f"{url.rstrip('/')}/{name[len(fs_path.rstrip('/')) + 1 :]}"
 
 
 # ---------------------------------------------------------------------------------------- listings
@@ -154,7 +142,7 @@ def list_files(url: str) -> list[FileInfo]:
         return []
     inside = path.rstrip("/") + "/"
     return sorted(
-        FileInfo(_under(url, path, name), int(info.get("size") or 0))
+        FileInfo(f"{url.rstrip('/')}/{name[len(inside) :]}", int(info.get("size") or 0))
         for name, info in found.items()
         if name.startswith(inside) and info.get("type") == "file"
     )
@@ -399,32 +387,19 @@ def supports_exchange(directory: str) -> bool:
 
 def gcs_client() -> Client:
     """This process's ``google-cloud-storage`` client (for conditional writes), made on first use and
-    anew after a fork. ``STORAGE_EMULATOR_HOST`` selects an emulator, anonymous and with no project."""
+    anew after a fork. With ``STORAGE_EMULATOR_HOST`` it reaches that emulator, anonymously."""
     return _client(os.getpid(), os.environ.get(EMULATOR_ENV) or None)
 
 
 @functools.lru_cache(maxsize=1)  # a new pid (a fork) or emulator setting replaces the client
 def _client(pid: int, emulator: str | None) -> Client:
-    from google.auth.credentials import AnonymousCredentials
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
-    if emulator:
-        endpoint = emulator if "://" in emulator else f"http://{emulator}"
-        if endpoint != emulator:
-            # The client reads the variable itself and needs the scheme in it.
-            os.environ[EMULATOR_ENV] = endpoint
-        return storage.Client(
-            project=os.environ.get("GOOGLE_CLOUD_PROJECT") or "emulator-project",
-            credentials=AnonymousCredentials(),
-            client_options={"api_endpoint": endpoint},
-        )
+    if emulator and "://" not in emulator:  # the client takes the variable as its endpoint, scheme included
+        os.environ[EMULATOR_ENV] = f"http://{emulator}"
     try:
-        try:
-            return storage.Client()
-        except OSError:
-            # Credentials found but no default project: objects need none (buckets are global).
-            return storage.Client(project=None)
+        return storage.Client(project=None)  # objects need no project (buckets are global)
     except DefaultCredentialsError as exc:
         raise _credentials_error(exc) from exc
 
@@ -440,44 +415,43 @@ def _credentials_error(cause: Exception) -> GCSCredentialsError:
 def _blob(url: str) -> Blob:
     if not is_gcs(url):
         raise ValueError(f"conditional writes are for gs:// objects only, not {url}")
-    bucket, key = _split_gcs(url)
+    bucket, _, key = filesystem(url)[1].partition("/")
     return gcs_client().bucket(bucket).blob(key)
-
-
-def _gcs_errors():
-    """``google.api_core.exceptions``, imported on first use: it costs 0.2-0.3 s (grpc) that local runs skip."""
-    from google.api_core import exceptions
-
-    return exceptions
 
 
 def read_with_generation(url: str) -> tuple[bytes, int]:
     """A gs:// object's content and its generation (for a later conditional write or delete)."""
+    from google.api_core.exceptions import NotFound
+
     blob = _blob(str(url))
     try:
         found = blob.bucket.get_blob(blob.name)
-        if found is None:
-            raise FileNotFoundError(f"no such object: {url}")
-        return found.download_as_bytes(), int(found.generation or 0)
-    except _gcs_errors().NotFound:
-        raise FileNotFoundError(f"no such object: {url}") from None
+        if found is not None:
+            return found.download_as_bytes(), int(found.generation or 0)
+    except NotFound:
+        pass
+    raise FileNotFoundError(f"no such object: {url}")
 
 
 def _write_conditional(url: str, data: bytes, generation: int) -> int:
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
     blob = _blob(url)
     try:
         blob.upload_from_string(data, content_type="application/octet-stream", if_generation_match=generation)
-    except _gcs_errors().NotFound:
+    except NotFound:
         raise FileNotFoundError(f"cannot write {url}: the bucket does not exist") from None
-    except _gcs_errors().PreconditionFailed:
+    except PreconditionFailed:
         raise PreconditionFailedError(f"{url} is not at generation {generation}") from None
     return int(blob.generation or 0)
 
 
 def _delete_conditional(url: str, generation: int) -> None:
+    from google.api_core.exceptions import NotFound, PreconditionFailed
+
     try:
         _blob(url).delete(if_generation_match=generation)
-    except _gcs_errors().NotFound:
+    except NotFound:
         pass
-    except _gcs_errors().PreconditionFailed:
+    except PreconditionFailed:
         raise PreconditionFailedError(f"{url} is not at generation {generation}") from None
