@@ -48,10 +48,8 @@ def shard_paths(tfrecord_dir: str, manifest: schema.Manifest) -> list[str]:
     return paths
 
 
-# Records parsed per tf.io.parse_example call. Parsing whole batches and then decoding the images one by
-# one in parallel costs less CPU per image than tf.io.parse_single_example on each record in the decode
-# map (benchmarks/read_speed.py: 0.85 of a decode-only loop's images per CPU-second against 0.75 on this
-# 2-core machine; with the sequential interleave of record_dataset 0.87 and 0.89 of its wall-clock rate).
+# Records parsed per tf.io.parse_example call: parsing whole batches, then decoding the images one by one
+# in parallel, costs less CPU per image than parsing each record in the decode map (benchmarks/read_speed.py).
 PARSE_BATCH = 64
 
 
@@ -145,35 +143,9 @@ def record_dataset(paths: list[str], *, cycle_length: int = 8) -> Any:
     The order is the same on every call and in every process, which record-level sharding across
     workers and hash splits rely on. The interleave is sequential: reading local shards is a small part
     of the work (decoding is the rest, parallel downstream), and a parallel interleave, which gives the
-    same order when deterministic, cost about a tenth of the CPU per image here in thread hand-offs.
+    same order when deterministic, costs CPU per image in thread hand-offs.
     """
     import tensorflow as tf
 
     files = tf.data.Dataset.from_tensor_slices(list(paths))
     return files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(len(paths), cycle_length)))
-
-
-def tfrecord_dataset(
-    paths: list[str],
-    image_size: int,
-    batch_size: int,
-    *,
-    shuffle_buffer: int = 0,
-    seed: int | None = None,
-    repeat: bool = False,
-    drop_remainder: bool = False,
-) -> Any:
-    """Batches of (images, classes) read the way training reads them: interleaved reads, records parsed a
-    batch at a time, parallel decode, prefetch."""
-    import tensorflow as tf
-
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    if shuffle_buffer:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = files.interleave(tf.data.TFRecordDataset, cycle_length=min(len(paths), 8))
-    if shuffle_buffer:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    dataset = decoded_records(dataset, image_size, deterministic=shuffle_buffer == 0)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
