@@ -1,32 +1,27 @@
 """One writer at a time per TFRecord directory: a lock inside it, naming its holder.
 
-Without it two jobs to one ``tfrecord_dir`` broke each other (the second cleaned the first's staging
-away and the first failed). The lock is a file (an object on gs://) inside the directory,
-``<tfrecord_dir>/.bigimage.lock`` (:data:`LOCK_NAME`), holding the holder's job record (JSON: pid,
-host, start, the job's generation); it is removed when the job ends, so nothing of the project's is
-left in the folder or beside it. What a killed job leaves in it the next job takes over.
+Two jobs to one ``tfrecord_dir`` would break each other (the second cleaning the first's staging
+away). The lock is ``<tfrecord_dir>/.bigimage.lock`` (:data:`LOCK_NAME`), a file or object holding the
+holder's job record (JSON: pid, host, start, the job's generation), removed when the job ends; what a
+killed job leaves the next job takes over. The record is also the marker by which the project knows
+its staging folders (:func:`read_record`).
 
-* Local: ``fcntl.flock`` on that file. The kernel releases it when its holder exits or is killed,
-  so a local lock is never stale and is never broken. The holder unlinks the file before it lets go,
-  and a job that got the flock checks that the file it holds is still the one at the path (not one
-  unlinked, or swapped out with the old folder), else it tries again: two jobs never hold "the" lock
-  on two files. A set published by the local swap replaces the whole folder (:mod:`bigimage.data.shards`),
-  so the folder being swapped in gets a lock file of the holder's too (:meth:`DestinationLock.extend`):
-  the lock stays held across the swap.
-* gs://: an object created only if absent (``if_generation_match=0``, Cloud Storage's atomic
-  create), holding the holder's JSON, refreshed every :data:`REFRESH_SECONDS` by a thread with a
-  compare-and-swap on its generation. Another writer breaks it only when it is stale: its holder
-  runs on this same machine (same host name and boot) and that process is gone, or it has not been
-  refreshed for :data:`STALE_SECONDS` (ages are read from the holder's clock: machines sharing a
-  bucket are assumed to keep time within seconds). A holder whose lock was broken finds out at its
-  next refresh and before it commits (:meth:`DestinationLock.check`), and then fails rather than
-  publish. The emulator the tests use ignores generation preconditions, so acquiring and refreshing
-  also read the object first: sequential writers are caught there too, a race between two at the
-  same instant only by a real bucket's preconditions.
+* Local: ``fcntl.flock`` on that file, released by the kernel when its holder dies, so never stale.
+  The holder unlinks the file before letting go, and a job that got the flock checks that its file is
+  still the one at the path, else tries again: two jobs never hold the lock on two files. The folder a
+  local swap brings in gets a lock file of the holder's too (:meth:`DestinationLock.extend`).
+* gs://: an object created only if absent (``if_generation_match=0``), refreshed every
+  :data:`REFRESH_SECONDS` by a compare-and-swap on its generation. Another writer breaks it only when
+  its holder ran on this machine (same host and boot) and is gone, or it has not been refreshed for
+  :data:`STALE_SECONDS` (the holder's clock: machines sharing a bucket keep time within seconds). A
+  holder whose lock was broken finds out at its next refresh and before it commits
+  (:meth:`DestinationLock.check`), and fails rather than publish. The tests' emulator ignores
+  generation preconditions, so acquiring and refreshing also read the object first: that catches
+  sequential writers there; a race at the same instant only a real bucket's preconditions catch.
+* Other file systems offer neither primitive: :func:`lock_url` refuses them.
 
 A second writer fails at once with :class:`DestinationBusyError` naming the holder and its age, or,
-with ``wait_seconds``, retries until then. The job record is also the marker by which the project
-knows its staging folders (:mod:`bigimage.data.shards`): :func:`read_record`.
+with ``wait_seconds``, retries until then.
 """
 
 from __future__ import annotations

@@ -1,46 +1,29 @@
 """Writing TFRecord shards and publishing them as one set, local or gs://; no Spark, no TensorFlow.
 
-The contract (docs/preprocess.md, "TFRecords"): at every instant a reader that follows ``manifest.json`` sees one
-complete set, the old or the new; once a job has ended a plain ``<tfrecord_dir>/*.tfrec`` glob (the
-course's reader) sees exactly that set; one writer at a time; nothing the project did not write is
-deleted or replaced. The old publish deleted the old manifest and shards before moving the new ones
-in: a kill or a failed move in between lost both sets.
+The contract (docs/preprocess.md, "TFRecords"): a reader following ``manifest.json`` always sees one
+complete set, the old or the new; once a job has ended a plain ``*.tfrec`` glob sees exactly that set;
+one writer at a time (:mod:`bigimage.data.dirlock`); nothing the project did not write is deleted or
+replaced.
 
-* **Names of their own.** Each job draws a generation token and names its shards
-  ``<prefix>-<generation>-NN-<count>.tfrec`` (still ending in the course's ``NN-<count>.tfrec``), so a
-  new set never overwrites a file of the old one, even with the same prefix and counts, and a reader
-  holding the old manifest finds its own shards or none, never a new file under an old name.
-* **A lock** inside the destination (:mod:`bigimage.data.dirlock`), removed when the job ends: one
-  job at a time, and only the holder looks at what the destination holds and removes leftovers, so a
-  second job never deletes a live job's staging.
-* **Only the project's own.** A destination holds the project's set when its manifest carries the
-  project's marker (:func:`schema.project_manifest`) and lists the shards beside it. A dead job's
-  leftovers are known by the job record it wrote first into each staging folder (the lock file's
-  record: :func:`dirlock.read_record`), which also lists the shards the job put into the destination
-  and what its commit replaced: never by a name, so a user's ``_staging-photos/`` or ``x00-5.tfrec`` is
-  the user's. Anything else (:func:`survey`) is refused before anything is touched
-  (:class:`DestinationRefusedError`, one line), unless ``replace_foreign``: then it is named in the log
-  and deleted with the old set once the new set is committed. Leftovers are removed only after that.
-* **Local: one atomic directory swap.** The set is staged and completed (shards renamed, manifest
-  written) in a hidden folder beside the destination, ``<parent>/.<name>.swap-<generation>``, which is
-  then exchanged with the destination (``storage.swap_in_dir``: Linux ``renameat2(RENAME_EXCHANGE)``);
-  the old set, now in that folder, is deleted after. The destination holds one complete set at every
-  instant, for the manifest and for a glob alike, wherever a kill -9 lands. The swap takes the whole
-  folder, so it is checked again just before. A symlinked destination has its target swapped; the old
-  folder's mode is kept.
-* **gs:// (and local file systems without the exchange: NFS, some FUSE): the manifest is the commit
-  point.** Cloud Storage has no multi-object atomic operation; one object write is atomic. Shards are
-  staged in ``<tfrecord_dir>/_staging-<generation>/``; the job's record there is rewritten to list the
-  new shards and the old, then the shards are copied in under their new names, the manifest is written
-  (on gs:// conditional on the generation seen at the start: if any other writer committed meanwhile,
-  this one fails), then the shards it replaced are deleted (one batched call, retried once). What
-  holds: a manifest reader sees the complete old set until the manifest write and the complete new set
-  from then on. A glob sees the old and new shards side by side during that swap (the copies, one
-  write, one batched delete); a job that ends by success or error rolls forward or back first, so it
-  leaves one set; a job killed outright inside the swap leaves both until the next job to that
-  directory, which deletes what the dead job's record lists and the manifest does not. A manifest
-  write that raised is read back: if it landed, the job goes on; if that cannot be told, nothing is
-  rolled back (the manifest may list the new shards) and the next job cleans up.
+* **Names of their own**: ``<prefix>-<generation>-NN-<count>.tfrec``, so a new set never overwrites a
+  file of the old one and a reader holding the old manifest never finds a new file under an old name.
+* **Only the project's own** (:func:`survey`): a set is the project's when its manifest carries the
+  marker (:func:`schema.project_manifest`); a dead job's leftovers are known by the job record it wrote
+  first into each staging folder (:func:`dirlock.read_record`), which also lists the shards it put in
+  and what its commit replaced, never by a name. Anything else is refused before anything is touched
+  (:class:`DestinationRefusedError`) unless ``replace_foreign``, which deletes it after the commit.
+* **Local: one atomic directory swap.** The set is completed in ``<parent>/.<name>.swap-<generation>``,
+  exchanged with the destination (:func:`storage.swap_in_dir`), and the old set, now in that folder,
+  is deleted: one complete set at every instant, for a glob too, wherever a kill -9 lands. The folder
+  is checked again just before; a symlinked destination has its target swapped; its mode is kept.
+* **gs:// (and local file systems without the exchange): the manifest is the commit point.** Shards
+  are staged in ``<tfrecord_dir>/_staging-<generation>/``, whose job record is rewritten to list the
+  new shards and the old; the shards are copied in, the manifest written (on gs:// only if its
+  generation is still the one seen at the start), then the old shards deleted (one batched call,
+  retried once). A glob sees both sets during that swap; a job ending by success or error rolls forward
+  or back, one killed inside it leaves both to the next job, which deletes what the record lists and
+  the manifest does not. A manifest write that raised is read back: if it landed the job goes on; if
+  that cannot be told nothing is rolled back and the next job cleans up.
 """
 
 from __future__ import annotations
