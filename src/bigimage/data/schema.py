@@ -14,7 +14,7 @@ import json
 import re
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
 IMAGE = "image"
 CLASS = "class"
@@ -146,17 +146,7 @@ class Manifest:
         return cls(**json.loads(text))
 
 
-_MANIFEST_TYPES: dict[str, type] = {
-    "classes": list,
-    "image_size": int,
-    "num_records": int,
-    "shards": dict,
-    "class_counts": dict,
-    "source": str,
-    "source_fingerprint": str,
-    "jpeg_quality": int,
-    "writer": str,
-}
+_MANIFEST_TYPES: dict[str, type] = {name: get_origin(kind) or kind for name, kind in get_type_hints(Manifest).items()}
 
 
 def project_manifest(data: bytes) -> Manifest | None:
