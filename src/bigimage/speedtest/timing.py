@@ -17,7 +17,7 @@ Bytes are counted inside the pipeline, per element: the length of each JPEG file
 serialised TFRecord record read (the 16 bytes of TFRecord framing per record are not counted). Images
 are counted from the batches that really arrive, so ``images`` is what was read, never what was asked.
 
-``gs://`` sources are read through :mod:`bigimage.data.storage` (google-cloud-storage), not TensorFlow's
+``gs://`` sources are read through :mod:`bigimage.data.storage` (fsspec with gcsfs), not TensorFlow's
 own GCS file system, which cannot be pointed at an emulator and needs separate credentials: image files
 through a ``tf.py_function`` in the parallel map; a TFRecord shard is fetched whole into TensorFlow's
 in-memory file system (``ram://``) when the interleave opens it, and then read by the ordinary

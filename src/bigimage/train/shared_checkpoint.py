@@ -5,7 +5,7 @@ TensorFlow 2.21 registers the ``gs`` scheme in ``tf.io.gfile``, but its Cloud St
 and ``.../upload/storage/v1/`` compiled in: its environment settings (``GCS_*``, ``CURL_CA_BUNDLE``,
 ``GCE_METADATA_HOST``, ``GOOGLE_AUTH_TOKEN_FOR_TESTING``) tune timeouts, caches and credentials, none
 the host, so it cannot be pointed at a storage emulator (checked in the shipped library's strings).
-The checkpoint therefore goes through ``google-cloud-storage`` (:mod:`bigimage.data.storage`, which
+The checkpoint therefore goes through :mod:`bigimage.data.storage` (fsspec with gcsfs, which
 honours ``STORAGE_EMULATOR_HOST``), the same way on Cloud Storage and on the emulator:
 
 - every worker downloads the shared checkpoint into a local directory before training (with
