@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -154,7 +155,7 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
     assert os.listdir(target.parent) == ["shard.tfrec"]
 
 
-def test_local_write_keeps_a_replaced_files_mode_and_gives_a_new_one_the_umasks(tmp_path):
+def test_local_write_keeps_a_replaced_files_mode_and_gives_new_files_the_umasks(tmp_path):
     kept, new = tmp_path / "kept.yaml", tmp_path / "new.json"
     kept.write_bytes(b"old")
     kept.chmod(0o600)
@@ -164,6 +165,16 @@ def test_local_write_keeps_a_replaced_files_mode_and_gives_a_new_one_the_umasks(
     os.umask(umask)
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_bytes() == b"masked"
     assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_local_pipe_is_read_like_a_file(tmp_path):
+    """A named pipe is read to its end (the preprocessing tests gate a job on one)."""
+    pipe = tmp_path / "gate"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_bytes, args=(b"through the pipe",))
+    writer.start()
+    assert storage.read_bytes(str(pipe)) == b"through the pipe"
+    writer.join()
 
 
 def test_local_missing_dir_and_file_path_list_empty(tmp_path):

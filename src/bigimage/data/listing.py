@@ -1,4 +1,4 @@
-"""List a labelled image tree ``root/<label>/<file>``, local or at any fsspec URL (``gs://``...), into (path, class) items.
+"""List a labelled image tree ``root/<label>/<file>``, local or at an fsspec URL, into (path, class) items.
 
 Conventions (the same as Keras' ``image_dataset_from_directory``, so a tree that works there works
 here):

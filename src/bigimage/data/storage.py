@@ -158,7 +158,11 @@ def exists(url: str) -> bool:
 
 
 def read_bytes(url: str) -> bytes:
-    """The whole content of a file or object. Raises FileNotFoundError if missing."""
+    """The whole content of a file or object. Raises FileNotFoundError if missing. Local files are read
+    by Python itself: fsspec's local files seek, which a pipe or device cannot."""
+    if not is_remote(url):
+        with open(url, "rb") as handle:
+            return handle.read()
     fs, path = filesystem(url)
     return bytes(fs.cat_file(path))
 
