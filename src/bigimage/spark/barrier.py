@@ -1,19 +1,9 @@
 """Multi-worker TensorFlow on a Spark cluster's executors, through Spark barrier execution.
 
-``run_barrier_workers(spark, n, worker_fn)`` runs one barrier stage of ``n`` tasks: Spark starts all
-of them together or none (a gang), each task picks a free port on its executor's host, the tasks
-exchange ``host:port`` with ``BarrierTaskContext.allGather``, and each calls ``worker_fn(tf_config)``
-with the TF_CONFIG dict of its own rank::
-
-    {"cluster": {"worker": ["h0:p0", "h1:p1", ...]}, "task": {"type": "worker", "index": rank}}
-
-``worker_fn`` runs inside the executor's Python worker process (pickled with cloudpickle, so a
-closure or a module-level function both work) and may set ``os.environ["TF_CONFIG"]`` itself; its
-return value (picklable) comes back in rank order. A failed task fails the whole stage: Spark kills the
-other tasks and, the stage being a barrier *ResultStage* (``collect``), does not retry it ("Could not
-recover from a failed barrier ResultStage"), so the caller gets the first task's error at once. Recovery
-is the caller's: rerun, and let the workers resume from their checkpoints (all restart together, as
-MultiWorkerMirroredStrategy needs).
+:func:`run_barrier_workers` runs one barrier stage of ``n`` tasks, all started together or none; the tasks
+exchange a free ``host:port`` each with ``allGather`` and each calls ``worker_fn(tf_config)`` with its
+rank's TF_CONFIG. A failed task fails the whole stage, which Spark does not retry (a barrier
+ResultStage), so the caller gets the error at once and recovers by rerunning from checkpoints.
 """
 
 from __future__ import annotations
@@ -59,8 +49,7 @@ def _barrier_partition(worker_fn: Callable[[dict], Any]) -> Callable[[Any], Any]
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
             port = sock.getsockname()[1]
-        # The port is released here and bound again by TensorFlow: a small window, on a port the
-        # OS just handed out, so a clash is unlikely; a clash fails the stage and Spark retries it.
+        # Released here and bound again by TensorFlow: a clash is unlikely and fails the stage.
         gathered = context.allGather(json.dumps({"rank": rank, "address": f"{host}:{port}"}))
         addresses = [entry["address"] for entry in sorted(map(json.loads, gathered), key=lambda e: e["rank"])]
         tf_config = build_tf_config(addresses, rank)
@@ -80,9 +69,8 @@ def run_barrier_workers(
 ) -> list[Any]:
     """Run ``worker_fn(tf_config)`` once per worker as one barrier stage; results in rank order.
 
-    Fails at once (no 10-minute Spark retry loop) when the cluster has fewer task slots than
-    ``num_workers``; with ``timeout_seconds`` the stage is cancelled after that long and
-    ``BarrierError`` is raised (a hung multi-worker run does not hang the caller).
+    Fails at once when the cluster has fewer task slots than ``num_workers`` (Spark would retry for
+    minutes); after ``timeout_seconds`` the stage is cancelled and BarrierTimeoutError raised.
     """
     if int(num_workers) < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")

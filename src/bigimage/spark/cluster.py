@@ -1,16 +1,9 @@
 """The one place that turns ``cfg.cluster`` into a running Spark master and a session on it.
 
-    with spark_for(cfg.cluster, "bigimage-preprocess") as spark:
-        ...
-
-- ``deploy=local``: ``local[executors x executor_cores]`` in this process (or ``cluster.master``).
-- ``deploy=standalone``: a real standalone master and the shape's workers on loopback
-  (executors workers x executor_cores cores x executor_memory), stopped afterwards, also on error,
-  Ctrl-C or SIGTERM. With ``cluster.master=spark://host:port`` (or ``yarn``) the existing cluster
-  is used instead and nothing is started or stopped.
-- ``deploy=dataproc``: only inside the job that :func:`bigimage.cloud.dataproc.run_on_dataproc`
-  submitted (the Dataproc driver); there the master is the cluster's YARN. From a laptop,
-  ``run.py`` calls ``run_on_dataproc(cfg)`` instead of the task.
+``deploy=local`` runs ``local[executors x executor_cores]`` in this process; ``deploy=standalone`` starts
+a real standalone cluster of the shape on loopback (stopped afterwards, also on error or a signal), or
+uses ``cluster.master`` when given; ``deploy=dataproc`` opens a session only inside the Dataproc job
+(from elsewhere ``run.py`` calls :func:`bigimage.cloud.dataproc.run_on_dataproc`).
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from bigimage.config import ON_DATAPROC_ENV
 from bigimage.spark.session import check_java, spark_session, wait_for_executors
-from bigimage.spark.standalone import StandaloneCluster, StandaloneError, check_master_reachable, check_memory
+from bigimage.spark.standalone import StandaloneCluster, check_master_reachable, check_memory
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import ClusterConfig
@@ -42,53 +35,31 @@ class ClusterError(RuntimeError):
     """A cluster config that cannot give a Spark session here."""
 
 
-def standalone_shape(cluster: ClusterConfig) -> tuple[int, int, str]:
-    """(workers, cores per worker, memory per worker) of a shape on a standalone cluster."""
-    cores = int(cluster.executor_cores) or os.cpu_count() or 1
-    return int(cluster.executors), cores, str(cluster.executor_memory)
-
-
 def _with_spark_conf(cluster: ClusterConfig, extra: dict[str, str]) -> Any:
-    """A copy of the cluster node with ``extra`` added to its spark_conf.
-
-    ``spark.bigimage.deploy`` is read back by log_spark_resources; ``spark.bigimage.standalone.workDir``
-    says where a started cluster keeps its logs and executor directories.
-    """
+    """A copy of the cluster node with ``extra`` (``spark.bigimage.*``, read back later) in its spark_conf."""
     from omegaconf import OmegaConf
 
-    node: dict[str, Any]
-    if OmegaConf.is_config(cluster):
-        node = cast(dict[str, Any], OmegaConf.to_container(cluster, resolve=True))
-    else:  # a dataclass or a plain namespace in tests
-        from dataclasses import asdict, is_dataclass
-
-        node = asdict(cluster) if is_dataclass(cluster) and not isinstance(cluster, type) else dict(vars(cluster))
+    node = cast(dict[str, Any], OmegaConf.to_container(cluster, resolve=True))
     node["spark_conf"] = {**dict(node.get("spark_conf") or {}), **extra}
     return OmegaConf.create(node)
 
 
 def share_nothing_dirs(cluster: Any = None) -> tuple[str, ...]:
-    """What a worker of a share-nothing cluster (``cluster.share_nothing``) sees empty: temporary files,
-    this project's ``data/`` and ``outputs/`` and the home directory, as on a host of its own (nothing
-    for a ``cluster`` config without ``share_nothing``)."""
+    """What a worker of a ``cluster.share_nothing`` cluster sees empty, as on a host of its own."""
     from pathlib import Path
 
     from bigimage.config import PROJECT_ROOT
 
     if cluster is not None and not cluster.get("share_nothing"):
         return ()
-
     dirs = ("/tmp", tempfile.gettempdir(), PROJECT_ROOT / "data", PROJECT_ROOT / "outputs", Path.home())
     return tuple(dict.fromkeys(os.path.realpath(directory) for directory in dirs))
 
 
 @contextmanager
 def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
-    """A SparkSession on the master that ``cfg_cluster`` describes; everything started here stops on exit.
-
-    Inside :func:`one_session` the session (and a cluster started for it) is opened once, at the first
-    call, and handed to every later call for the same cluster config; it stops when that block ends.
-    """
+    """A SparkSession on the master that ``cfg_cluster`` describes; everything started here stops on exit
+    (inside :func:`one_session`, when that block ends)."""
     shared = _SHARED.get()
     if shared is not None:
         yield shared.session(cfg_cluster, app_name)
@@ -100,25 +71,19 @@ def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
         with spark_session(cluster, app_name) as spark:
             yield spark
         return
-    if deploy == "dataproc":
-        if not os.environ.get(ON_DATAPROC_ENV):
-            raise ClusterError(
-                "cluster.deploy=dataproc runs the task as a job on a Dataproc cluster: call "
-                "bigimage.cloud.dataproc.run_on_dataproc(cfg) (run.py does) instead of opening a session here; "
-                "to use a running cluster's master directly, set cluster.deploy=standalone cluster.master=URL"
-            )
-        with spark_session(cluster, app_name, master=master or "yarn") as spark:
+    if deploy == "dataproc" and not os.environ.get(ON_DATAPROC_ENV):
+        raise ClusterError(
+            "cluster.deploy=dataproc runs the task as a job on a Dataproc cluster: call "
+            "bigimage.cloud.dataproc.run_on_dataproc(cfg) (run.py does) instead of opening a session here; "
+            "to use a running cluster's master directly, set cluster.deploy=standalone cluster.master=URL"
+        )
+    if deploy == "dataproc" or master:  # an existing cluster: a wrong URL fails in seconds
+        master = str(master or "yarn")
+        check_master_reachable(master, timeout_seconds=MASTER_CONNECT_SECONDS)
+        with spark_session(cluster, app_name, master=master) as spark:
             wait_for_executors(spark, int(cluster.executors), timeout_seconds=EXECUTOR_WAIT_SECONDS)
             yield spark
         return
-    if master:
-        # An existing cluster: fail in seconds on a wrong URL rather than waiting on it.
-        check_master_reachable(str(master), timeout_seconds=MASTER_CONNECT_SECONDS)
-        with spark_session(cluster, app_name, master=str(master)) as spark:
-            wait_for_executors(spark, int(cluster.executors), timeout_seconds=EXECUTOR_WAIT_SECONDS)
-            yield spark
-        return
-
     with _started_standalone(cluster, app_name) as spark:
         yield spark
 
@@ -127,16 +92,17 @@ def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
 def _started_standalone(cluster: Any, app_name: str) -> Iterator[Any]:
     """A standalone cluster of ``cluster``'s shape started on loopback, and a session on it."""
     check_java()
-    workers, cores, memory = standalone_shape(cluster)
+    workers, cores, memory = (
+        int(cluster.executors),
+        int(cluster.executor_cores) or os.cpu_count() or 1,
+        str(cluster.executor_memory),
+    )
     check_memory(workers, memory, str(cluster.driver_memory))
     if workers * cores > (os.cpu_count() or 1):
         log.warning(
             "shape %s asks for %d x %d cores on a machine with %d; the executors share the real cores",
-            cluster.name,
-            workers,
-            cores,
-            os.cpu_count() or 1,
-        )
+            cluster.name, workers, cores, os.cpu_count() or 1,
+        )  # fmt: skip
     with StandaloneCluster(workers, cores, memory, isolate=share_nothing_dirs(cluster)) as standalone:
         began = time.monotonic()
         cluster = _with_spark_conf(cluster, {"spark.bigimage.standalone.workDir": str(standalone.work_dir)})
@@ -145,11 +111,8 @@ def _started_standalone(cluster: Any, app_name: str) -> Iterator[Any]:
             if resources["executors"] < workers:
                 log.warning(
                     "only %d of %d executors registered with %s after %.0f s; running with what is there",
-                    resources["executors"],
-                    workers,
-                    standalone.master_url,
-                    time.monotonic() - began,
-                )
+                    resources["executors"], workers, standalone.master_url, time.monotonic() - began,
+                )  # fmt: skip
             yield spark
 
 
@@ -169,8 +132,7 @@ class _SharedSession:
         cluster = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else repr(config)
         if self.spark is not None and cluster == self.cluster:
             return self.spark
-        # One SparkContext per process: another cluster config replaces the session (rare: a step's own
-        # cluster.* overrides), and the next call for it gets the new one.
+        # One SparkContext per process: another cluster config replaces the session.
         self.close()
         token = _SHARED.set(None)  # this call opens the session for real
         try:
@@ -188,11 +150,8 @@ class _SharedSession:
 
 @contextmanager
 def one_session(app_name: str) -> Iterator[None]:
-    """One Spark start for several tasks: inside this block :func:`spark_for` opens its session (and any
-    standalone cluster it starts) at the first call and hands the same session to every later call for
-    the same cluster config, instead of a start (seconds) and a stop per task; the session
-    stops when the block ends, also on error. Each task still reads back and logs what the running
-    session has (``log_spark_resources``)."""
+    """One Spark start for several tasks: inside this block :func:`spark_for` opens its session (and
+    cluster) at the first call and hands it to every later call for the same cluster config."""
     shared = _SharedSession(app_name)
     token = _SHARED.set(shared)
     try:
@@ -203,5 +162,3 @@ def one_session(app_name: str) -> Iterator[None]:
 
 
 _SHARED: ContextVar[_SharedSession | None] = ContextVar("bigimage_shared_spark_session", default=None)
-
-__all__ = ["ClusterError", "StandaloneError", "one_session", "spark_for", "standalone_shape", "ON_DATAPROC_ENV"]

@@ -1,21 +1,11 @@
 """Share-nothing hosts on one machine: run a command in its own mount namespace with private, empty
 views of the directories a real second host would not have.
 
-A Spark worker of the loopback standalone cluster (``StandaloneCluster(isolate=...)``) starts as::
-
-    unshare --mount --propagation private -- python -m bigimage.spark.isolate \\
-        --mask /tmp --mask <project>/data --mask <project>/outputs --mask $HOME \\
-        --keep <properties file> --mkdir <work dir> ... --cwd <dir> -- <spark-class ...>
-
-This process reads the files to keep (the daemon's properties, which live under a masked ``/tmp``),
-mounts an empty tmpfs over each ``--mask`` directory, recreates the directories and kept files the
-daemon needs, changes into ``--cwd`` (the old working directory would still reach the hidden files)
-and execs the command, which keeps this pid. The worker, its executors and the TensorFlow workers they
-start then see none of the driver's temporary files, data, outputs or home: a path handed over from
-the driver fails there as it would on another host. Network, processes and the rest of the file system
-(the Python environment, Java) stay shared, as they would be on identically installed hosts.
-
-Needs root (or CAP_SYS_ADMIN) and util-linux's ``unshare``; :func:`unavailable` says why not.
+A worker of the loopback standalone cluster starts as ``unshare --mount --propagation private --
+python -m bigimage.spark.isolate --mask DIR ... -- <spark-class ...>``: this reads the files to keep,
+mounts an empty tmpfs over each masked directory, recreates what the daemon needs, changes directory
+and execs the command (same pid). A path handed over from the driver then fails there as on another
+host; network, processes and the installed software stay shared. Needs root and util-linux.
 """
 
 from __future__ import annotations
@@ -57,10 +47,8 @@ def command(
 ) -> list[str]:
     """``argv`` run with ``masks`` hidden behind empty tmpfs mounts, ``keep`` files and ``mkdirs`` recreated.
 
-    The software stays visible when it lies in a masked directory: the Python installation (a pyenv
-    interpreter under ``$HOME``, a virtualenv in a checkout under ``/tmp``) and this package's source (an
-    editable install imports it from the checkout). A second host would have the same software, just
-    not the driver's files.
+    The Python installation and this package's source stay visible inside a mask: a second host would
+    have the same software, just not the driver's files.
     """
     unshare = shutil.which("unshare") or "unshare"
     line = [unshare, "--mount", "--propagation", "private", "--", sys.executable, "-m", "bigimage.spark.isolate"]
@@ -88,8 +76,8 @@ def _mask(path: str) -> None:
 
 
 def _bind(source: str, target: str) -> None:
-    """``mount --bind`` through the system call: the mount tool would resolve ``/proc/self/fd/N`` to its
-    path name, which by now names the empty directory in the mask, not the hidden one the handle holds."""
+    """``mount --bind`` through the system call: the mount tool would resolve ``/proc/self/fd/N`` to the
+    path name, which by now names the mask, not the hidden directory the handle holds."""
     libc = ctypes.CDLL(None, use_errno=True)
     ms_bind = 4096
     if libc.mount(source.encode(), target.encode(), None, ms_bind, None) != 0:

@@ -1,14 +1,9 @@
 """Task 1: a Spark job that turns a labelled image tree into sharded TFRecords.
 
-One Spark task per shard: it reads, decodes, resizes, centre-crops and re-encodes its images one at a
-time and stages its shard file; only small per-shard statistics come back to the driver, so driver
-memory does not grow with the data set. The driver then checks and publishes the shards atomically
-(:mod:`bigimage.data.shards`), holding the destination's lock from before Spark starts to the end.
-
-``seconds`` runs from the first task's start to the commit of the set (the swap or the manifest
-write; removing the old set afterwards is not counted), so Spark's start-up (``startup_seconds``) and
-the wait for the first Python worker are not in it. Task start times come from the executors' clocks:
-on a cluster whose clocks disagree the start is never taken as earlier than the job's submission.
+One Spark task per shard reads, decodes, resizes and re-encodes its images and stages its shard; only
+small statistics come back, so driver memory does not grow with the set. The driver publishes the shards
+atomically (:mod:`bigimage.data.shards`), holding the destination's lock from before Spark starts.
+``seconds`` runs from the first task's start (never before the job's submission) to the commit.
 """
 
 from __future__ import annotations
@@ -47,8 +42,7 @@ def assign_shards(items: list[tuple[str, int]], num_shards: int, seed: int) -> l
 def _manifest(
     listing: LabelledImages, results: list[shards.ShardResult], image_size: int, quality: int, destination: str
 ) -> schema.Manifest:
-    """The manifest of what the shard tasks wrote (shards filled in by the publication); raises
-    NoUsableImagesError when no task wrote a record."""
+    """The manifest of what the shard tasks wrote; NoUsableImagesError when no task wrote a record."""
     if not any(result.records for result in results):
         failed = [entry for result in results for entry in result.failed]
         examples = "; ".join(f"{printable(path)}: {reason}" for path, reason in failed[:3])
@@ -85,12 +79,9 @@ def write_tfrecords(
     publication: shards.Publication | None = None,
     replace_foreign: bool = False,
 ) -> tuple[schema.Manifest, list[shards.ShardResult], float]:
-    """Run the shard tasks and publish; returns the manifest, the shard results and the job seconds
-    (first task start to the set committed).
+    """Run the shard tasks and publish; returns the manifest, the shard results and the job seconds.
 
-    ``publication``: one already entered (its lock held, e.g. from before Spark started); by default
-    one is opened here (with ``replace_foreign``), and a second job to the same destination fails at
-    once naming the first. A destination inside the listed root, or holding it, is refused first.
+    ``publication``: one already entered (its lock held); by default one is opened here.
     """
     shards.check_apart(listing.root, destination)
     if publication is None:
@@ -125,13 +116,8 @@ def write_tfrecords(
 
 
 def _cancel_and_wait(context: Any, group: str, seconds: float = CANCEL_WAIT_SECONDS) -> None:
-    """Cancel the group's jobs and wait until none of their tasks still runs.
-
-    Cancelling only asks: a task being interrupted can still open a file in the staging folder after
-    the publication removed it, and Spark then logs that task's Python traceback. The wait is bounded,
-    so a wedged executor cannot hold up the exit; its late writes fail harmlessly in a removed folder.
-    Errors of Spark's own are not raised here: they would hide the one that ended the job.
-    """
+    """Cancel the group's jobs and wait, bounded, until none of their tasks still runs (an interrupted
+    task could still write into the removed staging folder). Spark's own errors would hide the job's."""
     try:
         context.cancelJobGroup(group)
         tracker = context.statusTracker()
@@ -152,8 +138,7 @@ def _cancel_and_wait(context: Any, group: str, seconds: float = CANCEL_WAIT_SECO
 
 
 def _list_images(cfg: Config) -> LabelledImages:
-    """The labelled files of ``dataset.root``, refused when there are none; empty classes and more
-    shards than files are said (and logged) before anything is written."""
+    """The labelled files of ``dataset.root``, refused when there are none; empty classes are tagged."""
     import mlflow
 
     shards.check_apart(str(cfg.dataset.root), str(cfg.tfrecord_dir))  # before anything is generated or listed
@@ -182,23 +167,16 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
     from bigimage.tracking import datasets
 
     listing = _list_images(cfg)
-    # The lock first: a second job to the same tfrecord_dir, or a folder holding the user's files, fails
-    # before Spark starts.
+    # The lock first: a second job to the same tfrecord_dir fails before Spark starts.
     with shards.Publication(str(cfg.tfrecord_dir), replace_foreign=cfg.preprocess.replace_foreign) as publication:
         started = time.perf_counter()
         with spark_for(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
             startup_seconds = time.perf_counter() - started
+            preprocess = cfg.preprocess
             manifest, results, seconds = write_tfrecords(
-                spark,
-                listing,
-                str(cfg.tfrecord_dir),
-                cfg.image_size,
-                cfg.preprocess.jpeg_quality,
-                cfg.num_shards,
-                cfg.preprocess.shard_prefix,
-                cfg.seed,
-                publication=publication,
-            )
+                spark, listing, str(cfg.tfrecord_dir), cfg.image_size, preprocess.jpeg_quality,
+                cfg.num_shards, preprocess.shard_prefix, cfg.seed, publication=publication,
+            )  # fmt: skip
             log_spark_resources(spark)
     failed = [
         {"path": path, "reason": reason} for path, reason in listing.failed + [f for r in results for f in r.failed]
@@ -218,12 +196,7 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
     datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.OUTPUT)
     log.info(
         "%d images -> %d shards in %s (%.1f images/s over %.1f s; Spark start-up %.1f s); %d file(s) skipped",
-        metrics["images"],
-        metrics["shards"],
-        cfg.tfrecord_dir,
-        metrics["images_per_second"],
-        seconds,
-        startup_seconds,
-        len(failed),
-    )
+        metrics["images"], metrics["shards"], cfg.tfrecord_dir, metrics["images_per_second"], seconds,
+        startup_seconds, len(failed),
+    )  # fmt: skip
     return metrics

@@ -1,14 +1,9 @@
 """A SparkSession from a cluster config, and what the running session really got.
 
-Locally (``cluster.deploy=local``) a shape runs as ``local[executors x executor_cores]``: one JVM with
-that many task slots, so a shape's parallelism matches its vCPUs even on a smaller machine (Spark
-then time-slices the slots over the real cores). ``deploy=standalone`` gives real executors: see
-:mod:`bigimage.spark.cluster` (``spark_for``), which starts the cluster and calls :func:`spark_session`.
-
-A session on this machine only (local mode, or a standalone master on loopback) listens on 127.0.0.1
-only: driver and block manager through ``spark.driver.bindAddress``, the web UI (when
-``spark.ui.enabled``) through ``SPARK_LOCAL_IP`` in the driver JVM's environment, the one setting
-Spark's UI reads. With any other master the driver binds where Spark and ``cluster.spark_conf`` say.
+Locally a shape runs as ``local[executors x executor_cores]``, so its parallelism matches its vCPUs even on
+a smaller machine. A session on this machine only (local mode, or a standalone master on loopback)
+listens on 127.0.0.1 only: the driver through ``spark.driver.bindAddress``, the web UI through
+``SPARK_LOCAL_IP`` in the driver JVM's environment.
 """
 
 from __future__ import annotations
@@ -72,12 +67,8 @@ def check_java() -> int:
     return major
 
 
-# Task 1's fixed costs where the executors run this interpreter (local mode, a standalone cluster on
-# loopback; benchmarks/preprocess.py measures them): per shard task most of the Python worker's CPU went
-# to the full gc.collect() PySpark runs after every task, and most of the JVM's to the C2 JIT compiler
-# of a young JVM. The worker daemon of bigimage.spark.worker_daemon spares the first; C1 alone
-# (TieredStopAtLevel=1) the second: the JVM's own work here is small (the Python workers do the
-# transform), so its code does not need C2. A cluster's spark_conf overrides any of these.
+# Where the executors run this interpreter: no gc.collect() after every task (worker_daemon) and no C2
+# JIT, which a short-lived JVM whose Python workers do the work pays for and never uses. spark_conf wins.
 JIT_C1_ONLY = "-XX:TieredStopAtLevel=1"
 SAME_MACHINE_CONF = {
     "spark.python.daemon.module": "bigimage.spark.worker_daemon",
@@ -133,12 +124,8 @@ def spark_conf(cluster: ClusterConfig, master: str, app_name: str) -> dict[str, 
 
 @contextmanager
 def spark_session(cluster: ClusterConfig, app_name: str, master: str | None = None) -> Iterator[Any]:
-    """A SparkSession for ``cluster`` (a ClusterConfig node) on ``master`` (default: ``cluster.master``,
-    else ``local[slots]``), stopped on exit, also on error.
-
-    This is the session only; :func:`bigimage.spark.cluster.spark_for` is what tasks call: it starts or
-    checks the cluster of a ``standalone`` or ``dataproc`` deploy and then opens its session here.
-    """
+    """A SparkSession for ``cluster`` on ``master`` (default ``cluster.master``, else ``local[slots]``), stopped
+    on exit. Tasks call :func:`bigimage.spark.cluster.spark_for`, which starts the cluster first."""
     master = master or cluster.master
     if master is None and cluster.deploy != "local":
         raise ValueError(f"cluster.deploy={cluster.deploy} needs a master URL: open it through spark_for")
@@ -180,14 +167,8 @@ def _jvm_on_loopback() -> bool:
 
 
 def _start_driver_jvm(conf: dict[str, str], loopback: bool) -> None:
-    """Start PySpark's driver JVM (once per process) ahead of the first session, on two terms of ours.
-
-    PySpark puts the settings it starts the JVM with on its command line, which every local user can
-    read (``ps``): secrets (``spark.authenticate.secret``, ``spark.ssl.keyPassword``: every key that
-    :func:`~bigimage.tracking.redact.is_secret_key` calls secret) are left out there and follow through
-    py4j with the session. Spark's web UI binds to ``SPARK_LOCAL_IP`` from the JVM's environment (else
-    0.0.0.0): 127.0.0.1 for a loopback session.
-    """
+    """Start PySpark's driver JVM (once per process) without secrets on its command line (``ps`` shows
+    it; they follow through py4j) and, for a loopback session, with ``SPARK_LOCAL_IP=127.0.0.1``."""
     from pyspark import SparkConf, SparkContext
 
     if SparkContext._gateway is not None:
@@ -205,10 +186,10 @@ def _start_driver_jvm(conf: dict[str, str], loopback: bool) -> None:
             os.environ["SPARK_LOCAL_IP"] = saved
 
 
-def _executor_summaries(spark: Any, active_only: bool) -> list[Any] | None:
-    """Spark's own executor records (the data behind the UI's Executors tab), or None if unreachable."""
+def _executor_summaries(spark: Any) -> list[Any] | None:
+    """Spark's own records of every executor, dead ones too (the UI's Executors tab), or None if unreachable."""
     try:
-        summaries = spark.sparkContext._jsc.sc().statusStore().executorList(active_only)
+        summaries = spark.sparkContext._jsc.sc().statusStore().executorList(False)
         return [summaries.apply(index) for index in range(summaries.size())]
     except Exception:
         return None
@@ -217,53 +198,37 @@ def _executor_summaries(spark: Any, active_only: bool) -> list[Any] | None:
 def spark_resources(spark: Any) -> dict[str, Any]:
     """What the running context really has, read back from Spark (not from the config).
 
-    ``master``; ``executors`` registered and alive (local mode: 1, the driver runs the tasks);
-    ``total_cores`` granted to them; ``lost_executors`` that registered and were removed since (a worker
-    died, an executor crashed); ``failed_tasks`` summed over all executors, dead ones included.
+    ``executors`` alive (local mode: 1, the driver), their ``total_cores``, ``lost_executors`` removed
+    since they registered, and ``failed_tasks`` over all executors, dead ones included.
     """
     context = spark.sparkContext
-    master = context.master
-    local = master.startswith("local")
-    active = _executor_summaries(spark, active_only=True)
-    every = _executor_summaries(spark, active_only=False)
-    if active is None or every is None:
-        if local:
-            executors = 1
-        else:
-            infos = context._jsc.sc().statusTracker().getExecutorInfos()
-            executors = max(len(infos) - 1, 0)  # the list includes the driver
-        return {
-            "master": master,
-            "executors": executors,
-            "total_cores": int(context.defaultParallelism),
-            "lost_executors": 0,
-            "failed_tasks": 0,
-        }
-    if local:
-        workers = [summary for summary in active if summary.id() == "driver"]
-        executors = 1
-        total_cores = sum(int(summary.totalCores()) for summary in workers) or int(context.defaultParallelism)
-    else:
-        workers = [summary for summary in active if summary.id() != "driver"]
-        executors = len(workers)
-        total_cores = sum(int(summary.totalCores()) for summary in workers)
-    lost = sum(1 for summary in every if summary.id() != "driver" and not summary.isActive())
-    failed = sum(int(summary.failedTasks()) for summary in every)
-    return {
-        "master": master,
-        "executors": executors,
-        "total_cores": total_cores,
-        "lost_executors": lost,
-        "failed_tasks": failed,
+    local = context.master.startswith("local")
+    resources = {
+        "master": context.master,
+        "executors": 1,
+        "total_cores": int(context.defaultParallelism),
+        "lost_executors": 0,
+        "failed_tasks": 0,
     }
+    every = _executor_summaries(spark)
+    if every is None:
+        if not local:  # the list includes the driver
+            resources["executors"] = max(len(context._jsc.sc().statusTracker().getExecutorInfos()) - 1, 0)
+        return resources
+    workers = [summary for summary in every if summary.isActive() and (summary.id() == "driver") == local]
+    cores = sum(int(summary.totalCores()) for summary in workers)
+    resources.update(
+        executors=1 if local else len(workers),
+        total_cores=cores or resources["total_cores"] if local else cores,
+        lost_executors=sum(1 for summary in every if summary.id() != "driver" and not summary.isActive()),
+        failed_tasks=sum(int(summary.failedTasks()) for summary in every),
+    )
+    return resources
 
 
 def wait_for_executors(spark: Any, expected: int, timeout_seconds: float = 60.0) -> dict[str, Any]:
-    """Poll until ``expected`` executors registered or the timeout passed; return what is there.
-
-    Executors register with the driver a few seconds after the session starts; reading the resources
-    at once would record too few. Never fails: a shortfall is what the run then records.
-    """
+    """Poll until ``expected`` executors registered (they come seconds after the session) or the timeout
+    passed; return what is there, a shortfall included."""
     deadline = time.monotonic() + timeout_seconds
     resources = spark_resources(spark)
     while not resources["master"].startswith("local") and resources["executors"] < expected:
@@ -275,13 +240,8 @@ def wait_for_executors(spark: Any, expected: int, timeout_seconds: float = 60.0)
 
 
 def deploy_from_context(spark: Any) -> str:
-    """Where the running SparkContext really runs, read from its master URL, not from the config.
-
-    ``local[...]`` -> ``local``; ``spark://`` -> ``standalone``; ``k8s://`` -> ``kubernetes``; ``yarn`` ->
-    ``dataproc`` when the context carries Dataproc's own settings (``spark.dataproc.*`` keys from the
-    image's spark-defaults, or the ``dataproc_job_...`` YARN tags its jobs API adds), else ``yarn``;
-    any other master gives its URL scheme. The costs of ``analysis/best_config.py`` trust this tag.
-    """
+    """Where the running SparkContext really runs, from its master URL: ``local``, ``standalone``,
+    ``kubernetes``, ``dataproc`` (YARN with Dataproc's settings or job tags), ``yarn`` or the URL scheme."""
     context = spark.sparkContext
     master = str(context.master)
     if master.startswith("local"):

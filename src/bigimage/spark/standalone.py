@@ -1,24 +1,11 @@
 """A real Spark standalone cluster on loopback, from the Spark that ships inside the pyspark wheel.
 
-The wheel has no ``sbin/start-master.sh``; the daemons start as
-``$SPARK_HOME/bin/spark-class org.apache.spark.deploy.master.Master ...`` and
-``... org.apache.spark.deploy.worker.Worker --cores C --memory M spark://127.0.0.1:P``, with
-``SPARK_HOME`` = the pyspark package directory. Each daemon runs in its own process group (its
-executors and their Python workers inherit it), so stopping a worker stops everything under it.
-
-Clean-up is layered so no JVM outlives the run: ``stop()`` in ``finally`` (context manager), an
-``atexit`` hook, SIGTERM/SIGHUP turned into :class:`bigimage.termination.Terminated` (as Ctrl-C)
-while a cluster runs (so ``finally`` blocks run), and on Linux ``PR_SET_PDEATHSIG`` so a daemon gets
-SIGTERM even when the Python parent is killed with SIGKILL.
-
-    with StandaloneCluster(workers=2, cores_per_worker=1, memory_per_worker="1g") as cluster:
-        ... SparkSession on cluster.master_url ...
-
-Spark authentication is on: each cluster gets a generated secret, which the daemons read from a
-properties file only its owner can read (never a command line, which every local user can see in
-``ps``), the executors get from their worker (Spark passes it in their environment), and
-:func:`bigimage.spark.session.spark_session` gives any session this process opens on the cluster
-(:func:`auth_conf`). The master's REST submission server, which has no authentication, is off.
+The wheel has no ``sbin/`` scripts, so the Master and Worker daemons start through ``bin/spark-class``,
+each in its own process group with its executors. No JVM outlives the run: ``stop()`` in ``finally``, an
+``atexit`` hook, SIGTERM/SIGHUP turned into :class:`bigimage.termination.Terminated`, and
+``PR_SET_PDEATHSIG`` for a parent killed with SIGKILL. Spark authentication is on with a generated
+secret, kept off every command line (a properties file only its owner reads; :func:`auth_conf` for
+sessions); the master's unauthenticated REST server is off.
 """
 
 from __future__ import annotations
@@ -56,7 +43,6 @@ DAEMON_MEMORY = "512m"
 _MASTER_STARTED = re.compile(r"Starting Spark master at (spark://\S+)")
 _MASTER_BIND_FAILED = re.compile(r"(could not bind|BindException|Address already in use)", re.IGNORECASE)
 _WORKER_REGISTERED = re.compile(r"Successfully registered with master")
-_WORKER_STARTING = re.compile(r"Starting Spark worker (\S+) with")
 
 
 class StandaloneError(RuntimeError):
@@ -313,12 +299,8 @@ class StandaloneCluster:
         self.start_seconds = time.monotonic() - begin
         log.info(
             "standalone cluster %s: %d workers x %d cores x %s, started in %.1f s",
-            self.master_url,
-            self.workers,
-            self.cores_per_worker,
-            self.memory_per_worker,
-            self.start_seconds,
-        )
+            self.master_url, self.workers, self.cores_per_worker, self.memory_per_worker, self.start_seconds,
+        )  # fmt: skip
         return self
 
     def stop(self) -> None:
@@ -447,27 +429,15 @@ class StandaloneCluster:
         )
 
     def _start_worker(self, index: int) -> None:
-        webui_port = free_port(self.host)
-        worker = self._spawn(
-            f"worker-{index}",
-            [
-                WORKER_CLASS,
-                "--host",
-                self.host,
-                "--cores",
-                str(self.cores_per_worker),
-                "--memory",
-                str(self.memory_per_worker),
-                "--webui-port",
-                str(webui_port),
-                "--work-dir",
-                str(self._dir / "work" / f"worker-{index}"),
-                "--properties-file",
-                str(self._dir / "spark-daemons.conf"),
-                self.master_url,
-            ],
-        )
-        self.worker_daemons.append(worker)
+        args = [
+            "--host", self.host,
+            "--cores", str(self.cores_per_worker),
+            "--memory", str(self.memory_per_worker),
+            "--webui-port", str(free_port(self.host)),
+            "--work-dir", str(self._dir / "work" / f"worker-{index}"),
+            "--properties-file", str(self._dir / "spark-daemons.conf"),
+        ]  # fmt: skip
+        self.worker_daemons.append(self._spawn(f"worker-{index}", [WORKER_CLASS, *args, self.master_url]))
 
     def _wait_for_workers(self) -> None:
         deadline = time.monotonic() + self.start_timeout_seconds

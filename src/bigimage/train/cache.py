@@ -1,27 +1,12 @@
 """Where training keeps its decoded images after the first epoch: memory, a file on local disk, or nowhere.
 
-Why it matters: decoding the JPEGs is most of the input pipeline's cost. Fed from a cache of decoded
-images, training ran at 0.997 of the speed of in-memory tensors; decoding every epoch, at 0.84
-(``benchmarks/train_input.py``). But tf.data's memory cache holds every decoded image, records x S x S x 3
-bytes (uint8): 2.2 GB for 20,000 images at 192 px, 0.2 GB for the default 2,000. It grows through the
-first epoch with no check of its own, and past the machine's memory the kernel kills the worker.
-
-So ``train.cache=true`` is a request that :func:`choose_cache` checks once per worker process, before
-training, against what the machine has:
-
-1. ``memory`` when the decoded set fits in ``train.cache_max_memory_fraction`` (default 0.5; the rest is
-   for the model, TensorFlow and the shuffle and prefetch buffers) of the available memory: psutil's,
-   capped by this process's cgroup limit when there is one, because a container is killed at its own
-   limit whatever the host has;
-2. else ``file``: a tf.data file cache on local disk (``train.cache_dir``, default
-   ``<paths.data_dir>/cache/decoded``) when the set takes at most half the free space there; each worker
-   process writes its own folder, removed when it ends (folders of dead processes are removed the next
-   time);
-3. else ``none``: every epoch decodes again.
-
-The size compared is the whole data set (training and validation records), as if every worker ran on
-this machine: they do with the default launcher, and it is the safe side otherwise. The chief logs the
-choice as the tags ``input_cache`` (``memory``, ``file`` or ``none``) and ``input_cache_reason``.
+Decoding the JPEGs is most of the input pipeline's cost, but tf.data's memory cache grows without a check
+(records x S x S x 3 bytes) and past the machine's memory the kernel kills the worker. So
+``train.cache=true`` is a request that :func:`choose_cache` checks once per worker process: ``memory``
+when the whole set fits in ``train.cache_max_memory_fraction`` of the available memory (cgroup-capped),
+else ``file`` in ``train.cache_dir`` when it takes at most half the free disk there (one folder per
+process, removed when it ends), else ``none``. The chief tags the choice ``input_cache`` and
+``input_cache_reason``.
 """
 
 from __future__ import annotations

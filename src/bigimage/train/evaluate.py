@@ -2,14 +2,10 @@
 
     python -m bigimage.train.evaluate --model-uri models:/bigimage-classifier/3 --run-id ID [--tracking-uri URI]
 
-What the champion's registration (:mod:`bigimage.analysis_lib.registry`) runs after the choice is made:
-it is the only reader of the test subset (:mod:`bigimage.train.inputs`). The run's own config (its
-artifact ``config/config.yaml``) gives the TFRecord set and the split; the split is planned again and its
-digests checked against the run's dataset inputs, so a set rewritten or re-split since the training is
-refused (exit 4, as is a run without its config) rather than scored on records the model may have
-trained on. Prints one JSON document:
-``{"validation": {"correct", "records", "accuracy"}, "test": {...}}``. A separate process, so that the
-analysis never loads TensorFlow.
+The champion's registration runs it; it is the only reader of the test subset. The split is planned again
+from the run's logged config and checked against the run's dataset digests, so a set rewritten since is
+refused (exit 4). Prints ``{"validation": {"correct", "records", "accuracy"}, "test": {...}}``. A
+separate process, so that the analysis never loads TensorFlow.
 """
 
 from __future__ import annotations

@@ -1,24 +1,11 @@
 """The trained network as an MLflow Model: what the chief worker logs at the end of a training run.
 
-The Model holds the weights of the run's judged epoch (:mod:`bigimage.tracking.judged`; its tag
-``judged_epoch`` names it) and is named after the run's configuration (:func:`model_name`, e.g.
-``small_cnn-mirrored-bs32``: ``runs:/<run id>/<name>`` and the run's Logged models find it). It is saved
-with MLflow's ``tensorflow`` flavor, which saves a tf.keras model (tf-keras here,
-``TF_USE_LEGACY_KERAS=1``) as ``data/model.keras``. Its signature is what the network takes and gives: uint8 RGB images
-``[-1, S, S, 3]`` named ``image`` -> float32 logits ``[-1, classes]`` named ``logits``; the input example
-is one real image of the TFRecord set; the metadata hold the class names in class-index order, so
-``argmax`` of a prediction indexes them. ``mlflow.pyfunc.load_model`` predicts on a uint8 numpy batch,
-in a process with ``TF_USE_LEGACY_KERAS=1`` set before TensorFlow loads (the flavor records the module as
-``tensorflow.keras``, which is Keras 3 otherwise and cannot read a tf-keras file).
-
-The network is read back from the ``.keras`` file every worker saved, outside any tf.distribute
-strategy: saving a model built under MultiWorkerMirroredStrategy runs collectives, which the other
-workers, done by then, would never join (the chief then fails once they have exited).
-
-The worker has no active MLflow run (the launcher holds it), so the run id and tracking URI are given
-explicitly; the experiment is set to the run's own, since MLflow files a logged model under the active
-experiment, not under its run's. The pip requirements are given rather than inferred: inferring them
-loads the model again in a subprocess, which takes longer than the logging itself.
+It holds the judged epoch's weights, is named by :func:`model_name`, and is saved with MLflow's
+``tensorflow`` flavor (tf-keras, ``TF_USE_LEGACY_KERAS=1``); its signature takes uint8 RGB images named
+``image`` and gives float32 ``logits``, its metadata name the classes in index order (docs/mlflow.md).
+The network is read back from the saved ``.keras`` file outside any strategy, since saving under
+MultiWorkerMirroredStrategy runs collectives the finished workers never join. Pip requirements are
+given, since inferring them loads the model again.
 """
 
 from __future__ import annotations
@@ -73,14 +60,15 @@ def example_images(shard_paths: list[str], image_size: int, count: int = 1) -> A
 
 
 def log_model(keras_path: str, card: ModelCard, tracking_uri: str | None, run_id: str, step: int) -> str:
-    """Log the network saved at ``keras_path`` as the MLflow Model ``card.name`` of run ``run_id``; returns
-    its ``models:/<id>`` URI. ``step``: the epoch whose weights it holds (MLflow links that epoch's metrics
-    to the model), also its tag ``judged_epoch``."""
+    """Log the network at ``keras_path`` as run ``run_id``'s Model ``card.name``; returns its ``models:/`` URI.
+
+    ``step`` is the epoch whose weights it holds (its tag ``judged_epoch``). The experiment is set to the
+    run's own, since MLflow files a logged model under the active experiment.
+    """
     import mlflow
     import tf_keras as keras
 
     model = keras.models.load_model(keras_path)
-
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)

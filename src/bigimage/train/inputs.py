@@ -1,42 +1,18 @@
-"""Training, validation and test inputs from task 1's TFRecords.
+"""Training, validation and test inputs from task 1's TFRecords (the split rules: docs/training.md).
 
-The test split (``train.test_fraction``) comes first and is held out from every choice: in each class,
-the ``round(test_fraction * records of the class)`` records with the smallest keyed hash
-(``to_hash_bucket_strong`` of the record bytes, keyed by ``train.split_seed``) are test records. It is
-stratified exactly, the same on every run with the same set and ``split_seed`` (the training ``seed``
-does not move it), and no epoch choice, ranking, search or pruning reads it: only the champion's
-evaluation after selection (:mod:`bigimage.train.evaluate`) does.
-
-The validation split (``train.split``) divides the other records:
-- ``hash`` (default): a record goes to validation when ``fingerprint64(record bytes) % 1000`` is below
-  ``validation_fraction * 1000``; deterministic, independent of the shard layout, the seed and the
-  process.
-Planning the three subsets is one pass over the records, parsing only their classes, not the images.
-- ``shard``: the records of the last ``round(validation_fraction * shards)`` shards (sorted by name, at
-  least one) are validation. Needs two shards or more.
-
-Sharding across workers: every input pipeline (one per worker) reads the shards in a fixed order and
-keeps every N-th record (``Dataset.shard(num_input_pipelines, pipeline_id)``) BEFORE decoding, so no
-worker decodes what another one trains on and FILE auto-sharding (which fails with fewer files than
-workers, tensorflow#36846) is never used: the datasets go through
-``strategy.distribute_datasets_from_function`` with ``auto_shard_policy=OFF`` set explicitly, and the
-choice is logged as the ``input_sharding`` tag.
-
-Pipeline: interleaved reads -> split filter -> shard -> parse a batch of records at a time,
-then parallel decode (uint8; ``readers.decoded_records``) -> cache
-(``train.cache``: in memory, in a file on local disk or none, as :mod:`bigimage.train.cache` chose for
-the machine) -> shuffle (training) -> repeat -> augment (``train.augment``, off by default) ->
-batch (per-replica size, i.e. the global batch divided by the replicas) -> prefetch. Both datasets
-repeat; epochs are ``steps_per_epoch = train_records // batch_size`` steps (at least one) and
-validation ``ceil(val_records / batch_size)`` steps, so every worker runs the same number of steps
-(uneven last batches would stall MultiWorkerMirroredStrategy's collectives).
+The test split (``train.test_fraction``) is held out from every choice: per class, the records with the
+smallest hash keyed by ``train.split_seed``. The validation split (``train.split``) divides the rest by
+``fingerprint64(record) % 1000`` (``hash``) or by the last shards (``shard``). Each input pipeline keeps
+every N-th record before decoding (``Dataset.shard``; auto-sharding OFF, as FILE sharding fails with
+fewer files than workers, tensorflow#36846). Both datasets repeat with a fixed number of steps per epoch,
+so every worker runs the same steps (uneven last batches stall MultiWorkerMirroredStrategy).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bigimage.config import ConfigError
@@ -47,9 +23,6 @@ SUBSETS = (TRAIN, VALIDATION, TEST)
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
-
-
-if TYPE_CHECKING:
     from bigimage.train.cache import CacheChoice
 
 log = logging.getLogger(__name__)
@@ -88,9 +61,6 @@ class SplitPlan:
 
     def records(self, subset: str) -> int:
         return {TRAIN: self.train_records, VALIDATION: self.val_records, TEST: self.test_records}[subset]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _val_mask(records: Any, val_buckets: int) -> Any:
@@ -146,8 +116,7 @@ def _counts(classes: Any, mask: Any, num_classes: int) -> list[int]:
 
 
 def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> SplitPlan:
-    """Decide the train/validation/test split of a (local) TFRecord directory; raises ConfigError when
-    impossible."""
+    """Decide the train/validation/test split of a local TFRecord directory; ConfigError when impossible."""
     import numpy as np
 
     mode = cfg.train.split
@@ -198,8 +167,7 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
 
 
 def expected_train_records(cfg: Config, manifest: schema.Manifest) -> int:
-    """The training records a split of the set will leave, from its manifest alone (no pass over the
-    records): the test records exactly (per class), the validation ones at their expected share."""
+    """The training records a split will leave, from the manifest alone (validation at its expected share)."""
     fraction = float(cfg.train.test_fraction)
     test = sum(int(math.floor(fraction * count + 0.5)) for count in manifest.class_counts.values())
     rest = manifest.num_records - test
@@ -267,15 +235,11 @@ def build_inputs(
     batch_size: int | None = None,
     cache: CacheChoice | None = None,
 ) -> Any:
-    """The (images uint8, classes int32) batches of one input pipeline: the training subset when
-    ``training``, else the validation subset (the test subset is never a fit's input).
+    """The (images uint8, classes int32) batches of one input pipeline of the training or validation subset.
 
-    ``cache``: where decoded images are kept after the first pass (:func:`bigimage.train.cache.choose_cache`,
-    called once per process); None keeps none.
-
-    With an ``input_context`` (from ``distribute_datasets_from_function``) the pipeline keeps its share
-    of the records and batches by the per-replica size; without one it batches by ``batch_size`` (default
-    the global ``cfg.batch_size``).
+    ``cache`` keeps decoded images after the first pass (:mod:`bigimage.train.cache`). With an
+    ``input_context`` the pipeline keeps its share of the records and batches by the per-replica size;
+    without one by ``batch_size`` (default ``cfg.batch_size``).
     """
     import tensorflow as tf
 
@@ -299,26 +263,16 @@ def build_inputs(
     dataset = dataset.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    # No autotuning thread: at the end of model.fit, freeing the iterator waits for that thread
-    # (tf.data's Model::OptimizeLoop) to wake up, which can take many seconds. AUTOTUNE still sets the
-    # parallelism (to the cores) and the buffers (benchmarks/README.md has what it cost and saved).
+    # No autotuning thread: freeing the iterator at the end of model.fit waits for it to wake up.
     options.autotune.enabled = False
     return dataset.with_options(options)
 
 
 def device_datasets_without_autotuning() -> bool:
-    """Turn tf.data's autotuning off in the dataset tf.distribute builds on each replica's device too;
-    returns whether it is off there.
+    """Turn tf.data's autotuning off in the per-device datasets of tf.distribute's iterators too.
 
-    :func:`build_inputs` turns it off in the pipelines themselves, but under MirroredStrategy and
-    MultiWorkerMirroredStrategy the distributed iterator (a ``MultiDeviceIterator``) hands each device its
-    elements through a dataset of its own (``multi_device_iterator_ops._create_device_dataset``: the
-    elements and a prefetch of one), with TensorFlow's default options: each started an autotuning
-    thread, with nothing to tune, and freeing them at the end of ``model.fit`` waited for it to wake, as
-    :func:`build_inputs` describes, between the last epoch and the model logged.
-    TensorFlow has no option for those datasets (``tf.distribute.InputOptions`` has none), so this wraps
-    the function that builds them, once per process; the elements and their order are unchanged. Should
-    a TensorFlow release move that function, a warning says so and training runs as before.
+    TensorFlow has no option for them, so this wraps ``multi_device_iterator_ops._create_device_dataset``
+    once per process (elements unchanged); returns whether autotuning is off there.
     """
     import tensorflow as tf
     from tensorflow.python.data.ops import multi_device_iterator_ops

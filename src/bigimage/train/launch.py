@@ -1,32 +1,12 @@
-"""Start the worker processes of one training on this machine and watch them until they end.
+"""Start the worker processes of one training and watch them until they end.
 
-Every training, whatever its strategy, runs in fresh OS processes (``python -m bigimage.train.worker``):
-one for ``default`` and ``mirrored``, ``strategy.num_workers`` for the multi-worker strategies, each
-with its own ``TF_CONFIG`` naming all workers on loopback ports. Fresh processes are what lets a sweep
-run ``mirrored`` with different logical CPU counts one after another in one Python process (TensorFlow
-fixes its devices once per process), and they keep TensorFlow's memory out of the launcher.
-
-No wait is unbounded: the workers together get ``strategy.worker_timeout_seconds``; the first worker to
-exit with an error, or the deadline, kills every other worker and raises :class:`WorkerFailedError`
-naming the worker, its exit code and the last lines of its log. Each worker's stdout and stderr go to
-``<work_dir>/logs/worker-<i>.log``.
-
-A worker's command line, which every local user can read (``ps``), holds no secret: the tracking URI and
-the tracking server's login reach it through its environment (:meth:`WorkerJob.environment`), the rest of
-the config through the ``--config`` file, which :func:`bigimage.train.task.run_train` makes readable by
-this user only.
-
-``strategy.launcher=spark_barrier`` (multi-worker strategies only) runs the same worker command line
-once per Spark barrier task on the executors of ``cluster`` instead (:func:`run_spark_barrier_workers`),
-with the same TF_CONFIG, logs, progress files, MLflow logging by the chief, checkpoints and errors.
-
-The workers of a multi-worker training on this machine (processes, or the barrier tasks of a local or
-loopback standalone Spark) share one private network namespace holding only ``lo``
-(:mod:`bigimage.train.netns`): TensorFlow's gRPC servers listen on every interface whatever TF_CONFIG
-says, and there nothing but the other workers can reach them; servers on this machine's loopback that
-they use (a tracking server, a storage emulator) are relayed into it. ``strategy.isolation`` says what
-happens where no namespace serves them. A multi-host training's workers listen on the cluster's network.
-The run's tag :data:`NETWORK_TAG` says which of these a multi-worker training got.
+Every training runs in fresh processes (``python -m bigimage.train.worker``), one per worker, each with a
+``TF_CONFIG`` naming all workers: TensorFlow fixes its devices once per process, and the launcher stays
+free of TensorFlow's memory. The workers share ``strategy.worker_timeout_seconds``; the first failure or
+the deadline kills the others and raises :class:`WorkerFailedError` with the worker's last log lines.
+No secret goes on a worker's command line (:meth:`WorkerJob.environment`). ``strategy.launcher=spark_barrier``
+runs the same command once per Spark barrier task instead. Multi-worker trainings on this machine share a
+private network namespace (:mod:`bigimage.train.netns`); :data:`NETWORK_TAG` says what they got.
 """
 
 from __future__ import annotations
@@ -134,14 +114,12 @@ class WorkerJob:
     login: Mapping[str, str] = field(default_factory=tracking_login, repr=False)
 
     def environment(self) -> dict[str, str]:
-        """What every worker gets through its environment, not its command line: the tracking URI (a
-        database's may hold a password) and the tracking server's login."""
+        """The tracking URI (a database's may hold a password) and login, kept off the command line."""
         uri = {ENV_TRACKING_URI: self.tracking_uri} if self.tracking_uri else {}
         return {**self.login, **uri}
 
     def argv(self, index: int, result_file: str | None = None) -> list[str]:
-        """The command line of worker ``index`` (the chief, index 0, writes ``result_file``); no secret
-        on it (:meth:`environment`)."""
+        """The command line of worker ``index`` (the chief, index 0, writes ``result_file``)."""
         argv = [
             sys.executable, "-m", "bigimage.train.worker",
             "--config", self.config_path,
@@ -224,12 +202,7 @@ def _killing(workers: list[_Worker]) -> Iterator[None]:
 
 
 def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
-    """Run ``job.num_workers`` worker processes to completion; raise WorkerFailedError on any failure.
-
-    Several workers share one private network namespace (module doc), relaying the loopback servers of
-    ``job.worker_uris`` (tracking, artifact, checkpoint locations); where none serves them,
-    ``job.isolation`` decides: IsolationError, or the host network with a warning.
-    """
+    """Run ``job.num_workers`` worker processes to completion; raise WorkerFailedError on any failure."""
     count = job.num_workers
     addresses = [f"127.0.0.1:{port}" for port in free_ports(count)] if count > 1 else []
     workers: list[_Worker] = []
@@ -328,19 +301,10 @@ _FAILED_LOG_BYTES = 1 << 18  # inside an error message: its last 256 KiB
 class BarrierWorker:
     """What each Spark barrier task runs: the worker CLI as a child process with the task's TF_CONFIG.
 
-    A subprocess rather than :func:`bigimage.train.worker.train_worker` in the Spark Python worker: that
-    process is reused across tasks (``spark.python.worker.reuse``) and TensorFlow fixes its devices and
-    its MWMS gRPC server once per process, so an in-process worker could never run a second training;
-    a crash (segfault, OOM kill) stays in the child and arrives as an exit code with its log lines.
-    The child watches this process (``--parent-pid``): when Spark kills the task, the child exits too.
-
-    Nothing on the driver's disk is used here, so the executor may be on another host: the resolved
-    config travels inside the task (``config_text``), the worker runs in a scratch directory of this host
-    with its gs:// data staged there (:mod:`bigimage.train.staging`), and its log and progress lines go
-    back through Spark (in the result; a failed worker's in the stage's error) for the driver to keep as
-    run artifacts. Checkpoints and tracking are URLs in the config (a shared ``train.checkpoint_dir``, the
-    tracking server). ``prefix`` (a :class:`~bigimage.train.netns.PrivateNetwork`'s, for executors on
-    the driver's machine) runs every worker in that network namespace.
+    A child process, since Spark reuses its Python workers and TensorFlow sets up its devices once per
+    process; a crash arrives as an exit code. Nothing on the driver's disk is used (the config travels in
+    ``config_text``; log and progress lines go back through Spark), so the executor may be on another host.
+    ``prefix`` runs the worker in a :class:`~bigimage.train.netns.PrivateNetwork`.
     """
 
     def __init__(self, job: WorkerJob, config_text: str, prefix: Sequence[str] = ()) -> None:
@@ -445,19 +409,9 @@ def run_spark_barrier_workers(
 ) -> list[dict]:
     """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
 
-    Each barrier task gets its TF_CONFIG from the tasks' addresses (:mod:`bigimage.spark.barrier`) and
-    runs the worker CLI (:class:`BarrierWorker`). The stage is cancelled after ``timeout_seconds``
-    (WorkerTimeoutError); a worker that exits with an error fails the stage, and this raises
-    WorkerFailedError naming it, its exit code and its last log lines. Writes the chief's final metrics
-    to ``result_file``; returns one ``{rank, pid, host, log, result}`` per worker.
-
-    On a Spark whose executors all run on this machine on loopback (local mode, the standalone cluster
-    that ``spark_for`` starts) the workers share one private network namespace, as with the process
-    launcher (same relays, same ``job.isolation``); a multi-host training
-    (:func:`bigimage.train.multihost.is_multi_host`, or a master elsewhere) listens on the cluster's
-    network, which its tag says.
-    The workers' logs and progress lines come back through Spark into ``job.work_dir`` (``logs/``,
-    ``progress/``); of a failed stage, the failed worker's log (the others were killed with their tasks).
+    Raises WorkerTimeoutError or WorkerFailedError as the process launcher does; keeps the workers' logs
+    and progress lines in ``job.work_dir``, writes the chief's metrics to ``result_file`` and returns one
+    ``{rank, pid, host, log, result}`` per worker.
     """
     from bigimage.spark.cluster import spark_for
 
@@ -481,8 +435,7 @@ def run_spark_barrier_workers(
 
 @contextmanager
 def _barrier_network(cluster_cfg: ClusterConfig, master: str, job: WorkerJob) -> Iterator[PrivateNetwork | None]:
-    """The private network of barrier workers on this machine's loopback; None (tagged) on a cluster's
-    hosts, whose network they must listen on, or on the host network where ``job.isolation`` allows."""
+    """The private network of barrier workers on this machine's loopback; None on a cluster's hosts."""
     from bigimage.spark.session import loopback_master
     from bigimage.train.multihost import is_multi_host
 
@@ -491,8 +444,7 @@ def _barrier_network(cluster_cfg: ClusterConfig, master: str, job: WorkerJob) ->
         _tag_network(job, CLUSTER_NETWORK)
         yield None
         return
-    what = "the barrier training workers"
-    with private_network(job.worker_uris, what=what, isolation=job.isolation) as network:
+    with private_network(job.worker_uris, what="the barrier training workers", isolation=job.isolation) as network:
         _tag_network(job, PRIVATE_NETWORK if network is not None else HOST_NETWORK)
         yield network
 

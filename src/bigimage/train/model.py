@@ -1,14 +1,8 @@
 """The ``model=`` group: networks that take uint8 images (0..255) and return class logits.
 
-- ``small_cnn`` (default): four 3x3/5x5 convolutions, the first strided and each followed by pooling,
-  so a 192 px image is 12 px before the last convolution (about 75 MFLOPs forward at width 32); trains
-  on a CPU in minutes. ``model.width`` scales the channels, ``model.dropout`` the dropout before the head.
-- ``mobilenet_v2``: ``tf_keras.applications.MobileNetV2`` without its top, ``weights: null`` by default
-  (random initialisation, nothing downloaded); ``model.weights=imagenet`` downloads the ImageNet weights.
-
-Build inside ``strategy.scope()``; :func:`compile_model` adds Adam, sparse cross-entropy on logits and
-``accuracy``. The logits layer computes in float32 under every ``train.precision`` policy, so the loss
-and the model's outputs are float32 (Keras' mixed-precision guide does the same).
+``small_cnn`` (default; ``model.width``, ``model.dropout``) trains on a CPU in minutes; ``mobilenet_v2``
+is Keras' MobileNetV2 without its top (``weights: null``: nothing downloaded). Build inside
+``strategy.scope()``. The logits layer computes in float32 under every ``train.precision`` policy.
 """
 
 from __future__ import annotations
@@ -57,8 +51,7 @@ def mobilenet_v2(model: Any, image_size: int, num_classes: int) -> Any:
 
 
 def build_model(cfg: Config, num_classes: int) -> Any:
-    """The network of the ``model`` group: its ``_target_`` function, for ``image_size`` inputs and
-    ``num_classes`` logits."""
+    """The network of the ``model`` group: its ``_target_`` function."""
     return get_method(cfg.model._target_)(cfg.model, int(cfg.image_size), num_classes)
 
 

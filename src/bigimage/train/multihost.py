@@ -1,17 +1,9 @@
 """What a training whose workers run on other hosts may use: shared storage and a tracking server only.
 
-A multi-host training is a multi-worker one launched as Spark barrier tasks on a cluster whose executors
-are (or may be) on other machines than the driver: Dataproc or YARN, a standalone master that is not on
-this machine's loopback, or a cluster declared to share nothing (``cluster.share_nothing``, the loopback
-test cluster whose workers each see their own empty ``/tmp``, data and home). Such workers get the
-resolved config through Spark and read or write everything else by URL, so before any worker starts,
-:func:`check_shared` refuses what only exists on the driver:
-
-- an MLflow tracking store or artifact store on the driver's disk (sqlite, file): the chief logs
-  into the run over the network, so an ``mlflow server`` must hold it;
-- a ``tfrecord_dir`` or ``train.checkpoint_dir`` that is a local path: each worker reads the data from
-  shared storage (``gs://``, ``hdfs://``) and ``BackupAndRestore`` must find the chief's checkpoint
-  wherever Spark runs the rerun's workers.
+A multi-host training runs its workers as Spark barrier tasks that may be on other machines (Dataproc,
+a standalone master off this machine's loopback, or ``cluster.share_nothing``). :func:`check_shared`
+refuses, before any worker starts, what only exists on the driver: a local MLflow store, or a local
+``tfrecord_dir`` or ``train.checkpoint_dir``.
 """
 
 from __future__ import annotations

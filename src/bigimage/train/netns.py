@@ -1,36 +1,13 @@
 """A private network namespace for the TensorFlow workers of one training: reachable from nowhere else.
 
-MultiWorkerMirroredStrategy starts a gRPC server in every worker, and it listens on every interface
-(``*:<port>``, IPv4 and IPv6), unauthenticated, whatever host TF_CONFIG names (tensorflow#11689); no
-TensorFlow option changes that. Workers in a fresh network namespace whose only interface is ``lo``
-still reach each other on 127.0.0.1, and nothing outside the namespace can reach them.
-
-One *holder* process (``unshare --net [--map-root-user] python -m bigimage.train.netns``) makes the
-namespace, brings ``lo`` up and waits on its stdin; each worker joins it with
-``nsenter --net=/proc/<holder>/ns/net -- <argv>``, which execs the worker, so the worker keeps its pid,
-exit code and process group. :meth:`PrivateNetwork.close` (and the launcher's death: the pipe closes)
-ends the holder; the kernel frees the namespace when its last process has exited, that is with the
-training's workers, which the launchers kill on the way out.
-
-As root the namespace is a plain ``unshare --net``; otherwise an unprivileged user namespace owns it
-(``--map-root-user``; workers join with ``nsenter --user --preserve-credentials``, so files they write
-keep the caller's owner).
-
-The way out is a relay, for the TCP endpoints on this machine's loopback that the workers use (an MLflow
-tracking server at ``http://127.0.0.1:5000``, a database on ``localhost``, a storage emulator): the
-holder listens on the same address and port inside the namespace and, for each connection, asks the
-launcher for a connection to that endpoint on the host, over a Unix socket pair made before the
-namespace was. The launcher, still in the host's namespace, connects and passes the connected socket
-back (``SCM_RIGHTS``); the holder copies bytes both ways. So the URIs stay as they are (same host and
-port: TLS, HTTP ``Host`` and logins unchanged), nothing new listens on the host, and the launcher dials
-only the endpoints it was given. Files (a sqlite store, file artifacts, local checkpoints) need no relay:
-the file system is shared. Endpoints on other hosts (a remote tracking server, Cloud Storage itself)
-stay out of reach.
-
-``strategy.isolation`` says what happens when no namespace can serve the workers (no util-linux, neither
-root nor unprivileged user namespaces, or an endpoint on another host): ``required`` stops the run with
-one line (:class:`IsolationError`), ``preferred`` runs the workers on the host network with a warning,
-``off`` runs them there without trying.
+MultiWorkerMirroredStrategy's gRPC servers listen on every interface, unauthenticated, whatever TF_CONFIG
+says (tensorflow#11689); in a namespace whose only interface is ``lo`` the workers still reach each other
+and nothing else reaches them. One *holder* process (``unshare --net [--map-root-user]``) makes the
+namespace and waits on its stdin; workers join it with ``nsenter`` (which execs them: same pid). Loopback
+endpoints the workers use (a tracking server, a database, a storage emulator) are relayed: the holder
+listens on the same address inside, and the launcher dials the host's endpoint and passes the socket back
+(``SCM_RIGHTS``), so URIs stay unchanged. ``strategy.isolation`` says what happens where no namespace
+serves the workers (docs/security.md).
 """
 
 from __future__ import annotations
@@ -118,10 +95,7 @@ def _on_loopback(host: str) -> bool:
 
 
 def endpoint(uri: str) -> Endpoint | None:
-    """The loopback endpoint through which a worker reaches ``uri`` (None: somewhere else).
-
-    ``gs://`` goes to the storage emulator when ``STORAGE_EMULATOR_HOST`` names one, else to Cloud Storage.
-    """
+    """The loopback endpoint through which a worker reaches ``uri`` (None: somewhere else; gs:// the emulator's)."""
     if uri.startswith("gs://"):
         from bigimage.data.storage import EMULATOR_ENV
 
@@ -139,8 +113,7 @@ def endpoint(uri: str) -> Endpoint | None:
 def routes(uris: Iterable[str | None]) -> tuple[list[Endpoint], list[str]]:
     """Of the URIs the workers use: the loopback endpoints to relay, and those no relay reaches.
 
-    A ``mlflow-artifacts:`` URI without a host goes through the tracking server, relayed with the
-    tracking URI.
+    A ``mlflow-artifacts:`` URI without a host goes through the tracking server, relayed with it.
     """
     relayed: list[Endpoint] = []
     beyond: list[str] = []
@@ -156,8 +129,7 @@ def routes(uris: Iterable[str | None]) -> tuple[list[Endpoint], list[str]]:
 
 
 class PrivateNetwork:
-    """A network namespace with only ``lo`` (up), held open by one process until :meth:`close`; it relays
-    connections to ``endpoints`` on the host's loopback (module doc)."""
+    """A network namespace with only ``lo``, held open until :meth:`close`, relaying ``endpoints``."""
 
     def __init__(self, endpoints: Sequence[Endpoint] = ()) -> None:
         unshare, nsenter = shutil.which("unshare"), shutil.which("nsenter")
@@ -195,8 +167,7 @@ class PrivateNetwork:
         return [*self.prefix, *argv]
 
     def close(self) -> None:
-        """End the holder (and with it the relays); the namespace goes when the last worker in it has
-        exited too."""
+        """End the holder and its relays; the namespace goes with the last worker in it."""
         self._stdin.close()
         try:
             self.holder.wait(timeout=10)
@@ -207,8 +178,7 @@ class PrivateNetwork:
 
 
 class Dialer(threading.Thread):
-    """The launcher's side of the relay: for each request of the holder, a connection to that endpoint
-    made in the host's namespace, handed over with ``SCM_RIGHTS``; ends when the holder does."""
+    """The launcher's side of the relay: dials each endpoint the holder asks for and hands it over."""
 
     def __init__(self, control: socket.socket, endpoints: Sequence[Endpoint]) -> None:
         super().__init__(name="netns-dialer", daemon=True)
@@ -246,8 +216,7 @@ class Dialer(threading.Thread):
 
 # ---------------------------------------------------------------------------------- the holder's side
 class Relay:
-    """Inside the namespace: listens on every endpoint's addresses and joins each connection to one the
-    launcher dialled on the host (:class:`Dialer`), copying bytes both ways."""
+    """Inside the namespace: joins each connection to one the :class:`Dialer` made on the host."""
 
     def __init__(self, control: socket.socket, endpoints: Sequence[Endpoint]) -> None:
         self.control = control
@@ -329,11 +298,9 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 def private_network(
     uris: Iterable[str | None] = (), what: str = "the training workers", isolation: str = PREFERRED
 ) -> Iterator[PrivateNetwork | None]:
-    """A :class:`PrivateNetwork` for ``what``, relaying the loopback endpoints of ``uris``, closed on exit.
+    """A :class:`PrivateNetwork` relaying the loopback endpoints of ``uris`` (what the workers use).
 
-    ``uris``: what the workers read or write (tracking URI, artifact URI, checkpoint directory). Where no
-    namespace serves them (none can be made, or one of ``uris`` is on another host), ``isolation`` decides
-    (module doc): IsolationError, or None (the host network) with a warning; ``off`` yields None at once.
+    Where none serves them, ``isolation`` decides: IsolationError, or None (the host network) with a warning.
     """
     uris = list(uris)
     if str(isolation) == OFF:
@@ -399,8 +366,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The holder: bring ``lo`` up, listen for the relays, say so, then wait until stdin closes (the
-    launcher closed it or died); output afterwards goes nowhere, as nobody reads it."""
+    """The holder: bring ``lo`` up, start the relays, say so, then wait until the launcher closes stdin."""
     arguments = _arguments(argv)
     _loopback_up()
     control = socket.socket(fileno=arguments.control_fd)

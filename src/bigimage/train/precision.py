@@ -1,15 +1,8 @@
 """``train.precision``: the Keras mixed-precision policy a training process runs under.
 
-- ``float32`` (default): everything in float32.
-- ``mixed_bfloat16``: layers compute in bfloat16 and keep float32 variables; on a CPU with bf16 units
-  (AVX512_BF16 or AMX) oneDNN runs bf16 kernels. bfloat16 has float32's range, so no loss scaling.
-- ``mixed_float16``: for GPUs with float16 units; Keras wraps the optimizer in a ``LossScaleOptimizer``
-  (``Model.compile`` does it under this policy), since float16 gradients underflow. Refused without a GPU.
-- ``auto``: ``mixed_bfloat16`` where the CPU has bf16 units or a GPU supports bfloat16 (compute
-  capability 8.0 or newer), ``float32`` otherwise.
-
-The models' logits layer is float32 under every policy (:mod:`bigimage.train.model`), so the loss and
-the logged model's outputs are float32 and its inputs uint8, as under ``float32``.
+``float32`` (default); ``mixed_bfloat16`` (bf16 compute, float32 variables; fast on CPUs with
+AVX512_BF16 or AMX); ``mixed_float16`` (GPUs only; Keras scales the loss); ``auto``: ``mixed_bfloat16``
+where the CPU or a GPU has bf16 units, else ``float32``. The logits layer stays float32 under every policy.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """A line per finished epoch on the launcher's console, read from the chief's progress file.
 
-The workers' own output goes to their log files (``<work_dir>/logs``); the chief also appends each
-finished epoch to ``<work_dir>/progress/worker-0.jsonl`` (:class:`bigimage.train.callbacks.TrainingObserver`).
-The launcher polls that file while it watches the workers and logs each new epoch, so whoever runs a
-training sees it advance.
+The chief appends each finished epoch to ``<work_dir>/progress/worker-0.jsonl``; the launcher polls it
+while it watches the workers, so whoever runs a training sees it advance.
 """
 
 from __future__ import annotations

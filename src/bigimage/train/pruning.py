@@ -1,10 +1,8 @@
 """Stop a hopeless search trial early: per-epoch validation accuracy to the pruner, its verdict to every worker.
 
-Only the chief reports (:class:`bigimage.search.trial.TrialReporter`). Under a multi-worker strategy
-every worker must stop after the same epoch, or the others would wait in a collective for a worker that
-has left, so the chief's verdict is summed over the workers (``strategy.reduce``: the others add 0) and
-every worker reads the same answer. A pruned training stops like a finished one: the run ends FINISHED
-with the tags ``pruned=true`` and ``pruned_epoch`` (the last epoch it ran), its model and history logged.
+Only the chief reports; its verdict is summed over the workers so that every worker stops after the same
+epoch (one that left would hang the others' collectives). A pruned run ends FINISHED with the tags
+``pruned=true`` and ``pruned_epoch``.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """``BackupAndRestore`` on a ``gs://`` checkpoint directory, staged through a local copy.
 
-TensorFlow 2.21 registers the ``gs`` scheme in ``tf.io.gfile``, but its Cloud Storage file system
-(``tsl/platform/cloud/gcs_file_system.cc``) has the endpoints ``https://www.googleapis.com/storage/v1/``
-and ``.../upload/storage/v1/`` compiled in: its environment settings (``GCS_*``, ``CURL_CA_BUNDLE``,
-``GCE_METADATA_HOST``, ``GOOGLE_AUTH_TOKEN_FOR_TESTING``) tune timeouts, caches and credentials, none
-the host, so it cannot be pointed at a storage emulator (checked in the shipped library's strings).
-The checkpoint therefore goes through :mod:`bigimage.data.storage` (fsspec with gcsfs, which
-honours ``STORAGE_EMULATOR_HOST``), the same way on Cloud Storage and on the emulator:
-
-- every worker downloads the shared checkpoint into a local directory before training (with
-  MultiWorkerMirroredStrategy every worker restores from the chief's checkpoint);
-- the chief uploads its directory after each epoch, once ``BackupAndRestore`` and the training's
-  observer (its running history) have written it: data files first, then the ``checkpoint`` index and
-  the history, then removes the objects of older checkpoints; a worker killed mid-upload leaves the
-  previous index pointing at files that are still there;
-- a finished training removes the shared copy, as ``BackupAndRestore(delete_checkpoint=True)`` does
-  locally, so the next run of the same config starts from epoch 0.
-
-Local paths (and schemes that ``tf.io.gfile`` reaches itself, such as ``hdfs://``) are used as they are.
+TensorFlow's own ``gs`` file system has Google's endpoints compiled in, so it cannot reach a storage
+emulator; the checkpoint goes through :mod:`bigimage.data.storage` (fsspec with gcsfs) instead. Every worker downloads it
+before training; the chief uploads after each epoch (data files first, then the ``checkpoint`` index and
+the history, then removes older objects, so a kill mid-upload leaves a valid index); a finished training
+removes it, so the next run of the config starts from epoch 0. Local paths are used as they are.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """A barrier task's own copy of what its training worker reads, made on the executor's host.
 
-The driver's files do not cross to another host: the resolved config arrives as text inside the Spark
-task, and this writes it into the task's scratch directory with every local-disk path pointing there
-(``paths.data_dir``, ``paths.output_dir``: the decoded-image file cache and any other scratch space), and
-a ``gs://`` ``tfrecord_dir`` copied to that directory first. Copying the shards once (parallel
-downloads, :func:`bigimage.data.storage.local_cache_copy`) and reading them from local disk every epoch
-is faster than streaming them from Cloud Storage on each pass, and TensorFlow's own ``gs`` file system
-cannot reach a storage emulator (:mod:`bigimage.train.shared_checkpoint`). Other URLs (``hdfs://``)
-and paths are left as given: a path must then exist on every host (a shared file system).
+The resolved config arrives as text inside the Spark task; this writes it into the task's scratch
+directory with the local-disk paths pointing there and a ``gs://`` ``tfrecord_dir`` copied there first
+(reading local shards every epoch beats streaming them). Other URLs and paths are left as given.
 """
 
 from __future__ import annotations

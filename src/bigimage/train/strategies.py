@@ -1,20 +1,8 @@
-"""The ``strategy=`` group: checks that need no TensorFlow, and the tf.distribute strategy itself.
+"""The ``strategy=`` group's tf.distribute strategies (docs/training.md).
 
-- ``default``: no distribution (``tf.distribute.get_strategy()``), one replica.
-- ``mirrored``: ``MirroredStrategy`` over the local devices: the GPUs if any, else the CPU split into
-  ``strategy.logical_cpu_devices`` logical devices, so that N replicas really run on a CPU-only box.
-- ``multi_worker_mirrored``: ``MultiWorkerMirroredStrategy``, one process per worker, each with its own
-  ``TF_CONFIG`` (see :mod:`bigimage.train.launch`).
-- ``experimental_multi_worker_mirrored``: ``tf.distribute.experimental.MultiWorkerMirroredStrategy``,
-  the deprecated alias the seed compared; same mechanics.
-
-``strategy.launcher`` says where the worker processes run: ``processes`` (the default) on this machine,
-``spark_barrier`` one per Spark barrier task on the executors of ``cluster`` (multi-worker strategies
-only; see :func:`bigimage.train.launch.run_spark_barrier_workers`).
-
-``batch_size`` is the GLOBAL batch size (all replicas together): each replica gets
-``batch_size / replicas``; a batch size that does not divide by the replica count is an error raised
-before training, naming both numbers.
+``mirrored`` on a CPU-only machine splits the CPU into ``strategy.logical_cpu_devices`` logical devices,
+so that N replicas really run; the multi-worker strategies run one process per worker
+(:mod:`bigimage.train.launch`). ``batch_size`` is the global batch of all replicas together.
 """
 
 from __future__ import annotations
@@ -24,8 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from hydra.utils import get_method
 
-from bigimage.config import Strategy
-
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
 
@@ -33,17 +19,8 @@ if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
 log = logging.getLogger(__name__)
 
 
-def is_multi_worker(cfg: Config) -> bool:
-    """Also for a config read back from YAML by a worker process, where the name is a plain string."""
-    return Strategy(cfg.strategy.name).multi_worker
-
-
 def configure_devices(cfg: Config) -> None:
-    """Split the CPU into logical devices for ``mirrored``; must run before TensorFlow initialises.
-
-    Every training runs in a fresh worker process (see :mod:`bigimage.train.launch`), so this is called
-    once per process and sequential sweeps with different device counts do not collide.
-    """
+    """Split the CPU into logical devices for ``mirrored``; must run before TensorFlow initialises."""
     import tensorflow as tf
 
     count = cfg.strategy.logical_cpu_devices
@@ -68,8 +45,7 @@ def configure_devices(cfg: Config) -> None:
 
 
 def make_strategy(cfg: Config) -> Any:
-    """The tf.distribute strategy of the ``strategy`` group: its ``_target_`` function (call
-    :func:`configure_devices` first)."""
+    """The tf.distribute strategy of the ``strategy`` group: its ``_target_`` function."""
     return get_method(cfg.strategy._target_)(cfg.strategy)
 
 

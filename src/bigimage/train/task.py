@@ -1,21 +1,11 @@
 """``task=train``: what run.py calls inside its open MLflow run.
 
-:func:`run_train` checks the config and the TFRecords (no process starts on bad input), stages gs://
-shards into a local cache, writes the resolved config for the workers (readable by this user only and
-removed when they end, as it holds the config's secrets), launches them
-(:mod:`bigimage.train.launch`: local processes, or with ``strategy.launcher=spark_barrier`` one Spark
-barrier task per worker on ``cfg.cluster``), and returns the chief's final metrics. The chief worker logs into the
-launcher's MLflow run (its id on the command line, the tracking URI and login in the environment:
-:meth:`~bigimage.train.launch.WorkerJob.environment`); this process adds the
-workers' logs as artifacts (``worker_logs/``), also when training failed.
-
-Checkpoints (``tf_keras.callbacks.BackupAndRestore``) live in ``train.checkpoint_dir``, by default
-``<paths.data_dir>/checkpoints/<key>`` where the key is derived from the parts of the config that
-shape the training state (data, image size, model, strategy, batch size, epochs, seed, train.*), not
-from the MLflow run: rerunning the same config after a killed worker, in a new run or the same one,
-resumes from the last finished epoch; the run gets the tag ``resumed_from_epoch`` (and, when a new run
-took over, ``resumed_history_from_run`` plus the earlier epochs' metrics). A finished training deletes
-its checkpoint, so the next run of that config starts from epoch 0.
+:func:`run_train` checks the config and the TFRecords before any process starts, writes the resolved
+config for the workers (readable by this user only: it holds the config's secrets), launches them
+(:mod:`bigimage.train.launch`) and returns the chief's final metrics; the chief logs into the launcher's
+run, and this process adds the workers' logs (``worker_logs/``), also when training failed. Checkpoints
+live in ``train.checkpoint_dir``, by default keyed by the config parts that shape the training state, so
+rerunning a config resumes from its last finished epoch (docs/training.md).
 """
 
 from __future__ import annotations
@@ -29,10 +19,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
+from bigimage.config import Strategy
 from bigimage.data import readers
 from bigimage.search.trial import search_tags
 from bigimage.tracking import names
-from bigimage.train import inputs, launch, multihost, strategies
+from bigimage.train import inputs, launch, multihost
 
 if TYPE_CHECKING:  # the typed schema; at run time a DictConfig of it
     from bigimage.config import Config
@@ -80,25 +71,18 @@ def local_tfrecord_dir(cfg: Config) -> str:
     return local_cache_copy(url, os.path.join(str(cfg.paths.data_dir), "cache", "tfrecords", name))
 
 
-def _active_run() -> tuple[str | None, str | None]:
+def _active_run() -> tuple[str | None, str | None, str | None]:
+    """The active MLflow run's id, tracking URI and artifact URI (all None without one)."""
     import mlflow
 
     run = mlflow.active_run()
     if run is None:
-        return None, None
-    return run.info.run_id, mlflow.get_tracking_uri()
-
-
-def _artifact_uri() -> str | None:
-    import mlflow
-
-    run = mlflow.active_run()
-    return run.info.artifact_uri if run is not None else None
+        return None, None, None
+    return run.info.run_id, mlflow.get_tracking_uri(), run.info.artifact_uri
 
 
 def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
-    """The fully resolved config the workers read: local ``tfrecord_dir`` (the one given, e.g. a gs:// URL,
-    in :data:`SOURCE_KEY`, which the chief names as its datasets' source), ``train.checkpoint_dir`` set."""
+    """The resolved config the workers read: local ``tfrecord_dir`` (the given one in :data:`SOURCE_KEY`)."""
     resolved = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
     resolved[SOURCE_KEY] = str(cfg.tfrecord_dir)
     resolved.tfrecord_dir = tfrecord_dir
@@ -107,8 +91,7 @@ def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
 
 
 def save_private(cfg: DictConfig, path: str) -> None:
-    """``cfg`` as YAML at ``path``, readable by this user only from its first byte: the workers' config
-    holds what they need of the config's secrets (a database password in ``search.storage``, say)."""
+    """``cfg`` as YAML at ``path``, readable by this user only from its first byte (it holds secrets)."""
     if os.path.lexists(path):
         os.remove(path)  # a rerun's: its mode would stay
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -117,8 +100,7 @@ def save_private(cfg: DictConfig, path: str) -> None:
 
 
 def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[str, str, str]:
-    """This training's folder (named by its run), with the workers' config written in it; returns the
-    folder, the config's path and where the chief's result will be (none there yet)."""
+    """This training's folder with the workers' config in it: (folder, config path, result path)."""
     name = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     work_dir = os.path.join(str(cfg.paths.output_dir), "train", name)
     os.makedirs(work_dir, exist_ok=True)
@@ -133,13 +115,11 @@ def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[st
 def run_train(cfg: Config) -> dict[str, float]:
     """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir``; returns the final metrics.
 
-    ``batch_size`` is the global batch size (per replica: ``batch_size / replicas``). Logs into the
-    active MLflow run when there is one (through the chief worker), else logs nothing. Raises
-    ConfigError or TFRecordDirError before any process starts, WorkerFailedError when a worker fails.
+    Logs into the active MLflow run, if any. Raises ConfigError or TFRecordDirError before any process
+    starts, WorkerFailedError when a worker fails.
     """
-    run_id, tracking_uri = _active_run()
-    # A multi-host run gets nothing from this machine's disk: refused here, before any worker starts.
-    multihost.check_shared(cfg, tracking_uri, _artifact_uri(), checkpoint_dir(cfg))
+    run_id, tracking_uri, artifact_uri = _active_run()
+    multihost.check_shared(cfg, tracking_uri, artifact_uri, checkpoint_dir(cfg))
     # Fail on missing shards or the wrong image size before any process starts.
     readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
     # Barrier tasks stage a gs:// set on their own hosts (bigimage.train.staging); local workers share this copy.
@@ -152,7 +132,7 @@ def run_train(cfg: Config) -> dict[str, float]:
 
     resolved = worker_config(cfg, data_dir)
     work_dir, config_path, result_file = _work_dir(cfg, resolved, run_id)
-    workers = int(cfg.strategy.num_workers) if strategies.is_multi_worker(cfg) else 1
+    workers = int(cfg.strategy.num_workers) if Strategy(cfg.strategy.name).multi_worker else 1
     log.info(
         "training %s with strategy=%s on %d worker process(es) (launcher=%s), checkpoints in %s, logs in %s",
         cfg.model.name,
@@ -171,11 +151,10 @@ def run_train(cfg: Config) -> dict[str, float]:
             tracking_uri=tracking_uri,
             run_id=run_id,
             result_file=result_file,
-            worker_uris=(tracking_uri, _artifact_uri(), str(resolved.train.checkpoint_dir), cfg.search.storage),
+            worker_uris=(tracking_uri, artifact_uri, str(resolved.train.checkpoint_dir), cfg.search.storage),
             isolation=str(cfg.strategy.isolation),
         )
         if cfg.strategy.launcher == "spark_barrier":
-            # One worker per Spark barrier task on the executors of cfg.cluster (multi-worker only).
             launch.run_spark_barrier_workers(cfg.cluster, job)
         else:
             launch.run_local_workers(job)
@@ -192,8 +171,7 @@ def run_train(cfg: Config) -> dict[str, float]:
 
 
 def _with_cost(result_file: str, run_id: str | None) -> dict[str, float]:
-    """The chief's final metrics plus ``seconds_per_epoch`` (logged too): the training's cost on this
-    machine, the second objective of ``hparams_search=train_optuna_cost``."""
+    """The chief's final metrics plus ``seconds_per_epoch`` (logged too; ``train_optuna_cost``'s objective)."""
     with open(result_file, encoding="utf-8") as handle:
         result = {key: float(value) for key, value in json.load(handle).items()}
     result[names.SECONDS_PER_EPOCH] = result[names.TRAINING_SECONDS] / max(result.get("epochs_run", 1.0), 1.0)

@@ -1,25 +1,11 @@
 """TensorFlow's CPU settings in a training process: oneDNN on, op thread pools sized to a share of the cores.
 
-``benchmarks/train_compute.py`` measures each choice (figures in ``benchmarks/README.md``):
-
-- **oneDNN.** TensorFlow turns its oneDNN kernels on by default only on CPUs with AVX-512 VNNI or newer;
-  elsewhere the small CNN's convolutions and their gradients run on Eigen's kernels, which train it at
-  well under half the speed. The results differ only by floating-point round-off (another summation
-  order). It must be set before TensorFlow is imported: the worker module sets it at its top
-  (``os.environ.setdefault``, so ``TF_ENABLE_ONEDNN_OPTS=0`` still turns it off).
-- **XLA** (``jit_compile``) made the step slower than oneDNN without it, so it stays off.
-- **Threads.** TensorFlow sizes both of its op pools (intra-op: the threads one op's work is split
-  over; inter-op: the threads that run independent ops) to all the cores it sees, in every process.
-  ``N`` workers on one machine of ``C`` cores then run ``N x C`` op threads on ``C`` cores, and the
-  ``D`` replicas of ``mirrored`` on logical CPU devices each split their ops over all ``C`` cores at
-  once. :func:`op_threads` gives each worker ``C // N`` cores (at least one) and, inside it, each
-  replica ``1 / D`` of those for its ops, while the inter-op pool holds one thread per replica so the
-  replicas really run side by side: the workers of one machine together never use more than ``C``
-  intra-op threads (nor inter-op threads) as long as ``N <= C``.
-
-The workers of a machine are the TF_CONFIG entries with this worker's host (``launcher=processes``:
-all of them; Spark barrier tasks: those on the same executor host). ``TF_NUM_INTRAOP_THREADS`` and
-``TF_NUM_INTEROP_THREADS``, when set, win over the computed values.
+oneDNN's kernels train the CNN at over twice Eigen's speed where TensorFlow leaves them off (set before
+TensorFlow is imported, so ``TF_ENABLE_ONEDNN_OPTS=0`` still wins). TensorFlow sizes its op pools to all
+cores in every process, so ``N`` workers of one machine would run ``N x C`` threads on ``C`` cores:
+:func:`op_threads` gives each worker ``C // N`` cores, split among its replicas, with one inter-op thread
+per replica. The workers of a machine are the TF_CONFIG entries with this worker's host;
+``TF_NUM_INTRAOP_THREADS`` and ``TF_NUM_INTEROP_THREADS`` win when set (docs/training.md).
 """
 
 from __future__ import annotations
@@ -63,8 +49,7 @@ def available_cores() -> int:
 
 
 def op_threads(cores: int, workers_here: int, replicas: int = 1) -> OpThreads:
-    """Pool sizes for one of ``workers_here`` processes sharing ``cores`` cores, running ``replicas``
-    replicas side by side (``mirrored`` on logical CPU devices; 1 otherwise)."""
+    """Pool sizes for one of ``workers_here`` processes sharing ``cores``, running ``replicas`` side by side."""
     budget = max(1, cores // max(1, workers_here))
     replicas = max(1, replicas)
     return OpThreads(
@@ -101,10 +86,7 @@ def replicas_in_process(cfg: Any) -> int:
 
 
 def configure(cfg: Any) -> OpThreads:
-    """Size TensorFlow's op pools for this worker (before TensorFlow initialises); returns what was set.
-
-    The environment variables ``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS`` win when set.
-    """
+    """Size TensorFlow's op pools for this worker (before TensorFlow initialises); returns what was set."""
     import tensorflow as tf
 
     wanted = op_threads(available_cores(), workers_on_this_machine(), replicas_in_process(cfg))
