@@ -500,9 +500,10 @@ def test_the_report_has_a_forecast_section_and_logs_the_model(store, tmp_path) -
 
 @pytest.mark.slow  # imports TensorFlow: 5-30 s, with the machine's load
 def test_the_speed_test_pipeline_runs_on_the_threads_it_is_given() -> None:
-    from bigimage.speedtest.timing import import_tensorflow, with_threads
+    from bigimage.speedtest.timing import with_threads
+    from bigimage.tensorflow_runtime import load_tensorflow
 
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     dataset = tf.data.Dataset.range(4)
     assert with_threads(dataset, 0) is dataset
     assert with_threads(dataset, 3).options().threading.private_threadpool_size == 3

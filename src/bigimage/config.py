@@ -52,12 +52,11 @@ class Launcher(StrEnum):
 
 
 class Isolation(StrEnum):
-    """Whether the workers of a multi-worker training on this machine run in a private network namespace
-    (bigimage.train.netns), out of reach of everything else."""
+    """Whether a multi-worker training's workers run in a private network namespace (bigimage.train.netns)."""
 
-    required = "required"  # in one, or the run stops with one line saying why none can serve them
-    preferred = "preferred"  # in one where it can serve them, else on the host network with a warning
-    off = "off"  # on the host network
+    required = "required"  # or the run stops saying why none can serve them
+    preferred = "preferred"  # else the host network, with a warning
+    off = "off"
 
 
 class Source(StrEnum):
@@ -131,9 +130,8 @@ class ClusterConfig:
     driver_memory: str = "2g"
     partitions_per_core: int = 2
     spark_conf: dict[str, str] = field(default_factory=dict)
-    # deploy=standalone: each worker of the loopback cluster in its own mount namespace with empty /tmp,
-    # data/, outputs/ and home (bigimage.spark.isolate), as hosts that share no file system; with
-    # cluster.master: the given cluster's hosts share none. Either way a multi-host run (train/multihost.py).
+    # Hosts that share no file system: the loopback cluster's workers each see empty /tmp, data/, outputs/
+    # and home (bigimage.spark.isolate); a multi-host run either way (bigimage.train.multihost).
     share_nothing: bool = False
     shape: DataprocShape = field(default_factory=DataprocShape)
     dataproc: DataprocJob = field(default_factory=DataprocJob)
@@ -151,9 +149,8 @@ class DatasetConfig:
 
 @dataclass
 class BuiltGroup:
-    """A group whose option is built by calling the function its ``_target_`` names (``strategy``:
-    ``bigimage.train.strategies.mirrored``, ``model``: ``bigimage.train.model.small_cnn``) with the
-    group's config: a new option is one YAML file naming its function, and that function."""
+    """A group whose option is built by calling the function its ``_target_`` names with the group's config
+    (e.g. ``bigimage.train.model.small_cnn``): a new option is a YAML file and that function."""
 
     _target_: str = MISSING
     name: str = MISSING
@@ -184,8 +181,7 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
     artifact_root: str | None = None  # None: beside a sqlite store's database file (<root>/mlruns/artifacts)
-    # MLflow system metrics (system/cpu_utilization_percentage, ...) of the machine that runs the task's
-    # driver process, sampled every system_metrics_interval seconds; false: none.
+    # MLflow system metrics of the driver's machine, sampled every system_metrics_interval seconds.
     system_metrics: bool = True
     system_metrics_interval: float = 2.0
     # Where analysis/best_config.py and the main job's report register the winning training run's model.
@@ -199,8 +195,7 @@ class PreprocessConfig:
     jpeg_quality: int = 90
     shard_prefix: str = "flowers"
     max_failed_listed: int = 10000
-    # A tfrecord_dir holding files this project did not write is refused; true names them in the log and
-    # deletes them with the old set once the new set is committed (bigimage.data.shards.Publication).
+    # A tfrecord_dir holding files this project did not write is refused; true deletes them with the old set.
     replace_foreign: bool = False
 
 
@@ -214,8 +209,7 @@ class SpeedtestConfig:
     parallelism: int = 1
     # When batch_size x batch_number exceeds the data: "repeat" the data, or "error".
     on_short_data: OnShortData = OnShortData.repeat
-    # Threads of each timed tf.data pipeline; 0: the cores of the executor it runs on (read back from Spark),
-    # as on a cluster node, so a shape reads with its own cores locally too (tag speedtest.pipeline_threads).
+    # Threads of each timed tf.data pipeline; 0: the cores of the executor it runs on, read back from Spark.
     pipeline_threads: int = 0
 
 
@@ -223,22 +217,19 @@ class SpeedtestConfig:
 class TrainConfig:
     learning_rate: float = 0.001
     validation_fraction: float = 0.2
-    # Held out from every choice (bigimage.train.inputs): stratified per class by a hash keyed with
-    # split_seed, so runs with other training seeds share it; read only to test the champion.
+    # Held out from every choice, stratified per class by a hash keyed with split_seed (bigimage.train.inputs).
     test_fraction: float = 0.1
     split_seed: int = 0
     precision: Precision = Precision.float32  # Keras' mixed-precision policy (bigimage.train.precision)
     augment: bool = False
     shuffle_buffer: int = 1000
     split: Split = Split.hash
-    # Keep decoded images (uint8) after the first epoch: in memory when they fit in cache_max_memory_fraction
-    # of the available memory, else in a file cache under cache_dir (None: <paths.data_dir>/cache/decoded),
-    # else not at all (bigimage.train.cache; the run's tag input_cache says which).
+    # Keep decoded images after the first epoch, in memory or in a file cache under cache_dir (None:
+    # <paths.data_dir>/cache/decoded) as they fit (bigimage.train.cache).
     cache: bool = True
     cache_max_memory_fraction: float = 0.5
     cache_dir: str | None = None
-    # None: <paths.data_dir>/checkpoints/<key>, key derived from the training-relevant config, so a
-    # rerun of the same config resumes (BackupAndRestore) from its last finished epoch.
+    # None: <paths.data_dir>/checkpoints/<key of the training-relevant config>, so a rerun resumes.
     checkpoint_dir: str | None = None
 
 
@@ -260,13 +251,9 @@ SCALING_POINT_KEYS = ("num_images", "executors", "batches")
 
 @dataclass
 class ScalingConfig:
-    """A design of small runs for the scaling model (experiments/scaling_points.yaml): the points by name
-    and the one this job runs (``point``), which the experiment's keys read through interpolations.
-
-    A point is ``{num_images, executors, batches}`` (data size, executors of one core, timed speed-test
-    batches), typed as a dict of ints rather than a dataclass so that a point can be added on the
-    command line (``'+scaling.points.big={num_images: 20000, executors: 2, batches: 206}'``), which
-    OmegaConf refuses for a dict of dataclasses; :func:`validate` checks its keys.
+    """A design of small runs for the scaling model (experiments/scaling_points.yaml) and the ``point`` this
+    job runs. A point is ``{num_images, executors, batches}``, a dict of ints rather than a dataclass so
+    that one can be added on the command line; :func:`validate` checks its keys.
     """
 
     point: str | None = None
@@ -275,8 +262,7 @@ class ScalingConfig:
 
 @dataclass
 class SearchConfig:
-    """Set by the search's sweeper on each trial's job (``hparams_search=...``), empty otherwise: the Optuna
-    study and trial this run is, so its training workers can report epochs to the pruner (``prune``)."""
+    """The Optuna study and trial of a search's job, set by the sweeper (empty otherwise), for the pruner."""
 
     study_name: str | None = None
     storage: str | None = None
@@ -313,14 +299,12 @@ class Config:
     epochs: int = 10
     seed: int = 42
     search: SearchConfig = field(default_factory=SearchConfig)
-    # What run.py's task function returns for a training run (a sweeper optimises it): a metric of its
-    # result, or a list of them for several objectives (hparams_search=train_optuna_cost).
+    # The metric(s) of a training's result that run.py returns for a sweeper to optimise.
     optimized_metric: Any = "best_val_accuracy"
 
 
 def register_configs() -> None:
-    """Register the schema (idempotent). Its typed group fields check every group's YAML when merged,
-    so no per-group schema is stored where Hydra would list it as an option."""
+    """Register the schema (idempotent); its typed group fields check every group's YAML when merged."""
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
@@ -371,11 +355,8 @@ def _validate_tracking_uri(uri: str | None) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Every rule that spans fields, checked once per run before Spark or TensorFlow start.
-
-    Types and closed choices are checked by Hydra at composition; this is what they cannot say.
-    Raises :class:`ConfigError` naming the key, the value and what is valid.
-    """
+    """Every rule that spans fields, checked once per run before Spark or TensorFlow start; raises
+    :class:`ConfigError` naming the key, the value and what is valid."""
     _validate_scaling(cfg.scaling)  # first: the experiment's other keys are read through it
     for key in ("image_size", "num_shards", "batch_size", "epochs"):
         _check_positive(key, cfg[key])

@@ -57,8 +57,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         raise RuntimeError("run_pipeline needs an active MLflow run to hang its steps under")
     parent_id, experiment_id = parent.info.run_id, parent.info.experiment_id
     summary: dict[str, Any] = {}
-    # One Spark start for the pipeline (spark_for hands every step the session the first one opened, and
-    # a standalone cluster is started once); it stops before training unless a training runs on it.
+    # One Spark start for the pipeline; it stops before training unless a training runs on it.
     with ExitStack() as spark:
         spark.enter_context(one_session(f"bigimage-pipeline-{cfg.cluster.name}"))
         log.info("1/4 preprocess")
@@ -84,9 +83,8 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
 
 
 def train_steps(cfg: DictConfig, parent_id: str, experiment_id: str) -> dict[str, float]:
-    """One training per ``pipeline.strategies``. Each one's result is a row of the parent's table
-    ``trainings.json``; the parent's metric ``train.best_val_accuracy`` and tag ``train.best_strategy``
-    are the best of them (one column to sort pipelines by, however many strategies ran)."""
+    """One training per ``pipeline.strategies``, a row each of the parent's ``trainings.json``; the parent's
+    ``train.best_val_accuracy`` and tag ``train.best_strategy`` are the best of them."""
     rows = []
     for index, strategy in enumerate(cfg.pipeline.strategies):
         log.info("3/4 train, strategy %s (%d/%d)", strategy, index + 1, len(cfg.pipeline.strategies))
@@ -105,8 +103,7 @@ def train_steps(cfg: DictConfig, parent_id: str, experiment_id: str) -> dict[str
 
 
 def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
-    """The analysis of the pipeline's runs (an analysis run, its child), which also registers the best
-    training run's model as ``tracking.registered_model`` with the alias ``champion``."""
+    """The analysis of the pipeline's runs, which registers the best training's model as ``champion``."""
     from bigimage.analysis_lib.report import make_report
 
     report = make_report(

@@ -27,11 +27,8 @@ TASK_FUNCTIONS = {
 }
 
 
-# task name -> the config keys it reads, logged as its params (a key selects everything below it; empty
-# values are left out). The whole resolved config is the artifact config/config.yaml. The analysis reads
-# cluster.* (name, shape, region, executors, cores), dataset.num_images, image_size, strategy.name and
-# batch_size back from these params. Training reads cluster.name only as the analysis's key for where it
-# ran, unless its workers run on the cluster's executors (strategy.launcher=spark_barrier: all of it).
+# task name -> the config keys it reads, logged as its params (a key selects everything below it); the
+# analysis reads them back. Training logs all of cluster only when its workers run on it (param_keys).
 _DATA = ("dataset", "tfrecord_dir", "image_size")
 _PREPROCESS = ("cluster", *_DATA, "num_shards", "seed", "preprocess")
 _TRAINING = ("model", "strategy", "batch_size", "epochs", "seed", "train")
@@ -88,9 +85,8 @@ def tracked_task(
     parent_run_id: str | None = None,
     extra_tags: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Run ``cfg.task.name`` inside an MLflow run of its own (a child of ``parent_run_id`` when given: the
-    pipeline's steps), named by :func:`run_name`, with the params the task reads; returns the task's
-    metrics and the run's id."""
+    """Run ``cfg.task.name`` inside an MLflow run of its own (a child of ``parent_run_id`` when given);
+    returns the task's metrics and the run's id."""
     with tracked_run(
         cfg,
         task=cfg.task.name,

@@ -1,20 +1,11 @@
 """SIGTERM and SIGHUP as an exception, so a stopped job unwinds the way Ctrl-C makes it unwind.
 
-A scheduler, ``timeout`` or a closing terminal stops a process with SIGTERM or SIGHUP, whose default
-action ends it on the spot: no ``finally`` runs, so the MLflow run stays RUNNING, the Spark job is not
-cancelled, a standalone cluster's JVMs and the training workers are left behind. While at least one
-holder has called :func:`install` (the tracked run of every task, a sweep's parent, a standalone
-cluster), these signals raise :class:`Terminated` in the main thread instead, where Python delivers
-them; every ``finally`` and context manager then runs, and ``tracked_run`` ends the run KILLED.
-
-``Terminated`` is both a ``KeyboardInterrupt`` and a ``SystemExit``. The first so that whatever
-already cleans up after Ctrl-C does the same here: py4j drops the connection a call was waiting on
-(any other exception leaves its answer pending and every later Spark call reads the wrong one, so the
-job could not even be cancelled), the Dataproc submitter cancels its job. The second so that, left
-uncaught, the interpreter exits with ``128 + signal`` (143 for SIGTERM, the shell's convention) and no
-traceback. Only the first signal raises; more SIGTERM/SIGHUP while the job unwinds are ignored, so a
-second one cannot cut the clean-up short (SIGKILL still stops everything at once). A handler someone
-else installed, or ``SIG_IGN`` (``nohup``), is left alone.
+Their default action ends the process with no ``finally`` run: the MLflow run stays RUNNING and Spark
+JVMs and training workers are left behind. While a holder has called :func:`install`, they raise
+:class:`Terminated` in the main thread instead. It is a ``KeyboardInterrupt``, so what cleans up after
+Ctrl-C (py4j, the Dataproc submitter) does the same, and a ``SystemExit``, so uncaught it exits with
+``128 + signal`` and no traceback. Only the first signal raises, so a second cannot cut the clean-up
+short; a handler someone else installed, or ``SIG_IGN``, is left alone.
 """
 
 from __future__ import annotations
@@ -53,9 +44,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     if _unwinding:
         return  # already unwinding from the first signal: let the clean-up finish
     _unwinding = True
-    # First what Ctrl-C would do. PySpark's SIGINT handler cancels the running Spark jobs (on a fresh
-    # py4j connection); without that, the JVM side of the interrupted call stays busy and every later
-    # call to Spark, the cancel and the stop in the ``finally`` blocks included, fails.
+    # First what Ctrl-C would do: PySpark's SIGINT handler cancels the running Spark jobs, without which
+    # every later call to Spark (the clean-up's included) fails.
     on_interrupt = signal.getsignal(signal.SIGINT)
     if callable(on_interrupt) and on_interrupt is not signal.default_int_handler:
         with contextlib.suppress(BaseException):
@@ -64,10 +54,9 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> bool:
-    """Make SIGTERM/SIGHUP raise :class:`Terminated` until the matching :func:`uninstall`.
+    """Make SIGTERM/SIGHUP raise :class:`Terminated` until the matching :func:`uninstall` (nestable).
 
-    Nestable (a count of holders). Returns False, and counts nothing, outside the main thread, where
-    Python cannot install handlers; only a True return is to be matched by :func:`uninstall`.
+    Returns False, counting nothing, outside the main thread, where Python cannot install handlers.
     """
     global _holders, _unwinding, _last_signal
     if threading.current_thread() is not threading.main_thread():

@@ -1,15 +1,9 @@
-"""The speed-test grid and its fan-out over Spark.
+"""The speed-test grid (sources x batch sizes x batch numbers) and its fan-out over Spark.
 
-The grid is sources x batch sizes x batch numbers; each point is timed ``repetitions`` times, so a run
-has ``len(sources) * len(batch_sizes) * len(batch_numbers) * repetitions`` rows (:func:`expected_rows`).
-
-``speedtest.parallelism`` is how many points are timed at once: the points are dealt round-robin into
-that many groups, one Spark partition (task) each, and a task times its points one after the other in
-one Python worker that imports TensorFlow once. ``parallelism=1`` is one task timing everything
-sequentially: clean, uncontended timings. More runs points side by side, which contends for the same
-cores and disks (each TensorFlow pipeline uses every core it sees), so per-point numbers drop: it
-measures throughput under load, not the pipeline alone. The effective value is bounded by the task
-slots of the running context and by the number of points, and :func:`run_grid` returns it.
+``speedtest.parallelism`` points are timed at once: the points are dealt round-robin into that many
+Spark tasks, each timing its points one after the other in one Python worker. ``1`` gives clean,
+uncontended timings; more measures throughput under load. The effective value is bounded by the task
+slots and the points, and :func:`run_grid` returns it.
 """
 
 from __future__ import annotations
@@ -23,8 +17,7 @@ _ERROR_KEY = "__speedtest_error__"
 
 
 def grid_points(sources: list[str], batch_sizes: list[int], batch_numbers: list[int]) -> list[GridPoint]:
-    """Every point, ordered batch size, batch number, then source: the sources alternate, so drift in
-    machine load during a sequential run touches both alike rather than all of one source."""
+    """Every point, the sources alternating, so drift in machine load touches both alike."""
     return [
         GridPoint(source, int(batch_size), int(batch_number))
         for batch_size in batch_sizes
@@ -36,17 +29,6 @@ def grid_points(sources: list[str], batch_sizes: list[int], batch_numbers: list[
 def expected_rows(speed: Any) -> int:
     """Rows a complete run logs for a ``speedtest`` config node."""
     return len(speed.sources) * len(speed.batch_sizes) * len(speed.batch_numbers) * int(speed.repetitions)
-
-
-def deal(points: list[GridPoint], groups: int) -> list[list[GridPoint]]:
-    """Deal ``points`` round-robin into at most ``groups`` non-empty groups (order kept within a group)."""
-    groups = max(1, min(groups, len(points)))
-    return [points[index::groups] for index in range(groups)]
-
-
-def effective_parallelism(requested: int, slots: int, points: int) -> int:
-    """How many points can really be timed at once."""
-    return max(1, min(requested, slots, points))
 
 
 def _time_partition(
@@ -73,11 +55,11 @@ def run_grid(
     from bigimage.speedtest import timing
 
     context = spark.sparkContext
-    groups = deal(points, parallelism)
-    effective = effective_parallelism(parallelism, int(context.defaultParallelism), len(points))
+    count = max(1, min(parallelism, len(points)))  # points dealt round-robin into this many tasks
+    effective = max(1, min(parallelism, int(context.defaultParallelism), len(points)))
     context.setJobDescription(f"speedtest: {len(points)} points x {settings.repetitions} repetitions")
     results = (
-        context.parallelize(list(enumerate(groups)), len(groups))
+        context.parallelize([(index, points[index::count]) for index in range(count)], count)
         .mapPartitions(lambda part: _time_partition(part, plans, settings))
         .collect()
     )

@@ -1,17 +1,9 @@
 """Speed-test rows as a table, summary metrics, a figure and a printed overview; logged to MLflow.
 
-MLflow names (docs/contracts.md, task 2):
-
-* table artifact ``speedtest.json`` (``mlflow.log_table``; read back with ``mlflow.load_table``): one row
-  per source x batch size x batch number x repetition with :data:`ROW_COLUMNS` (plus ``repeated``,
-  ``warmup_batches``, ``available_images``, ``partition``);
-* ``speedtest.csv`` (the same rows) and ``speedtest.png`` (images/s against batch size per source);
-* metrics ``images_per_second.<source>.bs<N>``: the median over batch numbers and repetitions;
-  ``tfrecord_speedup``: the median images/s of all ``tfrecord`` rows over the median of all ``files``
-  rows (only when both sources ran); ``speedtest.rows`` and ``speedtest.repeated_rows``;
-* table artifact ``speedtest_summary.json``: per source and batch size the median ``images_per_second``
-  and ``bytes_per_second`` and, per batch size, ``tfrecord_speedup``. These were metrics once; as
-  columns of the runs table they multiplied with the grid while nobody sorts runs by them.
+The names are the contract's (docs/contracts.md, task 2): the table ``speedtest.json`` with
+:data:`ROW_COLUMNS`, ``speedtest.csv``, ``speedtest.png``, the metrics ``images_per_second.<source>.bs<N>``
+(medians), ``tfrecord_speedup``, ``speedtest.rows`` and ``speedtest.repeated_rows``, and the table
+``speedtest_summary.json`` of medians per source and batch size.
 """
 
 from __future__ import annotations
@@ -65,8 +57,8 @@ def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def summary_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per source and batch size: median ``images_per_second`` and ``bytes_per_second`` and, when
-    both sources ran, the batch size's ``tfrecord_speedup`` (median tfrecord over median files images/s)."""
+    """Median ``images_per_second`` and ``bytes_per_second`` per source and batch size, and the batch size's
+    ``tfrecord_speedup`` when both sources ran."""
     summary = frame.groupby(["source", "batch_size"])[["images_per_second", "bytes_per_second"]].median().reset_index()
     if {"files", "tfrecord"} <= set(frame["source"]):
         per_size = _medians(frame, "images_per_second").unstack("source")

@@ -1,35 +1,12 @@
 """The timed tf.data pipelines of the speed test, and the timer: what one grid point measures.
 
-Two sources, each read the way training reads (parallel reads and decode, prefetch):
-
-* ``files``: the original images of the labelled tree (``dataset.root``), each read whole, decoded,
-  centre-cropped to a square and resized (bilinear) to ``image_size`` x ``image_size``.
-* ``tfrecord``: task 1's shards, records read interleaved (``readers.record_dataset``), each batch
-  parsed in one op and its images decoded in parallel (``readers.decoded_batches``); training reads
-  the same records with the same parse and decode (``readers.decoded_records``), a record at a time
-  after the parse, since it caches and shuffles records.
-
-Both deliver uint8 pixels (0..255), as training's input pipeline does (``train/inputs.py`` decodes with
-``as_uint8=True`` and the model rescales): a float32 conversion here would time work that training
-does not do in its input pipeline.
-
-Bytes are counted inside the pipeline, per element: the length of each JPEG file read, or of each
-serialised TFRecord record read (the 16 bytes of TFRecord framing per record are not counted). Images
-are counted from the batches that really arrive, so ``images`` is what was read, never what was asked.
-
-``gs://`` sources are read through :mod:`bigimage.data.storage` (fsspec with gcsfs), not TensorFlow's
-own GCS file system, which cannot be pointed at an emulator and needs separate credentials: image files
-through a ``tf.py_function`` in the parallel map; a TFRecord shard is fetched whole into TensorFlow's
-in-memory file system (``ram://``) when the interleave opens it, and then read by the ordinary
-``TFRecordDataset`` (CRC checks included). Every pass over the data fetches again: nothing is cached.
-
-Short data: a point needs ``(warmup_batches + batch_number) x batch_size`` images. When the source holds
-fewer, ``on_short_data="repeat"`` repeats the data (the row records ``repeated=True``: later passes may
-be served from the page cache, so such rows can read faster than a cold first pass) and ``"error"``
-raises :class:`ShortDataError` before any timing starts.
-
-Everything here runs in Spark's Python workers: TensorFlow is imported inside the functions, once per
-worker process, and the inputs are plain picklable values.
+``files`` reads the original images (decoded, centre-cropped, resized); ``tfrecord`` reads task 1's
+shards with the parse and decode training uses. Both deliver uint8 pixels, as training's input does.
+Bytes are counted per element read (JPEG file or serialised record) and images from the batches that
+arrive. ``gs://`` sources are read through :mod:`bigimage.data.storage` (TensorFlow's GCS file system
+cannot reach an emulator): files through a ``py_function``, shards fetched whole into ``ram://``. Short
+data repeats (rows marked ``repeated``) or raises :class:`ShortDataError` (``on_short_data``). Runs in
+Spark's Python workers: TensorFlow is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -41,8 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from bigimage import tensorflow_runtime
 from bigimage.errors import UserError
+from bigimage.tensorflow_runtime import load_tensorflow
 
 FILES = "files"
 TFRECORD = "tfrecord"
@@ -71,9 +48,8 @@ class GridPoint:
 class SourcePlan:
     """What a worker needs to read one source; built on the driver, small and picklable.
 
-    ``paths``: image files (``files``) or shards (``tfrecord``); for ``files`` only as many as the
-    largest grid point needs (the source may hold many more). ``available``: images the source holds
-    (listed files, or records in the manifest), which decides whether a point repeats the data.
+    ``paths``: image files (as many as the largest point needs) or shards; ``available``: images the
+    source holds, which decides whether a point repeats the data.
     """
 
     source: str
@@ -90,9 +66,7 @@ class TimingSettings:
     repetitions: int = 3
     warmup_batches: int = 2
     on_short_data: str = "repeat"
-    # Threads of each timed pipeline (its private tf.data thread pool); 0: TensorFlow's default, every
-    # core the process sees. The task sets the cores of the executor the pipeline runs on, as a
-    # pipeline on a cluster node has them: locally, otherwise, every shape would read with every host core.
+    # Threads of each timed pipeline's private tf.data pool; 0: TensorFlow's default, every core it sees.
     threads: int = 0
 
 
@@ -117,19 +91,11 @@ def check_short_data(point: GridPoint, plan: SourcePlan, settings: TimingSetting
     return True
 
 
-# ------------------------------------------------------------------------------------------ TF setup
-
-
-def import_tensorflow() -> Any:
-    """TensorFlow, loaded quietly the first time in this (executor) process."""
-    return tensorflow_runtime.load_tensorflow()
-
-
 def _fetch_bytes(url: Any) -> Any:
     """py_function body: the bytes of a gs:// object (or local file) through bigimage.data.storage."""
     from bigimage.data import storage
 
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     return tf.constant(storage.read_bytes(url.numpy().decode("utf-8")))
 
 
@@ -144,7 +110,7 @@ class _RamShards:
         """py_function body (eager): download one shard into ram://, return its ram:// path."""
         from bigimage.data import storage
 
-        tf = import_tensorflow()
+        tf = load_tensorflow()
         name = url.numpy().decode("utf-8")
         # A new name per fetch: a pass never writes over a file that another pass may still read.
         path = f"{self.prefix}/{uuid.uuid4().hex[:12]}-{storage.basename(name)}"
@@ -161,16 +127,13 @@ class _RamShards:
         return tf.data.TFRecordDataset(tf.reshape(local, []))
 
     def close(self) -> None:
-        tf = import_tensorflow()
+        tf = load_tensorflow()
         for path in list(self.fetched):
             try:
                 tf.io.gfile.remove(path)
             except tf.errors.NotFoundError:
                 pass
             self.fetched.discard(path)
-
-
-# ---------------------------------------------------------------------------------------- pipelines
 
 
 def decode_file(contents: Any, image_size: int) -> Any:
@@ -189,7 +152,7 @@ def decode_file(contents: Any, image_size: int) -> Any:
 def _read_file_op(plan: SourcePlan) -> Any:
     from bigimage.data import storage
 
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     if any(storage.is_gcs(path) for path in plan.paths):
         return lambda path: tf.reshape(tf.py_function(_fetch_bytes, [path], tf.string), [])
     return tf.io.read_file
@@ -197,7 +160,7 @@ def _read_file_op(plan: SourcePlan) -> Any:
 
 def files_elements(plan: SourcePlan, repeat: bool) -> Any:
     """(image, class, bytes read) per image file of ``plan``."""
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     read = _read_file_op(plan)
     size = plan.image_size
     dataset = tf.data.Dataset.from_tensor_slices((plan.paths, tf.constant(plan.labels, tf.int32)))
@@ -215,10 +178,10 @@ def tfrecord_batches(
     plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None, threads: int = 0
 ) -> Any:
     """Full batches of (images, classes, record bytes in the batch) of the shards of ``plan``, parsed and
-    decoded a batch at a time (``readers.decoded_batches``, two batches per thread at once), prefetched."""
+    decoded a batch at a time (two batches per thread at once)."""
     from bigimage.data import readers
 
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     if ram is not None:
         files = tf.data.Dataset.from_tensor_slices(list(plan.paths))
         records = files.interleave(
@@ -232,53 +195,41 @@ def tfrecord_batches(
     if repeat:
         records = records.repeat()
     parallel = 2 * (threads or os.cpu_count() or 1)
-    batches = readers.decoded_batches(
+    return readers.decoded_batches(
         records, batch_size, plan.image_size, as_uint8=True, parallel=parallel, deterministic=False
     )
-    batches = batches.map(lambda images, labels, nbytes: (images, labels, tf.reduce_sum(nbytes)))
-    return batches.prefetch(tf.data.AUTOTUNE)
-
-
-def batched(elements: Any, batch_size: int) -> Any:
-    """Full batches of (images, classes, bytes in the batch), prefetched."""
-    tf = import_tensorflow()
-    dataset = elements.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(lambda images, labels, nbytes: (images, labels, tf.reduce_sum(nbytes)))
-    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def source_dataset(
     plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None, threads: int = 0
 ) -> Any:
+    """Full batches of (images, classes, bytes read for the batch) of ``plan``, prefetched."""
+    tf = load_tensorflow()
     if plan.source == FILES:
-        dataset = batched(files_elements(plan, repeat), batch_size)
+        dataset = files_elements(plan, repeat).batch(batch_size, drop_remainder=True)
     elif plan.source == TFRECORD:
         dataset = tfrecord_batches(plan, batch_size, repeat, ram, threads)
     else:
         raise ValueError(f"unknown speedtest source {plan.source!r}; choose files or tfrecord")
-    return with_threads(dataset, threads)
+    dataset = dataset.map(lambda images, labels, nbytes: (images, labels, tf.reduce_sum(nbytes)))
+    return with_threads(dataset.prefetch(tf.data.AUTOTUNE), threads)
 
 
 def with_threads(dataset: Any, threads: int) -> Any:
     """Run ``dataset``'s reads, decodes and batching on a private pool of ``threads`` threads (0: as is)."""
     if threads <= 0:
         return dataset
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
     options.threading.max_intra_op_parallelism = 1
     return dataset.with_options(options)
 
 
-# -------------------------------------------------------------------------------------------- timer
-
-
 def time_batches(dataset: Any, batch_number: int, warmup_batches: int) -> tuple[int, int, float]:
     """Iterate ``warmup_batches`` untimed, then time ``batch_number`` batches: (images, bytes, seconds).
 
-    A fresh iterator each call, so each repetition starts the pipeline anew. Raises
-    :class:`SpeedtestDataError` if the data ends before the batches do (it never should: the caller
-    repeats or refuses short data first).
+    A fresh iterator each call, so each repetition starts the pipeline anew.
     """
     iterator = iter(dataset)
     try:
@@ -299,13 +250,10 @@ def time_batches(dataset: Any, batch_number: int, warmup_batches: int) -> tuple[
 
 
 def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> list[dict[str, Any]]:
-    """All repetitions of one grid point; one row per repetition.
-
-    A read or decode failure becomes a :class:`SpeedtestDataError` naming the bad shards or files.
-    """
+    """All repetitions of one grid point, a row each; a read or decode failure raises SpeedtestDataError."""
     from bigimage.data import storage
 
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     repeated = check_short_data(point, plan, settings)
     gcs_shards = plan.source == TFRECORD and any(storage.is_gcs(path) for path in plan.paths)
     ram = _RamShards() if gcs_shards else None
@@ -345,9 +293,6 @@ def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> 
     return rows
 
 
-# ------------------------------------------------------------------------------------------ errors
-
-
 def _first_line(error: Exception) -> str:
     """The gist of an error: TensorFlow's function-node and op decorations removed."""
     message = (getattr(error, "message", None) or str(error)).strip()
@@ -358,7 +303,7 @@ def _first_line(error: Exception) -> str:
 
 def diagnose(plan: SourcePlan, error: Exception) -> str:
     """Find which shards or files broke a pipeline (read one by one, sequentially) and say so."""
-    tf = import_tensorflow()
+    tf = load_tensorflow()
     bad: list[tuple[str, str]] = []
     if plan.source == TFRECORD:
         from bigimage.data import readers, storage
