@@ -22,17 +22,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Closed choices. StrEnum members compare equal to their strings, so code may test ``deploy == "local"``;
 # Hydra refuses any other value at composition and lists these.
-class Task(StrEnum):
-    preprocess = "preprocess"
-    speedtest = "speedtest"
-    train = "train"
-    pipeline = "pipeline"
-
-
-class Deploy(StrEnum):
-    local = "local"
-    standalone = "standalone"
-    dataproc = "dataproc"
+Task = StrEnum("Task", ["preprocess", "speedtest", "train", "pipeline"])
+Deploy = StrEnum("Deploy", ["local", "standalone", "dataproc"])
+Launcher = StrEnum("Launcher", ["processes", "spark_barrier"])  # worker processes here, or Spark barrier tasks
+Source = StrEnum("Source", ["files", "tfrecord"])
+Split = StrEnum("Split", ["hash", "shard"])  # validation records by a hash of their bytes, or whole shards
+OnShortData = StrEnum("OnShortData", ["repeat", "error"])
+# mixed_bfloat16: bf16 compute, float32 variables; mixed_float16: GPUs only; auto: bf16 where the hardware has it.
+Precision = StrEnum("Precision", ["float32", "mixed_bfloat16", "mixed_float16", "auto"])
 
 
 class Strategy(StrEnum):
@@ -46,39 +43,12 @@ class Strategy(StrEnum):
         return self in (Strategy.multi_worker_mirrored, Strategy.experimental_multi_worker_mirrored)
 
 
-class Launcher(StrEnum):
-    processes = "processes"  # worker processes on this machine, loopback ports
-    spark_barrier = "spark_barrier"  # one worker per Spark barrier task
-
-
 class Isolation(StrEnum):
     """Whether a multi-worker training's workers run in a private network namespace (bigimage.train.netns)."""
 
     required = "required"  # or the run stops saying why none can serve them
     preferred = "preferred"  # else the host network, with a warning
     off = "off"
-
-
-class Source(StrEnum):
-    files = "files"
-    tfrecord = "tfrecord"
-
-
-class Split(StrEnum):
-    hash = "hash"  # per record, deterministic hash of its bytes
-    shard = "shard"  # whole shards
-
-
-class Precision(StrEnum):
-    float32 = "float32"
-    mixed_bfloat16 = "mixed_bfloat16"  # bf16 compute, float32 variables: CPUs with AVX512_BF16 or AMX, GPUs
-    mixed_float16 = "mixed_float16"  # GPUs only, with loss scaling
-    auto = "auto"  # mixed_bfloat16 where the hardware has bf16 units, else float32
-
-
-class OnShortData(StrEnum):
-    repeat = "repeat"
-    error = "error"
 
 
 # Set by the Dataproc driver script: this process is the job on the cluster (run the task here).

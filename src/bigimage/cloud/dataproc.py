@@ -1,11 +1,9 @@
 """Run a task on a Dataproc cluster of the config's shape (``cluster.deploy=dataproc``).
 
-:func:`run_on_dataproc` checks the project and credentials first (failing at once with what to set),
-creates the shape's cluster (or reuses a running one of that name), stages the package, the resolved
-config and the driver script in the staging bucket, submits a PySpark job and prints the driver's output
-as it comes, and deletes the cluster afterwards when ``cluster.dataproc.delete_cluster=true`` (also on
-failure). ``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud`` commands instead, with the
-files they name written locally so that they can be pasted as they are (no credentials needed).
+:func:`run_on_dataproc` checks project and credentials first, creates (or reuses) the shape's cluster,
+stages the package, the resolved config and the driver script, submits a PySpark job, prints the
+driver's output as it comes and, with ``cluster.dataproc.delete_cluster=true``, deletes the cluster
+afterwards. ``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud`` commands instead.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ class DataprocError(RuntimeError):
     """A Dataproc run that cannot start or that failed; the message says what to set or look at."""
 
 
-# ---------------------------------------------------------------------------------------- settings
 def cluster_name(cfg: Config) -> str:
     """``cluster.dataproc.cluster_name``, else ``bigimage-<shape>``; checked against Dataproc's rules."""
     name = cfg.cluster.dataproc.cluster_name or f"bigimage-{cfg.cluster.name}"
@@ -64,10 +61,7 @@ def cluster_name(cfg: Config) -> str:
 
 
 def cluster_pip_packages(root: Path = PROJECT_ROOT) -> list[str]:
-    """The package's run-time dependencies for the cluster, pinned as requirements.lock pins them.
-
-    Comma-free ``name==version`` pins, since ``dataproc:pip.packages`` is a comma-separated list.
-    """
+    """The package's run-time dependencies for the cluster as ``name==version``, pinned as requirements.lock."""
     pins: dict[str, str] = {}
     for line in (root / "requirements.lock").read_text().splitlines():
         if "==" in line and not line.lstrip().startswith("#"):
@@ -141,7 +135,6 @@ def _check_shape(cfg: Config) -> None:
             )
 
 
-# ------------------------------------------------------------------------------------- the requests
 def build_cluster(cfg: Config, project: str) -> Any:
     """The ``dataproc_v1.Cluster`` create request of the config's shape."""
     from google.cloud import dataproc_v1
@@ -203,7 +196,6 @@ def build_pyspark_job(cfg: Config, main_uri: str, package_uri: str, config_uri: 
     return job
 
 
-# ------------------------------------------------------------------------------ gcloud equivalents
 def _properties_flag(properties: dict[str, str]) -> str:
     items = [f"{key}={value}" for key, value in properties.items()]
     if any("," in item for item in items):
@@ -241,8 +233,7 @@ def gcloud_create_command(cfg: Config, project: str | None = None) -> list[str]:
 
 
 def gcloud_submit_command(cfg: Config, driver: str, package: str, config: str, project: str | None = None) -> list[str]:
-    """``gcloud dataproc jobs submit pyspark`` equivalent to :func:`build_pyspark_job` (local files are
-    uploaded by gcloud itself)."""
+    """``gcloud dataproc jobs submit pyspark`` equivalent to :func:`build_pyspark_job`."""
     command = _gcloud(cfg, project, "jobs", "submit", "pyspark", driver, f"--cluster={cluster_name(cfg)}")
     command += [f"--py-files={package}", f"--files={config}", _properties_flag(job_properties(cfg))]
     command.append(f"--labels=app=bigimage,task={cfg.task.name}")
@@ -264,7 +255,6 @@ def format_command(command: list[str]) -> str:
     return " \\\n    ".join(lines)
 
 
-# ----------------------------------------------------------------------------------- staged files
 @dataclass
 class JobFiles:
     driver: Path
@@ -293,7 +283,6 @@ def write_job_files(cfg: Config, directory: Path) -> JobFiles:
     return JobFiles(driver=driver, package=package, config=config)
 
 
-# ---------------------------------------------------------------------------------- environment
 def configured_project(cfg: Config) -> str | None:
     """``cluster.dataproc.project``, else $GOOGLE_CLOUD_PROJECT, else $CLOUDSDK_CORE_PROJECT."""
     project = (
@@ -357,8 +346,7 @@ def check_paths(cfg: Config) -> list[str]:
 
 
 def _train_problems(cfg: Config) -> list[str]:
-    """A multi-worker training runs one worker per Spark barrier task on the cluster's workers, and its
-    checkpoint must be where a rerun on other hosts finds it (docs/clusters.md: "Across hosts that share no file system")."""
+    """A multi-worker training needs Spark barrier tasks and a checkpoint a rerun on other hosts finds."""
     if not Strategy(cfg.strategy.name).multi_worker:
         return []
     problems = []
@@ -379,7 +367,6 @@ def _bucket_name(bucket: str) -> str:
     return bucket.removeprefix("gs://").split("/", 1)[0]
 
 
-# ------------------------------------------------------------------------------------------ running
 def _endpoint(region: str) -> dict[str, str]:
     return {"api_endpoint": f"{region}-dataproc.googleapis.com:443"}
 
@@ -394,39 +381,31 @@ def ensure_cluster(cfg: Config, project: str, client: Any, echo: Callable[[str],
     try:
         cluster = client.get_cluster(project_id=project, region=region, cluster_name=name)
     except NotFound:
-        cluster = None
-    if cluster is not None:
-        state = dataproc_v1.ClusterStatus.State(cluster.status.state).name
-        if state in ("RUNNING", "UPDATING"):
-            echo(f"[dataproc] reusing cluster {name} ({state}) in {region}")
-            return cluster
-        if state in ("CREATING", "STARTING", "REPAIRING"):
-            echo(f"[dataproc] cluster {name} is {state}; waiting")
-            return _wait_running(client, project, region, name)
+        echo(f"[dataproc] creating cluster {name} in {region} (shape {cfg.cluster.name}); this takes a few minutes")
+        operation = client.create_cluster(
+            request={"project_id": project, "region": region, "cluster": build_cluster(cfg, project)}
+        )
+        return operation.result(timeout=CLUSTER_TIMEOUT_SECONDS)
+    state = dataproc_v1.ClusterStatus.State(cluster.status.state).name
+    if state in ("RUNNING", "UPDATING"):
+        echo(f"[dataproc] reusing cluster {name} ({state}) in {region}")
+        return cluster
+    if state not in ("CREATING", "STARTING", "REPAIRING"):
         raise DataprocError(
             f"cluster {name} in {region} is {state}; delete it (gcloud dataproc clusters delete {name} "
             f"--region={region}) or choose another cluster.dataproc.cluster_name"
         )
-    echo(f"[dataproc] creating cluster {name} in {region} (shape {cfg.cluster.name}); this takes a few minutes")
-    operation = client.create_cluster(
-        request={"project_id": project, "region": region, "cluster": build_cluster(cfg, project)}
-    )
-    return operation.result(timeout=CLUSTER_TIMEOUT_SECONDS)
-
-
-def _wait_running(client: Any, project: str, region: str, name: str) -> Any:
-    from google.cloud import dataproc_v1
-
+    echo(f"[dataproc] cluster {name} is {state}; waiting")
     deadline = time.monotonic() + CLUSTER_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        cluster = client.get_cluster(project_id=project, region=region, cluster_name=name)
-        state = dataproc_v1.ClusterStatus.State(cluster.status.state).name
-        if state == "RUNNING":
-            return cluster
+    while state != "RUNNING":
         if state not in ("CREATING", "STARTING", "REPAIRING", "UPDATING"):
             raise DataprocError(f"cluster {name} went to {state}: {cluster.status.detail}")
+        if time.monotonic() > deadline:
+            raise DataprocError(f"cluster {name} did not become RUNNING within {CLUSTER_TIMEOUT_SECONDS:g} s")
         time.sleep(10)
-    raise DataprocError(f"cluster {name} did not become RUNNING within {CLUSTER_TIMEOUT_SECONDS:g} s")
+        cluster = client.get_cluster(project_id=project, region=region, cluster_name=name)
+        state = dataproc_v1.ClusterStatus.State(cluster.status.state).name
+    return cluster
 
 
 def upload_job_files(files: JobFiles, bucket: str, prefix: str, storage_client: Any) -> dict[str, str]:
@@ -538,11 +517,8 @@ def run_on_dataproc(
     storage_client: Any = None,
     echo: Callable[[str], None] = print,
 ) -> None:
-    """The ``cluster.deploy=dataproc`` entry: run the configured task as a job on the shape's cluster.
-
-    Clients can be injected (tests); by default they are built for ``cluster.dataproc.region`` with the
-    Application Default Credentials.
-    """
+    """The ``cluster.deploy=dataproc`` entry: run the configured task as a job on the shape's cluster
+    (clients default to ones for ``cluster.dataproc.region`` with the Application Default Credentials)."""
     if cfg.cluster.dataproc.dry_run:
         dry_run(cfg, echo=echo)
         return

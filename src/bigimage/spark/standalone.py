@@ -171,9 +171,9 @@ def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
 _LIVE: set[StandaloneCluster] = set()
 _LIVE_LOCK = threading.Lock()
 _SIGNALS_HELD = False  # this module holds bigimage.termination while clusters run
-_ATEXIT_REGISTERED = False
 
 
+@atexit.register
 def _stop_all() -> None:
     with _LIVE_LOCK:
         clusters = list(_LIVE)
@@ -185,12 +185,9 @@ def _stop_all() -> None:
 
 
 def _register(cluster: StandaloneCluster) -> None:
-    global _ATEXIT_REGISTERED, _SIGNALS_HELD
+    global _SIGNALS_HELD
     with _LIVE_LOCK:
         _LIVE.add(cluster)
-        if not _ATEXIT_REGISTERED:
-            atexit.register(_stop_all)
-            _ATEXIT_REGISTERED = True
         hold = not _SIGNALS_HELD
         _SIGNALS_HELD = True
     if hold and not termination.install():

@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -192,22 +192,14 @@ def _kill(workers: list[_Worker]) -> None:
             log.error("worker %d (pid %d) did not die", worker.index, worker.process.pid)
 
 
-@contextmanager
-def _killing(workers: list[_Worker]) -> Iterator[None]:
-    """Kill every worker on the way out (inside the network context: they go before its holder)."""
-    try:
-        yield
-    finally:
-        _kill(workers)
-
-
 def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
     """Run ``job.num_workers`` worker processes to completion; raise WorkerFailedError on any failure."""
     count = job.num_workers
     addresses = [f"127.0.0.1:{port}" for port in free_ports(count)] if count > 1 else []
     workers: list[_Worker] = []
-    network_context = private_network(job.worker_uris, isolation=job.isolation) if count > 1 else nullcontext(None)
-    with network_context as network, _killing(workers):
+    with ExitStack() as stack:
+        network = stack.enter_context(private_network(job.worker_uris, isolation=job.isolation)) if count > 1 else None
+        stack.callback(_kill, workers)  # the workers go before the network's holder
         if count > 1:
             _tag_network(job, PRIVATE_NETWORK if network is not None else HOST_NETWORK)
         for index in range(count):
@@ -272,12 +264,10 @@ def _tag_network(job: WorkerJob, value: str) -> None:
 
 
 def _signal_name(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f" (killed by {signal.Signals(-code).name})"
-        except ValueError:
-            return ""
-    return ""
+    try:
+        return f" (killed by {signal.Signals(-code).name})" if code is not None and code < 0 else ""
+    except ValueError:
+        return ""
 
 
 # ------------------------------------------------------------------------------ strategy.launcher=spark_barrier
