@@ -92,8 +92,7 @@ def job_properties(cfg: Config) -> dict[str, str]:
     """Spark properties of the job: the shape's executors (YARN sizes the containers from them)."""
     cluster = cfg.cluster
     properties = {
-        # Dataproc turns dynamic allocation on; off, the job holds the shape's executors for its whole
-        # run (and idle executors removed by YARN are not miscounted as lost ones).
+        # Off (Dataproc turns it on): the job holds the shape's executors, none miscounted as lost.
         "spark.dynamicAllocation.enabled": "false",
         "spark.executor.instances": str(int(cluster.executors)),
         "spark.executor.memory": str(cluster.executor_memory),
@@ -109,23 +108,18 @@ def _check_shape(cfg: Config) -> None:
     shape = cfg.cluster.shape
     from google.cloud import dataproc_v1
 
-    for key in ("master_boot_disk_type", "worker_boot_disk_type"):
-        if getattr(shape, key) not in BOOT_DISK_TYPES:
+    if not shape.single_node and int(shape.worker_count) < 2:
+        raise DataprocError(
+            f"cluster.shape.worker_count={shape.worker_count}: a standard Dataproc cluster needs >= 2 workers; "
+            "set cluster.shape.single_node=true for one machine"
+        )
+    for role, _, _, disk, disk_gb in _machines(shape):
+        if disk not in BOOT_DISK_TYPES:
             raise DataprocError(
-                f"cluster.shape.{key}={getattr(shape, key)!r} is not valid; choose one of: {', '.join(BOOT_DISK_TYPES)}"
+                f"cluster.shape.{role}_boot_disk_type={disk!r} is not valid; choose one of: {', '.join(BOOT_DISK_TYPES)}"
             )
-    if int(shape.master_boot_disk_size_gb) < 10:
-        raise DataprocError(f"cluster.shape.master_boot_disk_size_gb={shape.master_boot_disk_size_gb} must be >= 10")
-    if not shape.single_node:
-        if int(shape.worker_count) < 2:
-            raise DataprocError(
-                f"cluster.shape.worker_count={shape.worker_count}: a standard Dataproc cluster needs >= 2 workers; "
-                "set cluster.shape.single_node=true for one machine"
-            )
-        if int(shape.worker_boot_disk_size_gb) < 10:
-            raise DataprocError(
-                f"cluster.shape.worker_boot_disk_size_gb={shape.worker_boot_disk_size_gb} must be >= 10"
-            )
+        if disk_gb < 10:
+            raise DataprocError(f"cluster.shape.{role}_boot_disk_size_gb={disk_gb} must be >= 10")
     known = set(dataproc_v1.Component.__members__) - {"COMPONENT_UNSPECIFIED"}
     for component in shape.optional_components:
         if str(component).upper() not in known:

@@ -67,8 +67,7 @@ def check_java() -> int:
     return major
 
 
-# Where the executors run this interpreter: no gc.collect() after every task (worker_daemon) and no C2
-# JIT, which a short-lived JVM whose Python workers do the work pays for and never uses. spark_conf wins.
+# Where the executors run this interpreter: no gc.collect() after each task, no C2 JIT in a short-lived JVM.
 JIT_C1_ONLY = "-XX:TieredStopAtLevel=1"
 SAME_MACHINE_CONF = {
     "spark.python.daemon.module": "bigimage.spark.worker_daemon",

@@ -49,7 +49,6 @@ class StandaloneError(RuntimeError):
     """The standalone cluster could not start, or a master cannot be reached."""
 
 
-# --------------------------------------------------------------------------------------------- helpers
 def spark_home() -> Path:
     """The Spark inside the pyspark wheel (``SPARK_HOME`` if set and it has ``bin/spark-class``)."""
     env = os.environ.get("SPARK_HOME")
@@ -167,7 +166,6 @@ def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
             pass
 
 
-# ------------------------------------------------------------------- clean-up on exit and on signals
 _LIVE: set[StandaloneCluster] = set()
 _LIVE_LOCK = threading.Lock()
 _SIGNALS_HELD = False  # this module holds bigimage.termination while clusters run
@@ -205,7 +203,6 @@ def _unregister(cluster: StandaloneCluster) -> None:
         termination.uninstall()
 
 
-# -------------------------------------------------------------------------------------------- cluster
 @dataclass(eq=False)
 class Daemon:
     """One Master or Worker JVM (the leader of its own process group)."""
@@ -236,8 +233,7 @@ class StandaloneCluster:
     cores_per_worker: int
     memory_per_worker: str = "1g"
     host: str = LOOPBACK
-    # None: a free port picked now (Spark moves on to the next one if it is taken meanwhile);
-    # a fixed port is used as given, and the start fails clearly when it is taken.
+    # None: a free port picked now (Spark moves on if it is taken meanwhile); a fixed one must be free.
     master_port: int | None = None
     start_timeout_seconds: float = 120.0
     work_dir: Path | None = None
@@ -246,13 +242,11 @@ class StandaloneCluster:
     worker_daemons: list[Daemon] = field(default_factory=list)
     start_seconds: float = 0.0
     secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
-    # Share-nothing mode: each worker (with its executors) runs in its own mount namespace in which these
-    # directories are empty (bigimage.spark.isolate), as on a host of its own; () shares everything.
+    # Share-nothing mode: directories each worker sees empty, as on a host of its own (bigimage.spark.isolate).
     isolate: tuple[str, ...] = ()
     _own_work_dir: bool = False
     _stopped: bool = False
 
-    # ---- lifecycle
     def __enter__(self) -> StandaloneCluster:
         self.start()
         return self
@@ -317,7 +311,6 @@ class StandaloneCluster:
         if self._own_work_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
-    # ---- inspection
     def pids(self) -> list[int]:
         """All live pids that belong to this cluster: daemons, executors, Python workers."""
         found: list[int] = []
@@ -329,7 +322,6 @@ class StandaloneCluster:
         """The settings an application needs to join this cluster (the secret included: keep it out of logs)."""
         return {"spark.authenticate": "true", "spark.authenticate.secret": self.secret}
 
-    # ---- internals
     def _properties_file(self) -> Path:
         """The daemons' Spark properties, readable by this user only (the secret must not reach a command line)."""
         path = self._dir / "spark-daemons.conf"
@@ -404,26 +396,10 @@ class StandaloneCluster:
         self.master = self._spawn(
             "master", [MASTER_CLASS, *args, "--properties-file", str(self._properties_file())], env
         )
-        deadline = time.monotonic() + self.start_timeout_seconds
-        while time.monotonic() < deadline:
-            text = self.master.log_text()
-            match = _MASTER_STARTED.search(text)
-            if match:
-                self.master_url = match.group(1)
-                if self.master_url != f"spark://{self.host}:{port}":
-                    log.warning("port %d was taken; the master bound %s instead", port, self.master_url)
-                return
-            if self.master is None or not self.master.alive():
-                reason = "could not bind its port" if _MASTER_BIND_FAILED.search(text) else "exited"
-                raise StandaloneError(
-                    f"the Spark master on {self.host}:{port} {reason} (exit code {self.master.process.returncode}); "
-                    f"last lines of {self.master.log_path}:\n{_tail(self.master.log_path)}"
-                )
-            time.sleep(0.2)
-        raise StandaloneError(
-            f"the Spark master on {self.host}:{port} did not start within {self.start_timeout_seconds:g} s; "
-            f"last lines of its log:\n{_tail(self.master.log_path)}"
-        )
+        match = self._await_log({f"the Spark master on {self.host}:{port}": self.master}, _MASTER_STARTED, "starting")
+        self.master_url = match.group(1)
+        if self.master_url != f"spark://{self.host}:{port}":
+            log.warning("port %d was taken; the master bound %s instead", port, self.master_url)
 
     def _start_worker(self, index: int) -> None:
         args = [
@@ -437,32 +413,31 @@ class StandaloneCluster:
         self.worker_daemons.append(self._spawn(f"worker-{index}", [WORKER_CLASS, *args, self.master_url]))
 
     def _wait_for_workers(self) -> None:
+        workers = {f"Spark {worker.name}": worker for worker in self.worker_daemons}
+        self._await_log(workers, _WORKER_REGISTERED, f"registering with {self.master_url}")
+
+    def _await_log(self, daemons: dict[str, Daemon], pattern: re.Pattern[str], goal: str) -> re.Match[str]:
+        """Wait until every daemon's log (keyed by how a message names it) shows ``pattern``; returns the last
+        match. A daemon or the master that exits first, or the timeout, fails the start with its log."""
         deadline = time.monotonic() + self.start_timeout_seconds
+        watched = [*daemons.items(), *([(f"the Spark master {self.master_url}", self.master)] if self.master else [])]
         while True:
-            pending = []
-            for worker in self.worker_daemons:
-                text = worker.log_text()
-                if _WORKER_REGISTERED.search(text):
-                    continue
-                if not worker.alive():
+            found = {label: match for label, daemon in daemons.items() if (match := pattern.search(daemon.log_text()))}
+            if len(found) == len(daemons):
+                return list(found.values())[-1]
+            for label, daemon in watched:
+                if not daemon.alive():
+                    reason = "could not bind its port" if _MASTER_BIND_FAILED.search(daemon.log_text()) else "exited"
                     raise StandaloneError(
-                        f"Spark {worker.name} exited before registering with {self.master_url} "
-                        f"(exit code {worker.process.returncode}); last lines of {worker.log_path}:\n"
-                        f"{_tail(worker.log_path)}"
+                        f"{label} {reason} before {goal} (exit code {daemon.process.returncode}); "
+                        f"last lines of {daemon.log_path}:\n{_tail(daemon.log_path)}"
                     )
-                pending.append(worker)
-            if not pending:
-                return
-            if self.master is None or not self.master.alive():
-                raise StandaloneError(
-                    f"the Spark master {self.master_url} died while workers registered; last lines of its log:\n"
-                    f"{_tail(self.master.log_path) if self.master else '<no master>'}"
-                )
             if time.monotonic() > deadline:
-                names = ", ".join(worker.name for worker in pending)
+                pending = [label for label in daemons if label not in found]
+                path = daemons[pending[0]].log_path
                 raise StandaloneError(
-                    f"{names} did not register with {self.master_url} within {self.start_timeout_seconds:g} s; "
-                    f"last lines of {pending[0].log_path}:\n{_tail(pending[0].log_path)}"
+                    f"{', '.join(pending)} did not finish {goal} within {self.start_timeout_seconds:g} s; "
+                    f"last lines of {path}:\n{_tail(path)}"
                 )
             time.sleep(0.2)
 

@@ -186,9 +186,7 @@ def check_batch_fits(global_batch_size: int, train_records: int, tfrecord_dir: s
 
 def steps(records: int, global_batch_size: int, *, training: bool) -> int:
     """Steps per epoch: whole batches for training (at least one), all records for validation."""
-    if training:
-        return max(1, records // global_batch_size)
-    return max(1, math.ceil(records / global_batch_size))
+    return max(1, records // global_batch_size if training else math.ceil(records / global_batch_size))
 
 
 def augment(image: Any, label: Any) -> tuple[Any, Any]:

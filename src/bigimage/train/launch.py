@@ -41,8 +41,7 @@ log = logging.getLogger(__name__)
 
 TAIL_LINES = 25
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
-# A tracking server's login as MLflow reads it (bigimage.tracking.redact.login_to_environment puts a
-# tracking URI's user:password@ there).
+# A tracking server's login as MLflow reads it from the environment.
 TRACKING_LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 # The run's tag saying where the TensorFlow workers' gRPC servers listen, and its values.
 NETWORK_TAG = "network"
@@ -105,8 +104,7 @@ class WorkerJob:
     tracking_uri: str | None = None
     run_id: str | None = None
     result_file: str | None = None  # the chief's final metrics, as JSON
-    # What the workers write to (tracking, artifacts, checkpoints): one over the network keeps them out
-    # of a private network namespace.
+    # What the workers write to (tracking, artifacts, checkpoints), relayed into their network namespace.
     worker_uris: Sequence[str | None] = ()
     # strategy.isolation: what happens where no private network namespace serves the workers (netns).
     isolation: str = REQUIRED
@@ -270,7 +268,6 @@ def _signal_name(code: int | None) -> str:
         return ""
 
 
-# ------------------------------------------------------------------------------ strategy.launcher=spark_barrier
 # The executor side reports a failed worker between these markers; the driver finds it in Spark's error.
 _FAILED_BEGIN = "<<bigimage-worker-failed"
 _FAILED_END = "bigimage-worker-failed>>"
@@ -281,8 +278,7 @@ _FAILED_HEAD = re.compile(
 _LOG_BEGIN = "<<bigimage-worker-log>>"
 _LOG_END = "<<bigimage-worker-log-end>>"
 _FAILED_LOG = re.compile(re.escape(_LOG_BEGIN) + r"\n(.*?)\n" + re.escape(_LOG_END), re.S)
-# A worker that exits with an error after a peer died (its collective broke) waits this long before it
-# fails the stage, so that the stage's error names the peer killed by a signal, the cause.
+# A worker that fails after a peer died waits this long, so that the stage's error names the peer (the cause).
 PEER_GRACE_SECONDS = 5.0
 _LOG_BYTES = 1 << 20  # a worker's log and progress lines back through Spark: their last MiB
 _FAILED_LOG_BYTES = 1 << 18  # inside an error message: its last 256 KiB
@@ -298,9 +294,7 @@ class BarrierWorker:
     """
 
     def __init__(self, job: WorkerJob, config_text: str, prefix: Sequence[str] = ()) -> None:
-        self.job = job
-        self.config_text = config_text
-        self.prefix = list(prefix)
+        self.job, self.config_text, self.prefix = job, config_text, list(prefix)
 
     def __call__(self, tf_config_dict: dict) -> dict:
         from bigimage.train.staging import stage_worker_config
