@@ -28,7 +28,6 @@ TRAINING_COLUMNS = (judged.VALUE_METRIC, judged.EPOCH_METRIC, names.IMAGES_PER_S
 
 
 def step_config(cfg: DictConfig, task: str, overrides: list[str], strategy: str | None = None) -> DictConfig:
-    """``cfg`` with ``task.name`` set and a step's overrides applied, validated."""
     step = cast(DictConfig, OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"task.name={task}", *overrides])))
     if strategy is not None:
         step.strategy = compose_option("strategy", strategy)

@@ -42,7 +42,6 @@ TASK_PARAMS: dict[str, tuple[str, ...]] = {
 
 
 def param_keys(cfg: DictConfig) -> tuple[str, ...]:
-    """The config keys ``cfg.task.name`` reads (:data:`TASK_PARAMS`)."""
     keys = TASK_PARAMS[cfg.task.name]
     if cfg.task.name == "train" and cfg.strategy.launcher == "spark_barrier":
         keys += ("cluster",)

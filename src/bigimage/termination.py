@@ -1,11 +1,8 @@
-"""SIGTERM and SIGHUP as an exception, so a stopped job unwinds the way Ctrl-C makes it unwind.
+"""SIGTERM and SIGHUP as an exception, so a stopped job unwinds (``finally`` blocks, MLflow run ended
+KILLED) the way Ctrl-C makes it unwind.
 
-Their default action ends the process with no ``finally`` run: the MLflow run stays RUNNING and Spark
-JVMs and training workers are left behind. While a holder has called :func:`install`, they raise
-:class:`Terminated` in the main thread instead. It is a ``KeyboardInterrupt``, so what cleans up after
-Ctrl-C (py4j, the Dataproc submitter) does the same, and a ``SystemExit``, so uncaught it exits with
-``128 + signal`` and no traceback. Only the first signal raises, so a second cannot cut the clean-up
-short; a handler someone else installed, or ``SIG_IGN``, is left alone.
+:class:`Terminated` is a ``KeyboardInterrupt`` (what cleans up after Ctrl-C does the same) and a
+``SystemExit`` (uncaught, exit ``128 + signal``); only the first signal raises.
 """
 
 from __future__ import annotations
@@ -95,7 +92,6 @@ def last_signal() -> int | None:
 
 @contextmanager
 def signals_raise() -> Iterator[None]:
-    """:func:`install` for the duration of a ``with`` block."""
     held = install()
     try:
         yield

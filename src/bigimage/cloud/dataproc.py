@@ -1,9 +1,6 @@
-"""Run a task on a Dataproc cluster of the config's shape (``cluster.deploy=dataproc``).
+"""Run a task as a PySpark job on a Dataproc cluster of the config's shape (``cluster.deploy=dataproc``).
 
-:func:`run_on_dataproc` checks project and credentials first, creates (or reuses) the shape's cluster,
-stages the package, the resolved config and the driver script, submits a PySpark job, prints the
-driver's output as it comes and, with ``cluster.dataproc.delete_cluster=true``, deletes the cluster
-afterwards. ``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud`` commands instead.
+``cluster.dataproc.dry_run=true`` prints the equivalent ``gcloud`` commands instead (docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -199,7 +196,6 @@ def _properties_flag(properties: dict[str, str]) -> str:
 
 
 def _gcloud(cfg: Config, project: str | None, *words: str) -> list[str]:
-    """``gcloud dataproc <words>`` in the config's region (and ``project``, when given)."""
     where = [f"--region={cfg.cluster.dataproc.region}", *([f"--project={project}"] if project else [])]
     return ["gcloud", "dataproc", *words, *where]
 

@@ -1,9 +1,7 @@
 """Multi-worker TensorFlow on a Spark cluster's executors, through Spark barrier execution.
 
-:func:`run_barrier_workers` runs one barrier stage of ``n`` tasks, all started together or none; the tasks
-exchange a free ``host:port`` each with ``allGather`` and each calls ``worker_fn(tf_config)`` with its
-rank's TF_CONFIG. A failed task fails the whole stage, which Spark does not retry (a barrier
-ResultStage), so the caller gets the error at once and recovers by rerunning from checkpoints.
+All tasks start together or none; they exchange ``host:port`` with ``allGather`` and each runs
+``worker_fn(tf_config)``. A failed task fails the stage, which Spark does not retry.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The one place that turns ``cfg.cluster`` into a running Spark master and a session on it.
 
-``deploy=local`` runs ``local[executors x executor_cores]`` in this process; ``deploy=standalone`` starts
-a real standalone cluster of the shape on loopback (stopped afterwards, also on error or a signal), or
-uses ``cluster.master`` when given; ``deploy=dataproc`` opens a session only inside the Dataproc job
-(from elsewhere ``run.py`` calls :func:`bigimage.cloud.dataproc.run_on_dataproc`).
+``local``: ``local[executors x executor_cores]``; ``standalone``: a cluster of the shape started on
+loopback (or ``cluster.master``); ``dataproc``: only inside the Dataproc job.
 """
 
 from __future__ import annotations

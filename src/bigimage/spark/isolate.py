@@ -1,11 +1,7 @@
-"""Share-nothing hosts on one machine: run a command in its own mount namespace with private, empty
-views of the directories a real second host would not have.
+"""Share-nothing hosts on one machine: run a command in its own mount namespace with empty tmpfs mounts
+over the directories a second host would not have (``/tmp``, data, outputs, home), then exec it.
 
-A worker of the loopback standalone cluster starts as ``unshare --mount --propagation private --
-python -m bigimage.spark.isolate --mask DIR ... -- <spark-class ...>``: this reads the files to keep,
-mounts an empty tmpfs over each masked directory, recreates what the daemon needs, changes directory
-and execs the command (same pid). A path handed over from the driver then fails there as on another
-host; network, processes and the installed software stay shared. Needs root and util-linux.
+Used as ``unshare --mount -- python -m bigimage.spark.isolate --mask DIR ... -- CMD``; needs root.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """Task 1: a Spark job that turns a labelled image tree into sharded TFRecords.
 
-One Spark task per shard reads, decodes, resizes and re-encodes its images and stages its shard; only
-small statistics come back, so driver memory does not grow with the set. The driver publishes the shards
-atomically (:mod:`bigimage.data.shards`), holding the destination's lock from before Spark starts.
-``seconds`` runs from the first task's start (never before the job's submission) to the commit.
+One Spark task per shard; only small statistics come back to the driver, which publishes the shards
+atomically (:mod:`bigimage.data.shards`) under the destination's lock.
 """
 
 from __future__ import annotations

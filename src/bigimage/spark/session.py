@@ -1,9 +1,6 @@
 """A SparkSession from a cluster config, and what the running session really got.
 
-Locally a shape runs as ``local[executors x executor_cores]``, so its parallelism matches its vCPUs even on
-a smaller machine. A session on this machine only (local mode, or a standalone master on loopback)
-listens on 127.0.0.1 only: the driver through ``spark.driver.bindAddress``, the web UI through
-``SPARK_LOCAL_IP`` in the driver JVM's environment.
+A session on this machine only (local mode, or a standalone master on loopback) listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -42,8 +39,9 @@ class JavaError(UserError, RuntimeError):
     """No usable Java for Spark."""
 
 
-def java_major_version() -> int:
-    """The major version of the Java that Spark will use (JAVA_HOME first, then PATH)."""
+def check_java() -> int:
+    """The major version of the Java Spark will use (JAVA_HOME first, then PATH); a JavaError saying what
+    to install when it is missing or too old for Spark 4."""
     java_home = os.environ.get("JAVA_HOME")
     java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
     if not java or not os.path.exists(java):
@@ -55,13 +53,7 @@ def java_major_version() -> int:
     match = re.search(r'version "(\d+)(?:\.(\d+))?', banner)
     if match is None:
         raise JavaError(f"could not read the Java version from {java!r}: {banner.strip()!r}; {JAVA_HINT}")
-    major = int(match.group(1))
-    return int(match.group(2)) if major == 1 and match.group(2) else major
-
-
-def check_java() -> int:
-    """Fail at once, with what to install, when Java is missing or too old for Spark 4."""
-    major = java_major_version()
+    major = int(match.group(2)) if match.group(1) == "1" and match.group(2) else int(match.group(1))  # 1.8: 8
     if major < SUPPORTED_JAVA[0]:
         raise JavaError(f"Spark 4 needs Java 17 or newer, found Java {major}; {JAVA_HINT}")
     return major
@@ -80,10 +72,6 @@ def total_slots(cluster: ClusterConfig) -> int:
     """Task slots a shape asks for: executors x cores (0 cores: every core of this machine)."""
     cores = cluster.executor_cores or os.cpu_count() or 1
     return int(cluster.executors) * int(cores)
-
-
-def local_master(cluster: ClusterConfig) -> str:
-    return f"local[{total_slots(cluster)}]"
 
 
 def loopback_master(master: str) -> bool:
@@ -133,7 +121,7 @@ def spark_session(cluster: ClusterConfig, app_name: str, master: str | None = No
 
     from bigimage.spark.standalone import auth_conf
 
-    master = master or local_master(cluster)
+    master = master or f"local[{total_slots(cluster)}]"
     # PySpark takes the workers' Python from the environment, not from spark.pyspark.python.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)

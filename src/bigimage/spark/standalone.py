@@ -1,11 +1,8 @@
-"""A real Spark standalone cluster on loopback, from the Spark that ships inside the pyspark wheel.
+"""A real Spark standalone cluster on loopback, from the Spark inside the pyspark wheel (``bin/spark-class``).
 
-The wheel has no ``sbin/`` scripts, so the Master and Worker daemons start through ``bin/spark-class``,
-each in its own process group with its executors. No JVM outlives the run: ``stop()`` in ``finally``, an
-``atexit`` hook, SIGTERM/SIGHUP turned into :class:`bigimage.termination.Terminated`, and
-``PR_SET_PDEATHSIG`` for a parent killed with SIGKILL. Spark authentication is on with a generated
-secret, kept off every command line (a properties file only its owner reads; :func:`auth_conf` for
-sessions); the master's unauthenticated REST server is off.
+No JVM outlives the run: each daemon leads its own process group, stopped from ``stop()``, ``atexit``,
+SIGTERM/SIGHUP (:mod:`bigimage.termination`) or ``PR_SET_PDEATHSIG``. Spark authentication is on, its
+secret never on a command line; the master's unauthenticated REST server is off.
 """
 
 from __future__ import annotations
@@ -63,7 +60,6 @@ def spark_home() -> Path:
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -256,7 +252,6 @@ class StandaloneCluster:
 
     @property
     def _dir(self) -> Path:
-        """The work dir; set by :meth:`start` before anything uses it."""
         if self.work_dir is None:
             raise StandaloneError("the cluster has not been started")
         return self.work_dir

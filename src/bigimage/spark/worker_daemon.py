@@ -1,10 +1,7 @@
-"""PySpark's Python worker daemon, with the shard writer imported and the heap frozen before it forks.
+"""PySpark's Python worker daemon, with the shard writer imported and ``gc.freeze()`` before it forks.
 
-PySpark forks every Python worker from one daemon per executor and runs a full ``gc.collect()`` after
-every task, walking all the worker inherited: more than the rest of a shard task's Python overhead.
-Importing the shard writer once and ``gc.freeze()`` before forking (CPython's advice for pre-fork
-servers) leaves that collection only what each task made. Never TensorFlow here: its threads forbid
-forking. Set as ``spark.python.daemon.module`` where executors run this interpreter.
+PySpark's full ``gc.collect()`` after every task then walks only what the task made (CPython's advice
+for pre-fork servers). Never TensorFlow here: its threads forbid forking.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The speed-test grid (sources x batch sizes x batch numbers) and its fan-out over Spark.
 
-``speedtest.parallelism`` points are timed at once: the points are dealt round-robin into that many
-Spark tasks, each timing its points one after the other in one Python worker. ``1`` gives clean,
-uncontended timings; more measures throughput under load. The effective value is bounded by the task
-slots and the points, and :func:`run_grid` returns it.
+``speedtest.parallelism`` points are timed at once, one Spark task each group: 1 gives uncontended
+timings, more measures throughput under load.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ def grid_points(sources: list[str], batch_sizes: list[int], batch_numbers: list[
 
 
 def expected_rows(speed: Any) -> int:
-    """Rows a complete run logs for a ``speedtest`` config node."""
     return len(speed.sources) * len(speed.batch_sizes) * len(speed.batch_numbers) * int(speed.repetitions)
 
 

@@ -1,10 +1,5 @@
-"""Speed-test rows as a table, summary metrics, a figure and a printed overview; logged to MLflow.
-
-The names are the contract's (docs/contracts.md, task 2): the table ``speedtest.json`` with
-:data:`ROW_COLUMNS`, ``speedtest.csv``, ``speedtest.png``, the metrics ``images_per_second.<source>.bs<N>``
-(medians), ``tfrecord_speedup``, ``speedtest.rows`` and ``speedtest.repeated_rows``, and the table
-``speedtest_summary.json`` of medians per source and batch size.
-"""
+"""Speed-test rows as a table, summary metrics, a figure and a printed overview; logged to MLflow
+under the contract's names (docs/contracts.md, task 2)."""
 
 from __future__ import annotations
 
@@ -43,7 +38,6 @@ def _speedup(frame: pd.DataFrame) -> float | None:
 
 
 def summary_metrics(frame: pd.DataFrame) -> dict[str, float]:
-    """The summary metrics named in the module docstring."""
     metrics: dict[str, float] = {}
     for (source, batch_size), value in _medians(frame, "images_per_second").items():
         metrics[f"images_per_second.{source}.bs{int(batch_size)}"] = float(value)
@@ -117,7 +111,6 @@ def figure(frame: pd.DataFrame) -> Any:
 
 
 def log_results(frame: pd.DataFrame, metrics: dict[str, float]) -> None:
-    """Log the table, the CSV, the figure and the summary metrics to the active MLflow run."""
     import mlflow
 
     mlflow.log_table(frame, names.SPEEDTEST_TABLE)

@@ -1,21 +1,19 @@
-"""The timed tf.data pipelines of the speed test, and the timer: what one grid point measures.
+"""The timed tf.data pipelines of the speed test and the timer: what one grid point measures (docs/speedtest.md).
 
-``files`` reads the original images (decoded, centre-cropped, resized); ``tfrecord`` reads task 1's
-shards with the parse and decode training uses. Both deliver uint8 pixels, as training's input does.
-Bytes are counted per element read (JPEG file or serialised record) and images from the batches that
-arrive. ``gs://`` sources are read through :mod:`bigimage.data.storage` (TensorFlow's GCS file system
-cannot reach an emulator): files through a ``py_function``, shards fetched whole into ``ram://``. Short
-data repeats (rows marked ``repeated``) or raises :class:`ShortDataError` (``on_short_data``). Runs in
-Spark's Python workers: TensorFlow is imported inside the functions.
+Both sources deliver uint8 pixels as training's input does; bytes are counted per element read. ``gs://``
+goes through :mod:`bigimage.data.storage` (TensorFlow's GCS file system cannot reach an emulator). Runs
+in Spark's Python workers, so TensorFlow is imported inside the functions.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 from bigimage.errors import UserError
@@ -37,8 +35,6 @@ class ShortDataError(UserError, SpeedtestDataError):
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One point of the grid: a source, a batch size and a number of timed batches."""
-
     source: str
     batch_size: int
     batch_number: int
@@ -71,7 +67,6 @@ class TimingSettings:
 
 
 def images_needed(point: GridPoint, warmup_batches: int) -> int:
-    """Images one repetition of ``point`` reads: warm-up batches plus timed batches."""
     return (warmup_batches + point.batch_number) * point.batch_size
 
 
@@ -128,12 +123,10 @@ class _RamShards:
 
     def close(self) -> None:
         tf = load_tensorflow()
-        for path in list(self.fetched):
-            try:
+        for path in self.fetched:
+            with contextlib.suppress(tf.errors.NotFoundError):
                 tf.io.gfile.remove(path)
-            except tf.errors.NotFoundError:
-                pass
-            self.fetched.discard(path)
+        self.fetched.clear()
 
 
 def decode_file(contents: Any, image_size: int) -> Any:
@@ -273,9 +266,7 @@ def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> 
             seconds = max(seconds, 1e-9)
             rows.append(
                 {
-                    "source": point.source,
-                    "batch_size": point.batch_size,
-                    "batch_number": point.batch_number,
+                    **asdict(point),
                     "repetition": repetition,
                     "images": images,
                     "bytes": nbytes,
@@ -301,45 +292,48 @@ def _first_line(error: Exception) -> str:
     return message.splitlines()[0].strip() if message else type(error).__name__
 
 
+def _check_file(read: Any, image_size: int, path: str) -> None:
+    decode_file(read(load_tensorflow().constant(path)), image_size)
+
+
+def _check_shard(image_size: int, path: str) -> None:
+    """Read every record of one shard (a gs:// one through ``ram://``) as an image record."""
+    from bigimage.data import readers, storage
+
+    tf = load_tensorflow()
+    ram = _RamShards() if storage.is_gcs(path) else None
+    try:
+        records = ram.open(tf.constant(path)) if ram else tf.data.TFRecordDataset(path)
+        for index, record in enumerate(records):
+            try:
+                readers.decode_record(record, image_size, as_uint8=True)
+            except (tf.errors.InvalidArgumentError, ValueError) as exc:
+                raise SpeedtestDataError(
+                    f"record {index} does not parse as an image record: {_first_line(exc)}"
+                ) from exc
+    finally:
+        if ram is not None:
+            ram.close()
+
+
 def diagnose(plan: SourcePlan, error: Exception) -> str:
     """Find which shards or files broke a pipeline (read one by one, sequentially) and say so."""
     tf = load_tensorflow()
-    bad: list[tuple[str, str]] = []
     if plan.source == TFRECORD:
-        from bigimage.data import readers, storage
-
-        for path in plan.paths:
-            ram = _RamShards() if storage.is_gcs(path) else None
-            try:
-                records = ram.open(tf.constant(path)) if ram else tf.data.TFRecordDataset(path)
-                for index, record in enumerate(records):
-                    try:
-                        readers.decode_record(record, plan.image_size, as_uint8=True)
-                    except (tf.errors.InvalidArgumentError, ValueError) as exc:
-                        raise SpeedtestDataError(
-                            f"record {index} does not parse as an image record: {_first_line(exc)}"
-                        ) from exc
-            except (tf.errors.OpError, SpeedtestDataError) as exc:
-                bad.append((path, _first_line(exc)))
-            finally:
-                if ram is not None:
-                    ram.close()
-            if len(bad) >= _DIAGNOSE_LIMIT:
-                break
-        what, advice = (
-            "TFRecord shard",
-            f"the shard is corrupt, truncated or not in the task 1 schema; rerun `python run.py task=preprocess tfrecord_dir={plan.location}`",
-        )
+        check = partial(_check_shard, plan.image_size)
+        what = "TFRecord shard"
+        advice = f"the shard is corrupt, truncated or not in the task 1 schema; rerun `python run.py task=preprocess tfrecord_dir={plan.location}`"
     else:
-        read = _read_file_op(plan)
-        for path in plan.paths:
-            try:
-                decode_file(read(tf.constant(path)), plan.image_size)
-            except (tf.errors.OpError, ValueError) as exc:
-                bad.append((path, _first_line(exc)))
-            if len(bad) >= _DIAGNOSE_LIMIT:
-                break
+        check = partial(_check_file, _read_file_op(plan), plan.image_size)
         what, advice = "image file", "the file is not a complete image; remove or replace it"
+    bad: list[tuple[str, str]] = []
+    for path in plan.paths:
+        try:
+            check(path)
+        except (tf.errors.OpError, ValueError) as exc:  # SpeedtestDataError is a ValueError
+            bad.append((path, _first_line(exc)))
+        if len(bad) >= _DIAGNOSE_LIMIT:
+            break
     if not bad:
         return f"reading source {plan.source} at {plan.location} failed: {_first_line(error)}"
     listed = "; ".join(f"{path}: {reason}" for path, reason in bad)
@@ -350,7 +344,6 @@ def diagnose(plan: SourcePlan, error: Exception) -> str:
 def time_points(
     points: list[GridPoint], plans: dict[str, SourcePlan], settings: TimingSettings
 ) -> list[dict[str, Any]]:
-    """Time ``points`` one after the other (the body of one Spark task)."""
     rows: list[dict[str, Any]] = []
     for point in points:
         rows.extend(time_point(point, plans[point.source], settings))

@@ -1,12 +1,7 @@
 """Where training keeps its decoded images after the first epoch: memory, a file on local disk, or nowhere.
 
-Decoding the JPEGs is most of the input pipeline's cost, but tf.data's memory cache grows without a check
-(records x S x S x 3 bytes) and past the machine's memory the kernel kills the worker. So
-``train.cache=true`` is a request that :func:`choose_cache` checks once per worker process: ``memory``
-when the whole set fits in ``train.cache_max_memory_fraction`` of the available memory (cgroup-capped),
-else ``file`` in ``train.cache_dir`` when it takes at most half the free disk there (one folder per
-process, removed when it ends), else ``none``. The chief tags the choice ``input_cache`` and
-``input_cache_reason``.
+tf.data's memory cache grows without a check until the kernel kills the worker, so ``train.cache=true``
+is a request :func:`choose_cache` checks against the memory and disk this process has.
 """
 
 from __future__ import annotations
@@ -56,7 +51,6 @@ class CacheChoice:
 
 
 def decoded_bytes(plan: Any, image_size: int) -> int:
-    """Bytes of every decoded image of the set (training and validation), uint8 RGB."""
     return (int(plan.train_records) + int(plan.val_records)) * int(image_size) ** 2 * 3
 
 

@@ -1,11 +1,9 @@
-"""A logged model's accuracy on its training run's validation and test subsets, each record counted once.
+"""A logged model's accuracy on its training run's validation and test subsets (the test set's only reader).
 
     python -m bigimage.train.evaluate --model-uri models:/bigimage-classifier/3 --run-id ID [--tracking-uri URI]
 
-The champion's registration runs it; it is the only reader of the test subset. The split is planned again
-from the run's logged config and checked against the run's dataset digests, so a set rewritten since is
-refused (exit 4). Prints ``{"validation": {"correct", "records", "accuracy"}, "test": {...}}``. A
-separate process, so that the analysis never loads TensorFlow.
+A set rewritten or re-split since the training is refused (exit 4). A process of its own, so that the
+analysis never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -45,7 +43,6 @@ def accuracy(model: Any, cfg: Any, plan: inputs.SplitPlan, subset: str, batch_si
 
 
 def run_config(client: Any, run_id: str) -> Any:
-    """The run's resolved config, as it logged it."""
     from mlflow.exceptions import MlflowException
     from omegaconf import OmegaConf
 

@@ -1,11 +1,7 @@
-"""The trained network as an MLflow Model: what the chief worker logs at the end of a training run.
+"""The trained network as an MLflow Model (``tensorflow`` flavor, tf-keras), logged by the chief worker.
 
-It holds the judged epoch's weights, is named by :func:`model_name`, and is saved with MLflow's
-``tensorflow`` flavor (tf-keras, ``TF_USE_LEGACY_KERAS=1``); its signature takes uint8 RGB images named
-``image`` and gives float32 ``logits``, its metadata name the classes in index order (docs/mlflow.md).
-The network is read back from the saved ``.keras`` file outside any strategy, since saving under
-MultiWorkerMirroredStrategy runs collectives the finished workers never join. Pip requirements are
-given, since inferring them loads the model again.
+It is read back from the saved ``.keras`` file outside any strategy: saving under MultiWorkerMirroredStrategy
+runs collectives the finished workers never join. Signature and metadata: docs/mlflow.md.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Training, validation and test inputs from task 1's TFRecords (the split rules: docs/training.md).
 
-The test split (``train.test_fraction``) is held out from every choice: per class, the records with the
-smallest hash keyed by ``train.split_seed``. The validation split (``train.split``) divides the rest by
-``fingerprint64(record) % 1000`` (``hash``) or by the last shards (``shard``). Each input pipeline keeps
-every N-th record before decoding (``Dataset.shard``; auto-sharding OFF, as FILE sharding fails with
-fewer files than workers, tensorflow#36846). Both datasets repeat with a fixed number of steps per epoch,
-so every worker runs the same steps (uneven last batches stall MultiWorkerMirroredStrategy).
+Each input pipeline keeps every N-th record before decoding (auto-sharding OFF: FILE sharding fails with
+fewer files than workers, tensorflow#36846); both datasets repeat with a fixed number of steps, since
+uneven last batches stall MultiWorkerMirroredStrategy.
 """
 
 from __future__ import annotations

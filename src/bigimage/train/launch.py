@@ -1,12 +1,8 @@
-"""Start the worker processes of one training and watch them until they end.
+"""Start the worker processes of one training (``python -m bigimage.train.worker``) and watch them.
 
-Every training runs in fresh processes (``python -m bigimage.train.worker``), one per worker, each with a
-``TF_CONFIG`` naming all workers: TensorFlow fixes its devices once per process, and the launcher stays
-free of TensorFlow's memory. The workers share ``strategy.worker_timeout_seconds``; the first failure or
-the deadline kills the others and raises :class:`WorkerFailedError` with the worker's last log lines.
-No secret goes on a worker's command line (:meth:`WorkerJob.environment`). ``strategy.launcher=spark_barrier``
-runs the same command once per Spark barrier task instead. Multi-worker trainings on this machine share a
-private network namespace (:mod:`bigimage.train.netns`); :data:`NETWORK_TAG` says what they got.
+Fresh processes, since TensorFlow fixes its devices once per process; the first failure or the shared
+deadline kills the others (:class:`WorkerFailedError`). ``strategy.launcher=spark_barrier`` runs the same
+command once per Spark barrier task; workers on this machine share a private network (:mod:`.netns`).
 """
 
 from __future__ import annotations
@@ -89,7 +85,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def tracking_login() -> dict[str, str]:
-    """The tracking server's login in this process's environment (:data:`TRACKING_LOGIN`)."""
     return {name: os.environ[name] for name in TRACKING_LOGIN if os.environ.get(name)}
 
 
@@ -336,7 +331,6 @@ class BarrierWorker:
 
 
 def _text(path: str, limit: int) -> str:
-    """The last ``limit`` bytes of a file as text ('' when there is none)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(max(os.path.getsize(path) - limit, 0))

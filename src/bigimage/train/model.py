@@ -51,7 +51,6 @@ def mobilenet_v2(model: Any, image_size: int, num_classes: int) -> Any:
 
 
 def build_model(cfg: Config, num_classes: int) -> Any:
-    """The network of the ``model`` group: its ``_target_`` function."""
     return get_method(cfg.model._target_)(cfg.model, int(cfg.image_size), num_classes)
 
 

@@ -1,9 +1,7 @@
 """What a training whose workers run on other hosts may use: shared storage and a tracking server only.
 
-A multi-host training runs its workers as Spark barrier tasks that may be on other machines (Dataproc,
-a standalone master off this machine's loopback, or ``cluster.share_nothing``). :func:`check_shared`
-refuses, before any worker starts, what only exists on the driver: a local MLflow store, or a local
-``tfrecord_dir`` or ``train.checkpoint_dir``.
+:func:`check_shared` refuses, before any worker starts, a local MLflow store, ``tfrecord_dir`` or
+``train.checkpoint_dir`` when the Spark barrier tasks may run on other machines.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""A private network namespace for the TensorFlow workers of one training: reachable from nowhere else.
+"""A private network namespace (only ``lo``) for a training's workers, relaying the loopback servers they use.
 
-MultiWorkerMirroredStrategy's gRPC servers listen on every interface, unauthenticated, whatever TF_CONFIG
-says (tensorflow#11689); in a namespace whose only interface is ``lo`` the workers still reach each other
-and nothing else reaches them. One *holder* process (``unshare --net [--map-root-user]``) makes the
-namespace and waits on its stdin; workers join it with ``nsenter`` (which execs them: same pid). Loopback
-endpoints the workers use (a tracking server, a database, a storage emulator) are relayed: the holder
-listens on the same address inside, and the launcher dials the host's endpoint and passes the socket back
-(``SCM_RIGHTS``), so URIs stay unchanged. ``strategy.isolation`` says what happens where no namespace
-serves the workers (docs/security.md).
+TensorFlow's gRPC servers listen on every interface, unauthenticated, whatever TF_CONFIG says
+(tensorflow#11689). A holder process made by ``unshare`` keeps the namespace; workers join it with
+``nsenter``; the launcher dials the host's endpoints for the holder's relays (``SCM_RIGHTS``), so URIs
+stay unchanged. ``strategy.isolation`` decides where no namespace serves (docs/security.md).
 """
 
 from __future__ import annotations

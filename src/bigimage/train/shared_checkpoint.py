@@ -1,10 +1,8 @@
 """``BackupAndRestore`` on a ``gs://`` checkpoint directory, staged through a local copy.
 
-TensorFlow's own ``gs`` file system has Google's endpoints compiled in, so it cannot reach a storage
-emulator; the checkpoint goes through :mod:`bigimage.data.storage` (fsspec with gcsfs) instead. Every worker downloads it
-before training; the chief uploads after each epoch (data files first, then the ``checkpoint`` index and
-the history, then removes older objects, so a kill mid-upload leaves a valid index); a finished training
-removes it, so the next run of the config starts from epoch 0. Local paths are used as they are.
+TensorFlow's own ``gs`` file system cannot reach a storage emulator, so it goes through
+:mod:`bigimage.data.storage` (fsspec with gcsfs). The chief uploads after each epoch,
+data files before the index, so a kill mid-upload leaves a valid checkpoint.
 """
 
 from __future__ import annotations

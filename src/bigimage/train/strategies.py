@@ -45,7 +45,6 @@ def configure_devices(cfg: Config) -> None:
 
 
 def make_strategy(cfg: Config) -> Any:
-    """The tf.distribute strategy of the ``strategy`` group: its ``_target_`` function."""
     return get_method(cfg.strategy._target_)(cfg.strategy)
 
 

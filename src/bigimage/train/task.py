@@ -1,11 +1,8 @@
 """``task=train``: what run.py calls inside its open MLflow run.
 
-:func:`run_train` checks the config and the TFRecords before any process starts, writes the resolved
-config for the workers (readable by this user only: it holds the config's secrets), launches them
-(:mod:`bigimage.train.launch`) and returns the chief's final metrics; the chief logs into the launcher's
-run, and this process adds the workers' logs (``worker_logs/``), also when training failed. Checkpoints
-live in ``train.checkpoint_dir``, by default keyed by the config parts that shape the training state, so
-rerunning a config resumes from its last finished epoch (docs/training.md).
+Checks the config and the TFRecords before any process starts, writes the workers' config (private: it
+holds secrets), launches them and keeps their logs; checkpoints are keyed by the config, so a rerun
+resumes (docs/training.md).
 """
 
 from __future__ import annotations

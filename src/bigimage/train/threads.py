@@ -1,11 +1,7 @@
 """TensorFlow's CPU settings in a training process: oneDNN on, op thread pools sized to a share of the cores.
 
-oneDNN's kernels train the CNN at over twice Eigen's speed where TensorFlow leaves them off (set before
-TensorFlow is imported, so ``TF_ENABLE_ONEDNN_OPTS=0`` still wins). TensorFlow sizes its op pools to all
-cores in every process, so ``N`` workers of one machine would run ``N x C`` threads on ``C`` cores:
-:func:`op_threads` gives each worker ``C // N`` cores, split among its replicas, with one inter-op thread
-per replica. The workers of a machine are the TF_CONFIG entries with this worker's host;
-``TF_NUM_INTRAOP_THREADS`` and ``TF_NUM_INTEROP_THREADS`` win when set (docs/training.md).
+TensorFlow sizes its pools to every core in every process, so ``N`` workers of one machine would run
+``N x C`` threads on ``C`` cores; each worker gets ``C // N``, split among its replicas (docs/training.md).
 """
 
 from __future__ import annotations
@@ -25,8 +21,6 @@ INTER_VARIABLE = "TF_NUM_INTEROP_THREADS"
 
 @dataclass(frozen=True)
 class OpThreads:
-    """One process's op pools and what they were sized from."""
-
     intra_op: int
     inter_op: int
     cores: int
