@@ -221,10 +221,8 @@ SCALING_POINT_KEYS = ("num_images", "executors", "batches")
 
 @dataclass
 class ScalingConfig:
-    """A design of small runs for the scaling model (experiments/scaling_points.yaml) and the ``point`` this
-    job runs. A point is ``{num_images, executors, batches}``, a dict of ints rather than a dataclass so
-    that one can be added on the command line; :func:`validate` checks its keys.
-    """
+    """A design of small runs for the scaling model and the ``point`` this job runs; points are dicts of
+    ints (not dataclasses) so that one can be added on the command line."""
 
     point: str | None = None
     points: dict[str, dict[str, int]] = field(default_factory=dict)

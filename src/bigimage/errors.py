@@ -1,8 +1,5 @@
-"""Errors a user can fix: a wrong value, a missing path. ``run.py`` reports them in one line.
-
-Kept in a module of its own, importing nothing, so every layer (``data/`` included, which depends on no
-other part of the package) can raise them.
-"""
+"""Errors a user can fix, which ``run.py`` reports in one line; a module importing nothing, so that every
+layer can raise them."""
 
 
 class UserError(Exception):

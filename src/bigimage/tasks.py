@@ -49,10 +49,7 @@ def param_keys(cfg: DictConfig) -> tuple[str, ...]:
 
 
 def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Validate, then run ``cfg.task.name`` inside its own MLflow run; returns the task's metrics.
-
-    ``cluster.deploy=dataproc`` hands the run to Dataproc instead, unless this is that job already.
-    """
+    """Validate, then run ``cfg.task.name`` inside its own MLflow run (or on Dataproc); returns its metrics."""
     validate(cfg)
     if cfg.cluster.deploy == "dataproc" and not os.environ.get(ON_DATAPROC_ENV):
         from bigimage.cloud.dataproc import run_on_dataproc

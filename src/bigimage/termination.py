@@ -51,10 +51,8 @@ def _handler(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> bool:
-    """Make SIGTERM/SIGHUP raise :class:`Terminated` until the matching :func:`uninstall` (nestable).
-
-    Returns False, counting nothing, outside the main thread, where Python cannot install handlers.
-    """
+    """Make SIGTERM/SIGHUP raise :class:`Terminated` until the matching :func:`uninstall` (nestable);
+    False, counting nothing, outside the main thread, where Python cannot install handlers."""
     global _holders, _unwinding, _last_signal
     if threading.current_thread() is not threading.main_thread():
         return False

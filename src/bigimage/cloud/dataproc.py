@@ -413,29 +413,22 @@ class DriverOutput:
     """Follows a job's driver output in GCS (``<uri>.000000000``, ``.000000001``, ...) and prints new text."""
 
     def __init__(self, storage_client: Any, echo: Callable[[str], None] = print) -> None:
-        self.storage = storage_client
-        self.echo = echo
-        self.index = 0
-        self.offset = 0
+        self.storage, self.echo = storage_client, echo
+        self.index = self.offset = 0
 
     def poll(self, driver_output_uri: str) -> None:
         match = re.match(r"gs://([^/]+)/(.*)", driver_output_uri or "")
         if match is None:
             return
-        bucket = self.storage.bucket(match.group(1))
-        while True:
-            blob = bucket.get_blob(f"{match.group(2)}.{self.index:09d}")
-            if blob is None:
-                return
+        bucket, name = self.storage.bucket(match.group(1)), match.group(2)
+        while (blob := bucket.get_blob(f"{name}.{self.index:09d}")) is not None:
             if blob.size and blob.size > self.offset:
                 data = blob.download_as_bytes(start=self.offset)
                 self.offset += len(data)
                 self.echo(data.decode("utf-8", errors="replace").rstrip("\n"))
-            next_blob = bucket.get_blob(f"{match.group(2)}.{self.index + 1:09d}")
-            if next_blob is None:
+            if bucket.get_blob(f"{name}.{self.index + 1:09d}") is None:
                 return
-            self.index += 1
-            self.offset = 0
+            self.index, self.offset = self.index + 1, 0
 
 
 def run_job(
@@ -455,13 +448,12 @@ def run_job(
     job_id = submitted.reference.job_id
     echo(f"[dataproc] job {job_id} submitted to {cluster_name(cfg)}")
     output = DriverOutput(storage_client, echo)
-    terminal = {"DONE", "ERROR", "CANCELLED"}
     try:
         while True:
             current = job_client.get_job(project_id=project, region=region, job_id=job_id)
             output.poll(current.driver_output_resource_uri)
             state = dataproc_v1.JobStatus.State(current.status.state).name
-            if state in terminal:
+            if state in ("DONE", "ERROR", "CANCELLED"):
                 break
             time.sleep(poll_seconds)
     except KeyboardInterrupt:

@@ -65,11 +65,8 @@ def run_barrier_workers(
     worker_fn: Callable[[dict], Any],
     timeout_seconds: float | None = None,
 ) -> list[Any]:
-    """Run ``worker_fn(tf_config)`` once per worker as one barrier stage; results in rank order.
-
-    Fails at once when the cluster has fewer task slots than ``num_workers`` (Spark would retry for
-    minutes); after ``timeout_seconds`` the stage is cancelled and BarrierTimeoutError raised.
-    """
+    """Run ``worker_fn(tf_config)`` once per worker as one barrier stage; results in rank order. Too few
+    task slots fail at once (Spark would retry for minutes); ``timeout_seconds`` cancels the stage."""
     if int(num_workers) < 1:
         raise ValueError(f"num_workers={num_workers} must be >= 1")
     slots = _task_slots(spark)

@@ -126,8 +126,7 @@ class _SharedSession:
     def session(self, cfg_cluster: ClusterConfig, app_name: str) -> Any:
         from omegaconf import OmegaConf
 
-        config: Any = cfg_cluster
-        cluster = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else repr(config)
+        cluster = OmegaConf.to_container(cfg_cluster, resolve=True)
         if self.spark is not None and cluster == self.cluster:
             return self.spark
         # One SparkContext per process: another cluster config replaces the session.
@@ -141,9 +140,8 @@ class _SharedSession:
         return self.spark
 
     def close(self) -> None:
-        self.spark, self.cluster = None, None
-        stack, self.stack = self.stack, ExitStack()
-        stack.close()
+        self.spark = self.cluster = None
+        self.stack.close()  # empty afterwards, ready for the next session
 
 
 @contextmanager

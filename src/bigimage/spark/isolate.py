@@ -41,11 +41,8 @@ def _inside(path: str, directories: Sequence[str]) -> bool:
 def command(
     argv: Sequence[str], masks: Sequence[str], keep: Sequence[str] = (), mkdirs: Sequence[str] = (), cwd: str = "/"
 ) -> list[str]:
-    """``argv`` run with ``masks`` hidden behind empty tmpfs mounts, ``keep`` files and ``mkdirs`` recreated.
-
-    The Python installation and this package's source stay visible inside a mask: a second host would
-    have the same software, just not the driver's files.
-    """
+    """``argv`` run with ``masks`` hidden behind empty tmpfs mounts, ``keep`` files and ``mkdirs`` recreated;
+    the installed software stays visible, as a second host would have it too."""
     unshare = shutil.which("unshare") or "unshare"
     line = [unshare, "--mount", "--propagation", "private", "--", sys.executable, "-m", "bigimage.spark.isolate"]
     for path in masks:

@@ -77,10 +77,8 @@ def write_tfrecords(
     publication: shards.Publication | None = None,
     replace_foreign: bool = False,
 ) -> tuple[schema.Manifest, list[shards.ShardResult], float]:
-    """Run the shard tasks and publish; returns the manifest, the shard results and the job seconds.
-
-    ``publication``: one already entered (its lock held); by default one is opened here.
-    """
+    """Run the shard tasks and publish (through ``publication``, else one opened here); returns the
+    manifest, the shard results and the job seconds."""
     shards.check_apart(listing.root, destination)
     if publication is None:
         with shards.Publication(destination, replace_foreign=replace_foreign) as own:

@@ -183,11 +183,8 @@ def _executor_summaries(spark: Any) -> list[Any] | None:
 
 
 def spark_resources(spark: Any) -> dict[str, Any]:
-    """What the running context really has, read back from Spark (not from the config).
-
-    ``executors`` alive (local mode: 1, the driver), their ``total_cores``, ``lost_executors`` removed
-    since they registered, and ``failed_tasks`` over all executors, dead ones included.
-    """
+    """What the running context really has, read back from Spark: executors alive (local mode: 1), their
+    cores, executors lost since they registered, and failed tasks over all executors."""
     context = spark.sparkContext
     local = context.master.startswith("local")
     resources = {

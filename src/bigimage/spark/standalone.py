@@ -120,14 +120,6 @@ def check_master_reachable(master: str, timeout_seconds: float = 5.0) -> None:
     )
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(text[-lines:])
-
-
 def _pdeathsig_preexec() -> Any:
     """preexec_fn: on Linux, SIGTERM the child when the parent dies (also on SIGKILL of the parent)."""
     if not sys.platform.startswith("linux"):
@@ -219,6 +211,9 @@ class Daemon:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:]) or "(no log)"
 
 
 @dataclass(eq=False)
@@ -425,14 +420,14 @@ class StandaloneCluster:
                     reason = "could not bind its port" if _MASTER_BIND_FAILED.search(daemon.log_text()) else "exited"
                     raise StandaloneError(
                         f"{label} {reason} before {goal} (exit code {daemon.process.returncode}); "
-                        f"last lines of {daemon.log_path}:\n{_tail(daemon.log_path)}"
+                        f"last lines of {daemon.log_path}:\n{daemon.tail()}"
                     )
             if time.monotonic() > deadline:
                 pending = [label for label in daemons if label not in found]
-                path = daemons[pending[0]].log_path
+                first = daemons[pending[0]]
                 raise StandaloneError(
                     f"{', '.join(pending)} did not finish {goal} within {self.start_timeout_seconds:g} s; "
-                    f"last lines of {path}:\n{_tail(path)}"
+                    f"last lines of {first.log_path}:\n{first.tail()}"
                 )
             time.sleep(0.2)
 

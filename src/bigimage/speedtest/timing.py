@@ -42,11 +42,7 @@ class GridPoint:
 
 @dataclass
 class SourcePlan:
-    """What a worker needs to read one source; built on the driver, small and picklable.
-
-    ``paths``: image files (as many as the largest point needs) or shards; ``available``: images the
-    source holds, which decides whether a point repeats the data.
-    """
+    """What a worker needs to read one source, small and picklable; ``available``: the images it holds."""
 
     source: str
     location: str
@@ -220,10 +216,8 @@ def with_threads(dataset: Any, threads: int) -> Any:
 
 
 def time_batches(dataset: Any, batch_number: int, warmup_batches: int) -> tuple[int, int, float]:
-    """Iterate ``warmup_batches`` untimed, then time ``batch_number`` batches: (images, bytes, seconds).
-
-    A fresh iterator each call, so each repetition starts the pipeline anew.
-    """
+    """Iterate ``warmup_batches`` untimed, then time ``batch_number`` batches of a fresh iterator:
+    (images, bytes, seconds)."""
     iterator = iter(dataset)
     try:
         for _ in range(warmup_batches):

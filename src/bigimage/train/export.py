@@ -56,11 +56,8 @@ def example_images(shard_paths: list[str], image_size: int, count: int = 1) -> A
 
 
 def log_model(keras_path: str, card: ModelCard, tracking_uri: str | None, run_id: str, step: int) -> str:
-    """Log the network at ``keras_path`` as run ``run_id``'s Model ``card.name``; returns its ``models:/`` URI.
-
-    ``step`` is the epoch whose weights it holds (its tag ``judged_epoch``). The experiment is set to the
-    run's own, since MLflow files a logged model under the active experiment.
-    """
+    """Log the network at ``keras_path`` as run ``run_id``'s Model ``card.name`` holding epoch ``step``'s
+    weights; returns its ``models:/`` URI. MLflow files it under the active experiment: the run's own."""
     import mlflow
     import tf_keras as keras
 

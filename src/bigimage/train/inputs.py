@@ -230,12 +230,8 @@ def build_inputs(
     batch_size: int | None = None,
     cache: CacheChoice | None = None,
 ) -> Any:
-    """The (images uint8, classes int32) batches of one input pipeline of the training or validation subset.
-
-    ``cache`` keeps decoded images after the first pass (:mod:`bigimage.train.cache`). With an
-    ``input_context`` the pipeline keeps its share of the records and batches by the per-replica size;
-    without one by ``batch_size`` (default ``cfg.batch_size``).
-    """
+    """The (images uint8, classes int32) batches of one input pipeline of the training or validation subset;
+    with an ``input_context`` its share of the records, in per-replica batches."""
     import tensorflow as tf
 
     seed = int(cfg.seed)
@@ -264,11 +260,8 @@ def build_inputs(
 
 
 def device_datasets_without_autotuning() -> bool:
-    """Turn tf.data's autotuning off in the per-device datasets of tf.distribute's iterators too.
-
-    TensorFlow has no option for them, so this wraps ``multi_device_iterator_ops._create_device_dataset``
-    once per process (elements unchanged); returns whether autotuning is off there.
-    """
+    """Turn tf.data's autotuning off in tf.distribute's per-device datasets too, which no option reaches:
+    wraps ``multi_device_iterator_ops._create_device_dataset``; returns whether it is off there."""
     import tensorflow as tf
     from tensorflow.python.data.ops import multi_device_iterator_ops
 

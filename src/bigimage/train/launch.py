@@ -280,13 +280,9 @@ _FAILED_LOG_BYTES = 1 << 18  # inside an error message: its last 256 KiB
 
 
 class BarrierWorker:
-    """What each Spark barrier task runs: the worker CLI as a child process with the task's TF_CONFIG.
-
-    A child process, since Spark reuses its Python workers and TensorFlow sets up its devices once per
-    process; a crash arrives as an exit code. Nothing on the driver's disk is used (the config travels in
-    ``config_text``; log and progress lines go back through Spark), so the executor may be on another host.
-    ``prefix`` runs the worker in a :class:`~bigimage.train.netns.PrivateNetwork`.
-    """
+    """What each Spark barrier task runs: the worker CLI as a child process (Spark reuses its Python
+    workers; TensorFlow sets up its devices once per process) with the task's TF_CONFIG. Nothing on the
+    driver's disk is used, so the executor may be on another host; ``prefix`` joins a private network."""
 
     def __init__(self, job: WorkerJob, config_text: str, prefix: Sequence[str] = ()) -> None:
         self.job, self.config_text, self.prefix = job, config_text, list(prefix)
@@ -385,12 +381,8 @@ def _keep(work_dir: str, rank: int, log_text: str, progress: str = "") -> None:
 def run_spark_barrier_workers(
     cluster_cfg: ClusterConfig, job: WorkerJob, *, app_name: str = "bigimage-train"
 ) -> list[dict]:
-    """Run the ``num_workers`` workers as one Spark barrier stage on ``cluster_cfg``'s executors.
-
-    Raises WorkerTimeoutError or WorkerFailedError as the process launcher does; keeps the workers' logs
-    and progress lines in ``job.work_dir``, writes the chief's metrics to ``result_file`` and returns one
-    ``{rank, pid, host, log, result}`` per worker.
-    """
+    """Run the workers as one Spark barrier stage on ``cluster_cfg``'s executors, failing as the process
+    launcher does; keeps their logs in ``job.work_dir`` and returns one ``{rank, pid, host, log, result}`` each."""
     from bigimage.spark.cluster import spark_for
 
     with spark_for(cluster_cfg, app_name) as spark, ExitStack() as stack:

@@ -1,9 +1,5 @@
-"""The ``model=`` group: networks that take uint8 images (0..255) and return class logits.
-
-``small_cnn`` (default; ``model.width``, ``model.dropout``) trains on a CPU in minutes; ``mobilenet_v2``
-is Keras' MobileNetV2 without its top (``weights: null``: nothing downloaded). Build inside
-``strategy.scope()``. The logits layer computes in float32 under every ``train.precision`` policy.
-"""
+"""The ``model=`` group: networks that take uint8 images (0..255) and return float32 class logits under
+every ``train.precision`` policy; build them inside ``strategy.scope()``."""
 
 from __future__ import annotations
 

@@ -107,13 +107,11 @@ def endpoint(uri: str) -> Endpoint | None:
 
 
 def routes(uris: Iterable[str | None]) -> tuple[list[Endpoint], list[str]]:
-    """Of the URIs the workers use: the loopback endpoints to relay, and those no relay reaches.
-
-    A ``mlflow-artifacts:`` URI without a host goes through the tracking server, relayed with it.
-    """
+    """Of the URIs the workers use: the loopback endpoints to relay, and those no relay reaches."""
     relayed: list[Endpoint] = []
     beyond: list[str] = []
     for uri in filter(None, uris):
+        # A mlflow-artifacts: URI without a host goes through the (relayed) tracking server.
         if not needs_network(uri) or (uri.startswith("mlflow-artifacts:") and not urlparse(uri).netloc):
             continue
         found = endpoint(uri)
@@ -294,10 +292,8 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 def private_network(
     uris: Iterable[str | None] = (), what: str = "the training workers", isolation: str = PREFERRED
 ) -> Iterator[PrivateNetwork | None]:
-    """A :class:`PrivateNetwork` relaying the loopback endpoints of ``uris`` (what the workers use).
-
-    Where none serves them, ``isolation`` decides: IsolationError, or None (the host network) with a warning.
-    """
+    """A :class:`PrivateNetwork` relaying the loopback endpoints of ``uris``; where none serves them,
+    ``isolation`` decides: IsolationError, or None (the host network) with a warning."""
     uris = list(uris)
     if str(isolation) == OFF:
         log.info("strategy.isolation=off: %s run on the host network and %s", what, EXPOSED)

@@ -1,9 +1,5 @@
-"""``train.precision``: the Keras mixed-precision policy a training process runs under.
-
-``float32`` (default); ``mixed_bfloat16`` (bf16 compute, float32 variables; fast on CPUs with
-AVX512_BF16 or AMX); ``mixed_float16`` (GPUs only; Keras scales the loss); ``auto``: ``mixed_bfloat16``
-where the CPU or a GPU has bf16 units, else ``float32``. The logits layer stays float32 under every policy.
-"""
+"""``train.precision``: the Keras mixed-precision policy a training process runs under (``auto``:
+``mixed_bfloat16`` where the CPU or a GPU has bf16 units, else ``float32``)."""
 
 from __future__ import annotations
 
@@ -49,8 +45,8 @@ def _gpu_capabilities() -> list[tuple[int, int]]:
 
 def choose(precision: str) -> Choice:
     """The policy for ``train.precision`` on this machine; raises ConfigError for float16 without a GPU."""
-    if precision == FLOAT32:
-        return Choice(FLOAT32, "train.precision=float32")
+    if precision in (FLOAT32, MIXED_BFLOAT16):
+        return Choice(precision, f"train.precision={precision}")
     gpus = _gpu_capabilities()
     if precision == MIXED_FLOAT16:
         if not gpus:
@@ -59,8 +55,6 @@ def choose(precision: str) -> Choice:
                 "use mixed_bfloat16 (or auto) on a CPU"
             )
         return Choice(MIXED_FLOAT16, "train.precision=mixed_float16 (loss scaling by Keras)")
-    if precision == MIXED_BFLOAT16:
-        return Choice(MIXED_BFLOAT16, "train.precision=mixed_bfloat16")
     flags = cpu_bf16_flags()
     if any(capability >= GPU_BF16_CAPABILITY for capability in gpus):
         return Choice(MIXED_BFLOAT16, f"auto: a GPU with bfloat16 (compute capability {max(gpus)})")

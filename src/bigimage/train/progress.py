@@ -1,8 +1,4 @@
-"""A line per finished epoch on the launcher's console, read from the chief's progress file.
-
-The chief appends each finished epoch to ``<work_dir>/progress/worker-0.jsonl``; the launcher polls it
-while it watches the workers, so whoever runs a training sees it advance.
-"""
+"""A line per finished epoch on the launcher's console, polled from the chief's progress file."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Stop a hopeless search trial early: per-epoch validation accuracy to the pruner, its verdict to every worker.
-
-Only the chief reports; its verdict is summed over the workers so that every worker stops after the same
-epoch (one that left would hang the others' collectives). A pruned run ends FINISHED with the tags
-``pruned=true`` and ``pruned_epoch``.
-"""
+"""Stop a hopeless search trial early: the chief reports each epoch to the pruner, and its verdict is
+summed over the workers so that all stop after the same epoch (one that left would hang the others)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""A barrier task's own copy of what its training worker reads, made on the executor's host.
-
-The resolved config arrives as text inside the Spark task; this writes it into the task's scratch
-directory with the local-disk paths pointing there and a ``gs://`` ``tfrecord_dir`` copied there first
-(reading local shards every epoch beats streaming them). Other URLs and paths are left as given.
-"""
+"""A barrier task's own copy of what its training worker reads, made on the executor's host: the config
+with local paths in the task's scratch directory, a ``gs://`` ``tfrecord_dir`` copied there first."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The ``strategy=`` group's tf.distribute strategies (docs/training.md).
-
-``mirrored`` on a CPU-only machine splits the CPU into ``strategy.logical_cpu_devices`` logical devices,
-so that N replicas really run; the multi-worker strategies run one process per worker
-(:mod:`bigimage.train.launch`). ``batch_size`` is the global batch of all replicas together.
-"""
+"""The ``strategy=`` group's tf.distribute strategies; ``mirrored`` on a CPU-only machine runs its replicas
+on ``strategy.logical_cpu_devices`` logical devices (docs/training.md)."""
 
 from __future__ import annotations
 

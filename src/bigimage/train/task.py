@@ -110,11 +110,8 @@ def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[st
 
 
 def run_train(cfg: Config) -> dict[str, float]:
-    """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir``; returns the final metrics.
-
-    Logs into the active MLflow run, if any. Raises ConfigError or TFRecordDirError before any process
-    starts, WorkerFailedError when a worker fails.
-    """
+    """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir`` (logged into the active MLflow run,
+    if any); returns the final metrics. Bad input fails before any process starts."""
     run_id, tracking_uri, artifact_uri = _active_run()
     multihost.check_shared(cfg, tracking_uri, artifact_uri, checkpoint_dir(cfg))
     # Fail on missing shards or the wrong image size before any process starts.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -91,12 +91,11 @@ def configure(cfg: Any) -> OpThreads:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError as error:  # TensorFlow already initialised in this process: keep its pools
         log.warning("could not size TensorFlow's op thread pools (%s); they stay as they are", error)
-    current = OpThreads(
-        intra_op=tf.config.threading.get_intra_op_parallelism_threads(),
-        inter_op=tf.config.threading.get_inter_op_parallelism_threads(),
-        cores=wanted.cores,
-        workers_here=wanted.workers_here,
-        replicas=wanted.replicas,
+    threading = tf.config.threading
+    current = replace(
+        wanted,
+        intra_op=threading.get_intra_op_parallelism_threads(),
+        inter_op=threading.get_inter_op_parallelism_threads(),
     )
     log.info("TensorFlow op threads: %s; oneDNN %s", current.describe(), onednn_state())
     return current
