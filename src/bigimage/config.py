@@ -210,7 +210,6 @@ class PipelineConfig:
     speedtest_overrides: list[str] = field(
         default_factory=lambda: ["speedtest.batch_numbers=[10,30]", "speedtest.repetitions=2"]
     )
-    # One training run per strategy, each with these overrides.
     strategies: list[Strategy] = field(default_factory=lambda: [Strategy.default, Strategy.mirrored])
     train_overrides: list[str] = field(default_factory=list)
     report: bool = True

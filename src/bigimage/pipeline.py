@@ -123,7 +123,7 @@ def report_step(cfg: DictConfig, parent_id: str) -> dict[str, str]:
 
 
 def print_step_times(parent_id: str) -> None:
-    """Each step's wall-clock seconds, from its MLflow run, and the time around them (issue 13)."""
+    """Each step's wall-clock seconds, from its MLflow run, and the time around them."""
     from mlflow.tracking import MlflowClient
 
     from bigimage.tracking.steps import describe_step_times, step_times

@@ -401,12 +401,9 @@ def ensure_cluster(cfg: Config, project: str, client: Any, echo: Callable[[str],
 def upload_job_files(files: JobFiles, bucket: str, prefix: str, storage_client: Any) -> dict[str, str]:
     """Copy the job files to gs://bucket/prefix/; returns their gs:// URIs by role."""
     target = storage_client.bucket(bucket)
-    uris = {}
-    for role, path in (("driver", files.driver), ("package", files.package), ("config", files.config)):
-        blob = target.blob(f"{prefix}/{path.name}")
-        blob.upload_from_filename(str(path))
-        uris[role] = f"gs://{bucket}/{prefix}/{path.name}"
-    return uris
+    for path in vars(files).values():
+        target.blob(f"{prefix}/{path.name}").upload_from_filename(str(path))
+    return {role: f"gs://{bucket}/{prefix}/{path.name}" for role, path in vars(files).items()}
 
 
 class DriverOutput:

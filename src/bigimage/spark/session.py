@@ -228,12 +228,9 @@ def deploy_from_context(spark: Any) -> str:
     ``kubernetes``, ``dataproc`` (YARN with Dataproc's settings or job tags), ``yarn`` or the URL scheme."""
     context = spark.sparkContext
     master = str(context.master)
-    if master.startswith("local"):
-        return "local"
-    if master.startswith("spark://"):
-        return "standalone"
-    if master.startswith("k8s://"):
-        return "kubernetes"
+    for prefix, deploy in (("local", "local"), ("spark://", "standalone"), ("k8s://", "kubernetes")):
+        if master.startswith(prefix):
+            return deploy
     if master.startswith("yarn"):
         conf = dict(context.getConf().getAll())
         on_dataproc = any(key.startswith("spark.dataproc.") for key in conf) or "dataproc_job_" in conf.get(

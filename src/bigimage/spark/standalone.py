@@ -8,6 +8,7 @@ secret never on a command line; the master's unauthenticated REST server is off.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import logging
 import os
@@ -138,20 +139,16 @@ def _pdeathsig_preexec() -> Any:
 def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
     """SIGTERM process groups, wait (one shared grace period), then SIGKILL what is left."""
     for pgid in pgids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace_seconds
     left = [pgid for pgid in pgids if live_group_members(pgid)]
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         left = [pgid for pgid in left if live_group_members(pgid)]
     for pgid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 _LIVE: set[StandaloneCluster] = set()
@@ -293,20 +290,16 @@ class StandaloneCluster:
         daemons = [*self.worker_daemons, *([self.master] if self.master else [])]
         stop_process_groups([daemon.pid for daemon in daemons])
         for daemon in daemons:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         _unregister(self)
         if self._own_work_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
     def pids(self) -> list[int]:
         """All live pids that belong to this cluster: daemons, executors, Python workers."""
-        found: list[int] = []
-        for daemon in [*([self.master] if self.master else []), *self.worker_daemons]:
-            found.extend(live_group_members(daemon.pid))
-        return found
+        daemons = [*([self.master] if self.master else []), *self.worker_daemons]
+        return [pid for daemon in daemons for pid in live_group_members(daemon.pid)]
 
     def auth_conf(self) -> dict[str, str]:
         """The settings an application needs to join this cluster (the secret included: keep it out of logs)."""

@@ -7,6 +7,7 @@ command once per Spark barrier task; workers on this machine share a private net
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -143,11 +143,7 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: str) -> subprocess.Po
 
 
 def tail(path: str, lines: int = TAIL_LINES) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return "".join(deque(handle, maxlen=lines))
-    except FileNotFoundError:
-        return "<no log>"
+    return "".join(_text(path, _LOG_BYTES).splitlines(keepends=True)[-lines:]) or "<no log>"
 
 
 @dataclass
@@ -155,7 +151,6 @@ class _Worker:
     index: int
     process: subprocess.Popen
     log_path: str
-    exit_code: int | None = field(default=None)
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -174,10 +169,8 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def _kill(workers: list[_Worker]) -> None:
     for worker in workers:
         if worker.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(worker.process.pid, signal.SIGKILL)  # its own session: the worker and its children
-            except ProcessLookupError:
-                pass
     for worker in workers:
         try:
             worker.process.wait(timeout=30)
@@ -212,23 +205,21 @@ def _watch(
     deadline = time.monotonic() + timeout_seconds
     while True:
         on_poll()  # e.g. a line per finished epoch (bigimage.train.progress)
-        running = []
-        for worker in workers:
-            if worker.exit_code is None:
-                worker.exit_code = worker.process.poll()
-            if worker.exit_code is None:
-                running.append(worker)
-            elif worker.exit_code != 0:
-                _kill(workers)
-                others = ", ".join(f"worker {w.index}: exit {w.process.returncode}" for w in workers if w is not worker)
-                raise WorkerFailedError(
-                    f"training worker {worker.index} of {len(workers)} (pid {worker.process.pid}) exited with code "
-                    f"{worker.exit_code}{_signal_name(worker.exit_code)}; the other workers were killed"
-                    f"{' (' + others + ')' if others else ''}. Last lines of {worker.log_path}:\n{tail(worker.log_path)}",
-                    task_index=worker.index,
-                    exit_code=worker.exit_code,
-                    pids=[w.process.pid for w in workers],
-                )
+        codes = [worker.process.poll() for worker in workers]  # Popen keeps the code once it has one
+        running = [worker for worker, code in zip(workers, codes) if code is None]
+        failed = next((worker for worker, code in zip(workers, codes) if code), None)
+        if failed is not None:
+            _kill(workers)
+            code = failed.process.returncode
+            others = ", ".join(f"worker {w.index}: exit {w.process.returncode}" for w in workers if w is not failed)
+            raise WorkerFailedError(
+                f"training worker {failed.index} of {len(workers)} (pid {failed.process.pid}) exited with code "
+                f"{code}{_signal_name(code)}; the other workers were killed"
+                f"{' (' + others + ')' if others else ''}. Last lines of {failed.log_path}:\n{tail(failed.log_path)}",
+                task_index=failed.index,
+                exit_code=code,
+                pids=[w.process.pid for w in workers],
+            )
         if not running:
             return
         if time.monotonic() > deadline:

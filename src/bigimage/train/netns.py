@@ -9,6 +9,7 @@ stay unchanged. ``strategy.isolation`` decides where no namespace serves (docs/s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import ipaddress
 import logging
@@ -199,16 +200,13 @@ class Dialer(threading.Thread):
 
     def stop(self) -> None:
         """Close the control socket; the thread ends at its next read (the holder has exited by now)."""
-        try:
+        with contextlib.suppress(OSError):
             self.control.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         if self.is_alive():
             self.join(timeout=10)
         self.control.close()
 
 
-# ---------------------------------------------------------------------------------- the holder's side
 class Relay:
     """Inside the namespace: joins each connection to one the :class:`Dialer` made on the host."""
 
@@ -282,10 +280,8 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
         sink.shutdown(socket.SHUT_WR)
     except OSError:
         for each in (source, sink):
-            try:
+            with contextlib.suppress(OSError):
                 each.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @contextmanager
@@ -341,7 +337,6 @@ def _refuse_or_warn(what: str, reason: str, isolation: str, fix: str) -> None:
     )  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------- holder
 def _loopback_up() -> None:
     """``ip link set lo up`` without needing iproute2: SIOCGIFFLAGS, set IFF_UP, SIOCSIFFLAGS."""
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
@@ -350,16 +345,12 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
 
 
-def _arguments(argv: list[str] | None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
+    """The holder: bring ``lo`` up, start the relays, say so, then wait until the launcher closes stdin."""
     parser = argparse.ArgumentParser(prog="python -m bigimage.train.netns")
     parser.add_argument("--control-fd", type=int, required=True, help="the Unix socket to the launcher")
     parser.add_argument("--relay", type=Endpoint.parse, action="append", default=[], help="HOST:PORT to relay")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """The holder: bring ``lo`` up, start the relays, say so, then wait until the launcher closes stdin."""
-    arguments = _arguments(argv)
+    arguments = parser.parse_args(argv)
     _loopback_up()
     control = socket.socket(fileno=arguments.control_fd)
     try:

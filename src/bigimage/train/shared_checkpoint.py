@@ -63,13 +63,7 @@ class SharedCheckpoint:
         """A Keras callback that uploads after each epoch; put it after ``BackupAndRestore`` and the observer."""
         import tf_keras as keras
 
-        shared = self
-
-        class UploadCheckpoint(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-                shared.upload()
-
-        return UploadCheckpoint()
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.upload())
 
     def finish(self) -> None:
         """The training finished: the chief removes the shared copy (local files are BackupAndRestore's)."""
