@@ -132,10 +132,8 @@ class StrategyConfig(BuiltGroup):
     num_workers: int = 1
     # mirrored on a CPU-only machine: split the CPU into this many logical devices (0: use devices as found).
     logical_cpu_devices: int = 0
-    # multi-worker: how workers are launched (processes on loopback, or Spark barrier tasks).
     launcher: Launcher = Launcher.processes
     worker_timeout_seconds: int = 1800
-    # multi-worker on this machine: workers in a private network namespace, their gRPC servers out of reach.
     isolation: Isolation = Isolation.required
 
 
@@ -151,7 +149,6 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<root>/mlruns/mlflow.db
     experiment: str = "bigimage"
     artifact_root: str | None = None  # None: beside a sqlite store's database file (<root>/mlruns/artifacts)
-    # MLflow system metrics of the driver's machine, sampled every system_metrics_interval seconds.
     system_metrics: bool = True
     system_metrics_interval: float = 2.0
     # Where analysis/best_config.py and the main job's report register the winning training run's model.

@@ -63,7 +63,6 @@ def run_task(cfg: DictConfig, extra_tags: dict[str, str] | None = None) -> dict[
         check_java()  # before any data is generated: a missing Java must fail at once
     uri, experiment_id = connect(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.artifact_root)
     started = time.perf_counter()
-    # the config's own (tracking.tags) first; a search trial's study and trial number (bigimage.search)
     tags = {**dict(cfg.tracking.tags), **search_tags(cfg), **(extra_tags or {})}
     metrics, run_id = tracked_task(cfg, experiment_id, extra_tags=tags)
     log.info("%s finished in %.1f s; MLflow run %s in %s", cfg.task.name, time.perf_counter() - started, run_id, uri)

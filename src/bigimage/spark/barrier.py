@@ -25,10 +25,8 @@ class BarrierTimeoutError(BarrierError):
 def _task_slots(spark: Any) -> int:
     from bigimage.spark.session import spark_resources
 
-    resources = spark_resources(spark)
-    context = spark.sparkContext
-    task_cpus = int(context.getConf().get("spark.task.cpus", "1"))
-    return max(int(resources["total_cores"]) // max(task_cpus, 1), 0)
+    task_cpus = int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+    return max(int(spark_resources(spark)["total_cores"]) // max(task_cpus, 1), 0)
 
 
 def build_tf_config(workers: list[str], index: int) -> dict[str, Any]:

@@ -90,17 +90,17 @@ def spark_for(cfg_cluster: ClusterConfig, app_name: str) -> Iterator[Any]:
 def _started_standalone(cluster: Any, app_name: str) -> Iterator[Any]:
     """A standalone cluster of ``cluster``'s shape started on loopback, and a session on it."""
     check_java()
-    workers, cores, memory = (
-        int(cluster.executors),
-        int(cluster.executor_cores) or os.cpu_count() or 1,
-        str(cluster.executor_memory),
-    )
+    workers, memory = int(cluster.executors), str(cluster.executor_memory)
+    cores = int(cluster.executor_cores) or os.cpu_count() or 1
     check_memory(workers, memory, str(cluster.driver_memory))
     if workers * cores > (os.cpu_count() or 1):
         log.warning(
             "shape %s asks for %d x %d cores on a machine with %d; the executors share the real cores",
-            cluster.name, workers, cores, os.cpu_count() or 1,
-        )  # fmt: skip
+            cluster.name,
+            workers,
+            cores,
+            os.cpu_count() or 1,
+        )
     with StandaloneCluster(workers, cores, memory, isolate=share_nothing_dirs(cluster)) as standalone:
         began = time.monotonic()
         cluster = _with_spark_conf(cluster, {"spark.bigimage.standalone.workDir": str(standalone.work_dir)})
@@ -109,8 +109,11 @@ def _started_standalone(cluster: Any, app_name: str) -> Iterator[Any]:
             if resources["executors"] < workers:
                 log.warning(
                     "only %d of %d executors registered with %s after %.0f s; running with what is there",
-                    resources["executors"], workers, standalone.master_url, time.monotonic() - began,
-                )  # fmt: skip
+                    resources["executors"],
+                    workers,
+                    standalone.master_url,
+                    time.monotonic() - began,
+                )
             yield spark
 
 

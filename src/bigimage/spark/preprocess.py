@@ -48,10 +48,7 @@ def _manifest(
             f"none of the {len(listing.items)} files under {listing.root} could be used as an image "
             f"(e.g. {examples}); nothing was written to {destination}"
         )
-    class_counts: dict[str, int] = {name: 0 for name in listing.classes}
-    for result in results:
-        for label, count in result.class_counts.items():
-            class_counts[label] += count
+    class_counts = {name: sum(result.class_counts.get(name, 0) for result in results) for name in listing.classes}
     return schema.Manifest(
         classes=list(listing.classes),
         image_size=image_size,
@@ -168,11 +165,17 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
         started = time.perf_counter()
         with spark_for(cfg.cluster, f"bigimage-preprocess-{cfg.cluster.name}") as spark:
             startup_seconds = time.perf_counter() - started
-            preprocess = cfg.preprocess
             manifest, results, seconds = write_tfrecords(
-                spark, listing, str(cfg.tfrecord_dir), cfg.image_size, preprocess.jpeg_quality,
-                cfg.num_shards, preprocess.shard_prefix, cfg.seed, publication=publication,
-            )  # fmt: skip
+                spark,
+                listing,
+                str(cfg.tfrecord_dir),
+                cfg.image_size,
+                cfg.preprocess.jpeg_quality,
+                cfg.num_shards,
+                cfg.preprocess.shard_prefix,
+                cfg.seed,
+                publication=publication,
+            )
             log_spark_resources(spark)
     failed = [
         {"path": path, "reason": reason} for path, reason in listing.failed + [f for r in results for f in r.failed]
@@ -192,7 +195,12 @@ def run_preprocess(cfg: Config) -> dict[str, float]:
     datasets.log_tfrecord_set(manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), datasets.OUTPUT)
     log.info(
         "%d images -> %d shards in %s (%.1f images/s over %.1f s; Spark start-up %.1f s); %d file(s) skipped",
-        metrics["images"], metrics["shards"], cfg.tfrecord_dir, metrics["images_per_second"], seconds,
-        startup_seconds, len(failed),
-    )  # fmt: skip
+        metrics["images"],
+        metrics["shards"],
+        cfg.tfrecord_dir,
+        metrics["images_per_second"],
+        seconds,
+        startup_seconds,
+        len(failed),
+    )
     return metrics

@@ -148,9 +148,7 @@ def _jvm_on_loopback() -> bool:
     """True unless a driver JVM already runs in this process with another ``SPARK_LOCAL_IP`` than 127.0.0.1."""
     from pyspark import SparkContext
 
-    if SparkContext._jvm is None:
-        return True
-    return SparkContext._jvm.java.lang.System.getenv("SPARK_LOCAL_IP") == LOOPBACK
+    return SparkContext._jvm is None or SparkContext._jvm.java.lang.System.getenv("SPARK_LOCAL_IP") == LOOPBACK
 
 
 def _start_driver_jvm(conf: dict[str, str], loopback: bool) -> None:

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 from bigimage import termination
 from bigimage.machine import available_memory, live_group_members
+from bigimage.spark import isolate
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,8 @@ def parse_memory_mb(value: str | int) -> int:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)b?", text)
     if match is None:
         raise ValueError(f"cannot read memory size {value!r}; use e.g. 512m or 2g")
-    number = float(match.group(1))
-    unit = match.group(2)
-    scale = {"": 1 / (1024 * 1024), "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}[unit]
-    return max(int(number * scale), 1)
+    scale = {"": 1 / (1024 * 1024), "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}[match.group(2)]
+    return max(int(float(match.group(1)) * scale), 1)
 
 
 def check_memory(workers: int, memory_per_worker: str, driver_memory: str = "0m") -> None:
@@ -254,12 +253,8 @@ class StandaloneCluster:
                 f"a standalone cluster needs >= 1 worker with >= 1 core, got {self.workers} x {self.cores_per_worker}"
             )
         parse_memory_mb(self.memory_per_worker)
-        if self.isolate:
-            from bigimage.spark.isolate import unavailable
-
-            reason = unavailable()
-            if reason:
-                raise StandaloneError(f"share-nothing workers need a private mount namespace each, and {reason}")
+        if self.isolate and (reason := isolate.unavailable()):
+            raise StandaloneError(f"share-nothing workers need a private mount namespace each, and {reason}")
         begin = time.monotonic()
         if self.work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="bigimage-standalone-"))
@@ -277,8 +272,12 @@ class StandaloneCluster:
         self.start_seconds = time.monotonic() - begin
         log.info(
             "standalone cluster %s: %d workers x %d cores x %s, started in %.1f s",
-            self.master_url, self.workers, self.cores_per_worker, self.memory_per_worker, self.start_seconds,
-        )  # fmt: skip
+            self.master_url,
+            self.workers,
+            self.cores_per_worker,
+            self.memory_per_worker,
+            self.start_seconds,
+        )
         return self
 
     def stop(self) -> None:
@@ -315,21 +314,18 @@ class StandaloneCluster:
         return path
 
     def _env(self) -> dict[str, str]:
-        home = spark_home()
-        env = dict(os.environ)
-        env.update(
-            {
-                "SPARK_HOME": str(home),
-                "SPARK_LOCAL_IP": self.host,
-                "SPARK_MASTER_HOST": self.host,
-                "SPARK_WORKER_DIR": str(self._dir / "work"),
-                "SPARK_LOCAL_DIRS": str(self._dir / "local"),
-                "SPARK_LOG_DIR": str(self._dir / "logs"),
-                "SPARK_PID_DIR": str(self._dir),
-                "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
-                "PYSPARK_PYTHON": sys.executable,
-            }
-        )
+        env = {
+            **os.environ,
+            "SPARK_HOME": str(spark_home()),
+            "SPARK_LOCAL_IP": self.host,
+            "SPARK_MASTER_HOST": self.host,
+            "SPARK_WORKER_DIR": str(self._dir / "work"),
+            "SPARK_LOCAL_DIRS": str(self._dir / "local"),
+            "SPARK_LOG_DIR": str(self._dir / "logs"),
+            "SPARK_PID_DIR": str(self._dir),
+            "SPARK_DAEMON_MEMORY": DAEMON_MEMORY,
+            "PYSPARK_PYTHON": sys.executable,
+        }
         for key in ("SPARK_CONF_DIR", "SPARK_MASTER_PORT", "SPARK_MASTER_WEBUI_PORT", "SPARK_WORKER_PORT"):
             env.pop(key, None)
         return env
@@ -356,8 +352,6 @@ class StandaloneCluster:
 
     def _isolated(self, argv: list[str]) -> list[str]:
         """A worker's command line in its own mount namespace: ``self.isolate`` hidden, its own dirs kept."""
-        from bigimage.spark import isolate
-
         dirs = [str(self._dir / path) for path in ("work", "local", "logs")]
         return isolate.command(
             argv, self.isolate, keep=[str(self._dir / "spark-daemons.conf")], mkdirs=dirs, cwd=str(self._dir)

@@ -28,6 +28,17 @@ def expected_rows(speed: Any) -> int:
     return len(speed.sources) * len(speed.batch_sizes) * len(speed.batch_numbers) * int(speed.repetitions)
 
 
+def deal(points: list[GridPoint], groups: int) -> list[list[GridPoint]]:
+    """Deal ``points`` round-robin into at most ``groups`` non-empty groups (order kept within a group)."""
+    groups = max(1, min(groups, len(points)))
+    return [points[index::groups] for index in range(groups)]
+
+
+def effective_parallelism(requested: int, slots: int, points: int) -> int:
+    """How many points can really be timed at once."""
+    return max(1, min(requested, slots, points))
+
+
 def _time_partition(
     groups: Iterator[tuple[int, list[GridPoint]]], plans: dict[str, SourcePlan], settings: TimingSettings
 ) -> Iterator[dict[str, Any]]:
@@ -52,11 +63,11 @@ def run_grid(
     from bigimage.speedtest import timing
 
     context = spark.sparkContext
-    count = max(1, min(parallelism, len(points)))  # points dealt round-robin into this many tasks
-    effective = max(1, min(parallelism, int(context.defaultParallelism), len(points)))
+    groups = deal(points, parallelism)
+    effective = effective_parallelism(parallelism, int(context.defaultParallelism), len(points))
     context.setJobDescription(f"speedtest: {len(points)} points x {settings.repetitions} repetitions")
     results = (
-        context.parallelize([(index, points[index::count]) for index in range(count)], count)
+        context.parallelize(list(enumerate(groups)), len(groups))
         .mapPartitions(lambda part: _time_partition(part, plans, settings))
         .collect()
     )

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bigimage.data import storage
@@ -365,8 +366,7 @@ def _keep(work_dir: str, rank: int, log_text: str, progress: str = "") -> None:
     ):
         if text:
             os.makedirs(os.path.join(work_dir, folder), exist_ok=True)
-            with open(os.path.join(work_dir, folder, name), "w", encoding="utf-8") as handle:
-                handle.write(text)
+            Path(work_dir, folder, name).write_text(text, encoding="utf-8")
 
 
 def run_spark_barrier_workers(

@@ -35,12 +35,8 @@ def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
 def _gpu_capabilities() -> list[tuple[int, int]]:
     import tensorflow as tf
 
-    capabilities = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability:
-            capabilities.append(tuple(capability))
-    return capabilities
+    details = [tf.config.experimental.get_device_details(gpu) for gpu in tf.config.list_physical_devices("GPU")]
+    return [tuple(each["compute_capability"]) for each in details if each.get("compute_capability")]
 
 
 def choose(precision: str) -> Choice:

@@ -74,9 +74,7 @@ def workers_on_this_machine(tf_config: str | None = None) -> int:
 
 def replicas_in_process(cfg: Any) -> int:
     """Replicas this process runs side by side: the logical CPU devices of ``mirrored``, else 1."""
-    if str(cfg.strategy.name) == "mirrored" and int(cfg.strategy.logical_cpu_devices or 0) > 1:
-        return int(cfg.strategy.logical_cpu_devices)
-    return 1
+    return max(1, int(cfg.strategy.logical_cpu_devices or 0)) if str(cfg.strategy.name) == "mirrored" else 1
 
 
 def configure(cfg: Any) -> OpThreads:
