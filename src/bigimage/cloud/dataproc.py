@@ -479,12 +479,9 @@ def dry_run(cfg: Config, directory: Path | None = None, echo: Callable[[str], No
     echo("# Dry run (cluster.dataproc.dry_run=true): nothing was created. The equivalent commands:")
     for problem in check_paths(cfg):
         echo(f"# warning: {problem}")
-    echo(create)
-    echo("")
-    echo(submit)
+    echo(f"{create}\n\n{submit}")
     if cfg.cluster.dataproc.delete_cluster:
-        echo("")
-        echo(format_command([*_gcloud(cfg, project, "clusters", "delete", cluster_name(cfg)), "--quiet"]))
+        echo("\n" + format_command([*_gcloud(cfg, project, "clusters", "delete", cluster_name(cfg)), "--quiet"]))
     return create, submit
 
 
