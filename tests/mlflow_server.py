@@ -18,10 +18,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bigimage.config import PROJECT_ROOT
+
 STARTUP_SECONDS = 120.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -39,7 +41,7 @@ def _healthy(url: str) -> bool:
 def mlflow_server(directory: Path) -> Iterator[str]:
     """An MLflow server with its sqlite store and artifacts under ``directory``; yields its URL."""
     directory.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -64,3 +66,26 @@ def mlflow_server(directory: Path) -> Iterator[str]:
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
+
+
+@contextmanager
+def mlflow_ui(store: str, experiment: str, port: int) -> Iterator[str]:
+    """``analysis/mlflow_ui.py`` serving ``store``'s ``experiment`` on ``port``, as a user starts it; yields
+    the line it printed (``MLflow UI: <address>``, or the last line before it exited) and stops it
+    (SIGTERM) on exit."""
+    command = [sys.executable, "analysis/mlflow_ui.py", "--tracking-uri", store, "--experiment", experiment]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--no-browser"],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = ""
+        while "MLflow UI:" not in line and server.poll() is None:
+            line = server.stdout.readline() if server.stdout else ""
+        yield line
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import mlflow
 import pytest
 
 from bigimage.config import PROJECT_ROOT
+from tests.mlflow_server import free_port, mlflow_ui
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(960)]  # the first one may run the main job (pipeline_store)
 
@@ -61,35 +59,15 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui(pipeline_store: tuple[str, Path, subprocess.CompletedProcess]) -> Iterator[tuple[str, str]]:
     """The launcher serving the pipeline's store: (the address it printed, the UI's root)."""
     store, _, result = pipeline_store
     assert result.returncode == 0, result.stderr[-4000:]
-    port = _free_port()
-    command = [sys.executable, "analysis/mlflow_ui.py", "--tracking-uri", store, "--experiment", "bigimage"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--no-browser"],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = ""
-        while "MLflow UI:" not in line and server.poll() is None:
-            line = server.stdout.readline()
-        assert "MLflow UI:" in line, f"the launcher exited with {server.returncode}"
+    port = free_port()
+    with mlflow_ui(store, "bigimage", port) as line:
+        assert "MLflow UI:" in line, "the launcher exited before printing its address"
         yield line.split()[2], f"http://127.0.0.1:{port}/#"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 def _runs(store: str) -> dict[str, list[Any]]:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -24,7 +21,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bigimage.analysis_lib import best_config, registry, report, ui
-from bigimage.config import PROJECT_ROOT
 from bigimage.data import readers
 from bigimage.tasks import TASK_PARAMS, param_keys, run_task
 from bigimage.tracking import datasets
@@ -32,6 +28,7 @@ from bigimage.tracking.runs import flatten_config
 from bigimage.train import export
 from tests import mlflow_fixtures as fx
 from tests.conftest import compose_config, train_config
+from tests.mlflow_server import free_port, mlflow_ui
 from tests.tfrecord_fixtures import CLASSES, write_tfrecord_dir
 
 # Groups a task does not read: none of its params may come from them.
@@ -402,46 +399,17 @@ def test_the_ui_command_opens_the_machine_learning_view_on_the_saved_comparison(
     assert command.endswith("analysis/mlflow_ui.py --tracking-uri sqlite:///x.db --experiment bigimage")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_ui_script_serves_the_experiment_on_loopback_until_stopped(
     mlflow_store: str, mlflow_experiment: str
 ) -> None:
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "analysis/mlflow_ui.py",
-            "--tracking-uri",
-            mlflow_store,
-            "--experiment",
-            "tests",
-            "--port",
-            str(port),
-            "--no-browser",
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = ""
-        while "MLflow UI:" not in line and server.poll() is None:
-            line = server.stdout.readline()
+    port = free_port()
+    with mlflow_ui(mlflow_store, "tests", port) as line:
         assert f"http://127.0.0.1:{port}/#/experiments/{mlflow_experiment}/runs?workflowType=machine_learning&" in line
         api = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get?experiment_id={mlflow_experiment}"
         with urllib.request.urlopen(api, timeout=30) as answer:
             assert json.load(answer)["experiment"]["name"] == "tests"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the mlflow ui it started is gone with it
         with socket.socket() as probe:
