@@ -1,7 +1,5 @@
 """Forecast time and cost of cluster shapes at any data size from the scaling model (:mod:`.scaling`)
-fitted on MLflow runs: runs become points, shapes predictions (docs/forecast.md says what each
-deployment can tell and what is assumed).
-"""
+fitted on MLflow runs: runs become points, shapes predictions (docs/forecast.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +7,7 @@ import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -59,8 +57,7 @@ class Options:
 
 @dataclass(frozen=True)
 class Shape:
-    """A cluster shape of the ``cluster`` config group, as Hydra composes it: where it runs (``dataproc``, or
-    ``local`` for this machine), its executors and cores, and its Dataproc machines (``cluster.shape``)."""
+    """A cluster shape of the ``cluster`` config group: where it runs, its executors, cores and machines."""
 
     name: str
     deploy: str
@@ -196,14 +193,10 @@ class SpeedRatio:
     value: float
     source: str  # how it was obtained; printed next to every prediction that uses it
 
-    def as_dict(self) -> dict:
-        return {"value": self.value, "source": self.source}
-
 
 def calibrate_ratio(fit: scaling.Fit, dataproc: Sequence[scaling.Point], configured: float) -> SpeedRatio:
     """The ratio that makes ``fit`` (runs on this machine) reproduce the store's Dataproc runs (median
-    over them), else ``configured``. A run teaches nothing when the fit does not cover its executor
-    count or its time is not above the fit's fixed part."""
+    over those it covers, with a time above its fixed part), else ``configured``."""
     ratios, used = [], []
     for point in dataproc:
         if not fit.covers_machines(point.machines):
@@ -221,8 +214,7 @@ def calibrate_ratio(fit: scaling.Fit, dataproc: Sequence[scaling.Point], configu
 
 @dataclass(frozen=True)
 class Overhead:
-    """What the fitted runs' lives added to their jobs (:attr:`pricing.Life.overhead`: start-up and the
-    rest of the run), the median over the runs that recorded a job time."""
+    """What the fitted runs' lives added to their jobs (:attr:`pricing.Life.overhead`), their median."""
 
     seconds: float
     runs: int
@@ -233,17 +225,6 @@ class Overhead:
             return "start-up and the rest of a run: 0 s (no fitted run recorded its job's seconds)"
         startup = "" if self.recorded_startup else "; none recorded its start-up"
         return f"start-up and the rest of a run {self.seconds:.3g} s (median of {self.runs} fitted run(s){startup})"
-
-
-def run_overheads(runs: pd.DataFrame) -> dict[str, pricing.Life]:
-    """run id -> its life (:func:`pricing.life`, without creation and deletion) for every run that
-    recorded its job's ``seconds`` (task 1's job; task 2's whole grid)."""
-    lives = {}
-    for _, row in runs.iterrows():
-        job = query.metric(row, names.SECONDS)
-        if job is not None and math.isfinite(job):
-            lives[str(row["run_id"])] = pricing.life(row, job, 0.0)
-    return lives
 
 
 def overhead(fit: scaling.Fit, lives: dict[str, pricing.Life]) -> Overhead:
@@ -309,7 +290,7 @@ class ShapeForecast:
             "fitted_on": self.fit_deploy,
             "cores": cores,
             "machines": machines,
-            "core_speed_ratio": self.ratio.as_dict() if self.ratio else None,
+            "core_speed_ratio": asdict(self.ratio) if self.ratio else None,
             "notes": self.notes,
         }
 
@@ -333,24 +314,23 @@ def forecast_shape(
     fits: dict[str, scaling.Fit],
     refusals: dict[str, str],
     ratio: SpeedRatio,
-    images: int,
-    hourly: tuple[float | None, str],
-    lives: dict[str, pricing.Life] | None = None,
-    create_delete: float = 0.0,
+    options: Options,
+    prices: pricing.Prices,
+    lives: dict[str, pricing.Life],
 ) -> ShapeForecast:
-    """One shape's prediction from the first fit that covers it (:data:`FIT_ORDER`), or why there is none;
-    its cluster's life adds the fitted runs' overhead (``lives``: :func:`run_overheads`) and, for a
-    Dataproc shape, ``create_delete`` seconds."""
+    """One shape's prediction from the first fit that covers it (:data:`FIT_ORDER`), or why there is none."""
     cores, machines = shape.model_inputs(task)
-    result = ShapeForecast(task, shape, hourly=hourly[0], cost_note=hourly[1])
-    result.create_delete = create_delete if shape.deploy == "dataproc" else 0.0
+    images = options.images
+    hourly, cost_note = shape.hourly(prices, options.region)
+    result = ShapeForecast(task, shape, hourly=hourly, cost_note=cost_note)
+    result.create_delete = prices.dataproc_create_delete_seconds if shape.deploy == "dataproc" else 0.0
     deploy = next((d for d in FIT_ORDER[shape.deploy] if d in fits and fits[d].covers_machines(machines)), None)
     if deploy is None:
         result.refused = _refusal(task, machines, fits, refusals)
         return result
     fit = fits[deploy]
     result.fit_deploy, result.fit = deploy, fit
-    result.overhead = overhead(fit, lives or {})
+    result.overhead = overhead(fit, lives)
     result.ratio = ratio if shape.deploy == "dataproc" and deploy != "dataproc" else None
     factor = result.ratio.value if result.ratio else 1.0
     result.prediction = fit.predict(images, cores, machines, factor)
@@ -361,17 +341,14 @@ def forecast_shape(
     fitted_cores = max(p.cores for p in fit.points)
     if cores > fitted_cores:
         result.notes.append(f"extrapolated: {cores:g} cores, the fitted runs had at most {fitted_cores:g}")
-    if machines > max(fit.machine_counts):
-        result.notes.append(
-            f"extrapolated: {machines} executors, the fitted runs had at most {max(fit.machine_counts)}"
-        )
+    if machines > (most := max(fit.machine_counts)):
+        result.notes.append(f"extrapolated: {machines} executors, the fitted runs had at most {most}")
     return result
 
 
 def ranking_segments(lines: dict[str, tuple[float, float]]) -> list[dict]:
-    """Where the order of ``a + b * images`` over the shapes changes: ``[{from_images, ranking}]``,
-    smallest first. Lines cross at most once per pair, so the changes are exact (crossings below one
-    image, rounding between equal lines, are not changes)."""
+    """Where the order of ``a + b * images`` over the shapes changes: ``[{from_images, ranking}]``, smallest
+    first (crossings below one image are not changes)."""
     names = sorted(lines)
     if not names:
         return []
@@ -412,8 +389,7 @@ class TaskForecast:
         return ranked[0][1] if ranked else None
 
     def cheapest(self) -> str | None:
-        """Over the cluster's life (what the bill charges); at one size the cost per image orders as hourly
-        price x the cluster's life does."""
+        """Over the cluster's life; at one size the cost per image orders as hourly price x life does."""
         ranked = sorted(
             (s.hourly * s.life(s.prediction.seconds), s.shape.name)
             for s in self.shapes
@@ -446,7 +422,7 @@ class TaskForecast:
             "cheapest": self.cheapest(),
             "fastest_by_size": self.time_segments(),
             "cheapest_by_size": self.cost_segments(),
-            "core_speed_ratio": self.ratio.as_dict(),
+            "core_speed_ratio": asdict(self.ratio),
         }
 
 
@@ -456,10 +432,9 @@ def forecast_task(
     shapes: Sequence[Shape],
     prices: pricing.Prices,
     options: Options,
-    lives: dict[str, pricing.Life] | None = None,
+    lives: dict[str, pricing.Life],
 ) -> TaskForecast:
-    """Fit ``task`` per deploy kind, then predict every shape at ``options.images`` (``lives``: the runs'
-    overheads for the cluster's life, :func:`run_overheads`)."""
+    """Fit ``task`` per deploy kind, then predict every shape at ``options.images``."""
     fits, refusals = {}, {}
     for deploy, mine in sorted(points.items()):
         try:
@@ -472,20 +447,7 @@ def forecast_task(
         if local_fit
         else SpeedRatio(options.core_speed_ratio, "assumed: --core-speed-ratio")
     )
-    rows = [
-        forecast_shape(
-            task,
-            shape,
-            fits,
-            refusals,
-            ratio,
-            options.images,
-            shape.hourly(prices, options.region),
-            lives,
-            prices.dataproc_create_delete_seconds,
-        )
-        for shape in shapes
-    ]
+    rows = [forecast_shape(task, shape, fits, refusals, ratio, options, prices, lives) for shape in shapes]
     return TaskForecast(task, options.images, fits, refusals, rows, ratio)
 
 
@@ -524,7 +486,11 @@ def build(selection: query.RunSelection, runs: pd.DataFrame, options: Options = 
     runs = runs[runs["task"].isin(TASKS)] if "task" in runs else runs.iloc[0:0]
     pre, ex_pre = preprocess_points(runs, options)
     speed, ex_speed = speedtest_points(selection, runs, options)
-    lives = run_overheads(runs)
+    lives = {  # run id -> its life (without creation and deletion), if it recorded its job's seconds
+        str(row["run_id"]): pricing.life(row, job, 0.0)
+        for _, row in runs.iterrows()
+        if (job := query.metric(row, names.SECONDS)) is not None and math.isfinite(job)
+    }
     tasks = {
         "preprocess": forecast_task("preprocess", pre, shapes, prices, options, lives),
         "speedtest": forecast_task("speedtest", speed, shapes, prices, options, lives),
@@ -544,9 +510,7 @@ PLAN_WARMUP = 2
 def design_plan(
     sizes: Sequence[int] = PLAN_SIZES, executors: Sequence[int] = PLAN_EXECUTORS, runs: int = PLAN_RUNS
 ) -> dict[str, dict[str, int]]:
-    """``runs`` D-optimal points (:func:`.scaling.d_optimal` on Ernest's four terms) of the grid sizes x
-    executors (1 core each), as ``scaling.points`` of experiments/scaling_points.yaml, each with the
-    timed ``batches`` of its speed test (docs/forecast.md)."""
+    """``runs`` D-optimal points of sizes x executors (1 core each): experiments/scaling_points.yaml's ``points``."""
     grid = [(size, count) for size in sizes for count in executors]
     x = scaling.design_matrix([g[0] for g in grid], [g[1] for g in grid], [g[1] for g in grid], scaling.ERNEST_TERMS)
     chosen = [grid[i] for i in scaling.d_optimal(x, runs)]

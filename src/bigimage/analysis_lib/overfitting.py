@@ -1,7 +1,5 @@
 """Overfitting (with its onset epoch) and "validation above training", judged from the per-epoch
-histories in MLflow (docs/analysis.md, "Overfitting"). Runs that cannot be judged are excluded with
-the reason, never guessed at.
-"""
+histories in MLflow (docs/analysis.md); runs that cannot be judged are excluded with the reason."""
 
 from __future__ import annotations
 
@@ -231,8 +229,7 @@ def _judged(steps: list[int], val_accuracy: pd.Series | None) -> tuple[float | N
 
 
 def judge(run_id: str, run_name: str | None, history: pd.DataFrame, thresholds: Thresholds = Thresholds()) -> Verdict:
-    """Judge one run from its long-format history (:func:`query.load_histories`, restricted to the run);
-    raises :class:`NotJudgeable` with the reason if the curves cannot be judged."""
+    """Judge one run from its long-format history; :class:`NotJudgeable` says why its curves cannot be."""
     notes: list[str] = []
     steps, loss, val_loss = _history_steps(history, notes)
     train_curve, val_curve = loss.loc[steps].to_numpy(float), val_loss.loc[steps].to_numpy(float)
@@ -391,13 +388,10 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
 
 def render_text(result: OverfittingResult) -> str:
     out = [f"Runs: {result.selection.describe()}", "", common.markdown_table([v.row() for v in result.verdicts])]
-    for v in result.verdicts:
-        if v.val_above_train:
-            out.append(f"{v.run_name or v.run_id}: {v.val_above_train_note}")
+    out += [f"{v.run_name or v.run_id}: {v.val_above_train_note}" for v in result.verdicts if v.val_above_train]
     if result.excluded:
         out += ["", "Excluded:"] + [f"  {e.text()}" for e in result.excluded]
-    out.append("")
-    out.append("tags written back" if result.tags_written else "tags not written (--no-write-tags)")
+    out += ["", "tags written back" if result.tags_written else "tags not written (--no-write-tags)"]
     return "\n".join(out) + "\n"
 
 
@@ -408,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write-tags", action="store_true", help="only report; do not tag the runs")
     args = parser.parse_args(argv)
     thresholds = thresholds_from_args(args)
-    selection, runs = common.load_runs(args)
+    selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
     result = analyse(selection, runs, thresholds)
     return common.finish(
         args,

@@ -1,11 +1,11 @@
-"""What a run or a cluster shape costs on Dataproc, and what each cost covers (docs/forecast.md,
-"Costs"): one rule, :func:`hourly`, prices both measured runs and forecast shapes.
-"""
+"""What a run or a cluster shape costs on Dataproc, and what each cost covers (docs/forecast.md, "Costs");
+:func:`hourly` prices both measured runs and forecast shapes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
+from statistics import fmean
 
 import pandas as pd
 import yaml
@@ -89,8 +89,7 @@ def load_prices(path: str | Path | None = None) -> Prices:
 
 
 def hourly(shape: DataprocShape, region: str, prices: Prices) -> tuple[float | None, str]:
-    """The hourly cost of ``shape`` on Dataproc in ``region``, and how it was built; ``(None, why)`` for a
-    region missing from the table or a machine or disk type with no price."""
+    """The hourly cost of ``shape`` on Dataproc in ``region``, and how it was built; else ``(None, why)``."""
     table = prices.regions.get(region)
     if table is None:
         return None, (
@@ -120,8 +119,7 @@ def hourly(shape: DataprocShape, region: str, prices: Prices) -> tuple[float | N
 
 
 def run_shape(row: pd.Series) -> DataprocShape | None:
-    """The shape a run logged (its ``cluster.shape.*`` params, typed by the schema); None when it logged none.
-    Raises ValueError for a value the schema does not accept."""
+    """The shape a run logged (its ``cluster.shape.*`` params), None if none; ValueError if the schema refuses it."""
     logged = {
         item.name: value
         for item in fields(DataprocShape)
@@ -133,8 +131,7 @@ def run_shape(row: pd.Series) -> DataprocShape | None:
 
 
 def run_hourly(row: pd.Series, prices: Prices) -> tuple[float | None, str]:
-    """The hourly cost of a run (a :func:`query.load_runs` row) on the shape it logged, in its region;
-    ``(None, why)`` for a run that did not run on Dataproc, logged no region or shape, or is not priced."""
+    """The hourly cost of a run on the shape it logged, in its region; else ``(None, why)``."""
     deploy = query.tag(row, names.SPARK_DEPLOY)
     if deploy is None:
         return None, f"not priced: no {names.SPARK_DEPLOY} tag, so where it ran was not read back from Spark"
@@ -211,20 +208,15 @@ def life(row: pd.Series, job_seconds: float, create_delete_seconds: float) -> Li
 
 
 def includes(lives: list[Life]) -> str:
-    """What the cluster-life figure of ``lives`` (one item's runs) adds to the job, means over the runs:
-    ``start-up 5.1 s + rest of the run 2 s + creation and deletion 150 s (estimate)``."""
+    """What the cluster-life figure of ``lives`` (one item's runs) adds to the job, means over the runs."""
     if not lives:
         return ""
-
-    def mean(values: list[float]) -> float:
-        return sum(values) / len(values)
-
-    startup = mean([item.startup for item in lives])
+    startup = fmean(item.startup for item in lives)
     parts = [
         f"start-up {startup:.3g} s" if any(item.startup_recorded for item in lives) else "start-up not recorded",
-        f"rest of the run {mean([item.other for item in lives]):.3g} s",
+        f"rest of the run {fmean(item.other for item in lives):.3g} s",
     ]
-    create_delete = mean([item.create_delete for item in lives])
+    create_delete = fmean(item.create_delete for item in lives)
     if create_delete:
         parts.append(f"creation and deletion {create_delete:.3g} s (estimate)")
     return " + ".join(parts)

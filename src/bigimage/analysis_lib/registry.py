@@ -1,6 +1,5 @@
 """The best training configuration's model in the MLflow Model Registry under the alias ``champion``,
-tested once on the test split (docs/analysis.md, "The model and the registry").
-"""
+tested once on the test split (docs/analysis.md, "The model and the registry")."""
 
 from __future__ import annotations
 
@@ -61,38 +60,6 @@ TESTED_TAGS = (
 SELECTED_ON = "validation: the run's judged epoch and the configuration's mean over its runs; test read once, after"
 
 
-def logged_model(client: MlflowClient, experiment_id: str, run_id: str) -> LoggedModel | None:
-    """The newest MLflow Model that ``run_id`` logged, or None."""
-    found = retry_busy(
-        lambda: client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    )
-    return max(found, key=lambda model: model.creation_timestamp) if found else None
-
-
-def _version_of_run(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    versions = retry_busy(lambda: client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'"))
-    return min(versions, key=lambda version: int(version.version)) if versions else None
-
-
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
-    try:
-        retry_busy(
-            lambda: client.create_registered_model(
-                name, description="The best bigimage training configuration's model (analysis/best_config.py)."
-            )
-        )
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-
-
-def _alias_version(client: MlflowClient, name: str) -> str | None:
-    try:
-        return retry_busy(lambda: client.get_model_version_by_alias(name, ALIAS)).version
-    except MlflowException:
-        return None
-
-
 def register_champion(
     tracking_uri: str,
     experiment_id: str,
@@ -101,28 +68,34 @@ def register_champion(
     tags: dict[str, str] | None = None,
     run_tags: dict[str, dict[str, str]] | None = None,
 ) -> Champion | None:
-    """Register the first of ``candidates`` (run ids, best first) that logged a model, as ``name``, with
-    ``tags`` and its own ``run_tags[run id]``, test it once (module doc) and point ``champion`` at it;
-    None when none of them logged a model."""
+    """Register the first of ``candidates`` (run ids, best first) that logged a model as ``name``, test it
+    once and point ``champion`` at it; None when none of them logged a model."""
     client = MlflowClient(tracking_uri)
-    chosen = next(
-        (
-            (run_id, model)
-            for run_id in candidates
-            if (model := logged_model(client, experiment_id, run_id)) is not None
-        ),
-        None,
-    )
-    if chosen is None:
+    for run_id in candidates:
+        where = f"source_run_id = '{run_id}'"
+        found = retry_busy(functools.partial(client.search_logged_models, [experiment_id], filter_string=where))
+        if found:
+            model = max(found, key=lambda logged: logged.creation_timestamp)  # the newest
+            break
+    else:
         return None
-    run_id, model = chosen
-    _ensure_registered_model(client, name)
-    version = _version_of_run(client, name, run_id)
-    created = version is None
-    if version is None:
+    try:
+        description = "The best bigimage training configuration's model (analysis/best_config.py)."
+        retry_busy(lambda: client.create_registered_model(name, description=description))
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    versions = retry_busy(lambda: client.search_model_versions(f"name = '{name}' AND run_id = '{run_id}'"))
+    created = not versions
+    if versions:
+        version = min(versions, key=lambda version: int(version.version))
+    else:
         version = _register(client, name, run_id, model, {**(tags or {}), **(run_tags or {}).get(run_id, {})})
     scores = _tested(client, tracking_uri, name, version, run_id)
-    moved = _alias_version(client, name) != version.version
+    try:
+        moved = retry_busy(lambda: client.get_model_version_by_alias(name, ALIAS)).version != version.version
+    except MlflowException:  # no alias yet
+        moved = True
     if moved:
         retry_busy(lambda: client.set_registered_model_alias(name, ALIAS, version.version))
     champion = Champion(name, str(version.version), run_id, model.model_id, created, moved, scores)

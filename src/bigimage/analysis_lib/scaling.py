@@ -1,6 +1,5 @@
 """Ernest's scaling model (Venkataraman et al., NSDI'16) with a per-machine data term, fitted with
-non-negative least squares and a residual bootstrap on a few small runs (docs/forecast.md).
-"""
+non-negative least squares and a residual bootstrap on a few small runs (docs/forecast.md)."""
 
 from __future__ import annotations
 
@@ -209,12 +208,9 @@ class Fit:
 
     def loo_error(self) -> tuple[float, float]:
         """Mean and largest leave-one-out relative error."""
-        errors = np.abs(self.loo_predicted - self.y) / self.y
+        y = np.array([p.seconds for p in self.points])
+        errors = np.abs(self.loo_predicted - y) / y
         return float(errors.mean()), float(errors.max())
-
-    @property
-    def y(self) -> np.ndarray:
-        return np.array([p.seconds for p in self.points])
 
     def as_dict(self) -> dict:
         mean, worst = self.loo_error()
@@ -257,19 +253,13 @@ def fit(
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(samples, [tail, 100.0 - tail], axis=0)
     noise = np.maximum(rng.choice(relative, size=bootstrap) * widen, -0.95)
-    loo = np.array(
-        [
-            design_matrix(p.images, p.cores, p.machines, terms)[0] @ nnls_fit(np.delete(x, i, 0), np.delete(y, i))
-            for i, p in enumerate(points)
-        ]
-    )
+    loo = np.array([x[i] @ nnls_fit(np.delete(x, i, 0), np.delete(y, i)) for i in range(len(y))])
     return Fit(terms, coefficients, low, high, points, fitted, loo, confidence, samples, noise, notes)
 
 
 def d_optimal(candidates: np.ndarray, count: int) -> list[int]:
-    """Indices of ``count`` distinct rows of ``candidates`` (a design matrix) that make the fit well
-    conditioned: a greedy pick maximising det(X'X) (a tiny ridge lets it start from nothing), then
-    Fedorov exchanges until no swap of a chosen row for an unchosen one raises the determinant."""
+    """Indices of ``count`` rows of the design matrix ``candidates`` maximising det(X'X): a greedy pick (a tiny
+    ridge lets it start from nothing), then Fedorov exchanges until no swap raises the determinant."""
     x, _ = _scale(np.asarray(candidates, dtype=float))
     if not x.shape[1] <= count <= len(x):
         raise ValueError(f"choose between {x.shape[1]} (the terms) and {len(x)} (the candidates) points, not {count}")

@@ -1,6 +1,5 @@
 """``analysis/stale_runs.py``: end the RUNNING runs whose process is dead KILLED, with the reason as tag
-``error`` (docs/mlflow.md, "Failures, interrupts and stale runs").
-"""
+``error`` (docs/mlflow.md, "Failures, interrupts and stale runs")."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Open the MLflow UI on the comparison of an experiment's training runs, on loopback, in one command
-(``analysis/mlflow_ui.py``; docs/mlflow.md): it saves the view :data:`VIEW` as an experiment tag and
-opens the runs table on it.
-"""
+"""Open the MLflow UI on loopback on the comparison of an experiment's training runs (docs/mlflow.md): it
+saves the view :data:`VIEW` as an experiment tag and opens the runs table on it."""
 
 from __future__ import annotations
 
