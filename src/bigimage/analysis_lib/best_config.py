@@ -1,12 +1,9 @@
-"""Rank training configurations by accuracy and cluster shapes by speed and cost, with intervals, within
-comparable groups (:mod:`.comparable`); tag the winners ``best_config`` and register the champion
-(docs/analysis.md, "The best configuration and the report").
-"""
+"""Rank training configurations by accuracy and cluster shapes by speed and cost within comparable groups;
+tag the winners ``best_config`` and register the champion (docs/analysis.md)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -21,33 +18,26 @@ SCRIPT_HELP = (
     f"training run's model with the alias {registry.ALIAS} (models:/<name>@{registry.ALIAS})."
 )
 TAG_BEST = "best_config"
-CONFIG_PARAMS = training_cost.BASE_PARAMS
 PREPROCESS_METRICS = (names.IMAGES_PER_SECOND, names.SECONDS, names.IMAGES)
 PREFERRED_SPEEDTEST_SOURCE = "tfrecord"  # the format the training reads: its speed decides the winner
 
 
-# --- results ----------------------------------------------------------------------------------
-
-
-def _distinguishable(ranking: list[Ranked], what: str, fmt: str = "{:.4g}") -> dict:
+def _distinguishable(ranking: list[Ranked], what: str) -> dict:
     if not ranking:
         return {"distinguishable": None, "statement": f"no {what} to rank"}
     top = ranking[0]
     if len(ranking) == 1:
-        statement = f"only one {what}: {top.score.text(fmt)}; nothing to compare with"
+        statement = f"only one {what}: {top.score.text()}; nothing to compare with"
         return {"distinguishable": None, "statement": statement}
     runner_up = ranking[1]
     overlap = top.score.overlaps(runner_up.score)
     if overlap is None:
-        if top.score.n == 1:
-            who = "they have" if runner_up.score.n == 1 else "it has"
-        else:
-            who = "the next has"
+        who = ("they have" if runner_up.score.n == 1 else "it has") if top.score.n == 1 else "the next has"
         statement = f"cannot tell whether the top {what} beats the next: {who} a single run (n=1 gives no interval)"
         return {"distinguishable": None, "statement": statement + "; repeat the runs to get an interval"}
     statement = (
-        f"the top {what} ({top.score.text(fmt)}) is {'NOT ' if overlap else ''}distinguishable from the next "
-        f"({runner_up.score.text(fmt)}): their intervals {'overlap' if overlap else 'do not overlap'}"
+        f"the top {what} ({top.score.text()}) is {'NOT ' if overlap else ''}distinguishable from the next "
+        f"({runner_up.score.text()}): their intervals {'overlap' if overlap else 'do not overlap'}"
     )
     return {"distinguishable": not overlap, "statement": statement}
 
@@ -75,12 +65,11 @@ TRAINING_RANKING = judged.MONITOR  # the name of a training group's ranking (com
 def rank_training(
     of: overfitting.OverfittingResult, confidence: float = 0.95
 ) -> tuple[list[comparable.Group], list[overfitting.Exclusion]]:
-    """Training configurations (:func:`training_cost.config_params`) ranked by validation accuracy at the
-    judged epoch (mean over runs), within each comparable group (:data:`comparable.TRAINING`)."""
+    """Training configurations ranked by mean validation accuracy at the judged epoch, per comparable group."""
     excluded: list[overfitting.Exclusion] = list(of.excluded)
     by_id = of.runs.set_index("run_id", drop=False)
     keys = training_cost.config_params(by_id.loc[[v.run_id for v in of.verdicts]]) if of.verdicts else []
-    split = comparable.Split(comparable.TRAINING)
+    rows = []
     scores: dict[str, tuple[tuple, float]] = {}  # run id -> its configuration, val accuracy at the judged epoch
     for verdict in of.verdicts:
         row = by_id.loc[verdict.run_id]
@@ -90,19 +79,26 @@ def rank_training(
         if verdict.judged_val_accuracy is None:
             _exclude(excluded, row, "no val_accuracy history: no judged epoch")
             continue
-        split.add(row)
+        rows.append(row)
         scores[verdict.run_id] = (key, verdict.judged_val_accuracy)
-    groups = [split.group(context, {}) for context in split.members]
-    for group in groups:
-        group.rankings[TRAINING_RANKING] = _rank_configurations(group.run_ids, scores, keys, confidence)
-    comparable.label_groups(groups)
+    groups = comparable.groups(rows, comparable.TRAINING)
+    for group in groups:  # its configurations by their mean score, best first (more runs first on ties)
+        members: dict[tuple, list[str]] = {}
+        for run_id in group.run_ids:
+            members.setdefault(scores[run_id][0], []).append(run_id)
+        ranking = [
+            Ranked(dict(zip(keys, key)), common.mean_interval([scores[r][1] for r in ids], confidence), ids)
+            for key, ids in members.items()
+        ]
+        ranking.sort(key=lambda ranked: (-ranked.score.mean, -ranked.score.n, str(ranked.key)))
+        group.rankings[TRAINING_RANKING] = ranking
     return groups, excluded
 
 
 def _configuration(row: pd.Series, keys: list[str], excluded: list) -> tuple | None:
     """The run's configuration (its values of ``keys``), or None with why in ``excluded``."""
     values = {key: query.param(row, key) for key in keys}
-    missing = [key for key in CONFIG_PARAMS if values[key] is None]
+    missing = [key for key in training_cost.BASE_PARAMS if values[key] is None]
     if missing:
         _exclude(excluded, row, f"params of another schema: missing {', '.join(missing)}")
         return None
@@ -114,27 +110,10 @@ def _configuration(row: pd.Series, keys: list[str], excluded: list) -> tuple | N
     return tuple(values[name] if name == "batch_size" else str(values[name]) for name in keys)
 
 
-def _rank_configurations(
-    run_ids: list[str], scores: dict[str, tuple[tuple, float]], keys: list[str], confidence: float
-) -> list[Ranked]:
-    """The configurations of ``run_ids`` by their mean score, best first (more runs first on ties)."""
-    members: dict[tuple, dict[str, float]] = {}
-    for run_id in run_ids:
-        key, score = scores[run_id]
-        members.setdefault(key, {})[run_id] = score
-    ranking = [
-        Ranked(dict(zip(keys, key)), common.mean_interval(list(runs.values()), confidence), list(runs))
-        for key, runs in members.items()
-    ]
-    ranking.sort(key=lambda ranked: (-ranked.score.mean, -ranked.score.n, str(ranked.key)))
-    return ranking
-
-
 def rank_preprocess(
     runs: pd.DataFrame, prices: pricing.Prices, confidence: float = 0.95
 ) -> tuple[list[comparable.Group], list[overfitting.Exclusion], pd.DataFrame]:
-    """Cluster shapes of the preprocess runs, by images/s (desc) and by cost per 1,000 images (asc),
-    within each comparable group of runs (:data:`comparable.PREPROCESS`); and the table of runs."""
+    """Cluster shapes of the preprocess runs by images/s and by cost, per comparable group; and the runs' table."""
     excluded: list[overfitting.Exclusion] = []
     rows, usable = [], []
     for row in _finished(runs, "preprocess", excluded):
@@ -142,30 +121,23 @@ def rank_preprocess(
         if why:
             _exclude(excluded, row, why)
             continue
-        hourly, how = pricing.run_hourly(row, prices)
         usable.append(row)
-        rows.append(
-            {
-                "run_id": row["run_id"],
-                **comparable.shape(row),
-                **values,
-                "hourly_cost": hourly,
-                "cost_note": how,
-                pricing.JOB: pricing.cost_per_1000(hourly, values["seconds"], values["images"]),
-                **_life_costs(row, hourly, values["seconds"], values["images"], prices),
-            }
-        )
+        costs = _run_costs(row, prices, values["seconds"], values["images"])
+        job = pricing.cost_per_1000(costs["hourly_cost"], values["seconds"], values["images"])
+        rows.append({**costs, **values, pricing.JOB: job})
     table = pd.DataFrame(rows)
     return _shape_groups(table, usable, comparable.PREPROCESS, list(comparable.SHAPE_KEYS), confidence), excluded, table
 
 
-def _life_costs(
-    row: pd.Series, hourly: float | None, job_seconds: float, images: float, prices: pricing.Prices
-) -> dict:
-    """The run's cluster life (:func:`pricing.life`: the seconds, the parts as ``life``) and its cost per
-    1,000 of ``images``."""
+def _run_costs(row: pd.Series, prices: pricing.Prices, job_seconds: float, images: float) -> dict:
+    """A run's shape, hourly price (or why none), cluster life (:func:`pricing.life`) and its cost per 1,000 images."""
+    hourly, how = pricing.run_hourly(row, prices)
     life = pricing.life(row, job_seconds, prices.dataproc_create_delete_seconds)
     return {
+        "run_id": row["run_id"],
+        **comparable.shape(row),
+        "hourly_cost": hourly,
+        "cost_note": how,
         pricing.LIFE_SECONDS: life.seconds,
         "life": life,
         pricing.CLUSTER_LIFE: pricing.cost_per_1000(hourly, life.seconds, images),
@@ -179,31 +151,29 @@ def _shape_groups(
     keys: list[str],
     confidence: float,
 ) -> list[comparable.Group]:
-    """``table`` (one row per run, or per run and source) ranked by ``keys`` within each comparable group
-    of ``runs`` by ``settings``."""
-    split = comparable.split(runs, settings)
-    groups = []
-    for context in split.members:
-        group = split.group(context, {})
+    """``table`` (a row per run, or per run and source) ranked by ``keys`` in each comparable group of ``runs``."""
+    groups = comparable.groups(runs, settings)
+    for group in groups:
         group.rankings = _rank_shapes(table[table["run_id"].isin(group.run_ids)], keys, confidence)
-        groups.append(group)
-    comparable.label_groups(groups)
     return groups
 
 
 def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dict[str, list[Ranked]]:
-    """Items of ``keys`` by images/s (desc) and, for the priced runs, by cost (asc): one value per row of
-    ``table`` (a run's, or a run's mean over its repetitions: repetitions in one process are not
-    independent, so the intervals have n = runs)."""
+    """Items of ``keys`` by images/s and, for the priced runs, by cost: one value per row of ``table`` (a
+    missing value, such as cores Spark did not report, is one of its own)."""
     speed, cost = [], []
-    for key_values, group in _by_key(table, keys):
+    for values, group in table.groupby(keys, dropna=False, sort=False):
+        key_values = {key: comparable.plain(value) for key, value in zip(keys, values)}
         run_ids = sorted(set(group["run_id"]))
         priced = group[group[pricing.JOB].notna()]  # Dataproc runs only (hourly_cost says why)
+        lives = priced.drop_duplicates("run_id")  # their cluster life: means over the runs
         extra = {
             "hourly_cost": priced["hourly_cost"].iloc[0] if not priced.empty else None,
             "cost_note": (priced if not priced.empty else group)["cost_note"].iloc[0],
             "seconds": common.mean_interval(group["seconds"].tolist(), confidence).as_dict(),
-            **_life_extra(priced),
+            pricing.CLUSTER_LIFE: float(lives[pricing.CLUSTER_LIFE].mean()) if len(lives) else None,
+            pricing.LIFE_SECONDS: float(lives[pricing.LIFE_SECONDS].mean()) if len(lives) else None,
+            pricing.LIFE_INCLUDES: pricing.includes(list(lives["life"])),
         }
         speed.append(
             Ranked(
@@ -221,32 +191,8 @@ def _rank_shapes(table: pd.DataFrame, keys: list[str], confidence: float) -> dic
     return {"by_speed": speed, "by_cost": cost}
 
 
-def _life_extra(priced: pd.DataFrame) -> dict:
-    """The cluster-life figures of an item's priced runs (means over the runs; one value per run):
-    :data:`pricing.CLUSTER_LIFE`, its seconds and what they add to the job."""
-    if priced.empty:
-        return {pricing.CLUSTER_LIFE: None, pricing.LIFE_SECONDS: None, pricing.LIFE_INCLUDES: ""}
-    runs = priced.drop_duplicates("run_id")
-    return {
-        pricing.CLUSTER_LIFE: float(runs[pricing.CLUSTER_LIFE].mean()),
-        pricing.LIFE_SECONDS: float(runs[pricing.LIFE_SECONDS].mean()),
-        pricing.LIFE_INCLUDES: pricing.includes(list(runs["life"])),
-    }
-
-
-def _by_key(table: pd.DataFrame, keys: list[str]) -> list[tuple[dict, pd.DataFrame]]:
-    """The rows of ``table`` per value of ``keys``, sorted; a missing value (a shape's cores that Spark
-    did not report) is None and a value of its own, never dropped."""
-    if table.empty:
-        return []
-    values = [tuple(comparable.plain(row[key]) for key in keys) for _, row in table.iterrows()]
-    order = sorted(set(values), key=lambda value: tuple((v is None, str(v)) for v in value))
-    return [(dict(zip(keys, value)), table[[v == value for v in values]]) for value in order]
-
-
 def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
-    """The speed-test grid rows of all usable speedtest runs, with their shape (:data:`comparable.SHAPE_KEYS`)
-    and run ids."""
+    """The speed-test grid rows of all usable speedtest runs, with their shape and run ids."""
     excluded: list[overfitting.Exclusion] = []
     by_id = {row["run_id"]: row for row in _finished(runs, "speedtest", excluded)}
     table, problems = query.load_run_table(selection.tracking_uri, names.SPEEDTEST_TABLE, list(by_id))
@@ -259,15 +205,13 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
             why = f"{names.SPEEDTEST_TABLE} of another schema: missing columns {', '.join(missing)}"
             _exclude(excluded, by_id[run_id], why)
             continue
-        group = group.copy()
-        for column in names.SPEEDTEST_COLUMNS[1:]:  # all but "source" are numbers
-            group[column] = pd.to_numeric(group[column], errors="coerce")
+        numbers = names.SPEEDTEST_COLUMNS[1:]  # all but "source"
+        group = group.assign(**{column: pd.to_numeric(group[column], errors="coerce") for column in numbers})
         usable = group[(group["seconds"] > 0) & (group["images"] > 0)]
         if usable.empty:
             _exclude(excluded, by_id[run_id], f"{names.SPEEDTEST_TABLE} has no row with positive images and seconds")
             continue
-        shape = comparable.shape(by_id[run_id])
-        frames.append(usable.assign(**{key: [shape[key]] * len(usable) for key in comparable.SHAPE_KEYS}))
+        frames.append(usable.assign(**comparable.shape(by_id[run_id])))
         if len(usable) < len(group):
             notes.append(f"{run_id}: {len(group) - len(usable)} grid row(s) without positive images/seconds dropped")
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -275,49 +219,32 @@ def speedtest_rows(selection: query.RunSelection, runs: pd.DataFrame):
 
 
 def rank_speedtest(selection: query.RunSelection, runs: pd.DataFrame, prices: pricing.Prices, confidence: float = 0.95):
-    """(Source, shape) pairs by images/s and cost within each comparable group of speed-test runs
-    (:data:`comparable.SPEEDTEST`); each run counts once: the mean of its repetitions."""
+    """(Source, shape) pairs by images/s and cost per comparable group; a run counts once, its repetitions' mean."""
     rows, excluded, notes, by_id = speedtest_rows(selection, runs)
     if rows.empty:
         return [], excluded, notes, rows
+    info = []  # a run's life per 1,000 of every image it read, whichever the source
+    for run_id, mine in rows.groupby("run_id", sort=False):
+        job = query.metric(by_id[run_id], names.SECONDS) or float(mine["seconds"].sum())  # else the timed reads'
+        info.append(_run_costs(by_id[run_id], prices, job, float(mine["images"].sum())))
+    costs = pd.DataFrame(info)
     per_rep = _images_per_second(rows, ["run_id", "source", "repetition"])
-    hourly = {run_id: pricing.run_hourly(by_id[run_id], prices) for run_id in per_rep["run_id"].unique()}
-    rate = per_rep["run_id"].map({run_id: price for run_id, (price, _) in hourly.items()}).astype(float)
+    rate = per_rep["run_id"].map(costs.set_index("run_id")["hourly_cost"]).astype(float)
     per_rep[pricing.JOB] = rate * per_rep["seconds"] / per_rep["images"] / 3.6  # pricing.cost_per_1000, per row
-    per_run = _run_means(per_rep, ["run_id", "source"], [names.IMAGES_PER_SECOND, "seconds", "images", pricing.JOB])
-    info = [
-        {"run_id": run_id, "hourly_cost": price, "cost_note": how, **comparable.shape(by_id[run_id])}
-        | _speedtest_life(by_id[run_id], rows[rows["run_id"] == run_id], price, prices)
-        for run_id, (price, how) in hourly.items()
-    ]
-    per_run = per_run.merge(pd.DataFrame(info), on="run_id")
+    means = [names.IMAGES_PER_SECOND, "seconds", "images", pricing.JOB]
+    per_run = per_rep.groupby(["run_id", "source"], as_index=False, sort=False)[means].mean().merge(costs, on="run_id")
     keys = ["source", *comparable.SHAPE_KEYS]
     usable = [by_id[run_id] for run_id in per_run["run_id"].unique()]
     return _shape_groups(per_run, usable, comparable.SPEEDTEST, keys, confidence), excluded, notes, rows
 
 
-def _speedtest_life(row: pd.Series, rows: pd.DataFrame, hourly: float | None, prices: pricing.Prices) -> dict:
-    """A speed-test run's cluster life (:func:`_life_costs`) per 1,000 of every image it read, both
-    sources and all repetitions: the life is the run's, whichever source was read in it. Its job is
-    the grid's seconds (metric ``seconds``), else the timed reads' sum."""
-    job = query.metric(row, names.SECONDS) or float(rows["seconds"].sum())
-    return _life_costs(row, hourly, job, float(rows["images"].sum()), prices)
-
-
-def _run_means(table: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
-    """The mean of ``columns`` per ``keys`` (one row per run: its repetitions' mean); a column that is
-    missing in every row of a group stays missing."""
-    return table.groupby(keys, as_index=False, sort=False)[columns].mean()
-
-
 def speedtest_by_batch(rows: pd.DataFrame) -> pd.DataFrame:
-    """Images/s per (run, shape, source, batch_size): each run's mean over its repetitions, the data of the
-    throughput figure (its intervals are then over runs)."""
+    """Images/s per (run, shape, source, batch_size), each run's mean over its repetitions."""
     if rows.empty:
         return rows
     keys = ["run_id", "source", "batch_size", "repetition"]
     per_rep = _images_per_second(rows, keys)
-    per_run = _run_means(per_rep, keys[:-1], [names.IMAGES_PER_SECOND])
+    per_run = per_rep.groupby(keys[:-1], as_index=False, sort=False)[[names.IMAGES_PER_SECOND]].mean()
     shapes = rows.drop_duplicates("run_id").set_index("run_id")
     for key in comparable.SHAPE_KEYS:
         per_run[key] = per_run["run_id"].map(shapes[key])
@@ -352,8 +279,8 @@ class BestConfigResult:
     group_choice: dict[str, str] = field(default_factory=dict)  # section -> which group the winner is from, why
 
     def _contests(self) -> dict[str, tuple[list[Ranked], str, str]]:
-        """Per section: the ranking its winner tops, what it ranks and by what. The speed test's winner
-        is the fastest (or cheapest) shape reading :data:`PREFERRED_SPEEDTEST_SOURCE` if it was timed."""
+        """Per section: the ranking its winner tops, what it ranks and by what (the speed test's: reading
+        :data:`PREFERRED_SPEEDTEST_SOURCE` if it was timed)."""
         which = "by_speed" if self.rank_by == "speed" else "by_cost"
         sources = [r.key["source"] for r in self.speedtest[which]]
         src = PREFERRED_SPEEDTEST_SOURCE if PREFERRED_SPEEDTEST_SOURCE in sources else next(iter(sources), None)
@@ -456,8 +383,7 @@ def analyse(
 
 
 def _choose_shapes(groups: list[comparable.Group], which: str) -> str:
-    """:func:`comparable.choose` by ``which``; by speed when no group ranks by it (no priced run for
-    ``--rank-by cost``: the speed rankings are still shown, and there is no winner)."""
+    """:func:`comparable.choose` by ``which``, else by speed (no priced run for ``--rank-by cost``)."""
     return comparable.choose(groups, which, "shapes") or comparable.choose(groups, "by_speed", "shapes")
 
 
@@ -467,8 +393,7 @@ def _chosen(groups: list[comparable.Group]) -> dict[str, list[Ranked]]:
 
 
 def write_tags(result: BestConfigResult) -> None:
-    """``best_config=true`` on the winners' runs, ``false`` on the other ranked runs of the same task (of
-    every comparable group: a run of another group did not win)."""
+    """``best_config=true`` on the winners' runs, ``false`` on the other ranked runs of the same task."""
     ranking = {"train": TRAINING_RANKING, "preprocess": "by_speed", "speedtest": "by_speed"}
     for task, name in ranking.items():
         run_ids = {r for g in result.groups.get(task, []) for x in g.rankings.get(name, []) for r in x.run_ids}
@@ -479,9 +404,7 @@ def write_tags(result: BestConfigResult) -> None:
 
 
 def register_winner(result: BestConfigResult, model_name: str | None) -> None:
-    """Register the model of the winning training configuration's best run that logged one as
-    ``model_name``, with the alias ``champion``, and test it (:mod:`.registry`); ``result.champion`` says
-    which, with its validation and test scores."""
+    """Register and test the model of the winning configuration's best run that logged one (:mod:`.registry`)."""
     if not model_name or not result.training:
         return
     top = result.training[0]
@@ -498,7 +421,13 @@ def register_winner(result: BestConfigResult, model_name: str | None) -> None:
         candidates,
         model_name,
         tags,
-        {run_id: _run_tags(verdicts[run_id]) for run_id in candidates},
+        {  # what each version says of its own run: the epoch it was judged at and its score there
+            run_id: {
+                "run.judged_epoch": str(verdicts[run_id].judged_epoch),
+                "run.judged_val_accuracy": f"{verdicts[run_id].judged_val_accuracy:.4f}",
+            }
+            for run_id in candidates
+        },
     )
     if champion is None:
         result.notes.append(
@@ -508,20 +437,11 @@ def register_winner(result: BestConfigResult, model_name: str | None) -> None:
         result.champion = champion.as_dict()
 
 
-def _run_tags(verdict: overfitting.Verdict) -> dict[str, str]:
-    """What the registered version says of its own run: the epoch it was judged at and its score there."""
-    return {
-        "run.judged_epoch": str(verdict.judged_epoch),
-        "run.judged_val_accuracy": f"{verdict.judged_val_accuracy:.4f}",
-    }
-
-
 def _ranking_rows(
     ranking: list[Ranked], unit: str, key_cols: list[str] | None = None, extra: dict[str, str] | None = None
 ) -> list[dict]:
-    """A row per ranked item: its rank, key (``key_cols``; default: a training configuration's), score, and
-    ``extra`` columns (column -> key in :attr:`Ranked.extra`)."""
-    key_cols = key_cols or (list(ranking[0].key) if ranking else list(CONFIG_PARAMS))
+    """A row per ranked item: rank, key (``key_cols``), score, and ``extra`` (column -> key in ``Ranked.extra``)."""
+    key_cols = key_cols or (list(ranking[0].key) if ranking else list(training_cost.BASE_PARAMS))
     return [
         {
             "rank": i,
@@ -566,8 +486,7 @@ def _group_rows(
     key_cols: list[str] | None = None,
     extra: dict[str, str] | None = None,
 ) -> list[dict]:
-    """The rows (:func:`_ranking_rows`) of every group's ``ranking``, the winner's group first, each
-    ranked apart; a first column ``group`` names the group when there are several."""
+    """The rows of every group's ``ranking``, the winner's group first; a column ``group`` when there are several."""
     ordered = sorted(groups, key=lambda group: not group.chosen)
     rows = []
     for group in ordered:
@@ -577,26 +496,22 @@ def _group_rows(
     return rows
 
 
-def cost_title(prices: pricing.Prices) -> str:
-    """How the shapes' cost tables rank, in their titles (what each cost covers: :func:`pricing.covers`)."""
-    return (
-        f"by the job's cost per 1,000 images ({pricing.JOB}; {pricing.CLUSTER_LIFE} beside it is the bill's; "
-        f"{prices.currency}; {pricing.PRICED_RUNS})"
-    )
-
-
 def render_text(result: BestConfigResult) -> str:
     out = [f"Runs: {result.selection.describe()}", ""]
     statements = result.statements()
+    by_cost = (
+        f"by the job's cost per 1,000 images ({pricing.JOB}; {pricing.CLUSTER_LIFE} beside it is the bill's; "
+        f"{result.prices.currency}; {pricing.PRICED_RUNS})"
+    )
     titles = {
         "training": "Training configurations by validation accuracy at the judged epoch (best val_accuracy, earliest on ties)",
         "training_by_cost": "Training configurations by seconds per epoch on this machine (model.fit's seconds over "
         "the epochs run, not money; pareto: no other is both more accurate, by best_val_accuracy, and cheaper; the "
         "cost-aware search's front)",
         "preprocess_by_speed": "Preprocessing: cluster shapes by images/s",
-        "preprocess_by_cost": f"Preprocessing: cluster shapes {cost_title(result.prices)}",
+        "preprocess_by_cost": f"Preprocessing: cluster shapes {by_cost}",
         "speedtest_by_speed": "Speed test: cluster shapes by images/s, per source",
-        "speedtest_by_cost": f"Speed test: cluster shapes {cost_title(result.prices)}",
+        "speedtest_by_cost": f"Speed test: cluster shapes {by_cost}",
     }
     for name, rows in tables(result).items():
         out += [titles[name], common.markdown_table(rows)]
@@ -647,10 +562,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--confidence must be between 0 and 1")
     try:
         prices = pricing.load_prices(args.prices)
-        selection, runs = common.load_runs(args)
+        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return common.fail(str(exc), 2)
     result = analyse(selection, runs, thresholds, prices, args.rank_by, args.confidence)
     usable = bool(result.training or result.preprocess["by_speed"] or result.speedtest["by_speed"])
 

@@ -55,8 +55,7 @@ def source_parser(script: str, description: str) -> argparse.ArgumentParser:
 
 
 def save_figure(figure: Any, path: str | os.PathLike, title: str | None = None, title_y: float = 0.98) -> None:
-    """Title the figure, write it at the reports' resolution and close it: pyplot keeps every figure alive
-    until closed, and the report draws several."""
+    """Title the figure, write it and close it (pyplot keeps every figure alive until closed)."""
     import matplotlib.pyplot as plt
 
     if title:
@@ -65,21 +64,20 @@ def save_figure(figure: Any, path: str | os.PathLike, title: str | None = None, 
     plt.close(figure)
 
 
-def fail_no_runs(message: str) -> int:
+def fail(message: str, code: int = EXIT_NO_RUNS) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return EXIT_NO_RUNS
+    return code
 
 
 def exits_without_runs(main: Callable[P, int]) -> Callable[P, int]:
-    """A script's ``main`` that says why and exits :data:`EXIT_NO_RUNS` when there is nothing to read
-    (:class:`query.NoRunsError`: no such experiment or parent run, or no runs in it)."""
+    """A script's ``main`` that says why and exits :data:`EXIT_NO_RUNS` on :class:`query.NoRunsError`."""
 
     @functools.wraps(main)
     def guarded(*args: P.args, **kwargs: P.kwargs) -> int:
         try:
             return main(*args, **kwargs)
         except query.NoRunsError as exc:
-            return fail_no_runs(str(exc))
+            return fail(str(exc))
 
     return guarded
 
@@ -102,13 +100,15 @@ def finish(args: argparse.Namespace, result, usable: bool, empty_message: str, w
     if not usable:
         for excluded in result.excluded:
             print(f"excluded {excluded.run_id}: {excluded.reason}", file=sys.stderr)
-        return fail_no_runs(empty_message)
+        return fail(empty_message)
     if not args.no_write_tags:
         write_tags(result)
-    if args.json:
-        print_json(result.as_dict())
-    else:
-        sys.stdout.write(render_text(result))
+    return emit(args, result, render_text)
+
+
+def emit(args: argparse.Namespace, result, render_text) -> int:
+    """Print ``result``: its JSON with ``--json``, else ``render_text(result)``."""
+    sys.stdout.write(dump_json(result.as_dict()) + "\n" if args.json else render_text(result))
     return 0
 
 
@@ -117,7 +117,7 @@ def analysis_run(
     selection: query.RunSelection, parent_run_id: str | None, name: str, tags: dict[str, str] | None = None
 ) -> Iterator[tuple[MlflowClient, str]]:
     """A new run tagged ``task=analysis`` (a child of ``parent_run_id`` when given), created first so what
-    is written can name it; FINISHED when the body returns, KILLED on Ctrl-C or SIGTERM, FAILED otherwise."""
+    is written can name it; KILLED on Ctrl-C or SIGTERM, FAILED on an error."""
     client = query.client_for(selection.tracking_uri)
     source = {MLFLOW_SOURCE_NAME: os.path.basename(sys.argv[0]) or "python", MLFLOW_SOURCE_TYPE: "LOCAL"}
     all_tags = {"task": "analysis", **source, **liveness.process_tags(), **(tags or {})}
@@ -139,13 +139,10 @@ def _clean(obj):
         return {str(k): _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_clean(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        value = float(obj)
-        return value if math.isfinite(value) else None
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
     if obj is pd.NA or obj is pd.NaT:
         return None
     return obj
@@ -165,8 +162,7 @@ def print_json(document: dict) -> None:
 
 @dataclass(frozen=True)
 class Interval:
-    """Mean of repeated measurements with a two-sided Student-t interval (``method`` ``t``); one
-    measurement gives none (``low``/``high`` None, ``method`` ``none``)."""
+    """Mean of repeated measurements with a two-sided Student-t interval (none, ``method`` ``none``, for one)."""
 
     mean: float
     low: float | None
@@ -232,8 +228,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson's score interval of a binomial proportion (an accuracy over ``trials`` records): unlike the
-    normal approximation it stays within [0, 1] and is not empty at 0 or ``trials`` successes."""
+    """Wilson's score interval of a binomial proportion: within [0, 1], and not empty at 0 or all successes."""
     from scipy import stats
 
     if trials <= 0:

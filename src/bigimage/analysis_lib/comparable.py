@@ -1,6 +1,5 @@
 """Like with like: which runs a ranking may compare, and which group its winner comes from, defined
-once for every ranking (docs/analysis.md, "Comparing like with like").
-"""
+once for every ranking (docs/analysis.md, "Comparing like with like")."""
 
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ def number_text(value: float) -> str:
 
 
 def param(key: str, absent: str = ABSENT, size: bool = False) -> Setting:
-    return Setting(key, lambda row: _text(query.param(row, key)), absent, size)
+    return Setting(key, lambda row: query.param(row, key), absent, size)  # a str, as MLflow keeps params
 
 
 def tag(key: str) -> Setting:
@@ -64,12 +63,6 @@ def records(keys: Sequence[str]) -> Setting:
         return number_text(sum(present)) if present else None
 
     return Setting("images", read, size=True)
-
-
-def _text(value: object) -> str | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return str(value)
 
 
 DEPLOY = tag(names.SPARK_DEPLOY)
@@ -104,11 +97,6 @@ SPEEDTEST = (
 )
 
 
-def context(row: pd.Series, settings: Sequence[Setting]) -> Context:
-    """The run's value of every setting of ``settings``."""
-    return tuple((setting.name, setting.value(row)) for setting in settings)
-
-
 def plain(value: object) -> object:
     """A table cell as a key's value: None for a missing one, a Python int for a whole number."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -138,8 +126,7 @@ def shape_text(key: dict) -> str:
 
 
 def item_text(key: dict) -> str:
-    """A ranked item in a sentence: a shape with what Spark granted it (and the source it read), or a
-    training configuration's values."""
+    """A ranked item in a sentence: a shape (and the source it read), or a training configuration's values."""
     if "cluster.name" in key and set(key) <= {"source", *SHAPE_KEYS}:
         text = shape_text(key)
         return f"{text}, reading {key['source']}" if "source" in key else text
@@ -151,12 +138,12 @@ class Group:
     """One comparable group: the context its runs share and the rankings made within it."""
 
     context: dict[str, str]
-    rankings: dict[str, list[Ranked]]
     run_ids: list[str]
     size: float  # the data size setting's value (0 when absent)
     newest: float  # the start time of its newest run (ms since the epoch; 0 when unknown)
-    label: str = ""  # the settings that tell it from the other groups (:func:`label_groups`)
+    label: str = ""  # the settings that tell it from the other groups (:func:`groups`)
     chosen: bool = False
+    rankings: dict[str, list[Ranked]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -168,37 +155,23 @@ class Group:
         }
 
 
-@dataclass
-class Split:
-    """Rows of runs by context, in the order their first run came."""
-
-    settings: Sequence[Setting]
-    members: dict[Context, list[pd.Series]] = field(default_factory=dict)
-
-    def add(self, row: pd.Series) -> None:
-        self.members.setdefault(context(row, self.settings), []).append(row)
-
-    def group(self, key: Context, rankings: dict[str, list[Ranked]]) -> Group:
-        """The :class:`Group` of context ``key`` with its ``rankings``."""
-        rows = self.members[key]
-        values = dict(key)
-        sizes = [values[s.name] for s in self.settings if s.size and values[s.name] != s.absent]
-        starts = [float(r["start_time"]) for r in rows if pd.notna(r.get("start_time"))]
-        return Group(
-            values,
-            rankings,
-            sorted({str(r["run_id"]) for r in rows}),
-            _as_float(sizes[0]) if sizes else 0.0,
-            max(starts, default=0.0),
-        )
-
-
-def split(rows: Iterable[pd.Series], settings: Sequence[Setting]) -> Split:
-    """``rows`` in comparable groups: runs with equal values of every setting of ``settings``."""
-    result = Split(settings)
+def groups(rows: Iterable[pd.Series], settings: Sequence[Setting]) -> list[Group]:
+    """``rows`` in comparable groups (equal values of every setting), in the order their first run came,
+    each labelled by the settings that differ between the groups (``images=250``), or ``all runs``."""
+    members: dict[Context, list[pd.Series]] = {}
     for row in rows:
-        result.add(row)
-    return result
+        members.setdefault(tuple((setting.name, setting.value(row)) for setting in settings), []).append(row)
+    out = []
+    for key, mine in members.items():
+        values = dict(key)
+        sizes = [values[s.name] for s in settings if s.size and values[s.name] != s.absent]
+        starts = [float(r["start_time"]) for r in mine if pd.notna(r.get("start_time"))]
+        run_ids = sorted({str(r["run_id"]) for r in mine})
+        out.append(Group(values, run_ids, _as_float(sizes[0]) if sizes else 0.0, max(starts, default=0.0)))
+    keys = differing(out)
+    for group in out:
+        group.label = ", ".join(f"{key}={group.context[key]}" for key in keys) or "all runs"
+    return out
 
 
 def _as_float(text: str) -> float:
@@ -210,25 +183,12 @@ def _as_float(text: str) -> float:
 
 def differing(groups: Sequence[Group]) -> list[str]:
     """The context settings whose values differ between ``groups``."""
-    if not groups:
-        return []
-    names = list(groups[0].context)
+    names = groups[0].context if groups else {}
     return [name for name in names if len({g.context.get(name) for g in groups}) > 1]
 
 
-def label_groups(groups: Sequence[Group]) -> list[str]:
-    """Label each group by the settings that differ between them (``images=250, spark.deploy=local``);
-    returns those settings. One group is labelled ``all runs``."""
-    keys = differing(groups)
-    for group in groups:
-        group.label = ", ".join(f"{key}={group.context[key]}" for key in keys) or "all runs"
-    return keys
-
-
 def choose(groups: Sequence[Group], ranking: str, what: str) -> str:
-    """Mark the group the winner of ``ranking`` comes from (module doc) and say which and why; ``what``
-    names the ranked items (``configurations``). Empty when no group ranks anything. The groups are
-    labelled already (:func:`label_groups`)."""
+    """Mark the group the winner of ``ranking`` comes from; say which and why (empty when no group ranks any)."""
     for group in groups:
         group.chosen = False
     candidates = [g for g in groups if g.rankings.get(ranking)]

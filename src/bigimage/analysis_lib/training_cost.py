@@ -1,6 +1,5 @@
 """Training configurations by cost (``seconds_per_epoch``), and which of them are on the
-accuracy/cost Pareto front within their comparable group: the cost-aware search's front.
-"""
+accuracy/cost Pareto front within their comparable group: the cost-aware search's front."""
 
 from __future__ import annotations
 
@@ -40,23 +39,21 @@ def config_params(runs: pd.DataFrame) -> list[str]:
 
 
 def rank_by_cost(runs: pd.DataFrame, confidence: float = 0.95) -> list[common.Ranked]:
-    """FINISHED, unpruned training runs grouped by configuration within their comparable group, scored
-    by seconds per epoch, cheapest first per group; ``extra`` holds the mean ``best_val_accuracy``,
-    ``pareto_optimal`` (within the group) and the group's label."""
+    """FINISHED, unpruned training configurations by seconds per epoch, cheapest first per comparable
+    group; ``extra`` holds the mean ``best_val_accuracy``, ``pareto_optimal`` and the group's label."""
     if runs.empty:
         return []
     training = runs[runs["task"] == "train"]
     keys = config_params(training)
-    split = comparable.Split(comparable.TRAINING)
+    rows = []
     scores: dict[str, tuple[tuple, float, float]] = {}  # run id -> configuration, accuracy, cost
     for _, row in training.iterrows():
         accuracy, cost = query.metric(row, ACCURACY_METRIC), query.metric(row, COST_METRIC)
         # the accuracy ranking says why a run is left out (status, pruned, no metric)
         if row["status"] == "FINISHED" and not is_pruned(row) and accuracy is not None and cost is not None:
-            split.add(row)
+            rows.append(row)
             scores[row["run_id"]] = (tuple(str(query.param(row, name, "")) for name in keys), accuracy, cost)
-    groups = [split.group(key, {}) for key in split.members]
-    comparable.label_groups(groups)
+    groups = comparable.groups(rows, comparable.TRAINING)
     return [item for group in groups for item in _rank_group(group, keys, scores, confidence)]
 
 
@@ -64,18 +61,17 @@ def _rank_group(
     group: comparable.Group, keys: list[str], scores: dict[str, tuple[tuple, float, float]], confidence: float
 ) -> list[common.Ranked]:
     """One comparable group's configurations by seconds per epoch, its Pareto front marked (module doc)."""
-    members: dict[tuple, dict[str, tuple[float, float]]] = {}
+    members: dict[tuple, list[str]] = {}
     for run_id in group.run_ids:
-        key, accuracy, cost = scores[run_id]
-        members.setdefault(key, {})[run_id] = (accuracy, cost)
+        members.setdefault(scores[run_id][0], []).append(run_id)
     ranked = [
         common.Ranked(
             dict(zip(keys, key)),
-            common.mean_interval([cost for _, cost in runs.values()], confidence),
-            sorted(runs),
-            {ACCURACY_METRIC: common.mean_interval([accuracy for accuracy, _ in runs.values()]).mean},
+            common.mean_interval([scores[run_id][2] for run_id in ids], confidence),
+            ids,
+            {ACCURACY_METRIC: common.mean_interval([scores[run_id][1] for run_id in ids]).mean},
         )
-        for key, runs in members.items()
+        for key, ids in members.items()
     ]
     for item in ranked:
         accuracy, cost = item.extra[ACCURACY_METRIC], item.score.mean
