@@ -82,11 +82,6 @@ def exits_without_runs(main: Callable[P, int]) -> Callable[P, int]:
     return guarded
 
 
-def load_runs(args: argparse.Namespace) -> tuple[query.RunSelection, pd.DataFrame]:
-    """The runs a script's ``--tracking-uri`` and ``--experiment`` / ``--parent-run`` select."""
-    return query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
-
-
 def positive_metrics(row: pd.Series, keys: Sequence[str]) -> tuple[dict[str, float], str | None]:
     """The run's metrics ``keys`` when each is a positive finite number, else why not."""
     read = {key: query.metric(row, key) for key in keys}

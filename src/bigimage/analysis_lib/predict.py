@@ -1,23 +1,14 @@
-"""``analysis/predict.py``: predict before you rent. Fit the scaling model on the runs, forecast each shape.
-
-The model and what it assumes are in :mod:`.scaling`, how runs become points and shapes become
-predictions in :mod:`.forecast`. This module is the command line, the text and Markdown renderings,
-the figure of the report's "Forecast" section, and the analysis run: predictions as metrics
-``forecast.<task>.<shape>.<name>`` and the fitted model as the artifact ``forecast/model.json``.
-"""
+"""``analysis/predict.py``: the forecast's command line, text and Markdown, and its analysis run
+(:mod:`.scaling` is the model, :mod:`.forecast` the predictions)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 from bigimage.analysis_lib import common, forecast, pricing, scaling
+from bigimage.tracking import query
 from bigimage.tracking.store import log_batch, retry_busy
 
 EXIT_CANNOT_FIT = 4
@@ -39,9 +30,7 @@ def metrics(result: forecast.Forecast) -> dict[str, float]:
     out: dict[str, float] = {}
     for task, task_forecast in result.tasks.items():
         for name, shape in task_forecast.as_dict()["shapes"].items():
-            out.update(
-                {f"forecast.{task}.{name}.{key}": shape[key] for key in METRIC_KEYS if shape.get(key) is not None}
-            )
+            out |= {f"forecast.{task}.{name}.{key}": shape[key] for key in METRIC_KEYS if shape.get(key) is not None}
         for deploy, fit in task_forecast.fits.items():
             out[f"forecast.{task}.{deploy}.loo_mean_relative_error"] = fit.loo_error()[0]
     return out
@@ -71,8 +60,7 @@ def coefficient_rows(fit: scaling.Fit) -> list[dict]:
 
 
 def covers(result: forecast.Forecast) -> str:
-    """What the forecast's two costs cover (:func:`pricing.covers`); in the cluster-life one, the
-    start-up and the rest of a run come from the fitted runs."""
+    """What the forecast's two costs cover (:func:`pricing.covers`)."""
     return (
         pricing.covers(result.prices.dataproc_create_delete_seconds)
         + " In the forecast, the start-up and the rest of a run are the fitted runs' median (each shape's "
@@ -148,18 +136,17 @@ def fit_lines(task: forecast.TaskForecast) -> list[str]:
     return lines
 
 
-def task_lines(result: forecast.Forecast, table: Callable[[list[dict]], str], heading: str) -> list[str]:
-    """Each task's fits, coefficients, predictions and conclusions under ``heading`` (a format of its name),
-    its tables drawn by ``table`` (text or Markdown)."""
+def task_lines(result: forecast.Forecast, heading: str) -> list[str]:
+    """Each task's fits, coefficients, predictions and conclusions under ``heading`` (a format of its name)."""
     out = []
     for name, task in result.tasks.items():
         out += [heading.format(name), "", *[f"- {line}" for line in fit_lines(task)], ""]
         for deploy, fit in task.fits.items():
-            out += [f"Coefficients fitted on {deploy} runs:", "", table(coefficient_rows(fit))]
+            out += [f"Coefficients fitted on {deploy} runs:", "", common.markdown_table(coefficient_rows(fit))]
         out += [
             f"At {task.images:,} images (prices: {result.options.region}, {result.prices.date}):",
             "",
-            table(shape_rows(task, result.prices.currency)),
+            common.markdown_table(shape_rows(task, result.prices.currency)),
             *[f"- {c}" for c in conclusions(task)],
             "",
         ]
@@ -168,78 +155,13 @@ def task_lines(result: forecast.Forecast, table: Callable[[list[dict]], str], he
 
 def render_text(result: forecast.Forecast) -> str:
     out = [f"Runs: {result.selection.describe()}", f"{forecast.LABEL}.", covers(result), ""]
-    out += task_lines(result, common.markdown_table, "== {} ==")
+    out += task_lines(result, "== {} ==")
     out += ["Left out:", *[f"  {e.text()}" for e in result.excluded]] if result.excluded else []
     return "\n".join(out) + "\n"
 
 
-# --- the report's section ---------------------------------------------------------------------
-
-
-def curves(result: forecast.Forecast, steps: int = 40) -> pd.DataFrame:
-    """Each predicted shape's fitted time (and interval) from 1% of the size to the size."""
-    rows = []
-    for name, task in result.tasks.items():
-        for shape in task.shapes:
-            if shape.fit is None:
-                continue
-            cores, machines = shape.shape.model_inputs(name)
-            ratio = shape.ratio.value if shape.ratio else 1.0
-            for images in np.geomspace(max(1.0, task.images / 100), task.images, steps):
-                p = shape.fit.predict(images, cores, machines, ratio)
-                rows.append(
-                    {
-                        "task": name,
-                        "shape": shape.shape.name,
-                        "images": images,
-                        "seconds": p.seconds,
-                        "low": p.low,
-                        "high": p.high,
-                    }
-                )
-    return pd.DataFrame(rows)
-
-
-def measured(result: forecast.Forecast) -> pd.DataFrame:
-    rows = [
-        {"task": name, "deploy": deploy, "cores": f"{p.cores:g} cores", "images": p.images, "seconds": p.seconds}
-        for name, task in result.tasks.items()
-        for deploy, fit in task.fits.items()
-        for p in fit.points
-    ]
-    return pd.DataFrame(rows)
-
-
-def figure(result: forecast.Forecast, path: Path) -> str | None:
-    """Measured points and fitted curves per shape, one panel per task (log-log); None when written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    lines, points = curves(result), measured(result)
-    if lines.empty:
-        return "no task could be fitted: no forecast figure"
-    tasks = list(lines["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        mine = lines[lines["task"] == task]
-        sns.lineplot(data=mine, x="images", y="seconds", hue="shape", ax=ax)
-        for _, group in mine.groupby("shape"):
-            ax.fill_between(group["images"], group["low"], group["high"], alpha=0.15)
-        dots = points[points["task"] == task]
-        if not dots.empty:
-            sns.scatterplot(data=dots, x="images", y="seconds", style="deploy", color="black", ax=ax, legend="brief")
-        ax.set(
-            xscale="log", yscale="log", title=f"{task}: measured runs, fitted curves", xlabel="images", ylabel="seconds"
-        )
-    common.save_figure(fig, path, f"Forecast (bands: {int(result.options.confidence * 100)}% prediction intervals)")
-    return None
-
-
-def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | None) -> list[str]:
-    """The report's "Forecast" section."""
+def markdown(result: forecast.Forecast) -> list[str]:
+    """The report's "Forecast" section, but its figure."""
     out = [
         "## Forecast",
         "",
@@ -247,9 +169,7 @@ def markdown(result: forecast.Forecast, figure_name: str, figure_problem: str | 
         "deployment kind (docs/forecast.md); each fit's terms, coefficients and leave-one-out error are below.",
         "",
     ]
-    out += [covers(result), "", *task_lines(result, common.markdown_table, "### {}")]
-    out += [f"_Forecast figure: {figure_problem}._" if figure_problem else f"![Forecast]({figure_name})", ""]
-    return out
+    return out + [covers(result), "", *task_lines(result, "### {}")]
 
 
 # --- command line -----------------------------------------------------------------------------
@@ -299,8 +219,12 @@ def add_forecast_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap replicates (default: 2000)")
 
 
-def options_from_args(args: argparse.Namespace) -> forecast.Options:
-    """The options :func:`add_forecast_args` (with ``--prices`` and ``--confidence``) parsed."""
+def options_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> forecast.Options:
+    """The options :func:`add_forecast_args` (with ``--prices`` and ``--confidence``) parsed, checked."""
+    if args.images < 1 or args.local_cores < 1 or args.bootstrap < 100:
+        parser.error("--images and --local-cores must be >= 1 and --bootstrap >= 100")
+    if args.core_speed_ratio <= 0 or not 0 < args.confidence < 1:
+        parser.error("--core-speed-ratio must be > 0 and --confidence between 0 and 1")
     named = {item.name: getattr(args, item.name) for item in fields(forecast.Options) if item.name != "prices_path"}
     return forecast.Options(prices_path=args.prices, **named)
 
@@ -329,18 +253,10 @@ def print_plan(args: argparse.Namespace) -> int:
     try:
         plan = forecast.design_plan(sizes, executors, args.plan_runs)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return common.fail(str(exc), 2)
     sys.stdout.write(yaml.safe_dump({"scaling": {"points": plan}}, sort_keys=False, default_flow_style=None))
     sys.stdout.write(f"# sweep: scaling.point={','.join(plan)}\n")
     return 0
-
-
-def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.images < 1 or args.local_cores < 1 or args.bootstrap < 100:
-        parser.error("--images and --local-cores must be >= 1 and --bootstrap >= 100")
-    if args.core_speed_ratio <= 0 or not 0 < args.confidence < 1:
-        parser.error("--core-speed-ratio must be > 0 and --confidence between 0 and 1")
 
 
 @common.exits_without_runs
@@ -359,13 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.plan:
         return print_plan(args)
-    _check(parser, args)
+    options = options_from_args(parser, args)
     try:
-        selection, runs = common.load_runs(args)
-        result = forecast.build(selection, runs, options_from_args(args))
+        selection, runs = query.load_runs(args.tracking_uri, args.experiment, args.parent_run)
+        result = forecast.build(selection, runs, options)
     except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return common.fail(str(exc), 2)
     if not result.usable():
         for name, task in result.tasks.items():
             for line in fit_lines(task) or [f"no usable {name} runs"]:
@@ -375,8 +290,4 @@ def main(argv: list[str] | None = None) -> int:
         with common.analysis_run(selection, args.parent_run, "forecast", {"analysis": "predict"}) as (client, run_id):
             log_forecast(client, run_id, result)
         print(f"logged as MLflow run {run_id} (task=analysis)", file=sys.stderr)
-    if args.json:
-        common.print_json(result.as_dict())
-    else:
-        sys.stdout.write(render_text(result))
-    return 0
+    return common.emit(args, result, render_text)

@@ -1,11 +1,10 @@
-"""The analysis report: seaborn figures + a Markdown report, logged to a new MLflow run (task=analysis).
-
-:func:`make_report` is what the project's main job calls in-process; ``analysis/report.py`` is
-the command-line wrapper.
-"""
+"""The analysis report: seaborn figures + a Markdown report, logged to a new MLflow run (task=analysis);
+the main job calls :func:`make_report`, ``analysis/report.py`` wraps it."""
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,23 +14,14 @@ import matplotlib
 matplotlib.use("Agg")  # no display, ever: runs unattended
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
-from mlflow.entities import Param
+from markdown_it import MarkdownIt
 
-from bigimage.analysis_lib import (
-    best_config,
-    common,
-    comparable,
-    forecast,
-    headline,
-    html_report,
-    overfitting,
-    predict,
-    pricing,
-    registry,
-)
+from bigimage.analysis_lib import best_config, common, comparable, forecast, overfitting, predict, pricing, registry
 from bigimage.tracking import curves, names, query
+from bigimage.tracking.store import log_batch, retry_busy
 
 SCRIPT_HELP = (
     "Figures and a Markdown report over the runs (overfitting, best configuration, throughput, "
@@ -43,11 +33,20 @@ FIG_CURVES = "learning_curves.png"
 FIG_THROUGHPUT = "throughput_by_batch_size.png"
 FIG_PREPROCESS = "preprocess_time_by_cluster.png"
 FIG_FORECAST = "forecast.png"
+HTML_FILE = "report.html"
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 70em; margin: 1em auto; padding: 0 1em; line-height: 1.4; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+"""
+PNG_LINK = re.compile(r"!\[([^\]]*)\]\(([^/()\s]+\.png)\)")  # an image naming a PNG file of the report's folder
 
 
 def default_output_dir() -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return query.PROJECT_ROOT / "reports" / stamp
+    return query.PROJECT_ROOT / "reports" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -102,24 +101,23 @@ def _as_int(text: str) -> int:
         return 1 << 30
 
 
-def _winners_group(result: best_config.BestConfigResult, section: str) -> tuple[set[str], str]:
-    """The runs of the comparable group the section's winner comes from (what its figure shows), and
-    `` (runs with images=2000)`` for the figure's title when the section has several groups."""
+def _winners_group(result: best_config.BestConfigResult, section: str, data: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of ``data`` of the winner's group, with their ``shape``, and `` (runs with images=2000)``."""
     groups = result.groups.get(section, [])
     chosen = next((group for group in groups if group.chosen), None)
-    if chosen is None:
-        return set(), ""
-    return set(chosen.run_ids), f" (runs with {chosen.label})" if len(groups) > 1 else ""
+    data = data[data["run_id"].isin(chosen.run_ids if chosen else [])]
+    keys = comparable.SHAPE_KEYS
+    shapes = [comparable.shape_text({key: comparable.plain(row[key]) for key in keys}) for _, row in data.iterrows()]
+    return data.assign(shape=shapes), f" (runs with {chosen.label})" if chosen and len(groups) > 1 else ""
 
 
 def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     data = best_config.speedtest_by_batch(result.speedtest_rows)
     if data.empty:
         return "no usable speed-test table: no throughput figure"
-    runs, group = _winners_group(result, "speedtest")
-    data = data[data["run_id"].isin(runs)]
+    data, group = _winners_group(result, "speedtest", data)
     grid = sns.catplot(
-        data=data.assign(batch_size=data["batch_size"].astype(int), shape=_shape_labels(data)),
+        data=data.assign(batch_size=data["batch_size"].astype(int)),
         x="batch_size",
         y=names.IMAGES_PER_SECOND,
         hue="source",
@@ -140,44 +138,65 @@ def _throughput_figure(result: best_config.BestConfigResult, path: Path) -> str 
     return None
 
 
-def _shape_labels(data: pd.DataFrame) -> list[str]:
-    """Each row's shape (:data:`comparable.SHAPE_KEYS`) as :func:`comparable.shape_text` says it."""
-    keys = comparable.SHAPE_KEYS
-    return [comparable.shape_text({key: comparable.plain(row[key]) for key in keys}) for _, row in data.iterrows()]
-
-
 def _preprocess_figure(result: best_config.BestConfigResult, path: Path) -> str | None:
     data = result.preprocess_table
     if data.empty:
         return "no usable preprocess run: no preprocessing figure"
-    runs, group = _winners_group(result, "preprocess")
-    data = data[data["run_id"].isin(runs)]
-    data = data.assign(shape=_shape_labels(data))
+    data, group = _winners_group(result, "preprocess", data)
     order = [comparable.shape_text(r.key) for r in result.preprocess["by_speed"]]
     fig, ax = plt.subplots(figsize=(5, 3.2))
     sns.barplot(data=data, x="shape", y="seconds", order=order, errorbar=("ci", 95), ax=ax, color="steelblue")
     sns.stripplot(data=data, x="shape", y="seconds", order=order, ax=ax, color="black", size=4)
-    ax.set_xlabel("cluster shape")
-    ax.set_ylabel("preprocessing time (s)")
+    ax.set(xlabel="cluster shape", ylabel="preprocessing time (s)")
     ax.set_title(f"Preprocessing time by cluster (bars: mean, 95% bootstrap CI; dots: runs){group}", fontsize=9)
     common.save_figure(fig, path)
     return None
 
 
+def _forecast_curves(result: forecast.Forecast, steps: int = 40) -> pd.DataFrame:
+    """Each predicted shape's fitted time (and interval) from 1% of the size to the size."""
+    rows = []
+    for name, task in result.tasks.items():
+        for shape in task.shapes:
+            if shape.fit is None:
+                continue
+            cores, machines = shape.shape.model_inputs(name)
+            ratio = shape.ratio.value if shape.ratio else 1.0
+            for images in np.geomspace(max(1.0, task.images / 100), task.images, steps):
+                prediction = shape.fit.predict(images, cores, machines, ratio)
+                rows.append({"task": name, "shape": shape.shape.name, "images": images, **asdict(prediction)})
+    return pd.DataFrame(rows)
+
+
+def _forecast_figure(result: forecast.Forecast, path: Path) -> str | None:
+    """Measured points and fitted curves per shape, one panel per task (log-log)."""
+    lines = _forecast_curves(result)
+    if lines.empty:
+        return "no task could be fitted: no forecast figure"
+    points = pd.DataFrame(
+        {"task": name, "deploy": deploy, "images": p.images, "seconds": p.seconds}
+        for name, task in result.tasks.items()
+        for deploy, fit in task.fits.items()
+        for p in fit.points
+    )
+    tasks = list(lines["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        mine = lines[lines["task"] == task]
+        sns.lineplot(data=mine, x="images", y="seconds", hue="shape", ax=ax)
+        for _, group in mine.groupby("shape"):
+            ax.fill_between(group["images"], group["low"], group["high"], alpha=0.15)
+        dots = points[points["task"] == task]
+        if not dots.empty:
+            sns.scatterplot(data=dots, x="images", y="seconds", style="deploy", color="black", ax=ax, legend="brief")
+        ax.set(
+            xscale="log", yscale="log", title=f"{task}: measured runs, fitted curves", xlabel="images", ylabel="seconds"
+        )
+    common.save_figure(fig, path, f"Forecast (bands: {int(result.options.confidence * 100)}% prediction intervals)")
+    return None
+
+
 # --- Markdown ---------------------------------------------------------------------------------
-
-
-def _overfitting_rows(result: best_config.BestConfigResult) -> list[dict]:
-    by_id = result.overfitting.runs.set_index("run_id")
-    return [
-        {
-            "run": v.label,
-            "strategy": query.param(by_id.loc[v.run_id], "strategy.name"),
-            "batch_size": query.param(by_id.loc[v.run_id], "batch_size"),
-            **v.row(),
-        }
-        for v in result.overfitting.verdicts
-    ]
 
 
 def _conclusions(result: best_config.BestConfigResult) -> list[str]:
@@ -210,32 +229,23 @@ def _conclusions(result: best_config.BestConfigResult) -> list[str]:
         if ranking["by_speed"]:
             fastest = ranking["by_speed"][0]
             text = f"Fastest cluster shape for {label}: {comparable.item_text(fastest.key)} at {fastest.score.text()} images/s"
-            if ranking["by_cost"]:
-                cheapest = ranking["by_cost"][0]
-                text += f"; cheapest: {comparable.item_text(cheapest.key)} at {_cost_text(cheapest, result.prices.currency)}"
+            if ranking["by_cost"]:  # its costs per 1,000 images, each saying what it covers (:mod:`.pricing`)
+                cheapest, currency = ranking["by_cost"][0], result.prices.currency
+                text += f"; cheapest: {comparable.item_text(cheapest.key)} at {cheapest.score.text('{:.3g}')} "
+                text += f"{currency} per 1,000 images for the job alone"
+                if (life := cheapest.extra.get(pricing.CLUSTER_LIFE)) is not None:
+                    includes = cheapest.extra[pricing.LIFE_INCLUDES]
+                    text += f" ({life:.3g} over the cluster's life, what the bill charges: {includes})"
             winner = result.winners.get(section, {}).get("key")
             out.append(
                 text + f". Winner by {result.rank_by}: {comparable.item_text(winner) if winner else 'none'}; "
                 f"{st[section]['statement']}."
             )
-    out += [f"Compared like with like ({section}): {why}." for section, why in _several_groups(result).items()]
+    several = {section: why for section, why in result.group_choice.items() if len(result.groups.get(section, [])) > 1}
+    out += [f"Compared like with like ({section}): {why}." for section, why in several.items()]
     if result.excluded:
         out.append(f"{len(result.excluded)} run(s) were left out; the table below says why.")
     return out
-
-
-def _cost_text(item: common.Ranked, currency: str) -> str:
-    """An item's costs per 1,000 images in a sentence, each saying what it covers (:mod:`.pricing`)."""
-    life = item.extra.get(pricing.CLUSTER_LIFE)
-    text = f"{item.score.text('{:.3g}')} {currency} per 1,000 images for the job alone"
-    if life is None:
-        return text
-    return f"{text} ({life:.3g} over the cluster's life, what the bill charges: {item.extra[pricing.LIFE_INCLUDES]})"
-
-
-def _several_groups(result: best_config.BestConfigResult) -> dict[str, str]:
-    """section -> why its winner comes from the group it does, for the sections with several groups."""
-    return {section: why for section, why in result.group_choice.items() if len(result.groups.get(section, [])) > 1}
 
 
 def render_markdown(
@@ -250,7 +260,7 @@ def render_markdown(
         _overfitting_md(result, figures),
         _training_md(result, tables),
         *(_shapes_md(result, tables, figures, section) for section in _SHAPE_SECTIONS),
-        predict.markdown(forecast_result, FIG_FORECAST, figures.get(FIG_FORECAST)) if forecast_result else [],
+        [*predict.markdown(forecast_result), *_figure_md(figures, FIG_FORECAST, "Forecast")] if forecast_result else [],
         [
             "## Runs left out",
             "",
@@ -270,7 +280,7 @@ def _header_md(result: best_config.BestConfigResult, run_id: str | None) -> list
         f"- Runs: {result.selection.describe()}",
         f"- Generated: {now}" + (f", logged as MLflow run `{run_id}` (tag task=analysis)" if run_id else ""),
         f"- Prices: {result.prices.source} ({result.prices.region}, {result.prices.currency}, dated {result.prices.date})",
-        f"- With the figures inside: `{html_report.HTML_FILE}` (what MLflow's artifact viewer shows them in)",
+        f"- With the figures inside: `{HTML_FILE}` (what MLflow's artifact viewer shows them in)",
         "",
         "## Conclusions",
         "",
@@ -281,6 +291,16 @@ def _header_md(result: best_config.BestConfigResult, run_id: str | None) -> list
 
 def _overfitting_md(result: best_config.BestConfigResult, figures: dict[str, str | None]) -> list[str]:
     thresholds = result.overfitting.thresholds
+    by_id = result.overfitting.runs.set_index("run_id")
+    rows = [
+        {
+            "run": v.label,
+            "strategy": query.param(by_id.loc[v.run_id], "strategy.name"),
+            "batch_size": query.param(by_id.loc[v.run_id], "batch_size"),
+            **v.row(),
+        }
+        for v in result.overfitting.verdicts
+    ]
     return [
         "## Overfitting",
         "",
@@ -291,7 +311,7 @@ def _overfitting_md(result: best_config.BestConfigResult, figures: dict[str, str
         f"Validation accuracy above training accuracy "
         f"(by more than {thresholds.val_above_margin:g}) is flagged separately: it is not overfitting.",
         "",
-        common.markdown_table(_overfitting_rows(result)),
+        common.markdown_table(rows),
         *_figure_md(figures, FIG_CURVES, "Learning curves"),
     ]
 
@@ -361,10 +381,7 @@ def _shapes_md(
 
 
 def _figure_md(figures: dict[str, str | None], name: str, title: str) -> list[str]:
-    problem = figures.get(name)
-    if problem:
-        return [f"_{title}: {problem}._", ""]
-    return [f"![{title}]({name})", ""]
+    return [f"_{title}: {problem}._" if (problem := figures.get(name)) else f"![{title}]({name})", ""]
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -391,6 +408,10 @@ class Report:
             "excluded": [e.as_dict() for e in self.result.excluded],
         }
 
+    def text(self) -> str:
+        logged = f"logged as MLflow run {self.run_id} (task=analysis)\n" if self.run_id else ""
+        return f"report: {self.path}\n{logged}" + "".join(f"- {line}\n" for line in _conclusions(self.result))
+
 
 def make_report(
     tracking_uri: str | None = None,
@@ -406,9 +427,8 @@ def make_report(
     forecast_options: forecast.Options | None = None,
     registered_model: str | None = registry.DEFAULT_NAME,
 ) -> Report:
-    """Analyse the runs, write figures, ``report.md`` and ``analysis.json`` to ``output_dir`` (default
-    ``reports/<timestamp>``), tag the runs, register the champion and log it all as an analysis run, as
-    the flags say; raises :class:`query.NoRunsError` when there is no run to analyse."""
+    """Analyse the runs, write figures, ``report.md`` and ``analysis.json`` to ``output_dir``, tag the runs,
+    register the champion and log it all as an analysis run, as the flags say (NoRunsError: no run)."""
     selection, result = _analyse(tracking_uri, experiment, parent_run_id, thresholds, prices_path, rank_by)
     if write_tags:
         overfitting.write_tags(result.overfitting)
@@ -427,7 +447,7 @@ def make_report(
         FIG_PREPROCESS: _preprocess_figure(result, out / FIG_PREPROCESS),
     }
     if forecast_result:
-        figures[FIG_FORECAST] = predict.figure(forecast_result, out / FIG_FORECAST)
+        figures[FIG_FORECAST] = _forecast_figure(forecast_result, out / FIG_FORECAST)
     document = {
         "overfitting": result.overfitting.as_dict(),
         "best_config": result.as_dict(),
@@ -436,13 +456,20 @@ def make_report(
         "figure_notes": figures,
     }
     (out / JSON_FILE).write_text(common.dump_json(document))
-    run_id = None
-    if log_run:
-        params = _analysed(selection, thresholds, rank_by, registered_model)
-        run_id = _log_report_run(selection, parent_run_id, result, figures, out, forecast_result, params)
-    else:
-        _write_markdown(render_markdown(result, figures, None, forecast_result), out)
-    return Report(out / REPORT_FILE, out, run_id, result, figures)
+    report = Report(out / REPORT_FILE, out, None, result, figures)
+    if not log_run:
+        _write_markdown(report, forecast_result)
+        return report
+    with common.analysis_run(selection, parent_run_id, "analysis") as (client, run_id):
+        report.run_id = run_id  # before the Markdown: the report names its run
+        analysed = _analysed(selection, thresholds, rank_by, registered_model)
+        log_batch(client, run_id, _headline_metrics(result), analysed, _headline_tags(result))
+        retry_busy(lambda: client.update_run(run_id, name=_run_name(result)))
+        _write_markdown(report, forecast_result)
+        client.log_artifacts(run_id, str(out))
+        if forecast_result:
+            predict.log_forecast(client, run_id, forecast_result)
+    return report
 
 
 def _analyse(
@@ -464,32 +491,55 @@ def _analyse(
     return selection, result
 
 
-def _log_report_run(
-    selection: query.RunSelection,
-    parent_run_id: str | None,
-    result: best_config.BestConfigResult,
-    figures: dict[str, str | None],
-    out: Path,
-    forecast_result: forecast.Forecast | None = None,
-    params: dict[str, str] | None = None,
-) -> str:
-    """The analysis run: created first, since the report names it, then what it analysed (``params``),
-    the files (and the forecast's metrics and model, :func:`.predict.log_forecast`) are logged into it."""
-    with common.analysis_run(selection, parent_run_id, "analysis") as (client, run_id):
-        client.log_batch(run_id, params=[Param(key, value) for key, value in (params or {}).items()])
-        _write_markdown(render_markdown(result, figures, run_id, forecast_result), out)
-        client.log_artifacts(run_id, str(out))
-        headline.log(client, run_id, result)
-        if forecast_result:
-            predict.log_forecast(client, run_id, forecast_result)
-    return run_id
+def _headline_metrics(result: best_config.BestConfigResult) -> dict[str, float]:
+    """The analysis run's headline as metrics of their own names, so runs sort and filter in the UI."""
+    verdicts = result.overfitting.verdicts
+    values = {
+        "runs_judged": float(len(verdicts)),
+        "runs_overfitting": float(sum(1 for verdict in verdicts if verdict.overfitting)),
+        "runs_excluded": float(len(result.excluded)),
+    }
+    if result.training:
+        values["top_config.mean_val_accuracy"] = float(result.training[0].score.mean)
+    scores = (result.champion or {}).get("scores", {})
+    tested = [key for key in registry.TESTED_TAGS if "accuracy" in key]  # not the record counts
+    return values | {f"champion.{key}": float(scores[key]) for key in tested if key in scores}
+
+
+def _headline_tags(result: best_config.BestConfigResult) -> dict[str, str]:
+    out = {}
+    if result.training:
+        top = result.training[0]
+        out.update({f"best.{key}": str(value) for key, value in top.key.items()})
+        out["best.run_ids"] = ",".join(top.run_ids)[:5000]
+    for section in ("preprocess", "speedtest"):
+        winner = result.winners.get(section, {}).get("key", {})
+        if "cluster.name" in winner:
+            out[f"best.{section}.cluster.name"] = str(winner["cluster.name"])
+    if result.champion:
+        out[names.REGISTERED_MODEL] = result.champion["uri"]
+        out["registered_model.version"] = result.champion["version"]
+    return out
+
+
+def _run_name(result: best_config.BestConfigResult) -> str:
+    """``analysis <what was analysed>: <winner>``, e.g. ``analysis parent 1a2b3c4d: mirrored bs=32 local``."""
+    selection = result.selection
+    scope = (
+        f"parent {selection.parent_run_id[:8]}"
+        if selection.parent_run_id
+        else f"experiment {selection.experiment_name}"
+    )
+    if not result.training:
+        return f"analysis {scope}"
+    key = result.training[0].key
+    return f"analysis {scope}: {key['strategy.name']} bs={key['batch_size']} {key['cluster.name']}"
 
 
 def _analysed(
     selection: query.RunSelection, thresholds: overfitting.Thresholds, rank_by: str, registered_model: str | None
 ) -> dict[str, str]:
-    """What the analysis run read and judged by, as its params: the experiment, the parent run whose
-    descendants it took (when one was given), the overfitting thresholds, the ranking, the registered model."""
+    """What the analysis run read and judged by, as its params."""
     params = {
         "experiment": selection.experiment_name,
         "parent_run_id": selection.parent_run_id,
@@ -497,13 +547,30 @@ def _analysed(
         "rank_by": rank_by,
         names.REGISTERED_MODEL: registered_model,
     }
-    return {key: str(value) for key, value in params.items() if value is not None}
+    return {key: value for key, value in params.items() if value is not None}
 
 
-def _write_markdown(markdown: str, out: Path) -> None:
+def _write_markdown(report: Report, forecast_result: forecast.Forecast | None) -> None:
     """``report.md``, and ``report.html`` with the figures inside (what MLflow's artifact viewer shows)."""
-    (out / REPORT_FILE).write_text(markdown)
-    html_report.write_html(markdown, out)
+    markdown = render_markdown(report.result, report.figures, report.run_id, forecast_result)
+    report.path.write_text(markdown)
+    (report.output_dir / HTML_FILE).write_text(_html(markdown, report.output_dir), encoding="utf-8")
+
+
+def _html(markdown: str, directory: Path) -> str:
+    """``markdown`` as one page, its figures from ``directory`` inside (MLflow's viewer resolves no relative link)."""
+
+    def embed(image: re.Match) -> str:
+        path = directory / image[2]
+        if not path.is_file():
+            return image[0]
+        return f"![{image[1]}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode('ascii')})"
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(PNG_LINK.sub(embed, markdown))
+    return (
+        '<!doctype html>\n<html><head><meta charset="utf-8"><title>Analysis report</title>'
+        f"<style>{HTML_STYLE}</style></head>\n<body>\n{body}</body></html>\n"
+    )
 
 
 @common.exits_without_runs
@@ -531,15 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         rank_by=args.rank_by,
         write_tags=not args.no_write_tags,
         log_run=not args.no_log_run,
-        forecast_options=predict.options_from_args(args),
+        forecast_options=predict.options_from_args(parser, args),
         registered_model=registry.model_name(args),
     )
-    if args.json:
-        common.print_json(report.as_dict())
-    else:
-        print(f"report: {report.path}")
-        if report.run_id:
-            print(f"logged as MLflow run {report.run_id} (task=analysis)")
-        for line in _conclusions(report.result):
-            print(f"- {line}")
-    return 0
+    return common.emit(args, report, Report.text)
