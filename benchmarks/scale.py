@@ -107,6 +107,8 @@ def last_run(store: str, task: str) -> Any:
 
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("bigimage")
+    if experiment is None:
+        sys.exit(f"no experiment bigimage in {store}: run.py task={task} did not log")
     runs = client.search_runs(
         [experiment.experiment_id], f"tags.{names.TAG_TASK} = '{task}'", order_by=["start_time DESC"]
     )
