@@ -1,27 +1,15 @@
-"""One writer at a time per TFRecord directory: a lock inside it, naming its holder.
+"""One writer at a time per TFRecord directory: a lock inside it, ``.bigimage.lock``, naming its holder
+(docs/preprocess.md, "TFRecords"). The file or object holds the holder's job record (JSON: pid, host,
+start, the job's generation), which is also the marker of the job's staging folders (:func:`read_record`).
 
-Two jobs to one ``tfrecord_dir`` would break each other (the second cleaning the first's staging
-away). The lock is ``<tfrecord_dir>/.bigimage.lock`` (:data:`LOCK_NAME`), a file or object holding the
-holder's job record (JSON: pid, host, start, the job's generation), removed when the job ends; what a
-killed job leaves the next job takes over. The record is also the marker by which the project knows
-its staging folders (:func:`read_record`).
-
-* Local: ``fcntl.flock`` on that file, released by the kernel when its holder dies, so never stale.
-  The holder unlinks the file before letting go, and a job that got the flock checks that its file is
-  still the one at the path, else tries again: two jobs never hold the lock on two files. The folder a
-  local swap brings in gets a lock file of the holder's too (:meth:`DestinationLock.extend`).
-* gs://: an object created only if absent (``if_generation_match=0``), refreshed every
-  :data:`REFRESH_SECONDS` by a compare-and-swap on its generation. Another writer breaks it only when
-  its holder ran on this machine (same host and boot) and is gone, or it has not been refreshed for
-  :data:`STALE_SECONDS` (the holder's clock: machines sharing a bucket keep time within seconds). A
-  holder whose lock was broken finds out at its next refresh and before it commits
-  (:meth:`DestinationLock.check`), and fails rather than publish. The tests' emulator ignores
-  generation preconditions, so acquiring and refreshing also read the object first: that catches
-  sequential writers there; a race at the same instant only a real bucket's preconditions catch.
-* Other file systems offer neither primitive: :func:`lock_url` refuses them.
-
-A second writer fails at once with :class:`DestinationBusyError` naming the holder and its age, or,
-with ``wait_seconds``, retries until then.
+* Local: ``fcntl.flock`` on that file, released by the kernel when its holder dies. The holder unlinks
+  the file before letting go, and a job that got the flock checks that its file is still the one at the
+  path, else tries again: two jobs never hold the lock on two files.
+* gs://: an object created only if absent, refreshed by a compare-and-swap on its generation; another
+  writer breaks it only when its holder ran on this machine and is gone, or it has not been refreshed
+  for :data:`STALE_SECONDS` (the holder's clock). A holder whose lock was broken finds out at its next
+  refresh, and before it commits. The tests' emulator ignores generation preconditions, so acquiring
+  and refreshing also read the object first: that catches sequential writers there.
 """
 
 from __future__ import annotations
@@ -145,8 +133,6 @@ class DestinationLock:
         self._mutex = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------------------------------ acquire
-
     def __enter__(self) -> DestinationLock:
         self.acquire()
         return self
@@ -162,15 +148,11 @@ class DestinationLock:
             if other is None:
                 return
             if time.monotonic() >= deadline:
+                gcs = storage.is_gcs(self.url)
+                stale = f" (a gs:// lock not refreshed for {STALE_SECONDS:.0f} s is taken over)" if gcs else ""
                 raise DestinationBusyError(
-                    f"{self.destination} is being written by {describe(other, refreshed=storage.is_gcs(self.url))} "
-                    f"(lock {self.url}); "
-                    f"a second job to the same tfrecord_dir would break it: wait for that job or stop it"
-                    + (
-                        ""
-                        if not storage.is_gcs(self.url)
-                        else f" (a gs:// lock not refreshed for {STALE_SECONDS:.0f} s is taken over)"
-                    )
+                    f"{self.destination} is being written by {describe(other, refreshed=gcs)} (lock {self.url}); "
+                    f"a second job to the same tfrecord_dir would break it: wait for that job or stop it{stale}"
                 )
             time.sleep(_POLL_SECONDS)
 
@@ -192,19 +174,19 @@ class DestinationLock:
                 break
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, self._record(), 0)
+        os.pwrite(fd, self.record(), 0)
         self._fds.append(fd)
         return None
 
     def extend(self, folder: str) -> None:
-        """Lock ``<folder>/.bigimage.lock`` too, a new file with this job's record: ``folder`` is about
-        to be swapped in as the destination (local), and the lock must stay held across the swap."""
+        """Lock ``<folder>/.bigimage.lock`` too, a new file with this job's record: the marker of a local
+        staging folder, and the lock held across the swap when ``folder`` is swapped in."""
         fd = os.open(
             os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666
         )
         self._fds.append(fd)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else can hold it
-        os.pwrite(fd, self._record(), 0)
+        os.pwrite(fd, self.record(), 0)
 
     def _try_gcs(self) -> dict[str, Any] | None:
         """Create the lock object, or replace a stale one; else return the live holder's record."""
@@ -218,7 +200,7 @@ class DestinationLock:
             if not (holder_is_dead(other) or age > STALE_SECONDS):
                 return other
         try:
-            self._generation = int(storage.write_bytes(self.url, self._record(), if_generation_match=generation) or 0)
+            self._generation = int(storage.write_bytes(self.url, self.record(), if_generation_match=generation) or 0)
         except storage.PreconditionFailedError:  # another writer got there between our read and write
             return _parse(storage.read_bytes(self.url)) or {}
         if other is not None:
@@ -228,14 +210,9 @@ class DestinationLock:
         self._thread.start()
         return None
 
-    def _record(self) -> bytes:
-        return json.dumps(self.holder).encode("utf-8")
-
     def record(self, **extra: Any) -> bytes:
         """This job's record, with ``extra`` fields: the marker the job writes into its staging folders."""
         return json.dumps({**self.holder, **extra}).encode("utf-8")
-
-    # ------------------------------------------------------------------------------------ refresh
 
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
@@ -259,17 +236,11 @@ class DestinationLock:
                     raise storage.PreconditionFailedError(self.url)
                 self.holder["refreshed"] = time.time()
                 self._generation = int(
-                    storage.write_bytes(self.url, self._record(), if_generation_match=self._generation) or 0
+                    storage.write_bytes(self.url, self.record(), if_generation_match=self._generation) or 0
                 )
             except (storage.PreconditionFailedError, FileNotFoundError):
                 self._lost = True
                 raise LockLostError(f"the lock {self.url} of this job was taken over by another writer") from None
-
-    def check(self) -> None:
-        """Just before a commit: still ours, and fresh for another :data:`STALE_SECONDS` (gs://)."""
-        self.refresh()
-
-    # ------------------------------------------------------------------------------------ release
 
     def release(self) -> None:
         """Remove the lock file (object) at :attr:`url` if it is this job's, then let go of the lock."""

@@ -1,29 +1,12 @@
 """Writing TFRecord shards and publishing them as one set, local or gs://; no Spark, no TensorFlow.
 
-The contract (docs/preprocess.md, "TFRecords"): a reader following ``manifest.json`` always sees one
-complete set, the old or the new; once a job has ended a plain ``*.tfrec`` glob sees exactly that set;
-one writer at a time (:mod:`bigimage.data.dirlock`); nothing the project did not write is deleted or
-replaced.
-
-* **Names of their own**: ``<prefix>-<generation>-NN-<count>.tfrec``, so a new set never overwrites a
-  file of the old one and a reader holding the old manifest never finds a new file under an old name.
-* **Only the project's own** (:func:`survey`): a set is the project's when its manifest carries the
-  marker (:func:`schema.project_manifest`); a dead job's leftovers are known by the job record it wrote
-  first into each staging folder (:func:`dirlock.read_record`), which also lists the shards it put in
-  and what its commit replaced, never by a name. Anything else is refused before anything is touched
-  (:class:`DestinationRefusedError`) unless ``replace_foreign``, which deletes it after the commit.
-* **Local: one atomic directory swap.** The set is completed in ``<parent>/.<name>.swap-<generation>``,
-  exchanged with the destination (:func:`storage.swap_in_dir`), and the old set, now in that folder,
-  is deleted: one complete set at every instant, for a glob too, wherever a kill -9 lands. The folder
-  is checked again just before; a symlinked destination has its target swapped; its mode is kept.
-* **gs:// (and local file systems without the exchange): the manifest is the commit point.** Shards
-  are staged in ``<tfrecord_dir>/_staging-<generation>/``, whose job record is rewritten to list the
-  new shards and the old; the shards are copied in, the manifest written (on gs:// only if its
-  generation is still the one seen at the start), then the old shards deleted (one batched call,
-  retried once). A glob sees both sets during that swap; a job ending by success or error rolls forward
-  or back, one killed inside it leaves both to the next job, which deletes what the record lists and
-  the manifest does not. A manifest write that raised is read back: if it landed the job goes on; if
-  that cannot be told nothing is rolled back and the next job cleans up.
+The contract is docs/preprocess.md, "TFRecords": shard names of the job's own generation, only the
+project's own entries replaced (:func:`survey`), one writer at a time (:mod:`bigimage.data.dirlock`).
+Locally the set is completed beside the destination and swapped in at once (:func:`storage.swap_in_dir`).
+On gs:// (or without the exchange) the shards are staged in ``_staging-<generation>/``, whose job record
+lists the shards placed and those replaced, then copied in, and the manifest is the commit (on gs:// only
+if its generation is still the one seen at the start). A manifest write that raised is read back: if it
+landed the job goes on; if that cannot be told nothing is rolled back and the next job cleans up.
 """
 
 from __future__ import annotations
@@ -52,14 +35,11 @@ STAGING_PREFIX = "_staging-"  # inside the destination (gs://, or a local file s
 SWAP_INFIX = ".swap-"  # <parent>/.<name>.swap-<generation>: a local set being built, or the old one after the swap
 EXCHANGE, OBJECTS = "exchange", "objects"
 _GENERATION = "([0-9a-f]{8})"  # a job's generation token, in its staging folder's name
+_STAGING = re.compile(re.escape(STAGING_PREFIX) + _GENERATION)
 
 
 def shard_prefix(prefix: str, generation: str) -> str:
-    """The name start of one job's shards: ``flowers`` -> ``flowers-<generation>-``.
-
-    The shard name still ends in ``NN-<count>.tfrec`` (:func:`schema.shard_name`), which the course's
-    reader takes its record counts from.
-    """
+    """The name start of one job's shards, ``flowers`` -> ``flowers-<generation>-``, before ``NN-<count>.tfrec``."""
     if not prefix or prefix.endswith(("-", "_", ".")):
         return f"{prefix}{generation}-"
     return f"{prefix}-{generation}-"
@@ -88,12 +68,11 @@ def write_shard(
     quality: int,
     staging_dir: str,
 ) -> ShardResult:
-    """Transform ``items`` (path, class index) one at a time into one staged shard file.
+    """Transform ``items`` (path, class index) one image at a time into one staged shard file.
 
-    Memory stays flat: one image is held at a time. Unreadable or undecodable files are skipped
-    and reported with their reason. A full device ends the shard with ``no_space`` set: returned, not
-    raised, so that the driver says it in one line (:func:`check_space`) instead of Spark logging a
-    traceback per task.
+    Unreadable or undecodable files are skipped with their reason. A full device ends the shard with
+    ``no_space`` set, returned rather than raised, so that the driver says it in one line
+    (:func:`check_space`) instead of Spark logging a traceback per task.
     """
     result = ShardResult(index=index, staged=None, started=time.time())
     staged = storage.join(staging_dir, f"part-{index:05d}{schema.SHARD_SUFFIX}")
@@ -101,44 +80,31 @@ def write_shard(
     # fails rather than re-create a folder the next job has cleaned away.
     local_dir = tempfile.gettempdir() if storage.is_remote(staging_dir) else staging_dir
     try:
-        return _write_staged(result, staged, local_dir, items, classes, image_size, quality)
+        fd, temp = storage.create_new_file(local_dir, ".part-", ".tmp")  # 0666 less the umask
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                writer = TFRecordWriter(handle)
+                for path, class_index in items:
+                    try:
+                        jpeg = transform_jpeg(storage.read_bytes(path), image_size, quality)
+                    except (ImageDecodeError, OSError) as error:
+                        result.failed.append((path, f"{type(error).__name__}: {error}"))
+                        continue
+                    label = classes[class_index]
+                    record = schema.serialize_example(jpeg, class_index, label, image_size, image_size, len(classes))
+                    writer.write(record)
+                    result.class_counts[label] = result.class_counts.get(label, 0) + 1
+            result.records, result.bytes_written = writer.records, writer.bytes_written
+            if result.records:
+                storage.move(temp, staged)
+                result.staged = staged
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
-        result.no_space, result.finished = str(error), time.time()
-        return result
-
-
-def _write_staged(
-    result: ShardResult,
-    staged: str,
-    local_dir: str,
-    items: list[tuple[str, int]],
-    classes: list[str],
-    image_size: int,
-    quality: int,
-) -> ShardResult:
-    """:func:`write_shard`'s work: a temporary file in ``local_dir``, then moved to ``staged``."""
-    fd, temp = storage.create_new_file(local_dir, ".part-", ".tmp")  # 0666 less the umask
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            writer = TFRecordWriter(handle)
-            for path, class_index in items:
-                try:
-                    jpeg = transform_jpeg(storage.read_bytes(path), image_size, quality)
-                except (ImageDecodeError, OSError) as error:
-                    result.failed.append((path, f"{type(error).__name__}: {error}"))
-                    continue
-                label = classes[class_index]
-                writer.write(schema.serialize_example(jpeg, class_index, label, image_size, image_size, len(classes)))
-                result.class_counts[label] = result.class_counts.get(label, 0) + 1
-        result.records, result.bytes_written = writer.records, writer.bytes_written
-        if result.records:
-            storage.move(temp, staged)
-            result.staged = staged
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        result.no_space = str(error)
     result.finished = time.time()
     return result
 
@@ -148,10 +114,8 @@ def _write_staged(
 
 @dataclass
 class Survey:
-    """What a destination holds, by who wrote it: names of its direct entries, folders ending in ``/``.
-
-    The project's own entries (its manifest, the shards it lists, the lock) are in neither list.
-    """
+    """What a destination holds, by who wrote it: its direct entries, folders ending in ``/``; the project's
+    set (its manifest, the shards it lists) and the lock are in neither list."""
 
     manifest: schema.Manifest | None  # the project's manifest (schema and marker), if there is one
     leftovers: list[str]  # what dead jobs of the project left: staging folders, the shards their records list
@@ -181,12 +145,9 @@ def _entries(destination: str) -> tuple[list[str], list[str]]:
 
 
 def _folder_record(folder: str, pattern: re.Pattern[str], name: str) -> dict[str, Any] | None:
-    """The job record of a staging folder the project made, named ``name``; None when it is not one.
-
-    It is one when its name matches ``pattern`` (the generation in it) and it holds the record of the job
-    of that generation (:func:`dirlock.read_record`); an empty record is a job killed while writing it,
-    a local empty folder one killed before (removing either loses nothing).
-    """
+    """The job record of staging folder ``name`` (its name matches ``pattern``, it holds the record of the
+    job of the generation in its name); None when the project did not make it. An empty record is a job
+    killed while writing it, a local empty folder one killed before (removing either loses nothing)."""
     match = pattern.fullmatch(name)
     if match is None:
         return None
@@ -202,14 +163,6 @@ def _folder_record(folder: str, pattern: re.Pattern[str], name: str) -> dict[str
     return record if record is not None and record.get("generation") == match.group(1) else None
 
 
-def _staging_pattern() -> re.Pattern[str]:
-    return re.compile(re.escape(STAGING_PREFIX) + _GENERATION)
-
-
-def _swap_pattern(name: str) -> re.Pattern[str]:
-    return re.compile(re.escape(f".{name}{SWAP_INFIX}") + _GENERATION)
-
-
 def _read_project_manifest(destination: str) -> schema.Manifest | None:
     try:
         return schema.project_manifest(storage.read_bytes(storage.join(destination, schema.MANIFEST_NAME)))
@@ -220,10 +173,8 @@ def _read_project_manifest(destination: str) -> schema.Manifest | None:
 def survey(destination: str) -> Survey:
     """Sort what ``destination`` holds into the project's set, dead jobs' leftovers and the user's.
 
-    Leftovers are known by what the project wrote, never by a name alone: a staging folder holds its
-    job's record, and that record lists the shards the job was putting in (``placing``) and, once its
-    set was committed (the manifest lists those), what the commit replaced (``replacing``). A missing
-    folder holds nothing.
+    Leftovers are known by their staging folder's job record, never by a name: it lists the shards the
+    job was putting in (``placing``) and, once they are the set, what its commit replaced (``replacing``).
     """
     if not storage.is_remote(destination) and not os.path.isdir(destination):
         return Survey(None, [], [])
@@ -233,7 +184,7 @@ def survey(destination: str) -> Survey:
     stagings: list[str] = []
     journal: set[str] = set()
     for folder in folders:
-        record = _folder_record(storage.join(destination, folder), _staging_pattern(), folder)
+        record = _folder_record(storage.join(destination, folder), _STAGING, folder)
         if record is not None:
             stagings.append(f"{folder}/")
             placing = set(record.get("placing", []))
@@ -282,7 +233,7 @@ def _remove_entries(destination: str, names: list[str]) -> None:
     storage.delete_files(storage.join(destination, name) for name in names if not name.endswith("/"))
     for folder in (name.rstrip("/") for name in names if name.endswith("/")):
         path = storage.join(destination, folder)
-        if _folder_record(path, _staging_pattern(), folder) is not None:
+        if _folder_record(path, _STAGING, folder) is not None:
             _remove_marked(path)
         else:
             storage.remove_tree(path)
@@ -292,7 +243,7 @@ def _remove_swaps_beside(real: str) -> None:
     """Delete the swap folders of dead jobs beside local ``real`` (``.<name>.swap-<generation>`` holding
     that job's record, or empty). Nothing else beside it is touched."""
     parent, name = os.path.split(real)
-    pattern = _swap_pattern(name)
+    pattern = re.compile(re.escape(f".{name}{SWAP_INFIX}") + _GENERATION)
     for entry in sorted(os.listdir(parent)):
         path = os.path.join(parent, entry)
         if os.path.isdir(path) and not os.path.islink(path) and _folder_record(path, pattern, entry) is not None:
@@ -361,15 +312,10 @@ class DestinationRefusedError(UserError, PublishError):
 class Publication:
     """One job's write of a TFRecord set into ``destination``: a context manager.
 
-    Entering refuses a destination that cannot take a set (a file, the root of the file system), takes
-    its lock (:class:`~bigimage.data.dirlock.DestinationBusyError` if another job holds it), then looks
-    at what it holds (:func:`survey`): anything the project did not write is refused
-    (:class:`DestinationRefusedError`) before anything is touched, unless ``replace_foreign``, which
-    names it in the log and deletes it with the old set once the new one is committed. Only then are
-    dead jobs' leftovers removed and :attr:`staging_dir` made, where the shard tasks stage their files
-    (:func:`write_shard`). :meth:`publish` commits the set (see the module docstring for how, local and
-    gs://). Leaving rolls back an uncommitted set, deletes the staging (or, after a local swap, the old
-    set) and releases the lock, whose file goes too.
+    Entering takes the lock and refuses, before anything is touched, a destination holding what the project
+    did not write (unless ``replace_foreign``); then dead jobs' leftovers go and :attr:`staging_dir` is made
+    for :func:`write_shard`. :meth:`publish` commits the set. Leaving rolls back an uncommitted set, deletes
+    the staging (or, after a local swap, the old set) and releases the lock.
     """
 
     def __init__(self, destination: str, *, wait_seconds: float = 0.0, replace_foreign: bool = False) -> None:
@@ -388,8 +334,6 @@ class Publication:
         self._pending = False  # objects mode: the destination holds shards its manifest does not list
         self._manifest_generation: int | None = None  # gs://: the manifest generation to replace
         self._commit_unknown = False
-
-    # -------------------------------------------------------------------------------------- enter
 
     def __enter__(self) -> Publication:
         if not storage.is_remote(self.destination):
@@ -442,20 +386,10 @@ class Publication:
         _remove_swaps_beside(self._real)
         if self.mode == EXCHANGE:
             self.staging_dir = os.path.join(parent, f".{name}{SWAP_INFIX}{self.generation}")
-            os.mkdir(self.staging_dir)  # 0777 less the umask; the old folder's mode is copied at the swap
-            self.lock.extend(self.staging_dir)  # the job's record: its marker, and the lock once swapped in
         else:
             self.staging_dir = os.path.join(self._real, f"{STAGING_PREFIX}{self.generation}")
-            os.mkdir(self.staging_dir)
-            marker = os.open(
-                os.path.join(self.staging_dir, dirlock.LOCK_NAME),
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                0o666,
-            )
-            try:
-                os.write(marker, self.lock.record())  # one small write: a kill leaves it whole or empty
-            finally:
-                os.close(marker)
+        os.mkdir(self.staging_dir)  # 0777 less the umask; the old folder's mode is copied at the swap
+        self.lock.extend(self.staging_dir)  # the job's record: its marker, and the lock once swapped in
 
     def _accept(self, foreign: list[str]) -> None:
         """Refuse the destination when it holds entries the project did not write, or (replace_foreign)
@@ -479,14 +413,11 @@ class Publication:
         )
         self._foreign = list(foreign)
 
-    # ------------------------------------------------------------------------------------ publish
-
     def publish(self, results: list[ShardResult], prefix: str, manifest: schema.Manifest) -> schema.Manifest:
-        """Commit the staged shards of ``results`` as the set of the destination, replacing any previous set.
+        """Commit the staged shards of ``results`` as the destination's set; returns ``manifest`` filled in.
 
-        Checks every staged file's size against what its writer counted before anything is replaced
-        (a writer that wrote nothing must not pass: spark-tfrecord #46). Fills in and returns
-        ``manifest`` (shard names and counts, the project's marker).
+        Every staged file's size is checked against what its writer counted before anything is replaced
+        (a writer that wrote nothing must not pass: spark-tfrecord #46).
         """
         written = sorted((result for result in results if result.records), key=lambda result: result.index)
         staged = {info.path: info.size for info in storage.list_files(self.staging_dir)}
@@ -539,7 +470,7 @@ class Publication:
             target = storage.join(self.destination, name)
             self._placed.append(target)
             place(str(result.staged), target)
-        self.lock.check()  # refreshed now: no other writer can take the lock before the commit lands
+        self.lock.refresh()  # still ours, and now fresh: no other writer can take it before the commit lands
         url = storage.join(self.destination, schema.MANIFEST_NAME)
         try:
             if storage.is_gcs(url):
@@ -571,8 +502,6 @@ class Publication:
         except Exception:
             self._commit_unknown = True  # then nothing is rolled back: the manifest may list these shards
             return False
-
-    # -------------------------------------------------------------------------------------- leave
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> None:
         try:
