@@ -1,28 +1,9 @@
 """List a labelled image tree ``root/<label>/<file>``, local or at an fsspec URL, into (path, class) items.
 
-Conventions (the same as Keras' ``image_dataset_from_directory``, so a tree that works there works
-here):
-
-* Every sub-folder of ``root`` is a class; classes are the sorted folder names unless given.
-* Every regular file anywhere under a class folder is an item of that class, including files in
-  deeper sub-folders (``root/roses/2019/a.jpg`` is a rose). Nothing is filtered by extension:
-  non-image files are items too, and the preprocessing job decodes and counts the failures.
-* Symbolic links are followed, to folders as to files: a class folder that is a link to a folder
-  elsewhere is listed like a real one (Keras lists it too). A link that leads back to a folder it is
-  in is a loop: it is not followed, and is reported.
-* Hidden names are skipped: files or folders whose name starts with ``.`` (``.DS_Store``, editor and
-  atomic-write temp files, ``.ipynb_checkpoints``) and top-level folders starting with ``_``
-  (``_temporary`` and similar job markers). Files directly in ``root`` are not items (a
-  ``LICENSE.txt`` or ``_SYNTHETIC.json`` beside the class folders is fine).
-* Every other entry under ``root`` that cannot be listed is in ``failed`` with a reason, never dropped
-  silently: a folder that cannot be read (its files cannot be counted, so the folder is named
-  instead), a link loop, a broken link, anything under a class folder that is neither a regular file
-  nor a folder, a top-level folder whose name is not UTF-8 (a label is UTF-8 text). Task 1 adds them
-  to ``failed_images``.
-* File names need not be UTF-8: a local name that is not is kept as Python gives it (undecodable bytes
-  as surrogates, which open the same file again); :func:`printable` shows it in text.
-* A URL (``gs://``...) is listed with one recursive listing call. Object stores have no real folders, so a
-  class with no objects is only known if it is given in ``classes`` (it is then an empty class).
+The rules are Keras' ``image_dataset_from_directory``'s, stated in docs/preprocess.md ("Data"): what
+cannot be listed is in ``failed`` with its reason, never dropped silently. Local file names need not be
+UTF-8 (undecodable bytes are kept as surrogates; :func:`printable` shows them). A URL is listed with one
+recursive call; object stores have no folders, so a class with no objects is known only when given.
 """
 
 from __future__ import annotations
@@ -67,11 +48,8 @@ class LabelledImages:
         return {name: counts[index] for index, name in enumerate(self.classes)}
 
     def fingerprint(self) -> str:
-        """A hash of the class list and every item's relative path, class and size.
-
-        Changes when a file is added, removed, renamed, relabelled or changes size; stable across
-        machines for the same tree (paths are taken relative to ``root``).
-        """
+        """A hash of the class list and every item's path relative to ``root``, class and size: the same
+        for the same tree on any machine, another when a file is added, removed, renamed or changed."""
         digest = hashlib.sha256()
         digest.update("\x1f".join(self.classes).encode("utf-8"))
         prefix = len(self.root.rstrip("/" if storage.is_remote(self.root) else os.sep)) + 1
@@ -192,13 +170,6 @@ def _checked_classes(classes: list[str] | None) -> list[str] | None:
     return classes
 
 
-def _check_local_root(root: str) -> None:
-    if not os.path.exists(root):
-        raise DatasetNotFoundError(f"dataset.root={root} does not exist; expected {EXPECTED_LAYOUT}")
-    if not os.path.isdir(root):
-        raise DatasetLayoutError(f"dataset.root={root} is not a directory; expected {EXPECTED_LAYOUT}")
-
-
 def _remote_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
     """Top-level folder -> [(URL, size)] of every visible object under it."""
     files = storage.list_files(root)
@@ -219,14 +190,10 @@ def _remote_class_files(root: str) -> dict[str, list[tuple[str, int]]]:
 def list_labelled_images(root: str, classes: list[str] | None = None) -> LabelledImages:
     """List ``root/<label>/...`` into items ordered by class index, then path.
 
-    ``classes``: the class names in index order; ``None`` or empty means the sorted folder names.
-    Given classes without a folder (or without files) are reported in ``empty_classes``; folders not
-    among them are skipped and reported in ``unlisted_folders``.
-
-    Raises :class:`DatasetNotFoundError` (a FileNotFoundError) if ``root`` does not exist (or, for a URL,
-    holds no objects), PermissionError if ``root`` itself cannot be listed, and
-    :class:`DatasetLayoutError` (a ValueError) if it is not a folder, has no class folders, or
-    ``classes`` has duplicates or empty names.
+    ``classes``: the class names in index order (default: the sorted folder names); those without files
+    are in ``empty_classes``, folders not among them in ``unlisted_folders``. Raises
+    :class:`DatasetNotFoundError`, :class:`DatasetLayoutError`, or PermissionError when ``root`` itself
+    cannot be listed.
     """
     root = str(root)
     classes = _checked_classes(classes)
@@ -235,7 +202,10 @@ def list_labelled_images(root: str, classes: list[str] | None = None) -> Labelle
     if remote:
         by_folder = _remote_class_files(root)
     else:
-        _check_local_root(root)
+        if not os.path.exists(root):
+            raise DatasetNotFoundError(f"dataset.root={root} does not exist; expected {EXPECTED_LAYOUT}")
+        if not os.path.isdir(root):
+            raise DatasetLayoutError(f"dataset.root={root} is not a directory; expected {EXPECTED_LAYOUT}")
         # Local folders can be empty, and an empty class folder is still a class.
         folders, failed = _local_class_folders(root)
         by_folder = {name: [] for name in folders}

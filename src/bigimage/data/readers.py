@@ -40,9 +40,13 @@ def read_manifest(tfrecord_dir: str, image_size: int | None = None) -> schema.Ma
 
 
 def shard_paths(tfrecord_dir: str, manifest: schema.Manifest) -> list[str]:
-    """Full paths of the manifest's shards, sorted, each checked to exist (local directories)."""
+    """Full paths of the manifest's shards, sorted, each checked to exist."""
     paths = [storage.join(tfrecord_dir, name) for name in sorted(manifest.shards)]
-    missing = [path for path in paths if not storage.is_remote(path) and not os.path.exists(path)]
+    if storage.is_remote(tfrecord_dir):
+        present = {info.path for info in storage.list_files(tfrecord_dir)}
+        missing = [path for path in paths if path not in present]
+    else:
+        missing = [path for path in paths if not os.path.exists(path)]
     if missing:
         raise TFRecordDirError(f"{len(missing)} shard(s) listed in the manifest are missing, e.g. {missing[0]}")
     return paths
@@ -65,11 +69,7 @@ def decode_image(jpeg: Any, image_size: int, *, as_uint8: bool = False) -> Any:
 
 
 def decode_record(serialized: Any, image_size: int, *, as_uint8: bool = False) -> tuple[Any, Any]:
-    """One record -> (float32 image in [0, 1] of image_size x image_size x 3, int32 class).
-
-    ``as_uint8``: keep the decoded pixels as uint8 (0..255), a quarter of the memory, for pipelines that
-    cache decoded images and let the model rescale.
-    """
+    """One record -> (image_size x image_size x 3 image as :func:`decode_image` gives it, int32 class)."""
     import tensorflow as tf
 
     features = schema.parse_example(serialized)
@@ -83,7 +83,7 @@ def parse_records(serialized: Any) -> tuple[Any, Any, Any]:
     in one ``tf.io.parse_example`` call with the course's spec (so a record that does not parse fails)."""
     import tensorflow as tf
 
-    features = schema.parse_examples(serialized)
+    features = tf.io.parse_example(serialized, schema.feature_spec())
     lengths = tf.strings.length(serialized, unit="BYTE")
     return features[schema.IMAGE], tf.cast(features[schema.CLASS], tf.int32), lengths
 
@@ -116,15 +116,10 @@ def decoded_batches(
     parallel: int = 4,
     deterministic: bool = True,
 ) -> Any:
-    """Full batches of (images, classes, each record's length in bytes) of a dataset of serialised
-    records, a short last batch dropped: each batch parsed in one op and its ``batch_size`` images
-    decoded by as many ops of one function (``parallel`` batches at once), the images those of
-    :func:`decode_record`.
-
-    The speed test times batches: decoding inside the batch spares the per-image element overhead of
-    unbatching and batching again. One decode op per image, rather than a ``tf.map_fn`` loop over the
-    batch, lets TensorFlow run them side by side without the loop's per-iteration cost
-    (``benchmarks/read_speed.py``).
+    """Full batches of (images, classes, each record's length in bytes) of a dataset of serialised records,
+    a short last batch dropped: each batch parsed in one op and its images decoded by one op each, side by
+    side (cheaper than unbatching, or a ``tf.map_fn`` loop: ``benchmarks/read_speed.py``), ``parallel``
+    batches at once. The images are those of :func:`decode_record`.
     """
     import tensorflow as tf
 
@@ -138,12 +133,9 @@ def decoded_batches(
 
 
 def record_dataset(paths: list[str], *, cycle_length: int = 8) -> Any:
-    """The serialised records of ``paths``, ``cycle_length`` shards interleaved record by record, not decoded.
-
-    The order is the same on every call and in every process, which record-level sharding across
-    workers and hash splits rely on. The interleave is sequential: reading local shards is a small part
-    of the work (decoding is the rest, parallel downstream), and a parallel interleave, which gives the
-    same order when deterministic, costs CPU per image in thread hand-offs.
+    """The serialised records of ``paths``, ``cycle_length`` shards interleaved record by record, not decoded,
+    in the same order on every call and in every process (record-level sharding and hash splits rely on it).
+    Sequential: reading is a small part of the work, and a parallel interleave costs CPU in hand-offs.
     """
     import tensorflow as tf
 

@@ -1,11 +1,6 @@
-"""The TFRecord schema of task 1's output: one definition for the Spark writer and every tf.data reader.
-
-The feature names and types match the public flowers TFRecords that the coursework read, so a reader
-written for those (``image`` string, ``class`` int64, ``label`` string, ``size`` int64[2],
-``one_hot_class`` VarLen float32) reads ours unchanged.
-
-TensorFlow is imported lazily: the Spark writer runs in Python workers that should not pay for it
-until they serialise their first record, and the analysis side never imports it at all.
+"""The TFRecord schema of task 1's output, one definition for the shard writer and every tf.data reader:
+the features of the public flowers TFRecords (docs/preprocess.md), so the course's reader reads ours.
+TensorFlow is imported lazily: Spark's Python workers serialise records without it.
 """
 
 from __future__ import annotations
@@ -45,12 +40,8 @@ def records_in_shard_name(name: str) -> int:
 
 
 def serialize_example(jpeg: bytes, class_index: int, label: str, height: int, width: int, num_classes: int) -> bytes:
-    """One record in the schema, serialised as a ``tf.train.Example`` protocol buffer.
-
-    Encoded here rather than through ``tf.train.Example`` so that Spark's Python workers, which write
-    the records, never import TensorFlow (seconds and hundreds of MB per worker); the tests check
-    that TensorFlow parses the result into the same message.
-    """
+    """One record in the schema as a serialised ``tf.train.Example``, encoded here so that Spark's Python
+    workers never import TensorFlow (the tests check that TensorFlow parses it into the same message)."""
     one_hot = [0.0] * num_classes
     one_hot[class_index] = 1.0
     features = (
@@ -116,13 +107,6 @@ def parse_example(serialized: Any) -> dict[str, Any]:
     return tf.io.parse_single_example(serialized, feature_spec())
 
 
-def parse_examples(serialized: Any) -> dict[str, Any]:
-    """Parse a batch of serialised records (a string vector) with the course's spec, in one op."""
-    import tensorflow as tf
-
-    return tf.io.parse_example(serialized, feature_spec())
-
-
 @dataclass
 class Manifest:
     """What a TFRecord directory holds; written last, so its presence means the shards are complete."""
@@ -150,12 +134,8 @@ _MANIFEST_TYPES: dict[str, type] = {name: get_origin(kind) or kind for name, kin
 
 
 def project_manifest(data: bytes) -> Manifest | None:
-    """``data`` as a manifest this project wrote, or None when it is not one.
-
-    It is one when it is a JSON object with the manifest's fields and no others, each of its type, the
-    shards a map of names to counts, and the project's marker (:data:`MANIFEST_WRITER`). A publishing
-    job replaces only such a manifest: a ``manifest.json`` of anything else is the user's.
-    """
+    """``data`` as a manifest this project wrote (the manifest's fields and no others, each of its type, the
+    shards a map of names to counts, and :data:`MANIFEST_WRITER`), or None: then it is the user's."""
     try:
         fields = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

@@ -1,20 +1,11 @@
-"""File operations on local paths and any fsspec URL (``gs://``, ``s3://``, ``hdfs://``, ``memory://``).
+"""File operations on local paths and any fsspec URL (``gs://`` through gcsfs, ``s3://``, ``memory://``...).
 
-Generic operations (list, exists, read, write, copy, move, delete) go through ``fsspec``; ``gs://``
-through ``gcsfs``, which honours ``STORAGE_EMULATOR_HOST``. fsspec makes its file systems once per
-process and again after a fork, so every function is safe in Spark's Python workers. What stays here
-is the project's own:
-
-* Local writes are atomic (:func:`atomic_file`): readers see the old content or the new, never half.
-  New files get the mode ``open()`` gives (0666 less the umask), never ``tempfile``'s 0600, since a
-  TFRecord set on a shared file system must be readable by the users the umask lets in.
-* Conditional writes and deletes on Cloud Storage (``if_generation_match``; 0: create only if absent),
-  its one atomic primitive, for the lock and the manifest commit. gcsfs offers only create-only
-  writes, so these go through ``google-cloud-storage``.
-* :func:`swap_in_dir`: one atomic exchange of two local directories.
-
-Remote paths are returned as full URLs, local ones as given; a missing file or object raises
-:class:`FileNotFoundError`.
+fsspec does the generic work, and makes its file systems anew after a fork (Spark's Python workers).
+What stays here is the project's own: atomic local writes with the mode ``open()`` gives (0666 less the
+umask, never ``tempfile``'s 0600: a set on a shared file system must stay readable), conditional writes
+and deletes on Cloud Storage (``if_generation_match``) through ``google-cloud-storage`` for the lock and
+the manifest commit, and one atomic exchange of two local directories (:func:`swap_in_dir`). Remote
+paths are returned as full URLs, local ones as given; a missing file or object raises FileNotFoundError.
 """
 
 from __future__ import annotations
@@ -67,9 +58,6 @@ class FileInfo:
     size: int
 
 
-# --------------------------------------------------------------------------------------------- URLs
-
-
 def protocol(url: str) -> str:
     """The scheme of a URL (``gs``, ``s3``, ``memory``...), ``file`` for a local path."""
     match = _PROTOCOL.match(str(url))
@@ -100,12 +88,11 @@ def basename(url: str) -> str:
 
 
 def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """The fsspec file system holding ``url`` and the path of ``url`` in it. Raises ValueError for a
-    ``gs://`` URL without a bucket, :class:`GCSCredentialsError` when Cloud Storage has no credentials.
+    """The fsspec file system holding ``url`` and the path of ``url`` in it; ValueError for a ``gs://`` URL
+    without a bucket, :class:`GCSCredentialsError` when Cloud Storage has no credentials.
 
-    ``gs://`` goes to gcsfs's core class: the experimental subclass gcsfs registers first asks each
-    bucket's type over gRPC, which an emulator never answers (a minute's timeout per bucket). It keeps
-    no listings cache: other processes write the same prefixes.
+    ``gs://`` goes to gcsfs's core class (the subclass gcsfs registers asks each bucket's type over gRPC,
+    which an emulator never answers), without a listings cache: other processes write the same prefixes.
     """
     url = str(url)
     if not is_remote(url):
@@ -123,9 +110,6 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
         return GCSFileSystem(token=token, use_listings_cache=False), path
     except DefaultCredentialsError as exc:
         raise _credentials_error(exc) from exc
-
-
-# ---------------------------------------------------------------------------------------- listings
 
 
 def list_files(url: str) -> list[FileInfo]:
@@ -154,9 +138,6 @@ def exists(url: str) -> bool:
     return bool(fs.exists(path))
 
 
-# ------------------------------------------------------------------------------------ read / write
-
-
 def read_bytes(url: str) -> bytes:
     """The whole content of a file or object. Raises FileNotFoundError if missing. Local files are read
     by Python itself: fsspec's local files seek, which a pipe or device cannot."""
@@ -168,22 +149,16 @@ def read_bytes(url: str) -> bytes:
 
 
 def create_new_file(directory: str, prefix: str, suffix: str) -> tuple[int, str]:
-    """A new, uniquely named file in ``directory``, opened for writing: ``(fd, path)``.
-
-    Like ``tempfile.mkstemp`` but with the mode ``open()`` gives (0666 less the umask): mkstemp's
-    0600 would follow the file when it is renamed into place and lock out every other reader.
-    """
+    """A new, uniquely named file in ``directory``, opened for writing: ``(fd, path)``; ``tempfile.mkstemp``
+    with the mode ``open()`` gives (module doc)."""
     path = os.path.join(directory, f"{prefix}{uuid.uuid4().hex}{suffix}")  # 122 random bits: no retry
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
-    """A file to write local ``path`` through, put in its place when the block ends, removed if it raises.
-
-    A new file beside ``path`` (parent folders are created), synced, then renamed over it: readers
-    see the old content or the new, never half. A replaced file's permission bits are kept.
-    """
+    """A file to write local ``path`` through, synced and renamed over it when the block ends (readers see
+    the old content or the new), removed if it raises. Parents are made; a replaced file's mode is kept."""
     path = os.fspath(path)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
@@ -203,12 +178,10 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
 
 
 def write_bytes(url: str, data: bytes, *, if_generation_match: int | None = None) -> int | None:
-    """Write ``data`` to ``url`` atomically: readers see the old content or the new, never half.
+    """Write ``data`` to ``url`` atomically (local: :func:`atomic_file`; remote: one upload).
 
-    Local: :func:`atomic_file`. Remote: one upload (a single object write, which Cloud Storage commits
-    atomically). ``if_generation_match`` (gs:// only) makes the write conditional: 0 creates only if
-    absent, N replaces only generation N, else :class:`PreconditionFailedError`; it returns the new
-    object's generation.
+    ``if_generation_match`` (gs:// only) makes it conditional: 0 creates only if absent, N replaces only
+    generation N, else :class:`PreconditionFailedError`; it returns the new object's generation.
     """
     url = str(url)
     if if_generation_match is not None:
@@ -262,9 +235,6 @@ def move(src: str, dst: str) -> None:
         os.unlink(src)
 
 
-# ----------------------------------------------------------------------------------------- delete
-
-
 def delete(url: str, *, if_generation_match: int | None = None) -> None:
     """Delete one file or object; a missing one is fine. ``if_generation_match`` (gs:// only):
     delete only that generation, else :class:`PreconditionFailedError`."""
@@ -296,16 +266,11 @@ def remove_tree(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
-# ------------------------------------------------------------------------------------------- cache
-
-
 def local_cache_copy(url_dir: str, cache_dir: str | Path) -> str:
-    """A local mirror of everything under a remote ``url_dir``; local paths are returned unchanged.
+    """A local mirror of everything under a remote ``url_dir`` (local paths are returned unchanged).
 
-    Files already in ``cache_dir`` with the same size are not downloaded again; the others are
-    downloaded concurrently, and a download that fails leaves no file. If ``cache_dir`` is one this
-    function created (it holds a ``.bigimage-cache`` marker), files ``url_dir`` no longer holds are
-    removed, so the mirror lists exactly what it holds. Returns the local directory as a string.
+    Files already there with the same size are not downloaded again. In a ``cache_dir`` this function
+    made (it holds :data:`CACHE_MARKER`) files ``url_dir`` no longer holds are removed.
     """
     url_dir = str(url_dir)
     if not is_remote(url_dir):
@@ -351,13 +316,9 @@ def _renameat2(src: str, dst: str, flags: int) -> None:
 
 
 def swap_in_dir(new_dir: str, target: str) -> None:
-    """Make local directory ``target`` be ``new_dir`` in one atomic step; the old ``target`` is
-    left at ``new_dir`` (for the caller to delete). A missing ``target`` is a plain rename.
-
-    Linux ``renameat2(RENAME_EXCHANGE)``: no instant shows neither or half of either directory, and
-    an open ``target/*`` glob resolves in one or the other. Raises :class:`ExchangeUnsupportedError`
-    where the file system cannot (see :func:`supports_exchange`).
-    """
+    """Make local directory ``target`` be ``new_dir`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``),
+    the old ``target`` left at ``new_dir`` for the caller to delete; a missing ``target`` is a plain rename.
+    :class:`ExchangeUnsupportedError` where the file system cannot (:func:`supports_exchange`)."""
     if os.path.lexists(target):
         _renameat2(new_dir, target, _RENAME_EXCHANGE)
     else:

@@ -1,22 +1,15 @@
 """Decode, resize, centre-crop and re-encode one image: the per-record work of task 1.
 
-One decode and one encode per image. JPEG sources are decoded with Pillow's ``draft()``, which asks
-libjpeg to scale down in the DCT domain by 1/2, 1/4 or 1/8 while keeping the short side at least
-``image_size``; a 500 px photo bound for 192 px is then decoded at 250 px, which costs a fraction of
-a full decode. The remaining resize and the centre crop are a single ``Image.resize(..., box=...)``
-call: the crop box is given in source coordinates, so no intermediate full-size image is made.
-
-Resampling is bicubic with Pillow's antialiasing (the filter support grows with the reduction
-factor, so downscaling does not alias). After ``draft()`` the remaining reduction is below 2x in
-almost every case, where bicubic and Lanczos are visually indistinguishable and bicubic is faster;
-both are sharper than bilinear, which matters for the fine texture a small CNN learns from.
-
-Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left at its default (False): a truncated file raises
-:class:`ImageDecodeError` rather than producing a half-grey picture that would poison training.
+One decode and one encode per image: Pillow's ``draft()`` lets libjpeg scale a JPEG down by 1/2, 1/4 or
+1/8 while decoding, keeping the short side at least ``image_size``, and one ``Image.resize(..., box=...)``
+does the rest of the resize and the crop. Bicubic with antialiasing: the reduction left after ``draft()``
+is almost always below 2x, where it matches Lanczos, faster. A truncated file raises
+:class:`ImageDecodeError` (``LOAD_TRUNCATED_IMAGES`` stays False) rather than give a half-grey picture.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 from typing import TYPE_CHECKING
@@ -27,7 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image as PILImage
 
 RESAMPLE = Image.Resampling.BICUBIC
-_EXIF_ORIENTATION = 0x0112
 _TRANSPARENT_BACKGROUND = (255, 255, 255)
 
 
@@ -36,12 +28,8 @@ class ImageDecodeError(ValueError):
 
 
 def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """The centred square of side ``min(width, height)``, as a (left, top, right, bottom) box.
-
-    Resizing this box to ``image_size`` x ``image_size`` equals "scale the short side to
-    ``image_size`` keeping the aspect ratio, then crop the centre": the box is in source pixels, so
-    the aspect ratio is kept exactly (no rounding of an intermediate size). Offsets may be half pixels.
-    """
+    """The centred square of side ``min(width, height)`` as a (left, top, right, bottom) box in source pixels
+    (offsets may be half pixels): resized, it is the short side scaled and the centre cropped, exactly."""
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     side = min(width, height)
@@ -78,24 +66,10 @@ def _to_rgb(img: PILImage) -> PILImage:
     return img.convert("RGB")
 
 
-def _apply_exif_orientation(img: PILImage) -> PILImage:
-    """Rotate/flip as the EXIF orientation tag says (camera photos), so a portrait stays a portrait."""
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # a broken EXIF block is not a broken image
-        return img
-    if orientation in (None, 1):
-        return img
-    return ImageOps.exif_transpose(img)
-
-
 def transform_jpeg(data: bytes, image_size: int, quality: int = 90) -> bytes:
-    """Decode any image, scale its short side to ``image_size``, centre-crop a square, encode as JPEG.
-
-    Returns baseline JPEG bytes of an RGB ``image_size`` x ``image_size`` image. Images smaller than
-    ``image_size`` are upscaled. Raises :class:`ImageDecodeError` with a short reason for bytes that
-    are not a complete image, and ``ValueError`` for a bad ``image_size`` or ``quality``.
-    """
+    """Decode any image, scale its short side to ``image_size`` (up or down), centre-crop a square, encode
+    it as baseline RGB JPEG. :class:`ImageDecodeError` with a short reason for bytes that are not a whole
+    image, ValueError for a bad ``image_size`` or ``quality``."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     if not 1 <= quality <= 100:
@@ -107,11 +81,11 @@ def transform_jpeg(data: bytes, image_size: int, quality: int = 90) -> bytes:
             # Between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns; draft() keeps such a decode small.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img: PILImage = Image.open(io.BytesIO(data))
-            # DCT-domain downscale by a power of two, keeping both sides >= image_size (JPEG only;
-            # a no-op for other formats).
+            # DCT-domain downscale by a power of two, both sides kept >= image_size (JPEG only).
             img.draft("RGB", (image_size, image_size))
             img.load()
-            img = _apply_exif_orientation(img)
+            with contextlib.suppress(Exception):  # a broken EXIF block is not a broken image
+                ImageOps.exif_transpose(img, in_place=True)  # camera photos: a portrait stays a portrait
             rgb = _to_rgb(img)
     except UnidentifiedImageError:
         raise ImageDecodeError("not a recognised image format") from None
