@@ -1,31 +1,15 @@
 """The embedded default data set: a generated labelled image set shaped like the public flowers set.
 
-Five classes (daisy, dandelion, roses, sunflowers, tulips), JPEGs of 240-500 px a side with varied
-aspect, written as ``root/<label>/<index>.jpg``. Each image holds one to four "flowers" of its class
-on a cluttered, textured background, with noise, blur and colour jitter. The class signal lives in
-shape more than in colour, and every cue overlaps between classes, so a small CNN learns it over a
-few epochs rather than at once:
-
-==========  ==========================  ==============================  ============================
-class       petals                      colours                         centre
-==========  ==========================  ==============================  ============================
-daisy       12-22 narrow, one ring      mostly white, some pink/lilac   small yellow disc
-dandelion   26-46 thin, 2-3 rings       yellow; 20% white seed heads    tiny, same colour
-roses       3-4 rings of 5-7 broad      red, pink, white, yellow        none (dark inner petals)
-sunflowers  14-26 medium, one ring      yellow to orange                large brown textured disc
-tulips      3-5 long, fanned upwards    red, pink, yellow, purple, ...  none; a stem and leaves
-==========  ==========================  ==============================  ============================
-
-A quarter of the images also hold a smaller flower of another class, as real photos do.
-
-Every image is drawn from its own random stream, ``numpy.random.default_rng([seed, index])``, so the
-output is byte-identical for the same seed whatever the number of worker processes.
+JPEGs of 240-500 px a side written as ``root/<label>/<index>.jpg``, each with one to four flowers of its
+class (a quarter also a smaller one of another class) on a cluttered background, with noise, blur and
+colour jitter; the classes' looks are in docs/preprocess.md ("Data"). Every image is drawn from its own
+random stream, ``numpy.random.default_rng([seed, index])``, so the output is byte-identical for the same
+seed whatever the number of worker processes.
 """
 
 from __future__ import annotations
 
 import colorsys
-import contextlib
 import fcntl
 import functools
 import io
@@ -40,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-from bigimage import processes
 
 # Bump when the pictures change, so existing generated sets are regenerated.
 GENERATOR_VERSION = 1
@@ -163,18 +145,8 @@ def _draw_dandelion(draw, rng, cx, cy, radius):
         _disc(draw, cx, cy, radius * 0.1, _hsv(40, 0.3, 0.6))
         return
     color = _petal_color(rng, _PALETTES["dandelion"])
-    _radial_flower(
-        draw,
-        rng,
-        cx,
-        cy,
-        radius,
-        int(rng.integers(26, 47)),
-        rng.uniform(0.07, 0.13),
-        color,
-        int(rng.integers(2, 4)),
-        0.12,
-    )
+    petals, width, rings = int(rng.integers(26, 47)), rng.uniform(0.07, 0.13), int(rng.integers(2, 4))
+    _radial_flower(draw, rng, cx, cy, radius, petals, width, color, rings, 0.12)
     _disc(draw, cx, cy, radius * rng.uniform(0.08, 0.16), _shade(color, 0.85))
 
 
@@ -360,18 +332,10 @@ def _write_one(job: tuple[str, str, tuple[str, ...], int, int]) -> int:
 
 
 def _remove_stale_siblings(root: Path) -> None:
-    """Remove temp dirs of generations that died (their process is gone) and old sets left over."""
-    if not root.parent.is_dir():
-        return
+    """Remove the temp dirs and old sets that dead generations left: under the lock, no other one runs."""
     for sibling in root.parent.iterdir():
-        name = sibling.name
-        if name.startswith(f".{root.name}{_OLD_TAG}"):
+        if sibling.name.startswith((f".{root.name}{_TMP_TAG}", f".{root.name}{_OLD_TAG}")):
             shutil.rmtree(sibling, ignore_errors=True)
-        elif name.startswith(f".{root.name}{_TMP_TAG}"):
-            pid = name[len(f".{root.name}{_TMP_TAG}") :].split("-", 1)[0]
-            with contextlib.suppress(FileNotFoundError):  # made by its process: a pid reused later is another
-                if not pid.isdigit() or processes.gone(int(pid), recorded=sibling.stat().st_mtime):
-                    shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...], workers: int) -> None:
@@ -413,14 +377,10 @@ def ensure_synthetic_dataset(
 ) -> Path:
     """Make sure ``root`` holds the synthetic set for (``num_images``, ``seed``, ``classes``); return it.
 
-    A set is complete when ``root/_SYNTHETIC.json`` matches the request (generator version included);
-    then this returns at once. Otherwise the set is generated into a temporary sibling directory
-    whose fingerprint is written last, and renamed into place, so an interrupted generation never
-    leaves a set that looks complete. A ``root`` that exists with content but without a fingerprint
-    is not ours: it is left alone and FileExistsError is raised.
-
-    ``workers``: processes to render with (default: the CPUs this process may use). The files are
-    byte-identical for the same seed whatever the number of workers.
+    A set is complete when ``root/_SYNTHETIC.json`` matches the request (generator version included).
+    Otherwise it is generated in a temporary sibling, its fingerprint written last, and renamed into
+    place, so an interrupted generation never looks complete. A ``root`` with content but without a
+    fingerprint is not ours: FileExistsError. ``workers``: processes (default: the CPUs usable here).
     """
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1, got {num_images}")
@@ -458,7 +418,7 @@ def _generate_and_swap(
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(int(workers), num_images // 16 or 1))
 
-    tmp = root.parent / f".{root.name}{_TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = root.parent / f".{root.name}{_TMP_TAG}{uuid.uuid4().hex[:8]}"
     try:
         _generate(tmp, num_images, seed, classes, workers)
         # Written last: its presence is what makes a set complete.
