@@ -12,14 +12,6 @@ from bigimage.tracking import names
 from bigimage.tracking.query import children
 
 
-def step_label(tags: dict[str, str], params: dict[str, str]) -> str:
-    """``preprocess``, ``speedtest``, ``train default``, ``analysis``, ..."""
-    task = tags.get(names.TAG_TASK, "?")
-    if task == "train" and "strategy.name" in params:
-        return f"train {params['strategy.name']}"
-    return task
-
-
 def step_times(client: MlflowClient, parent_run_id: str) -> tuple[list[tuple[str, float]], float]:
     """The seconds of each finished child run of ``parent_run_id`` by start time, and the seconds from
     the parent's start to now. An analysis run is opened once its analysis is done, so its step is
@@ -29,10 +21,12 @@ def step_times(client: MlflowClient, parent_run_id: str) -> tuple[list[tuple[str
     steps: list[tuple[str, float]] = []
     previous_end = None
     for run in sorted((run for run in runs if run.info.end_time), key=lambda run: run.info.start_time):
-        start = run.info.start_time
-        if run.data.tags.get(names.TAG_TASK) == "analysis" and previous_end is not None:
+        start, task = run.info.start_time, run.data.tags.get(names.TAG_TASK, "?")
+        if task == "analysis" and previous_end is not None:
             start = min(start, previous_end)
-        steps.append((step_label(run.data.tags, run.data.params), (run.info.end_time - start) / 1000))
+        if task == "train" and "strategy.name" in run.data.params:  # train default, train mirrored, ...
+            task = f"train {run.data.params['strategy.name']}"
+        steps.append((task, (run.info.end_time - start) / 1000))
         previous_end = run.info.end_time
     return steps, time.time() - parent.info.start_time / 1000
 

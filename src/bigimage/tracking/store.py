@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns" / "mlflow.db"
 ARTIFACTS_FOLDER = "artifacts"  # beside a sqlite store's database file
-DEFAULT_ARTIFACTS = DEFAULT_STORE.parent / ARTIFACTS_FOLDER
 LOCK_SUFFIX = ".lock"  # <database>.lock: held while the store is created and migrated
 ENV_TRACKING_URI = "MLFLOW_TRACKING_URI"
 SQLITE_PREFIX = "sqlite:///"
