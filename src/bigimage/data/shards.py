@@ -124,23 +124,15 @@ class Survey:
 
 def _entries(destination: str) -> tuple[list[str], list[str]]:
     """The names of the files (anything but a folder: links too) and folders directly in ``destination``."""
+    fs, path = storage.filesystem(destination)
+    try:
+        found = fs.ls(path, detail=True)
+    except FileNotFoundError:  # an empty gs:// prefix
+        found = []
     files: list[str] = []
-    folders: set[str] = set()
-    if storage.is_remote(destination):
-        prefix = destination.rstrip("/") + "/"
-        for info in storage.list_files(destination):
-            first, separator, _ = info.path[len(prefix) :].partition("/")
-            if separator:
-                folders.add(first)
-            else:
-                files.append(first)
-        return sorted(files), sorted(folders)
-    with os.scandir(destination) as listing:
-        for entry in listing:
-            if entry.is_dir(follow_symlinks=False):
-                folders.add(entry.name)
-            else:
-                files.append(entry.name)
+    folders: list[str] = []
+    for info in found:  # a local link has the type "other"
+        (folders if info["type"] == "directory" else files).append(storage.basename(info["name"]))
     return sorted(files), sorted(folders)
 
 
