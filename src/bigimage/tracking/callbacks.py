@@ -16,7 +16,7 @@ from typing import Any
 import mlflow
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import Run, RunStatus
+from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
 from bigimage import termination
@@ -25,11 +25,6 @@ from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWE
 from bigimage.tracking.store import connect, log_batch, retry_busy
 
 log = logging.getLogger(__name__)
-
-
-def launched_by(run: Run, parent_run_id: str) -> bool:
-    """Whether the sweep of ``parent_run_id`` launched ``run`` (a run without the tag counts as its)."""
-    return run.data.tags.get(names.TAG_SWEEP_ID, parent_run_id) == parent_run_id
 
 
 HYDRA_RUN_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes in <output_dir>/.hydra
@@ -72,11 +67,8 @@ class MlflowSweepCallback(Callback):
         redact.protect(config)  # Hydra's launcher logs every job's overrides
         _, experiment_id = connect(config.tracking.uri, config.tracking.experiment, config.tracking.artifact_root)
         overrides = list(config.hydra.overrides.task)
-        sweep_dir = str(config.hydra.sweep.dir)
-        tags = run_tags(f"sweep:{config.task.name}", overrides)
-        tags.update({"sweep_dir": sweep_dir, "mlflow.runName": f"sweep {' '.join(overrides)}"[:250]})
-        tags.update(liveness.process_tags())
-        tags = redact.mapping(tags)
+        sweep = {"sweep_dir": str(config.hydra.sweep.dir), "mlflow.runName": f"sweep {' '.join(overrides)}"[:250]}
+        tags = run_tags(f"sweep:{config.task.name}", overrides, sweep)
         client = mlflow.MlflowClient()
         run = retry_busy(lambda: client.create_run(experiment_id, tags=tags))
         self.parent_run_id = run.info.run_id
@@ -105,7 +97,8 @@ class MlflowSweepCallback(Callback):
                 if verdict.stale:
                     liveness.mark_killed(client, verdict, marked_by="the sweep's end")
         found = query.children(client, [experiment_id], parent_run_id)
-        children = [run for run in found if launched_by(run, parent_run_id)]
+        # launched by this sweep (a run without the tag counts as its)
+        children = [run for run in found if run.data.tags.get(names.TAG_SWEEP_ID, parent_run_id) == parent_run_id]
         failed = [run for run in children if run.info.status != "FINISHED"]
         signum = termination.last_signal()
         killed = signum is not None or any(run.info.status == "KILLED" for run in children)

@@ -46,11 +46,6 @@ def default_tracking_uri() -> str:
     return resolve_tracking_uri(None)
 
 
-def default_experiment() -> str:
-    """``$MLFLOW_EXPERIMENT_NAME`` if set, else the project's default experiment name."""
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
-
-
 def client_for(tracking_uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
 
@@ -102,17 +97,14 @@ def children(client: MlflowClient, experiment_ids: Sequence[str], parent_run_id:
 
 def _descendants(client: MlflowClient, experiment_ids: Sequence[str], parent_run_id: str) -> list[Run]:
     """Children, grandchildren, ... of ``parent_run_id`` (a pipeline's child may itself be a sweep parent):
-    one :func:`children` search per generation."""
+    one :func:`children` search per run found."""
     found: dict[str, Run] = {}
     frontier = [parent_run_id]
     while frontier:
-        next_frontier: list[str] = []
-        for pid in frontier:
-            for run in children(client, experiment_ids, pid):
-                if run.info.run_id not in found and run.info.run_id != parent_run_id:
-                    found[run.info.run_id] = run
-                    next_frontier.append(run.info.run_id)
-        frontier = next_frontier
+        for run in children(client, experiment_ids, frontier.pop()):
+            if run.info.run_id not in found and run.info.run_id != parent_run_id:
+                found[run.info.run_id] = run
+                frontier.append(run.info.run_id)
     return list(found.values())
 
 
@@ -156,7 +148,7 @@ def select(
             raise NoRunsError(f"no run with id {parent_run_id} at {uri}: {exc.message}") from None
         parent_experiment = client.get_experiment(parent.info.experiment_id)
         return RunSelection(uri, parent_experiment.experiment_id, parent_experiment.name, parent_run_id)
-    name = experiment or default_experiment()
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", "").strip() or DEFAULT_EXPERIMENT
     exp = client.get_experiment_by_name(name)
     if exp is None:
         known = sorted(e.name for e in client.search_experiments())

@@ -95,13 +95,14 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def run_tags(task: str, overrides: list[str] | None = None) -> dict[str, str]:
-    """The tags every run gets: its task, the commit, the command-line overrides (secrets masked), its sweep."""
+def run_tags(task: str, overrides: list[str] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tags every run gets, secrets masked: its task, the commit, the command-line overrides, its sweep,
+    the process's (:func:`liveness.process_tags`), then ``extra``."""
     masked = [redact.text(override) for override in overrides or []]
     tags = {names.TAG_TASK: task, "git_commit": git_commit(), "overrides": " ".join(masked) or "(none)"}
     if os.environ.get(ENV_SWEEP_ID):
         tags[names.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
-    return tags
+    return redact.mapping({**tags, **liveness.process_tags(), **(extra or {})})
 
 
 def _end(status: str) -> None:
@@ -142,10 +143,7 @@ def tracked_run(
     parent_run_id = parent_run_id or os.environ.get(ENV_PARENT_RUN_ID) or None
     experiment_id = experiment_id or os.environ.get(ENV_EXPERIMENT_ID) or None
     redact.protect(cfg)
-    tags = run_tags(task, hydra_overrides())
-    tags.update(liveness.process_tags())
-    tags.update(extra_tags or {})
-    tags = redact.mapping(tags)
+    tags = run_tags(task, hydra_overrides(), extra_tags)
     run = retry_busy(
         lambda: mlflow.start_run(
             run_name=run_name,
