@@ -22,9 +22,8 @@ import socket
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
-
-import psutil
 
 from bigimage import processes
 from bigimage.data import storage
@@ -72,22 +71,20 @@ def read_record(data: bytes) -> dict[str, Any] | None:
 
 def _boot_id() -> str:
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
-            return handle.read().strip()
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
     except OSError:
         return ""
 
 
 def _holder(generation: str) -> dict[str, Any]:
-    process = psutil.Process()
     now = time.time()
     return {
         "writer": WRITER,
         "generation": generation,
-        "pid": process.pid,
+        "pid": os.getpid(),
         "host": socket.gethostname(),
         "boot_id": _boot_id(),
-        "process_started": process.create_time(),
+        "process_started": processes.start_time(),
         "started": now,
         "refreshed": now,
         "token": uuid.uuid4().hex,
