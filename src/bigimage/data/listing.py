@@ -96,11 +96,8 @@ def _loop(path: str) -> tuple[str, str]:
 
 
 def _walk_class(root: str, folder: str) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Every regular file under ``folder`` (links followed) with its size, and what failed, with why.
-
-    A folder whose identity (device, inode) is already on the path from ``root`` down to it is a
-    loop; an explicit stack rather than recursion, so a deep tree cannot exhaust Python's stack.
-    """
+    """Every regular file under ``folder`` (links followed) with its size, and what failed, with why. A folder
+    whose (device, inode) is on the path from ``root`` down to it is a loop; a stack, not recursion."""
     files: list[tuple[str, int]] = []
     failed: list[tuple[str, str]] = []
     stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(folder, (_identity(root), _identity(folder)))]

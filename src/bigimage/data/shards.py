@@ -109,9 +109,6 @@ def write_shard(
     return result
 
 
-# ---------------------------------------------------------------------------- what a folder holds
-
-
 @dataclass
 class Survey:
     """What a destination holds, by who wrote it: its direct entries, folders ending in ``/``; the project's
@@ -449,11 +446,8 @@ class Publication:
         self.committed_at = time.time()
 
     def _copy_and_commit(self, written: list[ShardResult], names: list[str], data: bytes) -> None:
-        """gs:// (or no exchange): copy the shards in, write the manifest (the commit), delete the old.
-
-        Before the first shard goes in, the staging folder's job record lists what the job puts in and
-        what its commit replaces: a job killed from then on leaves the next job that list to clean up by.
-        """
+        """gs:// (or no exchange): copy the shards in, write the manifest (the commit), delete the old. First
+        the job record lists what goes in and what the commit replaces: what a killed job leaves is known."""
         self._pending = True
         marker = storage.join(self.staging_dir, dirlock.LOCK_NAME)
         storage.write_bytes(marker, self.lock.record(placing=names, replacing=self._replacing))

@@ -113,11 +113,8 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
 
 
 def list_files(url: str) -> list[FileInfo]:
-    """Every regular file under ``url`` (recursively), sorted by path.
-
-    ``url`` is treated as a directory (for gs://, the prefix ``key/``). A missing directory, a path
-    that is not a directory, or a prefix with no objects gives ``[]``: callers decide how to complain.
-    """
+    """Every regular file under directory ``url`` (gs://: the prefix ``key/``), recursively, sorted by path;
+    ``[]`` when there is none or no such directory: callers decide how to complain."""
     url = str(url)
     fs, path = filesystem(url)
     try:

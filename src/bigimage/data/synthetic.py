@@ -78,8 +78,7 @@ _PALETTES = {  # (weight, hue, hue spread, saturation, value) per colour a flowe
 
 @functools.cache
 def _petal_profile(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(1 - cos t) / 2 and sin t at n points of t in [0, pi]: the same for every petal of n points, so computed
-    once (the same values as computing them per petal: halving is exact in binary floating point)."""
+    """(1 - cos t) / 2 and sin t at n points of t in [0, pi]: the same for every petal of n points."""
     t = np.linspace(0.0, math.pi, n)
     return (1 - np.cos(t)) / 2, np.sin(t)
 
@@ -347,10 +346,8 @@ def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...]
     jobs = [
         (str(target / label / _file_name(i, num_images)), label, classes, seed, i) for i, label in enumerate(labels)
     ]
-    progress = tqdm(
-        total=num_images, desc=f"generating synthetic images ({workers} processes)", unit="img", mininterval=1.0
-    )
-    try:
+    desc = f"generating synthetic images ({workers} processes)"
+    with tqdm(total=num_images, desc=desc, unit="img", mininterval=1.0) as progress:
         if workers <= 1:
             for job in jobs:
                 _write_one(job)
@@ -364,8 +361,6 @@ def _generate(target: Path, num_images: int, seed: int, classes: tuple[str, ...]
             with ctx.Pool(workers) as pool:
                 for _ in pool.imap_unordered(_write_one, jobs, chunksize=8):
                     progress.update()
-    finally:
-        progress.close()
 
 
 def ensure_synthetic_dataset(

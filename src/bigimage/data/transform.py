@@ -39,10 +39,8 @@ def crop_box(width: int, height: int) -> tuple[float, float, float, float]:
 
 
 def resize_and_crop(img: PILImage, image_size: int) -> PILImage:
-    """Scale ``img`` so its short side is ``image_size`` (up or down), then centre-crop a square.
-
-    ``img`` must already be in the output mode (RGB for the pipeline); it is not modified.
-    """
+    """A copy of ``img`` (already in the output mode) with its short side scaled to ``image_size`` (up or
+    down) and the centre square cropped."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     return img.resize((image_size, image_size), RESAMPLE, box=crop_box(*img.size))

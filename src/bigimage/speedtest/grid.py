@@ -1,7 +1,5 @@
-"""The speed-test grid (sources x batch sizes x batch numbers) and its fan-out over Spark.
-
-``speedtest.parallelism`` points are timed at once, one Spark task each group: 1 gives uncontended
-timings, more measures throughput under load.
+"""The speed-test grid (sources x batch sizes x batch numbers) and its fan-out over Spark, one task per
+group of points, ``speedtest.parallelism`` groups timed at once (docs/speedtest.md).
 """
 
 from __future__ import annotations

@@ -82,11 +82,8 @@ def format_table(frame: pd.DataFrame) -> str:
 
 
 def figure(frame: pd.DataFrame) -> Any:
-    """Images/s against batch size per source: median line, min-max band, one dot per row.
-
-    Built on a bare Agg canvas (no pyplot, no global backend switch), so it works headless and in
-    threads.
-    """
+    """Images/s against batch size per source: median line, min-max band, one dot per row; on a bare Agg
+    canvas (no pyplot, no global backend switch), so it works headless and in threads."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -119,10 +119,7 @@ def timing_settings(cfg: Config) -> TimingSettings:
 
 def run_speedtest(cfg: Config, spark: Any | None = None) -> dict[str, float]:
     """Time the grid on ``cfg.cluster`` and log it to the active MLflow run; returns the summary metrics.
-
-    ``spark``: an existing session to use (tests share one); by default one is started for
-    ``cfg.cluster`` and stopped at the end.
-    """
+    ``spark``: a session to use (tests share one); by default one is started for ``cfg.cluster``."""
     import mlflow
 
     from bigimage.speedtest import results
