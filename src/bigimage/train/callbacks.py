@@ -1,14 +1,7 @@
-"""Per-epoch timing, progress files and MLflow logging of a training process.
+"""Per-epoch timing, progress files and MLflow logging of a training process (metrics: docs/training.md).
 
-Only the chief logs to MLflow, through :class:`RunLogger` (an ``MlflowClient`` bound to a run id passed
-explicitly, so a worker process logs into the run its launcher holds open without ever starting, ending
-or changing the status of that run). Every worker, chief or not, appends its progress to a JSON-lines
-file (pid, task index, epoch, steps done) so one can see that all workers really step.
-
-Per epoch (step = epoch index from 0): ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
-``epoch_seconds`` (the whole epoch, validation included) and ``images_per_second`` (training images of
-the epoch, steps x global batch, over the training part of the epoch, validation excluded); every worker
-writes them as one line of its log.
+Only the chief logs, through :class:`RunLogger` into the run its launcher holds open (never starting,
+ending or changing its status); every worker appends its progress to a JSON-lines file.
 """
 
 from __future__ import annotations
@@ -25,6 +18,7 @@ from bigimage.data import storage
 from bigimage.tracking import names
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import log_batch
+from bigimage.train.progress import METRICS, describe_epoch
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +31,7 @@ class RunLogger:
     def __init__(self, tracking_uri: str | None, run_id: str | None):
         self.run_id = run_id
         self.tracking_uri = tracking_uri
-        self.client = None
+        self.client: Any = None
         if run_id:
             from mlflow.tracking import MlflowClient
 
@@ -47,36 +41,27 @@ class RunLogger:
     def enabled(self) -> bool:
         return self.client is not None
 
-    def _target(self) -> tuple[Any, str]:
-        if self.client is None or self.run_id is None:
-            raise RuntimeError("this RunLogger logs nothing: check enabled first")
-        return self.client, self.run_id
+    def _batch(self, **values: Any) -> None:
+        if self.enabled:
+            log_batch(self.client, str(self.run_id), **values)
 
     def metrics(self, values: dict[str, float], step: int | None = None) -> None:
-        if self.enabled:
-            log_batch(*self._target(), metrics=values, step=step or 0)
+        self._batch(metrics=values, step=step or 0)
 
     def params(self, values: dict[str, Any]) -> None:
-        if self.enabled:
-            log_batch(*self._target(), params=values)
+        self._batch(params=values)
 
     def tags(self, values: dict[str, Any]) -> None:
-        if self.enabled:
-            log_batch(*self._target(), tags=values)
+        self._batch(tags=values)
 
     def figure(self, figure: Any, artifact_file: str) -> None:
         if self.enabled:
-            client, run_id = self._target()
-            client.log_figure(run_id, figure, artifact_file)
+            self.client.log_figure(self.run_id, figure, artifact_file)
 
     def artifact(self, local_path: str, artifact_path: str | None = None) -> None:
-        if not self.enabled:
-            return
-        client, run_id = self._target()
-        if os.path.isdir(local_path):
-            client.log_artifacts(run_id, local_path, artifact_path)
-        else:
-            client.log_artifact(run_id, local_path, artifact_path)
+        if self.enabled:
+            upload = self.client.log_artifacts if os.path.isdir(local_path) else self.client.log_artifact
+            upload(self.run_id, local_path, artifact_path)
 
 
 def read_history(checkpoint_dir: str) -> dict[str, Any] | None:
@@ -151,11 +136,11 @@ class TrainingObserver(keras.callbacks.Callback):
         train_seconds = (self._train_end or end) - self._epoch_start
         logs = dict(logs or {})
         entry: dict[str, float] = {"epoch": epoch}
-        entry.update({key: float(logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in logs})
+        entry.update({key: float(logs[key]) for key in METRICS if key in logs})
         entry["epoch_seconds"] = end - self._epoch_start
         entry["images_per_second"] = self.steps_per_epoch * self.global_batch_size / max(train_seconds, 1e-9)
         self.history.append(entry)
-        log.info("epoch %d/%d: %s", epoch + 1, self.params.get("epochs", 0), _epoch_line(entry))
+        log.info("epoch %d/%d:%s", epoch + 1, self.params.get("epochs", 0), describe_epoch(entry))
         if self.is_chief:
             self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=epoch)
             storage.write_bytes(
@@ -188,18 +173,3 @@ class TrainingObserver(keras.callbacks.Callback):
                 )
         self.run_logger.tags(tags)
         log.info("resumed from epoch %d (checkpoint in %s)", epoch, self.checkpoint_dir)
-
-
-def _epoch_line(entry: dict[str, float]) -> str:
-    """An epoch's metrics in one log line (the fit itself prints nothing: ``verbose=0``)."""
-    values = [f"{key} {entry[key]:.4f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in entry]
-    return ", ".join([*values, f"{entry['epoch_seconds']:.1f} s", f"{entry['images_per_second']:.0f} images/s"])
-
-
-def best_of(history: list[dict[str, float]], key: str = "val_accuracy") -> tuple[float, int]:
-    """(best value, its epoch) over a history; ties go to the earliest epoch."""
-    scored = [(entry[key], int(entry["epoch"])) for entry in history if key in entry]
-    if not scored:
-        return float("nan"), -1
-    best = max(value for value, _ in scored)
-    return best, min(epoch for value, epoch in scored if value == best)

@@ -134,13 +134,16 @@ class WorkerJob:
         os.makedirs(logs_dir, exist_ok=True)
         return os.path.join(logs_dir, f"worker-{index}.log")
 
-
-def _spawn(argv: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen:
-    """A worker in its own session (so its whole group can be killed), output appended to its log."""
-    with open(log_path, "ab") as out:
-        return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=os.getcwd()
-        )
+    def start(self, index: int, tf_config: dict | None, prefix: Sequence[str] = ()) -> _Worker:
+        """Worker ``index`` after ``prefix`` (a network namespace's), in its own session (so its whole group
+        can be killed), its output appended to its log."""
+        env = worker_env({**self.environment(), **({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {})})
+        argv, log_path = [*prefix, *self.argv(index)], self.log_path(index)
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=os.getcwd()
+            )
+        return _Worker(index, process, log_path)
 
 
 def tail(path: str, lines: int = TAIL_LINES) -> str:
@@ -190,13 +193,10 @@ def run_local_workers(job: WorkerJob, *, poll_seconds: float = 0.2) -> None:
         if count > 1:
             _tag_network(job, PRIVATE_NETWORK if network is not None else HOST_NETWORK)
         for index in range(count):
-            argv = job.argv(index)
-            tf_config = {"TF_CONFIG": json.dumps(build_tf_config(addresses, index))} if addresses else {}
-            env = worker_env({**job.environment(), **tf_config})
-            log_path = job.log_path(index)
-            process = _spawn(network.command(argv) if network is not None else argv, env, log_path)
-            workers.append(_Worker(index, process, log_path))
-            log.info("started worker %d/%d pid %d, log %s", index, count, process.pid, log_path)
+            tf_config = build_tf_config(addresses, index) if addresses else None
+            worker = job.start(index, tf_config, network.prefix if network is not None else ())
+            workers.append(worker)
+            log.info("started worker %d/%d pid %d, log %s", index, count, worker.process.pid, worker.log_path)
         _watch(workers, job.timeout_seconds, poll_seconds, EpochLines.for_config(job.work_dir, job.config_path).poll)
 
 
@@ -286,17 +286,15 @@ class BarrierWorker:
         scratch = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
         try:
             config_path = stage_worker_config(self.config_text, scratch)
-            job = replace(self.job, config_path=config_path, work_dir=os.path.join(scratch, "work"))
-            return self._run(job, rank, tf_config_dict, os.path.join(scratch, "result.json"))
+            work_dir, result_file = os.path.join(scratch, "work"), os.path.join(scratch, "result.json")
+            job = replace(self.job, config_path=config_path, work_dir=work_dir, result_file=result_file)
+            return self._run(job, rank, tf_config_dict)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _run(self, job: WorkerJob, rank: int, tf_config_dict: dict, result_file: str) -> dict:
-        log_path = job.log_path(rank)
-        env = worker_env({**job.environment(), "TF_CONFIG": json.dumps(tf_config_dict)})
-        host = socket.gethostname()
-        process = _spawn([*self.prefix, *job.argv(rank, result_file)], env, log_path)
-        worker = _Worker(rank, process, log_path)
+    def _run(self, job: WorkerJob, rank: int, tf_config_dict: dict) -> dict:
+        worker = job.start(rank, tf_config_dict, self.prefix)
+        process, log_path, host = worker.process, worker.log_path, socket.gethostname()
         try:
             try:
                 code = process.wait(timeout=job.timeout_seconds)
@@ -309,7 +307,7 @@ class BarrierWorker:
                 raise RuntimeError(_failure_report(job, rank, code, process.pid, host, log_path))
             result = None
             if rank == 0:
-                with open(result_file, encoding="utf-8") as handle:
+                with open(str(job.result_file), encoding="utf-8") as handle:
                     result = json.load(handle)
             progress = os.path.join(job.work_dir, "progress", f"worker-{rank}.jsonl")
             return {"rank": rank, "pid": process.pid, "host": host, "log": _text(log_path, _LOG_BYTES),

@@ -1,4 +1,4 @@
-"""A line per finished epoch on the launcher's console, polled from the chief's progress file."""
+"""An epoch in one line: in each worker's log, and on the launcher's console from the chief's progress file."""
 
 from __future__ import annotations
 
@@ -8,13 +8,23 @@ import os
 
 log = logging.getLogger("bigimage.train")
 
+METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def describe_epoch(event: dict) -> str:
+    """An epoch's seconds, speed and metrics (the fit itself prints nothing: ``verbose=0``)."""
+    values = " ".join(f"{key} {float(event[key]):.4f}" for key in METRICS if key in event)
+    speed = f", {float(event['images_per_second']):.0f} images/s" if "images_per_second" in event else ""
+    seconds = f" {float(event['epoch_seconds']):.1f} s" if "epoch_seconds" in event else ""
+    return f"{seconds}{speed}; {values}"
+
 
 class EpochLines:
     """Logs every ``epoch_end`` the chief wrote since the last :meth:`poll`."""
 
     def __init__(self, work_dir: str, epochs: int | None = None, label: str = "") -> None:
         self.path = os.path.join(work_dir, "progress", "worker-0.jsonl")
-        self.epochs = epochs
+        self.total = f"/{epochs}" if epochs else ""
         self.label = label
         self.offset = 0
 
@@ -44,13 +54,5 @@ class EpochLines:
             except json.JSONDecodeError:
                 continue
             if event.get("event") == "epoch_end":
-                log.info("%s", self.describe(event))
-
-    def describe(self, event: dict) -> str:
-        total = f"/{self.epochs}" if self.epochs else ""
-        values = " ".join(
-            f"{key} {float(event[key]):.4f}" for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in event
-        )
-        speed = f", {float(event['images_per_second']):.0f} images/s" if "images_per_second" in event else ""
-        seconds = f" {float(event['epoch_seconds']):.1f} s" if "epoch_seconds" in event else ""
-        return f"{self.label}epoch {int(event['epoch']) + 1}{total}:{seconds}{speed}; {values}"
+                epoch = int(event["epoch"]) + 1
+                log.info("%sepoch %d%s:%s", self.label, epoch, self.total, describe_epoch(event))

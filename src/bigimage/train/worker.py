@@ -4,19 +4,11 @@
     python -m bigimage.train.worker --config resolved.yaml --task-index 1 --num-workers 2 \\
         --work-dir DIR [--tracking-uri URI --run-id ID] [--result-file FILE] [--parent-pid PID]
 
-``--config`` is the fully resolved config YAML (``tfrecord_dir`` a local directory and
-``train.checkpoint_dir`` set: :func:`bigimage.train.task.run_train` writes it). ``TF_CONFIG`` comes from
-the environment, as TensorFlow reads it; for one worker there is none. The MLflow run is passed
-explicitly (``--run-id``, ``--tracking-uri``; never ``MLFLOW_RUN_ID``): the chief (task index 0) logs
-params, the split's three subsets as dataset inputs, per-epoch metrics, the judged epoch
-(:mod:`bigimage.tracking.judged`), the model with that epoch's weights, its history and its learning
-curves (:mod:`bigimage.tracking.curves`) into that run without touching its status; other workers log
-nothing. Each worker appends its progress to ``<work-dir>/progress/worker-<i>.jsonl`` and writes one log
-line per epoch.
-The chief writes its final metrics as JSON to ``--result-file``.
-
-Callers that already run Python with ``TF_CONFIG`` set (e.g. a Spark barrier task) can call
-:func:`train_worker` directly instead of the command line.
+``--config`` is the resolved config :func:`bigimage.train.task.run_train` writes; ``TF_CONFIG`` comes
+from the environment (none for one worker). The MLflow run is passed explicitly (never
+``MLFLOW_RUN_ID``) and only the chief (task index 0) logs into it (what: docs/training.md) and writes
+its final metrics to ``--result-file``; each worker appends its progress to
+``<work-dir>/progress/worker-<i>.jsonl``.
 """
 
 from __future__ import annotations
@@ -57,14 +49,9 @@ _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """Exit when the launcher dies, so no orphaned worker keeps a collective waiting forever.
-
-    On Linux the kernel does it (``PR_SET_PDEATHSIG``: SIGKILL the moment the launcher's spawning
-    thread ends, as when Spark SIGKILLs a cancelled barrier task's Python worker). A polling thread
-    needs the GIL, and a C call that holds it (a TensorFlow call waiting for a peer can) keeps the
-    thread from ever running: in CI a worker outlived its cancelled task by more than 10 s once.
-    Elsewhere a thread polls for the launcher.
-    """
+    """Exit when the launcher dies, so no orphaned worker keeps a collective waiting forever: on Linux
+    by the kernel (``PR_SET_PDEATHSIG``; a polling thread needs the GIL, which a TensorFlow call waiting
+    for a peer can hold), elsewhere by a thread that polls."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -278,20 +265,17 @@ def _log_split(run_logger: Any, cfg: Any, manifest: Any, plan: Any) -> None:
     if not run_logger.enabled:
         return
     source = str(cfg.get(SOURCE_KEY) or cfg.tfrecord_dir)
-    client, run_id = run_logger.client, run_logger.run_id
     subsets = datasets.split_sets(manifest, source, str(cfg.dataset.name), plan.description, plan.class_counts)
-    datasets.log_split_sets(client, run_id, subsets)
+    datasets.log_split_sets(run_logger.client, run_logger.run_id, subsets)
 
 
 JUDGED_WEIGHTS = "judged-epoch.weights.h5"  # in the checkpoint directory
 
 
 def _judged_checkpoint(checkpoint_dir: str) -> Any:
-    """Keras' ``ModelCheckpoint`` keeping the judged epoch's weights (:mod:`bigimage.tracking.judged`).
-
-    It replaces them only on a strict improvement (ties keep the earliest epoch, as the rule says); a
-    resumed training starts from the best value of the epochs before the interruption, whose weights
-    the file still holds."""
+    """Keras' ``ModelCheckpoint`` keeping the judged epoch's weights (:mod:`bigimage.tracking.judged`): only
+    a strict improvement replaces them (ties keep the earliest epoch); a resumed training starts from the
+    best value of the epochs before the interruption, whose weights the file still holds."""
     import tf_keras as keras
 
     from bigimage.tracking import judged
@@ -327,12 +311,8 @@ def _finish(
     summary: dict[str, float],
     card: ModelCard,
 ) -> dict[str, float]:
-    """The final metrics; the chief logs them with the model of the judged epoch (the raw
-    ``model/model.keras`` and the MLflow Model, :mod:`bigimage.train.export`) and the history.
-
-    Every worker saves the model (collectives may be involved); only the chief keeps its copy, with the
-    judged epoch's weights loaded into it.
-    """
+    """The final metrics; the chief logs them with the history and the model of the judged epoch (raw and
+    as an MLflow Model). Every worker saves the model (collectives may be involved); only the chief's is kept."""
     from bigimage.tracking import curves, judged
     from bigimage.train import export
     from bigimage.train.callbacks import HISTORY_NAME
@@ -343,8 +323,7 @@ def _finish(
     try:
         model_path = os.path.join(save_root, "model.keras")
         model.save(model_path)
-        final = dict(history[-1]) if history else {}
-        final.pop("epoch", None)
+        final = {key: value for key, value in (history[-1] if history else {}).items() if key != "epoch"}
         result = {
             **final,
             **summary,
@@ -356,11 +335,7 @@ def _finish(
         if is_chief:
             model_epoch = _judged_model(model_path, checkpoint.local_dir, best_epoch, history)
             run_logger.metrics(
-                {
-                    judged.VALUE_METRIC: best_value,
-                    judged.EPOCH_METRIC: best_epoch,
-                    names.TRAINING_SECONDS: summary[names.TRAINING_SECONDS],
-                }
+                {key: result[key] for key in (judged.VALUE_METRIC, judged.EPOCH_METRIC, names.TRAINING_SECONDS)}
             )
             run_logger.tags({"model_epoch": model_epoch})
             run_logger.artifact(_write_history(history, os.path.join(save_root, "history")))
@@ -381,11 +356,8 @@ def _finish(
 
 def _judged_model(model_path: str, checkpoint_dir: str, judged_epoch: int, history: list[dict]) -> int:
     """Put the judged epoch's weights into the model saved at ``model_path``; returns the epoch whose
-    weights it now holds (the last one when no epoch had a finite validation accuracy).
-
-    Done on the saved file, outside any strategy: loading weights into a model built under
-    MultiWorkerMirroredStrategy assigns its on-read (synchronised) variables, which fails there.
-    """
+    weights it now holds (else the last). On the saved file, outside any strategy: loading weights into a
+    model built under MultiWorkerMirroredStrategy assigns its on-read variables, which fails there."""
     import tf_keras as keras
 
     path = os.path.join(checkpoint_dir, JUDGED_WEIGHTS)
