@@ -1,15 +1,7 @@
-"""The search's last stage: train its best few configurations again over seeds and name the winner by mean.
-
-A trial's value is one noisy training, and the best of many noisy values is biased upwards (the
-winner's curse). So when the trials are done, the ``confirm.top`` best finished trials of distinct
-configurations are trained again with ``confirm.seeds`` other seeds each (``seed+1`` .. ``seed+seeds``),
-as ordinary jobs of the sweep: child runs of the search's parent, tagged ``search.confirm_of`` with the
-trial they repeat and never pruned. The winner is the configuration with the best mean of those runs
-(the trial's own lucky value left out), reported with a 95% t-interval.
-
-The values are kept in the study (user attribute ``confirmation``: trial -> seed -> [value, epochs
-trained]), so a continued search re-runs only the confirmation runs it is missing, and the epochs count
-towards the search's compute (:func:`compute_epochs`).
+"""The search's last stage: train its ``confirm.top`` best configurations again over ``confirm.seeds``
+other seeds and name the winner by mean with a 95% t-interval, as the best single trial overstates its
+configuration (docs/search.md). The values are kept in the study (user attribute ``confirmation``), so a
+continued search re-runs only the missing runs.
 """
 
 from __future__ import annotations
@@ -69,12 +61,7 @@ def job_overrides(search: Search, trial: optuna.trial.FrozenTrial, seed: int) ->
     from bigimage.search.space import trial_overrides
 
     fixed = [item for item in search.space.fixed if not item.startswith("seed=")]
-    where = [
-        f"search.study_name={search.study.study_name}",
-        f"search.storage='{search.storage_url}'",
-        f"search.confirm_of={trial.number}",
-        "search.prune=false",
-    ]
+    where = search.where(confirm_of=trial.number, prune="false")
     return [*fixed, *trial_overrides(trial.params), f"seed={seed}", *where]
 
 

@@ -1,14 +1,6 @@
-"""The search space: Hydra's sweep syntax in, Optuna distributions out, and a trial's params back as overrides.
-
-The space is written as Hydra writes sweeps, in ``hydra.sweeper.params`` or on the command line:
-
-* ``choice(a, b, c)`` or ``a,b,c`` -> a categorical choice (config groups too: ``strategy: choice(default, mirrored)``);
-* ``range(8, 129, step=8)`` -> integers (or floats) on a grid, the stop excluded as in Python;
-* ``interval(0.0, 0.5)`` -> a continuous range; ``int(interval(8, 128))`` integers;
-* ``tag(log, interval(1e-4, 1e-2))`` -> sampled on a log scale.
-
-Anything else on the command line is a plain override every trial gets. A sweep given on the command line
-replaces the YAML's entry for the same key, so ``batch_size=16,32`` narrows the space without editing it.
+"""The search space: Hydra's sweep syntax (``choice``, ``range``, ``interval``, ``tag(log, ...)``) in,
+Optuna distributions out, and a trial's params back as overrides. A sweep on the command line replaces
+the YAML's entry for its key; any other override there is one every trial gets.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""Where a study lives and how it is opened: one sqlite file per MLflow store, resumable by name.
-
-The default storage is keyed by the MLflow store, so two stores never share one (a study remembers its
-parent run, which only its own store holds): beside a sqlite store's database file, ``optuna.db`` for
-``mlflow.db`` (the project's ``mlruns/optuna.db``, git-ignored with the rest of ``mlruns/``) and
-``optuna-<file name>`` for any other (``x.db``: ``optuna-x.db``); for a tracking server or another
-store, ``mlruns/optuna-<scheme>-<host>-<port><path>-<hash>.db`` in the project, without the URI's
-user and password. ``hydra.sweeper.storage`` names any other Optuna RDB URL. Opening a study that
-exists loads it (``load_if_exists``): rerunning the same search continues it.
-
-Several processes write to one study at once (parallel trials, the training chief reporting epochs, the
-sweeper telling results), so sqlite connections wait up to :data:`SQLITE_TIMEOUT_SECONDS` for a lock
-instead of failing at once.
+"""Where a study lives and how it is opened: one sqlite file per MLflow store, resumable by name (where:
+docs/search.md). Several processes write to one study at once, so sqlite connections wait up to
+:data:`SQLITE_TIMEOUT_SECONDS` for a lock instead of failing at once.
 """
 
 from __future__ import annotations
@@ -126,3 +116,8 @@ class Search:
     storage_url: str
     space: Space
     prune: bool
+
+    def where(self, **search: Any) -> list[str]:
+        """The ``search.*`` overrides that tell a job its study (and ``search``: its trial) (:mod:`.trial`)."""
+        keys = {"study_name": self.study.study_name, "storage": f"'{self.storage_url}'", **search}
+        return [f"search.{key}={value}" for key, value in keys.items()]

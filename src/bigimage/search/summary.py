@@ -1,25 +1,8 @@
 """The search's parent run: one per study, holding every trial as a child and the study's outcome.
 
-At the start (:func:`prepare_parent`) the parent is tagged with the study and, when the study had a
-parent before (a search that was stopped and is now continued), the earlier trial and confirmation
-runs are moved under it, each keeping its own status (a trial the stop killed stays KILLED) and the tag
-``search.moved_from`` naming the parent it was started under; the new parent's own status follows only
-the trials it ran (:mod:`bigimage.tracking.callbacks`). A study whose parent the MLflow store does not
-hold (a storage shared by two stores) is refused. At the end (:func:`summarise`) it gets:
-
-* metrics ``search.trials_finished``, ``search.trials_pruned``, ``search.trials_failed``; the compute
-  spent in epochs trained, ``search.compute_epochs`` (trials, pruned ones up to where they stopped, and
-  confirmation runs), ``search.compute_epochs_pruned`` and ``search.compute_epochs_confirm`` (those parts);
-* for one objective, the winner: with a confirmation stage (:mod:`.confirm`) the configuration with the
-  best mean over its confirmation runs, ``search.best_value`` (also ``best_<optimized_metric>``) being
-  that mean and ``search.best_value_low``/``_high``/``_std``/``_runs`` its 95% t-interval, standard
-  deviation and runs, tag ``search.best_by=confirmation``; without one, the best single trial
-  (``search.best_by=single_trial``); params ``search.best.<key>``; tags ``search.best_trial`` and
-  ``search.best_run_id`` (the trial's run);
-* artifacts ``search/trials.csv`` (every trial, with its run id), ``search/optimization_history.png``,
-  ``search/param_importances.png`` (+ ``.json``), ``search/confirmation.csv`` (each confirmed
-  configuration's runs and interval), and for two objectives the Pareto front as the
-  table ``search/pareto_front.json`` (``mlflow.load_table``) and ``search/pareto_front.png``.
+:func:`prepare_parent` makes a new parent the study's, moving the runs of a continued search's earlier
+parent under it (a study whose parent this MLflow store does not hold is refused); :func:`summarise`
+writes the outcome on it at the end (its metrics, params, tags and artifacts: docs/search.md).
 """
 
 from __future__ import annotations

@@ -1,21 +1,9 @@
-"""The search loop: ask the study for trials, launch them as Hydra jobs, tell the study what they gave.
+"""The search loop: ask the study for trials, launch them as Hydra jobs (``n_jobs`` at a time), tell the
+study what they gave (PRUNED when the chief recorded a pruned epoch), then :mod:`.confirm` the best.
 
-Each batch holds ``n_jobs`` trials (one at a time with the default launcher; with
-``hydra/launcher=joblib`` the batch runs in parallel). A trial's job gets the sampled params as
-overrides, plus ``search.*`` naming its study and trial (:mod:`.trial`); its return value (the
-``optimized_metric``) is told to the study, PRUNED when its chief recorded a pruned epoch.
-
-``n_trials`` is the size the study should reach, counting finished and pruned trials: rerunning a
-search that was stopped runs only the missing trials. Trials a dead sweeper left RUNNING on this
-machine are marked FAIL first, and trials of this sweep that a Ctrl-C or a job's error cut short are
-told FAIL before the error goes on. A failed job stops the search, as in Hydra's own sweeper and
-Optuna's ``optimize``; rerunning continues it. Each trial records the epochs it trained (user attribute
-``epochs_run``: a pruned trial's up to its pruned epoch), the search's compute. When the trials are
-done, :mod:`.confirm` trains the best few again over seeds.
-
-MLflow: the trials are the child runs of the sweep's parent run (:mod:`bigimage.tracking.callbacks`
-makes it). The study remembers its parent; a resumed search moves the earlier trials' runs under the
-new parent, so one parent holds the whole study, and :mod:`.summary` writes the outcome on it.
+``n_trials`` counts finished and pruned trials, so a rerun continues the study (docs/search.md); trials a
+dead sweeper left RUNNING on this machine are failed first, and a failed job stops the search, as in
+Hydra's own sweeper. The trials are child runs of the sweep's parent run, which :mod:`.summary` keeps.
 """
 
 from __future__ import annotations
@@ -100,13 +88,7 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 def job_overrides(search: Search, trial: optuna.Trial) -> list[str]:
     """The overrides of one trial's job: fixed ones, the sampled params, and where its trial is."""
-    study_name = search.study.study_name
-    where = [
-        f"search.study_name={study_name}",
-        f"search.storage='{search.storage_url}'",
-        f"search.trial={trial.number}",
-        f"search.prune={'true' if search.prune else 'false'}",
-    ]
+    where = search.where(trial=trial.number, prune="true" if search.prune else "false")
     return [*search.space.fixed, *search_space.trial_overrides(trial.params), *where]
 
 
