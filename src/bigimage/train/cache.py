@@ -1,7 +1,5 @@
-"""Where training keeps its decoded images after the first epoch: memory, a file on local disk, or nowhere.
-
-tf.data's memory cache grows without a check until the kernel kills the worker, so ``train.cache=true``
-is a request :func:`choose_cache` checks against the memory and disk this process has.
+"""Where training keeps its decoded images after the first epoch: memory, a file on local disk, or nowhere,
+as they fit this process's memory and disk (tf.data's memory cache would grow until the kernel kills it).
 """
 
 from __future__ import annotations

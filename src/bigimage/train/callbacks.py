@@ -1,7 +1,6 @@
-"""Per-epoch timing, progress files and MLflow logging of a training process (metrics: docs/training.md).
-
-Only the chief logs, through :class:`RunLogger` into the run its launcher holds open (never starting,
-ending or changing its status); every worker appends its progress to a JSON-lines file.
+"""The Keras callbacks of a training process: per-epoch timing, progress files and MLflow logging (metrics:
+docs/training.md), and a search trial's pruning. Only the chief logs, into the run its launcher holds open
+(never starting, ending or changing it); every worker appends its progress to a JSON-lines file.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 import tf_keras as keras
 
 from bigimage.data import storage
+from bigimage.search.trial import REPORTED_METRIC, TAG_PRUNED, TAG_PRUNED_EPOCH, TrialReporter, in_search
 from bigimage.tracking import names
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import log_batch
@@ -75,31 +75,29 @@ def read_history(checkpoint_dir: str) -> dict[str, Any] | None:
 
 
 class TrainingObserver(keras.callbacks.Callback):
-    """Times each epoch, writes this worker's progress, and (chief only) logs epochs to MLflow.
-
-    Put it AFTER ``BackupAndRestore`` in the callback list: an epoch shows in the progress file and the
-    saved history only once its checkpoint is written. ``history`` ends up holding every epoch of the
-    training, including those a resumed run took over from the interrupted attempt.
-    """
+    """Times each epoch, writes this worker's progress, and (chief only) logs epochs to MLflow; after
+    ``BackupAndRestore``, so an epoch shows once its checkpoint is written. ``history`` holds every epoch,
+    a resumed run's earlier ones included."""
 
     def __init__(
         self,
         *,
         task_index: int,
-        is_chief: bool,
         global_batch_size: int,
         steps_per_epoch: int,
-        progress_path: str | None,
+        work_dir: str | None,
         run_logger: RunLogger,
         checkpoint_dir: str,
     ):
         super().__init__()
         self.task_index = task_index
-        self.is_chief = is_chief
+        self.is_chief = task_index == 0
         self.global_batch_size = global_batch_size
         self.steps_per_epoch = steps_per_epoch
-        self.progress_path = progress_path
-        self.run_logger = run_logger if is_chief else RunLogger(None, None)
+        self.progress_path = os.path.join(work_dir, "progress", f"worker-{task_index}.jsonl") if work_dir else None
+        if work_dir:
+            os.makedirs(os.path.join(work_dir, "progress"), exist_ok=True)
+        self.run_logger = run_logger if self.is_chief else RunLogger(None, None)
         self.checkpoint_dir = checkpoint_dir
         self.history: list[dict[str, float]] = []
         self.first_epoch: int | None = None
@@ -107,7 +105,6 @@ class TrainingObserver(keras.callbacks.Callback):
         self._epoch_start = 0.0
         self._train_end: float | None = None
 
-    # progress ---------------------------------------------------------------------------------------
     def _progress(self, event: str, **values: Any) -> None:
         if not self.progress_path:
             return
@@ -115,7 +112,6 @@ class TrainingObserver(keras.callbacks.Callback):
         with open(self.progress_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
 
-    # keras hooks ------------------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if self.first_epoch is None:
             self.first_epoch = epoch
@@ -151,7 +147,6 @@ class TrainingObserver(keras.callbacks.Callback):
             "epoch_end", epoch=epoch, steps_done=self.steps_done, **{k: v for k, v in entry.items() if k != "epoch"}
         )
 
-    # resume -----------------------------------------------------------------------------------------
     def _start_attempt(self, epoch: int) -> None:
         """First epoch of this attempt: > 0 means BackupAndRestore restored a checkpoint."""
         self._progress("train_begin", first_epoch=epoch)
@@ -173,3 +168,47 @@ class TrainingObserver(keras.callbacks.Callback):
                 )
         self.run_logger.tags(tags)
         log.info("resumed from epoch %d (checkpoint in %s)", epoch, self.checkpoint_dir)
+
+
+class PruningCallback(keras.callbacks.Callback):
+    """Stops a hopeless search trial: after each epoch the chief reports to the pruner, and its verdict is
+    summed over the workers so that all stop after the same epoch (one that left would hang the others)."""
+
+    def __init__(self, strategy: Any, reporter: TrialReporter | None, run_logger: Any, num_workers: int):
+        super().__init__()
+        self.strategy = strategy
+        self.reporter = reporter
+        self.run_logger = run_logger
+        self.num_workers = num_workers
+        self.pruned_epoch: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(REPORTED_METRIC)
+        prune = self.reporter is not None and value is not None and self.reporter.report(epoch, float(value))
+        if self.num_workers > 1:
+            prune = self._agree(prune)
+        if prune:
+            self.pruned_epoch = epoch
+            self.model.stop_training = True
+            self.run_logger.tags({TAG_PRUNED: "true", TAG_PRUNED_EPOCH: epoch})
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.pruned_epoch is None:
+            self.run_logger.tags({TAG_PRUNED: "false"})
+
+    def _agree(self, prune: bool) -> bool:
+        """The chief's verdict on every worker: each adds its own (only the chief's can be 1)."""
+        import tensorflow as tf
+
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, tf.constant(1.0 if prune else 0.0), axis=None)
+        return float(total) > 0.5
+
+
+def pruning_callbacks(cfg: Any, strategy: Any, is_chief: bool, run_logger: Any, num_workers: int) -> list[Any]:
+    """The pruning callback of a search trial whose study prunes (``search.prune``); none otherwise."""
+    if not in_search(cfg) or not cfg.search.prune:
+        return []
+    reporter = None
+    if is_chief:
+        reporter = TrialReporter(str(cfg.search.study_name), str(cfg.search.storage), int(cfg.search.trial))
+    return [PruningCallback(strategy, reporter, run_logger, num_workers)]

@@ -63,7 +63,7 @@ def check_digests(client: Any, run_id: str, cfg: Any, manifest: Any, plan: input
 
     logged = {i.dataset.name: i.dataset.digest for i in client.get_run(run_id).inputs.dataset_inputs}
     planned = datasets.split_sets(
-        manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), plan.description, plan.class_counts or {}
+        manifest, str(cfg.tfrecord_dir), str(cfg.dataset.name), plan.description, plan.class_counts
     )
     for subset in SUBSETS:
         expected = planned[subset]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bigimage.config import ConfigError
@@ -36,15 +36,19 @@ class SplitPlan:
     mode: str
     train_paths: list[str]
     val_paths: list[str]
-    train_records: int
-    val_records: int
     val_buckets: int  # hash mode: bucket < val_buckets -> validation
-    num_classes: int
     classes: list[str]
-    test_records: int = 0
-    split_seed: int = 0
-    test_thresholds: list[int] | None = None  # per class: keyed hash < threshold -> test
-    class_counts: dict[str, list[int]] | None = None  # subset -> records per class index
+    split_seed: int
+    test_thresholds: list[int]  # per class: keyed hash < threshold -> test
+    class_counts: dict[str, list[int]]  # subset -> records per class index
+    train_records: int = field(init=False)
+    val_records: int = field(init=False)
+    test_records: int = field(init=False)
+    num_classes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.train_records, self.val_records, self.test_records = (sum(self.class_counts[s]) for s in SUBSETS)
+        self.num_classes = len(self.classes)
 
     @property
     def description(self) -> str:
@@ -57,7 +61,7 @@ class SplitPlan:
         return f"{rule}{test} ({counts})"
 
     def records(self, subset: str) -> int:
-        return {TRAIN: self.train_records, VALIDATION: self.val_records, TEST: self.test_records}[subset]
+        return sum(self.class_counts[subset])
 
 
 def _val_mask(records: Any, val_buckets: int) -> Any:
@@ -128,11 +132,9 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
             )
         n_val = min(len(paths) - 1, max(1, round(fraction * len(paths))))
         train_paths, val_paths, val_buckets = paths[:-n_val], paths[-n_val:], 0
-        (train_class, train_hash, _), (val_class, val_hash, _) = (
-            _scan(group, split_seed, 0) for group in (train_paths, val_paths)
-        )
-        record_class, record_hash = np.concatenate([train_class, val_class]), np.concatenate([train_hash, val_hash])
-        in_val = np.arange(len(record_class)) >= len(train_class)
+        scans = [_scan(group, split_seed, 0) for group in (train_paths, val_paths)]
+        record_class, record_hash = (np.concatenate([scan[i] for scan in scans]) for i in (0, 1))
+        in_val = np.arange(len(record_class)) >= len(scans[0][0])
     else:
         val_buckets = max(1, min(HASH_BUCKETS - 1, round(fraction * HASH_BUCKETS)))
         train_paths = val_paths = paths
@@ -141,20 +143,7 @@ def plan_split(cfg: Config, tfrecord_dir: str, manifest: schema.Manifest) -> Spl
     in_test = record_hash < np.asarray(thresholds, dtype=np.int64)[record_class] if len(record_class) else in_val
     masks = {TRAIN: ~in_test & ~in_val, VALIDATION: ~in_test & in_val, TEST: in_test}
     counts = {subset: _counts(record_class, mask, len(classes)) for subset, mask in masks.items()}
-    plan = SplitPlan(
-        mode,
-        train_paths,
-        val_paths,
-        sum(counts[TRAIN]),
-        sum(counts[VALIDATION]),
-        val_buckets,
-        len(classes),
-        classes,
-        test_records=sum(counts[TEST]),
-        split_seed=split_seed,
-        test_thresholds=thresholds,
-        class_counts=counts,
-    )
+    plan = SplitPlan(mode, train_paths, val_paths, val_buckets, classes, split_seed, thresholds, counts)
     if plan.train_records < 1 or plan.val_records < 1:
         raise ConfigError(
             f"the split leaves {plan.train_records} training and {plan.val_records} validation records "
@@ -206,7 +195,7 @@ def subset_records(plan: SplitPlan, subset: str) -> Any:
         paths = plan.train_paths + plan.val_paths
     records = readers.record_dataset(paths)
     if subset == TEST or plan.test_records:
-        thresholds = tf.constant(plan.test_thresholds or [0] * plan.num_classes, tf.int64)
+        thresholds = tf.constant(plan.test_thresholds, tf.int64)
 
         def is_test(record: Any) -> Any:
             return _keyed_hash(record, plan.split_seed) < tf.gather(thresholds, _record_classes(record[None])[0])

@@ -72,21 +72,12 @@ class WorkerTimeoutError(WorkerFailedError):
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports free on ``host`` now (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, 0))
-            sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def tracking_login() -> dict[str, str]:
-    return {name: os.environ[name] for name in TRACKING_LOGIN if os.environ.get(name)}
 
 
 @dataclass(frozen=True)
@@ -105,7 +96,9 @@ class WorkerJob:
     # strategy.isolation: what happens where no private network namespace serves the workers (netns).
     isolation: str = REQUIRED
     # Taken when the job is made, so that it travels with the job to workers on other hosts.
-    login: Mapping[str, str] = field(default_factory=tracking_login, repr=False)
+    login: Mapping[str, str] = field(
+        default_factory=lambda: {name: os.environ[name] for name in TRACKING_LOGIN if os.environ.get(name)}, repr=False
+    )
 
     def environment(self) -> dict[str, str]:
         """The tracking URI (a database's may hold a password) and login, kept off the command line."""
@@ -280,8 +273,6 @@ class BarrierWorker:
         self.job, self.config_text, self.prefix = job, config_text, list(prefix)
 
     def __call__(self, tf_config_dict: dict) -> dict:
-        from bigimage.train.staging import stage_worker_config
-
         rank = int(tf_config_dict["task"]["index"])
         scratch = tempfile.mkdtemp(prefix=f"bigimage-barrier-{rank}-")
         try:
@@ -314,6 +305,26 @@ class BarrierWorker:
                     "progress": _text(progress, _LOG_BYTES), "result": result}  # fmt: skip
         finally:
             _kill([worker])  # never leave a worker behind this task (killed, cancelled or failed)
+
+
+def stage_worker_config(config_text: str, scratch: str) -> str:
+    """The config file a barrier task's worker runs with in ``scratch`` (local paths there, a ``gs://``
+    ``tfrecord_dir`` copied there first), made on the executor's host; returns its path."""
+    from omegaconf import DictConfig, OmegaConf
+
+    cfg = OmegaConf.create(config_text)
+    if not isinstance(cfg, DictConfig):
+        raise ValueError("the training config must be a mapping")
+    url = str(cfg.tfrecord_dir)
+    if storage.is_gcs(url):
+        began = time.monotonic()
+        cfg.tfrecord_dir = storage.local_cache_copy(url, os.path.join(scratch, "tfrecords"))
+        log.info("staged %s in %s in %.1f s", url, cfg.tfrecord_dir, time.monotonic() - began)
+    cfg.paths.data_dir = os.path.join(scratch, "data")
+    cfg.paths.output_dir = os.path.join(scratch, "outputs")
+    path = os.path.join(scratch, "config.yaml")
+    OmegaConf.save(cfg, path)
+    return path
 
 
 def _text(path: str, limit: int) -> str:
@@ -350,10 +361,10 @@ def _worker_failure(error: BaseException) -> WorkerFailedError | None:
     match = _FAILED_HEAD.search(text)
     if match is None:
         return None
-    rank, code, pid, message = int(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
+    rank, code, pid = map(int, match.group(1, 2, 3))
     logged = _FAILED_LOG.search(text, match.end())
     log_text = logged.group(1) if logged else ""
-    return WorkerFailedError(message, task_index=rank, exit_code=code, pids=[pid], log_text=log_text)
+    return WorkerFailedError(match.group(4), task_index=rank, exit_code=code, pids=[pid], log_text=log_text)
 
 
 def _keep(work_dir: str, rank: int, log_text: str, progress: str = "") -> None:
@@ -373,6 +384,7 @@ def run_spark_barrier_workers(
     """Run the workers as one Spark barrier stage on ``cluster_cfg``'s executors, failing as the process
     launcher does; keeps their logs in ``job.work_dir`` and returns one ``{rank, pid, host, log, result}`` each."""
     from bigimage.spark.cluster import spark_for
+    from bigimage.spark.session import log_spark_resources
 
     with spark_for(cluster_cfg, app_name) as spark, ExitStack() as stack:
         master = spark.sparkContext.master
@@ -380,7 +392,10 @@ def run_spark_barrier_workers(
         with open(job.config_path, encoding="utf-8") as handle:  # the config travels inside the tasks
             worker_fn = BarrierWorker(job, handle.read(), prefix=network.prefix if network else ())
         if job.run_id:
-            _log_spark(spark)
+            try:
+                log_spark_resources(spark)
+            except Exception as error:
+                log.warning("could not log the Spark resources: %s", error)
         log.info("starting %d TensorFlow workers as a Spark barrier stage on %s", job.num_workers, master)
         reports = _run_barrier_stage(spark, worker_fn)
     for report in reports:
@@ -428,12 +443,3 @@ def _run_barrier_stage(spark: Any, worker_fn: BarrierWorker) -> list[dict]:
         log.debug("the Spark error behind the worker failure: %s", error)
         _keep(job.work_dir, int(failure.task_index or 0), failure.log_text)
         raise failure from None
-
-
-def _log_spark(spark: Any) -> None:
-    try:
-        from bigimage.spark.session import log_spark_resources
-
-        log_spark_resources(spark)
-    except Exception as error:
-        log.warning("could not log the Spark resources: %s", error)

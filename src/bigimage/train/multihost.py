@@ -1,7 +1,5 @@
-"""What a training whose workers run on other hosts may use: shared storage and a tracking server only.
-
-:func:`check_shared` refuses, before any worker starts, a local MLflow store, ``tfrecord_dir`` or
-``train.checkpoint_dir`` when the Spark barrier tasks may run on other machines.
+"""What a training whose workers run on other hosts may use: shared storage and a tracking server only
+(docs/clusters.md#across-hosts-that-share-no-file-system).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""A private network namespace (only ``lo``) for a training's workers, relaying the loopback servers they use.
-
-TensorFlow's gRPC servers listen on every interface, unauthenticated, whatever TF_CONFIG says
-(tensorflow#11689). A holder process made by ``unshare`` keeps the namespace; workers join it with
-``nsenter``; the launcher dials the host's endpoints for the holder's relays (``SCM_RIGHTS``), so URIs
-stay unchanged. ``strategy.isolation`` decides where no namespace serves (docs/security.md).
+"""A private network namespace (only ``lo``) for a training's workers, relaying the loopback servers they use:
+a holder made by ``unshare`` keeps it, workers join with ``nsenter``, the launcher dials for the relays
+(why and how: docs/training.md#network; ``strategy.isolation``: docs/security.md).
 """
 
 from __future__ import annotations
@@ -208,7 +205,8 @@ class Dialer(threading.Thread):
 
 
 class Relay:
-    """Inside the namespace: joins each connection to one the :class:`Dialer` made on the host."""
+    """Inside the namespace: joins each connection to one the :class:`Dialer` made on the host (listening
+    from the start)."""
 
     def __init__(self, control: socket.socket, endpoints: Sequence[Endpoint]) -> None:
         self.control = control
@@ -221,8 +219,6 @@ class Relay:
                     continue  # localhost: ::1 only where IPv6 is on
                 self.listeners.append((index, _listen(address, each.port)))
                 bound.add((address, each.port))
-
-    def start(self) -> None:
         for index, listener in self.listeners:
             threading.Thread(target=self._accept, args=(index, listener), daemon=True).start()
 
@@ -289,7 +285,7 @@ def private_network(
     uris: Iterable[str | None] = (), what: str = "the training workers", isolation: str = PREFERRED
 ) -> Iterator[PrivateNetwork | None]:
     """A :class:`PrivateNetwork` relaying the loopback endpoints of ``uris``; where none serves them,
-    ``isolation`` decides: IsolationError, or None (the host network) with a warning."""
+    ``isolation`` decides: IsolationError (one line), or None (the host network) with a warning."""
     uris = list(uris)
     if str(isolation) == OFF:
         log.info("strategy.isolation=off: %s run on the host network and %s", what, EXPOSED)
@@ -298,10 +294,26 @@ def private_network(
     relayed, beyond = routes(uris)
     try:
         if beyond:
-            raise Unreachable(_beyond_reason(uris, beyond))
+            from bigimage.tracking import redact  # not in the holder process, which runs this module
+
+            remote = ", ".join(redact.url(uri) for uri in uris if uri and needs_network(uri))
+            raise Unreachable(
+                f"they need the network for {remote}; a private network namespace reaches only this machine's "
+                f"loopback (relayed), not {', '.join(map(redact.url, beyond))}"
+            )
         network = PrivateNetwork(relayed)
     except (NetnsUnavailable, OSError) as error:
-        _refuse_or_warn(what, str(error), isolation, fix=FIX_ENDPOINTS if isinstance(error, Unreachable) else FIX_HOST)
+        reason = " ".join(str(error).split())  # unshare's error may span lines
+        fix = FIX_ENDPOINTS if isinstance(error, Unreachable) else FIX_HOST
+        if str(isolation) == REQUIRED:
+            raise IsolationError(
+                f"strategy.isolation=required, but no private network namespace can serve {what} ({reason}): "
+                f"{fix}, or set strategy.isolation=preferred (the host network, with a warning) or strategy.isolation=off"
+            ) from error
+        log.warning(
+            "no private network namespace for %s (%s), so they run on the host network and %s; %s",
+            what, reason, EXPOSED, f"to keep them private, {fix}",
+        )  # fmt: skip
         yield None
         return
     if relayed:
@@ -310,31 +322,6 @@ def private_network(
         yield network
     finally:
         network.close()
-
-
-def _beyond_reason(uris: list[str | None], beyond: list[str]) -> str:
-    """Why the namespace cannot serve workers that use ``beyond``, URIs' logins masked."""
-    from bigimage.tracking import redact  # not in the holder process, which runs this module
-
-    remote = [uri for uri in uris if uri and needs_network(uri)]
-    return (
-        f"they need the network for {', '.join(map(redact.url, remote))}; a private network namespace reaches "
-        f"only this machine's loopback (relayed), not {', '.join(map(redact.url, beyond))}"
-    )
-
-
-def _refuse_or_warn(what: str, reason: str, isolation: str, fix: str) -> None:
-    """IsolationError (one line) under ``required``; a warning that ``what`` use the host network otherwise."""
-    reason = " ".join(reason.split())  # unshare's error may span lines
-    if str(isolation) == REQUIRED:
-        raise IsolationError(
-            f"strategy.isolation=required, but no private network namespace can serve {what} ({reason}): "
-            f"{fix}, or set strategy.isolation=preferred (the host network, with a warning) or strategy.isolation=off"
-        )
-    log.warning(
-        "no private network namespace for %s (%s), so they run on the host network and %s; %s",
-        what, reason, EXPOSED, f"to keep them private, {fix}",
-    )  # fmt: skip
 
 
 def _loopback_up() -> None:
@@ -354,10 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     _loopback_up()
     control = socket.socket(fileno=arguments.control_fd)
     try:
-        relay = Relay(control, arguments.relay)
+        Relay(control, arguments.relay)
     except OSError as error:
         sys.exit(f"cannot relay {', '.join(map(str, arguments.relay))} inside the namespace: {error}")
-    relay.start()
     print(READY, flush=True)
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, sys.stdout.fileno())

@@ -1,8 +1,5 @@
-"""``BackupAndRestore`` on a ``gs://`` checkpoint directory, staged through a local copy.
-
-TensorFlow's own ``gs`` file system cannot reach a storage emulator, so it goes through
-:mod:`bigimage.data.storage` (fsspec with gcsfs). The chief uploads after each epoch,
-data files before the index, so a kill mid-upload leaves a valid checkpoint.
+"""``BackupAndRestore`` on a ``gs://`` checkpoint directory, staged through a local copy with
+:mod:`bigimage.data.storage` (why, and the upload order: docs/clusters.md).
 """
 
 from __future__ import annotations

@@ -68,16 +68,6 @@ def local_tfrecord_dir(cfg: Config) -> str:
     return local_cache_copy(url, os.path.join(str(cfg.paths.data_dir), "cache", "tfrecords", name))
 
 
-def _active_run() -> tuple[str | None, str | None, str | None]:
-    """The active MLflow run's id, tracking URI and artifact URI (all None without one)."""
-    import mlflow
-
-    run = mlflow.active_run()
-    if run is None:
-        return None, None, None
-    return run.info.run_id, mlflow.get_tracking_uri(), run.info.artifact_uri
-
-
 def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
     """The resolved config the workers read: local ``tfrecord_dir`` (the given one in :data:`SOURCE_KEY`)."""
     resolved = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
@@ -112,11 +102,16 @@ def _work_dir(cfg: Config, resolved: DictConfig, run_id: str | None) -> tuple[st
 def run_train(cfg: Config) -> dict[str, float]:
     """Train ``cfg.model`` under ``cfg.strategy`` on ``cfg.tfrecord_dir`` (logged into the active MLflow run,
     if any); returns the final metrics. Bad input fails before any process starts."""
-    run_id, tracking_uri, artifact_uri = _active_run()
+    import mlflow
+
+    run = mlflow.active_run()  # its id, tracking URI and artifact URI, all None without one
+    run_id, tracking_uri, artifact_uri = (
+        (run.info.run_id, mlflow.get_tracking_uri(), run.info.artifact_uri) if run else (None, None, None)
+    )
     multihost.check_shared(cfg, tracking_uri, artifact_uri, checkpoint_dir(cfg))
     # Fail on missing shards or the wrong image size before any process starts.
     readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
-    # Barrier tasks stage a gs:// set on their own hosts (bigimage.train.staging); local workers share this copy.
+    # Barrier tasks stage a gs:// set on their own hosts (launch.stage_worker_config); local workers share this copy.
     data_dir = str(cfg.tfrecord_dir) if cfg.strategy.launcher == "spark_barrier" else local_tfrecord_dir(cfg)
     manifest = readers.read_manifest(data_dir, int(cfg.image_size))
     readers.shard_paths(data_dir, manifest)
@@ -154,8 +149,6 @@ def run_train(cfg: Config) -> dict[str, float]:
             launch.run_local_workers(job)
     finally:
         if run_id:
-            import mlflow
-
             try:
                 mlflow.log_artifacts(os.path.join(work_dir, "logs"), "worker_logs")
             except Exception as error:

@@ -1,7 +1,5 @@
-"""TensorFlow's CPU settings in a training process: oneDNN on, op thread pools sized to a share of the cores.
-
-TensorFlow sizes its pools to every core in every process, so ``N`` workers of one machine would run
-``N x C`` threads on ``C`` cores; each worker gets ``C // N``, split among its replicas (docs/training.md).
+"""TensorFlow's CPU settings in a training process: oneDNN on, op thread pools sized to this worker's share
+of the cores, split among its replicas (the rule: docs/training.md#cpu-settings).
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import csv
 import ctypes
 import json
 import logging
@@ -79,10 +78,7 @@ def train_worker(
     run_id: str | None = None,
 ) -> dict[str, float]:
     """Train under ``cfg.strategy`` as worker ``task_index`` of ``num_workers``; returns the final metrics.
-
-    Must be the first TensorFlow work of the process (MultiWorkerMirroredStrategy and the logical CPU
-    devices of ``mirrored`` are set up before TensorFlow initialises).
-    """
+    Must be the process's first TensorFlow work (strategies and logical devices need TensorFlow uninitialised)."""
     from bigimage.train import strategies
 
     configure_process(cfg)
@@ -114,17 +110,16 @@ def train_worker(
     _log_setup(run_logger, shape, num_workers, plan, steps_per_epoch, val_steps, model, shared.url, cache.tags())
     run_logger.tags({"precision_policy": policy.policy, "precision_reason": policy.reason})
     _log_split(run_logger, cfg, manifest, plan)
-    progress = _progress_path(work_dir, task_index)
     observer = TrainingObserver(
-        task_index=task_index, is_chief=is_chief, global_batch_size=global_batch, steps_per_epoch=steps_per_epoch,
-        progress_path=progress, run_logger=run_logger, checkpoint_dir=shared.local_dir,
+        task_index=task_index, global_batch_size=global_batch, steps_per_epoch=steps_per_epoch,
+        work_dir=work_dir, run_logger=run_logger, checkpoint_dir=shared.local_dir,
     )  # fmt: skip
     log.info("worker %d/%d: strategy=%s, %s, %s", task_index, num_workers, cfg.strategy.name, shape, plan.description)
     callbacks = _callbacks(cfg, strategy, shared, observer, run_logger, num_workers)
     seconds = _fit(model, int(cfg.epochs), train_data, val_data, steps_per_epoch, val_steps, callbacks)
     summary = {**shape, names.TRAINING_SECONDS: seconds}
     try:
-        return _finish(model, observer, run_logger, is_chief, task_index, shared, summary, card)
+        return _finish(model, observer, run_logger, shared, summary, card)
     finally:
         cache.cleanup()
         shared.cleanup()
@@ -136,10 +131,10 @@ def _callbacks(
     """The fit's callbacks, in order: ``BackupAndRestore`` first (an epoch is reported once its
     checkpoint exists); the judged epoch's weights kept beside the checkpoint (so a resumed run keeps
     them); the observer; a gs:// checkpoint's upload, once the epoch is checkpointed and logged; a
-    search trial's pruning (:mod:`bigimage.train.pruning`) last, seeing an epoch once it is logged."""
+    search trial's pruning last, seeing an epoch once it is logged."""
     import tf_keras as keras
 
-    from bigimage.train.pruning import pruning_callbacks
+    from bigimage.train.callbacks import pruning_callbacks
 
     return [
         keras.callbacks.BackupAndRestore(backup_dir=shared.local_dir, delete_checkpoint=True),
@@ -151,10 +146,8 @@ def _callbacks(
 
 
 def configure_process(cfg: Any) -> Any:
-    """TensorFlow's set-up before the process's first op: imported quietly (no CUDA start-up lines on a
-    CPU-only machine: :mod:`bigimage.tensorflow_runtime`), Keras' own output (a predict's progress bar)
-    sent through logging, the op thread pools sized to this worker's share of the cores
-    (:mod:`bigimage.train.threads`), then the logical CPU devices of ``mirrored``."""
+    """TensorFlow's set-up before the process's first op: imported quietly, Keras' output sent through logging,
+    the op thread pools sized (:mod:`bigimage.train.threads`), then the logical CPU devices of ``mirrored``."""
     from bigimage import tensorflow_runtime
     from bigimage.train import strategies, threads
 
@@ -186,9 +179,8 @@ def _fit(
 
 
 def _inputs(cfg: Config, strategy: Any, task_index: int, global_batch: int) -> tuple[Any, ...]:
-    """This worker's split plan, steps per epoch (training, validation), input cache, distributed
-    datasets (training, validation), the card of the model they train (:mod:`bigimage.train.export`) and
-    the set's manifest."""
+    """This worker's split plan, steps per epoch (training, validation), input cache, distributed datasets
+    (training, validation), the card of the model they train and the set's manifest."""
     from bigimage.data import readers
     from bigimage.train import inputs
     from bigimage.train.cache import choose_cache
@@ -294,19 +286,10 @@ def _judged_checkpoint(checkpoint_dir: str) -> Any:
     )
 
 
-def _progress_path(work_dir: str | None, task_index: int) -> str | None:
-    if not work_dir:
-        return None
-    os.makedirs(os.path.join(work_dir, "progress"), exist_ok=True)
-    return os.path.join(work_dir, "progress", f"worker-{task_index}.jsonl")
-
-
 def _finish(
     model: Any,
     observer: Any,
     run_logger: Any,
-    is_chief: bool,
-    task_index: int,
     checkpoint: SharedCheckpoint,
     summary: dict[str, float],
     card: ModelCard,
@@ -319,7 +302,7 @@ def _finish(
 
     history = observer.history
     best_value, best_epoch = judged.judged_epoch(history)
-    save_root = tempfile.mkdtemp(prefix=f"bigimage-model-{task_index}-")
+    save_root = tempfile.mkdtemp(prefix=f"bigimage-model-{observer.task_index}-")
     try:
         model_path = os.path.join(save_root, "model.keras")
         model.save(model_path)
@@ -332,7 +315,7 @@ def _finish(
             "epochs_run": sum(1 for entry in history if entry["epoch"] >= (observer.first_epoch or 0)),
             names.RESUMED_FROM_EPOCH: observer.first_epoch or 0,
         }
-        if is_chief:
+        if observer.is_chief:
             model_epoch = _judged_model(model_path, checkpoint.local_dir, best_epoch, history)
             run_logger.metrics(
                 {key: result[key] for key in (judged.VALUE_METRIC, judged.EPOCH_METRIC, names.TRAINING_SECONDS)}
@@ -374,15 +357,14 @@ def _judged_model(model_path: str, checkpoint_dir: str, judged_epoch: int, histo
 
 def _write_history(history: list[dict[str, Any]], directory: str) -> str:
     """``history.json`` and ``history.csv`` (one row per epoch) in ``directory``; returns it."""
+    import pandas as pd
+
     from bigimage.tracking.names import EPOCH_METRICS
 
     os.makedirs(directory)
     with open(os.path.join(directory, "history.json"), "w", encoding="utf-8") as handle:
         json.dump(history, handle, indent=1)
-    with open(os.path.join(directory, "history.csv"), "w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["epoch", *EPOCH_METRICS], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+    pd.DataFrame(history, columns=["epoch", *EPOCH_METRICS]).to_csv(os.path.join(directory, "history.csv"), index=False)
     return directory
 
 
