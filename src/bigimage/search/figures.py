@@ -1,8 +1,5 @@
-"""The study's figures as PNGs (seaborn over ``study.trials_dataframe()``): no browser, no plotly.
-
-* optimisation history: each trial's value by trial number (pruned ones apart) and the best so far;
-* parameter importance: Optuna's importance of each searched parameter (per objective);
-* Pareto front (two objectives): every finished trial, the non-dominated ones joined.
+"""The study's figures as PNGs (seaborn over ``study.trials_dataframe()``; no browser, no plotly):
+optimisation history, parameter importance and, for two objectives, the Pareto front.
 """
 
 from __future__ import annotations

@@ -43,21 +43,10 @@ def study_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.
     trial; -1 for a confirmation run), ``parent``, ``status``."""
     runs = search_all(client, [experiment_id], f"tags.`{TAG_STUDY}` = '{study_name}'")  # every page
     rows = [
-        {
-            "run_id": run.info.run_id,
-            "number": int(run.data.tags.get(TAG_TRIAL, -1)),
-            "parent": run.data.tags.get(PARENT_TAG),
-            "status": run.info.status,
-        }
+        (run.info.run_id, int(run.data.tags.get(TAG_TRIAL, -1)), run.data.tags.get(PARENT_TAG), run.info.status)
         for run in runs
     ]
     return pd.DataFrame(rows, columns=["run_id", "number", "parent", "status"])
-
-
-def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> pd.DataFrame:
-    """The study's trial runs (:func:`study_runs` without the confirmation runs)."""
-    runs = study_runs(client, experiment_id, study_name)
-    return runs[runs["number"] >= 0].reset_index(drop=True)
 
 
 def prepare_parent(
@@ -99,8 +88,7 @@ def trials_table(study: optuna.Study, objectives: Sequence[str], runs: pd.DataFr
     table = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if len(objectives) > 1:
         table = table.rename(columns={f"values_{i}": name for i, name in enumerate(objectives)})
-    run_ids = dict(zip(runs["number"], runs["run_id"])) if not runs.empty else {}
-    table["run_id"] = table["number"].map(run_ids)
+    table["run_id"] = table["number"].map(dict(zip(runs["number"], runs["run_id"])))  # confirmation runs: -1
     return table
 
 
@@ -158,7 +146,7 @@ def summarise(
     """Write the study's outcome on its parent run (module doc); ``confirmed``: the confirmation stage's
     configurations, best mean first (none: the best single trial wins)."""
     experiment_id = retry_busy(lambda: client.get_run(parent_run_id)).info.experiment_id
-    table = trials_table(study, objectives, trial_runs(client, experiment_id, study.study_name))
+    table = trials_table(study, objectives, study_runs(client, experiment_id, study.study_name))
     log_batch(client, parent_run_id, metrics=counts(study))
     finished = table[table["state"] == "COMPLETE"]
     with tempfile.TemporaryDirectory(prefix="bigimage-search-") as folder:
@@ -174,7 +162,8 @@ def summarise(
             retry_busy(lambda: client.log_table(parent_run_id, _json_ready(front), PARETO_TABLE))
             fig = figures.pareto_front(finished, objectives[1], objectives[0], front)
             _save(fig, folder, "pareto_front.png")
-            log_batch(client, parent_run_id, tags={"search.pareto_trials": _numbers(front)})
+            pareto_trials = ",".join(str(int(number)) for number in sorted(front["number"]))
+            log_batch(client, parent_run_id, tags={"search.pareto_trials": pareto_trials})
         found = importances(study, objectives)
         if found:
             _save(figures.param_importances(found), folder, "param_importances.png")
@@ -231,17 +220,10 @@ def _log_best(
     )
 
 
-def _numbers(front: pd.DataFrame) -> str:
-    return ",".join(str(int(number)) for number in sorted(front["number"]))
-
-
 def _json_ready(table: pd.DataFrame) -> pd.DataFrame:
     """Columns MLflow's table artifact can hold: durations and times as text."""
-    out = table.copy()
-    for column in out.columns:
-        if not (pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_string_dtype(out[column])):
-            out[column] = out[column].astype(str)
-    return out
+    kept = (pd.api.types.is_numeric_dtype, pd.api.types.is_string_dtype)
+    return table.astype({column: str for column in table.columns if not any(is_(table[column]) for is_ in kept)})
 
 
 def _save(fig: Any, folder: str, name: str) -> None:

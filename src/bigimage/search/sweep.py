@@ -120,11 +120,10 @@ def tell(search: Search, trial: optuna.Trial, result: JobReturn) -> BaseExceptio
     pruned_epoch = attrs.get(ATTR_PRUNED_EPOCH)
     if pruned_epoch is not None:
         trial.set_user_attr(ATTR_EPOCHS, int(pruned_epoch) + 1)
-    elif result.cfg is not None:  # a Hydra job's return holds its config
-        trial.set_user_attr(ATTR_EPOCHS, int(result.cfg.epochs))
-    if pruned_epoch is not None:
         study.tell(trial, state=TrialState.PRUNED)
         return None
+    if result.cfg is not None:  # a Hydra job's return holds its config
+        trial.set_user_attr(ATTR_EPOCHS, int(result.cfg.epochs))
     value = result.return_value
     values = [value] if not isinstance(value, (list, tuple)) else list(value)
     if any(v is None or not math.isfinite(float(v)) for v in values) or len(values) != len(study.directions):

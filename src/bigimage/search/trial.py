@@ -1,9 +1,7 @@
 """A trial as its job sees it: the objective ``run.py`` returns, the run's tags, the pruning reporter.
 
-The sweeper gives every trial's job ``search.study_name``, ``search.storage``, ``search.trial`` (the
-Optuna trial number) and ``search.prune``; the job's config, and so the resolved config the training
-workers read, carries them, so a worker process started anywhere can find its trial. A confirmation
-run (:mod:`.confirm`) gets ``search.confirm_of`` instead of ``search.trial``: it is no trial, never pruned.
+The sweeper gives every trial's job ``search.*`` (:class:`bigimage.config.SearchConfig`), which the
+resolved config the training workers read carries, so a worker process started anywhere finds its trial.
 """
 
 from __future__ import annotations
@@ -69,11 +67,8 @@ def objective(cfg: Any, metrics: Mapping[str, Any]) -> float | list[float] | Non
 
 
 class TrialReporter:
-    """Reports a training's per-epoch validation accuracy to its trial and asks the pruner.
-
-    Only the chief worker makes one: it reports, the pruner decides, and the workers learn the decision
-    from it (:mod:`bigimage.train.pruning`), so they all stop after the same epoch.
-    """
+    """Reports a training's per-epoch validation accuracy to its trial and asks the pruner; only the chief
+    worker makes one, the others learn the verdict from it (:class:`bigimage.train.callbacks.PruningCallback`)."""
 
     def __init__(self, study_name: str, storage_url: str, trial_number: int):
         import optuna
