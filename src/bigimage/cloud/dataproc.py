@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -47,8 +48,7 @@ class DataprocError(RuntimeError):
 
 def cluster_name(cfg: Config) -> str:
     """``cluster.dataproc.cluster_name``, else ``bigimage-<shape>``; checked against Dataproc's rules."""
-    name = cfg.cluster.dataproc.cluster_name or f"bigimage-{cfg.cluster.name}"
-    name = str(name)
+    name = str(cfg.cluster.dataproc.cluster_name or f"bigimage-{cfg.cluster.name}")
     if not _CLUSTER_NAME.match(name):
         raise DataprocError(
             f"cluster.dataproc.cluster_name={name!r} is not a valid Dataproc cluster name: lowercase letters, "
@@ -287,12 +287,10 @@ def resolve_project(cfg: Config) -> str:
     """:func:`configured_project`, else the Application Default Credentials' project; else DataprocError."""
     project = configured_project(cfg)
     if not project:
-        try:
+        with contextlib.suppress(Exception):  # no Application Default Credentials: no project either
             import google.auth
 
-            _, project = google.auth.default()
-        except Exception:
-            project = None
+            project = google.auth.default()[1]
     if not project:
         raise DataprocError(
             "no Google Cloud project for Dataproc: set cluster.dataproc.project=YOUR_PROJECT "
@@ -355,10 +353,6 @@ def _train_problems(cfg: Config) -> list[str]:
 
 def _bucket_name(bucket: str) -> str:
     return bucket.removeprefix("gs://").split("/", 1)[0]
-
-
-def _endpoint(region: str) -> dict[str, str]:
-    return {"api_endpoint": f"{region}-dataproc.googleapis.com:443"}
 
 
 def ensure_cluster(cfg: Config, project: str, client: Any, echo: Callable[[str], None] = print) -> Any:
@@ -504,12 +498,10 @@ def run_on_dataproc(
         credentials = check_credentials()
         from google.cloud import dataproc_v1, storage
 
-        cluster_client = cluster_client or dataproc_v1.ClusterControllerClient(
-            credentials=credentials, client_options=_endpoint(region)
-        )
-        job_client = job_client or dataproc_v1.JobControllerClient(
-            credentials=credentials, client_options=_endpoint(region)
-        )
+        endpoint = {"api_endpoint": f"{region}-dataproc.googleapis.com:443"}
+        where = {"credentials": credentials, "client_options": endpoint}
+        cluster_client = cluster_client or dataproc_v1.ClusterControllerClient(**where)
+        job_client = job_client or dataproc_v1.JobControllerClient(**where)
         storage_client = storage_client or storage.Client(project=project, credentials=credentials)
     problems = check_paths(cfg)
     if problems:

@@ -45,21 +45,12 @@ def command(
     the installed software stays visible, as a second host would have it too."""
     unshare = shutil.which("unshare") or "unshare"
     line = [unshare, "--mount", "--propagation", "private", "--", sys.executable, "-m", "bigimage.spark.isolate"]
-    for path in masks:
-        line += ["--mask", str(path)]
-    for path in sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, _package_root())}):
-        if _inside(path, masks):
-            line += ["--expose", path]
-    for path in keep:
-        line += ["--keep", str(path)]
-    for path in mkdirs:
-        line += ["--mkdir", str(path)]
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # src/ or site-packages
+    installed = sorted({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, package_root)})
+    exposed = [path for path in installed if _inside(path, masks)]
+    for flag, paths in (("--mask", masks), ("--expose", exposed), ("--keep", keep), ("--mkdir", mkdirs)):
+        line += [part for path in paths for part in (flag, str(path))]
     return [*line, "--cwd", str(cwd), "--", *argv]
-
-
-def _package_root() -> str:
-    """The directory that holds the ``bigimage`` package (``src/`` of a checkout, or site-packages)."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _mask(path: str) -> None:

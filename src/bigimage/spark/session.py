@@ -239,13 +239,8 @@ def deploy_from_context(spark: Any) -> str:
 
 
 def log_spark_resources(spark: Any) -> dict[str, Any]:
-    """Log the contract's tag ``spark.master`` and metrics ``spark.executors``/``spark.total_cores`` (docs/contracts.md).
-
-    Also ``spark.lost_executors`` and ``spark.failed_tasks`` (call it again after the job to record a
-    worker lost mid-job; Spark re-ran its tasks elsewhere), and tag ``spark.deploy``, derived from the
-    running context (:func:`deploy_from_context`) rather than copied from ``cluster.deploy``: a config
-    that asked for one deploy and got another is logged as what it got, with a warning.
-    """
+    """Log what :func:`spark_resources` and :func:`deploy_from_context` read back (docs/clusters.md); call it
+    again after a job to record a worker lost mid-job. A deploy other than ``cluster.deploy`` is warned of."""
     import mlflow
 
     resources = spark_resources(spark)
@@ -255,7 +250,7 @@ def log_spark_resources(spark: Any) -> dict[str, Any]:
     mlflow.set_tag("spark.app_id", str(spark.sparkContext.applicationId))  # tasks that shared a session share it
     requested = spark.sparkContext.getConf().get("spark.bigimage.deploy", None)
     if requested and requested != deploy:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "cluster.deploy=%s but Spark runs on %s (%s): logged spark.deploy=%s",
             requested,
             resources["master"],

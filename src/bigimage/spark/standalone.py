@@ -1,8 +1,7 @@
 """A real Spark standalone cluster on loopback, from the Spark inside the pyspark wheel (``bin/spark-class``).
 
 No JVM outlives the run: each daemon leads its own process group, stopped from ``stop()``, ``atexit``,
-SIGTERM/SIGHUP (:mod:`bigimage.termination`) or ``PR_SET_PDEATHSIG``. Spark authentication is on, its
-secret never on a command line; the master's unauthenticated REST server is off.
+SIGTERM/SIGHUP (:mod:`bigimage.termination`) or ``PR_SET_PDEATHSIG`` (network and secret: docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -124,15 +123,8 @@ def _pdeathsig_preexec() -> Any:
     """preexec_fn: on Linux, SIGTERM the child when the parent dies (also on SIGKILL of the parent)."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
-        return None
-
-    def preexec() -> None:
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    return preexec
+    libc = ctypes.CDLL(None, use_errno=True)
+    return lambda: libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
@@ -152,7 +144,6 @@ def stop_process_groups(pgids: list[int], grace_seconds: float = 10.0) -> None:
 
 _LIVE: set[StandaloneCluster] = set()
 _LIVE_LOCK = threading.Lock()
-_SIGNALS_HELD = False  # this module holds bigimage.termination while clusters run
 
 
 @atexit.register
@@ -164,27 +155,6 @@ def _stop_all() -> None:
             cluster.stop()
         except Exception:
             log.exception("could not stop the standalone cluster at %s", cluster.master_url)
-
-
-def _register(cluster: StandaloneCluster) -> None:
-    global _SIGNALS_HELD
-    with _LIVE_LOCK:
-        _LIVE.add(cluster)
-        hold = not _SIGNALS_HELD
-        _SIGNALS_HELD = True
-    if hold and not termination.install():
-        _SIGNALS_HELD = False  # not the main thread: atexit and PR_SET_PDEATHSIG still clean up
-
-
-def _unregister(cluster: StandaloneCluster) -> None:
-    global _SIGNALS_HELD
-    with _LIVE_LOCK:
-        _LIVE.discard(cluster)
-        release = not _LIVE and _SIGNALS_HELD
-        if release:
-            _SIGNALS_HELD = False
-    if release:
-        termination.uninstall()
 
 
 @dataclass(eq=False)
@@ -233,6 +203,7 @@ class StandaloneCluster:
     isolate: tuple[str, ...] = ()
     _own_work_dir: bool = False
     _stopped: bool = False
+    _signals: bool = False  # holds bigimage.termination (not outside the main thread: atexit, PR_SET_PDEATHSIG)
 
     def __enter__(self) -> StandaloneCluster:
         self.start()
@@ -260,12 +231,15 @@ class StandaloneCluster:
             self.work_dir = Path(tempfile.mkdtemp(prefix="bigimage-standalone-"))
             self._own_work_dir = True
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        _register(self)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        self._signals = termination.install()
         try:
             self._start_master()
             for index in range(self.workers):
                 self._start_worker(index)
-            self._wait_for_workers()
+            workers = {f"Spark {worker.name}": worker for worker in self.worker_daemons}
+            self._await_log(workers, _WORKER_REGISTERED, f"registering with {self.master_url}")
         except BaseException:
             self.stop()
             raise
@@ -291,7 +265,10 @@ class StandaloneCluster:
         for daemon in daemons:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 daemon.process.wait(timeout=10)
-        _unregister(self)
+        with _LIVE_LOCK:
+            _LIVE.discard(self)
+        if self._signals:
+            termination.uninstall()
         if self._own_work_dir and self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -335,8 +312,10 @@ class StandaloneCluster:
         log_path = self._dir / f"{name}.log"
         preexec = _pdeathsig_preexec() if threading.current_thread() is threading.main_thread() else None
         argv = [str(spark_class), *args]
-        if self.isolate and name != "master":
-            argv = self._isolated(argv)
+        if self.isolate and name != "master":  # a worker in its own mount namespace, its own dirs kept
+            dirs = [str(self._dir / path) for path in ("work", "local", "logs")]
+            conf = [str(self._dir / "spark-daemons.conf")]
+            argv = isolate.command(argv, self.isolate, keep=conf, mkdirs=dirs, cwd=str(self._dir))
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 argv,
@@ -349,13 +328,6 @@ class StandaloneCluster:
                 preexec_fn=preexec,
             )
         return Daemon(name=name, process=process, log_path=log_path)
-
-    def _isolated(self, argv: list[str]) -> list[str]:
-        """A worker's command line in its own mount namespace: ``self.isolate`` hidden, its own dirs kept."""
-        dirs = [str(self._dir / path) for path in ("work", "local", "logs")]
-        return isolate.command(
-            argv, self.isolate, keep=[str(self._dir / "spark-daemons.conf")], mkdirs=dirs, cwd=str(self._dir)
-        )
 
     def _start_master(self) -> None:
         for path in ("work", "local", "logs"):
@@ -388,10 +360,6 @@ class StandaloneCluster:
             "--properties-file", str(self._dir / "spark-daemons.conf"),
         ]  # fmt: skip
         self.worker_daemons.append(self._spawn(f"worker-{index}", [WORKER_CLASS, *args, self.master_url]))
-
-    def _wait_for_workers(self) -> None:
-        workers = {f"Spark {worker.name}": worker for worker in self.worker_daemons}
-        self._await_log(workers, _WORKER_REGISTERED, f"registering with {self.master_url}")
 
     def _await_log(self, daemons: dict[str, Daemon], pattern: re.Pattern[str], goal: str) -> re.Match[str]:
         """Wait until every daemon's log (keyed by how a message names it) shows ``pattern``; returns the last
