@@ -1,8 +1,5 @@
-"""Typed schemas behind ``conf/``: a wrong type or unknown key fails at composition with Hydra's message.
-
-Each group's YAML options start from the schema registered here (``defaults: [base_<group>, _self_]``).
-Rules that span fields (a positive batch size, a dataset root for ``dataset=folder``) live in
-:func:`validate`, which ``run.py`` calls once before any work starts.
+"""Typed schemas behind ``conf/``: a wrong type or unknown key fails at composition with Hydra's message;
+values that compose but cannot work fail in :func:`validate` (docs/configuration.md#validation).
 """
 
 from __future__ import annotations

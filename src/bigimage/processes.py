@@ -1,13 +1,9 @@
 """Whether a process recorded by its pid still runs: the one liveness check of the project.
 
-A pid alone is not a process: the kernel hands a freed pid to the next process, so a record that names
-a dead process by its pid would find a live stranger there. A record therefore also says when its
-process started (``started``: psutil's ``create_time``, as :func:`start_time` gives it) or, where only
-a pid was written (a folder named after it), when the record was made (``recorded``): a process with
-that pid that started later is another one. A process that cannot be inspected (another user's,
-psutil denied) is :data:`UNKNOWN`, never dead, so nothing of a live process is ever removed.
-
-Depends on nothing else of the package, so that every layer (the data layer too) uses it.
+The kernel reuses freed pids, so a record also says when its process started (``started``, as
+:func:`start_time` gives it) or, where only a pid was written, when the record was made (``recorded``): a
+process with that pid that started later is another one. One that cannot be inspected is
+:data:`UNKNOWN`, never dead. Depends on nothing else of the package, so that every layer uses it.
 """
 
 from __future__ import annotations
@@ -34,10 +30,8 @@ def start_time(pid: int | None = None) -> float:
 
 
 def liveness(pid: int, started: float | None = None, recorded: float | None = None) -> Liveness:
-    """Whether process ``pid`` that started at ``started`` (or before ``recorded``) still runs (module doc).
-
-    A zombie is dead; a pid held by a process of another start time (or one started after ``recorded``) is
-    dead too, as the process recorded is gone."""
+    """Whether process ``pid`` that started at ``started`` (or before ``recorded``) still runs (module doc);
+    a zombie is dead, and so is a pid held by a process of another start time (or started after ``recorded``)."""
     try:
         process = psutil.Process(pid)
         if process.status() == psutil.STATUS_ZOMBIE:

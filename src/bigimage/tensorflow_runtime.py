@@ -1,11 +1,8 @@
 """TensorFlow imported once per process, without its C++ start-up lines on the console.
 
-The pip wheel writes "Could not find cuda drivers", "failed call to cuInit", the CPU-instructions note
-and, on CPUs where oneDNN is its default, "oneDNN custom operations are on" straight to file descriptor
-2 while it loads and looks for devices, before its own logging (and so ``TF_CPP_MIN_LOG_LEVEL``) is set
-up: on a CPU machine every Spark task of the speed test would print them. The import and the device
-search therefore run with descriptor 2 captured; afterwards every captured line that is not one of those
-known start-up notes is written back, so a warning that matters still shows.
+The pip wheel writes CUDA, CPU-instruction and oneDNN notes straight to file descriptor 2 while it loads
+and looks for devices, before ``TF_CPP_MIN_LOG_LEVEL`` applies (on a CPU machine, in every Spark task of
+the speed test); so both run with descriptor 2 captured, and every other captured line is written back.
 """
 
 from __future__ import annotations
