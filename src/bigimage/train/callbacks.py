@@ -18,7 +18,7 @@ from bigimage.search.trial import REPORTED_METRIC, TAG_PRUNED, TAG_PRUNED_EPOCH,
 from bigimage.tracking import names
 from bigimage.tracking.names import EPOCH_METRICS
 from bigimage.tracking.store import log_batch
-from bigimage.train.progress import METRICS, describe_epoch
+from bigimage.train.progress import METRICS
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class TrainingObserver(keras.callbacks.Callback):
         entry["epoch_seconds"] = end - self._epoch_start
         entry["images_per_second"] = self.steps_per_epoch * self.global_batch_size / max(train_seconds, 1e-9)
         self.history.append(entry)
-        log.info("epoch %d/%d:%s", epoch + 1, self.params.get("epochs", 0), describe_epoch(entry))
+        log.info("epoch %d/%d: %s", epoch + 1, self.params.get("epochs", 0), _epoch_line(entry))
         if self.is_chief:
             self.run_logger.metrics({key: entry[key] for key in EPOCH_METRICS if key in entry}, step=epoch)
             storage.write_bytes(
@@ -168,6 +168,12 @@ class TrainingObserver(keras.callbacks.Callback):
                 )
         self.run_logger.tags(tags)
         log.info("resumed from epoch %d (checkpoint in %s)", epoch, self.checkpoint_dir)
+
+
+def _epoch_line(entry: dict[str, float]) -> str:
+    """An epoch's metrics in one log line (the fit itself prints nothing: ``verbose=0``)."""
+    values = [f"{key} {entry[key]:.4f}" for key in METRICS if key in entry]
+    return ", ".join([*values, f"{entry['epoch_seconds']:.1f} s", f"{entry['images_per_second']:.0f} images/s"])
 
 
 class PruningCallback(keras.callbacks.Callback):

@@ -1,4 +1,4 @@
-"""An epoch in one line: in each worker's log, and on the launcher's console from the chief's progress file."""
+"""A line per finished epoch on the launcher's console, polled from the chief's progress file."""
 
 from __future__ import annotations
 
@@ -9,14 +9,6 @@ import os
 log = logging.getLogger("bigimage.train")
 
 METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-def describe_epoch(event: dict) -> str:
-    """An epoch's seconds, speed and metrics (the fit itself prints nothing: ``verbose=0``)."""
-    values = " ".join(f"{key} {float(event[key]):.4f}" for key in METRICS if key in event)
-    speed = f", {float(event['images_per_second']):.0f} images/s" if "images_per_second" in event else ""
-    seconds = f" {float(event['epoch_seconds']):.1f} s" if "epoch_seconds" in event else ""
-    return f"{seconds}{speed}; {values}"
 
 
 class EpochLines:
@@ -53,6 +45,9 @@ class EpochLines:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if event.get("event") == "epoch_end":
-                epoch = int(event["epoch"]) + 1
-                log.info("%sepoch %d%s:%s", self.label, epoch, self.total, describe_epoch(event))
+            if event.get("event") != "epoch_end":
+                continue
+            values = " ".join(f"{key} {float(event[key]):.4f}" for key in METRICS if key in event)
+            speed = f", {float(event['images_per_second']):.0f} images/s" if "images_per_second" in event else ""
+            seconds = f" {float(event['epoch_seconds']):.1f} s" if "epoch_seconds" in event else ""
+            log.info("%sepoch %d%s:%s%s; %s", self.label, int(event["epoch"]) + 1, self.total, seconds, speed, values)
