@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ParamSpec
 
 import numpy as np
@@ -182,15 +182,9 @@ class Interval:
         )
 
     def as_dict(self) -> dict:
-        return {
-            "mean": self.mean,
-            "ci_low": self.low,
-            "ci_high": self.high,
-            "n": self.n,
-            "sd": self.sd,
-            "ci_method": self.method,
-            "confidence": self.confidence,
-        }
+        """The fields under their JSON names (``low`` and ``high`` as ``ci_low``, ``ci_high``; ``ci_method``)."""
+        renamed = {"low": "ci_low", "high": "ci_high", "method": "ci_method"}
+        return {renamed.get(key, key): value for key, value in asdict(self).items()}
 
 
 @dataclass
