@@ -33,7 +33,9 @@ reference, as TensorFlow's convolution kernels alone stay well under it. ``mirro
 ``--before`` adds the settings before issue 13 (TensorFlow's defaults here: oneDNN off, pools of all the
 cores in every process) for what the change bought, ``--jit`` the step compiled by XLA, and ``--precision``
 ``default`` under ``train.precision=mixed_bfloat16`` (its images/s over ``default``'s: the goal is 2x
-where the CPU has bf16 units).
+where the CPU has bf16 units). ``--kernels --precision`` also times the convolution passes (below) in
+bfloat16: their speed-up over float32, all together and each alone, which is about what bf16 can give a
+step that is almost all convolutions (what limits the 2x goal with TensorFlow's bf16 kernels on a CPU).
 
 ``--kernels`` times each convolution of the model alone, in a process set up as ``default``'s: its
 forward pass (with the bias and ReLU the layer fuses), its filter gradient and its input gradient (not
@@ -194,7 +196,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("train"):
         result.update(_train(cfg, spec, tf, probe))
     if spec.get("kernels"):
-        result["batch"], result["kernels"] = int(cfg.batch_size), _kernels(cfg, tf, probe)
+        result["batch"], result["kernels"] = int(cfg.batch_size), _kernels(cfg, tf, probe, spec.get("dtype", "float32"))
     if probe is not None:
         result["matmul_samples"] = probe.samples
     result["load_after"] = os.getloadavg()[0]
@@ -269,15 +271,17 @@ def _train(cfg: Any, spec: dict[str, Any], tf: Any, probe: MatmulProbe | None) -
     return out
 
 
-def _convolution_passes(tf: Any, layer: Any, seed: int, batch: int, input_gradient: bool) -> dict[str, Any]:
-    """A ``Conv2D`` layer's passes as scalar-returning ``tf.function`` calls on random data of its shapes:
-    forward (with the bias and ReLU its op fuses), filter gradient and, if asked, input gradient."""
+def _convolution_passes(
+    tf: Any, layer: Any, seed: int, batch: int, input_gradient: bool, dtype: str = "float32"
+) -> dict[str, Any]:
+    """A ``Conv2D`` layer's passes as scalar-returning ``tf.function`` calls on random ``dtype`` data of its
+    shapes: forward (with the bias and ReLU its op fuses), filter gradient and, if asked, input gradient."""
     (_, height, width, features), (_, out_height, out_width, filters) = layer.input.shape, layer.output.shape
     strides, padding, kernel = [1, *layer.strides, 1], layer.padding.upper(), list(layer.kernel.shape)
-    x = tf.random.stateless_normal((batch, height, width, features), seed=(seed, 1))
-    weights = tf.random.stateless_normal(kernel, seed=(seed, 2))
-    bias = tf.zeros((filters,))
-    dy = tf.random.stateless_normal((batch, out_height, out_width, filters), seed=(seed, 3))
+    x = tf.cast(tf.random.stateless_normal((batch, height, width, features), seed=(seed, 1)), dtype)
+    weights = tf.cast(tf.random.stateless_normal(kernel, seed=(seed, 2)), dtype)
+    bias = tf.zeros((filters,), dtype)
+    dy = tf.cast(tf.random.stateless_normal((batch, out_height, out_width, filters), seed=(seed, 3)), dtype)
 
     @tf.function
     def forward() -> Any:
@@ -301,9 +305,9 @@ def _convolution_passes(tf: Any, layer: Any, seed: int, batch: int, input_gradie
     return passes
 
 
-def _kernels(cfg: Any, tf: Any, probe: MatmulProbe | None) -> list[dict[str, Any]]:
-    """Each ``Conv2D`` pass of the configured model timed alone at the global batch (the first layer's
-    input gradient left out: the step never computes it), between two matmul samples if given a probe."""
+def _kernels(cfg: Any, tf: Any, probe: MatmulProbe | None, dtype: str = "float32") -> list[dict[str, Any]]:
+    """Each ``Conv2D`` pass of the configured model timed alone at the global batch in ``dtype`` (the first
+    layer's input gradient left out: the step never computes it), between two matmul samples if given a probe."""
     import tf_keras as keras
 
     from bigimage.train.model import build_model
@@ -314,7 +318,7 @@ def _kernels(cfg: Any, tf: Any, probe: MatmulProbe | None) -> list[dict[str, Any
     for index, layer in enumerate(convolutions):
         (_, out_height, out_width, filters), kernel = layer.output.shape, layer.kernel.shape
         flops = 2 * batch * out_height * out_width * filters * kernel[0] * kernel[1] * kernel[2]
-        for name, call in _convolution_passes(tf, layer, index, batch, input_gradient=index > 0).items():
+        for name, call in _convolution_passes(tf, layer, index, batch, index > 0, dtype).items():
             call().numpy()  # tracing, before the matmul's bracket
             if probe is not None and not probe.samples:
                 probe.sample()
@@ -366,6 +370,8 @@ def _variants(args: argparse.Namespace) -> dict[str, tuple[dict[str, Any], dict[
     if args.precision:
         bf16 = [*args.overrides, "train.precision=mixed_bfloat16"]
         variants["default_bf16"] = ({**base, **now, "overrides": bf16}, {})
+        if args.kernels:
+            variants["kernels_bf16"] = ({**variants["kernels"][0], "dtype": "bfloat16"}, {})
     return variants
 
 
@@ -397,7 +403,7 @@ def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "variants": {},
     }
     for name in results:
-        if name == "kernels":
+        if name.startswith("kernels"):
             continue
         ips = median(name, "images_per_second")
         if name == "default":
@@ -434,6 +440,8 @@ def _summary(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         summary["ratio_bf16_to_default"] = (
             variants["default_bf16"]["images_per_second"] / variants["default"]["images_per_second"]
         )
+    if "kernels_bf16" in results:
+        summary["kernels_bf16"] = _bf16_kernels(results["kernels"], results["kernels_bf16"])
     if "mirrored_before" in variants:
         summary["ratio_mirrored_to_default_before"] = (
             variants["mirrored_before"]["images_per_second"] / variants["default_before"]["images_per_second"]
@@ -478,6 +486,24 @@ def _kernel_summary(rounds: list[dict[str, Any]], flops_per_image: float, defaul
             max(wall for r in rounds for wall, _ in r["matmul_samples"]),
         ],
     }
+
+
+def _bf16_kernels(fp32: list[dict[str, Any]], bf16: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much faster the convolutions run in bfloat16 than in float32, all passes together and each alone
+    (the passes' times weighted by the matmul rate around them, as the two are timed in different
+    processes: median over rounds). The float32 step is almost all convolutions, so this is what bf16
+    kernels can give the step."""
+
+    def work(kernels: list[dict[str, Any]]) -> float:
+        return sum(k["seconds"] * k["matmul_gflops"] for k in kernels)
+
+    pairs = list(zip(fp32, bf16, strict=True))
+    speedup = statistics.median(work(a["kernels"]) / work(b["kernels"]) for a, b in pairs)
+    passes = [
+        statistics.median(work([a["kernels"][i]]) / work([b["kernels"][i]]) for a, b in pairs)
+        for i in range(len(fp32[0]["kernels"]))
+    ]
+    return {"convolutions_speedup": speedup, "passes": passes}
 
 
 def _print(summary: dict[str, Any], args: argparse.Namespace, loads: list[str]) -> None:
@@ -527,6 +553,14 @@ def _print(summary: dict[str, Any], args: argparse.Namespace, loads: list[str]) 
             f"{kernels['ceiling_ratio_to_matmul']:.3f} of matmul; the other ops and overhead take {1 - share:.2f} of the step"
         )
         print(f"ratio default / the ceiling its convolutions allow = {share:.3f}  (goal >= 0.9)")
+    if "kernels_bf16" in summary:
+        bf16 = summary["kernels_bf16"]
+        print(
+            f"convolutions alone, bfloat16 / float32 (the same passes): {bf16['convolutions_speedup']:.2f}x "
+            "(the float32 step is almost all convolutions: the bf16 step gains about what they gain)"
+        )
+        named = zip(summary["kernels"]["passes"], bf16["passes"], strict=True)
+        print("  per pass: " + ", ".join(f"{e['layer']} {e['pass']} {x:.2f}x" for e, x in named))
     if "ratio_mirrored_to_default_before" in summary:
         print(
             f"  before (TensorFlow's defaults): mirrored / default = {summary['ratio_mirrored_to_default_before']:.3f}"
