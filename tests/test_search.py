@@ -27,7 +27,7 @@ from bigimage.analysis_lib import overfitting, training_cost
 from bigimage.config import PROJECT_ROOT, register_configs, validate
 from bigimage.errors import UserError
 from bigimage.search import space, study, summary, sweep, trial
-from bigimage.tracking import query, redact
+from bigimage.tracking import names, query, redact
 from bigimage.tracking.callbacks import MlflowSweepCallback
 from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID, ENV_SWEEP_ID, tracked_run
 from bigimage.tracking.store import connect
@@ -261,6 +261,25 @@ def test_a_resumed_search_ends_finished_and_its_killed_trial_stays_killed(
     assert stopped.info.status == "KILLED"
     assert stopped.data.tags["mlflow.parentRunId"] == second
     assert stopped.data.tags[summary.TAG_MOVED_FROM] == first
+
+
+@pytest.mark.parametrize("reason", [None, "the study already holds 2 of 2 trials; nothing to confirm"])
+def test_a_sweep_without_jobs_fails_unless_it_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str | None
+) -> None:
+    """No job recorded and no reason: the jobs died unrecorded, FAILED; a search with nothing left says why."""
+    for key in ("MLFLOW_TRACKING_URI", ENV_PARENT_RUN_ID, ENV_EXPERIMENT_ID, ENV_SWEEP_ID):
+        monkeypatch.delenv(key, raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    config = sweep_config(tmp_path, uri)
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(config)
+    parent = callback.parent_run_id
+    assert parent is not None
+    if reason is not None:
+        mlflow.MlflowClient().set_tag(parent, names.TAG_NOTHING_TO_RUN, reason)
+    callback.on_multirun_end(config)
+    assert mlflow.MlflowClient(uri).get_run(parent).info.status == ("FAILED" if reason is None else "FINISHED")
 
 
 def test_summary_on_the_parent_and_the_pareto_front(mlflow_store: str, mlflow_experiment: str) -> None:
@@ -547,6 +566,12 @@ def test_interrupted_search_resumes_to_the_requested_trials(tmp_path: Path, tfre
     (stopped,) = [run for run in trial_runs if run.info.status == "KILLED"]  # the trial the stop cut short
     assert stopped.data.tags[summary.TAG_MOVED_FROM] == first.info.run_id
     assert second.data.metrics["search.trials_finished"] == 2 and len(trial_runs) == 3
+    again = run_search(tmp_path, tfrecords, *args)  # the study holds its 2 trials: nothing to run, a success
+    assert again.returncode == 0, again.stderr[-4000:]
+    parents, trial_runs = parents_and_trials(store_of(tmp_path)[1])
+    third = max(parents, key=lambda run: run.info.start_time)
+    assert third.info.status == "FINISHED" and "2 of 2 trials" in third.data.tags[names.TAG_NOTHING_TO_RUN]
+    assert len(trial_runs) == 3
 
 
 @pytest.mark.slow

@@ -182,8 +182,9 @@ def sweep(
 
     from bigimage.search import summary
     from bigimage.search.trial import metric_names
-    from bigimage.tracking import redact
+    from bigimage.tracking import names, redact
     from bigimage.tracking.runs import ENV_EXPERIMENT_ID, ENV_PARENT_RUN_ID
+    from bigimage.tracking.store import log_batch
 
     objectives = metric_names(config)
     if len(objectives) != len(search_study.directions(settings.direction)):
@@ -210,6 +211,10 @@ def sweep(
         returns = run(search, settings.n_trials, settings.n_jobs, launcher)
         first_job = sum(len(batch) for batch in returns)
         confirmed, results = search_confirm.confirm(search, settings.confirm, int(config.seed), launcher, first_job)
+        if client is not None and parent and not returns and not results:
+            done = f"the study already holds {counted(search.study)} of {settings.n_trials} trials; nothing to confirm"
+            log.info("nothing to run: %s", done)
+            log_batch(client, parent, tags={names.TAG_NOTHING_TO_RUN: done})
         return [*returns, results] if results else returns
     except KeyboardInterrupt:
         interrupted = True

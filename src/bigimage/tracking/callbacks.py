@@ -87,7 +87,8 @@ class MlflowSweepCallback(Callback):
             return
         parent_run_id: str = self.parent_run_id
         client = mlflow.MlflowClient()
-        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        parent = client.get_run(parent_run_id)
+        experiment_id = parent.info.experiment_id
 
         # A job whose process died unable to end its run (joblib kills its workers when the sweep is
         # stopped) is ended KILLED here, as analysis/stale_runs.py would end it.
@@ -105,7 +106,9 @@ class MlflowSweepCallback(Callback):
         if killed:  # stopped (SIGTERM, SIGHUP, Ctrl-C in a job): the sweep did not fail, it was cut short
             status = RunStatus.KILLED
         else:
-            status = RunStatus.FAILED if failed or not children else RunStatus.FINISHED
+            # no job and no reason given (a search whose study is complete gives one): the jobs died unrecorded
+            launched = bool(children) or names.TAG_NOTHING_TO_RUN in parent.data.tags
+            status = RunStatus.FAILED if failed or not launched else RunStatus.FINISHED
         if self.heartbeat is not None:
             self.heartbeat.stop()
         tags: dict[str, Any] = {"children": len(children), "children_failed": len(failed)}

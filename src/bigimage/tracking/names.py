@@ -6,6 +6,7 @@ both so neither imports the other; ``tests/test_mlflow_names.py`` fails on a key
 TAG_TASK = "task"  # preprocess, speedtest, train, pipeline, analysis, sweep:<task>
 TAG_SWEEP_ID = "sweep_id"  # the sweep (its parent run's id) that launched a job's run
 TAG_ERROR = "error"  # why a run ended FAILED or KILLED
+TAG_NOTHING_TO_RUN = "nothing_to_run"  # a sweep's parent: why it launched no job and still succeeded
 
 # --- every Spark task (bigimage.spark.session.log_spark_resources) ----------------------------
 SPARK_MASTER = "spark.master"  # tag: the master URL Spark ran on
