@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,16 @@ from bigimage.data.tfrecord import frame_record
 from bigimage.spark.session import spark_session
 from bigimage.speedtest.grid import deal, effective_parallelism, expected_rows, grid_points
 from bigimage.speedtest.results import ROW_COLUMNS
-from bigimage.speedtest.task import run_speedtest
-from bigimage.speedtest.timing import ShortDataError, SpeedtestDataError
+from bigimage.speedtest.task import plan_sources, run_speedtest
+from bigimage.speedtest.timing import (
+    FILES,
+    TFRECORD,
+    GridPoint,
+    ShortDataError,
+    SpeedtestDataError,
+    TimingSettings,
+    time_point,
+)
 from bigimage.tasks import run_task
 from tests.conftest import compose_config, jpeg_bytes
 from tests.tfrecord_fixtures import write_tfrecord_dir
@@ -286,6 +295,24 @@ def test_corrupt_gcs_shard_is_named(tmp_path: Path, data: dict[str, Path], spark
     with mlflow.start_run(experiment_id=experiment_id):
         with pytest.raises(SpeedtestDataError, match=rf"gs://{gcs_bucket}/tfrecords/{shard.name}"):
             run_speedtest(cfg, spark=spark)
+
+
+def test_any_fsspec_url_is_timed_as_the_local_copy(data: dict[str, Path]) -> None:
+    """A memory:// source (an fsspec URL TensorFlow cannot read) goes through storage: the same images and
+    the same bytes as the local copy, for the image files and for the TFRecords (staged in ram://)."""
+    url = f"memory://speedtest-{uuid.uuid4().hex[:12]}"
+    upload_tree(data["root"], f"{url}/flowers")
+    upload_tree(data["tfrecords"], f"{url}/tfrecords")
+    points = [GridPoint(FILES, 4, 5), GridPoint(TFRECORD, 4, 5)]  # 20 images: all of them, once
+    settings = TimingSettings(repetitions=1, warmup_batches=0)
+    read = {}
+    for name, cfg in (
+        ("local", speed_config(data)),
+        ("memory", speed_config(data, root=f"{url}/flowers", tfrecords=f"{url}/tfrecords")),
+    ):
+        plans = plan_sources(cfg, points)
+        read[name] = [(row["images"], row["bytes"]) for p in points for row in time_point(p, plans[p.source], settings)]
+    assert read["memory"] == read["local"] and all(images == 20 for images, _ in read["memory"])
 
 
 # -------------------------------------------------------------------------------------------- bad input

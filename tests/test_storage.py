@@ -9,11 +9,15 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from bigimage.data import dirlock, readers, schema, storage
 from bigimage.data.storage import FileInfo
+from bigimage.train.shared_checkpoint import SharedCheckpoint
+from bigimage.train.task import local_tfrecord_dir
 
 
 def _memory_url() -> str:
@@ -282,10 +286,31 @@ def test_a_memory_url_holds_a_tfrecord_set_readers_read_but_no_lock(tmp_path):
     storage.write_bytes(storage.join(url, "s-00-2.tfrec"), b"records")
     assert readers.read_manifest(url).shards == manifest.shards
     assert readers.shard_paths(url, manifest) == [f"{url}/s-00-2.tfrec"]
-    local = storage.local_cache_copy(url, tmp_path / "cache")
+    cfg = OmegaConf.create({"tfrecord_dir": url, "paths": {"data_dir": str(tmp_path)}})
+    local = local_tfrecord_dir(cfg)  # what training reads: a local mirror
+    assert not storage.is_remote(local) and local.startswith(str(tmp_path / "cache" / "tfrecords"))
     assert readers.read_manifest(local).shards == manifest.shards
+    assert (Path(local) / "s-00-2.tfrec").read_bytes() == b"records"
     with pytest.raises(dirlock.UnlockableError, match="memory:// has neither"):
         dirlock.lock_url(url)
+
+
+def test_a_checkpoint_on_any_fsspec_url_is_staged_locally_and_uploaded(tmp_path):
+    """``train.checkpoint_dir`` on memory:// (as on gs://): the chief's local checkpoint goes up after each
+    epoch, stale files leave, and a restarted worker finds it staged locally."""
+    url = _memory_url()
+    chief = SharedCheckpoint(url, is_chief=True)
+    assert not storage.is_remote(chief.local_dir)
+    Path(chief.local_dir, "old.data").write_bytes(b"1")
+    chief.upload()
+    Path(chief.local_dir, "old.data").unlink()
+    Path(chief.local_dir, "checkpoint").write_text("ckpt-2")
+    chief.upload()
+    assert sorted(storage.basename(info.path) for info in storage.list_files(url)) == ["checkpoint"]
+    restarted = SharedCheckpoint(url, is_chief=False)
+    assert Path(restarted.local_dir, "checkpoint").read_text() == "ckpt-2"
+    for staged in (chief, restarted):
+        staged.cleanup()
 
 
 def test_spark_python_workers_reach_the_emulator(gcs_bucket, monkeypatch):

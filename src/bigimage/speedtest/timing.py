@@ -1,7 +1,8 @@
 """The timed tf.data pipelines of the speed test and the timer: what one grid point measures (docs/speedtest.md).
 
-Both sources deliver uint8 pixels as training's input does; bytes are counted per element read. ``gs://``
-goes through :mod:`bigimage.data.storage` (TensorFlow's GCS file system cannot reach an emulator). Runs
+Both sources deliver uint8 pixels as training's input does; bytes are counted per element read. A remote
+source (``gs://``, any fsspec URL) goes through :mod:`bigimage.data.storage` (TensorFlow's GCS file system
+cannot reach an emulator, and it reads no other remote scheme). Runs
 in Spark's Python workers, so TensorFlow is imported inside the functions.
 """
 
@@ -83,7 +84,7 @@ def check_short_data(point: GridPoint, plan: SourcePlan, settings: TimingSetting
 
 
 def _fetch_bytes(url: Any) -> Any:
-    """py_function body: the bytes of a gs:// object (or local file) through bigimage.data.storage."""
+    """py_function body: the bytes of a remote object (or local file) through bigimage.data.storage."""
     from bigimage.data import storage
 
     tf = load_tensorflow()
@@ -91,7 +92,7 @@ def _fetch_bytes(url: Any) -> Any:
 
 
 class _RamShards:
-    """Fetches gs:// shards into ``ram://`` so that ``TFRecordDataset`` reads them; removed on close()."""
+    """Fetches remote shards into ``ram://`` so that ``TFRecordDataset`` reads them; removed on close()."""
 
     def __init__(self) -> None:
         self.prefix = f"ram://bigimage-speedtest/{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -111,7 +112,7 @@ class _RamShards:
         return tf.constant(path)
 
     def open(self, url: Any) -> Any:
-        """interleave body (traced by tf.data): the records of one gs:// shard."""
+        """interleave body (traced by tf.data): the records of one remote shard."""
         import tensorflow as tf  # plain import: this body is traced by tf.data (autograph)
 
         local = tf.py_function(self.fetch, [url], tf.string)
@@ -142,7 +143,7 @@ def _read_file_op(plan: SourcePlan) -> Any:
     from bigimage.data import storage
 
     tf = load_tensorflow()
-    if any(storage.is_gcs(path) for path in plan.paths):
+    if any(storage.is_remote(path) for path in plan.paths):
         return lambda path: tf.reshape(tf.py_function(_fetch_bytes, [path], tf.string), [])
     return tf.io.read_file
 
@@ -242,8 +243,8 @@ def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> 
 
     tf = load_tensorflow()
     repeated = check_short_data(point, plan, settings)
-    gcs_shards = plan.source == TFRECORD and any(storage.is_gcs(path) for path in plan.paths)
-    ram = _RamShards() if gcs_shards else None
+    remote_shards = plan.source == TFRECORD and any(storage.is_remote(path) for path in plan.paths)
+    ram = _RamShards() if remote_shards else None
     rows = []
     try:
         dataset = source_dataset(plan, point.batch_size, repeated, ram, settings.threads)
@@ -254,7 +255,7 @@ def time_point(point: GridPoint, plan: SourcePlan, settings: TimingSettings) -> 
                 tf.errors.DataLossError,  # a record's CRC or framing is wrong
                 tf.errors.InvalidArgumentError,  # a record does not parse, an image does not decode
                 tf.errors.NotFoundError,  # a file vanished
-                tf.errors.UnknownError,  # a gs:// read failed inside its py_function
+                tf.errors.UnknownError,  # a remote read failed inside its py_function
             ) as error:
                 raise SpeedtestDataError(diagnose(plan, error)) from None
             seconds = max(seconds, 1e-9)
@@ -291,11 +292,11 @@ def _check_file(read: Any, image_size: int, path: str) -> None:
 
 
 def _check_shard(image_size: int, path: str) -> None:
-    """Read every record of one shard (a gs:// one through ``ram://``) as an image record."""
+    """Read every record of one shard (a remote one through ``ram://``) as an image record."""
     from bigimage.data import readers, storage
 
     tf = load_tensorflow()
-    ram = _RamShards() if storage.is_gcs(path) else None
+    ram = _RamShards() if storage.is_remote(path) else None
     try:
         records = ram.open(tf.constant(path)) if ram else tf.data.TFRecordDataset(path)
         for index, record in enumerate(records):

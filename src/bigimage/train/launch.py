@@ -308,7 +308,7 @@ class BarrierWorker:
 
 
 def stage_worker_config(config_text: str, scratch: str) -> str:
-    """The config file a barrier task's worker runs with in ``scratch`` (local paths there, a ``gs://``
+    """The config file a barrier task's worker runs with in ``scratch`` (local paths there, a remote
     ``tfrecord_dir`` copied there first), made on the executor's host; returns its path."""
     from omegaconf import DictConfig, OmegaConf
 
@@ -316,7 +316,7 @@ def stage_worker_config(config_text: str, scratch: str) -> str:
     if not isinstance(cfg, DictConfig):
         raise ValueError("the training config must be a mapping")
     url = str(cfg.tfrecord_dir)
-    if storage.is_gcs(url):
+    if storage.is_remote(url):
         began = time.monotonic()
         cfg.tfrecord_dir = storage.local_cache_copy(url, os.path.join(scratch, "tfrecords"))
         log.info("staged %s in %s in %.1f s", url, cfg.tfrecord_dir, time.monotonic() - began)

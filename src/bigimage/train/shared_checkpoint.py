@@ -1,5 +1,5 @@
-"""``BackupAndRestore`` on a ``gs://`` checkpoint directory, staged through a local copy with
-:mod:`bigimage.data.storage` (why, and the upload order: docs/clusters.md).
+"""``BackupAndRestore`` on a remote checkpoint directory (``gs://``, any fsspec URL), staged through a
+local copy with :mod:`bigimage.data.storage` (why, and the upload order: docs/clusters.md).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class SharedCheckpoint:
     def __init__(self, url: str, is_chief: bool) -> None:
         self.url = str(url)
         self.is_chief = is_chief
-        self.staged = storage.is_gcs(self.url)
+        self.staged = storage.is_remote(self.url)
         if not self.staged:
             if "://" not in self.url:
                 os.makedirs(self.url, exist_ok=True)

@@ -58,14 +58,16 @@ def checkpoint_dir(cfg: Config) -> str:
 
 
 def local_tfrecord_dir(cfg: Config) -> str:
-    """``tfrecord_dir`` itself when local; a gs:// directory is mirrored into ``<paths.data_dir>/cache/``."""
-    url = str(cfg.tfrecord_dir)
-    if not url.startswith("gs://"):
-        return url
-    from bigimage.data.storage import local_cache_copy
+    """``tfrecord_dir`` itself when local; a remote one (``gs://``, or any fsspec URL: TensorFlow reads
+    neither an emulator nor most of them) is mirrored into ``<paths.data_dir>/cache/tfrecords/``."""
+    from bigimage.data import storage
 
-    name = url[len("gs://") :].strip("/").replace("/", "__")
-    return local_cache_copy(url, os.path.join(str(cfg.paths.data_dir), "cache", "tfrecords", name))
+    url = str(cfg.tfrecord_dir)
+    if not storage.is_remote(url):
+        return url
+    scheme, path = url.split("://", 1)
+    name = ("" if scheme == "gs" else f"{scheme}__") + path.strip("/").replace("/", "__")
+    return storage.local_cache_copy(url, os.path.join(str(cfg.paths.data_dir), "cache", "tfrecords", name))
 
 
 def worker_config(cfg: Config, tfrecord_dir: str) -> DictConfig:
@@ -111,7 +113,7 @@ def run_train(cfg: Config) -> dict[str, float]:
     multihost.check_shared(cfg, tracking_uri, artifact_uri, checkpoint_dir(cfg))
     # Fail on missing shards or the wrong image size before any process starts.
     readers.read_manifest(str(cfg.tfrecord_dir), int(cfg.image_size))
-    # Barrier tasks stage a gs:// set on their own hosts (launch.stage_worker_config); local workers share this copy.
+    # Barrier tasks stage a remote set on their own hosts (launch.stage_worker_config); local workers share this copy.
     data_dir = str(cfg.tfrecord_dir) if cfg.strategy.launcher == "spark_barrier" else local_tfrecord_dir(cfg)
     manifest = readers.read_manifest(data_dir, int(cfg.image_size))
     readers.shard_paths(data_dir, manifest)
