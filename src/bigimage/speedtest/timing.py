@@ -2,8 +2,8 @@
 
 Both sources deliver uint8 pixels as training's input does; bytes are counted per element read. A remote
 source (``gs://``, any fsspec URL) goes through :mod:`bigimage.data.storage` (TensorFlow's GCS file system
-cannot reach an emulator, and it reads no other remote scheme). Runs
-in Spark's Python workers, so TensorFlow is imported inside the functions.
+cannot reach an emulator, and it reads no other remote scheme). Runs in Spark's Python workers, so
+TensorFlow is imported inside the functions.
 """
 
 from __future__ import annotations
