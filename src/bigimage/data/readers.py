@@ -55,6 +55,9 @@ def shard_paths(tfrecord_dir: str, manifest: schema.Manifest) -> list[str]:
 # Records parsed per tf.io.parse_example call: parsing whole batches, then decoding the images one by one
 # in parallel, costs less CPU per image than parsing each record in the decode map (benchmarks/read_speed.py).
 PARSE_BATCH = 64
+# The speed test's: a parse_example call has a fixed cost of about 300 us here, a 32-record batch's worth
+# of decoding, so its records are parsed in larger chunks and then batched (docs/speedtest.md).
+PARSE_CHUNK = 256
 
 
 def decode_image(jpeg: Any, image_size: int, *, as_uint8: bool = False) -> Any:
@@ -117,18 +120,18 @@ def decoded_batches(
     deterministic: bool = True,
 ) -> Any:
     """Full batches of (images, classes, each record's length in bytes) of a dataset of serialised records,
-    a short last batch dropped: each batch parsed in one op and its images decoded by one op each, side by
-    side (cheaper than unbatching, or a ``tf.map_fn`` loop: ``benchmarks/read_speed.py``), ``parallel``
-    batches at once. The images are those of :func:`decode_record`.
+    a short last batch dropped: the records parsed :data:`PARSE_CHUNK` at a time, and each batch's images
+    decoded by one op each, side by side (cheaper than a ``tf.map_fn`` loop: ``benchmarks/read_speed.py``),
+    ``parallel`` chunks and batches at once. The images are those of :func:`decode_record`.
     """
     import tensorflow as tf
 
-    def decode(serialized: Any) -> tuple[Any, Any, Any]:
-        jpegs, labels, lengths = parse_records(serialized)
+    def decode(jpegs: Any, labels: Any, lengths: Any) -> tuple[Any, Any, Any]:
         images = tf.stack([decode_image(jpegs[index], image_size, as_uint8=as_uint8) for index in range(batch_size)])
         return images, labels, lengths
 
-    batches = records.batch(batch_size, drop_remainder=True)
+    parsed = records.batch(PARSE_CHUNK).map(parse_records, num_parallel_calls=parallel, deterministic=deterministic)
+    batches = parsed.unbatch().batch(batch_size, drop_remainder=True)
     return batches.map(decode, num_parallel_calls=parallel, deterministic=deterministic)
 
 

@@ -167,8 +167,8 @@ def files_elements(plan: SourcePlan, repeat: bool) -> Any:
 def tfrecord_batches(
     plan: SourcePlan, batch_size: int, repeat: bool, ram: _RamShards | None = None, threads: int = 0
 ) -> Any:
-    """Full batches of (images, classes, record bytes in the batch) of the shards of ``plan``, parsed and
-    decoded a batch at a time (two batches per thread at once)."""
+    """Full batches of (images, classes, record bytes in the batch) of the shards of ``plan``, parsed in
+    chunks and decoded a batch at a time (two per thread at once: :func:`bigimage.data.readers.decoded_batches`)."""
     from bigimage.data import readers
 
     tf = load_tensorflow()
@@ -180,8 +180,8 @@ def tfrecord_batches(
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=False,
         )
-    else:
-        records = readers.record_dataset(plan.paths)
+    else:  # the shards one after the other: the order does not matter here, and interleaving costs CPU
+        records = tf.data.TFRecordDataset(list(plan.paths))
     if repeat:
         records = records.repeat()
     parallel = 2 * (threads or os.cpu_count() or 1)
