@@ -99,15 +99,12 @@ def decoded_records(
     a time and decoded in parallel. ``lengths``: (image, class, the record's length in bytes)."""
     import tensorflow as tf
 
-    parsed = records.batch(PARSE_BATCH).map(
-        parse_records, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic
-    )
-
     def decode(jpeg: Any, label: Any, length: Any) -> tuple[Any, ...]:
         image = decode_image(jpeg, image_size, as_uint8=as_uint8)
         return (image, label, length) if lengths else (image, label)
 
-    return parsed.unbatch().map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    parsed = _parsed(records, PARSE_BATCH, tf.data.AUTOTUNE, deterministic)
+    return parsed.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
 
 
 def decoded_batches(
@@ -130,9 +127,15 @@ def decoded_batches(
         images = tf.stack([decode_image(jpegs[index], image_size, as_uint8=as_uint8) for index in range(batch_size)])
         return images, labels, lengths
 
-    parsed = records.batch(PARSE_CHUNK).map(parse_records, num_parallel_calls=parallel, deterministic=deterministic)
-    batches = parsed.unbatch().batch(batch_size, drop_remainder=True)
+    batches = _parsed(records, PARSE_CHUNK, parallel, deterministic).batch(batch_size, drop_remainder=True)
     return batches.map(decode, num_parallel_calls=parallel, deterministic=deterministic)
+
+
+def _parsed(records: Any, chunk: int, parallel: int, deterministic: bool) -> Any:
+    """(JPEG bytes, int32 class, length in bytes) per record, the records parsed ``chunk`` at a time by
+    :func:`parse_records`, ``parallel`` chunks at once."""
+    parsed = records.batch(chunk).map(parse_records, num_parallel_calls=parallel, deterministic=deterministic)
+    return parsed.unbatch()
 
 
 def record_dataset(paths: list[str], *, cycle_length: int = 8) -> Any:
